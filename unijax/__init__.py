@@ -1,0 +1,13 @@
+"""unijax: the effective theory of representation-learning dynamics in JAX.
+
+Public modules (import what you use; nothing here changes JAX's global configuration):
+
+* :mod:`unijax.theory`  the (h, y, w) ODE, invariant, fixed points, final distance, closed
+  forms, pairwise predictions (float64: enable JAX's x64 mode first).
+* :mod:`unijax.fit`     effective learning rates fitted by gradient through the ODE solver.
+* :mod:`unijax.nets`, :mod:`unijax.data`, :mod:`unijax.configs`, :mod:`unijax.train`
+  the paper's networks, data sets and the vmapped training engine.
+* :mod:`unijax.experiments`, :mod:`unijax.cli`  every experiment of the paper.
+"""
+
+__version__ = "0.1.0"
