@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -60,6 +61,18 @@ __all__ = [
     "rich_limit",
     "lazy_limit",
     "identical_outputs",
+    "LazyScaling",
+    "lazy_rescale",
+    "lazy_unscale",
+    "a_high_from_final",
+    "final_distance_density",
+    "initial_distance_at_depth",
+    "fit_depth_gain",
+    "pairwise_sq_distances",
+    "pairwise_a_low",
+    "pairwise_final_distance",
+    "exponential_weighting",
+    "exponential_weighting_from_data",
 ]
 
 Scalar = Float[ArrayLike, ""]
@@ -147,12 +160,14 @@ class ODESolution(NamedTuple):
     num_steps: Int[Array, ""]
 
 
-def _term():
-    def f(t, z, args):
-        eta_h, eta_y, dx2, dy2 = args
-        return vector_field(z, eta_h=eta_h, eta_y=eta_y, dx2=dx2, dy2=dy2)
+def _rhs(t, z, args):
+    eta_h, eta_y, dx2, dy2 = args
+    return vector_field(z, eta_h=eta_h, eta_y=eta_y, dx2=dx2, dy2=dy2)
 
-    return diffrax.ODETerm(f)
+
+# One term object for the module: Diffrax caches its compiled solve on the term's identity, so a
+# fresh closure per call would recompile every time.
+_TERM = diffrax.ODETerm(_rhs)
 
 
 def integrate(
@@ -211,12 +226,17 @@ def integrate(
     args = tuple(jnp.asarray(a, dtype=jnp.float64) for a in (eta_h, eta_y, dx2, dy2))
     solver = diffrax.Tsit5() if solver is None else solver
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    return _integrate(z0, ts, args, rtol, atol, max_steps, solver, adjoint, dense)
+
+
+@eqx.filter_jit
+def _integrate(z0, ts, args, rtol, atol, max_steps, solver, adjoint, dense) -> ODESolution:
     t0, t1 = ts[0], ts[-1]
     # A single sample point: nothing to integrate, but keep one code path for jit/vmap.
     t1 = jnp.where(t1 > t0, t1, t0 + 1.0)
     saveat = diffrax.SaveAt(dense=True) if dense else diffrax.SaveAt(ts=ts)
     sol = diffrax.diffeqsolve(
-        _term(),
+        _TERM,
         solver,
         t0=t0,
         t1=t1,
@@ -606,3 +626,339 @@ def identical_outputs(
     h = h0 * jnp.exp(-alpha * t) / (1.0 + eta_y * h0 * g)
     y = y_of_h(h, c=c, K=K)
     return jnp.stack([h, y, y], -1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lazy limit (section 7)
+# ---------------------------------------------------------------------------------------------
+
+
+class LazyScaling(NamedTuple):
+    """The ODE in rescaled variables: ``h = s h~, (y, w) = s^2 (y~, w~), t = t~ / s``.
+
+    Attributes:
+        z: rescaled state(s) ``(h~, y~, w~)``, shape ``(..., 3)``.
+        t: rescaled times ``t~ = s t``.
+        dy2: the effective output distance ``dy2 / s^2`` of the rescaled ODE.
+    """
+
+    z: Float[Array, "*b 3"]
+    t: Float[Array, "*n"]
+    dy2: Float[Array, ""]
+
+
+def lazy_rescale(z, t, *, scale, dy2) -> LazyScaling:
+    """Map a problem to the rescaled variables of THEORY.md section 7 (paper Eq. 41-43).
+
+    The ODE keeps its form in ``(h~, y~, w~, t~)`` with ``dy2 -> dy2 / s^2``: as the initial
+    scale ``s`` grows the target distance vanishes from the dynamics, which become those of
+    identical outputs (section 6): exponential decay, no plateau. Solving the rescaled problem
+    and mapping back with :func:`lazy_unscale` gives the original solution exactly.
+
+    Args:
+        z: state(s) ``(h, y, w)``, shape ``(..., 3)``.
+        t: times (epochs), any shape.
+        scale: ``s > 0``.
+        dy2: squared output distance of the original problem.
+    """
+    check_positive("scale", scale)
+    z = jnp.asarray(z)
+    factors = jnp.array([1.0, 2.0, 2.0])
+    return LazyScaling(
+        z=z / jnp.asarray(scale) ** factors,
+        t=jnp.asarray(t) * scale,
+        dy2=jnp.asarray(dy2) / jnp.asarray(scale) ** 2,
+    )
+
+
+def lazy_unscale(z_scaled, t_scaled, *, scale):
+    """Inverse of :func:`lazy_rescale`: returns ``(z, t)`` in the original variables."""
+    check_positive("scale", scale)
+    factors = jnp.array([1.0, 2.0, 2.0])
+    return jnp.asarray(z_scaled) * jnp.asarray(scale) ** factors, jnp.asarray(t_scaled) / scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Random features at initialization (section 8)
+# ---------------------------------------------------------------------------------------------
+
+
+def a_high_from_final(h_final, *, a_low):
+    """Invert ``h^2 - A_high h - A_low^2 = 0``: ``A_high = h - A_low^2 / h`` (paper Eq. 45)."""
+    h = jnp.asarray(h_final)
+    return h - jnp.asarray(a_low) ** 2 / h
+
+
+def final_distance_density(
+    h: Float[ArrayLike, " n"], *, a_low: Scalar, a_high_mean: Scalar, a_high_std: Scalar
+) -> Float[Array, " n"]:
+    """Density of the final squared distance when ``A_high`` is Gaussian, section 8 (Eq. 44-48).
+
+    ``h_final`` is a monotone function of ``A_high``, so its density is the pushforward
+    ``p(h) = N(h - A_low^2/h; mean, std) (1 + A_low^2 / h^2)`` on ``h > 0`` (zero elsewhere).
+    As the initial gain goes to zero, ``std -> 0`` and the density collapses onto ``A_low``.
+
+    Args:
+        h: points (> 0 for non-zero density), shape ``(n,)``.
+        a_low: data scale ``A_low`` (>= 0).
+        a_high_mean, a_high_std: mean and spread (> 0) of ``A_high`` over initializations;
+            estimate them from sampled ``(h0, y0)`` with :func:`a_high`.
+
+    Returns:
+        ``p(h)``, shape ``(n,)``; integrates to 1 over ``h > 0``.
+    """
+    check_positive("a_high_std", a_high_std)
+    check_positive("a_low", a_low, allow_zero=True)
+    h = jnp.asarray(h)
+    pos = h > 0
+    hs = jnp.where(pos, h, 1.0)
+    a = a_high_from_final(hs, a_low=a_low)
+    zscore = (a - a_high_mean) / a_high_std
+    gauss = jnp.exp(-0.5 * zscore**2) / (jnp.sqrt(2.0 * jnp.pi) * a_high_std)
+    return jnp.where(pos, gauss * (1.0 + jnp.asarray(a_low) ** 2 / hs**2), 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth (section 9)
+# ---------------------------------------------------------------------------------------------
+
+
+def initial_distance_at_depth(layer, *, gain, dx2):
+    """``h0(l) ~ a^(2 l) dx2``: initial squared distance at hidden layer ``l`` (section 9).
+
+    Args:
+        layer: layer index (number of maps from the input), any shape.
+        gain: average per-layer gain ``a`` (> 0; < 1 at small initialization).
+        dx2: squared input distance.
+    """
+    check_positive("gain", gain)
+    return jnp.asarray(gain) ** (2.0 * jnp.asarray(layer)) * dx2
+
+
+def fit_depth_gain(layers, h0, *, dx2):
+    """Least-squares estimate of the per-layer gain ``a`` from measured ``h0`` per layer.
+
+    Fits ``log h0(l) = 2 l log a + log dx2`` (intercept fixed by the input distance).
+
+    Args:
+        layers: layer indices, shape ``(L,)``.
+        h0: measured initial squared hidden distances at those layers, shape ``(L,)``, > 0.
+        dx2: squared input distance (> 0).
+
+    Returns:
+        The gain ``a`` (scalar).
+    """
+    check_positive("h0", h0)
+    check_positive("dx2", dx2)
+    layers = jnp.asarray(layers, dtype=jnp.result_type(float))
+    r = jnp.log(jnp.asarray(h0)) - jnp.log(dx2)
+    slope = jnp.sum(layers * r) / jnp.sum(layers**2)  # slope = 2 log a
+    return jnp.exp(slope / 2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole data sets: pairwise predictions and exponential weighting (section 10)
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_matrix(name, x, n=None):
+    if not is_concrete(x):
+        return
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must have shape (n_points, n_features); got {arr.shape}.")
+    if n is not None and arr.shape[0] != n:
+        raise ValueError(f"{name} has {arr.shape[0]} points; expected {n} (one per input).")
+    check_finite(name, arr)
+
+
+def _row_blocks(n: int, block_size: int | None) -> int:
+    if block_size is None:
+        return n
+    if int(block_size) < 1:
+        raise ValueError(f"block_size={block_size!r} must be a positive integer or None.")
+    return int(min(block_size, n))
+
+
+def _sq_dist_block(a, b):
+    """Squared Euclidean distances between rows of ``a (m, d)`` and ``b (n, d)``."""
+    # The Gram form avoids an (m, n, d) difference tensor; clip the tiny negatives it makes.
+    d = jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * a @ b.T
+    return jnp.maximum(d, 0.0)
+
+
+def _blocked_rows(fn, n: int, block: int):
+    """Apply ``fn(row_indices) -> (block, ...)`` over row blocks with ``lax.map``; (n, ...)."""
+    n_blocks = -(-n // block)
+    idx = jnp.arange(n_blocks * block).reshape(n_blocks, block)
+    out = jax.lax.map(lambda rows: fn(jnp.minimum(rows, n - 1)), idx)
+    return out.reshape((n_blocks * block,) + out.shape[2:])[:n]
+
+
+def pairwise_sq_distances(
+    X: Float[ArrayLike, "n d"], Z: Float[ArrayLike, "m d"] | None = None, *, block_size=None
+) -> Float[Array, "n m"]:
+    """Squared Euclidean distances between the rows of ``X`` and ``Z`` (default ``X``).
+
+    Computed in row blocks of ``block_size`` (memory ``O(block_size * m)`` besides the output).
+    """
+    _check_matrix("X", X)
+    X = jnp.asarray(X)
+    Z = X if Z is None else jnp.asarray(Z)
+    block = _row_blocks(X.shape[0], block_size)
+    return _blocked_rows(lambda rows: _sq_dist_block(X[rows], Z), X.shape[0], block)
+
+
+def pairwise_a_low(
+    X: Float[ArrayLike, "n dx"],
+    Y: Float[ArrayLike, "n dy"],
+    *,
+    eta_h: Scalar = 1.0,
+    eta_y: Scalar = 1.0,
+    block_size: int | None = None,
+) -> Float[Array, "n n"]:
+    """Rich-regime prediction for every pair: ``A_low[i, j] = sqrt(eta_h/eta_y) |dx| |dy|``.
+
+    This is the predicted final *squared* hidden distance of pair ``(i, j)`` as the initial
+    weights go to zero (section 10); its square root is the predicted distance. With the
+    default unit rates it is the constant-free matrix ``A`` of the exponential weighting.
+
+    Args:
+        X: inputs, shape ``(n, dx)``. Y: targets, shape ``(n, dy)``.
+        block_size: rows per block (``None``: one block).
+
+    Returns:
+        Shape ``(n, n)``, symmetric, zero diagonal.
+    """
+    _check_matrix("X", X)
+    _check_matrix("Y", Y, n=np.shape(X)[0])
+    _check_rates(eta_h=eta_h, eta_y=eta_y)
+    X, Y = jnp.asarray(X), jnp.asarray(Y)
+    k = jnp.sqrt(jnp.asarray(eta_h) / eta_y)
+    block = _row_blocks(X.shape[0], block_size)
+
+    def rows_fn(rows):
+        return k * jnp.sqrt(_sq_dist_block(X[rows], X) * _sq_dist_block(Y[rows], Y))
+
+    return _blocked_rows(rows_fn, X.shape[0], block)
+
+
+def pairwise_final_distance(
+    X: Float[ArrayLike, "n dx"],
+    Y: Float[ArrayLike, "n dy"],
+    H0: Float[ArrayLike, "n width"],
+    F0: Float[ArrayLike, "n dy"],
+    *,
+    eta_h: Scalar,
+    eta_y: Scalar,
+    block_size: int | None = None,
+) -> Float[Array, "n n"]:
+    """Predicted final squared hidden distance of every pair from its own initial distances.
+
+    Section 5 applied to each pair ``(i, j)`` with ``dx2 = |x_i - x_j|^2``,
+    ``dy2 = |y_i - y_j|^2``, ``h0 = |H0_i - H0_j|^2`` (initial hidden representations) and
+    ``y0 = |F0_i - F0_j|^2`` (initial network outputs). Pairs with identical inputs or
+    identical initial representations get 0.
+
+    Args:
+        X: inputs ``(n, dx)``; Y: targets ``(n, dy)``; H0: initial hidden layer ``(n, width)``;
+            F0: initial outputs ``(n, dy)``.
+        block_size: rows per block (``None``: one block).
+
+    Returns:
+        ``h_final`` for every pair, shape ``(n, n)``, zero diagonal.
+    """
+    n = np.shape(X)[0]
+    _check_matrix("X", X)
+    _check_matrix("Y", Y, n=n)
+    _check_matrix("H0", H0, n=n)
+    _check_matrix("F0", F0, n=n)
+    _check_rates(eta_h=eta_h, eta_y=eta_y)
+    X, Y, H0, F0 = (jnp.asarray(a) for a in (X, Y, H0, F0))
+    block = _row_blocks(n, block_size)
+    ratio = jnp.asarray(eta_h) / eta_y
+
+    def rows_fn(rows):
+        dx2 = _sq_dist_block(X[rows], X)
+        dy2 = _sq_dist_block(Y[rows], Y)
+        h0 = _sq_dist_block(H0[rows], H0)
+        y0 = _sq_dist_block(F0[rows], F0)
+        valid = (h0 > 0) & (dx2 > 0)
+        h0s = jnp.where(valid, h0, 1.0)
+        ah = h0s - ratio * dx2 * y0 / h0s
+        al2 = ratio * dx2 * dy2
+        root = jnp.sqrt(ah**2 / 4.0 + al2)
+        out = jnp.where(ah < 0, al2 / jnp.where(ah < 0, root - ah / 2.0, 1.0), ah / 2.0 + root)
+        return jnp.where(valid, out, 0.0)
+
+    return _blocked_rows(rows_fn, n, block)
+
+
+def exponential_weighting(A: Float[ArrayLike, "n n"]) -> Float[Array, "n n"]:
+    """The paper's exponential weighting (Eq. 50): ``E @ A @ E`` with ``E = exp(-A)``.
+
+    ``A`` is the pairwise prediction with the constant factor dropped (``|dx| |dy|``, see
+    :func:`pairwise_a_low`). The element-wise square of the result is compared with measured
+    squared hidden distances. For data sets too large for an ``(n, n)`` matrix, use
+    :func:`exponential_weighting_from_data`.
+    """
+    _check_matrix("A", A)
+    A = jnp.asarray(A)
+    if A.shape[0] != A.shape[1]:
+        raise ValueError(f"A must be square (n, n); got {A.shape}.")
+    E = jnp.exp(-A)
+    return E @ A @ E
+
+
+def exponential_weighting_from_data(
+    X: Float[ArrayLike, "n dx"],
+    Y: Float[ArrayLike, "n dy"],
+    *,
+    rows: Int[ArrayLike, " r"] | None = None,
+    cols: Int[ArrayLike, " c"] | None = None,
+    block_size: int = 1024,
+) -> Float[Array, "r c"]:
+    """Entries ``(E A E)[rows, cols]`` of the exponential weighting, never forming ``A``.
+
+    ``A[i, j] = |x_i - x_j| |y_i - y_j|`` and ``E = exp(-A)``; the sums over the whole data set
+    run in blocks of ``block_size`` points, so the peak memory is
+    ``O((block_size + r) n + n c)`` floats instead of ``O(n^2)``: for 60,000 MNIST points,
+    100 rows and columns and blocks of 1024, about 1.1 GB in float64.
+
+    Args:
+        X: inputs ``(n, dx)``; Y: targets ``(n, dy)``.
+        rows, cols: indices of the wanted entries (default: all points).
+        block_size: points per block of the inner sum.
+
+    Returns:
+        Shape ``(len(rows), len(cols))``.
+    """
+    n = np.shape(X)[0]
+    _check_matrix("X", X)
+    _check_matrix("Y", Y, n=n)
+    X, Y = jnp.asarray(X), jnp.asarray(Y)
+    rows = jnp.arange(n) if rows is None else jnp.asarray(rows)
+    cols = jnp.arange(n) if cols is None else jnp.asarray(cols)
+    for name, idx in (("rows", rows), ("cols", cols)):
+        if is_concrete(idx) and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+            raise ValueError(f"{name} must index points in [0, {n}); got {np.asarray(idx)}.")
+    block = _row_blocks(n, block_size)
+
+    def a_block(ia, ib):
+        return jnp.sqrt(_sq_dist_block(X[ia], X[ib]) * _sq_dist_block(Y[ia], Y[ib]))
+
+    n_blocks = -(-n // block)
+    idx = jnp.arange(n_blocks * block).reshape(n_blocks, block)
+    all_idx = jnp.arange(n)
+
+    # P = E[rows, :] @ A, accumulated over blocks k of the inner index.
+    def step(P, kb):
+        valid = kb < n
+        kb = jnp.minimum(kb, n - 1)
+        e_rk = jnp.where(valid[None, :], jnp.exp(-a_block(rows, kb)), 0.0)  # (r, b)
+        return P + e_rk @ a_block(kb, all_idx), None
+
+    P0 = jnp.zeros((rows.shape[0], n), dtype=X.dtype)
+    P, _ = jax.lax.scan(step, P0, idx)
+    E_cols = jnp.exp(-a_block(all_idx, cols))  # (n, c)
+    return P @ E_cols
