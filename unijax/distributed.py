@@ -1,0 +1,532 @@
+"""Multi-device and multi-host execution: ``jax.distributed`` start-up, a 1-D batch mesh, padding.
+
+unijax scales out on JAX's own runtime. One Python process runs per host (or per GPU), all
+started with the same ``coordinator`` ("HOST:PORT" of process 0), ``num_processes`` and their own
+``process_id``; :func:`initialize` connects them, after which :func:`jax.devices` lists the
+devices of *all* processes. Batches (trials of a fit, rows of a pairwise matrix) are laid along
+axis 0 over a 1-D :class:`jax.sharding.Mesh` of those devices (:func:`batch_mesh`); a batch whose
+size does not divide the device count is padded with copies of its last element
+(:func:`pad_batch`, :func:`shard_batch`) and the padding is stripped when the results come back
+to the host (:func:`gather_batch`). Every process holds the same (host) inputs and gets the same
+(host) outputs; only process 0 writes files (:func:`is_writer`).
+
+>>> import numpy as np
+>>> from unijax import distributed
+>>> padded, n_valid = distributed.pad_batch({"a": np.arange(3.0)}, 2)
+>>> padded["a"].tolist(), n_valid
+([0.0, 1.0, 2.0, 2.0], 3)
+
+Single-process use needs no set-up: every helper works on the local devices. To try several
+devices on one CPU, start Python with ``XLA_FLAGS=--xla_force_host_platform_device_count=N``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+__all__ = [
+    "BATCH_AXIS",
+    "DEFAULT_TIMEOUT_S",
+    "CoordinatorUnreachableError",
+    "ShardedBatch",
+    "barrier",
+    "batch_mesh",
+    "check_process_args",
+    "gather_batch",
+    "initialize",
+    "is_writer",
+    "map_batch",
+    "pad_batch",
+    "parse_coordinator",
+    "shard_batch",
+    "sharded_exponential_weighting_from_data",
+    "sharded_fit_rates",
+]
+
+#: Name of the single axis of :func:`batch_mesh`.
+BATCH_AXIS = "batch"
+#: Seconds a process waits for the coordinator (and process 0 for the others) by default.
+DEFAULT_TIMEOUT_S = 60.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Start-up
+# ---------------------------------------------------------------------------------------------
+
+
+class CoordinatorUnreachableError(ConnectionError):
+    """The coordinator "HOST:PORT" did not accept a connection within the timeout."""
+
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.\-_]*[A-Za-z0-9])?$")
+
+
+def parse_coordinator(coordinator: str) -> tuple[str, int]:
+    """Split ``"HOST:PORT"`` (``"[IPv6]:PORT"`` also accepted) into ``(host, port)``.
+
+    Raises:
+        ValueError: not of the form HOST:PORT with a host name or IP address and a port in
+            ``[1, 65535]``.
+    """
+    form = "HOST:PORT with PORT in [1, 65535], e.g. '10.0.0.1:1234' or 'node001:29500'"
+    if not isinstance(coordinator, str) or ":" not in coordinator:
+        raise ValueError(f"coordinator={coordinator!r} is not of the form {form}.")
+    host, _, port_s = coordinator.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # [::1]:1234
+        host_ok = len(host) > 2 and all(c in "0123456789abcdefABCDEF:." for c in host[1:-1])
+        host = host[1:-1]
+    else:
+        host_ok = bool(_HOST_RE.match(host))
+    if not host_ok or not port_s.isdigit() or not 1 <= int(port_s) <= 65535:
+        raise ValueError(f"coordinator={coordinator!r} is not of the form {form}.")
+    return host, int(port_s)
+
+
+def check_process_args(coordinator: str | None, num_processes: int, process_id: int) -> None:
+    """Validate the three start-up arguments (all processes must pass the same first two).
+
+    Raises:
+        ValueError: ``num_processes`` not an integer >= 1; ``process_id`` not an integer in
+            ``[0, num_processes)``; ``coordinator`` missing for ``num_processes > 1`` or not
+            of the form HOST:PORT.
+    """
+    for name, v in (("num_processes", num_processes), ("process_id", process_id)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {name}={v!r}.")
+    if num_processes < 1:
+        raise ValueError(f"num_processes={num_processes} is out of range: must be >= 1.")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(
+            f"process_id={process_id} is out of range: must lie in [0, {num_processes - 1}] "
+            f"for num_processes={num_processes} (process ids are 0, 1, ..., num_processes - 1)."
+        )
+    if coordinator is None:
+        if num_processes > 1:
+            raise ValueError(
+                f"coordinator is required for num_processes={num_processes} > 1: pass the "
+                "HOST:PORT of process 0 (the same on every process)."
+            )
+        return
+    parse_coordinator(coordinator)
+
+
+def _wait_for_coordinator(host: str, port: int, timeout_s: float) -> None:
+    """Try TCP connections to ``host:port`` until one succeeds or ``timeout_s`` passes."""
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        try:
+            with socket.create_connection((host, port), timeout=min(left, 5.0)):
+                return
+        except OSError as e:  # refused (not up yet), unresolvable, unroutable, timed out
+            last = e
+        time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+    raise CoordinatorUnreachableError(
+        f"coordinator {host}:{port} did not accept a connection within timeout_s={timeout_s:g} "
+        f"s (last error: {last}). Start process 0 first (it hosts the coordinator), check the "
+        "host name/IP and port, and that no firewall blocks the port; or raise the timeout."
+    )
+
+
+def _check_port_free(port: int) -> None:
+    """Process 0 binds the coordinator port on all interfaces: fail early if it is taken."""
+    for family, addr in ((socket.AF_INET6, "::"), (socket.AF_INET, "")):
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+        except OSError:
+            continue
+        with s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((addr, port))
+            except OSError as e:
+                if getattr(e, "errno", None) in (98, 48, 10048):  # EADDRINUSE (Linux/mac/Win)
+                    raise ValueError(
+                        f"coordinator port {port} is already in use on this host (process 0 "
+                        "must bind it): pick another port."
+                    ) from None
+                continue
+            return
+
+
+def initialize(
+    coordinator: str | None,
+    num_processes: int,
+    process_id: int,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    local_device_ids: Sequence[int] | None = None,
+    verbose: bool = True,
+) -> None:
+    """Connect this process to the others with :func:`jax.distributed.initialize`.
+
+    Call it first thing, before any JAX computation, with the same ``coordinator`` and
+    ``num_processes`` on every process and ``process_id`` = 0, 1, ..., ``num_processes - 1``.
+    Process 0 hosts the coordinator service on ``coordinator``'s port (all interfaces).
+    ``num_processes == 1`` needs no runtime and returns at once (``coordinator`` may be None).
+    Calling it again with the same arguments is a no-op.
+
+    Failure is bounded in time: a process with ``process_id > 0`` first tries plain TCP
+    connections to the coordinator for up to ``timeout_s`` seconds and raises
+    :class:`CoordinatorUnreachableError` if none succeeds; JAX's own handshake then gets
+    ``timeout_s`` more. If not all processes join within ``timeout_s``, JAX (not Python) ends
+    the waiting processes with ``DEADLINE_EXCEEDED ... RegisterTask`` on stderr (exit by
+    SIGABRT); a message printed just before names what is awaited.
+
+    SLURM/MPI auto-detection is switched off (it would give each process a single GPU);
+    pass ``local_device_ids`` to restrict the devices of a process, e.g. one process per GPU.
+
+    Args:
+        coordinator: ``"HOST:PORT"`` of process 0, reachable from every process.
+        num_processes: number of processes, >= 1.
+        process_id: this process's id, in ``[0, num_processes)``.
+        timeout_s: seconds to wait for the coordinator / the other processes, > 0.
+        local_device_ids: local device ids this process uses (default: all).
+        verbose: print one line to stderr about what is awaited.
+
+    Raises:
+        ValueError: bad arguments (before any work or network traffic), or process 0's port
+            is in use.
+        CoordinatorUnreachableError: ``process_id > 0`` and the coordinator did not answer
+            within ``timeout_s``.
+        RuntimeError: JAX was already initialized differently, or has already run a
+            computation (initialize first).
+    """
+    check_process_args(coordinator, num_processes, process_id)
+    if not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s={timeout_s!r} is out of range: must be a number > 0.")
+    if num_processes == 1:
+        return
+    from jax._src import distributed as _jd  # the state is not public; read only
+
+    if jax.distributed.is_initialized():
+        state = _jd.global_state
+        same = (state.coordinator_address, state.num_processes, state.process_id) == (
+            coordinator,
+            num_processes,
+            process_id,
+        )
+        if same:
+            return
+        raise RuntimeError(
+            "jax.distributed is already initialized with coordinator="
+            f"{state.coordinator_address!r}, num_processes={state.num_processes}, "
+            f"process_id={state.process_id}; cannot re-initialize with coordinator="
+            f"{coordinator!r}, num_processes={num_processes}, process_id={process_id}."
+        )
+    host, port = parse_coordinator(coordinator)
+    if process_id == 0:
+        _check_port_free(port)
+        if verbose:
+            print(
+                f"unijax: process 0/{num_processes} hosts the coordinator on port {port} and "
+                f"waits up to {timeout_s:g} s for {num_processes - 1} other process(es)",
+                file=sys.stderr,
+                flush=True,
+            )
+    else:
+        _wait_for_coordinator(host, port, timeout_s)
+        if verbose:
+            print(
+                f"unijax: process {process_id}/{num_processes} joining coordinator "
+                f"{coordinator} (timeout {timeout_s:g} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    jax.distributed.initialize(
+        coordinator_address=coordinator,
+        num_processes=num_processes,
+        process_id=process_id,
+        local_device_ids=None if local_device_ids is None else list(local_device_ids),
+        cluster_detection_method="deactivate",
+        initialization_timeout=max(1, math.ceil(timeout_s)),
+    )
+
+
+def is_writer() -> bool:
+    """True in the process that writes results (process 0; always True in one process)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str, *, timeout_s: float = 3600.0) -> None:
+    """Wait until every process reaches ``barrier(name)``; a no-op in a single process.
+
+    Uses the coordination service's barrier (no device computation, so a long wait costs
+    nothing); raises if the others do not arrive within ``timeout_s`` seconds.
+    """
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed as _jd
+
+    client = _jd.global_state.client
+    if client is not None and hasattr(client, "wait_at_barrier"):
+        client.wait_at_barrier(name, int(timeout_s * 1000))
+    else:  # pragma: no cover - older runtimes
+        multihost_utils.sync_global_devices(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mesh, padding, sharding
+# ---------------------------------------------------------------------------------------------
+
+
+def batch_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh with axis :data:`BATCH_AXIS` over ``devices`` (default: all global devices)."""
+    devices = jax.devices() if devices is None else list(devices)
+    if not devices:
+        raise ValueError("devices must be a non-empty sequence of jax devices.")
+    return Mesh(np.asarray(devices, dtype=object), (BATCH_AXIS,))
+
+
+def _batch_size(tree: Any) -> int:
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        raise ValueError("the batch pytree has no array leaves.")
+    sizes = {np.shape(leaf)[0] if np.ndim(leaf) else None for leaf in leaves}
+    if None in sizes:
+        raise ValueError("every leaf of the batch must have a leading (batch) axis; got a scalar.")
+    if len(sizes) != 1:
+        raise ValueError(f"all leaves of the batch must share axis 0; got sizes {sorted(sizes)}.")
+    return sizes.pop()
+
+
+def pad_batch(tree: Any, multiple: int) -> tuple[Any, int]:
+    """Pad axis 0 of every leaf to a multiple of ``multiple`` with copies of its last element.
+
+    Copies of a real element (rather than zeros) keep padded entries well-posed for solvers;
+    strip them afterwards with ``out[:n_valid]``.
+
+    Args:
+        tree: pytree of host arrays, all of shape ``(n, ...)`` with ``n >= 1``.
+        multiple: the padded size is ``ceil(n / multiple) * multiple``; integer >= 1.
+
+    Returns:
+        ``(padded, n_valid)`` with ``padded`` leaves of shape ``(n_padded_total, ...)`` (NumPy)
+        and ``n_valid = n``.
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, (int, np.integer)) or multiple < 1:
+        raise ValueError(f"multiple={multiple!r} is out of range: must be an integer >= 1.")
+    n = _batch_size(tree)
+    if n < 1:
+        raise ValueError("the batch is empty (axis 0 has size 0); need at least one element.")
+    total = -(-n // int(multiple)) * int(multiple)
+
+    def pad(leaf):
+        arr = np.asarray(leaf)
+        if total == n:
+            return arr
+        extra = np.repeat(arr[-1:], total - n, axis=0)
+        return np.concatenate([arr, extra], axis=0)
+
+    return jax.tree_util.tree_map(pad, tree), n
+
+
+class ShardedBatch(NamedTuple):
+    """A batch laid along axis 0 over a mesh, padded to a multiple of the device count.
+
+    Attributes:
+        arrays: the pytree of global ``jax.Array`` s, leaves ``(n_valid + n_padded, ...)``,
+            sharded ``P(BATCH_AXIS)``.
+        n_valid: number of real elements (the first ``n_valid``).
+        n_padded: number of padding elements appended (copies of the last real one).
+        mask: ``(n_valid + n_padded,)`` bool host array, True for real elements.
+    """
+
+    arrays: Any
+    n_valid: int
+    n_padded: int
+    mask: np.ndarray
+
+
+def shard_batch(tree: Any, mesh: Mesh | None = None) -> ShardedBatch:
+    """Pad ``tree`` along axis 0 and lay it over ``mesh`` (default :func:`batch_mesh`).
+
+    Every process must pass the same host values (each keeps only its devices' slices), so
+    this works unchanged across hosts after :func:`initialize`.
+
+    Args:
+        tree: pytree of host arrays, leaves of shape ``(n, ...)``.
+        mesh: a mesh whose first axis is :data:`BATCH_AXIS`.
+
+    Returns:
+        A :class:`ShardedBatch`; pass ``.arrays`` to a jitted function that treats axis 0 as
+        a batch (its outputs keep the sharding), then :func:`gather_batch` with ``.n_valid``.
+    """
+    mesh = batch_mesh() if mesh is None else mesh
+    n_dev = mesh.shape[BATCH_AXIS]
+    padded, n_valid = pad_batch(tree, n_dev)
+    total = _batch_size(padded)
+
+    def put(arr):
+        spec = P(BATCH_AXIS, *([None] * (arr.ndim - 1)))
+        sharding = NamedSharding(mesh, spec)
+        return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+    arrays = jax.tree_util.tree_map(put, padded)
+    return ShardedBatch(arrays, n_valid, total - n_valid, np.arange(total) < n_valid)
+
+
+def _to_host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def gather_batch(tree: Any, n_valid: int) -> Any:
+    """Bring a batch-sharded pytree to the host of every process and drop the padding.
+
+    Args:
+        tree: pytree of arrays with a leading batch axis (possibly spread over processes).
+        n_valid: number of real elements to keep (``ShardedBatch.n_valid``).
+
+    Returns:
+        The same pytree with NumPy leaves ``(n_valid, ...)``, identical on every process.
+    """
+    return jax.tree_util.tree_map(lambda x: _to_host(x)[:n_valid], tree)
+
+
+def map_batch(fn: Callable[[Any], Any], tree: Any, *, mesh: Mesh | None = None) -> tuple[Any, int]:
+    """``fn`` (jitted) applied to a batch laid over ``mesh``; returns ``(out, n_padded)``.
+
+    ``fn`` must treat axis 0 of its input and output leaves as an independent batch (a
+    ``vmap`` over elements): then the result equals ``fn(tree)`` element for element, whatever
+    the number of devices. ``out`` holds host arrays without the padding.
+    """
+    batch = shard_batch(tree, mesh)
+    out = jax.jit(fn)(batch.arrays)
+    return gather_batch(out, batch.n_valid), batch.n_padded
+
+
+# ---------------------------------------------------------------------------------------------
+# Sharded fits and theory
+# ---------------------------------------------------------------------------------------------
+
+
+def sharded_fit_rates(ts, Z, *, dx2, dy2, mesh: Mesh | None = None, **kw):
+    """Placeholder until :mod:`unijax.fit` exists."""
+    raise NotImplementedError
+
+
+def sharded_exponential_weighting_from_data(
+    X,
+    Y,
+    *,
+    rows=None,
+    cols=None,
+    block_size: int = 1024,
+    mesh: Mesh | None = None,
+) -> np.ndarray:
+    """:func:`unijax.theory.exponential_weighting_from_data` with the data set split over devices.
+
+    ``(E A E)[rows, cols] = sum_k E[rows, k] (sum_l A[k, l] E[l, cols])`` with
+    ``A[i, j] = |x_i - x_j| |y_i - y_j|`` and ``E = exp(-A)`` (THEORY.md section 10, Eq. 50).
+    Each device owns ``n / n_devices`` points ``k`` of the outer sum and runs over them in
+    blocks of ``block_size``; the partial ``(r, n)`` products are summed across devices
+    (``psum``). Peak memory per device: about ``(block_size + 2 r) n + n c`` floats
+    (``r, c`` = number of rows/cols), independent of the device count; the work per device
+    falls as ``1 / n_devices``.
+
+    Args:
+        X: inputs ``(n, dx)``; Y: targets ``(n, dy)`` (host arrays, the same on all processes).
+        rows, cols: indices of the wanted entries (default: all points).
+        block_size: points per block of the inner loop on each device.
+        mesh: default :func:`batch_mesh`.
+
+    Returns:
+        ``(len(rows), len(cols))`` host array, equal to the single-device result up to the
+        order of floating-point summation.
+    """
+    from . import theory
+
+    X = np.asarray(X)
+    Y = np.asarray(Y)
+    n = X.shape[0]
+    theory._check_matrix("X", X)
+    theory._check_matrix("Y", Y, n=n)
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    cols = np.arange(n) if cols is None else np.asarray(cols)
+    for name, idx in (("rows", rows), ("cols", cols)):
+        if idx.ndim != 1 or (idx.size and (idx.min() < 0 or idx.max() >= n)):
+            raise ValueError(f"{name} must be a 1-D array of indices in [0, {n}); got {idx}.")
+    if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)):
+        raise ValueError(f"block_size={block_size!r} must be an integer >= 1.")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size!r} is out of range: must be >= 1.")
+    mesh = batch_mesh() if mesh is None else mesh
+    n_dev = mesh.shape[BATCH_AXIS]
+    per_dev = -(-n // n_dev)
+    block = int(min(block_size, per_dev))
+    per_dev = -(-per_dev // block) * block  # each device: whole blocks
+    total = per_dev * n_dev
+    k_idx = np.minimum(np.arange(total), n - 1).astype(np.int32)
+    k_valid = np.arange(total) < n
+
+    def sq_dist(a, b):
+        d = jnp.sum(a * a, -1)[:, None] + jnp.sum(b * b, -1)[None, :] - 2.0 * a @ b.T
+        return jnp.maximum(d, 0.0)
+
+    def a_block(xa, ya, xb, yb):
+        return jnp.sqrt(sq_dist(xa, xb) * sq_dist(ya, yb))
+
+    def local(Xr, Yr, Xall, Yall, kk, kv):
+        # kk, kv: this device's (per_dev,) point indices and validity.
+        kk = kk.reshape(-1, block)
+        kv = kv.reshape(-1, block)
+
+        def step(Pacc, blk):
+            kb, vb = blk
+            xk, yk = Xall[kb], Yall[kb]
+            e_rk = jnp.where(vb[None, :], jnp.exp(-a_block(Xr, Yr, xk, yk)), 0.0)  # (r, b)
+            return Pacc + e_rk @ a_block(xk, yk, Xall, Yall), None  # (r, n)
+
+        P0 = jax.lax.pcast(
+            jnp.zeros((Xr.shape[0], Xall.shape[0]), Xall.dtype), (BATCH_AXIS,), to="varying"
+        )
+        Pacc, _ = jax.lax.scan(step, P0, (kk, kv))
+        return jax.lax.psum(Pacc, BATCH_AXIS)
+
+    rep = P()
+    f = jax.jit(
+        jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(rep, rep, rep, rep, P(BATCH_AXIS), P(BATCH_AXIS)),
+            out_specs=rep,
+        )
+    )
+
+    def put(arr, spec):
+        return jax.make_array_from_callback(
+            arr.shape, NamedSharding(mesh, spec), lambda idx: arr[idx]
+        )
+
+    Pm = f(
+        put(X[rows], rep),
+        put(Y[rows], rep),
+        put(X, rep),
+        put(Y, rep),
+        put(k_idx, P(BATCH_AXIS)),
+        put(k_valid, P(BATCH_AXIS)),
+    )
+    # (r, n) @ E[:, cols] (n, c): replicated, computed on every device; small next to the sum.
+    E_cols = jax.jit(
+        lambda Xa, Ya, Xc, Yc: jnp.exp(-a_block(Xa, Ya, Xc, Yc)),
+    )(put(X, rep), put(Y, rep), put(X[cols], rep), put(Y[cols], rep))
+    out = jax.jit(jnp.matmul)(Pm, E_cols)
+    return np.asarray(out.addressable_data(0))  # replicated: every device holds all of it
