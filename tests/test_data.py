@@ -1,0 +1,145 @@
+"""unijax.data: the two-point set, XOR, blobs, digits, MNIST from local files, bad input."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from unijax import data
+
+
+@pytest.mark.parametrize("in_dim, out_dim", [(1, 1), (3, 2), (10, 4)])
+@pytest.mark.parametrize("dx2, dy2", [(1.0, 0.5), (0.25, 0.0), (2.0, 1.0)])
+def test_two_points_distances(in_dim, out_dim, dx2, dy2):
+    ds = data.two_points(dx2, dy2, in_dim=in_dim, out_dim=out_dim)
+    assert ds.x.shape == (2, in_dim) and ds.y.shape == (2, out_dim)
+    assert ds.x.dtype == np.float32 and ds.name == "two_points"
+    np.testing.assert_allclose(np.sum((ds.x[1].astype(float) - ds.x[0]) ** 2), dx2, rtol=1e-6)
+    np.testing.assert_allclose(np.sum((ds.y[1].astype(float) - ds.y[0]) ** 2), dy2, rtol=1e-6,
+                               atol=1e-12)
+    # The value is repeated in every coordinate.
+    assert np.all(ds.x == ds.x[:, :1])
+
+
+def test_two_points_paper_values():
+    ds = data.two_points(dtype=np.float64)
+    np.testing.assert_allclose(ds.x[:, 0], [-1.0, 0.0])
+    np.testing.assert_allclose(ds.y[:, 0], [0.6, 0.6 + np.sqrt(0.5)])
+
+
+@pytest.mark.parametrize(
+    "kwargs, word", [(dict(dx2=0.0), "dx2"), (dict(dy2=-1.0), "dy2"), (dict(in_dim=0), "in_dim")]
+)
+def test_two_points_bad_input(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        data.two_points(**kwargs)
+
+
+def test_xor():
+    ds = data.xor()
+    np.testing.assert_array_equal(ds.x, [[0, 0], [0, 1], [1, 0], [1, 1]])
+    np.testing.assert_array_equal(ds.y[:, 0], [0, 1, 1, 0])
+    np.testing.assert_array_equal(ds.labels, [0, 1, 1, 0])
+
+
+def test_blobs():
+    ds = data.blobs()
+    assert ds.x.shape == (1800, 27) and ds.y.shape == (1800, 1)
+    np.testing.assert_allclose(ds.x[:, :25].sum(axis=1), 1.0, rtol=1e-5)
+    ctx, mx, my = ds.factors.T
+    np.testing.assert_array_equal(ds.x[:, 25], ctx == 0)
+    np.testing.assert_array_equal(ds.x[:, 26], ctx == 1)
+    np.testing.assert_allclose(ds.y[:, 0], np.where(ctx == 0, mx, my))
+    assert ds.factor_names == ("context", "mx", "my")
+    # Each image appears in both contexts.
+    np.testing.assert_array_equal(ds.x[:900, :25], ds.x[900:, :25])
+    # The brightest pixel sits nearest the blob mean.
+    pix = np.linspace(-1, 1, 5)
+    i = np.argmax(ds.x[0, :25])
+    assert abs(pix[i // 5] - mx[0]) <= 0.25 and abs(pix[i % 5] - my[0]) <= 0.25
+
+
+def test_digits_embedded_default():
+    ds = data.digits()
+    assert ds.x.shape == (1797, 64) and ds.y.shape == (1797, 10)
+    assert ds.x.min() >= 0 and ds.x.max() <= 1 and ds.x.max() == 1
+    np.testing.assert_array_equal(ds.y.argmax(axis=1), ds.labels)
+    np.testing.assert_array_equal(ds.y.sum(axis=1), 1)
+    assert ds.name == "digits8x8"
+
+
+def _write_idx(path, array, gz=False):
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(">" + "I" * array.ndim,
+                                                                      *array.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (7, 28, 28)).astype(np.uint8), rng.integers(0, 10, 7)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_from_idx_directory(tmp_path, fake_mnist, gz):
+    images, labels = fake_mnist
+    suffix = ".gz" if gz else ""
+    _write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", images, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels, gz)
+    ds = data.mnist(tmp_path)
+    assert ds.x.shape == (7, 784) and ds.y.shape == (7, 10) and ds.name == "mnist"
+    np.testing.assert_allclose(ds.x, images.reshape(7, 784) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.labels, labels)
+    assert data.mnist(tmp_path, n=3).x.shape == (3, 784)
+
+
+def test_mnist_from_npz_and_env(tmp_path, fake_mnist, monkeypatch):
+    images, labels = fake_mnist
+    path = tmp_path / "mnist.npz"
+    np.savez(path, x_train=images, y_train=labels)
+    monkeypatch.setenv(data.MNIST_ENV, str(path))
+    ds = data.mnist()
+    np.testing.assert_array_equal(ds.labels, labels)
+    assert data.load("mnist").name == "mnist"
+    monkeypatch.delenv(data.MNIST_ENV)
+    assert data.load("mnist").name == "digits8x8"  # the embedded stand-in
+
+
+def test_mnist_errors(tmp_path, monkeypatch):
+    monkeypatch.delenv(data.MNIST_ENV, raising=False)
+    with pytest.raises(ValueError, match=data.MNIST_ENV):
+        data.mnist()
+    with pytest.raises(ValueError, match="does not exist"):
+        data.mnist(tmp_path / "nope")
+    with pytest.raises(ValueError, match="train-images"):
+        data.mnist(tmp_path)  # an empty directory
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x_train=np.zeros((4, 27, 27), np.uint8), y_train=np.zeros(4, int))
+    with pytest.raises(ValueError, match=r"expected \(N, 28, 28\) or \(N, 784\)"):
+        data.mnist(bad)
+    bad2 = tmp_path / "bad2.npz"
+    np.savez(bad2, x_train=np.zeros((4, 784), np.uint8), y_train=np.zeros(5, int))
+    with pytest.raises(ValueError, match=r"expected \(4,\)"):
+        data.mnist(bad2)
+    bad3 = tmp_path / "bad3.npz"
+    np.savez(bad3, a=np.zeros(3))
+    with pytest.raises(ValueError, match="x_train"):
+        data.mnist(bad3)
+
+
+def test_dataset_counts_must_agree():
+    with pytest.raises(ValueError, match="counts disagree"):
+        data.Dataset(np.zeros((3, 2)), np.zeros((4, 1)))
+    with pytest.raises(ValueError, match="2-D"):
+        data.Dataset(np.zeros(3), np.zeros((3, 1)))
+
+
+def test_load_by_name_and_subset():
+    assert data.load("XOR").name == "xor"
+    sub = data.load("blobs").subset([0, 900])
+    assert sub.x.shape == (2, 27) and sub.factors.shape == (2, 3)
+    with pytest.raises(ValueError, match="two_points"):
+        data.load("cifar")

@@ -1,0 +1,181 @@
+"""unijax.nets: forward passes against NumPy, Xavier statistics, variant shapes, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unijax import nets
+
+
+def jinit(net, x, key, gain=None):
+    """nets.init under one jit (eager op-by-op dispatch would compile every small op)."""
+    return jax.jit(lambda k: nets.init(net, x, key=k, gain=gain))(key)
+
+
+def japply(net, params, x, **kw):
+    return jax.jit(lambda p, x: net.apply({"params": p}, x, **kw))(params, x)
+
+NP_PHI = {
+    "leaky_relu": lambda a: np.where(a >= 0, a, 0.01 * a),
+    "relu": lambda a: np.maximum(a, 0),
+    "elu": lambda a: np.where(a > 0, a, np.expm1(np.minimum(a, 0))),
+    "tanh": np.tanh,
+    "swish": lambda a: a / (1 + np.exp(-a)),
+    "none": lambda a: a,
+}
+
+
+def np_mlp(params, x, depth, phi, skip=False):
+    """Reference forward pass in float64 NumPy: returns (out, hiddens)."""
+    a = np.asarray(x, np.float64)
+    hs = []
+    for k in range(depth):
+        p = params[f"dense_{k}"]
+        a = phi(a @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64))
+        if skip and k >= 2:
+            a = a + hs[k - 2]
+        hs.append(a)
+    p = params[f"dense_{depth}"]
+    return a @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64), hs
+
+
+@pytest.mark.parametrize("nonlinearity", sorted(nets.NONLINEARITIES))
+def test_mlp_forward_matches_numpy(nonlinearity):
+    net = nets.make("mlp", width=16, depth=3, out_dim=2, nonlinearity=nonlinearity)
+    x = jax.random.normal(jax.random.key(1), (5, 3), jnp.float32)
+    params = jinit(net, x, jax.random.key(0), gain=1.3)
+    out, hiddens = japply(net, params, x)
+    ref_out, ref_h = np_mlp(params, x, 3, NP_PHI[nonlinearity])
+    assert out.shape == (5, 2) and out.dtype == jnp.float32
+    assert len(hiddens) == 3 and all(h.shape == (5, 16) for h in hiddens)
+    # float32 forward vs float64 reference: a few ulps of accumulated rounding.
+    np.testing.assert_allclose(out, ref_out, rtol=2e-5, atol=2e-6)
+    for h, r in zip(hiddens, ref_h, strict=True):
+        np.testing.assert_allclose(h, r, rtol=2e-5, atol=2e-6)
+
+
+def test_skip_connections_add_activation_two_layers_earlier():
+    net = nets.make("skip", width=16, depth=5, out_dim=1)
+    x = jax.random.normal(jax.random.key(2), (4, 2), jnp.float32)
+    params = jinit(net, x, jax.random.key(3), gain=0.8)
+    out, hiddens = japply(net, params, x)
+    ref_out, ref_h = np_mlp(params, x, 5, NP_PHI["leaky_relu"], skip=True)
+    np.testing.assert_allclose(out, ref_out, rtol=2e-5, atol=2e-6)
+    for h, r in zip(hiddens, ref_h, strict=True):
+        np.testing.assert_allclose(h, r, rtol=2e-5, atol=2e-6)
+    # The first two hidden layers have no skip.
+    no_skip = np_mlp(params, x, 5, NP_PHI["leaky_relu"], skip=False)[1]
+    np.testing.assert_allclose(hiddens[1], no_skip[1], rtol=2e-5, atol=2e-6)
+
+
+def test_conv_shapes_and_kernels():
+    width, depth = 64, 5
+    net = nets.make("conv", width=width, depth=depth, out_dim=3)
+    x = jnp.ones((2, 1), jnp.float32)
+    params = jinit(net, x, jax.random.key(0))
+    out, hiddens = japply(net, params, x)
+    sizes = nets.hidden_sizes("conv", width, depth)
+    # Affine in to width, then valid convs (kernel 11): 1->20, 20->20, 20->20, 20->1 channels.
+    assert sizes == (64, 54 * 20, 44 * 20, 34 * 20, 24 * 1)
+    assert tuple(h.shape for h in hiddens) == tuple((2, s) for s in sizes)
+    assert out.shape == (2, 3)
+    assert params["conv_1"]["kernel"].shape == (11, 1, 20)
+    assert params["conv_2"]["kernel"].shape == (11, 20, 20)
+    assert params["conv_4"]["kernel"].shape == (11, 20, 1)
+    assert params["dense_out"]["kernel"].shape == (24, 3)
+
+
+def test_conv_first_hidden_is_valid_cross_correlation():
+    net = nets.make("conv", width=32, depth=3, out_dim=1, nonlinearity="none")
+    x = jnp.array([[0.3], [-1.2]], jnp.float32)
+    params = jinit(net, x, jax.random.key(5))
+    _, hiddens = japply(net, params, x)
+    h0 = np.asarray(hiddens[0], np.float64)
+    k = np.asarray(params["conv_1"]["kernel"], np.float64)[:, 0, :]  # (11, 20)
+    ref = np.stack([h0[:, i : i + 11] @ k for i in range(32 - 10)], axis=1)  # (n, 22, 20)
+    np.testing.assert_allclose(hiddens[1], ref.reshape(2, -1), rtol=2e-5, atol=2e-6)
+
+
+def test_xavier_normal_std_matches_formula():
+    net = nets.make("mlp", width=400, depth=2, out_dim=1)
+    x = jnp.ones((1, 3), jnp.float32)
+    gain = 1.3
+    params = jinit(net, x, jax.random.key(0), gain=gain)
+    k = np.asarray(params["dense_1"]["kernel"])  # 400 x 400
+    expected = gain * np.sqrt(2.0 / (400 + 400))
+    # 160000 draws: relative standard error of the std is 1/sqrt(2 n) = 0.18%; allow 1%.
+    assert abs(k.std() / expected - 1) < 0.01
+    assert abs(k.mean()) < 4 * expected / np.sqrt(k.size)
+    k0 = np.asarray(params["dense_0"]["kernel"])  # 3 x 400
+    assert abs(k0.std() / (gain * np.sqrt(2.0 / 403)) - 1) < 0.05
+    assert all(np.all(np.asarray(params[f"dense_{i}"]["bias"]) == 0) for i in range(3))
+    conv = nets.make("conv", width=64, depth=3, out_dim=1)
+    cp = jinit(conv, x, jax.random.key(1), gain=gain)
+    ck = np.asarray(cp["conv_1"]["kernel"])  # (11, 1, 20): fans 11 and 220 as in PyTorch
+    assert ck.shape == (11, 1, 20)
+    np.testing.assert_allclose(ck.std(), gain * np.sqrt(2.0 / (11 + 220)), rtol=0.15)
+
+
+def test_init_gain_is_traceable_and_equals_module_gain():
+    net = nets.make("mlp", width=16, depth=2, out_dim=1, gain=0.7)
+    x = jnp.ones((2, 1), jnp.float32)
+    a = jax.jit(net.init)(jax.random.key(4), x)["params"]
+    b = jinit(net, x, jax.random.key(4), gain=0.7)
+    jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6), a, b)
+    grid = jax.jit(jax.vmap(lambda g: nets.init(net, x, key=jax.random.key(4), gain=g)))(
+        jnp.array([0.7, 1.4], jnp.float32)
+    )
+    np.testing.assert_allclose(
+        grid["dense_1"]["kernel"][1], 2 * grid["dense_1"]["kernel"][0], rtol=1e-6
+    )
+
+
+def test_dropout_only_in_training():
+    net = nets.make("dropout", width=64, depth=2, out_dim=1)
+    assert net.dropout == 0.1
+    plain = nets.make("mlp", width=64, depth=2, out_dim=1)
+    x = jnp.ones((3, 4), jnp.float32)
+    params = jinit(net, x, jax.random.key(0))
+    out_eval, h_eval = japply(net, params, x)
+    out_plain, _ = japply(plain, params, x)
+    np.testing.assert_array_equal(out_eval, out_plain)
+    out_a, h_a = jax.jit(
+        lambda p, k: net.apply({"params": p}, x, train=True, rngs={"dropout": k})
+    )(params, jax.random.key(1))
+    assert not np.allclose(out_a, out_eval)
+    # Dropout acts on the *inputs* of the affine maps; the recorded activations are the maps'
+    # outputs, so they change but are not zeroed.
+    assert not np.allclose(h_a[0], h_eval[0])
+
+
+def test_float32_by_default_and_dtype_configurable():
+    x = np.ones((2, 1))  # float64 input must not leak into the network
+    net = nets.make("mlp", width=8, depth=2)
+    params = jinit(net, jnp.asarray(x, jnp.float32), jax.random.key(0))
+    out, hs = japply(net, params, x)
+    assert out.dtype == jnp.float32 and hs[0].dtype == jnp.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+    net16 = nets.make("mlp", width=8, depth=2, dtype="bfloat16")
+    p16 = jinit(net16, jnp.ones((2, 1)), jax.random.key(0))
+    assert all(p.dtype == jnp.bfloat16 for p in jax.tree.leaves(p16))
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(arch="resnet", width=8, depth=2), ["arch", "mlp", "conv"]),
+        (dict(arch="mlp", width=8, depth=2, nonlinearity="sigmoid"), ["nonlinearity", "tanh"]),
+        (dict(arch="mlp", width=0, depth=2), ["width"]),
+        (dict(arch="mlp", width=8, depth=0), ["depth"]),
+        (dict(arch="mlp", width=8, depth=2, gain=0.0), ["gain"]),
+        (dict(arch="mlp", width=8, depth=2, dropout=1.0), ["dropout", "[0, 1)"]),
+        (dict(arch="conv", width=30, depth=4), ["width", "30"]),
+        (dict(arch="conv", width=500, depth=2), ["depth", "3"]),
+    ],
+)
+def test_bad_arguments_name_the_argument(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        nets.make(kwargs.pop("arch"), **kwargs)
+    for word in words:
+        assert word in str(err.value)

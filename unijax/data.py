@@ -1,0 +1,351 @@
+"""The data sets of the paper's experiments (EXPERIMENTS.md E1, E4, E5, E6).
+
+Every loader returns a :class:`Dataset` of host (NumPy) arrays, ``x: (n_points, in_dim)``,
+``y: (n_points, out_dim)``, in the requested floating dtype (float32 by default). Nothing is
+ever downloaded: MNIST is read from local files, and scikit-learn's bundled 8x8 digits are the
+embedded default that stands in for it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import numpy as np
+
+__all__ = [
+    "Dataset",
+    "DATASETS",
+    "MNIST_ENV",
+    "two_points",
+    "xor",
+    "blobs",
+    "mnist",
+    "digits",
+    "mnist_or_digits",
+    "load",
+]
+
+#: Environment variable naming the MNIST location (a directory of IDX files or an ``.npz``).
+MNIST_ENV = "UNIJAX_MNIST"
+
+#: Names accepted by :func:`load`.
+DATASETS: tuple[str, ...] = ("two_points", "xor", "blobs", "mnist", "digits")
+
+
+class Dataset(eqx.Module):
+    """A small frozen data set.
+
+    Attributes:
+        x: inputs, ``(n_points, in_dim)``.
+        y: targets, ``(n_points, out_dim)``.
+        labels: integer class labels ``(n_points,)``, or ``None``.
+        name: a short name (``"two_points"``, ``"xor"``, ``"blobs"``, ``"mnist"``,
+            ``"digits8x8"``, ...).
+        factors: generating factors of each point ``(n_points, n_factors)`` or ``None``
+            (for the blobs: context, mx, my).
+        factor_names: names of the columns of ``factors``.
+
+    Raises:
+        ValueError: ``x`` and ``y`` (or ``labels``, ``factors``) disagree in their number of
+            points, or are not 2-D.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+    labels: np.ndarray | None = None
+    name: str = eqx.field(static=True, default="data")
+    factors: np.ndarray | None = None
+    factor_names: tuple[str, ...] = eqx.field(static=True, default=())
+
+    def __check_init__(self):
+        if np.ndim(self.x) != 2 or np.ndim(self.y) != 2:
+            raise ValueError(
+                "x and y must be 2-D (n_points, dim); got "
+                f"x.shape={np.shape(self.x)}, y.shape={np.shape(self.y)}"
+            )
+        n = np.shape(self.x)[0]
+        for field in ("y", "labels", "factors"):
+            value = getattr(self, field)
+            if value is not None and np.shape(value)[0] != n:
+                raise ValueError(
+                    f"data and target counts disagree: x has {n} points but "
+                    f"{field} has {np.shape(value)[0]}"
+                )
+
+    @property
+    def n_points(self) -> int:
+        return int(np.shape(self.x)[0])
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.shape(self.x)[1])
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.shape(self.y)[1])
+
+    def subset(self, index: Sequence[int] | np.ndarray) -> Dataset:
+        """The points ``index`` (any NumPy index), same name and factor names."""
+        index = np.asarray(index)
+        pick = lambda a: None if a is None else a[index]  # noqa: E731
+        return Dataset(
+            self.x[index],
+            self.y[index],
+            pick(self.labels),
+            self.name,
+            pick(self.factors),
+            self.factor_names,
+        )
+
+
+def _dtype(dtype: Any) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.kind != "f":
+        raise ValueError(f"dtype must be a floating dtype, got {dtype=}")
+    return dt
+
+
+def two_points(
+    dx2: float = 1.0,
+    dy2: float = 0.5,
+    *,
+    in_dim: int = 1,
+    out_dim: int = 1,
+    x1: float = -1.0,
+    y1: float = 0.6,
+    dtype: Any = np.float32,
+) -> Dataset:
+    """The two-point data set of E1: ``||x2 - x1||^2 = dx2`` and ``||y2 - y1||^2 = dy2``.
+
+    In one dimension ``x1 = -1``, ``x2 = -1 + sqrt(dx2)``, ``y1 = 0.6``, ``y2 = 0.6 + sqrt(dy2)``.
+    In ``d`` dimensions each value is repeated in every coordinate and divided by ``sqrt(d)``,
+    which keeps the squared distances ``dx2``, ``dy2``.
+
+    Args:
+        dx2: squared input distance, > 0.
+        dy2: squared target distance, >= 0.
+        in_dim, out_dim: dimensions, >= 1.
+        x1, y1: the first point's (1-D) input and target.
+        dtype: floating dtype of the arrays.
+
+    Returns:
+        ``Dataset`` with ``x: (2, in_dim)``, ``y: (2, out_dim)``, name ``"two_points"``.
+    """
+    if not (np.isfinite(dx2) and dx2 > 0):
+        raise ValueError(f"dx2 must be finite and > 0, got {dx2=}")
+    if not (np.isfinite(dy2) and dy2 >= 0):
+        raise ValueError(f"dy2 must be finite and >= 0, got {dy2=}")
+    for name, d in (("in_dim", in_dim), ("out_dim", out_dim)):
+        if not isinstance(d, int) or d < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {name}={d}")
+    dt = _dtype(dtype)
+    xs = np.array([x1, x1 + np.sqrt(dx2)]) / np.sqrt(in_dim)
+    ys = np.array([y1, y1 + np.sqrt(dy2)]) / np.sqrt(out_dim)
+    x = np.repeat(xs[:, None], in_dim, axis=1).astype(dt)
+    y = np.repeat(ys[:, None], out_dim, axis=1).astype(dt)
+    return Dataset(x, y, None, "two_points")
+
+
+def xor(*, dtype: Any = np.float32) -> Dataset:
+    """XOR (E4): inputs (0,0), (0,1), (1,0), (1,1); targets 0, 1, 1, 0; labels = targets."""
+    dt = _dtype(dtype)
+    x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dt)
+    labels = np.array([0, 1, 1, 0])
+    return Dataset(x, labels[:, None].astype(dt), labels, "xor")
+
+
+def blobs(*, n_grid: int = 30, image_size: int = 5, dtype: Any = np.float32) -> Dataset:
+    """Context-dependent Gaussian blobs (E5): 1800 points, 27 inputs, 1 output.
+
+    Each input is an ``image_size x image_size`` image of ``exp(-((u-mx)^2 + (v-my)^2) / 2)``
+    on a pixel grid over ``[-1, 1]^2``, normalized to sum 1, for the blob mean ``(mx, my)`` on an
+    ``n_grid x n_grid`` grid over ``[-1, 1]^2``, followed by a one-hot context (2 inputs). Every
+    image appears in both contexts: points ``0 .. n_grid^2 - 1`` are context 0 (target ``mx``),
+    the next ``n_grid^2`` are context 1 (target ``my``).
+
+    Returns:
+        ``Dataset`` with ``x: (2 n_grid^2, image_size^2 + 2)``, ``y: (2 n_grid^2, 1)``,
+        ``labels`` = context (0/1), ``factors`` = columns ``(context, mx, my)``.
+    """
+    for name, v in (("n_grid", n_grid), ("image_size", image_size)):
+        if not isinstance(v, int) or v < 2:
+            raise ValueError(f"{name} must be an integer >= 2, got {name}={v}")
+    dt = _dtype(dtype)
+    pix = np.linspace(-1.0, 1.0, image_size)
+    means = np.linspace(-1.0, 1.0, n_grid)
+    mx, my = (m.ravel() for m in np.meshgrid(means, means, indexing="ij"))  # (n_grid^2,)
+    u, v = (g.ravel() for g in np.meshgrid(pix, pix, indexing="ij"))  # (image_size^2,)
+    img = np.exp(-((u[None] - mx[:, None]) ** 2 + (v[None] - my[:, None]) ** 2) / 2)
+    img /= img.sum(axis=1, keepdims=True)
+    n = mx.size
+    ctx = np.repeat(np.eye(2), n, axis=0)  # (2n, 2)
+    x = np.concatenate([np.tile(img, (2, 1)), ctx], axis=1)
+    context = np.repeat(np.arange(2), n)
+    y = np.where(context == 0, np.tile(mx, 2), np.tile(my, 2))[:, None]
+    factors = np.stack([context, np.tile(mx, 2), np.tile(my, 2)], axis=1)
+    return Dataset(x.astype(dt), y.astype(dt), context, "blobs", factors.astype(dt),
+                   ("context", "mx", "my"))
+
+
+def _one_hot(labels: np.ndarray, n_classes: int, dt: np.dtype) -> np.ndarray:
+    return np.eye(n_classes, dtype=dt)[labels]
+
+
+def digits(*, dtype: Any = np.float32) -> Dataset:
+    """scikit-learn's bundled 8x8 digits: 1797 points, 64 inputs in [0, 1], one-hot targets.
+
+    The embedded stand-in for MNIST (pixel values 0..16 divided by 16); name ``"digits8x8"``.
+    """
+    from sklearn.datasets import load_digits
+
+    dt = _dtype(dtype)
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(dt)
+    labels = bunch.target.astype(np.int64)
+    return Dataset(x, _one_hot(labels, 10, dt), labels, "digits8x8")
+
+
+_IDX_NAMES = {
+    "images": ("train-images-idx3-ubyte", "train-images.idx3-ubyte"),
+    "labels": ("train-labels-idx1-ubyte", "train-labels.idx1-ubyte"),
+}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4:
+        raise ValueError(f"MNIST file {str(path)!r} is not an IDX file (too short)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(
+            f"MNIST file {str(path)!r} is not an unsigned-byte IDX file (magic {raw[:4].hex()})"
+        )
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"MNIST file {str(path)!r} holds {data.size} bytes, header says {shape}")
+    return data.reshape(shape)
+
+
+def _find_idx(directory: Path, kind: str) -> Path:
+    for stem in _IDX_NAMES[kind]:
+        for suffix in ("", ".gz"):
+            p = directory / (stem + suffix)
+            if p.is_file():
+                return p
+    names = [s + x for s in _IDX_NAMES[kind] for x in ("", ".gz")]
+    raise ValueError(
+        f"MNIST directory {str(directory)!r} has no {kind} file; expected one of {names}"
+    )
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as z:
+        keys = set(z.files)
+        for xk, yk in (("x_train", "y_train"), ("x", "y"), ("images", "labels")):
+            if xk in keys and yk in keys:
+                return z[xk], z[yk]
+    raise ValueError(
+        f"MNIST .npz {str(path)!r} has keys {sorted(keys)}; expected 'x_train' and 'y_train' "
+        "(or 'x'/'y', 'images'/'labels')"
+    )
+
+
+def mnist(path: str | os.PathLike | None = None, *, n: int | None = None,
+          dtype: Any = np.float32) -> Dataset:
+    """The MNIST training set from local files (never downloaded).
+
+    Args:
+        path: a directory with the standard IDX files (``train-images-idx3-ubyte`` and
+            ``train-labels-idx1-ubyte``, optionally ``.gz``) or an ``.npz`` with ``x_train`` and
+            ``y_train`` (Keras layout; ``x``/``y`` or ``images``/``labels`` also accepted).
+            ``None`` reads the environment variable ``UNIJAX_MNIST``.
+        n: keep only the first ``n`` points (``None``: all).
+        dtype: floating dtype.
+
+    Returns:
+        ``Dataset`` with ``x: (N, 784)`` in [0, 1] (pixels / 255), one-hot ``y: (N, 10)``,
+        ``labels: (N,)``, name ``"mnist"``.
+
+    Raises:
+        ValueError: no path given and ``UNIJAX_MNIST`` unset, a path that does not exist, files
+            of the wrong format or shapes (images must be ``(N, 28, 28)`` or ``(N, 784)`` uint8
+            0..255 or floats, labels ``(N,)`` integers 0..9).
+    """
+    dt = _dtype(dtype)
+    if path is None:
+        path = os.environ.get(MNIST_ENV)
+        if not path:
+            raise ValueError(
+                f"no MNIST path: pass path=... or set {MNIST_ENV} to a directory of IDX files "
+                "or an .npz (nothing is downloaded; data.digits() is the embedded stand-in)"
+            )
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise ValueError(f"MNIST path={str(p)!r} does not exist")
+    if p.is_dir():
+        images, labels = _read_idx(_find_idx(p, "images")), _read_idx(_find_idx(p, "labels"))
+    elif p.suffix == ".npz":
+        images, labels = _read_npz(p)
+    else:
+        raise ValueError(f"MNIST path={str(p)!r} must be a directory of IDX files or an .npz")
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim == 3 and images.shape[1:] == (28, 28):
+        images = images.reshape(images.shape[0], 784)
+    if images.ndim != 2 or images.shape[1] != 784:
+        raise ValueError(
+            f"MNIST images have shape {images.shape}; expected (N, 28, 28) or (N, 784)"
+        )
+    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"MNIST labels have shape {labels.shape}; expected ({images.shape[0]},) to match "
+            f"the images {images.shape}"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"MNIST labels must be integers 0..9, got range "
+                         f"[{labels.min()}, {labels.max()}]")
+    if n is not None:
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"n must be a positive integer or None, got {n=}")
+        images, labels = images[:n], labels[:n]
+    scale = 255.0 if images.dtype == np.uint8 or images.max(initial=0) > 1.0 else 1.0
+    x = (images.astype(np.float64) / scale).astype(dt)
+    labels = labels.astype(np.int64)
+    return Dataset(x, _one_hot(labels, 10, dt), labels, "mnist")
+
+
+def mnist_or_digits(path: str | os.PathLike | None = None, *, dtype: Any = np.float32) -> Dataset:
+    """MNIST when a path is given (argument or ``UNIJAX_MNIST``), else the bundled 8x8 digits.
+
+    The returned ``Dataset.name`` says which one (``"mnist"`` or ``"digits8x8"``).
+    """
+    if path is None and not os.environ.get(MNIST_ENV):
+        return digits(dtype=dtype)
+    return mnist(path, dtype=dtype)
+
+
+def load(name: str, **kwargs: Any) -> Dataset:
+    """A data set by name (one of :data:`DATASETS`); keyword arguments go to its loader.
+
+    ``"mnist"`` reads local files when a path is given (``path=`` or ``UNIJAX_MNIST``) and
+    falls back to the bundled 8x8 digits otherwise (see :func:`mnist_or_digits`).
+    """
+    key = name.strip().lower().replace(" ", "_").replace("-", "_")
+    loaders = {
+        "two_points": two_points,
+        "xor": xor,
+        "blobs": blobs,
+        "mnist": mnist_or_digits,
+        "digits": digits,
+    }
+    if key not in loaders:
+        raise ValueError(f"unknown data set name={name!r}; valid names: {list(DATASETS)}")
+    return loaders[key](**kwargs)
