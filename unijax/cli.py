@@ -1,0 +1,371 @@
+"""The ``unijax`` command: run the paper's experiments, resumably, and write a report.
+
+Usage::
+
+    unijax list
+    unijax run E3 [--preset quick|paper] [--seeds N] [--set key=value ...] [--out DIR]
+    unijax run all                   # every experiment, quick preset, ./unijax_out
+    unijax report DIR                # rebuild DIR/report.md from the stored results
+
+``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment failed (the others
+still ran and were stored); 2 bad input (nothing written); 130 interrupted (finished work is
+kept: run the same command again to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from unijax import experiments
+from unijax._store import ConfigMismatchError, ResultStore, config_to_dict
+from unijax.experiments._common import (
+    BadInput,
+    apply_overrides,
+    field_types,
+    parse_overrides,
+    result_to_arrays,
+)
+
+__all__ = ["main", "build_parser"]
+
+DEFAULT_OUT = "unijax_out"
+#: Experiments that use the default architecture's fitted rates of an earlier experiment.
+_RATE_SOURCES = ("E3", "E1")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with exit status 2 and a one-line message on bad input."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(2, f"unijax: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="unijax",
+        description="Every experiment of van Rossem & Saxe (ICML 2024), from one command.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="{list,run,report}", parser_class=_Parser)
+    sub.required = True
+
+    sub.add_parser("list", help="list the experiments and their presets")
+
+    r = sub.add_parser("run", help="run experiments (resumable), write figures and a report")
+    r.add_argument("experiments", nargs="*", default=["all"], metavar="EXPERIMENT",
+                   help=f"one or more of {', '.join(experiments.names())}, or all (default)")
+    r.add_argument("--preset", default="quick", choices=experiments.PRESETS,
+                   help="sizes: quick (2-core CPU, ~15 min for all), paper (Tables 1-2, GPU), "
+                   "tiny (smoke test, seconds)")
+    r.add_argument("--seeds", type=str, default=None, metavar="N",
+                   help="number of random seeds (trials) per setting")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable); `unijax list --keys` shows them")
+    r.add_argument("--mnist", default=None, metavar="PATH",
+                   help="MNIST directory of IDX files or .npz for E6/E8 (default: the bundled "
+                   "8x8 digits)")
+    r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"output directory (default ./{DEFAULT_OUT}); re-use it to resume")
+    r.add_argument("--fresh", action="store_true",
+                   help="discard stored results of the selected experiments in DIR first")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    rep = sub.add_parser("report", help="rebuild DIR/report.md from stored results")
+    rep.add_argument("dir", metavar="DIR")
+
+    # `unijax list --keys` shows every config key per experiment.
+    sub.choices["list"].add_argument("--keys", action="store_true",
+                                     help="also show every --set key with its quick value")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _fail(msg: str) -> int:
+    msg = " ".join(str(msg).split())  # one line
+    print(f"unijax: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def _check_writable(out: Path) -> None:
+    """Raise BadInput unless ``out`` is (or can be created as) a writable directory."""
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"output directory {str(out)!r} exists and is not a directory")
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise BadInput(
+            f"output directory {str(out)!r} is not writable (no write permission on "
+            f"{str(probe)!r}); choose another --out"
+        )
+
+
+def _configs(args) -> dict[str, Any]:
+    """Validated config of every selected experiment; raises BadInput."""
+    selected = experiments.resolve(args.experiments)
+    if args.seeds is not None:
+        try:
+            seeds = int(args.seeds)
+        except ValueError:
+            raise BadInput(f"--seeds {args.seeds!r} is not an integer; give N >= 1") from None
+        if seeds < 1:
+            raise BadInput(f"--seeds {seeds} is out of range; give N >= 1")
+    if args.mnist is not None and not Path(args.mnist).expanduser().exists():
+        raise BadInput(
+            f"MNIST path {args.mnist!r} does not exist; give a directory of IDX files or an "
+            ".npz, or leave --mnist out to use the bundled 8x8 digits"
+        )
+    mods = {name: experiments.get(name) for name in selected}
+    # A --set key must exist in at least one selected experiment; it applies to all that have it.
+    pairs = list(args.sets)
+    keys_by_exp = {name: set(field_types(m.Config)) for name, m in mods.items()}
+    for pair in pairs:
+        key = pair.split("=", 1)[0].strip()
+        if "=" not in pair:
+            raise BadInput(f"--set {pair!r} is malformed: expected key=value")
+        if not any(key in ks for ks in keys_by_exp.values()):
+            valid = sorted(set().union(*keys_by_exp.values()))
+            raise BadInput(
+                f"unknown --set key {key!r} for {', '.join(selected)}; valid keys: "
+                f"{', '.join(valid)}"
+            )
+    out = {}
+    for name, mod in mods.items():
+        where = f" (experiment {name})"
+        mine = [p for p in pairs if p.split("=", 1)[0].strip() in keys_by_exp[name]]
+        overrides = parse_overrides(mod.Config, mine, where=where)
+        if args.seeds is not None:
+            overrides["seeds"] = int(args.seeds)
+        if args.mnist is not None and "mnist" in keys_by_exp[name]:
+            overrides["mnist"] = str(Path(args.mnist).expanduser().resolve())
+        cfg = apply_overrides(mod.presets[args.preset], overrides, where=where)
+        mnist = getattr(cfg, "mnist", None)
+        if mnist and not Path(mnist).expanduser().exists():
+            raise BadInput(
+                f"MNIST path {mnist!r}{where} does not exist; give a directory of IDX files or "
+                "an .npz, or leave it empty to use the bundled 8x8 digits"
+            )
+        out[name] = cfg
+    return out
+
+
+def _upstream_rates(store: ResultStore) -> dict | None:
+    """Default-architecture rates from a finished E3 or E1 in the same directory, or None."""
+    for src in _RATE_SOURCES:
+        summary = store.load_summary(src)
+        if not summary or not store.is_finished(src, summary.get("config_hash", "")):
+            continue
+        rates = (summary.get("agreement", {}).get("figures", {}) or {}).get("default_rates")
+        if rates and rates.get("eta_h") and rates.get("eta_y"):
+            return {
+                "eta_h": float(rates["eta_h"]),
+                "eta_y": float(rates["eta_y"]),
+                "n": int(rates.get("n", 0)),
+                "source": f"{src} (config {summary['config_hash'][:12]})",
+                "width": rates.get("width"),
+                "depth": rates.get("depth"),
+            }
+    return None
+
+
+def _progress_factory(enabled: bool):
+    from tqdm.auto import tqdm
+
+    def progress(iterable, **kw):
+        kw.setdefault("leave", False)
+        kw.setdefault("dynamic_ncols", True)
+        return tqdm(iterable, disable=None if enabled else True, file=sys.stderr, **kw)
+
+    return progress
+
+
+def _environment() -> dict[str, Any]:
+    import jax
+
+    import unijax
+
+    dev = jax.devices()[0]
+    return {
+        "unijax": unijax.__version__,
+        "jax": jax.__version__,
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "python": platform.python_version(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    }
+
+
+def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: bool,
+             progress) -> dict[str, Any]:
+    """Run (or resume) one experiment; returns a status dict for the summary."""
+    import jax
+
+    mod = experiments.get(name)
+    h = store.begin(name, cfg, fresh=fresh)
+    if store.is_finished(name, h):
+        summary = store.load_summary(name)
+        return {"name": name, "status": "done earlier (skipped)", "summary": summary,
+                "wall_s": summary.get("wall_s")}
+    cache = store.chunk_cache(name, h)
+    upstream = {}
+    if getattr(mod, "USES_RATES", False):
+        rates = _upstream_rates(store)
+        if rates is not None:
+            upstream["rates"] = rates
+    t0 = time.perf_counter()
+    result = mod.run(cfg, key=jax.random.key(cfg.seed), progress=progress, cache=cache,
+                     upstream=upstream)
+    figures = mod.plot(result, store.exp_dir(name))
+    agreement = mod.agreement(result)
+    wall = time.perf_counter() - t0
+    summary = {
+        "experiment": name,
+        "title": mod.TITLE,
+        "claim": mod.CLAIM,
+        "preset": preset,
+        "agreement": agreement,
+        "figures": sorted({Path(p).name for p in figures}),
+        "wall_s": round(wall, 1),
+        "chunks_reused": cache.hits,
+        "chunks_computed": cache.misses,
+        "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "environment": _environment(),
+        "config": config_to_dict(cfg),
+    }
+    store.save_result(name, result_to_arrays(result), summary, config_hash=h)
+    return {"name": name, "status": "ran", "summary": summary, "wall_s": wall}
+
+
+def _print_summary(rows: list[dict], out: Path, total: float, report_path: Path | None) -> None:
+    print("", file=sys.stderr)
+    print(f"unijax: summary ({total / 60:.1f} min, results in {out})")
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        s = r.get("summary") or {}
+        agr = s.get("agreement", {})
+        verdict = {True: "PASS", False: "FAIL", None: "n/a"}.get(agr.get("passed"), "n/a")
+        if r["status"] == "failed":
+            verdict = "ERROR"
+        wall = r.get("wall_s")
+        wall_s = f"{wall:7.1f}s" if isinstance(wall, (int, float)) else "       -"
+        head = agr.get("headline", r.get("error", ""))
+        print(f"  {r['name']:<{width}}  {verdict:<5} {wall_s}  {r['status']:<22} {head}")
+    if report_path is not None:
+        print(f"report: {report_path}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------------
+
+
+def cmd_list(args) -> int:
+    for name in experiments.names():
+        mod = experiments.get(name)
+        print(f"{name}  {mod.TITLE}")
+        if args.keys:
+            quick = mod.presets["quick"]
+            for f in dataclasses.fields(quick):
+                print(f"      {f.name} = {getattr(quick, f.name)!r}")
+    print(f"presets: {', '.join(experiments.PRESETS)}  (run: unijax run E3 --preset quick)")
+    return 0
+
+
+def cmd_run(args) -> int:
+    out = Path(args.out).expanduser()
+    try:
+        cfgs = _configs(args)
+        _check_writable(out)
+        store = ResultStore(out)
+        if not args.fresh:
+            for name, cfg in cfgs.items():
+                store.check(name, cfg)
+    except (BadInput, ConfigMismatchError) as e:
+        return _fail(str(e))
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # the theory is float64; networks keep float32
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return _fail(f"output directory {str(out)!r} cannot be created ({e.strerror})")
+
+    progress = _progress_factory(not args.no_progress)
+    rows: list[dict] = []
+    t0 = time.perf_counter()
+    interrupted = False
+    try:
+        for name, cfg in cfgs.items():
+            print(f"unijax: {name}: {experiments.get(name).TITLE}", file=sys.stderr)
+            try:
+                rows.append(_run_one(name, cfg, store, preset=args.preset, fresh=args.fresh,
+                                     progress=progress))
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # keep going: the other experiments still run and store
+                traceback.print_exc(file=sys.stderr)
+                rows.append({"name": name, "status": "failed",
+                             "error": f"{type(e).__name__}: {e}".splitlines()[0][:160]})
+    except KeyboardInterrupt:
+        interrupted = True
+    from unijax import report
+
+    report_path = None
+    with contextlib.suppress(Exception):
+        report_path = report.write_report(out)
+    if rows:
+        _print_summary(rows, out, time.perf_counter() - t0, report_path)
+    if interrupted:
+        print(f"unijax: interrupted; finished work is kept in {out}: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    return 1 if any(r["status"] == "failed" for r in rows) else 0
+
+
+def cmd_report(args) -> int:
+    from unijax import report
+
+    d = Path(args.dir).expanduser()
+    if not d.is_dir():
+        return _fail(f"report directory {args.dir!r} does not exist or is not a directory")
+    try:
+        _check_writable(d)
+    except BadInput as e:
+        return _fail(str(e))
+    path = report.write_report(d)
+    n = sum(1 for name in experiments.names() if (d / name / "results.json").exists())
+    print(f"report: {path} ({n} experiment(s) with results)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``unijax`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "run":
+            return cmd_run(args)
+        return cmd_report(args)
+    except BadInput as e:
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,353 @@
+"""Helpers shared by the experiment modules: config parsing/validation, results <-> arrays,
+statistics over seeds, progress and caching protocols.
+
+An experiment module defines
+
+* ``NAME`` (``"E3"``), ``TITLE``, ``CLAIM`` (what the paper predicts, one or two sentences);
+* ``Config``: a frozen dataclass; every field has a type among ``int``, ``float``, ``bool``,
+  ``str``, ``str | None``, ``tuple[str, ...]``, ``tuple[float, ...]``, ``tuple[int, ...]``, and
+  ``__post_init__`` raises ``ValueError`` naming the field, its value and the valid range;
+* ``presets``: ``{"quick": Config(...), "paper": Config(...), "tiny": Config(...)}``;
+* ``run(config, *, key, progress=no_progress, cache=memory_cache(), upstream=None) -> Result``:
+  a pure function of the config and the key (``cache`` only memoizes named pieces of work);
+* ``Result``: a frozen dataclass whose fields are NumPy arrays (stored as ``result.npz``);
+* ``plot(result, outdir) -> list[Path]`` and ``agreement(result) -> dict`` (see
+  :func:`make_agreement`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from unijax._store import memory_cache
+
+__all__ = [
+    "BadInput",
+    "Cache",
+    "Progress",
+    "no_progress",
+    "memory_cache",
+    "parse_overrides",
+    "apply_overrides",
+    "field_types",
+    "result_to_arrays",
+    "result_from_arrays",
+    "spread",
+    "pearson",
+    "spearman",
+    "slope_through_origin",
+    "linear_slope",
+    "make_agreement",
+    "check_int",
+    "check_float",
+    "check_choice",
+    "check_choices",
+    "check_floats",
+]
+
+Cache = Callable[[str, Callable[[], Mapping[str, Any]]], dict[str, np.ndarray]]
+Progress = Callable[..., Iterable]
+
+
+def no_progress(iterable: Iterable, **_: Any) -> Iterable:
+    """The default ``progress``: returns ``iterable`` unchanged (tqdm's signature)."""
+    return iterable
+
+
+class BadInput(ValueError):
+    """Invalid user input (experiment name, ``--set`` key or value, paths): exit status 2."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation helpers used by Config.__post_init__
+# ---------------------------------------------------------------------------------------------
+
+
+def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> None:
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    ok = ok and value >= lo and (hi is None or value <= hi)
+    if not ok:
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{name}={value!r} is invalid: must be an integer {rng}")
+
+
+def check_float(
+    name: str, value: Any, lo: float = 0.0, hi: float | None = None, *, lo_open: bool = True
+) -> None:
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo)
+    ok = ok and (hi is None or value <= hi)
+    if not ok:
+        left = "(" if lo_open else "["
+        rng = f"{left}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise ValueError(f"{name}={value!r} is invalid: must be a finite number in {rng}")
+
+
+def check_floats(name: str, values: Sequence[Any], lo: float = 0.0, **kw: Any) -> None:
+    if len(values) == 0:
+        raise ValueError(f"{name} is empty: give at least one value")
+    for i, v in enumerate(values):
+        check_float(f"{name}[{i}]", v, lo, **kw)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is invalid; valid choices: {', '.join(choices)}")
+
+
+def check_choices(name: str, values: Sequence[str], choices: Sequence[str]) -> None:
+    if len(values) == 0:
+        raise ValueError(f"{name} is empty; valid choices: {', '.join(choices)}")
+    for v in values:
+        if v not in choices:
+            raise ValueError(
+                f"{name} contains {v!r}, which is invalid; valid choices: {', '.join(choices)}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# --set key=value parsing
+# ---------------------------------------------------------------------------------------------
+
+
+def field_types(config_cls: type) -> dict[str, Any]:
+    """Field name -> resolved type annotation of a config dataclass."""
+    hints = typing.get_type_hints(config_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
+
+
+def _type_name(tp: Any) -> str:
+    if tp in (int, float, bool, str):
+        return tp.__name__
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        return f"comma-separated list of {_type_name(args[0])}"
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return f"{_type_name(inner[0])} or none"
+    return str(tp)
+
+
+def _parse_scalar(tp: Any, text: str) -> Any:
+    t = text.strip()
+    if tp is bool:
+        low = t.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if tp is int:
+        try:
+            return int(t)
+        except ValueError:
+            f = float(t)  # accept "1e3" for integers when exact
+            if f.is_integer():
+                return int(f)
+            raise ValueError("expected an integer") from None
+    if tp is float:
+        return float(t)
+    if tp is str:
+        return t
+    raise ValueError(f"unsupported field type {tp}")
+
+
+def parse_value(tp: Any, text: str) -> Any:
+    """Convert the text of ``--set key=value`` to the field type ``tp`` (raises ValueError)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        items = [s for s in text.split(",") if s.strip()]
+        return tuple(_parse_scalar(args[0], s) for s in items)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        inner = [a for a in args if a is not type(None)][0]
+        return parse_value(inner, text)
+    return _parse_scalar(tp, text)
+
+
+def parse_overrides(config_cls: type, pairs: Sequence[str], *, where: str = "") -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{key: typed value}`` for ``config_cls``.
+
+    Raises:
+        BadInput: malformed pair, unknown key (lists the valid keys), or a value that does not
+            parse as the field's type (names the type).
+    """
+    types_ = field_types(config_cls)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise BadInput(f"--set {pair!r} is malformed: expected key=value")
+        key, text = pair.split("=", 1)
+        key = key.strip()
+        if key not in types_:
+            raise BadInput(
+                f"unknown --set key {key!r}{where}; valid keys: {', '.join(sorted(types_))}"
+            )
+        try:
+            out[key] = parse_value(types_[key], text)
+        except ValueError as e:
+            raise BadInput(
+                f"--set {key}={text!r}{where}: not a valid {_type_name(types_[key])} ({e})"
+            ) from None
+    return out
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
+    """``dataclasses.replace(config, **overrides)``; a ValueError from validation -> BadInput."""
+    try:
+        return dataclasses.replace(config, **overrides)
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"{str(e).rstrip('.')}{where}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Results <-> arrays
+# ---------------------------------------------------------------------------------------------
+
+
+def result_to_arrays(result: Any) -> dict[str, np.ndarray]:
+    """The fields of a Result dataclass as NumPy arrays (for ``result.npz``)."""
+    return {f.name: np.asarray(getattr(result, f.name)) for f in dataclasses.fields(result)}
+
+
+def result_from_arrays(cls: type, arrays: Mapping[str, np.ndarray]) -> Any:
+    """Rebuild a Result dataclass from :func:`result_to_arrays`' output."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    missing = [n for n in names if n not in arrays]
+    if missing:
+        raise ValueError(f"stored result lacks fields {missing} of {cls.__qualname__}")
+    return cls(**{n: np.asarray(arrays[n]) for n in names})
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+
+def spread(values: Any) -> dict[str, Any]:
+    """Mean, standard deviation (ddof=1 when n > 1), min, max and count of the finite values.
+
+    Non-finite entries (excluded trials are stored as NaN) are left out and not counted.
+    """
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"mean": None, "std": None, "min": None, "max": None, "n": 0}
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+        "n": int(v.size),
+    }
+
+
+def pearson(a: Any, b: Any) -> float:
+    """Pearson correlation of the finite pairs of ``a`` and ``b`` (NaN if < 3 pairs or flat)."""
+    a = np.asarray(a, dtype=float).ravel()
+    b = np.asarray(b, dtype=float).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b = a[ok], b[ok]
+    if a.size < 3 or np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def _ranks(v: np.ndarray) -> np.ndarray:
+    """Ranks with ties averaged (1-based)."""
+    order = np.argsort(v, kind="mergesort")
+    ranks = np.empty(v.size)
+    ranks[order] = np.arange(1, v.size + 1)
+    for u in np.unique(v):
+        tie = v == u
+        if tie.sum() > 1:
+            ranks[tie] = ranks[tie].mean()
+    return ranks
+
+
+def spearman(a: Any, b: Any) -> float:
+    """Spearman rank correlation of the finite pairs (NaN if < 3 pairs)."""
+    a = np.asarray(a, dtype=float).ravel()
+    b = np.asarray(b, dtype=float).ravel()
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3:
+        return float("nan")
+    return pearson(_ranks(a[ok]), _ranks(b[ok]))
+
+
+def linear_slope(x: Any, y: Any) -> float:
+    """Least-squares slope of ``y`` against ``x`` (with intercept), finite pairs only."""
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if x.size < 2 or np.var(x) == 0:
+        return float("nan")
+    return float(np.cov(x, y, bias=True)[0, 1] / np.var(x))
+
+
+def slope_through_origin(x: Any, y: Any) -> float:
+    """Least-squares slope of ``y = s x`` (no intercept), finite pairs only."""
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    ok = np.isfinite(x) & np.isfinite(y)
+    if not ok.any() or np.sum(x[ok] ** 2) == 0:
+        return float("nan")
+    return float(np.sum(x[ok] * y[ok]) / np.sum(x[ok] ** 2))
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A number for the report (``n/a`` for None/NaN)."""
+    if x is None:
+        return "n/a"
+    x = float(x)
+    if not math.isfinite(x):
+        return "n/a"
+    return f"{x:.{digits}g}"
+
+
+def fmt_spread(s: Mapping[str, Any], digits: int = 3) -> str:
+    """``mean ± std (n=..)`` from :func:`spread`."""
+    if not s or s.get("n", 0) == 0:
+        return "n/a (no valid trials)"
+    return f"{fmt(s['mean'], digits)} ± {fmt(s['std'], 2)} (n={s['n']})"
+
+
+def make_agreement(
+    *,
+    headline: str,
+    measured: str,
+    criterion: str,
+    passed: bool | None,
+    figures: Mapping[str, Any],
+    counts: Mapping[str, Any],
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The dict every ``agreement(result)`` returns (stored in ``results.json``).
+
+    Args:
+        headline: the one number (with its spread) that the report leads with.
+        measured: one or two sentences of what was measured, numbers included.
+        criterion: the pass/fail rule, in words, with its threshold.
+        passed: the verdict; None when it could not be decided (e.g. no valid trials).
+        figures: every agreement figure (numbers, spreads from :func:`spread`, per-item dicts).
+        counts: ``{"trials": ..., "diverged": ..., "not_converged": ..., "used": ...}``.
+        notes: caveats (quick-preset sizes, rates source, ...).
+    """
+    return {
+        "headline": headline,
+        "measured": measured,
+        "criterion": criterion,
+        "passed": passed,
+        "figures": dict(figures),
+        "counts": dict(counts),
+        "notes": list(notes),
+    }

@@ -1,0 +1,304 @@
+"""Shared machinery of the two-point experiments (E1, E2, E3, E7, E8) and of every ODE fit.
+
+* :func:`row_config`: a Table 1/2 row at reduced sizes, the learning rate rescaled so that the
+  continuous-time dynamics stay comparable (see the docstring).
+* :func:`fit_trajectories`: ``unijax.fit.fit_rates`` on many trials, always in the same
+  compiled shape (``FIT_POINTS`` sampled epochs, batches of ``FIT_BATCH`` trials), so that a
+  whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
+  an invalid start (``h0 <= 0``) are never fitted and are reported as excluded.
+* :func:`fit_loss`: ``unijax.fit.fit_eta_mean`` on the loss curves, given the fitted ODE
+  trajectories (THEORY.md section 3).
+* :func:`plateau_index`: the plateau measure of E2.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from unijax import configs
+from unijax.configs import TrainConfig
+
+__all__ = [
+    "FIT_POINTS",
+    "FIT_BATCH",
+    "TABLE1",
+    "row_config",
+    "sample_epochs",
+    "fit_trajectories",
+    "fit_loss",
+    "distance_loss",
+    "plateau_index",
+    "mean_output_error0",
+]
+
+#: Epochs sampled per fitted trajectory (one compiled fitter for every fit of a run).
+FIT_POINTS = 300
+#: Trials per compiled fit call (trials are padded to a multiple of this).
+FIT_BATCH = 8
+
+#: Table 1 row names (configs.names() order), E1/E2/E3.
+TABLE1: tuple[str, ...] = (
+    "default",
+    "convolution",
+    "skip_connections",
+    "shallow",
+    "narrow",
+    "dropout",
+    "linear",
+    "relu",
+    "elu",
+    "tanh",
+    "swish",
+    "low_initial_weights",
+    "intermediate_initial_weights",
+    "high_initial_weights",
+    "very_high_initial_weights",
+)
+
+
+def row_config(
+    name: str,
+    *,
+    width: int | None = None,
+    narrow_width: int | None = None,
+    conv_width: int | None = None,
+    epochs: int | None = None,
+    time_scale: float = 1.0,
+    **overrides: Any,
+) -> TrainConfig:
+    """A paper row (``configs.get(name)``) at other sizes, with a consistent learning rate.
+
+    The learning rate is multiplied by ``(paper width / width) * time_scale``: in the standard
+    (Xavier) parameterization the neural tangent kernel, hence every effective rate, grows in
+    proportion to the width, so dividing the width by ``k`` and multiplying the learning rate by
+    ``k`` keeps the dynamics per epoch; ``time_scale`` then compresses the run into fewer epochs
+    (lr x s, epochs / s, the same continuous-time horizon, as the authors' own settings do).
+
+    Args:
+        name: a row name of :mod:`unijax.configs`.
+        width: units of every hidden layer (None: the paper's); ``narrow_width`` replaces it for
+            the ``narrow`` row and ``conv_width`` for ``convolution``.
+        epochs: None: the paper's epochs divided by ``time_scale``.
+        time_scale: lr multiplier beyond the width rescaling (>= some 1s typically).
+        **overrides: any other :class:`~unijax.configs.TrainConfig` field (e.g. ``optimizer``).
+    """
+    base = configs.get(name)
+    if name == "narrow" and narrow_width is not None:
+        w = narrow_width
+    elif name == "convolution" and conv_width is not None:
+        w = conv_width
+    else:
+        w = width if width is not None else base.width
+    lr = base.lr * (base.width / w) * time_scale
+    if epochs is None:
+        epochs = max(1, int(round(base.epochs / time_scale)))
+    return configs.get(name, width=int(w), lr=float(lr), epochs=int(epochs), **overrides)
+
+
+def sample_epochs(n_epochs: int, n_points: int = FIT_POINTS) -> np.ndarray:
+    """``n_points`` distinct integer epochs from ``0`` to ``n_epochs - 1``, denser early.
+
+    Half are evenly spaced, half log-spaced, so that the fast early phase (the jump after a
+    plateau) is resolved; needs ``n_epochs >= n_points``.
+    """
+    if n_epochs < n_points:
+        raise ValueError(
+            f"runs to be fitted need >= {n_points} epochs (FIT_POINTS), got {n_epochs}"
+        )
+    lin = np.round(np.linspace(0, n_epochs - 1, n_points)).astype(int)
+    log = np.round(np.geomspace(1, n_epochs - 1, n_points)).astype(int)
+    pool = np.unique(np.concatenate([[0], lin, log]))
+    # Keep n_points of them, evenly by rank (always including 0 and the last epoch).
+    pick = np.unique(np.round(np.linspace(0, pool.size - 1, n_points)).astype(int))
+    out = pool[pick]
+    if out.size < n_points:  # fill from the unused linear grid
+        extra = np.setdiff1d(np.arange(n_epochs), out)[: n_points - out.size]
+        out = np.sort(np.concatenate([out, extra]))
+    return out.astype(int)
+
+
+def _valid_trial(z: np.ndarray) -> bool:
+    return bool(np.all(np.isfinite(z)) and z[0, 0] > 0 and z[0, 1] >= 0)
+
+
+def fit_trajectories(
+    Z: np.ndarray,
+    *,
+    dx2: Any,
+    dy2: Any,
+    epochs: np.ndarray | None = None,
+    progress=None,
+    desc: str = "fit",
+) -> dict[str, np.ndarray]:
+    """Fit ``(eta_h, eta_y)`` to every trajectory of ``Z`` (THEORY.md section 11).
+
+    Args:
+        Z: measured ``(h, y, w)``, shape ``(n_trials, n_epochs, 3)`` (any float dtype; fitted
+            in float64). NaN rows (diverged trials) are allowed: those trials are not fitted.
+        dx2, dy2: squared input/output distances, scalars or ``(n_trials,)``.
+        epochs: epochs to fit on (default :func:`sample_epochs` of ``n_epochs``).
+
+    Returns:
+        ``eta_h, eta_y, stderr_eta_h, stderr_eta_y: (n,)`` (1/epoch, NaN where not fitted),
+        ``r2: (n, 3)`` for h, y, w, ``converged: (n,)`` (False where not fitted or the fit
+        failed), ``fitted: (n,)`` (the trial was valid and went to the fitter),
+        ``z_fit: (n, FIT_POINTS, 3)`` the fitted trajectories, ``epochs: (FIT_POINTS,)``.
+    """
+    from unijax import fit
+
+    Z = np.asarray(Z, dtype=np.float64)
+    n, T = Z.shape[:2]
+    dx2 = np.broadcast_to(np.asarray(dx2, np.float64), (n,)).copy()
+    dy2 = np.broadcast_to(np.asarray(dy2, np.float64), (n,)).copy()
+    ep = sample_epochs(T) if epochs is None else np.asarray(epochs, int)
+    Zs = Z[:, ep]
+    valid = np.array([_valid_trial(Zs[i]) for i in range(n)])
+    m = ep.size
+    out = {
+        "eta_h": np.full(n, np.nan),
+        "eta_y": np.full(n, np.nan),
+        "stderr_eta_h": np.full(n, np.nan),
+        "stderr_eta_y": np.full(n, np.nan),
+        "r2": np.full((n, 3), np.nan),
+        "converged": np.zeros(n, bool),
+        "fitted": valid.copy(),
+        "z_fit": np.full((n, m, 3), np.nan),
+        "epochs": ep.astype(np.int64),
+    }
+    idx = np.flatnonzero(valid)
+    if idx.size == 0:
+        return out
+    batches = [idx[i : i + FIT_BATCH] for i in range(0, idx.size, FIT_BATCH)]
+    it = batches if progress is None else progress(batches, desc=desc)
+    ts = ep.astype(np.float64)
+    for b in it:
+        pad = FIT_BATCH - b.size
+        bb = np.concatenate([b, np.repeat(b[:1], pad)])  # padding repeats a valid trial
+        res = fit.fit_rates(ts, Zs[bb], dx2=dx2[bb], dy2=dy2[bb])
+        k = b.size
+        out["eta_h"][b] = np.asarray(res.eta_h)[:k]
+        out["eta_y"][b] = np.asarray(res.eta_y)[:k]
+        out["stderr_eta_h"][b] = np.asarray(res.stderr_eta_h)[:k]
+        out["stderr_eta_y"][b] = np.asarray(res.stderr_eta_y)[:k]
+        out["r2"][b] = np.asarray(res.r2)[:k]
+        out["converged"][b] = np.asarray(res.converged)[:k]
+        out["z_fit"][b] = np.asarray(res.z_fit)[:k]
+    return out
+
+
+def mean_output_error0(loss0: Any, z0: Any, dy2: Any) -> np.ndarray:
+    """``m0 = ||ybar - gbar(0)||^2`` from the initial loss and ``(h0, y0, w0)``.
+
+    THEORY.md section 3: ``L = 1/2 m0 + 1/4 (w + 1/2 (dy2 - y))`` at ``t = 0``; clipped at 0.
+    """
+    z0 = np.asarray(z0, np.float64)
+    ld = 0.25 * (z0[..., 2] + 0.5 * (np.asarray(dy2) - z0[..., 1]))
+    return np.maximum(2.0 * (np.asarray(loss0, np.float64) - ld), 0.0)
+
+
+def distance_loss(Z: Any, dy2: Any) -> np.ndarray:
+    """The distance part of the loss, ``1/4 (w + 1/2 (dy2 - y)) = 1/8 ||dy - dyhat||^2``."""
+    Z = np.asarray(Z, np.float64)
+    return 0.25 * (Z[..., 2] + 0.5 * (np.asarray(dy2)[..., None] - Z[..., 1]))
+
+
+def fit_loss(
+    loss: np.ndarray,
+    z_fit: np.ndarray,
+    *,
+    epochs: np.ndarray,
+    dy2: Any,
+    m0: Any,
+    use: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """Fit ``eta_mean`` to loss curves given the fitted ``(h, y, w)`` (THEORY.md section 3).
+
+    Args:
+        loss: measured loss, ``(n, n_epochs)``.
+        z_fit: fitted ODE trajectories at ``epochs``, ``(n, FIT_POINTS, 3)``.
+        epochs: the sampled epochs, ``(FIT_POINTS,)``.
+        dy2, m0: per trial (``(n,)`` or scalars).
+        use: ``(n,)`` bool, trials to fit (those whose rate fit converged).
+
+    Returns:
+        ``eta_mean (n,)``, ``r2_loss (n,)``, ``loss_converged (n,)``, ``loss_fit (n, P)``; NaN /
+        False where not fitted.
+    """
+    from unijax import fit
+
+    loss = np.asarray(loss, np.float64)
+    n = loss.shape[0]
+    m = epochs.size
+    dy2 = np.broadcast_to(np.asarray(dy2, np.float64), (n,))
+    m0 = np.broadcast_to(np.asarray(m0, np.float64), (n,))
+    out = {
+        "eta_mean": np.full(n, np.nan),
+        "r2_loss": np.full(n, np.nan),
+        "loss_converged": np.zeros(n, bool),
+        "loss_fit": np.full((n, m), np.nan),
+    }
+    idx = np.flatnonzero(np.asarray(use) & np.all(np.isfinite(loss[:, epochs]), axis=1)
+                         & np.all(np.isfinite(z_fit), axis=(1, 2)))
+    ts = epochs.astype(np.float64)
+    if not hasattr(fit, "fit_eta_mean"):  # older unijax.fit: no loss fit, reported as missing
+        return out
+    for i in range(0, idx.size, FIT_BATCH):
+        b = idx[i : i + FIT_BATCH]
+        bb = np.concatenate([b, np.repeat(b[:1], FIT_BATCH - b.size)])
+        res = fit.fit_eta_mean(ts, loss[bb][:, epochs], z_fit[bb], dy2=dy2[bb], m0=m0[bb])
+        k = b.size
+        out["eta_mean"][b] = np.asarray(res.eta_mean)[:k]
+        out["r2_loss"][b] = np.asarray(res.r2)[:k]
+        out["loss_converged"][b] = np.asarray(res.converged)[:k]
+        out["loss_fit"][b] = np.asarray(res.loss_fit)[:k]
+    return out
+
+
+def plateau_index(curve: np.ndarray) -> float:
+    """Plateau measure of a decaying curve: ``t_half / (t_quarter - t_half)``.
+
+    ``t_half`` (``t_quarter``) is the first epoch at which the curve falls below 1/2 (1/4) of
+    its initial value. A pure exponential decay gives exactly 1; a plateau followed by a drop
+    gives a large number (the plateau lasts many decay times). NaN if the curve never falls
+    below a quarter of its start.
+    """
+    c = np.asarray(curve, dtype=float)
+    if c.size < 2 or not np.isfinite(c[0]) or c[0] <= 0:
+        return float("nan")
+    below_half = np.flatnonzero(c <= 0.5 * c[0])
+    below_q = np.flatnonzero(c <= 0.25 * c[0])
+    if below_half.size == 0 or below_q.size == 0:
+        return float("nan")
+    th, tq = below_half[0], below_q[0]
+    # Linear interpolation between epochs for sub-epoch resolution.
+    def cross(level, k):
+        if k == 0:
+            return 0.0
+        a, b = c[k - 1], c[k]
+        return (k - 1) + (a - level) / (a - b) if a != b else float(k)
+
+    th_f, tq_f = cross(0.5 * c[0], th), cross(0.25 * c[0], tq)
+    if tq_f <= th_f:
+        return float("nan")
+    return float(th_f / (tq_f - th_f))
+
+
+def per_row_spread(values: np.ndarray, use: np.ndarray) -> Mapping[str, Any]:
+    """:func:`unijax.experiments._common.spread` of ``values[use]``."""
+    from unijax.experiments._common import spread
+
+    v = np.asarray(values, float)
+    return spread(np.where(np.asarray(use), v, np.nan))
+
+
+def finite_or_nan(x: Any) -> float:
+    x = float(x)
+    return x if math.isfinite(x) else float("nan")
+
+
+def names_array(names: Sequence[str]) -> np.ndarray:
+    return np.asarray(list(names), dtype=str)

@@ -1,0 +1,416 @@
+"""E1. Two-point dynamics across architectures (paper Fig. 2, Table 1; loss curves Fig. 11).
+
+Every Table 1 network is trained on the two points ``x = (-1, 0)``, ``y = (0.6, 0.6 + sqrt
+0.5)`` (``dx2 = 1``, ``dy2 = 0.5``); ``(h, y, w)`` at the middle hidden layer and the loss are
+recorded every epoch; ``(eta_h, eta_y)`` are fitted to ``(h, y, w)`` (THEORY.md section 11),
+then ``eta_mean`` to the loss curve (section 3). Agreement: R^2 of the fitted ODE for each of
+h, y, w and of the loss, per architecture, mean and spread over seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from unijax import configs, plots
+from unijax.experiments import _twopoint as tp
+from unijax.experiments._common import (
+    check_choices,
+    check_float,
+    check_int,
+    fmt,
+    fmt_spread,
+    make_agreement,
+    memory_cache,
+    no_progress,
+    spread,
+)
+
+NAME = "E1"
+TITLE = "Two-point dynamics across architectures (Fig. 2, 11; Table 1)"
+CLAIM = (
+    "With only the two effective learning rates (eta_h, eta_y) fitted, the ODE of the (h, y, w) "
+    "system reproduces the hidden distance h, output distance y and alignment w of every "
+    "architecture in Table 1, and with one more rate (eta_mean) its loss curve."
+)
+#: The default row's rates are reported for E4/E6 (``figures.default_rates``).
+USES_RATES = False
+
+#: R^2 threshold of the pass criterion (median over architectures, per variable).
+R2_PASS = 0.9
+VARS = ("h", "y", "w", "loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E1 settings.
+
+    Attributes:
+        rows: Table 1 rows (``unijax.configs`` names).
+        width: hidden units (None: the paper's 500); narrow_width/conv_width for those rows.
+        conv_depth: hidden layers of the convolution row (None: the paper's 10).
+        max_depth: cap on every row's hidden layers (None: the paper's depths).
+        epochs: training epochs; time_scale: lr multiplier beyond the width rescaling
+            (``_twopoint.row_config``; paper: 6000 epochs, 1).
+        seeds: trials per row; seed: base random seed.
+        dx2, dy2: squared input and target distances of the two points.
+    """
+
+    rows: tuple[str, ...] = tp.TABLE1
+    width: int | None = None
+    narrow_width: int | None = None
+    conv_width: int | None = None
+    conv_depth: int | None = None
+    max_depth: int | None = None
+    epochs: int = 6000
+    time_scale: float = 1.0
+    seeds: int = 10
+    seed: int = 0
+    dx2: float = 1.0
+    dy2: float = 0.5
+    optimizer: str = "sgd"
+
+    def __post_init__(self):
+        check_choices("rows", self.rows, tp.TABLE1)
+        for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        check_int("epochs", self.epochs, tp.FIT_POINTS)
+        check_float("time_scale", self.time_scale)
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        check_float("dx2", self.dx2)
+        check_float("dy2", self.dy2)
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer={self.optimizer!r} is invalid; valid choices: sgd, adam")
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(width=64, narrow_width=50, conv_width=64, conv_depth=5, epochs=1000,
+                    time_scale=6.0, seeds=4),
+    "tiny": Config(rows=("default", "shallow"), width=16, narrow_width=8, conv_width=48,
+                   conv_depth=4, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E1 result (R rows, S seeds, T epochs, P fitted epochs); time in epochs.
+
+    Attributes:
+        rows: ``(R,)`` row names; lr, width, depth: ``(R,)``; dx2, dy2: scalars.
+        loss: ``(R, S, T)`` training loss; hyw: ``(R, S, T, 3)`` measured (h, y, w).
+        diverged: ``(R, S)``.
+        epochs_fit: ``(P,)`` epochs used by the fits.
+        eta_h, eta_y: ``(R, S)`` fitted rates (1/epoch, NaN if not fitted); converged ``(R, S)``.
+        r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
+        eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
+    """
+
+    rows: np.ndarray
+    lr: np.ndarray
+    width: np.ndarray
+    depth: np.ndarray
+    dx2: np.ndarray
+    dy2: np.ndarray
+    loss: np.ndarray
+    hyw: np.ndarray
+    diverged: np.ndarray
+    epochs_fit: np.ndarray
+    eta_h: np.ndarray
+    eta_y: np.ndarray
+    converged: np.ndarray
+    r2: np.ndarray
+    z_fit: np.ndarray
+    eta_mean: np.ndarray
+    r2_loss: np.ndarray
+    loss_fit: np.ndarray
+    loss_converged: np.ndarray
+
+
+def row_configs(config: Config):
+    """The TrainConfig of every row at the config's sizes."""
+    out = []
+    for name in config.rows:
+        extra = {}
+        depth = configs.get(name).depth
+        if name == "convolution" and config.conv_depth is not None:
+            depth = config.conv_depth
+        if config.max_depth is not None:
+            depth = min(depth, config.max_depth)
+        extra["depth"] = depth
+        out.append(
+            tp.row_config(
+                name,
+                width=config.width,
+                narrow_width=config.narrow_width,
+                conv_width=config.conv_width,
+                epochs=config.epochs,
+                time_scale=config.time_scale,
+                dx2=config.dx2,
+                dy2=config.dy2,
+                optimizer=config.optimizer,
+                **extra,
+            )
+        )
+    return out
+
+
+def train_rows(cfgs, *, seeds: int, key, progress, cache, prefix: str = "train"):
+    """Train every row (one cached chunk each); returns stacked arrays."""
+    import jax
+
+    from unijax import train
+
+    loss, hyw, div = [], [], []
+    for i, cfg in enumerate(progress(cfgs, desc=f"{prefix}: rows")):
+
+        def compute(cfg=cfg, i=i):
+            r = train.train(cfg, seeds=seeds, key=jax.random.fold_in(key, i))
+            return {
+                "loss": np.asarray(r.loss)[0],
+                "hyw": np.asarray(r.hyw())[0],
+                "diverged": np.asarray(r.diverged)[0],
+            }
+
+        got = cache(f"{prefix}-{cfg.name}", compute)
+        loss.append(got["loss"])
+        hyw.append(got["hyw"])
+        div.append(got["diverged"])
+    return np.stack(loss), np.stack(hyw), np.stack(div)
+
+
+def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "fit"):
+    """Fit rates and eta_mean to every non-diverged trial of ``(R, S, ...)`` arrays."""
+    R, S, T = loss.shape
+
+    def compute():
+        Z = hyw.reshape(R * S, T, 3).astype(np.float64)
+        Z = np.where(diverged.reshape(-1)[:, None, None], np.nan, Z)
+        f = tp.fit_trajectories(Z, dx2=dx2, dy2=dy2, progress=progress, desc=f"{prefix}: ODE")
+        m0 = tp.mean_output_error0(loss.reshape(R * S, T)[:, 0], Z[:, 0], dy2)
+        lf = tp.fit_loss(loss.reshape(R * S, T), f["z_fit"], epochs=f["epochs"], dy2=dy2,
+                         m0=np.nan_to_num(m0), use=f["converged"])
+        return {**f, **lf}
+
+    out = cache(prefix, compute)
+    shaped = {}
+    for k, v in out.items():
+        shaped[k] = v if k == "epochs" else v.reshape((R, S) + v.shape[1:])
+    return shaped
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+    """Train every row, fit the ODE and the loss curve (pure in ``config`` and ``key``)."""
+    cache = cache or memory_cache()
+    cfgs = row_configs(config)
+    loss, hyw, div = train_rows(cfgs, seeds=config.seeds, key=key, progress=progress,
+                                cache=cache)
+    f = fit_rows(loss, hyw, div, dx2=config.dx2, dy2=config.dy2, progress=progress,
+                 cache=cache)
+    return Result(
+        rows=np.asarray(config.rows, dtype=str),
+        lr=np.asarray([c.lr for c in cfgs]),
+        width=np.asarray([c.width for c in cfgs]),
+        depth=np.asarray([c.depth for c in cfgs]),
+        dx2=np.asarray(config.dx2),
+        dy2=np.asarray(config.dy2),
+        loss=loss,
+        hyw=hyw,
+        diverged=div,
+        epochs_fit=f["epochs"],
+        eta_h=f["eta_h"],
+        eta_y=f["eta_y"],
+        converged=f["converged"] & ~div,
+        r2=f["r2"],
+        z_fit=f["z_fit"],
+        eta_mean=f["eta_mean"],
+        r2_loss=f["r2_loss"],
+        loss_fit=f["loss_fit"],
+        loss_converged=f["loss_converged"],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement and figures
+# ---------------------------------------------------------------------------------------------
+
+
+def r2_table(result) -> dict[str, dict[str, dict]]:
+    """Per row: spread of R^2 of h, y, w (converged fits) and of the loss (converged loss fits)."""
+    out = {}
+    for i, row in enumerate(np.asarray(result.rows)):
+        use = np.asarray(result.converged[i])
+        entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
+                 for k, v in enumerate(("h", "y", "w"))}
+        use_l = use & np.asarray(result.loss_converged[i])
+        entry["loss"] = spread(np.where(use_l, result.r2_loss[i], np.nan))
+        entry["eta_h"] = spread(np.where(use, result.eta_h[i], np.nan))
+        entry["eta_y"] = spread(np.where(use, result.eta_y[i], np.nan))
+        entry["eta_mean"] = spread(np.where(use_l, result.eta_mean[i], np.nan))
+        out[str(row)] = entry
+    return out
+
+
+def counts(result) -> dict[str, int]:
+    div = np.asarray(result.diverged)
+    conv = np.asarray(result.converged)
+    return {
+        "trials": int(div.size),
+        "diverged": int(div.sum()),
+        "fit_failed": int((~div & ~conv).sum()),
+        "used": int(conv.sum()),
+    }
+
+
+def default_rates(result) -> dict | None:
+    """Mean rates of the ``default`` row over converged seeds (for E4 / E6), or None."""
+    rows = list(np.asarray(result.rows))
+    if "default" not in rows:
+        return None
+    i = rows.index("default")
+    use = np.asarray(result.converged[i])
+    if not use.any():
+        return None
+    return {
+        "eta_h": float(np.mean(result.eta_h[i][use])),
+        "eta_y": float(np.mean(result.eta_y[i][use])),
+        "n": int(use.sum()),
+        "width": int(result.width[i]),
+        "depth": int(result.depth[i]),
+    }
+
+
+def agreement(result) -> dict:
+    table = r2_table(result)
+    medians = {}
+    for v in VARS:
+        means = [table[r][v]["mean"] for r in table if table[r][v]["mean"] is not None]
+        medians[v] = float(np.median(means)) if means else None
+    decided = all(medians[v] is not None for v in VARS)
+    passed = all(medians[v] >= R2_PASS for v in VARS) if decided else None
+    worst = {
+        v: min(((table[r][v]["mean"], r) for r in table if table[r][v]["mean"] is not None),
+               default=(None, None))
+        for v in VARS
+    }
+    headline = f"median R^2 over {len(table)} architectures: " + ", ".join(
+        f"{v} {fmt(medians[v])}" for v in VARS
+    )
+    per_row = "; ".join(
+        f"{r}: " + "/".join(fmt(table[r][v]["mean"], 3) for v in VARS) for r in table
+    )
+    measured = (
+        f"R^2 (mean over seeds) of the fitted ODE for h/y/w/loss per architecture: {per_row}. "
+        "Lowest: " + ", ".join(f"{v} {fmt(worst[v][0])} ({worst[v][1]})" for v in VARS) + "."
+    )
+    rates = default_rates(result)
+    figures = {"median_r2": medians, "per_architecture": table}
+    if rates is not None:
+        figures["default_rates"] = rates
+    return make_agreement(
+        headline=headline,
+        measured=measured,
+        criterion=f"median over architectures of the seed-mean R^2 >= {R2_PASS} for each of "
+        "h, y, w and the loss",
+        passed=passed,
+        figures=figures,
+        counts=counts(result),
+        notes=[f"rows: {', '.join(np.asarray(result.rows))}; widths "
+               f"{sorted(set(int(w) for w in result.width))}, {result.loss.shape[-1]} epochs, "
+               f"{result.loss.shape[1]} seeds per row. Default rates: "
+               + (f"eta_h {fmt_spread(table['default']['eta_h'])}, eta_y "
+                  f"{fmt_spread(table['default']['eta_y'])} 1/epoch."
+                  if "default" in table else "n/a.")],
+    )
+
+
+def _grid(n):
+    ncols = min(5, n)
+    return (n + ncols - 1) // ncols, ncols
+
+
+def plot_dynamics(result, outdir, stem: str = "dynamics", title: str = "") -> list[Path]:
+    """Per row: measured h, y, w (colours; every used seed) and the fitted ODE (black)."""
+    R = len(result.rows)
+    nr, nc = _grid(R)
+    fig, axes = plots.new_figure(nr, nc, size=(3.3, 2.6))
+    T = result.loss.shape[-1]
+    t = np.arange(T)
+    ep = np.asarray(result.epochs_fit)
+    for i, row in enumerate(np.asarray(result.rows)):
+        ax = axes.flat[i]
+        use = np.asarray(result.converged[i])
+        seeds = np.flatnonzero(use)[:3] if use.any() else np.flatnonzero(~result.diverged[i])[:1]
+        for k, (v, c) in enumerate(zip("hyw", ("C0", "C1", "C2"), strict=False)):
+            meas = result.hyw[i, seeds, :, k]
+            ax.plot(t, meas.T, color=c, lw=1.6, alpha=0.6, label=v if True else None)
+            th = result.z_fit[i, seeds, :, k]
+            ax.plot(ep, th.T, **plots.THEORY_STYLE)
+        r2 = [np.nanmean(np.where(use, result.r2[i, :, k], np.nan)) if use.any() else np.nan
+              for k in range(3)]
+        plots.label(ax, "epoch", "h, y, w (a.u.)",
+                    f"{row}: R² h {fmt(r2[0], 2)}, y {fmt(r2[1], 2)}, w {fmt(r2[2], 2)}")
+        ax.set_xscale("symlog", linthresh=max(1, T // 100))
+    for j in range(R, nr * nc):
+        axes.flat[j].axis("off")
+    handles = [plots.plt.Line2D([], [], color=c, label=v) for v, c in
+               zip(("h (network)", "y (network)", "w (network)"), ("C0", "C1", "C2"), strict=False)]
+    handles.append(plots.plt.Line2D([], [], label="ODE, fitted (theory)", **plots.THEORY_STYLE))
+    axes.flat[0].legend(handles=handles, fontsize=6, loc="best")
+    if title:
+        fig.suptitle(title)
+    return plots.save(fig, outdir, stem)
+
+
+def plot_loss(result, outdir, stem: str = "loss_curves") -> list[Path]:
+    R = len(result.rows)
+    nr, nc = _grid(R)
+    fig, axes = plots.new_figure(nr, nc, size=(3.3, 2.6))
+    T = result.loss.shape[-1]
+    ep = np.asarray(result.epochs_fit)
+    for i, row in enumerate(np.asarray(result.rows)):
+        ax = axes.flat[i]
+        use = np.asarray(result.converged[i] & result.loss_converged[i])
+        seeds = np.flatnonzero(use)[:3] if use.any() else np.flatnonzero(~result.diverged[i])[:1]
+        ax.plot(np.arange(T), result.loss[i, seeds].T, color="C3", lw=1.6, alpha=0.6)
+        ax.plot(ep, result.loss_fit[i, seeds].T, **plots.THEORY_STYLE)
+        ax.set_yscale("log")
+        ax.set_xscale("symlog", linthresh=max(1, T // 100))
+        r2 = np.nanmean(np.where(use, result.r2_loss[i], np.nan)) if use.any() else np.nan
+        plots.label(ax, "epoch", plots.HWY_LABELS["loss"], f"{row}: R² loss {fmt(r2, 3)}")
+    for j in range(R, nr * nc):
+        axes.flat[j].axis("off")
+    handles = [plots.plt.Line2D([], [], color="C3", label="network"),
+               plots.plt.Line2D([], [], label="theory (Eq. 9, fitted)", **plots.THEORY_STYLE)]
+    axes.flat[0].legend(handles=handles, fontsize=6, loc="best")
+    return plots.save(fig, outdir, stem)
+
+
+def plot_r2(result, outdir, stem: str = "r2_per_architecture") -> list[Path]:
+    table = r2_table(result)
+    rows = list(table)
+    fig, axes = plots.new_figure(1, 1, size=(max(5.0, 0.55 * len(rows) + 2), 3.4))
+    ax = axes[0, 0]
+    x = np.arange(len(rows))
+    for k, v in enumerate(VARS):
+        m = [table[r][v]["mean"] if table[r][v]["mean"] is not None else np.nan for r in rows]
+        s = [table[r][v]["std"] if table[r][v]["std"] is not None else 0 for r in rows]
+        ax.bar(x + (k - 1.5) * 0.2, m, 0.2, yerr=s, label=v, color=f"C{k}")
+    ax.axhline(R2_PASS, label=f"pass threshold {R2_PASS}", **plots.THEORY_STYLE)
+    ax.set_xticks(x, rows, rotation=60, ha="right", fontsize=7)
+    ax.set_ylim(min(0.0, np.nanmin([table[r][v]["mean"] or 0 for r in rows for v in VARS])), 1.02)
+    plots.label(ax, "architecture (Table 1 row)", "R² of the fitted theory (1 = perfect)")
+    ax.legend(fontsize=7, ncol=5, loc="lower left")
+    return plots.save(fig, outdir, stem)
+
+
+def plot(result, outdir) -> list[Path]:
+    return [
+        *plot_dynamics(result, outdir),
+        *plot_loss(result, outdir),
+        *plot_r2(result, outdir),
+    ]
