@@ -1,0 +1,330 @@
+"""unijax.distributed: start-up checks, padding, sharded == unsharded, two processes == one.
+
+Multi-device runs happen in subprocesses started with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (the device count is fixed when JAX
+starts); multi-process runs start two CPU processes that meet on a free localhost port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unijax import distributed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(n_devices: int = 1) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_PLATFORMS"] = "cpu"
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
+    env["JAX_ENABLE_X64"] = "1"
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    return env
+
+
+def _run(script: str, *args, n_devices: int = 1, timeout: float = 300.0):
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
+        env=_env(n_devices),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input is rejected before any work
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "coordinator, n, pid, match",
+    [
+        ("127.0.0.1:1234", 0, 0, r"num_processes=0 .*>= 1"),
+        ("127.0.0.1:1234", 2, 2, r"process_id=2 .*\[0, 1\]"),
+        ("127.0.0.1:1234", 2, -1, r"process_id=-1 .*\[0, 1\]"),
+        ("127.0.0.1:1234", 2.0, 0, r"num_processes must be an integer"),
+        (None, 2, 0, r"coordinator is required"),
+        ("localhost", 2, 0, r"coordinator='localhost' .*HOST:PORT"),
+        ("localhost:0", 2, 0, r"HOST:PORT with PORT in \[1, 65535\]"),
+        ("localhost:70000", 2, 0, r"HOST:PORT"),
+        (":1234", 2, 0, r"HOST:PORT"),
+        ("a b:1234", 2, 0, r"HOST:PORT"),
+    ],
+)
+def test_bad_process_arguments_are_rejected_naming_the_argument(coordinator, n, pid, match):
+    with pytest.raises(ValueError, match=match):
+        distributed.initialize(coordinator, n, pid, timeout_s=1)
+
+
+def test_coordinator_forms_are_parsed():
+    assert distributed.parse_coordinator("10.0.0.1:1234") == ("10.0.0.1", 1234)
+    assert distributed.parse_coordinator("node-001.cluster:29500") == ("node-001.cluster", 29500)
+    assert distributed.parse_coordinator("[::1]:80") == ("::1", 80)
+
+
+def test_single_process_needs_no_runtime():
+    assert distributed.initialize(None, 1, 0) is None
+    assert distributed.is_writer()
+    distributed.barrier("no-op in one process")
+
+
+def test_unreachable_coordinator_fails_within_the_timeout():
+    port = _free_port()  # nothing listens there
+    t0 = time.monotonic()
+    with pytest.raises(distributed.CoordinatorUnreachableError, match=f"127.0.0.1:{port}"):
+        distributed.initialize(f"127.0.0.1:{port}", 2, 1, timeout_s=1.5, verbose=False)
+    assert time.monotonic() - t0 < 1.5 + 1.0
+
+
+def test_cli_rejects_mismatched_process_arguments_before_any_work(tmp_path, capsys):
+    from unijax import sweep
+
+    parser = argparse.ArgumentParser()
+    sweep.add_cli(parser.add_subparsers())
+    out = tmp_path / "sw"
+    args = parser.parse_args(
+        [
+            "sweep",
+            "--out",
+            str(out),
+            "--coordinator",
+            "127.0.0.1:1",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "2",
+            "--set",
+            "width=8",
+            "--set",
+            "depth=2",
+            "--set",
+            "epochs=5",
+        ]
+    )
+    t0 = time.monotonic()
+    assert args.func(args) == 2
+    assert time.monotonic() - t0 < 5.0
+    err = capsys.readouterr().err
+    assert "process_id=2" in err and "[0, 1]" in err
+    assert not out.exists()  # nothing written
+
+
+# ---------------------------------------------------------------------------------------------
+# Padding and sharding
+# ---------------------------------------------------------------------------------------------
+
+
+def test_pad_batch_repeats_the_last_element_to_a_multiple():
+    tree = {"a": np.arange(5.0), "b": np.arange(10).reshape(5, 2)}
+    padded, n = distributed.pad_batch(tree, 4)
+    assert n == 5
+    np.testing.assert_array_equal(padded["a"], [0, 1, 2, 3, 4, 4, 4, 4])
+    np.testing.assert_array_equal(padded["b"][5:], [[8, 9]] * 3)
+    same, n = distributed.pad_batch(tree, 5)
+    assert n == 5 and same["a"].shape == (5,)
+    with pytest.raises(ValueError, match="multiple=0"):
+        distributed.pad_batch(tree, 0)
+    with pytest.raises(ValueError, match="share axis 0"):
+        distributed.pad_batch({"a": np.zeros(3), "b": np.zeros(4)}, 2)
+
+
+def test_shard_batch_on_one_device_reports_no_padding():
+    batch = distributed.shard_batch({"x": np.arange(3.0)}, distributed.batch_mesh())
+    assert batch.n_valid == 3 and batch.n_padded == len(distributed.batch_mesh().devices) * 0
+    out = distributed.gather_batch({"x": batch.arrays["x"] * 2}, batch.n_valid)
+    np.testing.assert_array_equal(out["x"], [0.0, 2.0, 4.0])
+
+
+_SHARDED_SCRIPT = """
+    import sys, jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    from unijax import distributed, theory
+    assert len(jax.devices()) == 2, jax.devices()
+    rng = np.random.default_rng(0)
+    # a batch of 5 does not divide 2 devices: one padding element
+    x = rng.normal(size=(5, 3))
+    out, n_padded = distributed.map_batch(lambda t: {"s": jnp.sin(t["x"]) @ jnp.ones(3)},
+                                          {"x": x})
+    assert n_padded == 1, n_padded
+    np.testing.assert_array_equal(out["s"], np.asarray(jnp.sin(x) @ jnp.ones(3)))
+    b = distributed.shard_batch({"x": x})
+    assert (b.n_valid, b.n_padded) == (5, 1) and b.mask.tolist() == [True] * 5 + [False]
+    assert len(b.arrays["x"].sharding.device_set) == 2
+    # whole-data-set theory, the data split over the devices (37 points, blocks of 4)
+    X, Y = rng.normal(size=(37, 4)), rng.normal(size=(37, 2))
+    ref = np.asarray(theory.exponential_weighting_from_data(X, Y, rows=[0, 5, 36], cols=[1, 2],
+                                                            block_size=4))
+    got = distributed.sharded_exponential_weighting_from_data(X, Y, rows=[0, 5, 36],
+                                                              cols=[1, 2], block_size=4)
+    np.testing.assert_allclose(got, ref, rtol=1e-12)  # summation order differs
+    print("OK")
+"""
+
+
+def test_sharded_equals_unsharded_on_two_host_devices():
+    r = _run(_SHARDED_SCRIPT, n_devices=2)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+
+
+_FIT_SCRIPT = """
+    import sys, jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from unijax import distributed, fit, theory
+    n_dev = len(jax.devices())
+    ts = np.arange(40.0)
+    rng = np.random.default_rng(1)
+    # 3 trials: not a multiple of 2 devices
+    z0 = np.stack([rng.uniform(0.05, 0.5, 3), rng.uniform(0.0, 0.05, 3),
+                   -rng.uniform(0.01, 0.1, 3)], 1)
+    Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=2e-2, eta_y=1e-2, dx2=1.0, dy2=0.5))
+                  for z in z0])
+    Z = Z + 1e-6 * rng.normal(size=Z.shape)
+    res = distributed.sharded_fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
+    assert (res.n_devices, res.n_padded) == (n_dev, 3 % n_dev), res
+    np.savez(sys.argv[1], **{k: np.asarray(getattr(res.fit, k)) for k in
+             ("eta_h", "eta_y", "stderr_eta_h", "sse", "converged")})
+    print("OK")
+"""
+
+
+def _check_same_fit(a, b):
+    np.testing.assert_array_equal(a["converged"], b["converged"])
+    assert a["converged"].all()
+    # A partitioned program is compiled separately: agreement to rounding, not bitwise.
+    for k in ("eta_h", "eta_y", "stderr_eta_h"):
+        if k in a:
+            np.testing.assert_allclose(a[k], b[k], rtol=1e-9, err_msg=k)
+    if "sse" in a:
+        np.testing.assert_allclose(a["sse"], b["sse"], rtol=1e-6, atol=1e-20)
+
+
+@pytest.mark.slow
+def test_sharded_fit_equals_unsharded_fit(tmp_path):
+    # ~1 min: the fit compiles once per process (2 processes).
+    r1 = _run(_FIT_SCRIPT, tmp_path / "one.npz", n_devices=1)
+    r2 = _run(_FIT_SCRIPT, tmp_path / "two.npz", n_devices=2)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    _check_same_fit(np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two processes on localhost == one process
+# ---------------------------------------------------------------------------------------------
+
+_MULTI_SCRIPT = """
+    import sys, jax, numpy as np
+    coordinator, n, pid, out, do_fit = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), \\
+        sys.argv[4], sys.argv[5] == "1"
+    from unijax import configs, distributed, sweep, theory
+    distributed.initialize(None if n == 1 else coordinator, n, pid, timeout_s=60)
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    assert jax.process_count() == n and len(jax.devices()) == n, jax.devices()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5, 3))
+    mapped, n_padded = distributed.map_batch(lambda t: jnp.cos(t) * 2.0, x)
+    X, Y = rng.normal(size=(23, 4)), rng.normal(size=(23, 2))
+    ew = distributed.sharded_exponential_weighting_from_data(X, Y, rows=[0, 7], cols=[3],
+                                                             block_size=4)
+    cfg = sweep.SweepConfig(train=configs.get("default", width=8, depth=2, epochs=30),
+                            archs=("mlp",), gains=(0.5, 1.0), seeds=(0, 1, 2), layers=(0, 1),
+                            seeds_per_chunk=2, fit=False)
+    res = sweep.run_sweep(cfg, out + "/sweep", progress=False)
+    arrays = {"mapped": mapped, "ew": ew, **res.arrays()}
+    if do_fit:
+        ts = np.arange(30.0)
+        Z = np.stack([res.h[0, :, :, 1], res.y[0, :, :, 1], res.w[0, :, :, 1]], -1)
+        f = distributed.sharded_fit_rates(ts, Z.reshape(-1, 30, 3).astype(float), dx2=1.0,
+                                          dy2=0.5, return_trajectory=False)
+        arrays.update(eta_h=f.fit.eta_h, eta_y=f.fit.eta_y, converged=f.fit.converged)
+    if distributed.is_writer():
+        np.savez(out + "/arrays.npz", **arrays)
+    print("OK", pid, n_padded, res.n_computed)
+"""
+
+
+def _multi(tmp_path: Path, n: int, do_fit: bool, timeout: float):
+    out = tmp_path / f"n{n}"
+    out.mkdir()
+    coordinator = f"127.0.0.1:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(_MULTI_SCRIPT),
+                coordinator,
+                str(n),
+                str(i),
+                str(out),
+                "1" if do_fit else "0",
+            ],
+            env=_env(1),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(n)
+    ]
+    results = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            results.append((p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for rc, stdout, stderr in results:
+        assert rc == 0 and "OK" in stdout, stderr[-3000:]
+    ok_lines = [next(ln for ln in r[1].splitlines() if ln.startswith("OK")) for r in results]
+    return dict(np.load(out / "arrays.npz")), ok_lines
+
+
+def _two_vs_one(tmp_path, do_fit, timeout):
+    one, _ = _multi(tmp_path, 1, do_fit, timeout)
+    two, outs = _multi(tmp_path, 2, do_fit, timeout)
+    # 2 gains x 2 seed blocks = 4 chunks: process 0 computed chunks 0 and 2, process 1 1 and 3
+    assert [int(o.split()[3]) for o in outs] == [2, 2], outs
+    assert [int(o.split()[2]) for o in outs] == [1, 1]  # 5 elements over 2 devices: 1 padded
+    assert set(one) == set(two)
+    for k in one:
+        if k in ("ew",) or k.startswith("eta"):
+            continue
+        np.testing.assert_array_equal(one[k], two[k], err_msg=k)  # same programs: bitwise
+    np.testing.assert_allclose(one["ew"], two["ew"], rtol=1e-12)  # psum order differs
+    if do_fit:
+        _check_same_fit(one, two)
+
+
+def test_two_processes_give_the_single_process_results(tmp_path):
+    _two_vs_one(tmp_path, do_fit=False, timeout=240)
+
+
+@pytest.mark.slow
+def test_two_processes_fit_gives_the_single_process_fit(tmp_path):
+    # ~1-2 min: each process compiles the fit.
+    _two_vs_one(tmp_path, do_fit=True, timeout=600)

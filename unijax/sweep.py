@@ -1,0 +1,763 @@
+"""Large sweeps, architectures x gains x seeds x layers, in resumable chunks, on one or many hosts.
+
+A sweep trains every architecture of ``archs`` at every gain of ``gains`` from every seed of
+``seeds``, records ``(h, y, w)`` at every layer of ``layers``, and (``fit=True``) fits the
+effective rates ``(eta_h, eta_y)`` of each recorded layer of each trial (THEORY.md section 11).
+
+The grid is cut into chunks: one chunk is one :func:`unijax.train.train` call for one
+architecture over a block of ``gains_per_chunk`` gains x ``seeds_per_chunk`` seeds (all
+layers), then one :func:`unijax.distributed.sharded_fit_rates` call over its trajectories.
+Each finished chunk is written atomically (temporary file, ``fsync``, ``os.replace``) with the
+sweep's config hash, by :class:`unijax._store.ResultStore`. A run killed at any moment
+(SIGKILL included) and started again with the same config loads the finished chunks and
+recomputes only the ones that were in flight; the merged result is the same as that of an
+uninterrupted run, because every trial depends only on its own seed (key
+``fold_in(key, seed)``) and gain, not on the chunk it falls in. Starting again with a
+different config is refused, naming the differing keys (``fresh=True`` discards instead).
+
+Layout of ``outdir``::
+
+    outdir/config.json        the sweep config and its hash (first start)
+    outdir/chunks/<id>.npz    finished chunks, e.g. ``mlp_g0_s1.npz``
+    outdir/result.npz         the merged arrays (see :class:`SweepResult`)
+    outdir/results.json       summary; written last, it marks the sweep finished
+
+Multi-host (after :func:`unijax.distributed.initialize`): chunk ``i`` is computed by process
+``i % num_processes`` on that process's own devices; chunks are independent, so processes
+never wait for each other until the end, and a dead process loses only its chunk in flight.
+``outdir`` must be on a file system all processes see (NFS, Lustre, GPFS...); process 0
+writes the merged result after a barrier, and every process returns it.
+
+>>> from unijax import configs, sweep                               # doctest: +SKIP
+>>> cfg = sweep.SweepConfig(train=configs.get("default", width=8, depth=2, epochs=50),
+...                         archs=("mlp", "skip"), gains=(0.5, 1.0), seeds=tuple(range(8)),
+...                         layers=(0, 1), seeds_per_chunk=4)
+>>> res = sweep.run_sweep(cfg, "out/sweep")                         # doctest: +SKIP
+>>> res.eta_h.shape   # (n_archs, n_gains, n_seeds, n_layers)        # doctest: +SKIP
+(2, 2, 8, 2)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import nets
+from ._store import (
+    ConfigMismatchError,
+    ResultStore,
+    canonical_json,
+    config_hash,
+    config_to_dict,
+    diff_configs,
+)
+from .configs import TrainConfig
+
+__all__ = [
+    "SweepConfig",
+    "SweepResult",
+    "add_cli",
+    "add_distributed_args",
+    "chunk_plan",
+    "init_from_args",
+    "load_sweep",
+    "run_sweep",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def _tuple(name: str, value, kind) -> tuple:
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a non-empty sequence, got {name}={value!r}.")
+    out = tuple(value)
+    if not out:
+        raise ValueError(f"{name} must be a non-empty sequence, got {name}={value!r}.")
+    if kind is int:
+        for v in out:
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ValueError(f"{name} must hold integers >= 0, got {name}={value!r}.")
+        out = tuple(int(v) for v in out)
+    elif kind is float:
+        try:
+            out = tuple(float(v) for v in out)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must hold numbers, got {name}={value!r}.") from None
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} must not repeat values, got {name}={value!r}.")
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """A grid of training runs and fits, cut into chunks (frozen, hashable).
+
+    Attributes:
+        train: the base :class:`~unijax.configs.TrainConfig`; each grid point replaces its
+            ``arch`` (the ``"dropout"`` architecture gets ``dropout=0.1`` if the base has 0)
+            and trains at the grid's gains.
+        archs: architectures, each in :data:`unijax.nets.ARCHITECTURES`, no repeats.
+        gains: Xavier gains, each finite and > 0, no repeats.
+        seeds: initialization seeds, integers >= 0, no repeats (trial key
+            ``fold_in(key(key), seed)``).
+        layers: recorded hidden layers, each in ``[0, train.depth)``; ``None``:
+            ``(train.layer,)``. Always a tuple after construction.
+        seeds_per_chunk, gains_per_chunk: block sizes of a chunk, integers >= 1 (clipped to
+            the grid). The last block is padded with repeats of its last seed/gain (computed,
+            then dropped) so that every chunk has the same shape and compiles once.
+        fit: fit ``(eta_h, eta_y)`` to every recorded layer of every non-diverged trial.
+        key: integer seed of the base ``jax.random.key``.
+
+    Raises:
+        ValueError: any field out of range, naming it, its value and the valid range.
+    """
+
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    archs: tuple[str, ...] = ("mlp",)
+    gains: tuple[float, ...] = (1.0,)
+    seeds: tuple[int, ...] = (0,)
+    layers: tuple[int, ...] | None = None
+    seeds_per_chunk: int = 8
+    gains_per_chunk: int = 1
+    fit: bool = True
+    key: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.train, TrainConfig):
+            raise ValueError(
+                f"train must be a unijax.configs.TrainConfig, got {type(self.train).__name__}."
+            )
+        archs = _tuple("archs", self.archs, str)
+        for a in archs:
+            if a not in nets.ARCHITECTURES:
+                raise ValueError(f"unknown arch {a!r} in archs; valid: {list(nets.ARCHITECTURES)}.")
+        object.__setattr__(self, "archs", archs)
+        gains = _tuple("gains", self.gains, float)
+        for g in gains:
+            if not (math.isfinite(g) and g > 0):
+                raise ValueError(f"gains must be finite and > 0, got gain {g!r} in {gains}.")
+        object.__setattr__(self, "gains", gains)
+        object.__setattr__(self, "seeds", _tuple("seeds", self.seeds, int))
+        layers = (self.train.layer,) if self.layers is None else self.layers
+        layers = _tuple("layers", layers, int)
+        for layer in layers:
+            if not 0 <= layer < self.train.depth:
+                raise ValueError(
+                    f"layers must lie in [0, {self.train.depth - 1}] (train.depth="
+                    f"{self.train.depth}), got layer {layer} in {layers}."
+                )
+        object.__setattr__(self, "layers", layers)
+        for name in ("seeds_per_chunk", "gains_per_chunk", "key"):
+            v = getattr(self, name)
+            low = 0 if name == "key" else 1
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {name}={v!r}.")
+            object.__setattr__(self, name, int(v))
+        if not isinstance(self.fit, (bool, np.bool_)):
+            raise ValueError(f"fit must be True or False, got fit={self.fit!r}.")
+        object.__setattr__(self, "fit", bool(self.fit))
+        for a in archs:  # every grid point must be a valid config (e.g. conv needs depth >= 3)
+            try:
+                self.train_config(a)
+            except ValueError as e:
+                raise ValueError(f"arch {a!r} does not fit the base config: {e}") from None
+
+    def train_config(self, arch: str) -> TrainConfig:
+        """The training config of architecture ``arch`` (gains come from the grid)."""
+        over: dict[str, Any] = {"arch": arch, "name": f"{self.train.name}_{arch}"}
+        if arch == "dropout" and self.train.dropout == 0:
+            over["dropout"] = nets.DEFAULT_DROPOUT
+        return dataclasses.replace(self.train, **over)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SweepConfig:
+        """Inverse of :func:`unijax._store.config_to_dict` (what ``config.json`` holds)."""
+        d = dict(d)
+        d["train"] = TrainConfig(**d["train"])
+        for k in ("archs", "gains", "seeds", "layers"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    """One block of the grid: architecture index, gain indices, seed indices (padded)."""
+
+    index: int
+    arch: int
+    gains: tuple[int, ...]  # indices into cfg.gains, padded with repeats of the last
+    seeds: tuple[int, ...]  # indices into cfg.seeds, padded likewise
+    n_gains: int  # real (unpadded) counts
+    n_seeds: int
+
+    @property
+    def id(self) -> str:
+        return f"a{self.arch}_g{self.gains[0]}_s{self.seeds[0]}"
+
+
+def _blocks(n: int, size: int) -> list[tuple[tuple[int, ...], int]]:
+    size = min(size, n)
+    out = []
+    for start in range(0, n, size):
+        idx = list(range(start, min(start + size, n)))
+        real = len(idx)
+        idx += [idx[-1]] * (size - real)
+        out.append((tuple(idx), real))
+    return out
+
+
+def chunk_plan(cfg: SweepConfig) -> list[_Chunk]:
+    """The chunks of ``cfg`` in order (architecture-major, then gain block, then seed block)."""
+    chunks = []
+    gb = _blocks(len(cfg.gains), cfg.gains_per_chunk)
+    sb = _blocks(len(cfg.seeds), cfg.seeds_per_chunk)
+    for a, (g, ng), (s, ns) in itertools.product(range(len(cfg.archs)), gb, sb):
+        chunks.append(_Chunk(len(chunks), a, g, s, ng, ns))
+    return chunks
+
+
+# ---------------------------------------------------------------------------------------------
+# Result
+# ---------------------------------------------------------------------------------------------
+
+_TRAIN_FIELDS = ("loss", "final_loss", "diverged", "diverged_epoch", "h", "y", "w", "final_h")
+_FIT_FIELDS = (
+    "eta_h",
+    "eta_y",
+    "stderr_eta_h",
+    "stderr_eta_y",
+    "sse",
+    "r2",
+    "converged",
+    "n_iters",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepResult:
+    """Merged arrays of a sweep (NumPy; ``A, G, S, L`` = archs, gains, seeds, layers).
+
+    Time is in epochs (entry ``t`` = before the update of epoch ``t``), rates in 1/epoch.
+
+    Attributes:
+        config: the :class:`SweepConfig`.
+        loss: ``(A, G, S, n_epochs)`` training loss; final_loss ``(A, G, S)``.
+        diverged: ``(A, G, S)`` bool; diverged_epoch ``(A, G, S)`` int (-1: never).
+        h, y, w: ``(A, G, S, L, n_epochs)`` two-point observables at each recorded layer.
+        final_h: ``(A, G, S, L)``.
+        eta_h, eta_y, stderr_eta_h, stderr_eta_y, sse: ``(A, G, S, L)`` fitted rates and
+            their standard errors (NaN where not fitted); r2 ``(A, G, S, L, 3)``;
+            converged ``(A, G, S, L)`` bool (False for diverged or unfitted trials);
+            n_iters ``(A, G, S, L)``. All ``None`` when ``config.fit`` is False.
+        n_chunks: number of chunks; n_computed: chunks computed by this call in this process
+            (the rest were loaded from ``outdir``).
+    """
+
+    config: SweepConfig
+    loss: np.ndarray
+    final_loss: np.ndarray
+    diverged: np.ndarray
+    diverged_epoch: np.ndarray
+    h: np.ndarray
+    y: np.ndarray
+    w: np.ndarray
+    final_h: np.ndarray
+    eta_h: np.ndarray | None
+    eta_y: np.ndarray | None
+    stderr_eta_h: np.ndarray | None
+    stderr_eta_y: np.ndarray | None
+    sse: np.ndarray | None
+    r2: np.ndarray | None
+    converged: np.ndarray | None
+    n_iters: np.ndarray | None
+    n_chunks: int
+    n_computed: int
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array fields by name (what ``result.npz`` holds)."""
+        names = _TRAIN_FIELDS + (_FIT_FIELDS if self.config.fit else ())
+        return {k: getattr(self, k) for k in names}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and mean fitted rates per architecture and gain (JSON-ready)."""
+        cfg = self.config
+        out: dict[str, Any] = {
+            "n_trials": int(self.diverged.size),
+            "n_diverged": int(self.diverged.sum()),
+            "n_chunks": self.n_chunks,
+            "grid": {
+                "archs": list(cfg.archs),
+                "gains": list(cfg.gains),
+                "n_seeds": len(cfg.seeds),
+                "layers": list(cfg.layers),
+            },
+        }
+        if cfg.fit:
+            rows = []
+            for a, arch in enumerate(cfg.archs):
+                for g, gain in enumerate(cfg.gains):
+                    for li, layer in enumerate(cfg.layers):
+                        ok = self.converged[a, g, :, li]
+                        rows.append(
+                            {
+                                "arch": arch,
+                                "gain": gain,
+                                "layer": layer,
+                                "n_converged": int(ok.sum()),
+                                "eta_h": float(np.mean(self.eta_h[a, g, ok, li]))
+                                if ok.any()
+                                else None,
+                                "eta_y": float(np.mean(self.eta_y[a, g, ok, li]))
+                                if ok.any()
+                                else None,
+                            }
+                        )
+            out["n_fit_converged"] = int(self.converged.sum())
+            out["rates"] = rows
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One chunk
+# ---------------------------------------------------------------------------------------------
+
+
+def _fit_chunk(ts, h, y, w, diverged, dx2, dy2, mesh) -> dict[str, np.ndarray]:
+    """Fit every (gain, seed, layer) trajectory of a chunk; NaN/False where not fittable.
+
+    ``h, y, w``: ``(G, S, L, E)``. The batch always has ``G * S * L`` trials (unfittable ones
+    replaced by a copy of a fittable one, then masked), so the fit compiles once per sweep.
+    """
+    import jax
+
+    from .distributed import sharded_fit_rates
+
+    G, S, L, E = h.shape
+    Z = np.stack([h, y, w], axis=-1).astype(np.float64).reshape(G * S * L, E, 3)
+    ok = np.isfinite(Z).all(axis=(1, 2)) & (Z[:, 0, 0] > 0) & (Z[:, 0, 1] >= 0)
+    ok &= ~np.repeat(np.asarray(diverged).reshape(G * S), L)
+    out = {
+        "eta_h": np.full(G * S * L, np.nan),
+        "eta_y": np.full(G * S * L, np.nan),
+        "stderr_eta_h": np.full(G * S * L, np.nan),
+        "stderr_eta_y": np.full(G * S * L, np.nan),
+        "sse": np.full(G * S * L, np.nan),
+        "r2": np.full((G * S * L, 3), np.nan),
+        "converged": np.zeros(G * S * L, bool),
+        "n_iters": np.zeros(G * S * L, np.int64),
+    }
+    if ok.any():
+        src = np.where(ok, np.arange(ok.size), np.flatnonzero(ok)[0])
+        with jax.enable_x64(True):
+            res = sharded_fit_rates(
+                ts, Z[src], dx2=dx2, dy2=dy2, mesh=mesh, return_trajectory=False
+            ).fit
+        for k in out:
+            v = np.asarray(getattr(res, k))
+            out[k] = np.where(ok.reshape((-1,) + (1,) * (v.ndim - 1)), v, out[k]).astype(
+                out[k].dtype
+            )
+    return {k: v.reshape((G, S, L) + v.shape[1:]) for k, v in out.items()}
+
+
+def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
+    """Train one chunk on this process's devices (and fit it); arrays with (G, S, ...) axes."""
+    import jax
+
+    from . import distributed, train
+
+    devices = jax.local_devices()
+    res = train.train(
+        cfg.train_config(cfg.archs[chunk.arch]),
+        seeds=[cfg.seeds[i] for i in chunk.seeds],
+        gains=[cfg.gains[i] for i in chunk.gains],
+        layers=list(cfg.layers),
+        key=jax.random.key(cfg.key),
+        devices=devices,
+    )
+    if res.h is None:
+        raise ValueError(
+            f"dataset={cfg.train.dataset!r} records no two-point observables (h, y, w); a "
+            "sweep needs a recorded pair (use dataset='two_points')."
+        )
+    arrays = {k: np.asarray(getattr(res, k)) for k in _TRAIN_FIELDS}
+    if cfg.fit:
+        mesh = distributed.batch_mesh(devices)
+        ts = np.arange(res.n_epochs, dtype=np.float64)
+        arrays.update(
+            _fit_chunk(
+                ts,
+                arrays["h"],
+                arrays["y"],
+                arrays["w"],
+                arrays["diverged"],
+                res.dx2,
+                res.dy2,
+                mesh,
+            )
+        )
+    return arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# Runner
+# ---------------------------------------------------------------------------------------------
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume(store: ResultStore, name: str, cfg: SweepConfig) -> str:
+    """The config hash; refuses a directory holding another config, naming dotted keys."""
+    h = config_hash(cfg)
+    old = store.stored_config(name)
+    if old is not None and old.get("config_hash") != h:
+        old_flat = _flat(old.get("config", {}))
+        new_flat = _flat(config_to_dict(cfg))
+        keys = diff_configs(old_flat, new_flat)
+        shown = ", ".join(
+            f"{k} (stored {canonical_json(old_flat.get(k))}, now {canonical_json(new_flat.get(k))})"
+            for k in keys
+        )
+        raise ConfigMismatchError(
+            f"{store.exp_dir(name)} holds a sweep run with a different config; differing keys: "
+            f"{shown or '(code version)'}. Use another output directory, or fresh=True "
+            "(--fresh) to discard the old results.",
+            keys,
+        )
+    return h
+
+
+_BARRIERS = itertools.count()
+
+
+def _barrier(stage: str, h: str) -> None:
+    from . import distributed
+
+    distributed.barrier(f"unijax-sweep-{h[:12]}-{stage}-{next(_BARRIERS)}")
+
+
+def _merge(cfg: SweepConfig, chunks, load) -> dict[str, np.ndarray]:
+    """Assemble per-chunk ``(G_blk, S_blk, ...)`` arrays into ``(A, G, S, ...)`` arrays."""
+    A, G, S = len(cfg.archs), len(cfg.gains), len(cfg.seeds)
+    merged: dict[str, np.ndarray] = {}
+    for chunk in chunks:
+        arrays = load(chunk)
+        gi = np.asarray(chunk.gains[: chunk.n_gains])
+        si = np.asarray(chunk.seeds[: chunk.n_seeds])
+        for k, v in arrays.items():
+            if k not in merged:
+                merged[k] = np.zeros((A, G, S) + v.shape[2:], v.dtype)
+            merged[k][chunk.arch, gi[:, None], si[None, :]] = v[: chunk.n_gains, : chunk.n_seeds]
+    return merged
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    outdir: str | Path,
+    *,
+    progress: bool = True,
+    fresh: bool = False,
+) -> SweepResult:
+    """Run (or resume, or just load) the sweep ``cfg`` in ``outdir``.
+
+    Finished chunks found in ``outdir`` (same config hash) are loaded, the others computed
+    and stored one by one; the merged arrays are written to ``outdir/result.npz`` and
+    ``outdir/results.json``. With several processes (after
+    :func:`unijax.distributed.initialize`), call it on every process with the same arguments:
+    chunk ``i`` runs on process ``i % num_processes``; all return the same result.
+
+    Args:
+        cfg: the :class:`SweepConfig`.
+        outdir: the sweep's directory (created; shared by all processes).
+        progress: print one line per chunk to stderr.
+        fresh: delete whatever ``outdir`` holds first (process 0), instead of resuming.
+
+    Returns:
+        :class:`SweepResult`.
+
+    Raises:
+        ConfigMismatchError (a ValueError): ``outdir`` holds a sweep with another config;
+            its message and ``.keys`` name the differing keys (dotted, e.g. ``train.width``).
+        FileNotFoundError: after all processes finished, a chunk file is missing (``outdir``
+            not on a shared file system).
+    """
+    import jax
+
+    from . import distributed
+
+    if not isinstance(cfg, SweepConfig):
+        raise ValueError(f"cfg must be a SweepConfig, got {type(cfg).__name__}.")
+    outdir = Path(outdir).expanduser().resolve()
+    store = ResultStore(outdir.parent)
+    name = outdir.name
+    pid, nproc = jax.process_index(), jax.process_count()
+
+    h = config_hash(cfg)
+    if pid == 0:
+        if not fresh:
+            _check_resume(store, name, cfg)
+        store.begin(name, cfg, fresh=fresh)  # records config.json; cleans stray temp files
+    _barrier("begin", h)
+    if pid != 0:
+        _check_resume(store, name, cfg)
+
+    chunks = chunk_plan(cfg)
+    if store.is_finished(name, h):
+        arrays, _ = store.load_result(name)
+        return _result(cfg, arrays, len(chunks), 0)
+
+    n_computed = 0
+    mine = [c for c in chunks if c.index % nproc == pid]
+    t_start = time.perf_counter()
+    for j, chunk in enumerate(mine):
+        if store.chunk_done(name, chunk.id, h):
+            continue
+        t0 = time.perf_counter()
+        arrays = _compute_chunk(cfg, chunk)
+        store.save_chunk(name, chunk.id, arrays, h)
+        n_computed += 1
+        if progress:
+            print(
+                f"unijax sweep: process {pid}: chunk {chunk.index + 1}/{len(chunks)} "
+                f"({j + 1}/{len(mine)} of this process) arch={cfg.archs[chunk.arch]} "
+                f"gains[{chunk.gains[0]}:{chunk.gains[0] + chunk.n_gains}] "
+                f"seeds[{chunk.seeds[0]}:{chunk.seeds[0] + chunk.n_seeds}] "
+                f"{time.perf_counter() - t0:.1f} s (total {time.perf_counter() - t_start:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    _barrier("chunks", h)
+
+    def load(chunk):
+        got = store.load_chunk(name, chunk.id, h)
+        if got is None:
+            raise FileNotFoundError(
+                f"chunk {chunk.id} (process {chunk.index % nproc}) is missing from "
+                f"{outdir / 'chunks'} after all processes finished: the output directory must "
+                "be on a file system shared by all processes."
+            )
+        return got
+
+    merged = _merge(cfg, chunks, load)
+    result = _result(cfg, merged, len(chunks), n_computed)
+    if distributed.is_writer():
+        store.save_result(name, result.arrays(), result.summary(), config_hash=h)
+    _barrier("done", h)
+    return result
+
+
+def _result(cfg: SweepConfig, arrays: dict, n_chunks: int, n_computed: int) -> SweepResult:
+    fields = {k: arrays[k] for k in _TRAIN_FIELDS}
+    fields.update({k: (arrays[k] if cfg.fit else None) for k in _FIT_FIELDS})
+    return SweepResult(config=cfg, n_chunks=n_chunks, n_computed=n_computed, **fields)
+
+
+def load_sweep(outdir: str | Path) -> SweepResult:
+    """The finished sweep stored in ``outdir`` (raises FileNotFoundError if unfinished)."""
+    outdir = Path(outdir).expanduser().resolve()
+    store = ResultStore(outdir.parent)
+    stored = store.stored_config(outdir.name)
+    if stored is None:
+        raise FileNotFoundError(f"{outdir / 'config.json'} does not exist: not a sweep directory.")
+    cfg = SweepConfig.from_dict(stored["config"])
+    if not store.is_finished(outdir.name, config_hash(cfg)):
+        raise FileNotFoundError(
+            f"the sweep in {outdir} is not finished (or was written by another code version): "
+            "run it again with the same config to resume."
+        )
+    arrays, _ = store.load_result(outdir.name)
+    return _result(cfg, arrays, len(chunk_plan(cfg)), 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--coordinator HOST:PORT --num-processes N --process-id I --dist-timeout S``."""
+    from .distributed import DEFAULT_TIMEOUT_S
+
+    g = parser.add_argument_group(
+        "multi-host (jax.distributed; start one process per host with the same "
+        "--coordinator and --num-processes)"
+    )
+    g.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        default=None,
+        help="address of process 0 (which hosts the coordinator), reachable by all processes",
+    )
+    g.add_argument(
+        "--num-processes", type=int, default=1, metavar="N", help="number of processes (1)"
+    )
+    g.add_argument(
+        "--process-id", type=int, default=0, metavar="I", help="this process, in [0, N) (0)"
+    )
+    g.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="S",
+        help=f"seconds to wait for the coordinator / other processes ({DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def init_from_args(args: argparse.Namespace) -> None:
+    """Validate the distributed arguments and call :func:`unijax.distributed.initialize`.
+
+    Call it before any JAX computation. Raises ValueError (bad arguments, before any work) or
+    :class:`unijax.distributed.CoordinatorUnreachableError`.
+    """
+    from . import distributed
+
+    distributed.initialize(
+        args.coordinator,
+        args.num_processes,
+        args.process_id,
+        timeout_s=args.dist_timeout,
+    )
+
+
+def _parse_value(text: str):
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for conv in (int, float):
+        try:
+            return conv(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    """``"16"`` (count: 0..15), ``"4:12"`` (range) or ``"0,3,7"`` (list)."""
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            return tuple(range(int(a), int(b)))
+        if "," in text:
+            return tuple(int(v) for v in text.split(",") if v)
+        return tuple(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: give a count (16), a range (4:12) or a list (0,3,7)"
+        ) from None
+
+
+def _csv(conv):
+    def parse(text: str):
+        try:
+            return tuple(conv(v) for v in text.split(",") if v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot parse {text!r} as a comma list") from None
+
+    return parse
+
+
+def add_cli(subparsers) -> argparse.ArgumentParser:
+    """Register the ``sweep`` subcommand on an ``argparse`` subparsers object.
+
+    ``unijax sweep --config default --set width=64 --set epochs=2000 --archs mlp,skip
+    --gains 0.5,1,1.5 --seeds 64 --layers 1,2 --out runs/sweep1`` (add the multi-host
+    arguments of :func:`add_distributed_args` on each host). Returns the subparser.
+    """
+    p = subparsers.add_parser(
+        "sweep",
+        help="grid of archs x gains x seeds x layers in resumable chunks (multi-host capable)",
+        description=(
+            "Train (and fit) a grid of architectures x gains x seeds x layers, in chunks that "
+            "are stored atomically as they finish; run the same command again to resume."
+        ),
+    )
+    p.add_argument("--config", default="default", help="base config name (unijax list)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field of the base config, e.g. --set width=64 (repeatable)",
+    )
+    p.add_argument("--archs", type=_csv(str), default=None, help="e.g. mlp,skip (base arch)")
+    p.add_argument("--gains", type=_csv(float), default=None, help="e.g. 0.5,1.0 (base gain)")
+    p.add_argument("--seeds", type=_parse_seeds, default=(0,), help="count, a:b or list (1)")
+    p.add_argument("--layers", type=_csv(int), default=None, help="e.g. 0,1 (base layer)")
+    p.add_argument("--seeds-per-chunk", type=int, default=8)
+    p.add_argument("--gains-per-chunk", type=int, default=1)
+    p.add_argument("--no-fit", action="store_true", help="train only, do not fit rates")
+    p.add_argument("--key", type=int, default=0, help="base PRNG seed (0)")
+    p.add_argument("--out", default="unijax_out/sweep", help="sweep directory")
+    p.add_argument("--fresh", action="store_true", help="discard results in --out first")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    add_distributed_args(p)
+    p.set_defaults(func=_cmd_sweep)
+    return p
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from . import configs, distributed
+
+    try:
+        distributed.check_process_args(args.coordinator, args.num_processes, args.process_id)
+        overrides = {}
+        for item in args.set:
+            if "=" not in item:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            k, v = item.split("=", 1)
+            overrides[k.strip()] = _parse_value(v.strip())
+        base = configs.get(args.config, **overrides)
+        cfg = SweepConfig(
+            train=base,
+            archs=args.archs or (base.arch,),
+            gains=args.gains or (base.gain,),
+            seeds=args.seeds,
+            layers=args.layers,
+            seeds_per_chunk=args.seeds_per_chunk,
+            gains_per_chunk=args.gains_per_chunk,
+            fit=not args.no_fit,
+            key=args.key,
+        )
+        out = Path(args.out).expanduser().resolve()
+        if not args.fresh:
+            _check_resume(ResultStore(out.parent), out.name, cfg)
+        init_from_args(args)
+    except (ValueError, ConnectionError) as e:
+        print(f"unijax sweep: error: {e}", file=sys.stderr)
+        return 2
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # as `unijax run`: the fits are float64
+    res = run_sweep(cfg, out, progress=not args.quiet, fresh=args.fresh)
+    if distributed.is_writer():
+        s = res.summary()
+        print(
+            f"sweep done: {s['n_trials']} trials in {s['n_chunks']} chunks "
+            f"({res.n_computed} computed by this process), {s['n_diverged']} diverged"
+            + (f", {s['n_fit_converged']} layer fits converged" if cfg.fit else "")
+            + f"; results in {out}"
+        )
+    return 0
