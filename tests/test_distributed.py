@@ -328,3 +328,32 @@ def test_two_processes_give_the_single_process_results(tmp_path):
 def test_two_processes_fit_gives_the_single_process_fit(tmp_path):
     # ~1-2 min: each process compiles the fit.
     _two_vs_one(tmp_path, do_fit=True, timeout=600)
+
+
+@pytest.mark.parametrize("kw", [{}, {"max_iters": 7, "scales": (1.0,), "return_trajectory": False}])
+def test_sharded_fit_builds_the_same_compiled_options_as_fit_rates(monkeypatch, kw):
+    # Cheap guard against drift between fit_rates and its mirror here: capture what fit_rates
+    # passes to its compiled core (without compiling) and compare.
+    from unijax import fit
+
+    captured = {}
+
+    def capture(ts, Z, dx2, dy2, init, *, opts, return_trajectory):
+        captured.update(args=(ts, Z, dx2, dy2, init), opts=opts, rt=return_trajectory)
+        raise StopIteration
+
+    monkeypatch.setattr(fit, "_fit_batch", capture)
+    ts = np.arange(5.0)
+    Z = np.tile([[0.1, 0.01, -0.05]], (2, 5, 1))
+    with pytest.raises(StopIteration):
+        fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, **kw)
+    ts_arr, batch, opts, rt, single = distributed._prepare_fit(ts, Z, 1.0, 0.5, None, kw)
+    assert opts == captured["opts"] and rt == captured["rt"] and not single
+    for got, ref in zip(
+        (ts_arr, batch["Z"], batch["dx2"], batch["dy2"], batch["init"]),
+        captured["args"],
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, np.asarray(ref))
+    with pytest.raises(ValueError, match="unknown fit option"):
+        distributed._prepare_fit(ts, Z, 1.0, 0.5, None, {"bogus": 1})

@@ -467,15 +467,24 @@ def _prepare_fit(ts, Z, dx2, dy2, init, kw):
         )
     scales = tuple(float(s) for s in np.atleast_1d(o["scales"]))
     check_positive("scales", np.asarray(scales))
-    opts = fit._FitOpts(
-        solve=fit._SolveOpts(float(o["rtol"]), float(o["atol"]), int(o["max_steps"])),
-        max_iters=int(o["max_iters"]),
-        opt_rtol=float(o["opt_rtol"]),
-        opt_atol=float(o["opt_atol"]),
-        max_rel_stderr=float(o["max_rel_stderr"]),
-        scales=scales,
-        has_init=init is not None,
-    )
+    # _FitOpts is built field by field from fit_rates' own keyword defaults, so that options
+    # added to fit_rates (plain bool/int/float keywords) pass through unchanged.
+    vals: dict[str, Any] = {}
+    for f in fit._FitOpts._fields:
+        if f == "solve":
+            vals[f] = fit._SolveOpts(float(o["rtol"]), float(o["atol"]), int(o["max_steps"]))
+        elif f == "has_init":
+            vals[f] = init is not None
+        elif f == "scales":
+            vals[f] = scales
+        elif f in o and isinstance(defaults[f], (bool, int, float)):
+            vals[f] = type(defaults[f])(o[f])
+        else:  # pragma: no cover - fit.py grew an option this mirror does not know
+            raise RuntimeError(
+                f"unijax.fit._FitOpts has a field {f!r} that sharded_fit_rates cannot fill; "
+                "update unijax.distributed._prepare_fit."
+            )
+    opts = fit._FitOpts(**vals)
     batch = {
         "Z": Z_arr,
         "dx2": dx2_b.astype(np.float64),
@@ -562,8 +571,7 @@ def sharded_fit_rates(
     z_fit = out.pop("z_fit")
     out = gather_batch(out, sharded.n_valid)
     out["z_fit"] = None if z_fit is None else gather_batch(z_fit, sharded.n_valid)
-    if single:
-        out = {k: (None if v is None else v[0]) for k, v in out.items()}
+    out = fit._squeeze(out, single)
     return ShardedFit(fit.RateFit(**out), sharded.n_padded, mesh.shape[BATCH_AXIS])
 
 

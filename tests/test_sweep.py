@@ -1,0 +1,261 @@
+"""unijax.sweep: chunking covers the grid, killed runs resume to the uninterrupted result,
+resuming against another config is refused naming the keys. Tiny sizes throughout."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from unijax import configs, sweep, train
+from unijax._store import ConfigMismatchError
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = configs.get("default", width=8, depth=2, epochs=40)
+
+
+def _cfg(**kw) -> sweep.SweepConfig:
+    d = dict(
+        train=BASE,
+        archs=("mlp",),
+        gains=(0.5, 1.0),
+        seeds=tuple(range(5)),
+        layers=(0, 1),
+        seeds_per_chunk=2,
+        fit=False,
+    )
+    d.update(kw)
+    return sweep.SweepConfig(**d)
+
+
+def _assert_same(a: sweep.SweepResult, b: sweep.SweepResult):
+    assert a.arrays().keys() == b.arrays().keys()
+    for k, v in a.arrays().items():
+        np.testing.assert_array_equal(v, b.arrays()[k], err_msg=k)
+
+
+# ---------------------------------------------------------------------------------------------
+# Config and plan
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(archs=("mlp", "resnet")), r"unknown arch 'resnet'"),
+        (dict(archs=()), r"archs must be a non-empty sequence"),
+        (dict(gains=(1.0, -1.0)), r"gains must be finite and > 0"),
+        (dict(seeds=(0, 0)), r"seeds must not repeat"),
+        (dict(seeds=(-1,)), r"seeds must hold integers >= 0"),
+        (dict(layers=(2,)), r"layers must lie in \[0, 1\]"),
+        (dict(seeds_per_chunk=0), r"seeds_per_chunk must be an integer >= 1"),
+        (dict(archs=("conv",)), r"arch 'conv' does not fit the base config"),
+    ],
+)
+def test_bad_config_is_rejected_naming_the_field(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**kw)
+
+
+def test_chunks_cover_the_grid_once_with_equal_shapes():
+    cfg = _cfg(
+        archs=("mlp", "skip"),
+        gains=(0.5, 1.0, 2.0),
+        seeds=tuple(range(7)),
+        seeds_per_chunk=3,
+        gains_per_chunk=2,
+    )
+    plan = sweep.chunk_plan(cfg)
+    assert len(plan) == 2 * 2 * 3
+    assert len({c.id for c in plan}) == len(plan)
+    seen = set()
+    for c in plan:
+        assert len(c.gains) == 2 and len(c.seeds) == 3  # padded: one compile per architecture
+        for g in c.gains[: c.n_gains]:
+            for s in c.seeds[: c.n_seeds]:
+                seen.add((c.arch, g, s))
+    assert len(seen) == 2 * 3 * 7
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+def test_chunked_sweep_equals_one_training_call(tmp_path):
+    cfg = _cfg()
+    res = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
+    assert res.n_chunks == 2 * 3 and res.n_computed == 6
+    direct = train.train(
+        BASE,
+        seeds=list(cfg.seeds),
+        gains=list(cfg.gains),
+        layers=[0, 1],
+        key=jax.random.key(cfg.key),
+    )
+    for k in ("loss", "h", "y", "w", "diverged"):
+        np.testing.assert_array_equal(getattr(res, k)[0], np.asarray(getattr(direct, k)), k)
+    assert res.h.shape == (1, 2, 5, 2, 40) and res.eta_h is None
+    # a finished sweep is loaded, not recomputed; load_sweep gives the same arrays
+    again = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
+    assert again.n_computed == 0
+    _assert_same(res, again)
+    _assert_same(res, sweep.load_sweep(tmp_path / "sw"))
+
+
+def test_resume_against_a_different_config_is_refused_naming_the_keys(tmp_path):
+    out = tmp_path / "sw"
+    sweep.run_sweep(_cfg(seeds=(0, 1)), out, progress=False)
+    other = _cfg(seeds=(0, 1, 2), train=BASE.replace(width=9))
+    with pytest.raises(ConfigMismatchError, match=r"seeds .*train\.width") as e:
+        sweep.run_sweep(other, out, progress=False)
+    assert e.value.keys == ["seeds", "train.width"]
+    assert "stored 8, now 9" in str(e.value)
+    res = sweep.run_sweep(other, out, progress=False, fresh=True)  # explicit discard works
+    assert res.h.shape[2] == 3
+
+
+_KILL_SCRIPT = """
+    import sys, time, jax
+    jax.config.update("jax_enable_x64", True)
+    from unijax import configs, sweep
+    orig = sweep._compute_chunk
+    def slow(cfg, chunk):  # stretch each chunk so that the kill lands mid-run
+        out = orig(cfg, chunk)
+        time.sleep(0.4)
+        return out
+    sweep._compute_chunk = slow
+    cfg = sweep.SweepConfig(train=configs.get("default", width=8, depth=2, epochs=40),
+                            archs=("mlp",), gains=(0.5, 1.0), seeds=tuple(range(5)),
+                            layers=(0, 1), seeds_per_chunk=2, fit=sys.argv[2] == "1")
+    sweep.run_sweep(cfg, sys.argv[1], progress=True)
+"""
+
+
+def _kill_midway(out: Path, fit: bool, n_done: int, timeout: float) -> int:
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        JAX_ENABLE_X64="1",
+        PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    p = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(_KILL_SCRIPT), str(out), "1" if fit else "0"],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and p.poll() is None:
+            if len(list((out / "chunks").glob("*.npz"))) >= n_done:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, p.stderr.read()[-3000:]
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == -signal.SIGKILL
+    assert not (out / "results.json").exists()
+    return len(list((out / "chunks").glob("*.npz")))
+
+
+def _kill_and_resume(tmp_path, fit: bool, timeout: float):
+    cfg = _cfg(fit=fit)
+    n_chunks = len(sweep.chunk_plan(cfg))
+    out = tmp_path / "killed"
+    done = _kill_midway(out, fit, 2, timeout)
+    assert 2 <= done < n_chunks
+    resumed = sweep.run_sweep(cfg, out, progress=False)
+    assert resumed.n_computed == n_chunks - done  # only the unfinished chunks were recomputed
+    uninterrupted = sweep.run_sweep(cfg, tmp_path / "clean", progress=False)
+    assert uninterrupted.n_computed == n_chunks
+    _assert_same(resumed, uninterrupted)
+    _assert_same(resumed, sweep.load_sweep(out))
+    return resumed
+
+
+def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
+    _kill_and_resume(tmp_path, fit=False, timeout=120)
+
+
+@pytest.mark.slow
+def test_sweep_with_fits_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
+    # ~1-2 min: the subprocess and this process each compile the fit once.
+    res = _kill_and_resume(tmp_path, fit=True, timeout=400)
+    assert res.converged.shape == (1, 2, 5, 2)
+    ok = res.converged
+    assert ok.sum() >= ok.size // 2  # tiny nets, 40 epochs: most layers are fittable
+    assert np.all(np.isnan(res.eta_h[~ok]) | ok[~ok] | np.isfinite(res.eta_h[~ok]))
+
+
+@pytest.mark.slow
+def test_sweep_fits_equal_direct_fits(tmp_path):
+    from unijax import fit
+
+    cfg = _cfg(seeds=(0, 1, 2), fit=True)
+    res = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
+    Z = np.stack([res.h, res.y, res.w], -1)[0].astype(np.float64)  # (G, S, L, E, 3)
+    tr = train.train(BASE, seeds=[0], gains=[0.5], layers=[0, 1], key=jax.random.key(0))
+    direct = fit.fit_rates(
+        np.arange(40.0), Z.reshape(-1, 40, 3), dx2=tr.dx2, dy2=tr.dy2, return_trajectory=False
+    )
+    np.testing.assert_array_equal(res.converged[0].reshape(-1), np.asarray(direct.converged))
+    ok = np.asarray(direct.converged)
+    np.testing.assert_allclose(
+        res.eta_h[0].reshape(-1)[ok], np.asarray(direct.eta_h)[ok], rtol=1e-9
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def _cli(*argv) -> int:
+    parser = argparse.ArgumentParser()
+    sweep.add_cli(parser.add_subparsers())
+    args = parser.parse_args(["sweep", *map(str, argv)])
+    return args.func(args)
+
+
+def test_cli_runs_and_refuses_a_changed_config(tmp_path, capsys):
+    out = tmp_path / "sw"
+    common = [
+        "--set",
+        "width=8",
+        "--set",
+        "depth=2",
+        "--set",
+        "epochs=40",
+        "--gains",
+        "0.5,1",
+        "--seeds",
+        "3",
+        "--layers",
+        "0,1",
+        "--no-fit",
+        "--quiet",
+        "--out",
+        out,
+    ]
+    assert _cli(*common) == 0
+    assert "sweep done: 6 trials" in capsys.readouterr().out
+    res = sweep.load_sweep(out)
+    assert res.config.seeds == (0, 1, 2) and res.config.gains == (0.5, 1.0)
+    assert _cli(*common, "--set", "lr=0.01") == 2
+    err = capsys.readouterr().err
+    assert "differing keys: train.lr (stored 0.005, now 0.01)" in err
