@@ -1,0 +1,1177 @@
+"""The training engine: a grid of init seeds x gains trained in one compiled call.
+
+Written for one trial (one seed, one gain); ``vmap`` adds the trial axis, ``lax.scan`` loops
+over epochs, and the flattened ``gains * seeds`` batch of trials is laid out over all local
+devices with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"trials"`` axis; the batch is
+padded to a multiple of the device count and the padding stripped again). Long runs are cut
+into chunks of epochs, one compiled ``scan`` per chunk with the parameters carried (and their
+buffers donated) from one chunk to the next, so memory holds the parameters once and only the
+recorded observables grow with the number of epochs.
+
+Time is measured in epochs. **Records are taken before the update of their epoch**: entry
+``t`` of every per-epoch record describes the network after ``t`` epochs of training, so entry
+``0`` is the initialization, and ``final_*`` is the state after the last epoch (``epochs``
+updates). For two-point data, with ``(x1, y1), (x2, y2)`` the pair, ``h_l(x)`` the recorded
+hidden layer and ``f`` the network (THEORY.md section 2):
+
+    h = ||h_l(x2) - h_l(x1)||^2,   y = ||f(x2) - f(x1)||^2,   w = y - (y2 - y1) . (f(x2) - f(x1))
+
+and the loss ``0.5 * mean((f(x) - y)^2)`` over all points and output dimensions. With full-batch
+gradient descent and no dropout these come from the same forward pass as the gradient of that
+epoch (no extra forward); with mini-batches or dropout a separate deterministic forward pass
+(dropout off) over the whole data set measures them.
+
+Example:
+    >>> from unijax import configs, train
+    >>> cfg = configs.get("default", width=32, depth=4, epochs=300)
+    >>> res = train.train(cfg, seeds=4, gains=[0.5, 1.0])
+    >>> res.h.shape, res.diverged.shape          # (n_gains, n_seeds, n_epochs), (n_gains, n_seeds)
+    ((2, 4, 300), (2, 4))
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import data as data_lib
+from . import nets
+from .configs import TrainConfig
+
+__all__ = [
+    "TrainResult",
+    "train",
+    "train_model",
+    "init_params",
+    "hidden_observables",
+    "make_network",
+    "load_data",
+]
+
+_AXIS = "trials"
+
+
+# --------------------------------------------------------------------------------------------
+# The result
+# --------------------------------------------------------------------------------------------
+
+
+class TrainResult(eqx.Module):
+    """Recorded observables of a grid of ``n_gains x n_seeds`` training runs (a frozen pytree).
+
+    Time is in epochs; entry ``t`` of a per-epoch record is taken *before* the update of epoch
+    ``t`` (entry 0 = initialization); ``final_*`` is after the last update. ``L`` below is the
+    number of recorded layers; arrays have the layer axis only when ``layer_axis`` is true
+    (``layers`` was given as a sequence or ``"all"``).
+
+    Attributes:
+        gains: ``(n_gains,)`` Xavier gains.
+        seeds: ``(n_seeds,)`` integer seeds.
+        loss: ``(n_gains, n_seeds, n_epochs)``, 0.5 * MSE over the whole data set.
+        h, y, w: ``(n_gains, n_seeds, n_epochs)`` or ``(n_gains, n_seeds, L, n_epochs)``: the
+            two-point observables of the recorded pair (``None`` without a pair). ``y`` and
+            ``w`` do not depend on the layer and are repeated along the layer axis.
+        final_loss: ``(n_gains, n_seeds)``; ``final_h``, ``final_y``, ``final_w``:
+            ``(n_gains, n_seeds)`` or ``(n_gains, n_seeds, L)``.
+        diverged: ``(n_gains, n_seeds)`` bool: loss NaN/inf or above ``divergence_threshold``.
+        diverged_epoch: ``(n_gains, n_seeds)`` int, the first epoch whose record (or
+            ``n_epochs`` for the final state) is bad, ``-1`` if none. Records after it are NaN.
+        record_epochs: ``(K,)`` epochs at which hidden representations were recorded.
+        record_points: ``(P,)`` indices of the data points whose representations are recorded.
+        reps: representations at ``record_epochs``: ``(n_gains, n_seeds, K, P, F)`` for one
+            layer; for several layers a tuple of such arrays, one per layer (``F`` may differ
+            between layers of the conv network). ``None`` without ``record_points``.
+        initial_reps, final_reps: as ``reps`` without the ``K`` axis.
+        initial_outputs, final_outputs: ``(n_gains, n_seeds, P, out_dim)`` network outputs of
+            the recorded points (``None`` without ``record_points``).
+        initial_params, final_params: parameters with leading ``(n_gains, n_seeds)`` axes when
+            ``return_params=True``, else ``None``.
+        dx2, dy2: squared input and target distances of the recorded pair (``nan`` if none).
+        config: the :class:`~unijax.configs.TrainConfig` (``None`` for :func:`train_model`).
+        name, layers, pair, optimizer, lr, batch_size, data_name: what was run.
+        n_devices: devices the trial batch was sharded over; n_padded: padding trials that were
+            added so the batch divides the device count (computed, then discarded).
+        compile_s, run_s: wall seconds spent compiling and running.
+    """
+
+    gains: jax.Array
+    seeds: jax.Array
+    loss: jax.Array
+    h: jax.Array | None
+    y: jax.Array | None
+    w: jax.Array | None
+    final_loss: jax.Array
+    final_h: jax.Array | None
+    final_y: jax.Array | None
+    final_w: jax.Array | None
+    diverged: jax.Array
+    diverged_epoch: jax.Array
+    record_epochs: jax.Array
+    record_points: jax.Array
+    reps: Any
+    initial_reps: Any
+    final_reps: Any
+    initial_outputs: jax.Array | None
+    final_outputs: jax.Array | None
+    initial_params: Any
+    final_params: Any
+    dx2: float = eqx.field(static=True)
+    dy2: float = eqx.field(static=True)
+    config: TrainConfig | None = eqx.field(static=True)
+    name: str = eqx.field(static=True)
+    layers: tuple = eqx.field(static=True)
+    layer_axis: bool = eqx.field(static=True)
+    pair: tuple[int, int] | None = eqx.field(static=True)
+    optimizer: str = eqx.field(static=True)
+    lr: float = eqx.field(static=True)
+    batch_size: int | None = eqx.field(static=True)
+    divergence_threshold: float = eqx.field(static=True)
+    data_name: str = eqx.field(static=True)
+    n_devices: int = eqx.field(static=True)
+    n_padded: int = eqx.field(static=True)
+    compile_s: float = eqx.field(static=True)
+    run_s: float = eqx.field(static=True)
+
+    @property
+    def n_epochs(self) -> int:
+        return int(self.loss.shape[-1])
+
+    @property
+    def ts(self) -> jax.Array:
+        """``(n_epochs,)`` float times in epochs of the per-epoch records: ``0 .. n_epochs-1``."""
+        return jnp.arange(self.n_epochs, dtype=self.loss.dtype)
+
+    @property
+    def n_diverged(self) -> int:
+        """Number of diverged trials."""
+        return int(np.sum(np.asarray(self.diverged)))
+
+    def hyw(self) -> jax.Array:
+        """``(n_gains, n_seeds, [L,] n_epochs, 3)``: ``(h, y, w)`` stacked for the fitter."""
+        if self.h is None:
+            raise ValueError("no two-point observables were recorded (pair=None)")
+        return jnp.stack([self.h, self.y, self.w], axis=-1)
+
+    def summary(self) -> str:
+        """A few human-readable lines: grid, divergence per gain, final loss, timings."""
+        g, s = self.diverged.shape
+        div = np.asarray(self.diverged)
+        lines = [
+            f"TrainResult {self.name!r}: {g} gains x {s} seeds, {self.n_epochs} epochs, "
+            f"{self.optimizer} lr={self.lr:g}"
+            + (f" batch={self.batch_size}" if self.batch_size else " full batch")
+            + f", layers {list(self.layers)}, data {self.data_name}",
+            f"devices: {self.n_devices} ({self.n_padded} padding trials computed and dropped); "
+            f"compile {self.compile_s:.2f} s, run {self.run_s:.2f} s",
+            f"diverged: {int(div.sum())}/{div.size} trials (threshold "
+            f"{self.divergence_threshold:g})",
+        ]
+        epochs = np.asarray(self.diverged_epoch)
+        for i, gain in enumerate(np.asarray(self.gains)):
+            if div[i].any():
+                lines.append(
+                    f"  gain {gain:g}: {int(div[i].sum())}/{s} diverged, first at epoch "
+                    f"{int(epochs[i][div[i]].min())}"
+                )
+        ok = ~div
+        if ok.any():
+            fl = np.asarray(self.final_loss)[ok]
+            lines.append(
+                f"final loss over {int(ok.sum())} non-diverged trials: median {np.median(fl):.3g}"
+                f" (min {fl.min():.3g}, max {fl.max():.3g})"
+            )
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Networks as pure functions of one trial
+# --------------------------------------------------------------------------------------------
+
+
+class _Net(NamedTuple):
+    """A network as two pure functions of one trial.
+
+    ``init(key, gain, x) -> params``; ``apply(params, x, train, key) -> (out, reps)`` with
+    ``out: (n, out_dim)`` and ``reps`` a tuple of ``(n, F_l)`` arrays, one per recorded layer.
+    """
+
+    init: Callable
+    apply: Callable
+    stochastic: bool  # training forward differs from measuring forward (dropout)
+
+
+def make_network(config: TrainConfig, out_dim: int = 1) -> nn.Module:
+    """The Flax module of ``config`` (architecture, sizes, nonlinearity, dropout, dtype)."""
+    return nets.make(
+        config.arch,
+        width=config.width,
+        depth=config.depth,
+        out_dim=out_dim,
+        nonlinearity=config.nonlinearity,
+        dropout=config.dropout,
+        gain=config.gain,
+        dtype=config.dtype,
+        precision=config.precision,
+    )
+
+
+def _builtin_net(module: nn.Module, layers: tuple[int, ...]) -> _Net:
+    def init(key, gain, x):
+        return nets.init(module, x, key=key, gain=gain)
+
+    def apply(params, x, train, key):
+        rngs = {"dropout": key} if (train and module.dropout) else None
+        out, hiddens = module.apply({"params": params}, x, train=train, rngs=rngs)
+        return out, tuple(hiddens[layer] for layer in layers)
+
+    return _Net(init, apply, bool(module.dropout))
+
+
+def _lookup(tree: Any, name: str) -> Any:
+    node = tree
+    for part in name.split("/"):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    if isinstance(node, dict) and "__call__" in node:
+        node = node["__call__"]
+    if isinstance(node, (tuple, list)):
+        node = node[0]
+    return node
+
+
+def _custom_net(model: nn.Module, layers: tuple) -> _Net:
+    """A user's Flax module whose recorded layers are named intermediates.
+
+    The module is called as ``model.apply({"params": p}, x)`` and may return (a) an array, the
+    hidden layers then being the outputs of submodules named in ``layers`` (``"block/dense"``
+    for nested ones) or values stored with ``self.sow("intermediates", name, value)``; (b) a
+    dict with the output under ``"out"`` and hidden layers under their names; or (c) a tuple
+    ``(out, hiddens)`` like unijax's networks, ``layers`` then being integer indices.
+    """
+    names = tuple(str(layer) for layer in layers if not isinstance(layer, int))
+    wanted = {n.split("/")[-1] for n in names}
+
+    def capture(mdl, method_name):
+        return method_name == "__call__" and mdl.name in wanted
+
+    def init(key, gain, x):
+        params = model.init(key, x)["params"]
+        return nets.scale_kernels(params, gain)
+
+    def apply(params, x, train, key):
+        del train, key
+        res, state = model.apply(
+            {"params": params}, x, capture_intermediates=capture, mutable=["intermediates"]
+        )
+        inter = state.get("intermediates", {})
+        if isinstance(res, dict):
+            out = res["out"]
+        elif isinstance(res, tuple):
+            out = res[0]
+        else:
+            out = res
+        reps = []
+        for layer in layers:
+            if isinstance(layer, int):
+                if not isinstance(res, tuple):
+                    raise ValueError(
+                        f"integer layer={layer} needs a model returning (out, hiddens)"
+                    )
+                value = res[1][layer]
+            else:
+                value = res.get(layer) if isinstance(res, dict) else None
+                if value is None:
+                    value = _lookup(inter, layer)
+                if value is None:
+                    raise ValueError(
+                        f"layer={layer!r} is neither a key of the model's output dict nor a "
+                        f"captured intermediate; captured: {sorted(_flat_names(inter))}"
+                    )
+            reps.append(value.reshape(value.shape[0], -1))
+        return out, tuple(reps)
+
+    return _Net(init, apply, False)
+
+
+def _flat_names(tree: Any, prefix: str = "") -> list[str]:
+    out = []
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == "__call__":
+                out.append(prefix.rstrip("/"))
+            else:
+                out.extend(_flat_names(v, f"{prefix}{k}/"))
+    else:
+        out.append(prefix.rstrip("/"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# One trial: observables, one epoch, a chunk of epochs
+# --------------------------------------------------------------------------------------------
+
+
+class _Spec(NamedTuple):
+    """Everything static about a run (hashable: it keys the cache of compiled programs).
+
+    Learning rate, gains, seeds and epochs are runtime arguments, so sweeping them reuses the
+    compiled programs.
+    """
+
+    net_key: Any  # hashable description of the network (or the module itself)
+    layers: tuple
+    optimizer: str
+    batch_size: int | None
+    n_points: int
+    pair: tuple[int, int] | None
+    record_points: tuple[int, ...]
+    dtype: str
+
+
+class _Carry(NamedTuple):
+    params: Any
+    opt_state: Any
+    buf: tuple  # per recorded layer: (K_chunk + 1, P, F_l) representation slots (last = trash)
+    key: jax.Array  # the trial's data key (mini-batch shuffles, dropout); never updated
+
+
+class _Obs(NamedTuple):
+    loss: jax.Array  # ()
+    hyw: jax.Array  # (L, 3) or (0,) without a pair
+    reps: tuple  # per layer (P, F_l)
+    out: jax.Array  # (P, out_dim)
+
+
+def _optimizer(name: str, lr: jax.Array) -> optax.GradientTransformation:
+    # Same defaults as torch.optim.SGD / Adam (betas 0.9, 0.999; eps 1e-8). lr may be traced.
+    return optax.sgd(lr) if name == "sgd" else optax.adam(lr)
+
+
+def _observe(spec: _Spec, out, reps, y) -> _Obs:
+    """Observables of one deterministic forward pass over the whole data set."""
+    loss = 0.5 * jnp.mean((out - y) ** 2)
+    if spec.pair is not None:
+        i, j = spec.pair
+        df = out[j] - out[i]
+        # Sums of products rather than dots: exact float32 on every backend (no TF32).
+        yv = jnp.sum(df * df)
+        wv = yv - jnp.sum((y[j] - y[i]) * df)
+        rows = []
+        for r in reps:
+            dh = r[j] - r[i]
+            rows.append(jnp.stack([jnp.sum(dh * dh), yv, wv]))
+        hyw = jnp.stack(rows)
+    else:
+        hyw = jnp.zeros((0,), out.dtype)
+    idx = jnp.asarray(spec.record_points, jnp.int32)
+    reps_sel = tuple(r[idx] for r in reps) if spec.record_points else ()
+    out_sel = out[idx] if spec.record_points else jnp.zeros((0,), out.dtype)
+    return _Obs(loss, hyw, reps_sel, out_sel)
+
+
+def _fused(spec: _Spec, net: _Net) -> bool:
+    # Full batch and a deterministic network: the gradient's forward pass *is* the measurement.
+    return spec.batch_size is None and not net.stochastic
+
+
+def _epoch_fn(spec: _Spec, net: _Net):
+    """``epoch(carry, t, lr, x, y) -> (carry, obs)`` for one trial; obs measured before update."""
+
+    def full_loss(params, x, y):
+        out, reps = net.apply(params, x, False, None)
+        return 0.5 * jnp.mean((out - y) ** 2), (out, reps)
+
+    def batch_loss(params, xb, yb, mb, key):
+        out, _ = net.apply(params, xb, True, key)
+        sq = jnp.mean((out - yb) ** 2, axis=-1)
+        # Mean over the real points of the batch only (padding has mb = 0), as a DataLoader
+        # with drop_last=False would give for the last, smaller batch.
+        return 0.5 * jnp.sum(mb * sq) / jnp.sum(mb)
+
+    n = spec.n_points
+    bs = n if spec.batch_size is None else min(spec.batch_size, n)
+    n_batches = -(-n // bs)
+
+    def epoch(carry: _Carry, t, lr, x, y):
+        tx = _optimizer(spec.optimizer, lr)
+        if _fused(spec, net):
+            (_, (out, reps)), grads = jax.value_and_grad(full_loss, has_aux=True)(
+                carry.params, x, y
+            )
+            obs = _observe(spec, out, reps, y)
+            updates, opt_state = tx.update(grads, carry.opt_state, carry.params)
+            params = optax.apply_updates(carry.params, updates)
+            return carry._replace(params=params, opt_state=opt_state), obs
+
+        out, reps = net.apply(carry.params, x, False, None)
+        obs = _observe(spec, out, reps, y)
+        # Epoch keys come from the trial key and the epoch index, so they do not depend on
+        # how the run is cut into chunks.
+        k_shuffle, k_drop = jax.random.split(jax.random.fold_in(carry.key, t))
+        if spec.batch_size is None:
+            order = jnp.arange(n)
+        else:
+            order = jax.random.permutation(k_shuffle, n)
+        pad = n_batches * bs - n
+        order = jnp.concatenate([order, jnp.zeros((pad,), order.dtype)]).reshape(n_batches, bs)
+        mask = (jnp.arange(n_batches * bs) < n).astype(x.dtype).reshape(n_batches, bs)
+
+        def step(c, inp):
+            params, opt_state = c
+            b, idx, mb = inp
+            grads = jax.grad(batch_loss)(params, x[idx], y[idx], mb, jax.random.fold_in(k_drop, b))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (params, opt_state), _ = jax.lax.scan(
+            step, (carry.params, carry.opt_state), (jnp.arange(n_batches), order, mask)
+        )
+        return carry._replace(params=params, opt_state=opt_state), obs
+
+    return epoch
+
+
+def _measure_fn(spec: _Spec, net: _Net):
+    def measure(params, x, y) -> _Obs:
+        out, reps = net.apply(params, x, False, None)
+        return _observe(spec, out, reps, y)
+
+    return measure
+
+
+# --------------------------------------------------------------------------------------------
+# The batched, sharded, compiled programs
+# --------------------------------------------------------------------------------------------
+
+
+class _Programs(NamedTuple):
+    start: Callable  # (seeds (B,), gains (B,), key, x, y) -> (carry (B, ...), obs at init)
+    chunk: Callable  # (carry, lr, x, y, ts, slots, active) -> (carry, (loss, hyw))
+    measure: Callable  # (params, x, y) -> obs
+
+
+def _build_programs(spec: _Spec, net: _Net, mesh: Mesh, n_slots: int, masked: bool) -> _Programs:
+    epoch = _epoch_fn(spec, net)
+    measure = _measure_fn(spec, net)
+    dtype = jnp.dtype(spec.dtype)
+    batch, rep = P(_AXIS), P()
+
+    def shard(f, in_specs, out_specs):
+        # No collectives: every trial is independent, so skip the varying-axis type checks.
+        return jax.shard_map(
+            f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+        )
+
+    def start_one(seed, gain, key, x, y):
+        # One key per seed, shared by every gain (common random numbers: the init draws of a
+        # seed are the same at every gain, only scaled); fold_in makes seed s reproducible
+        # whatever else is in the grid.
+        k_init, k_data = jax.random.split(jax.random.fold_in(key, seed))
+        params = net.init(k_init, gain, x)
+        obs = measure(params, x, y)
+        buf = tuple(jnp.zeros((n_slots + 1,) + r.shape, r.dtype) for r in obs.reps)
+        opt_state = _optimizer(spec.optimizer, 1.0).init(params)
+        return _Carry(params, opt_state, buf, k_data), obs
+
+    def chunk_one(carry: _Carry, lr, x, y, ts, slots, active):
+        def body(c, inp):
+            t, slot, on = inp
+
+            def run(c):
+                c, obs = epoch(c, t, lr, x, y)
+                # Every epoch writes its representations to a slot; epochs that are not
+                # recorded write to the last ("trash") slot. No per-epoch params are kept.
+                buf = tuple(b.at[slot].set(r) for b, r in zip(c.buf, obs.reps, strict=True))
+                return c._replace(buf=buf), (obs.loss, obs.hyw)
+
+            if not masked:
+                return run(c)
+
+            def skip(c):
+                # Padding epochs past the end of the run (last chunk only): no update, NaN
+                # records (sliced off on the host).
+                nan = jnp.array(jnp.nan, dtype)
+                hyw = jnp.full((len(spec.layers), 3) if spec.pair else (0,), jnp.nan, dtype)
+                return c, (nan, hyw)
+
+            return jax.lax.cond(on, run, skip, c)
+
+        return jax.lax.scan(body, carry, (ts, slots, active))
+
+    v_start = jax.vmap(start_one, in_axes=(0, 0, None, None, None))
+    v_chunk = jax.vmap(chunk_one, in_axes=(0, None, None, None, None, None, None))
+    v_measure = jax.vmap(measure, in_axes=(0, None, None))
+
+    return _Programs(
+        start=jax.jit(shard(v_start, (batch, batch, rep, rep, rep), (batch, batch))),
+        chunk=jax.jit(
+            shard(v_chunk, (batch, rep, rep, rep, rep, rep, rep), (batch, batch)),
+            donate_argnums=(0,),
+        ),
+        measure=jax.jit(shard(v_measure, (batch, rep, rep), batch)),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_programs(spec: _Spec, net_factory: Callable, mesh: Mesh, n_slots: int, masked: bool):
+    return _build_programs(spec, net_factory(), mesh, n_slots, masked)
+
+
+# --------------------------------------------------------------------------------------------
+# Argument handling
+# --------------------------------------------------------------------------------------------
+
+
+def _seeds(seeds) -> np.ndarray:
+    if isinstance(seeds, (bool, np.bool_)):
+        raise ValueError(f"seeds must be a positive int count or a sequence of ints, got {seeds!r}")
+    if isinstance(seeds, (int, np.integer)):
+        if seeds <= 0:
+            raise ValueError(f"seeds (a count) must be > 0, got seeds={seeds}")
+        return np.arange(int(seeds))
+    arr = np.asarray(list(seeds))
+    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu" or (arr < 0).any():
+        raise ValueError(
+            f"seeds must be a positive int count or a non-empty sequence of ints >= 0, "
+            f"got seeds={seeds!r}"
+        )
+    return arr.astype(np.int64)
+
+
+def _gains(gains, default: float) -> np.ndarray:
+    if gains is None:
+        return np.array([default], np.float64)
+    arr = np.atleast_1d(np.asarray(gains, dtype=np.float64))
+    if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or (arr <= 0).any():
+        raise ValueError(f"gains must be a non-empty sequence of finite numbers > 0, got {gains!r}")
+    return arr
+
+
+def _record_epochs(record_every, record_epochs, n_epochs: int) -> np.ndarray:
+    out: set[int] = set()
+    if record_every is not None:
+        if isinstance(record_every, bool) or not isinstance(record_every, (int, np.integer)) or (
+            record_every <= 0
+        ):
+            raise ValueError(f"record_every must be an int > 0 or None, got {record_every=}")
+        out.update(range(0, n_epochs, int(record_every)))
+    if record_epochs is not None:
+        arr = np.atleast_1d(np.asarray(record_epochs))
+        if arr.dtype.kind not in "iu" or (arr < 0).any() or (arr >= n_epochs).any():
+            raise ValueError(
+                f"record_epochs must be ints in [0, {n_epochs - 1}] (records are taken before "
+                f"each epoch's update; the final state is always kept), got {record_epochs!r}"
+            )
+        out.update(int(e) for e in arr)
+    return np.array(sorted(out), np.int64)
+
+
+def _points(record_points, n_points: int) -> tuple[int, ...]:
+    if record_points is None:
+        return ()
+    if isinstance(record_points, (int, np.integer)) and not isinstance(record_points, bool):
+        if not 0 < record_points <= n_points:
+            raise ValueError(
+                f"record_points (a count) must be in [1, {n_points}], got {record_points=}"
+            )
+        return tuple(range(int(record_points)))
+    arr = np.atleast_1d(np.asarray(record_points))
+    if arr.size == 0 or arr.dtype.kind not in "iu" or (arr < 0).any() or (arr >= n_points).any():
+        raise ValueError(
+            f"record_points must be indices in [0, {n_points - 1}], got {record_points!r}"
+        )
+    return tuple(int(i) for i in arr)
+
+
+def _pair(pair, n_points: int) -> tuple[int, int] | None:
+    if pair is None:
+        return (0, 1) if n_points == 2 else None
+    if pair is False:
+        return None
+    try:
+        i, j = (int(v) for v in pair)
+    except (TypeError, ValueError):
+        raise ValueError(f"pair must be two point indices (i, j), got {pair=}") from None
+    if not (0 <= i < n_points and 0 <= j < n_points and i != j):
+        raise ValueError(f"pair must be two distinct indices in [0, {n_points - 1}], got {pair=}")
+    return (i, j)
+
+
+def _devices(devices) -> list:
+    if devices is None:
+        return list(jax.local_devices())
+    if isinstance(devices, (int, np.integer)):
+        local = jax.local_devices()
+        if not 1 <= devices <= len(local):
+            raise ValueError(f"devices must be in [1, {len(local)}] (local devices), got {devices}")
+        return list(local[: int(devices)])
+    devs = list(devices)
+    if not devs:
+        raise ValueError("devices must be None, a count, or a non-empty sequence of devices")
+    return devs
+
+
+def _layers(layers, depth: int, default: int) -> tuple[tuple[int, ...], bool]:
+    if layers is None:
+        return (default,), False
+    if isinstance(layers, str):
+        if layers != "all":
+            raise ValueError(f"layers must be an int, a sequence of ints or 'all', got {layers!r}")
+        return tuple(range(depth)), True
+    if isinstance(layers, (int, np.integer)) and not isinstance(layers, bool):
+        seq, axis = (int(layers),), False
+    else:
+        seq, axis = tuple(layers), True
+        if not seq:
+            raise ValueError("layers must not be empty")
+    for layer in seq:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not (
+            0 <= layer < depth
+        ):
+            raise ValueError(
+                f"layers must be hidden-layer indices in [0, {depth - 1}] (depth={depth}), "
+                f"got layers={layers!r}"
+            )
+    return tuple(int(v) for v in seq), axis
+
+
+def load_data(config: TrainConfig) -> data_lib.Dataset:
+    """The data set named by ``config.dataset`` in ``config.dtype`` (``"mnist"`` falls back to
+    the bundled 8x8 digits when no MNIST path is configured, see ``unijax.data``)."""
+    dt = np.dtype(jnp.dtype(config.dtype))
+    if config.dataset == "two_points":
+        return data_lib.two_points(config.dx2, config.dy2, dtype=dt)
+    return data_lib.load(config.dataset, dtype=dt)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+def _run(
+    *,
+    spec: _Spec,
+    net_factory: Callable[[], _Net],
+    cacheable: bool,
+    dataset: data_lib.Dataset,
+    seeds: np.ndarray,
+    gains: np.ndarray,
+    key: jax.Array | None,
+    record_epochs: np.ndarray,
+    lr: float,
+    n_epochs: int,
+    chunk_epochs: int,
+    devices: list,
+    threshold: float,
+    layer_axis: bool,
+    return_params: bool,
+    config: TrainConfig | None,
+    name: str,
+) -> TrainResult:
+    dtype = jnp.dtype(spec.dtype)
+    x = jnp.asarray(np.asarray(dataset.x), dtype)
+    y = jnp.asarray(np.asarray(dataset.y), dtype)
+    if key is None:
+        key = jax.random.key(0)
+    elif not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
+        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+
+    # Flatten the grid gains-major (trial b = g * n_seeds + s) and pad it to the device count
+    # with copies of trial 0 (computed, then dropped).
+    n_g, n_s = len(gains), len(seeds)
+    n_trials = n_g * n_s
+    n_dev = len(devices)
+    n_pad = (-n_trials) % n_dev
+    trial_seed = np.concatenate([np.tile(seeds, n_g), np.repeat(seeds[:1], n_pad)])
+    trial_gain = np.concatenate([np.repeat(gains, n_s), np.repeat(gains[:1], n_pad)])
+
+    mesh = Mesh(np.asarray(devices), (_AXIS,))
+    batched = NamedSharding(mesh, P(_AXIS))
+    replicated = NamedSharding(mesh, P())
+    put = lambda a, s: jax.device_put(a, s)  # noqa: E731
+    seed_arr = put(np.asarray(trial_seed, np.uint32), batched)
+    g_arr = put(np.asarray(trial_gain, dtype), batched)
+    key = put(key, replicated)
+    lr_arr = put(np.asarray(lr, dtype), replicated)
+    x, y = put(x, replicated), put(y, replicated)
+
+    # Chunks of equal length; the last one may carry a few masked padding epochs.
+    n_chunks = max(1, math.ceil(n_epochs / chunk_epochs))
+    c_len = math.ceil(n_epochs / n_chunks)
+    masked = n_chunks * c_len != n_epochs
+    chunk_of = record_epochs // c_len
+    n_slots = int(np.bincount(chunk_of, minlength=n_chunks).max()) if record_epochs.size else 0
+
+    if cacheable:
+        progs = _cached_programs(spec, net_factory, mesh, n_slots, masked)
+    else:
+        progs = _build_programs(spec, net_factory(), mesh, n_slots, masked)
+
+    compile_s = 0.0
+
+    def call(fn, *args):
+        nonlocal compile_s
+        t0 = time.perf_counter()
+        compiled = fn.lower(*args).compile()
+        compile_s += time.perf_counter() - t0
+        return compiled(*args)
+
+    t_start = time.perf_counter()
+    carry, obs0 = call(progs.start, seed_arr, g_arr, key, x, y)
+    initial_params = jax.device_get(carry.params) if return_params else None
+    obs0 = jax.device_get(obs0)
+
+    losses, hyws, reps_chunks = [], [], []
+    chunk_compiled = None
+    for c in range(n_chunks):
+        ts = np.arange(c * c_len, (c + 1) * c_len)
+        slots = np.full(c_len, n_slots, np.int32)
+        in_chunk = record_epochs[chunk_of == c]
+        slots[in_chunk - c * c_len] = np.arange(in_chunk.size)
+        args = (
+            carry,
+            lr_arr,
+            x,
+            y,
+            put(jnp.asarray(ts, jnp.int32), replicated),
+            put(jnp.asarray(slots), replicated),
+            put(jnp.asarray(ts < n_epochs), replicated),
+        )
+        if chunk_compiled is None:
+            t0 = time.perf_counter()
+            chunk_compiled = progs.chunk.lower(*args).compile()
+            compile_s += time.perf_counter() - t0
+        carry, (loss_c, hyw_c) = chunk_compiled(*args)
+        losses.append(np.asarray(jax.device_get(loss_c)))
+        hyws.append(np.asarray(jax.device_get(hyw_c)))
+        if spec.record_points:
+            reps_chunks.append(
+                tuple(np.asarray(jax.device_get(b))[:, : in_chunk.size] for b in carry.buf)
+            )
+    final_obs = jax.device_get(call(progs.measure, carry.params, x, y))
+    final_params = jax.device_get(carry.params) if return_params else None
+    run_s = time.perf_counter() - t_start - compile_s
+    del carry
+
+    # ---- host-side assembly: strip padding, divergence, reshape to (n_gains, n_seeds, ...) --
+    loss = np.concatenate(losses, axis=1)[:n_trials, :n_epochs]  # (B, E)
+    final_loss = np.asarray(final_obs.loss)[:n_trials]
+    bad = ~np.isfinite(loss) | (loss > threshold)
+    final_bad = ~np.isfinite(final_loss) | (final_loss > threshold)
+    any_bad = bad.any(axis=1)
+    div_epoch = np.where(any_bad, bad.argmax(axis=1), np.where(final_bad, n_epochs, -1))
+    diverged = div_epoch >= 0
+    # Records strictly after the divergence epoch are NaN; the bad record itself is kept.
+    after = np.arange(n_epochs)[None, :] > np.where(diverged, div_epoch, n_epochs)[:, None]
+
+    def grid(a):
+        a = np.asarray(a)[:n_trials]
+        return a.reshape((n_g, n_s) + a.shape[1:])
+
+    def nan_where(a, m):
+        a = np.array(a, dtype=np.result_type(a.dtype, np.float32), copy=True)
+        a[np.broadcast_to(m, a.shape)] = np.nan
+        return a
+
+    loss = nan_where(loss, after)
+    final_loss = nan_where(final_loss, diverged)
+
+    h = yv = wv = fh = fy = fw = None
+    if spec.pair is not None:
+        hyw = np.concatenate(hyws, axis=1)[:n_trials, :n_epochs]  # (B, E, L, 3)
+        hyw = nan_where(hyw, after[:, :, None, None])
+        hyw = np.moveaxis(hyw, 1, 2)  # (B, L, E, 3)
+        fhyw = nan_where(np.asarray(final_obs.hyw)[:n_trials], diverged[:, None, None])
+        if not layer_axis:
+            hyw, fhyw = hyw[:, 0], fhyw[:, 0]
+        h, yv, wv = (grid(hyw[..., k]) for k in range(3))
+        fh, fy, fw = (grid(fhyw[..., k]) for k in range(3))
+
+    reps = initial_reps = final_reps = init_out = final_out = None
+    if spec.record_points:
+        n_layers = len(spec.layers)
+        rec_after = record_epochs[None, :] > np.where(diverged, div_epoch, n_epochs)[:, None]
+        per_layer = []
+        for li in range(n_layers):
+            if reps_chunks:
+                r = np.concatenate([rc[li] for rc in reps_chunks], axis=1)[:n_trials]
+            else:
+                r = np.zeros((n_trials, 0) + np.asarray(obs0.reps[li]).shape[1:])
+            per_layer.append(grid(nan_where(r, rec_after[:, :, None, None])))
+        init_layers = [grid(np.asarray(r)) for r in obs0.reps]
+        final_layers = [
+            grid(nan_where(np.asarray(r)[:n_trials], diverged[:, None, None]))
+            for r in final_obs.reps
+        ]
+        if layer_axis:
+            reps, initial_reps, final_reps = tuple(per_layer), tuple(init_layers), tuple(
+                final_layers
+            )
+        else:
+            reps, initial_reps, final_reps = per_layer[0], init_layers[0], final_layers[0]
+        init_out = grid(obs0.out)
+        final_out = grid(nan_where(np.asarray(final_obs.out)[:n_trials], diverged[:, None, None]))
+
+    def grid_params(p):
+        return None if p is None else jax.tree.map(lambda a: jnp.asarray(grid(a)), p)
+
+    if spec.pair is not None:
+        i, j = spec.pair
+        dx2 = float(np.sum((np.asarray(dataset.x[j], np.float64) - dataset.x[i]) ** 2))
+        dy2 = float(np.sum((np.asarray(dataset.y[j], np.float64) - dataset.y[i]) ** 2))
+    else:
+        dx2 = dy2 = float("nan")
+
+    opt = lambda a: None if a is None else jax.tree.map(jnp.asarray, a)  # noqa: E731
+    return TrainResult(
+        gains=jnp.asarray(gains),
+        seeds=jnp.asarray(seeds),
+        loss=jnp.asarray(grid(loss)),
+        h=opt(h),
+        y=opt(yv),
+        w=opt(wv),
+        final_loss=jnp.asarray(grid(final_loss)),
+        final_h=opt(fh),
+        final_y=opt(fy),
+        final_w=opt(fw),
+        diverged=jnp.asarray(grid(diverged)),
+        diverged_epoch=jnp.asarray(grid(div_epoch)),
+        record_epochs=jnp.asarray(record_epochs),
+        record_points=jnp.asarray(np.asarray(spec.record_points, np.int64)),
+        reps=opt(reps),
+        initial_reps=opt(initial_reps),
+        final_reps=opt(final_reps),
+        initial_outputs=opt(init_out),
+        final_outputs=opt(final_out),
+        initial_params=grid_params(initial_params),
+        final_params=grid_params(final_params),
+        dx2=dx2,
+        dy2=dy2,
+        config=config,
+        name=name,
+        layers=tuple(spec.layers),
+        layer_axis=layer_axis,
+        pair=spec.pair,
+        optimizer=spec.optimizer,
+        lr=lr,
+        batch_size=spec.batch_size,
+        divergence_threshold=threshold,
+        data_name=dataset.name,
+        n_devices=n_dev,
+        n_padded=n_pad,
+        compile_s=compile_s,
+        run_s=run_s,
+    )
+
+
+def _net_key(config: TrainConfig, out_dim: int) -> tuple:
+    # Only what shapes the network's program: runs that differ in gain, lr, epochs, data
+    # values or name share compiled programs.
+    return (config.arch, config.nonlinearity, config.width, config.depth, config.dropout,
+            config.dtype, config.precision, out_dim)
+
+
+@functools.lru_cache(maxsize=64)
+def _builtin_factory(net_key: tuple, layers: tuple[int, ...]):
+    # Cached so that equal arguments give the same factory object (part of the programs'
+    # cache key).
+    arch, nonlinearity, width, depth, dropout, dtype, precision, out_dim = net_key
+
+    def factory():
+        module = nets.make(arch, width=width, depth=depth, out_dim=out_dim,
+                           nonlinearity=nonlinearity, dropout=dropout, dtype=dtype,
+                           precision=precision)
+        return _builtin_net(module, layers)
+
+    return factory
+
+
+def _check_data(dataset) -> data_lib.Dataset:
+    if not isinstance(dataset, data_lib.Dataset):
+        try:
+            xd, yd = dataset
+        except (TypeError, ValueError):
+            raise ValueError(
+                "data must be a unijax.data.Dataset or an (x, y) pair of 2-D arrays"
+            ) from None
+        dataset = data_lib.Dataset(np.asarray(xd), np.asarray(yd), None, "data")
+    if dataset.n_points < 1:
+        raise ValueError("data must have at least one point")
+    return dataset
+
+
+def train(
+    config: TrainConfig,
+    *,
+    seeds: int | Sequence[int],
+    gains: Sequence[float] | None = None,
+    layers: int | Sequence[int] | str | None = None,
+    key: jax.Array | None = None,
+    data: data_lib.Dataset | tuple | None = None,
+    pair: tuple[int, int] | None = None,
+    record_every: int | None = None,
+    record_epochs: Sequence[int] | None = None,
+    record_points: Sequence[int] | int | None = None,
+    chunk_epochs: int = 1000,
+    devices: Sequence[Any] | int | None = None,
+    return_params: bool = False,
+) -> TrainResult:
+    """Train the grid ``gains x seeds`` of the network ``config`` describes, in one compiled call.
+
+    Every trial starts from Xavier-normal weights (gain from ``gains``) drawn with the key
+    ``fold_in(key, seed)`` (the same draws at every gain of a seed), trains for
+    ``config.epochs`` epochs with ``config.optimizer`` (full-batch gradient descent, or
+    mini-batches reshuffled each epoch from the trial's key) on ``0.5 * MSE``, and records, before
+    each epoch's update: the loss, the two-point observables ``(h, y, w)`` of ``pair`` at the
+    recorded hidden layer(s), and at ``record_epochs`` the hidden representations of
+    ``record_points`` (see :class:`TrainResult`; time in epochs, entry 0 = initialization).
+
+    Args:
+        config: a :class:`~unijax.configs.TrainConfig` (e.g. ``configs.get("default")``).
+        seeds: a count ``n`` (seeds ``0 .. n-1``) or a sequence of ints >= 0.
+        gains: Xavier gains (> 0); default ``(config.gain,)``.
+        layers: recorded hidden layer(s): ``None`` -> ``config.layer`` (no layer axis), an int
+            (no layer axis), a sequence of ints or ``"all"`` (layer axis).
+        key: base ``jax.random`` key (default ``jax.random.key(0)``).
+        data: a :class:`~unijax.data.Dataset` or ``(x, y)``; default the config's data set.
+        pair: the two points ``(i, j)`` whose ``(h, y, w)`` are recorded every epoch; default
+            ``(0, 1)`` for two-point data, none otherwise (``False``: none).
+        record_every: record representations every this many epochs (from epoch 0).
+        record_epochs: explicit epochs (in ``[0, epochs - 1]``) to record representations at.
+        record_points: indices (or a count of leading points) whose hidden representations and
+            outputs are recorded at the initialization, at the record epochs and at the end.
+        chunk_epochs: epochs per compiled ``scan`` chunk (memory stays constant in the number
+            of epochs; the last chunk may include a few masked no-op epochs).
+        devices: devices to shard the trial batch over (default all local devices; a count
+            takes the first ``n``). Non-divisible batches are padded and the padding dropped.
+        return_params: also return initial and final parameters (``(n_gains, n_seeds, ...)``).
+
+    Returns:
+        :class:`TrainResult`.
+
+    Raises:
+        ValueError: bad seeds, gains, layers, record epochs/points, pair, devices or data
+            (naming the argument and its valid range); ``config`` invalid.
+    """
+    if not isinstance(config, TrainConfig):
+        raise ValueError(f"config must be a unijax.configs.TrainConfig, got {type(config)}")
+    if isinstance(chunk_epochs, bool) or not isinstance(chunk_epochs, int) or chunk_epochs <= 0:
+        raise ValueError(f"chunk_epochs must be an int > 0, got {chunk_epochs=}")
+    dataset = _check_data(load_data(config) if data is None else data)
+    seeds_arr = _seeds(seeds)
+    gains_arr = _gains(gains, config.gain)
+    layer_tuple, layer_axis = _layers(layers, config.depth, config.layer)
+    net_key = _net_key(config, dataset.out_dim)
+    spec = _Spec(
+        net_key=net_key,
+        layers=layer_tuple,
+        optimizer=config.optimizer,
+        batch_size=config.batch_size,
+        n_points=dataset.n_points,
+        pair=_pair(pair, dataset.n_points),
+        record_points=_points(record_points, dataset.n_points),
+        dtype=config.dtype,
+    )
+    return _run(
+        spec=spec,
+        net_factory=_builtin_factory(net_key, layer_tuple),
+        cacheable=True,
+        dataset=dataset,
+        seeds=seeds_arr,
+        gains=gains_arr,
+        key=key,
+        record_epochs=_record_epochs(record_every, record_epochs, config.epochs),
+        lr=config.lr,
+        n_epochs=config.epochs,
+        chunk_epochs=chunk_epochs,
+        devices=_devices(devices),
+        threshold=config.divergence_threshold,
+        layer_axis=layer_axis,
+        return_params=return_params,
+        config=config,
+        name=config.name,
+    )
+
+
+def train_model(
+    model: nn.Module,
+    data: data_lib.Dataset | tuple,
+    *,
+    layers: str | int | Sequence[str | int],
+    lr: float,
+    epochs: int,
+    seeds: int | Sequence[int] = 1,
+    gains: Sequence[float] | None = None,
+    optimizer: str = "sgd",
+    batch_size: int | None = None,
+    key: jax.Array | None = None,
+    pair: tuple[int, int] | None = None,
+    record_every: int | None = None,
+    record_epochs: Sequence[int] | None = None,
+    record_points: Sequence[int] | int | None = None,
+    chunk_epochs: int = 1000,
+    devices: Sequence[Any] | int | None = None,
+    divergence_threshold: float = 1e6,
+    dtype: str = "float32",
+    return_params: bool = False,
+    name: str | None = None,
+) -> TrainResult:
+    """Train *your own* Flax module with the same engine and recording as :func:`train`.
+
+    The module is initialized with ``model.init(key, x)`` (its own initializers); each gain in
+    ``gains`` multiplies every parameter named ``kernel`` (default ``(1.0,)``: unchanged). The
+    recorded hidden layer(s) are found by name (see below) and the result can go straight to
+    ``unijax.fit.fit_rates(result.ts, result.hyw().reshape(-1, n_epochs, 3), dx2=result.dx2,
+    dy2=result.dy2)``.
+
+    Args:
+        model: a ``flax.linen.Module`` called as ``model.apply({"params": p}, x)``. It may
+            return an array (hidden layers are then the outputs of submodules whose ``name`` is
+            in ``layers``, ``"block/dense"`` for nested ones, or values stored with
+            ``self.sow("intermediates", name, value)``), a dict with the output under ``"out"``
+            and hidden layers under their keys, or a tuple ``(out, hiddens)`` indexed by int
+            ``layers``. No dropout rng is passed (the training and measuring passes are the
+            same).
+        data: a :class:`~unijax.data.Dataset` or ``(x, y)`` with ``x: (n, in_dim)``,
+            ``y: (n, out_dim)``.
+        layers: a name/int or a sequence of them (the latter adds a layer axis).
+        lr, epochs, optimizer, batch_size, divergence_threshold, dtype: as in
+            :class:`~unijax.configs.TrainConfig`.
+        Others: as in :func:`train`.
+
+    Returns:
+        :class:`TrainResult` (``config`` is ``None``).
+    """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model must be a flax.linen.Module, got {type(model)}")
+    # Validate the optimizer settings through the config's own checks (one source of truth).
+    check = TrainConfig(name="custom", lr=lr, epochs=epochs, optimizer=optimizer,
+                        batch_size=batch_size, divergence_threshold=divergence_threshold,
+                        dtype=dtype, width=1, depth=1)
+    if isinstance(chunk_epochs, bool) or not isinstance(chunk_epochs, int) or chunk_epochs <= 0:
+        raise ValueError(f"chunk_epochs must be an int > 0, got {chunk_epochs=}")
+    dataset = _check_data(data)
+    if isinstance(layers, (str, int)) and not isinstance(layers, bool):
+        layer_tuple, layer_axis = (layers,), False
+    else:
+        layer_tuple, layer_axis = tuple(layers), True
+        if not layer_tuple:
+            raise ValueError("layers must not be empty")
+    try:
+        hash(model)
+        cacheable = True
+    except TypeError:
+        cacheable = False
+    spec = _Spec(
+        net_key=model if cacheable else id(model),
+        layers=layer_tuple,
+        optimizer=check.optimizer,
+        batch_size=check.batch_size,
+        n_points=dataset.n_points,
+        pair=_pair(pair, dataset.n_points),
+        record_points=_points(record_points, dataset.n_points),
+        dtype=check.dtype,
+    )
+    factory = _custom_factory(model, layer_tuple) if cacheable else (
+        lambda: _custom_net(model, layer_tuple)
+    )
+    return _run(
+        spec=spec,
+        net_factory=factory,
+        cacheable=cacheable,
+        dataset=dataset,
+        seeds=_seeds(seeds),
+        gains=_gains(gains, 1.0),
+        key=key,
+        record_epochs=_record_epochs(record_every, record_epochs, check.epochs),
+        lr=check.lr,
+        n_epochs=check.epochs,
+        chunk_epochs=chunk_epochs,
+        devices=_devices(devices),
+        threshold=check.divergence_threshold,
+        layer_axis=layer_axis,
+        return_params=return_params,
+        config=None,
+        name=name or type(model).__name__,
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _custom_factory(model: nn.Module, layers: tuple):
+    return lambda: _custom_net(model, layers)
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers for users and tests
+# --------------------------------------------------------------------------------------------
+
+
+def init_params(
+    config: TrainConfig,
+    *,
+    seeds: int | Sequence[int],
+    gains: Sequence[float] | None = None,
+    key: jax.Array | None = None,
+    data: data_lib.Dataset | tuple | None = None,
+) -> Any:
+    """The initial parameters :func:`train` uses, with leading ``(n_gains, n_seeds)`` axes."""
+    dataset = _check_data(load_data(config) if data is None else data)
+    seeds_arr, gains_arr = _seeds(seeds), _gains(gains, config.gain)
+    if key is None:
+        key = jax.random.key(0)
+    module = make_network(config, out_dim=dataset.out_dim)
+    x = jnp.asarray(np.asarray(dataset.x), jnp.dtype(config.dtype))
+
+    def one(seed, gain):
+        k_init, _ = jax.random.split(jax.random.fold_in(key, seed))
+        return nets.init(module, x, key=k_init, gain=gain)
+
+    per_seed = jax.vmap(one, in_axes=(0, None))
+    grid = jax.jit(jax.vmap(per_seed, in_axes=(None, 0)))
+    return grid(jnp.asarray(seeds_arr, jnp.uint32), jnp.asarray(gains_arr, jnp.dtype(config.dtype)))
+
+
+def hidden_observables(
+    model: nn.Module,
+    params: Any,
+    x: jax.Array,
+    y: jax.Array,
+    *,
+    layer: int,
+    pair: tuple[int, int] = (0, 1),
+) -> jax.Array:
+    """``(h, y, w)`` of ``pair`` recomputed from parameters (deterministic forward, no dropout).
+
+    Args:
+        model: a unijax network (returning ``(out, hiddens)``), e.g. :func:`make_network`.
+        params: its ``"params"`` collection (one trial).
+        x, y: inputs ``(n, in_dim)`` and targets ``(n, out_dim)``.
+        layer: hidden layer index.
+        pair: the two points ``(i, j)``.
+
+    Returns:
+        ``(3,)`` array ``[h, y, w]`` (THEORY.md section 2) in the network's dtype.
+    """
+    dtype = jnp.dtype(getattr(model, "dtype", jnp.float32))
+    x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+    out, hiddens = model.apply({"params": params}, x, train=False)
+    i, j = pair
+    dh = hiddens[layer][j] - hiddens[layer][i]
+    df = out[j] - out[i]
+    yv = jnp.sum(df * df)
+    return jnp.stack([jnp.sum(dh * dh), yv, yv - jnp.sum((y[j] - y[i]) * df)])
+
