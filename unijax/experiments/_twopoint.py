@@ -144,8 +144,11 @@ def fit_trajectories(
 
     Returns:
         ``eta_h, eta_y, stderr_eta_h, stderr_eta_y: (n,)`` (1/epoch, NaN where not fitted),
-        ``r2: (n, 3)`` for h, y, w, ``converged: (n,)`` (False where not fitted or the fit
-        failed), ``fitted: (n,)`` (the trial was valid and went to the fitter),
+        ``r2: (n, 3)`` for h, y, w, ``converged: (n,)`` (``RateFit.converged``: the fit
+        succeeded *and* both rates are identified, i.e. usable as rates), ``fit_ok: (n,)``
+        (optimizer and ODE succeeded: the fitted curve, hence its R^2, is valid even when the
+        two rates are not separately identified), ``identified: (n,)``, ``fitted: (n,)`` (the
+        trial was valid and went to the fitter),
         ``z_fit: (n, FIT_POINTS, 3)`` the fitted trajectories, ``epochs: (FIT_POINTS,)``.
     """
     from unijax import fit
@@ -165,6 +168,8 @@ def fit_trajectories(
         "stderr_eta_y": np.full(n, np.nan),
         "r2": np.full((n, 3), np.nan),
         "converged": np.zeros(n, bool),
+        "fit_ok": np.zeros(n, bool),
+        "identified": np.zeros(n, bool),
         "fitted": valid.copy(),
         "z_fit": np.full((n, m, 3), np.nan),
         "epochs": ep.astype(np.int64),
@@ -186,6 +191,9 @@ def fit_trajectories(
         out["stderr_eta_y"][b] = np.asarray(res.stderr_eta_y)[:k]
         out["r2"][b] = np.asarray(res.r2)[:k]
         out["converged"][b] = np.asarray(res.converged)[:k]
+        r2_ok = np.all(np.isfinite(np.asarray(res.r2)[:k]), axis=-1)
+        out["fit_ok"][b] = (np.asarray(res.optimizer_ok) & np.asarray(res.ode_ok))[:k] & r2_ok
+        out["identified"][b] = np.asarray(res.identified)[:k]
         out["z_fit"][b] = np.asarray(res.z_fit)[:k]
     return out
 

@@ -105,7 +105,9 @@ class Result:
         loss: ``(R, S, T)`` training loss; hyw: ``(R, S, T, 3)`` measured (h, y, w).
         diverged: ``(R, S)``.
         epochs_fit: ``(P,)`` epochs used by the fits.
-        eta_h, eta_y: ``(R, S)`` fitted rates (1/epoch, NaN if not fitted); converged ``(R, S)``.
+        eta_h, eta_y: ``(R, S)`` fitted rates (1/epoch, NaN if not fitted).
+        fit_ok: ``(R, S)`` the fit ran to completion (its curve and R^2 are valid);
+        converged: ``(R, S)`` fit_ok and both rates identified (usable as rates).
         r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
         eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
     """
@@ -122,6 +124,7 @@ class Result:
     epochs_fit: np.ndarray
     eta_h: np.ndarray
     eta_y: np.ndarray
+    fit_ok: np.ndarray
     converged: np.ndarray
     r2: np.ndarray
     z_fit: np.ndarray
@@ -193,7 +196,7 @@ def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "f
         f = tp.fit_trajectories(Z, dx2=dx2, dy2=dy2, progress=progress, desc=f"{prefix}: ODE")
         m0 = tp.mean_output_error0(loss.reshape(R * S, T)[:, 0], Z[:, 0], dy2)
         lf = tp.fit_loss(loss.reshape(R * S, T), f["z_fit"], epochs=f["epochs"], dy2=dy2,
-                         m0=np.nan_to_num(m0), use=f["converged"])
+                         m0=np.nan_to_num(m0), use=f["fit_ok"])
         return {**f, **lf}
 
     out = cache(prefix, compute)
@@ -224,6 +227,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         epochs_fit=f["epochs"],
         eta_h=f["eta_h"],
         eta_y=f["eta_y"],
+        fit_ok=f["fit_ok"] & ~div,
         converged=f["converged"] & ~div,
         r2=f["r2"],
         z_fit=f["z_fit"],
@@ -243,13 +247,14 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
     """Per row: spread of R^2 of h, y, w (converged fits) and of the loss (converged loss fits)."""
     out = {}
     for i, row in enumerate(np.asarray(result.rows)):
-        use = np.asarray(result.converged[i])
+        use = np.asarray(result.fit_ok[i])
+        rates = np.asarray(result.converged[i])
         entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
         entry["loss"] = spread(np.where(use_l, result.r2_loss[i], np.nan))
-        entry["eta_h"] = spread(np.where(use, result.eta_h[i], np.nan))
-        entry["eta_y"] = spread(np.where(use, result.eta_y[i], np.nan))
+        entry["eta_h"] = spread(np.where(rates, result.eta_h[i], np.nan))
+        entry["eta_y"] = spread(np.where(rates, result.eta_y[i], np.nan))
         entry["eta_mean"] = spread(np.where(use_l, result.eta_mean[i], np.nan))
         out[str(row)] = entry
     return out
@@ -257,12 +262,14 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
 
 def counts(result) -> dict[str, int]:
     div = np.asarray(result.diverged)
+    ok = np.asarray(result.fit_ok)
     conv = np.asarray(result.converged)
     return {
         "trials": int(div.size),
         "diverged": int(div.sum()),
-        "fit_failed": int((~div & ~conv).sum()),
-        "used": int(conv.sum()),
+        "fit_failed": int((~div & ~ok).sum()),
+        "used": int(ok.sum()),
+        "rates_not_identified": int((ok & ~conv).sum()),
     }
 
 
@@ -343,7 +350,7 @@ def plot_dynamics(result, outdir, stem: str = "dynamics", title: str = "") -> li
     ep = np.asarray(result.epochs_fit)
     for i, row in enumerate(np.asarray(result.rows)):
         ax = axes.flat[i]
-        use = np.asarray(result.converged[i])
+        use = np.asarray(result.fit_ok[i])
         seeds = np.flatnonzero(use)[:3] if use.any() else np.flatnonzero(~result.diverged[i])[:1]
         for k, (v, c) in enumerate(zip("hyw", ("C0", "C1", "C2"), strict=False)):
             meas = result.hyw[i, seeds, :, k]
@@ -374,7 +381,7 @@ def plot_loss(result, outdir, stem: str = "loss_curves") -> list[Path]:
     ep = np.asarray(result.epochs_fit)
     for i, row in enumerate(np.asarray(result.rows)):
         ax = axes.flat[i]
-        use = np.asarray(result.converged[i] & result.loss_converged[i])
+        use = np.asarray(result.fit_ok[i] & result.loss_converged[i])
         seeds = np.flatnonzero(use)[:3] if use.any() else np.flatnonzero(~result.diverged[i])[:1]
         ax.plot(np.arange(T), result.loss[i, seeds].T, color="C3", lw=1.6, alpha=0.6)
         ax.plot(ep, result.loss_fit[i, seeds].T, **plots.THEORY_STYLE)
@@ -414,3 +421,29 @@ def plot(result, outdir) -> list[Path]:
         *plot_loss(result, outdir),
         *plot_r2(result, outdir),
     ]
+
+
+def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progress, cache,
+                      prefix: str = "rates") -> dict:
+    """Fit the ``default`` row's rates (for E4/E5/E6/E8 when no E1/E3 result is at hand).
+
+    Returns ``{"eta_h", "eta_y", "n", "width", "depth", "source"}``; ``eta_*`` NaN if no fit
+    converged.
+    """
+    cfg = Config(rows=("default",), width=width, max_depth=max_depth, epochs=epochs,
+                 time_scale=time_scale, seeds=seeds)
+    cfgs = row_configs(cfg)
+    loss, hyw, div = train_rows(cfgs, seeds=seeds, key=key, progress=progress, cache=cache,
+                                prefix=f"{prefix}-train")
+    f = fit_rows(loss, hyw, div, dx2=cfg.dx2, dy2=cfg.dy2, progress=progress, cache=cache,
+                 prefix=f"{prefix}-fit")
+    use = f["converged"][0] & ~div[0]
+    return {
+        "eta_h": float(np.mean(f["eta_h"][0][use])) if use.any() else float("nan"),
+        "eta_y": float(np.mean(f["eta_y"][0][use])) if use.any() else float("nan"),
+        "n": int(use.sum()),
+        "width": int(cfgs[0].width),
+        "depth": int(cfgs[0].depth),
+        "source": f"fitted here (default row, width {cfgs[0].width}, depth {cfgs[0].depth}, "
+        f"{int(use.sum())}/{seeds} fits converged)",
+    }

@@ -114,6 +114,7 @@ class Result:
     epochs_fit: np.ndarray
     eta_h: np.ndarray
     eta_y: np.ndarray
+    fit_ok: np.ndarray
     converged: np.ndarray
     r2: np.ndarray
     z_fit: np.ndarray
@@ -146,7 +147,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
             if r.diverged[g, s]:
                 continue
             pl_net[g, s] = tp.plateau_index(ld_net[g, s])
-            if r.converged[g, s]:
+            if r.fit_ok[g, s]:
                 # The ODE is sampled at P epochs: interpolate to every epoch first.
                 pl_th[g, s] = tp.plateau_index(np.interp(np.arange(T), ep, ld_th[g, s]))
     from unijax import configs
@@ -155,7 +156,8 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         rows=r.rows, gain=np.asarray([configs.get(n).gain for n in config.rows]), lr=r.lr,
         width=r.width, depth=r.depth, dx2=r.dx2, dy2=r.dy2, loss=r.loss, hyw=r.hyw,
         diverged=r.diverged, epochs_fit=r.epochs_fit, eta_h=r.eta_h, eta_y=r.eta_y,
-        converged=r.converged, r2=r.r2, z_fit=r.z_fit, eta_mean=r.eta_mean, r2_loss=r.r2_loss,
+        fit_ok=r.fit_ok, converged=r.converged, r2=r.r2, z_fit=r.z_fit, eta_mean=r.eta_mean,
+        r2_loss=r.r2_loss,
         loss_fit=r.loss_fit, loss_converged=r.loss_converged, plateau_net=pl_net,
         plateau_theory=pl_th,
     )
@@ -166,7 +168,7 @@ def agreement(result) -> dict:
     order = np.argsort(gains)
     per_gain = {}
     for g in order:
-        use = np.asarray(result.converged[g])
+        use = np.asarray(result.fit_ok[g])
         ok = ~np.asarray(result.diverged[g])
         per_gain[f"{gains[g]:g}"] = {
             "row": str(result.rows[g]),
@@ -227,7 +229,7 @@ def plot(result, outdir) -> list[Path]:
     ep = np.asarray(result.epochs_fit)
     fig, axes = plots.new_figure(2, G, size=(3.2, 2.6))
     for col, g in enumerate(order):
-        use = np.asarray(result.converged[g])
+        use = np.asarray(result.fit_ok[g])
         seeds = np.flatnonzero(use)[:3] if use.any() else np.flatnonzero(~result.diverged[g])[:1]
         ax = axes[0, col]
         for k, c in enumerate(("C0", "C1", "C2")):
@@ -261,8 +263,8 @@ def plot(result, outdir) -> list[Path]:
     ax.legend(fontsize=7)
     ax = axes[0, 1]
     for k, v in enumerate("hyw"):
-        m = [np.nanmean(np.where(result.converged[g], result.r2[g, :, k], np.nan))
-             if result.converged[g].any() else np.nan for g in range(G)]
+        m = [np.nanmean(np.where(result.fit_ok[g], result.r2[g, :, k], np.nan))
+             if result.fit_ok[g].any() else np.nan for g in range(G)]
         ax.plot(gains[order], np.asarray(m)[order], "o-", color=f"C{k}", label=f"R² {v}")
     plots.label(ax, "initial gain (Xavier)", "R² of the fitted theory (1 = perfect)")
     ax.legend(fontsize=7)

@@ -1,0 +1,311 @@
+"""E3. Final representational distance, theory vs. experiment (paper Fig. 5, section 4.3).
+
+Per architecture: fit ``(eta_h, eta_y)`` on ``fit_seeds`` trials at ``dx2 = 1``, ``dy2 = 0.5``
+(as E1) and average over the converged fits. Then a grid ``||dx|| x ||dy||`` (paper: 5 x 5,
+``linspace(0.5, 1.5, 5) x linspace(0, 1, 5)``); each grid point is trained from ``seeds``
+initializations; trials whose final loss stays above ``loss_threshold`` (or diverged) are
+discarded and counted; the final squared hidden distance is compared with
+``theory.final_distance(h0, y0)`` (THEORY.md section 5) from that trial's own initial
+``(h0, y0)``. Agreement: Pearson r and slope of experiment vs. theory over the grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from unijax import plots
+from unijax.experiments import _twopoint as tp
+from unijax.experiments import e1_dynamics as e1
+from unijax.experiments._common import (
+    check_choices,
+    check_float,
+    check_floats,
+    check_int,
+    fmt,
+    linear_slope,
+    make_agreement,
+    memory_cache,
+    no_progress,
+    pearson,
+    slope_through_origin,
+    spread,
+)
+
+NAME = "E3"
+TITLE = "Final representational distance, theory vs. experiment (Fig. 5)"
+CLAIM = (
+    "The final squared hidden distance of a pair is h_final = A_high/2 + sqrt(A_high^2/4 + "
+    "A_low^2), set by the initial (h0, y0) and the data (||dx||, ||dy||) through the ratio of "
+    "the two fitted rates; over a grid of input and output distances the network's final "
+    "distances follow this prediction (points on the identity line)."
+)
+USES_RATES = False
+R_PASS = 0.9
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E3 settings.
+
+    Attributes:
+        rows: Table 1 rows (architectures); sizes as in :class:`e1_dynamics.Config`.
+        fit_seeds: trials at (dx2, dy2) = (1, 0.5) used to fit the rates (paper: 50).
+        seeds: trials per grid point.
+        dx_norms, dy_norms: the grid of ``||dx||`` (> 0) and ``||dy||`` (>= 0).
+        grid_epochs: epochs of the grid runs (None: ``epochs``); grid_time_scale: their lr
+            multiplier (None: ``time_scale``). The paper trained the grid longer with a smaller
+            learning rate, to convergence.
+        loss_threshold: a grid trial whose final loss is above this did not converge.
+    """
+
+    rows: tuple[str, ...] = tp.TABLE1
+    width: int | None = None
+    narrow_width: int | None = None
+    conv_width: int | None = None
+    conv_depth: int | None = None
+    max_depth: int | None = None
+    epochs: int = 6000
+    time_scale: float = 1.0
+    fit_seeds: int = 50
+    seeds: int = 4
+    seed: int = 0
+    dx_norms: tuple[float, ...] = (0.5, 0.75, 1.0, 1.25, 1.5)
+    dy_norms: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
+    grid_epochs: int | None = 40000
+    grid_time_scale: float | None = 0.25
+    loss_threshold: float = 1e-3
+
+    def __post_init__(self):
+        check_choices("rows", self.rows, tp.TABLE1)
+        for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth",
+                  "grid_epochs"):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        check_int("epochs", self.epochs, tp.FIT_POINTS)
+        check_float("time_scale", self.time_scale)
+        if self.grid_time_scale is not None:
+            check_float("grid_time_scale", self.grid_time_scale)
+        check_int("fit_seeds", self.fit_seeds, 1)
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        check_floats("dx_norms", self.dx_norms)
+        check_floats("dy_norms", self.dy_norms, lo_open=False)
+        check_float("loss_threshold", self.loss_threshold)
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(rows=("default", "shallow", "tanh", "skip_connections"), width=64,
+                    epochs=1000, time_scale=6.0, fit_seeds=4, seeds=4, grid_epochs=None,
+                    grid_time_scale=None),
+    "tiny": Config(rows=("default",), width=16, max_depth=4, epochs=tp.FIT_POINTS,
+                   time_scale=1.0, fit_seeds=2, seeds=2, dx_norms=(0.5, 1.5),
+                   dy_norms=(0.0, 1.0), grid_epochs=None, grid_time_scale=None),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E3 result (R rows, I dx values, J dy values, S seeds, F fit seeds).
+
+    Attributes:
+        rows ``(R,)``; dx_norms ``(I,)``, dy_norms ``(J,)``.
+        eta_h, eta_y: ``(R,)`` rates averaged over converged fits (1/epoch; NaN if none);
+            fit_eta_h, fit_eta_y, fit_converged, fit_diverged: ``(R, F)`` per fit trial.
+        h0, y0: ``(R, I, J, S)`` initial squared hidden / output distances.
+        h_final: ``(R, I, J, S)`` measured final squared hidden distance.
+        h_theory: ``(R, I, J, S)`` ``theory.final_distance(h0, y0)`` with the row's rates.
+        final_loss, diverged, converged: ``(R, I, J, S)``.
+    """
+
+    rows: np.ndarray
+    dx_norms: np.ndarray
+    dy_norms: np.ndarray
+    eta_h: np.ndarray
+    eta_y: np.ndarray
+    fit_eta_h: np.ndarray
+    fit_eta_y: np.ndarray
+    fit_converged: np.ndarray
+    fit_diverged: np.ndarray
+    h0: np.ndarray
+    y0: np.ndarray
+    h_final: np.ndarray
+    h_theory: np.ndarray
+    final_loss: np.ndarray
+    diverged: np.ndarray
+    converged: np.ndarray
+
+
+def _e1_config(config: Config) -> e1.Config:
+    return e1.Config(rows=config.rows, width=config.width, narrow_width=config.narrow_width,
+                     conv_width=config.conv_width, conv_depth=config.conv_depth,
+                     max_depth=config.max_depth, epochs=config.epochs,
+                     time_scale=config.time_scale, seeds=config.fit_seeds, seed=config.seed)
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+    """Fit the rates per architecture, train the grid, compare with the theory."""
+    import jax
+
+    from unijax import data, theory, train
+
+    cache = cache or memory_cache()
+    e1cfg = _e1_config(config)
+    cfgs = e1.row_configs(e1cfg)
+    k_fit, k_grid = jax.random.split(key)
+    loss, hyw, div = e1.train_rows(cfgs, seeds=config.fit_seeds, key=k_fit, progress=progress,
+                                   cache=cache, prefix="fit-train")
+    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
+                    prefix="fit-rates")
+    conv_fit = f["converged"] & ~div
+    with np.errstate(invalid="ignore"):
+        eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
+                          for r in range(len(cfgs))])
+        eta_y = np.array([np.mean(f["eta_y"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
+                          for r in range(len(cfgs))])
+
+    R, I, J, S = len(cfgs), len(config.dx_norms), len(config.dy_norms), config.seeds
+    shape = (R, I, J, S)
+    h0, y0, hf, fl = (np.full(shape, np.nan) for _ in range(4))
+    dv = np.zeros(shape, bool)
+    grid = [(r, i, j) for r in range(R) for i in range(I) for j in range(J)]
+    for r, i, j in progress(grid, desc="E3: grid"):
+        base = cfgs[r]
+        epochs = config.grid_epochs or base.epochs
+        ts = config.grid_time_scale or config.time_scale
+        gcfg = tp.row_config(
+            base.name, width=base.width, epochs=epochs, time_scale=ts, depth=base.depth,
+            dx2=1.0, dy2=0.5,
+        ) if (config.grid_epochs or config.grid_time_scale) else base
+        dxn, dyn = config.dx_norms[i], config.dy_norms[j]
+
+        def compute(gcfg=gcfg, dxn=dxn, dyn=dyn, r=r, i=i, j=j):
+            ds = data.two_points(float(dxn) ** 2, float(dyn) ** 2)
+            k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(k_grid, r), i), j)
+            res = train.train(gcfg, seeds=S, key=k, data=ds, pair=(0, 1))
+            return {
+                "h0": np.asarray(res.h)[0, :, 0],
+                "y0": np.asarray(res.y)[0, :, 0],
+                "h_final": np.asarray(res.final_h)[0],
+                "final_loss": np.asarray(res.final_loss)[0],
+                "diverged": np.asarray(res.diverged)[0],
+            }
+
+        got = cache(f"grid-{base.name}-{i}-{j}", compute)
+        h0[r, i, j], y0[r, i, j] = got["h0"], got["y0"]
+        hf[r, i, j], fl[r, i, j] = got["h_final"], got["final_loss"]
+        dv[r, i, j] = got["diverged"]
+
+    conv = ~dv & np.isfinite(fl) & (fl <= config.loss_threshold) & np.isfinite(hf)
+    ht = np.full(shape, np.nan)
+    dx2 = (np.asarray(config.dx_norms)[:, None] ** 2) * np.ones((I, J))
+    dy2 = (np.asarray(config.dy_norms)[None, :] ** 2) * np.ones((I, J))
+    for r in range(R):
+        ok = np.isfinite(h0[r]) & (h0[r] > 0) & np.isfinite(y0[r])
+        if not np.isfinite(eta_h[r]) or not ok.any():
+            continue
+        pred = theory.final_distance(
+            np.where(ok, h0[r], 1.0), np.where(ok, np.maximum(y0[r], 0.0), 0.0),
+            eta_h=float(eta_h[r]), eta_y=float(eta_y[r]),
+            dx2=dx2[..., None], dy2=dy2[..., None],
+        )
+        ht[r] = np.where(ok, np.asarray(pred), np.nan)
+    return Result(
+        rows=np.asarray(config.rows, dtype=str),
+        dx_norms=np.asarray(config.dx_norms, float),
+        dy_norms=np.asarray(config.dy_norms, float),
+        eta_h=eta_h, eta_y=eta_y,
+        fit_eta_h=f["eta_h"], fit_eta_y=f["eta_y"], fit_converged=conv_fit, fit_diverged=div,
+        h0=h0, y0=y0, h_final=hf, h_theory=ht, final_loss=fl, diverged=dv, converged=conv,
+    )
+
+
+def per_row(result) -> dict[str, dict]:
+    out = {}
+    for r, row in enumerate(np.asarray(result.rows)):
+        use = np.asarray(result.converged[r]) & np.isfinite(result.h_theory[r])
+        x, y = result.h_theory[r][use], result.h_final[r][use]
+        per_seed = [pearson(result.h_theory[r][..., s][use[..., s]],
+                            result.h_final[r][..., s][use[..., s]])
+                    for s in range(result.h0.shape[-1])]
+        out[str(row)] = {
+            "pearson_r": pearson(x, y),
+            "pearson_r_over_seeds": spread(per_seed),
+            "slope": linear_slope(x, y),
+            "slope_through_origin": slope_through_origin(x, y),
+            "n_used": int(use.sum()),
+            "n_not_converged": int((~result.diverged[r] & ~result.converged[r]).sum()),
+            "n_diverged": int(result.diverged[r].sum()),
+            "eta_h": float(result.eta_h[r]), "eta_y": float(result.eta_y[r]),
+            "n_rate_fits": int(result.fit_converged[r].sum()),
+        }
+    return out
+
+
+def agreement(result) -> dict:
+    table = per_row(result)
+    rs = [v["pearson_r"] for v in table.values() if np.isfinite(v["pearson_r"])]
+    med = float(np.median(rs)) if rs else None
+    passed = None if med is None else bool(med >= R_PASS)
+    headline = f"median Pearson r (theory vs network final h) over {len(table)} " \
+               f"architectures: {fmt(med)}"
+    measured = "Per architecture, Pearson r / slope (with intercept) of network vs theory over " \
+               "the grid, pooled over seeds (r mean ± sd over seeds): " + "; ".join(
+                   f"{k}: r {fmt(v['pearson_r'])} / slope {fmt(v['slope'])} "
+                   f"({fmt(v['pearson_r_over_seeds']['mean'])} ± "
+                   f"{fmt(v['pearson_r_over_seeds']['std'], 2)}; n={v['n_used']})"
+                   for k, v in table.items()) + "."
+    div = np.asarray(result.diverged)
+    conv = np.asarray(result.converged)
+    counts = {
+        "trials": int(div.size),
+        "diverged": int(div.sum()),
+        "not_converged": int((~div & ~conv).sum()),
+        "used": int((conv & np.isfinite(result.h_theory)).sum()),
+        "rate_fit_trials": int(result.fit_converged.size),
+        "rate_fits_failed": int((~result.fit_converged).sum()),
+    }
+    return make_agreement(
+        headline=headline,
+        measured=measured,
+        criterion=f"median over architectures of Pearson r >= {R_PASS}",
+        passed=passed,
+        figures={"per_architecture": table, "median_pearson_r": med},
+        counts=counts,
+        notes=["Rates per architecture: mean over the converged fits at dx2 = 1, dy2 = 0.5 "
+               f"({int(result.fit_converged.sum())} of {result.fit_converged.size} trials)."],
+    )
+
+
+def plot(result, outdir) -> list[Path]:
+    table = per_row(result)
+    R = len(result.rows)
+    ncols = min(4, R)
+    nrows = (R + ncols - 1) // ncols
+    fig, axes = plots.new_figure(nrows, ncols, size=(3.4, 3.2))
+    J = len(result.dy_norms)
+    cmap = plots.plt.get_cmap("viridis")
+    for r, row in enumerate(np.asarray(result.rows)):
+        ax = axes.flat[r]
+        use = np.asarray(result.converged[r]) & np.isfinite(result.h_theory[r])
+        for j in range(J):
+            sel = use[:, j, :]
+            ax.scatter(result.h_theory[r][:, j, :][sel], result.h_final[r][:, j, :][sel], s=12,
+                       color=cmap(j / max(1, J - 1)), alpha=0.8,
+                       label=f"|Δy| = {result.dy_norms[j]:g}")
+        if use.any():
+            lo = min(np.nanmin(result.h_theory[r][use]), np.nanmin(result.h_final[r][use]))
+            hi = max(np.nanmax(result.h_theory[r][use]), np.nanmax(result.h_final[r][use]))
+            ax.plot([lo, hi], [lo, hi], label="identity", **plots.THEORY_STYLE)
+        t = table[str(row)]
+        plots.label(ax, "theory: final h (squared distance, a.u.)",
+                    "network: final h (a.u.)",
+                    f"{row}: r = {fmt(t['pearson_r'])}, slope {fmt(t['slope'])}")
+        if r == 0:
+            ax.legend(fontsize=6)
+    for k in range(R, nrows * ncols):
+        axes.flat[k].axis("off")
+    return plots.save(fig, outdir, "final_distance_theory_vs_network")

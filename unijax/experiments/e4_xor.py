@@ -1,0 +1,388 @@
+"""E4. XOR, including the 2-layer counter-example (paper Fig. 6, section 4.4, Table 2 top).
+
+Inputs (0,0), (0,1), (1,0), (1,1); targets 0, 1, 1, 0. Each Table 2 XOR row is trained from
+``seeds`` initializations; the hidden representations of the four points are recorded at the
+start and the end. Theory: the matrix of predicted final squared hidden distances, THEORY.md
+sections 5 and 10 (``theory.pairwise_final_distance``), from each pair's input/target
+distances and its own initial hidden and output distances, with the default architecture's
+fitted ``(eta_h, eta_y)`` (from E3/E1 in the same output directory, else fitted here).
+
+Agreement: Pearson r of predicted and measured distance matrices (the 6 pairs), and the ratio
+of same-output to different-output distances (mean squared distance of the pairs (0,3), (1,2)
+over that of the 4 other pairs): small weights -> equal outputs merge (ratio << 1), large
+weights -> nothing merges (ratio ~ its initial value). The 2-layer network is the
+counter-example: only one of the two same-output pairs merges.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from unijax import plots
+from unijax.experiments import _structure as st
+from unijax.experiments import _twopoint as tp
+from unijax.experiments._common import (
+    check_choices,
+    check_float,
+    check_int,
+    fmt,
+    fmt_spread,
+    make_agreement,
+    memory_cache,
+    no_progress,
+    pearson,
+    spread,
+)
+
+NAME = "E4"
+TITLE = "XOR: merging of equal-output representations, and the 2-layer counter-example (Fig. 6)"
+CLAIM = (
+    "At small initial weights the hidden representations of XOR inputs with equal outputs "
+    "merge (h_final -> A_low = 0 for dy = 0) while at large weights the random initial "
+    "structure is kept; the predicted distance matrix matches the measured one. A 2-layer "
+    "network is a counter-example: only one of the two equal-output pairs merges."
+)
+USES_RATES = True
+
+XOR_ROWS = ("xor_low_weights", "xor_intermediate_weights", "xor_high_weights", "xor_2_layers")
+SAME = ((0, 3), (1, 2))
+DIFF = ((0, 1), (0, 2), (1, 3), (2, 3))
+PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))  # upper-triangle order
+#: Pass thresholds: low-weight merge ratio below, high-weight ratio above, r above.
+MERGED_RATIO = 0.25
+KEPT_RATIO = 0.5
+R_PASS = 0.8
+#: A same-output pair counts as merged when its distance is below this x the mean
+#: different-output distance.
+MERGE_FRACTION = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E4 settings.
+
+    Attributes:
+        rows: Table 2 XOR rows.
+        width: hidden units (None: the paper's 500); max_depth caps the hidden layers.
+        time_scale: lr multiplier beyond the width rescaling (epochs divided by it).
+        low_gain, low_epochs: override the gain/epochs of ``xor_low_weights`` (None: table's
+            0.7 / 1000; the authors' public code used 0.85 / 3000).
+        two_layer_epochs: epochs of ``xor_2_layers`` (None: table's 40000 / time_scale).
+        seeds: trials per row; seed: base random seed.
+        loss_threshold: a trial with a final loss above this did not converge (excluded).
+        rates_*: how the default architecture's rates are obtained (see
+            ``_structure.RateSettings``): ``rates_from`` ``auto`` (E3/E1 result in the same
+            output directory, else fitted here) or ``fit``.
+    """
+
+    rows: tuple[str, ...] = XOR_ROWS
+    width: int | None = None
+    max_depth: int | None = None
+    time_scale: float = 1.0
+    low_gain: float | None = None
+    low_epochs: int | None = None
+    two_layer_epochs: int | None = None
+    seeds: int = 10
+    seed: int = 0
+    loss_threshold: float = 1e-3
+    rates_from: str = "auto"
+    rates_width: int | None = None
+    rates_max_depth: int | None = None
+    rates_epochs: int = 6000
+    rates_time_scale: float = 1.0
+    rates_seeds: int = 10
+
+    def __post_init__(self):
+        check_choices("rows", self.rows, XOR_ROWS)
+        for f in ("width", "max_depth", "low_epochs", "two_layer_epochs", "rates_width",
+                  "rates_max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        check_float("time_scale", self.time_scale)
+        if self.low_gain is not None:
+            check_float("low_gain", self.low_gain)
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        check_float("loss_threshold", self.loss_threshold)
+        st.rate_settings_check(self.rate_settings())
+
+    def rate_settings(self) -> st.RateSettings:
+        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
+                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(width=64, low_gain=0.85, low_epochs=3000, two_layer_epochs=20000,
+                    time_scale=2.0, seeds=6, rates_width=64, rates_epochs=1000,
+                    rates_time_scale=6.0, rates_seeds=4),
+    "tiny": Config(rows=("xor_low_weights", "xor_2_layers"), width=16, max_depth=4,
+                   low_gain=0.5, low_epochs=600, two_layer_epochs=1000, time_scale=1.0,
+                   seeds=3, rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
+                   rates_time_scale=1.0, rates_seeds=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E4 result (R rows, S seeds, 4 points).
+
+    Attributes:
+        rows, gain, lr, epochs, depth: ``(R,)``.
+        D0, D_final: ``(R, S, 4, 4)`` measured initial / final squared hidden distances.
+        D_pred: ``(R, S, 4, 4)`` predicted final squared distances (theory).
+        final_loss, diverged, converged: ``(R, S)``.
+        eta_h, eta_y: the rates used (1/epoch); rates_source: text.
+    """
+
+    rows: np.ndarray
+    gain: np.ndarray
+    lr: np.ndarray
+    epochs: np.ndarray
+    depth: np.ndarray
+    D0: np.ndarray
+    D_final: np.ndarray
+    D_pred: np.ndarray
+    final_loss: np.ndarray
+    diverged: np.ndarray
+    converged: np.ndarray
+    eta_h: np.ndarray
+    eta_y: np.ndarray
+    rates_source: np.ndarray
+
+
+def row_configs(config: Config, *, optimizer: str = "sgd"):
+    out = []
+    for name in config.rows:
+        base = tp.row_config(name)
+        over = {"optimizer": optimizer}
+        epochs = None
+        if name == "xor_low_weights":
+            if config.low_gain is not None:
+                over["gain"] = config.low_gain
+            epochs = config.low_epochs
+        if name == "xor_2_layers":
+            epochs = config.two_layer_epochs
+        if config.max_depth is not None and base.depth > config.max_depth:
+            over["depth"] = config.max_depth
+        out.append(tp.row_config(name, width=config.width, time_scale=config.time_scale,
+                                 epochs=epochs, **over))
+    return out
+
+
+def train_structure(cfgs, dataset, *, seeds, key, progress, cache, prefix="train"):
+    """Train each config on ``dataset`` recording all points' initial/final representations."""
+    import jax
+
+    from unijax import train
+
+    out = []
+    for i, cfg in enumerate(progress(cfgs, desc=f"{prefix}: rows")):
+
+        def compute(cfg=cfg, i=i):
+            r = train.train(cfg, seeds=seeds, key=jax.random.fold_in(key, i), data=dataset,
+                            record_points=dataset.n_points, pair=False)
+            return {
+                "H0": np.asarray(r.initial_reps)[0],
+                "H": np.asarray(r.final_reps)[0],
+                "F0": np.asarray(r.initial_outputs)[0],
+                "F": np.asarray(r.final_outputs)[0],
+                "final_loss": np.asarray(r.final_loss)[0],
+                "diverged": np.asarray(r.diverged)[0],
+            }
+
+        out.append(cache(f"{prefix}-{cfg.name}", compute))
+    return out
+
+
+def predict(dataset, H0, F0, rates) -> np.ndarray:
+    """Predicted final squared distances per seed: ``(S, n, n)``."""
+    from unijax import theory
+
+    X = np.asarray(dataset.x, np.float64)
+    Y = np.asarray(dataset.y, np.float64)
+    out = []
+    for s in range(H0.shape[0]):
+        if not (np.all(np.isfinite(H0[s])) and np.isfinite(rates["eta_h"])):
+            out.append(np.full((X.shape[0],) * 2, np.nan))
+            continue
+        out.append(np.asarray(theory.pairwise_final_distance(
+            X, Y, np.asarray(H0[s], np.float64), np.asarray(F0[s], np.float64),
+            eta_h=rates["eta_h"], eta_y=rates["eta_y"])))
+    return np.stack(out)
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
+        optimizer: str = "sgd") -> Result:
+    """Train the XOR rows, predict the distance matrices, compare."""
+    import jax
+
+    from unijax import data
+
+    cache = cache or memory_cache()
+    k_rates, k_train = jax.random.split(key)
+    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+                         progress=progress, cache=cache)
+    ds = data.xor()
+    cfgs = row_configs(config, optimizer=optimizer)
+    runs = train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
+                           cache=cache)
+    D0 = np.stack([st.sq_dists(r["H0"]) for r in runs])
+    Df = np.stack([st.sq_dists(r["H"]) for r in runs])
+    Dp = np.stack([predict(ds, r["H0"], r["F0"], rates) for r in runs])
+    fl = np.stack([r["final_loss"] for r in runs])
+    dv = np.stack([r["diverged"] for r in runs])
+    conv = ~dv & np.isfinite(fl) & (fl <= config.loss_threshold)
+    return Result(
+        rows=np.asarray(config.rows, dtype=str),
+        gain=np.asarray([c.gain for c in cfgs]), lr=np.asarray([c.lr for c in cfgs]),
+        epochs=np.asarray([c.epochs for c in cfgs]), depth=np.asarray([c.depth for c in cfgs]),
+        D0=D0, D_final=Df, D_pred=Dp, final_loss=fl, diverged=dv, converged=conv,
+        eta_h=np.asarray(rates["eta_h"]), eta_y=np.asarray(rates["eta_y"]),
+        rates_source=np.asarray(rates.get("source", "")),
+    )
+
+
+def same_diff_ratio(D) -> np.ndarray:
+    """Mean same-output over mean different-output squared distance, per leading index."""
+    D = np.asarray(D)
+    same = np.mean([D[..., i, j] for i, j in SAME], axis=0)
+    diff = np.mean([D[..., i, j] for i, j in DIFF], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return same / diff
+
+
+def merged_pairs(D) -> np.ndarray:
+    """Number of same-output pairs with distance < MERGE_FRACTION x mean different distance."""
+    D = np.asarray(D)
+    diff = np.mean([D[..., i, j] for i, j in DIFF], axis=0)
+    return np.sum([D[..., i, j] < MERGE_FRACTION * diff for i, j in SAME], axis=0)
+
+
+def per_row(result) -> dict[str, dict]:
+    out = {}
+    for r, row in enumerate(np.asarray(result.rows)):
+        use = np.asarray(result.converged[r])
+        rs = [pearson(st.offdiag(result.D_pred[r, s]), st.offdiag(result.D_final[r, s]))
+              if use[s] else np.nan for s in range(use.size)]
+        ratio_m = np.where(use, same_diff_ratio(result.D_final[r]), np.nan)
+        ratio_p = np.where(use, same_diff_ratio(result.D_pred[r]), np.nan)
+        ratio_0 = np.where(use, same_diff_ratio(result.D0[r]), np.nan)
+        merged = np.where(use, merged_pairs(result.D_final[r]), -1)
+        out[str(row)] = {
+            "gain": float(result.gain[r]),
+            "pearson_r": spread(rs),
+            "ratio_measured": spread(ratio_m),
+            "ratio_predicted": spread(ratio_p),
+            "ratio_initial": spread(ratio_0),
+            "merged_pairs_per_seed": [int(m) for m in merged[use]],
+            "used": int(use.sum()),
+        }
+    return out
+
+
+def _verdict(table) -> tuple[bool | None, list[str]]:
+    checks, why = [], []
+    low = table.get("xor_low_weights")
+    if low and low["used"]:
+        checks.append(low["ratio_measured"]["mean"] < MERGED_RATIO)
+        checks.append(low["pearson_r"]["mean"] is not None and
+                      low["pearson_r"]["mean"] >= R_PASS)
+        why.append(f"low weights: same/different ratio {fmt(low['ratio_measured']['mean'])} "
+                   f"(< {MERGED_RATIO}?), r {fmt(low['pearson_r']['mean'])} (>= {R_PASS}?)")
+    high = table.get("xor_high_weights")
+    if high and high["used"]:
+        checks.append(high["ratio_measured"]["mean"] > KEPT_RATIO)
+        why.append(f"high weights: ratio {fmt(high['ratio_measured']['mean'])} "
+                   f"(> {KEPT_RATIO}?)")
+    return (all(checks) if checks else None), why
+
+
+def agreement(result, *, name: str = NAME) -> dict:
+    table = per_row(result)
+    passed, why = _verdict(table)
+    lines = []
+    for k, v in table.items():
+        lines.append(
+            f"{k} (gain {v['gain']:g}): r {fmt_spread(v['pearson_r'])}, same/different ratio "
+            f"measured {fmt(v['ratio_measured']['mean'])} ± {fmt(v['ratio_measured']['std'], 2)}"
+            f" vs predicted {fmt(v['ratio_predicted']['mean'])} (initial "
+            f"{fmt(v['ratio_initial']['mean'])}), merged same-output pairs per seed "
+            f"{v['merged_pairs_per_seed']}")
+    two = table.get("xor_2_layers")
+    counter = None
+    if two and two["used"]:
+        counter = float(np.mean(np.asarray(two["merged_pairs_per_seed"]) == 1))
+        lines.append(f"2-layer counter-example (exactly one pair merges) in {counter:.0%} of "
+                     "seeds, where the theory predicts both merge")
+    low = table.get("xor_low_weights", {})
+    low_ratio = fmt(low.get("ratio_measured", {}).get("mean"))
+    headline = (f"low weights: same/different ratio {low_ratio}"
+                f", r = {fmt(low.get('pearson_r', {}).get('mean'))}") if low else "n/a"
+    high = table.get("xor_high_weights")
+    if high:
+        headline += f"; high weights: ratio {fmt(high['ratio_measured']['mean'])}"
+    div = np.asarray(result.diverged)
+    conv = np.asarray(result.converged)
+    return make_agreement(
+        headline=headline,
+        measured="; ".join(lines) + ".",
+        criterion=f"low weights: measured ratio < {MERGED_RATIO} and r >= {R_PASS}; high "
+        f"weights: ratio > {KEPT_RATIO} (" + "; ".join(why) + ")",
+        passed=passed,
+        figures={"per_row": table, "two_layer_counterexample_fraction": counter,
+                 "rates": {"eta_h": float(result.eta_h), "eta_y": float(result.eta_y),
+                           "source": str(result.rates_source)}},
+        counts={"trials": int(div.size), "diverged": int(div.sum()),
+                "not_converged": int((~div & ~conv).sum()), "used": int(conv.sum())},
+        notes=[f"Rates (eta_h, eta_y) = ({fmt(result.eta_h)}, {fmt(result.eta_y)}) 1/epoch: "
+               f"{result.rates_source}."],
+    )
+
+
+def plot(result, outdir, *, stem: str = "xor_distance_matrices") -> list[Path]:
+    table = per_row(result)
+    R = len(result.rows)
+    labels = ["(0,0)→0", "(0,1)→1", "(1,0)→1", "(1,1)→0"]
+    fig, axes = plots.new_figure(R, 3, size=(3.2, 2.9))
+    for r, row in enumerate(np.asarray(result.rows)):
+        use = np.asarray(result.converged[r])
+        sel = use if use.any() else ~np.asarray(result.diverged[r])
+        if not sel.any():
+            for c in range(3):
+                axes[r, c].axis("off")
+            continue
+        meas = np.mean(result.D_final[r][sel], axis=0)
+        pred = np.mean(result.D_pred[r][sel], axis=0)
+        init = np.mean(result.D0[r][sel], axis=0)
+        plots.matrix(axes[r, 0], init, title=f"{row}: initial (network)", ticks=labels)
+        plots.matrix(axes[r, 1], meas, title=f"final (network), ratio "
+                     f"{fmt(table[str(row)]['ratio_measured']['mean'], 2)}", ticks=labels)
+        plots.matrix(axes[r, 2], pred, title=f"final (theory), r = "
+                     f"{fmt(table[str(row)]['pearson_r']['mean'], 2)}", ticks=labels)
+    paths = plots.save(fig, outdir, stem)
+
+    fig, axes = plots.new_figure(1, 1, size=(4.2, 3.4))
+    ax = axes[0, 0]
+    for r, row in enumerate(np.asarray(result.rows)):
+        use = np.asarray(result.converged[r])
+        p = np.concatenate([st.offdiag(result.D_pred[r, s]) for s in np.flatnonzero(use)]) \
+            if use.any() else np.array([])
+        m = np.concatenate([st.offdiag(result.D_final[r, s]) for s in np.flatnonzero(use)]) \
+            if use.any() else np.array([])
+        ax.scatter(p, m, s=12, label=str(row), color=f"C{r}")
+    allv = [v for v in (result.D_pred, result.D_final)]
+    vals = np.concatenate([a[np.isfinite(a)].ravel() for a in allv])
+    if vals.size:
+        lo, hi = max(vals[vals > 0].min(), 1e-8) if (vals > 0).any() else 1e-8, vals.max()
+        ax.plot([lo, hi], [lo, hi], label="identity", **plots.THEORY_STYLE)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    plots.label(ax, "theory: final squared hidden distance (a.u.)",
+                "network: final squared hidden distance (a.u.)", "XOR pairs, all seeds")
+    ax.legend(fontsize=6)
+    paths += plots.save(fig, outdir, stem + "_scatter")
+    return paths

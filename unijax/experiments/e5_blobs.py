@@ -1,0 +1,343 @@
+"""E5. Feature collapse on context-dependent blobs (paper Fig. 7, 8, 12; section 4.5).
+
+Inputs: 5 x 5 images of a Gaussian blob at ``(mx, my)`` on an ``n_grid x n_grid`` grid over
+``[-1, 1]^2`` plus a one-hot context; target ``mx`` in context 0, ``my`` in context 1
+(``unijax.data.blobs``). Network: tanh, 4 hidden layers, mini-batches of 64.
+
+Collapse index (per context ``c``, relevant feature ``f_c`` = mx or my): the fraction of the
+within-context hidden-distance variance explained by the relevant feature,
+
+    index_c = 1 - SS_within(f_c) / SS_total,   SS(G) = sum_{i<j in G} D_ij / (2 |G|)
+
+(``D`` squared hidden distances; ``SS_total`` over the context, ``SS_within`` summed over the
+groups of equal ``f_c``). A representation collapsed along the irrelevant direction (a line
+per context) has index 1; a 2-D sheet that keeps both features has about 1/2. The
+"one-line index" is the same over all points grouped by the target value: 1 when the two
+contexts' lines merge into one (the very-small-weight limit, Fig. 12).
+
+Theory: ``theory.pairwise_final_distance`` from each pair's data distances and initial
+distances, with the default architecture's fitted rates; the same indices are computed on the
+predicted matrix, and its Pearson r with the measured matrix is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from unijax import plots
+from unijax.experiments import _structure as st
+from unijax.experiments import _twopoint as tp
+from unijax.experiments._common import (
+    check_choices,
+    check_float,
+    check_int,
+    fmt,
+    fmt_spread,
+    make_agreement,
+    memory_cache,
+    no_progress,
+    pearson,
+    spread,
+)
+
+NAME = "E5"
+TITLE = "Feature collapse on context-dependent blobs, 3-D MDS (Fig. 7, 8, 12)"
+CLAIM = (
+    "At small initial weights each context's representation collapses along the feature that "
+    "is irrelevant to the task (two lines; at even smaller weights a single line), while at "
+    "large initial weights the input structure is kept (two 2-D sheets)."
+)
+USES_RATES = True
+
+BLOB_ROWS = ("blobs_very_low_weights", "blobs_low_weights", "blobs_high_weights")
+#: Pass: collapse index of the smallest gain above this, and above the largest gain's by MARGIN.
+COLLAPSED = 0.8
+MARGIN = 0.15
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E5 settings.
+
+    Attributes:
+        rows: the blob rows of Table 2 (gains 0.275, 0.5, 2.0).
+        width: hidden units (None: the paper's 100); time_scale: lr multiplier (epochs
+            divided by it; 1 = the paper's 2000 / 1500 / 750 epochs); epochs: the same
+            number of epochs for every row instead (None: the paper's / time_scale).
+        n_grid: blob positions per axis (paper 30: 1800 points).
+        seeds, seed: trials per row and base seed.
+        loss_threshold: final loss above this = not converged (excluded, counted).
+        mds_points: points shown in the 3-D MDS views (evenly subsampled).
+        rates_*: see :class:`unijax.experiments.e4_xor.Config`.
+    """
+
+    rows: tuple[str, ...] = BLOB_ROWS
+    width: int | None = None
+    time_scale: float = 1.0
+    epochs: int | None = None
+    n_grid: int = 30
+    seeds: int = 4
+    seed: int = 0
+    loss_threshold: float = 1e-3
+    mds_points: int = 600
+    rates_from: str = "auto"
+    rates_width: int | None = None
+    rates_max_depth: int | None = None
+    rates_epochs: int = 6000
+    rates_time_scale: float = 1.0
+    rates_seeds: int = 10
+
+    def __post_init__(self):
+        check_choices("rows", self.rows, BLOB_ROWS)
+        for f in ("width", "epochs", "rates_width", "rates_max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        check_float("time_scale", self.time_scale)
+        check_int("n_grid", self.n_grid, 2, 200)
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        check_float("loss_threshold", self.loss_threshold)
+        check_int("mds_points", self.mds_points, 4)
+        st.rate_settings_check(self.rate_settings())
+
+    def rate_settings(self) -> st.RateSettings:
+        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
+                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(seeds=2, rates_width=64, rates_epochs=1000, rates_time_scale=6.0,
+                    rates_seeds=4),
+    "tiny": Config(rows=("blobs_low_weights", "blobs_high_weights"), width=16, time_scale=4.0,
+                   epochs=300, n_grid=6, seeds=2, loss_threshold=0.25, mds_points=72,
+                   rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
+                   rates_time_scale=1.0, rates_seeds=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E5 result (R rows, S seeds, N points, M MDS points).
+
+    Attributes:
+        rows, gain, lr, epochs: ``(R,)``.
+        factors: ``(N, 3)`` (context, mx, my); targets: ``(N,)``.
+        index_ctx, index_ctx_pred: ``(R, S, 2)`` collapse index per context, network / theory.
+        index_one, index_one_pred: ``(R, S)`` one-line index, network / theory.
+        pearson_r: ``(R, S)`` predicted vs measured squared distances (all pairs).
+        mds: ``(R, M, 3)`` 3-D classical MDS of the final hidden layer (first used seed);
+            mds_index: ``(M,)`` the points shown.
+        final_loss, diverged, converged: ``(R, S)``.
+        eta_h, eta_y, rates_source: the rates used.
+    """
+
+    rows: np.ndarray
+    gain: np.ndarray
+    lr: np.ndarray
+    epochs: np.ndarray
+    factors: np.ndarray
+    targets: np.ndarray
+    index_ctx: np.ndarray
+    index_ctx_pred: np.ndarray
+    index_one: np.ndarray
+    index_one_pred: np.ndarray
+    pearson_r: np.ndarray
+    mds: np.ndarray
+    mds_index: np.ndarray
+    final_loss: np.ndarray
+    diverged: np.ndarray
+    converged: np.ndarray
+    eta_h: np.ndarray
+    eta_y: np.ndarray
+    rates_source: np.ndarray
+
+
+def explained_fraction(D: np.ndarray, groups: np.ndarray, mask: np.ndarray) -> float:
+    """``1 - SS_within / SS_total`` of the points ``mask`` grouped by ``groups`` (see module)."""
+    idx = np.flatnonzero(mask)
+    if idx.size < 2:
+        return float("nan")
+    g = np.asarray(groups)[idx]
+    Dm = D[np.ix_(idx, idx)]
+    total = Dm.sum() / (2 * idx.size)
+    if not np.isfinite(total) or total <= 0:
+        return float("nan")
+    within = 0.0
+    for u in np.unique(g):
+        sel = g == u
+        within += Dm[np.ix_(sel, sel)].sum() / (2 * sel.sum())
+    return float(1.0 - within / total)
+
+
+def indices(D: np.ndarray, factors: np.ndarray, targets: np.ndarray) -> tuple[float, float, float]:
+    """``(index context 0, index context 1, one-line index)`` of a squared-distance matrix."""
+    ctx = factors[:, 0]
+    c0 = explained_fraction(D, factors[:, 1], ctx == 0)
+    c1 = explained_fraction(D, factors[:, 2], ctx == 1)
+    one = explained_fraction(D, np.round(targets, 9), np.ones(ctx.size, bool))
+    return c0, c1, one
+
+
+def row_configs(config: Config, *, optimizer: str = "sgd"):
+    return [tp.row_config(name, width=config.width, time_scale=config.time_scale,
+                          epochs=config.epochs, optimizer=optimizer) for name in config.rows]
+
+
+def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points):
+    """Indices, predictions, r and MDS for trained ``runs`` (from ``e4_xor.train_structure``)."""
+    from unijax.experiments import e4_xor
+
+    factors = np.asarray(ds.factors, np.float64)
+    targets = np.asarray(ds.y[:, 0], np.float64)
+    R, S = len(runs), runs[0]["H"].shape[0]
+    ic, icp = np.full((R, S, 2), np.nan), np.full((R, S, 2), np.nan)
+    io, iop, pr = np.full((R, S), np.nan), np.full((R, S), np.nan), np.full((R, S), np.nan)
+    fl = np.stack([r["final_loss"] for r in runs])
+    dv = np.stack([r["diverged"] for r in runs])
+    conv = ~dv & np.isfinite(fl) & (fl <= loss_threshold)
+    n = ds.n_points
+    mds_idx = np.unique(np.round(np.linspace(0, n - 1, min(mds_points, n))).astype(int))
+    mds = np.full((R, mds_idx.size, 3), np.nan)
+    for r, run_ in enumerate(runs):
+        for s in range(S):
+            if not conv[r, s]:
+                continue
+            D = st.sq_dists(run_["H"][s])
+            c0, c1, one = indices(D, factors, targets)
+            ic[r, s], io[r, s] = (c0, c1), one
+            Dp = e4_xor.predict(ds, run_["H0"][s:s + 1], run_["F0"][s:s + 1], rates)[0]
+            if np.all(np.isfinite(Dp)):
+                p0, p1, pone = indices(Dp, factors, targets)
+                icp[r, s], iop[r, s] = (p0, p1), pone
+                pr[r, s] = pearson(st.offdiag(Dp), st.offdiag(D))
+            if np.all(np.isnan(mds[r])):
+                mds[r] = st.classical_mds(D[np.ix_(mds_idx, mds_idx)], 3)
+    return dict(index_ctx=ic, index_ctx_pred=icp, index_one=io, index_one_pred=iop,
+                pearson_r=pr, mds=mds, mds_index=mds_idx, final_loss=fl, diverged=dv,
+                converged=conv, factors=factors, targets=targets)
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
+        optimizer: str = "sgd") -> Result:
+    """Train the blob rows, measure and predict the collapse."""
+    import jax
+
+    from unijax import data
+    from unijax.experiments import e4_xor
+
+    cache = cache or memory_cache()
+    k_rates, k_train = jax.random.split(key)
+    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+                         progress=progress, cache=cache)
+    ds = data.blobs(n_grid=config.n_grid)
+    cfgs = row_configs(config, optimizer=optimizer)
+    runs = e4_xor.train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
+                                  cache=cache)
+    a = analyse(ds, runs, rates, cfgs, loss_threshold=config.loss_threshold,
+                mds_points=config.mds_points)
+    return Result(
+        rows=np.asarray(config.rows, dtype=str), gain=np.asarray([c.gain for c in cfgs]),
+        lr=np.asarray([c.lr for c in cfgs]), epochs=np.asarray([c.epochs for c in cfgs]),
+        eta_h=np.asarray(rates["eta_h"]), eta_y=np.asarray(rates["eta_y"]),
+        rates_source=np.asarray(rates.get("source", "")), **a,
+    )
+
+
+def per_row(result) -> dict[str, dict]:
+    out = {}
+    for r, row in enumerate(np.asarray(result.rows)):
+        out[str(row)] = {
+            "gain": float(result.gain[r]),
+            "collapse_index": spread(np.mean(result.index_ctx[r], axis=-1)),
+            "collapse_index_pred": spread(np.mean(result.index_ctx_pred[r], axis=-1)),
+            "one_line_index": spread(result.index_one[r]),
+            "one_line_index_pred": spread(result.index_one_pred[r]),
+            "pearson_r": spread(result.pearson_r[r]),
+            "used": int(np.asarray(result.converged[r]).sum()),
+        }
+    return out
+
+
+def agreement(result, *, name: str = NAME) -> dict:
+    table = per_row(result)
+    order = sorted(table, key=lambda k: table[k]["gain"])
+    lo, hi = table[order[0]], table[order[-1]]
+    li, hi_i = lo["collapse_index"]["mean"], hi["collapse_index"]["mean"]
+    passed = None
+    if li is not None and hi_i is not None and len(order) > 1:
+        passed = bool(li >= COLLAPSED and li - hi_i >= MARGIN)
+    headline = (f"collapse index {fmt(li)} at gain {lo['gain']:g} vs {fmt(hi_i)} at gain "
+                f"{hi['gain']:g} (1 = collapsed, ~0.5 = 2-D sheet)")
+    measured = "; ".join(
+        f"gain {table[k]['gain']:g}: collapse index {fmt_spread(table[k]['collapse_index'])} "
+        f"(theory {fmt(table[k]['collapse_index_pred']['mean'])}), one-line index "
+        f"{fmt(table[k]['one_line_index']['mean'])} (theory "
+        f"{fmt(table[k]['one_line_index_pred']['mean'])}), r(theory, network distances) "
+        f"{fmt(table[k]['pearson_r']['mean'])}" for k in order) + "."
+    div, conv = np.asarray(result.diverged), np.asarray(result.converged)
+    return make_agreement(
+        headline=headline,
+        measured=measured,
+        criterion=f"collapse index at the smallest gain >= {COLLAPSED} and at least {MARGIN} "
+        "above the largest gain's",
+        passed=passed,
+        figures={"per_row": table,
+                 "rates": {"eta_h": float(result.eta_h), "eta_y": float(result.eta_y),
+                           "source": str(result.rates_source)}},
+        counts={"trials": int(div.size), "diverged": int(div.sum()),
+                "not_converged": int((~div & ~conv).sum()), "used": int(conv.sum())},
+        notes=[f"{result.factors.shape[0]} points; rates {fmt(result.eta_h)}, "
+               f"{fmt(result.eta_y)} 1/epoch from {result.rates_source}. The theory's "
+               "final-distance formula predicts the single line for every small gain; the "
+               "paper attributes the two lines at intermediate-small gains to the slower merge "
+               "of far-apart inputs (appendix C.2)."],
+    )
+
+
+def plot(result, outdir, *, stem: str = "blobs_mds") -> list[Path]:
+    R = len(result.rows)
+    fig = plots.plt.figure(figsize=(10.5, 3.3 * R))
+    f = result.factors[result.mds_index]
+    colourings = [("context", f[:, 0], "coolwarm"), ("mx (blob x position)", f[:, 1],
+                                                     "viridis"),
+                  ("my (blob y position)", f[:, 2], "viridis")]
+    table = per_row(result)
+    for r, row in enumerate(np.asarray(result.rows)):
+        for c, (lab, col, cmap) in enumerate(colourings):
+            ax = fig.add_subplot(R, 3, r * 3 + c + 1, projection="3d")
+            X = result.mds[r]
+            if np.all(np.isfinite(X)):
+                ax.scatter(X[:, 0], X[:, 1], X[:, 2], c=col, cmap=cmap, s=4)
+            ax.set_xlabel("MDS 1 (a.u.)", fontsize=7)
+            ax.set_ylabel("MDS 2 (a.u.)", fontsize=7)
+            ax.set_zlabel("MDS 3 (a.u.)", fontsize=7)
+            ax.tick_params(labelsize=5)
+            t = table[str(row)]
+            ax.set_title(f"{row} (gain {t['gain']:g}), colour: {lab}\ncollapse index "
+                         f"{fmt(t['collapse_index']['mean'], 2)}, one-line "
+                         f"{fmt(t['one_line_index']['mean'], 2)}", fontsize=7)
+    paths = plots.save(fig, outdir, stem)
+
+    fig, axes = plots.new_figure(1, 2, size=(3.8, 3.1))
+    gains = np.asarray(result.gain)
+    for k, (key, lab) in enumerate((("collapse_index", "collapse index (per context)"),
+                                    ("one_line_index", "one-line index (both contexts)"))):
+        ax = axes[0, k]
+        net = [table[str(r)][key]["mean"] for r in result.rows]
+        err = [table[str(r)][key]["std"] for r in result.rows]
+        pred = [table[str(r)][key + "_pred"]["mean"] for r in result.rows]
+        net = np.array([np.nan if v is None else v for v in net])
+        err = np.array([0 if v is None else v for v in err])
+        pred = np.array([np.nan if v is None else v for v in pred])
+        ax.errorbar(gains, net, yerr=err, fmt="o-", color="C0", label="network")
+        ax.plot(gains, pred, "x", ms=8, mew=2, color="k", label="theory (pairwise h_final)")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.05, 1.05)
+        plots.label(ax, "initial gain (Xavier)", f"{lab} (dimensionless)")
+        ax.legend(fontsize=7)
+    paths += plots.save(fig, outdir, "collapse_index_vs_gain")
+    return paths
