@@ -246,7 +246,8 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         "environment": _environment(),
         "config": config_to_dict(cfg),
     }
-    store.save_result(name, result_to_arrays(result), summary, config_hash=h)
+    to_arrays = getattr(mod, "result_arrays", result_to_arrays)
+    store.save_result(name, to_arrays(result), summary, config_hash=h)
     return {"name": name, "status": "ran", "summary": summary, "wall_s": wall}
 
 

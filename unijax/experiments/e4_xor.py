@@ -122,7 +122,7 @@ presets = {
     "tiny": Config(rows=("xor_low_weights", "xor_2_layers"), width=16, max_depth=4,
                    low_gain=0.5, low_epochs=600, two_layer_epochs=1000, time_scale=1.0,
                    seeds=3, rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
-                   rates_time_scale=1.0, rates_seeds=2),
+                   rates_time_scale=2.0, rates_seeds=2),
 }
 
 
@@ -154,7 +154,8 @@ class Result:
     rates_source: np.ndarray
 
 
-def row_configs(config: Config, *, optimizer: str = "sgd"):
+def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
+    """Each row's TrainConfig; ``lr`` (e.g. for Adam) replaces every row's learning rate."""
     out = []
     for name in config.rows:
         base = tp.row_config(name)
@@ -168,8 +169,9 @@ def row_configs(config: Config, *, optimizer: str = "sgd"):
             epochs = config.two_layer_epochs
         if config.max_depth is not None and base.depth > config.max_depth:
             over["depth"] = config.max_depth
-        out.append(tp.row_config(name, width=config.width, time_scale=config.time_scale,
-                                 epochs=epochs, **over))
+        cfg = tp.row_config(name, width=config.width, time_scale=config.time_scale,
+                            epochs=epochs, **over)
+        out.append(cfg if lr is None else cfg.replace(lr=lr))
     return out
 
 
@@ -216,8 +218,11 @@ def predict(dataset, H0, F0, rates) -> np.ndarray:
 
 
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
-        optimizer: str = "sgd") -> Result:
-    """Train the XOR rows, predict the distance matrices, compare."""
+        optimizer: str = "sgd", lr: float | None = None) -> Result:
+    """Train the XOR rows, predict the distance matrices, compare.
+
+    ``optimizer`` and ``lr`` (replacing every row's learning rate) are for E8 (Adam).
+    """
     import jax
 
     from unijax import data
@@ -227,7 +232,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     ds = data.xor()
-    cfgs = row_configs(config, optimizer=optimizer)
+    cfgs = row_configs(config, optimizer=optimizer, lr=lr)
     runs = train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
                            cache=cache)
     D0 = np.stack([st.sq_dists(r["H0"]) for r in runs])

@@ -115,7 +115,7 @@ presets = {
     "tiny": Config(rows=("blobs_low_weights", "blobs_high_weights"), width=16, time_scale=4.0,
                    epochs=300, n_grid=6, seeds=2, loss_threshold=0.25, mds_points=72,
                    rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
-                   rates_time_scale=1.0, rates_seeds=2),
+                   rates_time_scale=2.0, rates_seeds=2),
 }
 
 
@@ -182,9 +182,11 @@ def indices(D: np.ndarray, factors: np.ndarray, targets: np.ndarray) -> tuple[fl
     return c0, c1, one
 
 
-def row_configs(config: Config, *, optimizer: str = "sgd"):
-    return [tp.row_config(name, width=config.width, time_scale=config.time_scale,
+def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
+    """Each row's TrainConfig; ``lr`` (e.g. for Adam) replaces every row's learning rate."""
+    cfgs = [tp.row_config(name, width=config.width, time_scale=config.time_scale,
                           epochs=config.epochs, optimizer=optimizer) for name in config.rows]
+    return cfgs if lr is None else [c.replace(lr=lr) for c in cfgs]
 
 
 def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points):
@@ -222,8 +224,8 @@ def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points):
 
 
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
-        optimizer: str = "sgd") -> Result:
-    """Train the blob rows, measure and predict the collapse."""
+        optimizer: str = "sgd", lr: float | None = None) -> Result:
+    """Train the blob rows, measure and predict the collapse (``optimizer``/``lr``: E8)."""
     import jax
 
     from unijax import data
@@ -234,7 +236,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     ds = data.blobs(n_grid=config.n_grid)
-    cfgs = row_configs(config, optimizer=optimizer)
+    cfgs = row_configs(config, optimizer=optimizer, lr=lr)
     runs = e4_xor.train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
                                   cache=cache)
     a = analyse(ds, runs, rates, cfgs, loss_threshold=config.loss_threshold,
@@ -339,5 +341,5 @@ def plot(result, outdir, *, stem: str = "blobs_mds") -> list[Path]:
         ax.set_ylim(-0.05, 1.05)
         plots.label(ax, "initial gain (Xavier)", f"{lab} (dimensionless)")
         ax.legend(fontsize=7)
-    paths += plots.save(fig, outdir, "collapse_index_vs_gain")
+    paths += plots.save(fig, outdir, stem.replace("mds", "collapse_index_vs_gain"))
     return paths

@@ -1,0 +1,355 @@
+"""E6. MNIST representational structure and dynamics (paper Fig. 4, 9; section 4.6, B.4).
+
+A leaky-ReLU network (4 hidden layers, gain 0.5, mini-batches of 64) is trained on the whole
+training set with one-hot targets: MNIST read from local files when a path is given
+(``--mnist PATH`` / ``--set mnist=PATH``), else scikit-learn's bundled 8x8 digits, the
+embedded default.
+
+Structure: squared hidden distances (middle hidden layer) of the first ``n_structure``
+training points, sorted by label, averaged over trials; theory: the exponential weighting of
+THEORY.md section 10 (Eq. 50) with ``A = |dx| |dy|`` over the *whole* training set
+(``theory.exponential_weighting_from_data``), element-wise squared. Agreement: Pearson r of the
+two matrices (upper triangle), with and without the same-digit blocks; spread over seeds.
+
+Dynamics: the first "0" and the first "1" of the training set are tracked every epoch and
+``(eta_h, eta_y)`` fitted to their ``(h, y, w)`` (Fig. 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from unijax import plots
+from unijax.experiments import _structure as st
+from unijax.experiments import _twopoint as tp
+from unijax.experiments._common import (
+    check_float,
+    check_int,
+    fmt,
+    fmt_spread,
+    make_agreement,
+    memory_cache,
+    no_progress,
+    pearson,
+    spread,
+)
+
+NAME = "E6"
+TITLE = "MNIST (or bundled 8x8 digits): representational structure and dynamics (Fig. 4, 9)"
+CLAIM = (
+    "Part of the learned representational structure of a network trained on digits matches "
+    "the theory's pairwise prediction made consistent by exponential weighting (same-digit "
+    "blocks and between-digit structure), and the two-point ODE still describes the dynamics "
+    "of one '0' and one '1' tracked through training on the whole data set."
+)
+USES_RATES = True
+R_PASS = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E6 settings.
+
+    Attributes:
+        mnist: path of local MNIST files (IDX directory or .npz); empty/None: the bundled
+            8x8 digits.
+        n_train: use only the first ``n_train`` training points (None: all).
+        width: hidden units (None: the paper's 100); gain: Xavier gain (paper 0.5);
+            time_scale: lr multiplier (epochs divided by it); epochs: override (None: the
+            paper's 500 / time_scale; >= 300 so the dynamics can be fitted). The quick preset
+            uses lr x 50 at 300 epochs: the 1797 digits give 28 steps per epoch where MNIST
+            gives 938, so the same continuous-time horizon needs a much larger rate.
+        seeds, seed: trials and base seed.
+        n_structure: leading training points whose distances are compared (paper 100).
+        loss_threshold: final loss above this = not converged (excluded, counted); 0.02 is
+            well below the plateau of predicting the mean one-hot vector (0.045).
+        rates_*: the default architecture's rates, used for the secondary prediction with
+            the constant ``sqrt(eta_h / eta_y)`` kept (see ``e4_xor.Config``).
+    """
+
+    mnist: str | None = None
+    n_train: int | None = None
+    width: int | None = None
+    gain: float = 0.5
+    time_scale: float = 1.0
+    epochs: int | None = None
+    seeds: int = 4
+    seed: int = 0
+    n_structure: int = 100
+    loss_threshold: float = 0.02
+    rates_from: str = "auto"
+    rates_width: int | None = None
+    rates_max_depth: int | None = None
+    rates_epochs: int = 6000
+    rates_time_scale: float = 1.0
+    rates_seeds: int = 10
+
+    def __post_init__(self):
+        for f in ("n_train", "width", "epochs", "rates_width", "rates_max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, tp.FIT_POINTS)
+        check_float("gain", self.gain)
+        check_float("time_scale", self.time_scale)
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        check_int("n_structure", self.n_structure, 4)
+        check_float("loss_threshold", self.loss_threshold)
+        if self.mnist:
+            if not Path(self.mnist).expanduser().exists():
+                raise ValueError(f"mnist={self.mnist!r} does not exist: give a directory of "
+                                 "IDX files or an .npz, or leave it empty for the 8x8 digits")
+        st.rate_settings_check(self.rate_settings())
+
+    def rate_settings(self) -> st.RateSettings:
+        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
+                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(epochs=300, time_scale=50.0, seeds=3, rates_width=64, rates_epochs=1000,
+                    rates_time_scale=6.0, rates_seeds=4),
+    "tiny": Config(n_train=256, width=16, epochs=tp.FIT_POINTS, time_scale=4.0, seeds=2,
+                   n_structure=40, loss_threshold=0.05, rates_width=16, rates_max_depth=4,
+                   rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0, rates_seeds=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E6 result (S seeds, K = n_structure points, T epochs, P fitted epochs).
+
+    Attributes:
+        data_name: ``"mnist"`` or ``"digits8x8"``; n_points: training-set size.
+        order: ``(K,)`` indices of the structure points sorted by label; labels: ``(K,)``.
+        D: ``(S, K, K)`` measured squared hidden distances (sorted); D_pred: ``(K, K)`` the
+            element-wise square of the exponential weighting; D_pred_scaled: the same with
+            ``A = sqrt(eta_h/eta_y) |dx| |dy|``.
+        r, r_offblock, r_scaled: ``(S,)`` Pearson r per seed (all pairs / without the
+            same-digit blocks / scaled variant).
+        pair: ``(2,)`` indices of the tracked "0" and "1"; dx2, dy2: their distances.
+        loss: ``(S, T)``; hyw: ``(S, T, 3)``; epochs_fit ``(P,)``; eta_h, eta_y, r2
+            ``(S,)``/``(S, 3)``; fit_ok ``(S,)``; z_fit ``(S, P, 3)``.
+        final_loss, diverged, converged: ``(S,)``. rates_eta_h, rates_eta_y, rates_source.
+    """
+
+    data_name: np.ndarray
+    n_points: np.ndarray
+    order: np.ndarray
+    labels: np.ndarray
+    D: np.ndarray
+    D_pred: np.ndarray
+    D_pred_scaled: np.ndarray
+    r: np.ndarray
+    r_offblock: np.ndarray
+    r_scaled: np.ndarray
+    pair: np.ndarray
+    dx2: np.ndarray
+    dy2: np.ndarray
+    loss: np.ndarray
+    hyw: np.ndarray
+    epochs_fit: np.ndarray
+    eta_h: np.ndarray
+    eta_y: np.ndarray
+    r2: np.ndarray
+    fit_ok: np.ndarray
+    z_fit: np.ndarray
+    final_loss: np.ndarray
+    diverged: np.ndarray
+    converged: np.ndarray
+    rates_eta_h: np.ndarray
+    rates_eta_y: np.ndarray
+    rates_source: np.ndarray
+
+
+def load(config: Config):
+    """The training set of the config (MNIST from ``config.mnist`` or the 8x8 digits)."""
+    from unijax import data
+
+    ds = data.mnist(config.mnist) if config.mnist else data.digits()
+    if config.n_train is not None and config.n_train < ds.n_points:
+        ds = ds.subset(np.arange(config.n_train))
+    return ds
+
+
+def train_config(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
+    """The TrainConfig of the digits network; ``lr`` (e.g. for Adam) replaces the rate."""
+    cfg = tp.row_config("mnist", width=config.width, time_scale=config.time_scale,
+                        epochs=config.epochs, gain=config.gain, optimizer=optimizer)
+    return cfg if lr is None else cfg.replace(lr=lr)
+
+
+def compare(D, P, labels) -> tuple[float, float]:
+    """Pearson r of the upper triangles of ``D`` and ``P``: all pairs, and different labels."""
+    iu = np.triu_indices(D.shape[-1], 1)
+    d, p = D[iu], P[iu]
+    off = labels[iu[0]] != labels[iu[1]]
+    return pearson(p, d), pearson(p[off], d[off])
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
+        optimizer: str = "sgd", lr: float | None = None) -> Result:
+    """Train on the digits, compare the structure with the theory, fit the 0/1 dynamics.
+
+    ``optimizer`` and ``lr`` (replacing the learning rate) are for E8 (Adam).
+    """
+    import jax
+
+    from unijax import theory, train
+
+    cache = cache or memory_cache()
+    k_rates, k_train = jax.random.split(key)
+    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+                         progress=progress, cache=cache)
+    ds = load(config)
+    labels_all = np.asarray(ds.labels)
+    K = min(config.n_structure, ds.n_points)
+    first = np.arange(K)
+    order = first[np.argsort(labels_all[first], kind="stable")]
+    i0 = int(np.flatnonzero(labels_all == 0)[0])
+    i1 = int(np.flatnonzero(labels_all == 1)[0])
+    cfg = train_config(config, optimizer=optimizer, lr=lr)
+
+    def compute():
+        r = train.train(cfg, seeds=config.seeds, key=k_train, data=ds, pair=(i0, i1),
+                        record_points=[int(i) for i in order])
+        return {
+            "H": np.asarray(r.final_reps)[0],
+            "loss": np.asarray(r.loss)[0],
+            "hyw": np.asarray(r.hyw())[0],
+            "final_loss": np.asarray(r.final_loss)[0],
+            "diverged": np.asarray(r.diverged)[0],
+        }
+
+    for _ in progress([0], desc="E6: train"):
+        got = cache("train", compute)
+    dv = got["diverged"]
+    fl = got["final_loss"]
+    conv = ~dv & np.isfinite(fl) & (fl <= config.loss_threshold)
+    D = st.sq_dists(got["H"])  # (S, K, K), already in sorted order
+
+    X = np.asarray(ds.x, np.float64)
+    Y = np.asarray(ds.y, np.float64)
+
+    def predictions():
+        E = theory.exponential_weighting_from_data(X, Y, rows=order, cols=order)
+        k = np.sqrt(rates["eta_h"] / rates["eta_y"]) if np.isfinite(rates["eta_h"]) else np.nan
+        Es = (theory.exponential_weighting_from_data(X * k, Y, rows=order, cols=order)
+              if np.isfinite(k) else np.full((K, K), np.nan))
+        return {"P": np.asarray(E) ** 2, "Ps": np.asarray(Es) ** 2}
+
+    pred = cache("prediction", predictions)
+    labels = labels_all[order]
+    S = D.shape[0]
+    r, r_off, r_s = (np.full(S, np.nan) for _ in range(3))
+    for s in range(S):
+        if conv[s]:
+            r[s], r_off[s] = compare(D[s], pred["P"], labels)
+            r_s[s] = compare(D[s], pred["Ps"], labels)[0]
+
+    dx2 = float(np.sum((X[i1] - X[i0]) ** 2))
+    dy2 = float(np.sum((Y[i1] - Y[i0]) ** 2))
+    hyw = np.where(dv[:, None, None], np.nan, got["hyw"].astype(np.float64))
+    f = cache("fit", lambda: tp.fit_trajectories(hyw, dx2=dx2, dy2=dy2, progress=progress,
+                                                 desc="E6: ODE fit"))
+    return Result(
+        data_name=np.asarray(ds.name), n_points=np.asarray(ds.n_points), order=order,
+        labels=labels, D=D, D_pred=pred["P"], D_pred_scaled=pred["Ps"], r=r, r_offblock=r_off,
+        r_scaled=r_s, pair=np.asarray([i0, i1]), dx2=np.asarray(dx2), dy2=np.asarray(dy2),
+        loss=got["loss"], hyw=got["hyw"], epochs_fit=f["epochs"], eta_h=f["eta_h"],
+        eta_y=f["eta_y"], r2=f["r2"], fit_ok=f["fit_ok"] & ~dv, z_fit=f["z_fit"],
+        final_loss=fl, diverged=dv, converged=conv,
+        rates_eta_h=np.asarray(rates["eta_h"]), rates_eta_y=np.asarray(rates["eta_y"]),
+        rates_source=np.asarray(rates.get("source", "")),
+    )
+
+
+def agreement(result, *, name: str = NAME) -> dict:
+    r, r_off, r_s = spread(result.r), spread(result.r_offblock), spread(result.r_scaled)
+    ok = np.asarray(result.fit_ok)
+    r2 = {v: spread(np.where(ok, result.r2[:, k], np.nan)) for k, v in enumerate("hyw")}
+    passed = None if r["mean"] is None else bool(r["mean"] >= R_PASS)
+    data_name = str(result.data_name)
+    headline = (f"Pearson r (theory vs network squared distances, {data_name}) "
+                f"{fmt(r['mean'])} ± {fmt(r['std'], 2)}; without same-digit blocks "
+                f"{fmt(r_off['mean'])} ± {fmt(r_off['std'], 2)}")
+    measured = (
+        f"Trained on {int(result.n_points)} {data_name} points; structure of the first "
+        f"{result.D.shape[-1]} points sorted by digit. Pearson r with the exponential "
+        f"weighting: {fmt_spread(r)} (all pairs), {fmt_spread(r_off)} (different digits "
+        f"only), {fmt_spread(r_s)} (with the fitted constant sqrt(eta_h/eta_y)). Dynamics of "
+        f"the first '0' and '1' (points {int(result.pair[0])}, {int(result.pair[1])}): R^2 of "
+        f"the fitted ODE h {fmt_spread(r2['h'])}, y {fmt_spread(r2['y'])}, w "
+        f"{fmt_spread(r2['w'])}."
+    )
+    div, conv = np.asarray(result.diverged), np.asarray(result.converged)
+    return make_agreement(
+        headline=headline,
+        measured=measured,
+        criterion=f"Pearson r over all pairs >= {R_PASS} (mean over seeds)",
+        passed=passed,
+        figures={"pearson_r": r, "pearson_r_without_same_digit": r_off,
+                 "pearson_r_scaled": r_s, "dynamics_r2": r2,
+                 "dynamics_rates": {"eta_h": spread(np.where(ok, result.eta_h, np.nan)),
+                                    "eta_y": spread(np.where(ok, result.eta_y, np.nan))},
+                 "data": data_name},
+        counts={"trials": int(div.size), "diverged": int(div.sum()),
+                "not_converged": int((~div & ~conv).sum()), "used": int(conv.sum()),
+                "dynamics_fits_failed": int((~div & ~ok).sum())},
+        notes=[f"Data: {data_name}" + (" (the bundled stand-in for MNIST; pass --mnist PATH "
+                                       "for the real data)" if data_name != "mnist" else "")],
+    )
+
+
+def plot(result, outdir, *, stem: str = "digits") -> list[Path]:
+    conv = np.asarray(result.converged)
+    D = np.mean(result.D[conv], axis=0) if conv.any() else np.full(result.D.shape[1:], np.nan)
+    labels = np.asarray(result.labels)
+    fig, axes = plots.new_figure(1, 3, size=(3.6, 3.2))
+    ticks = np.flatnonzero(np.r_[True, labels[1:] != labels[:-1]])
+    for ax, M, title in ((axes[0, 0], D, "network: squared hidden distance"),
+                         (axes[0, 1], result.D_pred, "theory: (E A E)², Eq. 50")):
+        plots.matrix(ax, M, title=title)
+        ax.set_xticks(ticks, [str(labels[t]) for t in ticks], fontsize=6)
+        ax.set_yticks(ticks, [str(labels[t]) for t in ticks], fontsize=6)
+        ax.set_xlabel("point (sorted by digit; tick = first of each digit)")
+        ax.set_ylabel("point (sorted by digit)")
+    ax = axes[0, 2]
+    iu = np.triu_indices(D.shape[0], 1)
+    same = labels[iu[0]] == labels[iu[1]]
+    ax.scatter(result.D_pred[iu][~same], D[iu][~same], s=4, color="C0", label="different digits")
+    ax.scatter(result.D_pred[iu][same], D[iu][same], s=4, color="C3", label="same digit")
+    plots.label(ax, "theory: (E A E)² (a.u.)", "network: squared distance (a.u.)",
+                f"r = {fmt(np.nanmean(result.r))}, without blocks "
+                f"{fmt(np.nanmean(result.r_offblock))}")
+    ax.legend(fontsize=7)
+    paths = plots.save(fig, outdir, stem + "_structure")
+
+    fig, axes = plots.new_figure(1, 2, size=(3.8, 3.0))
+    ok = np.asarray(result.fit_ok)
+    seeds = np.flatnonzero(ok)[:3] if ok.any() else np.flatnonzero(~result.diverged)[:1]
+    T = result.hyw.shape[1]
+    ax = axes[0, 0]
+    for k, c in enumerate(("C0", "C1", "C2")):
+        ax.plot(np.arange(T), result.hyw[seeds, :, k].T, color=c, lw=1.6, alpha=0.6)
+        ax.plot(result.epochs_fit, result.z_fit[seeds, :, k].T, **plots.THEORY_STYLE)
+    handles = [plots.plt.Line2D([], [], color=c, label=f"{v} (network)")
+               for v, c in zip("hyw", ("C0", "C1", "C2"), strict=True)]
+    handles.append(plots.plt.Line2D([], [], label="ODE, fitted", **plots.THEORY_STYLE))
+    ax.legend(handles=handles, fontsize=6)
+    ax.set_xscale("symlog", linthresh=max(1, T // 100))
+    r2 = np.nanmean(np.where(ok[:, None], result.r2, np.nan), axis=0) if ok.any() \
+        else [np.nan] * 3
+    plots.label(ax, "epoch", "h, y, w (a.u.)",
+                f"'0' vs '1': R² h {fmt(r2[0], 2)}, y {fmt(r2[1], 2)}, w {fmt(r2[2], 2)}")
+    ax = axes[0, 1]
+    ax.plot(np.arange(T), result.loss[seeds].T, color="C3")
+    ax.set_yscale("log")
+    plots.label(ax, "epoch", "training loss (½ MSE over the data set, a.u.)", "loss")
+    paths += plots.save(fig, outdir, stem + "_dynamics")
+    return paths

@@ -1,0 +1,228 @@
+"""E7. Depth: the effective rates and the fit quality at every hidden layer (paper Fig. 10, §5).
+
+The default architecture is trained on the two points and ``(h, y, w)`` recorded at *every*
+hidden layer (``y`` and ``w`` do not depend on the layer); ``(eta_h, eta_y)`` are fitted per
+layer. Predictions (THEORY.md section 9): the fit error falls with depth (later layers start
+closer, so the linearization is better there); in later layers ``eta_h`` rises and ``eta_y``
+falls with depth; the initial distance falls geometrically, ``h0(l) ~ a^(2 l) dx2`` with ``l``
+the number of maps from the input, ``a`` fitted by ``theory.fit_depth_gain``.
+
+Fit error = ``1 - mean(R^2_h, R^2_y, R^2_w)`` per layer and trial.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from unijax import plots
+from unijax.experiments import _twopoint as tp
+from unijax.experiments._common import (
+    check_float,
+    check_int,
+    fmt,
+    make_agreement,
+    memory_cache,
+    no_progress,
+    spearman,
+    spread,
+)
+
+NAME = "E7"
+TITLE = "Depth: effective rates and fit quality per hidden layer (Fig. 10)"
+CLAIM = (
+    "The theory describes later layers better (the fit error falls with depth, because the "
+    "initial distance shrinks like a^(2l)); in the later layers eta_h rises and eta_y falls "
+    "with depth."
+)
+USES_RATES = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E7 settings: the ``default`` row at ``width`` x ``depth`` (None: the paper's 500 x 20),
+    ``epochs`` epochs with lr multiplier ``time_scale``, ``seeds`` trials, data (dx2, dy2)."""
+
+    width: int | None = None
+    depth: int | None = None
+    epochs: int = 6000
+    time_scale: float = 1.0
+    seeds: int = 10
+    seed: int = 0
+    dx2: float = 1.0
+    dy2: float = 0.5
+
+    def __post_init__(self):
+        for f in ("width",):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        if self.depth is not None:
+            check_int("depth", self.depth, 3)
+        check_int("epochs", self.epochs, tp.FIT_POINTS)
+        check_float("time_scale", self.time_scale)
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        check_float("dx2", self.dx2)
+        check_float("dy2", self.dy2)
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(width=64, epochs=1000, time_scale=6.0, seeds=4),
+    "tiny": Config(width=16, depth=6, epochs=tp.FIT_POINTS, time_scale=1.0, seeds=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E7 result (S seeds, L layers, T epochs).
+
+    Attributes:
+        layers: ``(L,)`` hidden-layer indices (0-based); maps: ``(L,)`` = layers + 1.
+        hyw: ``(S, L, T, 3)``; diverged ``(S,)``.
+        eta_h, eta_y: ``(S, L)`` (1/epoch); r2: ``(S, L, 3)``; fit_ok, converged: ``(S, L)``.
+        h0: ``(S, L)`` initial squared distance per layer; depth_gain: fitted ``a``;
+            h0_theory: ``(L,)`` = ``a^(2 maps) dx2``.
+    """
+
+    layers: np.ndarray
+    maps: np.ndarray
+    hyw: np.ndarray
+    diverged: np.ndarray
+    eta_h: np.ndarray
+    eta_y: np.ndarray
+    r2: np.ndarray
+    fit_ok: np.ndarray
+    converged: np.ndarray
+    h0: np.ndarray
+    depth_gain: np.ndarray
+    h0_theory: np.ndarray
+    dx2: np.ndarray
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+    """Train the default network, fit the ODE at every hidden layer, fit the depth gain."""
+    from unijax import theory, train
+
+    cache = cache or memory_cache()
+    over = {"depth": config.depth} if config.depth is not None else {}
+    cfg = tp.row_config("default", width=config.width, epochs=config.epochs,
+                        time_scale=config.time_scale, dx2=config.dx2, dy2=config.dy2, **over)
+
+    def compute():
+        r = train.train(cfg, seeds=config.seeds, key=key, layers="all")
+        return {"hyw": np.asarray(r.hyw())[0], "diverged": np.asarray(r.diverged)[0]}
+
+    for _ in progress([0], desc="E7: train"):
+        got = cache("train", compute)
+    hyw, div = got["hyw"], got["diverged"]  # (S, L, T, 3)
+    S, L, T, _ = hyw.shape
+    Z = np.where(div[:, None, None, None], np.nan, hyw.astype(np.float64)).reshape(S * L, T, 3)
+    f = cache("fit", lambda: tp.fit_trajectories(Z, dx2=config.dx2, dy2=config.dy2,
+                                                 progress=progress, desc="E7: ODE per layer"))
+    sh = lambda a: a.reshape((S, L) + a.shape[1:])  # noqa: E731
+    h0 = np.where(div[:, None], np.nan, hyw[:, :, 0, 0].astype(np.float64))
+    maps = np.arange(L) + 1
+    h0m = np.nanmean(np.where(h0 > 0, h0, np.nan), axis=0)
+    ok = np.isfinite(h0m) & (h0m > 0)
+    a = float(theory.fit_depth_gain(maps[ok], h0m[ok], dx2=config.dx2)) if ok.sum() >= 2 \
+        else float("nan")
+    h0_th = np.asarray(a ** (2.0 * maps) * config.dx2) if np.isfinite(a) else np.full(L, np.nan)
+    return Result(
+        layers=np.arange(L), maps=maps, hyw=hyw, diverged=div, eta_h=sh(f["eta_h"]),
+        eta_y=sh(f["eta_y"]), r2=sh(f["r2"]), fit_ok=sh(f["fit_ok"]) & ~div[:, None],
+        converged=sh(f["converged"]) & ~div[:, None], h0=h0, depth_gain=np.asarray(a),
+        h0_theory=h0_th, dx2=np.asarray(config.dx2),
+    )
+
+
+def per_layer(result) -> dict[str, np.ndarray]:
+    ok, conv = np.asarray(result.fit_ok), np.asarray(result.converged)
+    err = np.where(ok, 1.0 - np.mean(result.r2, axis=-1), np.nan)
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers give NaN, as intended
+        return {
+            "fit_error": np.nanmean(err, axis=0),
+            "fit_error_std": np.nanstd(err, axis=0),
+            "eta_h": np.nanmean(np.where(conv, result.eta_h, np.nan), axis=0),
+            "eta_y": np.nanmean(np.where(conv, result.eta_y, np.nan), axis=0),
+            "h0": np.nanmean(result.h0, axis=0),
+        }
+
+
+def agreement(result) -> dict:
+    t = per_layer(result)
+    L = len(result.layers)
+    later = np.arange(L) >= L // 2
+    rho_err = spearman(result.layers, t["fit_error"])
+    rho_h = spearman(result.layers[later], t["eta_h"][later])
+    rho_y = spearman(result.layers[later], t["eta_y"][later])
+    ok = np.isfinite(t["h0"]) & (t["h0"] > 0) & np.isfinite(result.h0_theory)
+    lg_r2 = float("nan")
+    if ok.sum() >= 2:
+        lm, lt = np.log(t["h0"][ok]), np.log(result.h0_theory[ok])
+        lg_r2 = float(1 - np.sum((lm - lt) ** 2) / np.sum((lm - lm.mean()) ** 2))
+    checks = [rho_err < 0, rho_h > 0, rho_y < 0]
+    passed = None if any(np.isnan(v) for v in (rho_err, rho_h, rho_y)) else bool(all(checks))
+    first, last = t["fit_error"][0], t["fit_error"][-1]
+    headline = (f"Spearman rho(layer, fit error) = {fmt(rho_err)}; later layers: rho(eta_h) = "
+                f"{fmt(rho_h)}, rho(eta_y) = {fmt(rho_y)}")
+    measured = (
+        f"Fit error (1 - mean R^2) falls from {fmt(first)} at hidden layer 0 to {fmt(last)} at "
+        f"layer {L - 1} (rho {fmt(rho_err)}). In layers {L // 2}..{L - 1}, eta_h goes "
+        f"{fmt(t['eta_h'][L // 2])} -> {fmt(t['eta_h'][-1])} and eta_y "
+        f"{fmt(t['eta_y'][L // 2])} -> {fmt(t['eta_y'][-1])} 1/epoch. Initial distance: "
+        f"per-layer gain a = {fmt(result.depth_gain)}, R^2 of log h0(l) vs a^(2l) dx2 = "
+        f"{fmt(lg_r2)}."
+    )
+    ok_fit = np.asarray(result.fit_ok)
+    div = np.asarray(result.diverged)
+    return make_agreement(
+        headline=headline,
+        measured=measured,
+        criterion="fit error decreasing with depth (rho < 0), and in the later half eta_h "
+        "increasing (rho > 0) and eta_y decreasing (rho < 0)",
+        passed=passed,
+        figures={"per_layer": {k: v.tolist() for k, v in t.items()},
+                 "spearman_fit_error": rho_err, "spearman_eta_h_later": rho_h,
+                 "spearman_eta_y_later": rho_y, "depth_gain": float(result.depth_gain),
+                 "h0_log_r2": lg_r2,
+                 "fit_error_first_last": [spread(1 - np.mean(result.r2[:, 0], -1)),
+                                          spread(1 - np.mean(result.r2[:, -1], -1))]},
+        counts={"trials": int(div.size), "diverged": int(div.sum()),
+                "fit_failed": int((~div[:, None] & ~ok_fit).sum()),
+                "used": int(ok_fit.sum()), "layer_fits": int(ok_fit.size)},
+    )
+
+
+def plot(result, outdir) -> list[Path]:
+    t = per_layer(result)
+    layers = np.asarray(result.layers)
+    fig, axes = plots.new_figure(1, 3, size=(3.5, 3.0))
+    ax = axes[0, 0]
+    ax.errorbar(layers, t["fit_error"], yerr=t["fit_error_std"], fmt="o-", color="C3")
+    ax.set_yscale("log")
+    plots.label(ax, "hidden layer (0 = first)", "fit error 1 − mean R² (dimensionless)",
+                "theory fit vs depth")
+    ax = axes[0, 1]
+    ax.plot(layers, t["eta_h"], "o-", color="C0", label="η_h")
+    ax.plot(layers, t["eta_y"], "s-", color="C1", label="η_y")
+    ax.set_yscale("log")
+    ax.axvline(len(layers) // 2 - 0.5, color="gray", ls=":", lw=0.8, label="later half →")
+    plots.label(ax, "hidden layer (0 = first)", "effective learning rate (1/epoch)",
+                "fitted rates per layer")
+    ax.legend(fontsize=7)
+    ax = axes[0, 2]
+    for s in range(result.h0.shape[0]):
+        ax.plot(layers, result.h0[s], ".", color="C0", alpha=0.6,
+                label="network (trials)" if s == 0 else None)
+    ax.plot(layers, result.h0_theory, label=f"a^(2l) dx2, a = {fmt(result.depth_gain)}",
+            **plots.THEORY_STYLE)
+    ax.set_yscale("log")
+    plots.label(ax, "hidden layer (0 = first)", "initial h0 (squared distance, a.u.)",
+                "initial distance vs depth")
+    ax.legend(fontsize=7)
+    return plots.save(fig, outdir, "depth")

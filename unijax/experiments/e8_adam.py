@@ -1,0 +1,291 @@
+"""E8. Adam (paper Fig. 13-16, appendix C.3): E1's dynamics and E4-E6's structures with Adam.
+
+The same networks and data as E1 (two-point dynamics), E4 (XOR), E5 (blobs) and E6 (digits),
+trained with Adam (optax defaults, betas 0.9 / 0.999, eps 1e-8) instead of gradient descent; one
+Adam learning rate per part (the paper gives none; Adam's step does not scale with the gradient,
+so the SGD rates of the tables do not carry over). The analysis is exactly that of the SGD
+experiments. Expected: the ODE fits the dynamics poorly (the theory assumes gradient flow), yet
+the final structures still match the theory's predictions (equal-output XOR pairs merge at
+small weights, the blobs collapse, the digit structure correlates with the prediction).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from unijax import plots
+from unijax.experiments import _structure as st
+from unijax.experiments import _twopoint as tp
+from unijax.experiments import e1_dynamics as e1
+from unijax.experiments import e4_xor as e4
+from unijax.experiments import e5_blobs as e5
+from unijax.experiments import e6_mnist as e6
+from unijax.experiments._common import (
+    check_choices,
+    check_float,
+    check_int,
+    fmt,
+    make_agreement,
+    memory_cache,
+    no_progress,
+)
+
+NAME = "E8"
+TITLE = "Adam: dynamics (E1) and final structures (E4-E6) (Fig. 13-16)"
+CLAIM = (
+    "With Adam the effective ODE fits the learning dynamics poorly, yet the final "
+    "representational structures still match the theory's predictions (XOR equal-output "
+    "merging, blob feature collapse, digit structure)."
+)
+USES_RATES = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E8 settings: each part's rows, Adam learning rate and epochs.
+
+    Attributes:
+        seeds, seed: trials per row and base seed.
+        width, max_depth: sizes of the two-point and XOR networks (None: the paper's).
+        dyn_rows, dyn_lr, dyn_epochs: E1 part (two-point rows).
+        xor_rows, xor_lr, xor_epochs, xor_low_gain: E4 part.
+        blobs_rows, blobs_lr, blobs_epochs, blobs_n_grid, blobs_width: E5 part.
+        digits_lr, digits_epochs, mnist, n_train, digits_width: E6 part.
+        loss_threshold: final loss above this = not converged (XOR); blobs_loss_threshold
+            for the blobs (Adam at a constant rate keeps a mini-batch noise floor near 1e-3
+            there); digits use E6's 0.02.
+        rates_*: the default architecture's SGD rates used for the predictions (as E4).
+    """
+
+    seeds: int = 4
+    seed: int = 0
+    width: int | None = None
+    max_depth: int | None = None
+    dyn_rows: tuple[str, ...] = ("default",)
+    dyn_lr: float = 1e-4
+    dyn_epochs: int = 6000
+    xor_rows: tuple[str, ...] = ("xor_low_weights", "xor_high_weights")
+    xor_lr: float = 1e-4
+    xor_epochs: int = 1000
+    xor_low_gain: float | None = None
+    blobs_rows: tuple[str, ...] = ("blobs_low_weights", "blobs_high_weights")
+    blobs_lr: float = 1e-3
+    blobs_epochs: int = 500
+    blobs_n_grid: int = 30
+    blobs_width: int | None = None
+    digits_lr: float = 1e-3
+    digits_epochs: int = 500
+    mnist: str | None = None
+    n_train: int | None = None
+    digits_width: int | None = None
+    loss_threshold: float = 1e-3
+    blobs_loss_threshold: float = 3e-3
+    rates_from: str = "auto"
+    rates_width: int | None = None
+    rates_max_depth: int | None = None
+    rates_epochs: int = 6000
+    rates_time_scale: float = 1.0
+    rates_seeds: int = 10
+
+    def __post_init__(self):
+        check_int("seeds", self.seeds, 1)
+        check_int("seed", self.seed, 0)
+        for f in ("width", "max_depth", "blobs_width", "n_train", "digits_width",
+                  "rates_width", "rates_max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f, getattr(self, f), 1)
+        check_choices("dyn_rows", self.dyn_rows, tp.TABLE1)
+        check_choices("xor_rows", self.xor_rows, e4.XOR_ROWS)
+        check_choices("blobs_rows", self.blobs_rows, e5.BLOB_ROWS)
+        for f in ("dyn_lr", "xor_lr", "blobs_lr", "digits_lr", "loss_threshold",
+                  "blobs_loss_threshold"):
+            check_float(f, getattr(self, f))
+        if self.xor_low_gain is not None:
+            check_float("xor_low_gain", self.xor_low_gain)
+        check_int("dyn_epochs", self.dyn_epochs, tp.FIT_POINTS)
+        check_int("digits_epochs", self.digits_epochs, tp.FIT_POINTS)
+        check_int("xor_epochs", self.xor_epochs, 1)
+        check_int("blobs_epochs", self.blobs_epochs, 1)
+        check_int("blobs_n_grid", self.blobs_n_grid, 2, 200)
+        if self.mnist and not Path(self.mnist).expanduser().exists():
+            raise ValueError(f"mnist={self.mnist!r} does not exist: give a directory of IDX "
+                             "files or an .npz, or leave it empty for the 8x8 digits")
+        st.rate_settings_check(st.RateSettings(self.rates_from, self.rates_width,
+                                               self.rates_max_depth, self.rates_epochs,
+                                               self.rates_time_scale, self.rates_seeds))
+
+    def rate_settings(self) -> st.RateSettings:
+        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
+                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
+
+
+presets = {
+    "paper": Config(),
+    "quick": Config(seeds=3, width=64, dyn_epochs=1000, xor_epochs=1000, xor_low_gain=0.85,
+                    blobs_epochs=500, digits_epochs=300, rates_width=64, rates_epochs=1000,
+                    rates_time_scale=6.0, rates_seeds=4),
+    "tiny": Config(seeds=2, width=16, max_depth=4, dyn_epochs=tp.FIT_POINTS, dyn_lr=1e-3,
+                   xor_rows=("xor_low_weights",), xor_epochs=300, xor_lr=1e-3, xor_low_gain=0.5,
+                   blobs_rows=("blobs_high_weights",), blobs_epochs=100, blobs_n_grid=6,
+                   blobs_width=16, digits_epochs=tp.FIT_POINTS, n_train=256, digits_width=16,
+                   loss_threshold=0.05, blobs_loss_threshold=0.25, rates_width=16,
+                   rates_max_depth=4, rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0,
+                   rates_seeds=2),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    """E8 result: the four parts' results, flattened with prefixes ``dyn_``, ``xor_``,
+    ``blobs_``, ``digits_`` (see the E1, E4, E5, E6 results for the fields and shapes)."""
+
+    arrays: dict
+
+    def part(self, prefix: str, cls):
+        fields = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{f: self.arrays[f"{prefix}_{f}"] for f in fields})
+
+
+def _flatten(prefix: str, res) -> dict:
+    return {f"{prefix}_{f.name}": np.asarray(getattr(res, f.name))
+            for f in dataclasses.fields(res)}
+
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+    """Run the four parts with Adam."""
+    import jax
+
+    cache = cache or memory_cache()
+    k_rates, k_dyn, k_xor, k_blobs, k_dig = jax.random.split(key, 5)
+    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+                         progress=progress, cache=cache)
+    up = {"rates": {**rates, "source": rates.get("source", "")}}
+
+    # E1 part: two-point dynamics with Adam.
+    e1cfg = e1.Config(rows=config.dyn_rows, width=config.width, max_depth=config.max_depth,
+                      epochs=config.dyn_epochs, seeds=config.seeds, seed=config.seed)
+    cfgs = [c.replace(optimizer="adam", lr=config.dyn_lr) for c in e1.row_configs(e1cfg)]
+    loss, hyw, div = e1.train_rows(cfgs, seeds=config.seeds, key=k_dyn, progress=progress,
+                                   cache=cache, prefix="dyn-train")
+    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
+                    prefix="dyn-fit")
+    dyn = e1.Result(
+        rows=np.asarray(config.dyn_rows, dtype=str), lr=np.asarray([c.lr for c in cfgs]),
+        width=np.asarray([c.width for c in cfgs]), depth=np.asarray([c.depth for c in cfgs]),
+        dx2=np.asarray(1.0), dy2=np.asarray(0.5), loss=loss, hyw=hyw, diverged=div,
+        epochs_fit=f["epochs"], eta_h=f["eta_h"], eta_y=f["eta_y"], fit_ok=f["fit_ok"] & ~div,
+        converged=f["converged"] & ~div, r2=f["r2"], z_fit=f["z_fit"], eta_mean=f["eta_mean"],
+        r2_loss=f["r2_loss"], loss_fit=f["loss_fit"], loss_converged=f["loss_converged"],
+    )
+
+    # E4 part: XOR.
+    xcfg = e4.Config(rows=config.xor_rows, width=config.width, max_depth=config.max_depth,
+                     low_gain=config.xor_low_gain, low_epochs=config.xor_epochs,
+                     seeds=config.seeds, loss_threshold=config.loss_threshold)
+    xor = _structure_run(e4, xcfg, config.xor_lr, config.xor_epochs, k_xor, progress, cache,
+                         up, "xor")
+
+    # E5 part: blobs.
+    bcfg = e5.Config(rows=config.blobs_rows, width=config.blobs_width,
+                     epochs=config.blobs_epochs, n_grid=config.blobs_n_grid,
+                     seeds=config.seeds, loss_threshold=config.blobs_loss_threshold,
+                     mds_points=min(600, 2 * config.blobs_n_grid ** 2))
+    blobs = _structure_run(e5, bcfg, config.blobs_lr, config.blobs_epochs, k_blobs, progress,
+                           cache, up, "blobs")
+
+    # E6 part: digits.
+    dcfg = e6.Config(mnist=config.mnist, n_train=config.n_train, width=config.digits_width,
+                     epochs=config.digits_epochs, seeds=config.seeds,
+                     n_structure=100 if config.n_train is None else min(100, config.n_train))
+    digits = e6.run(dcfg, key=k_dig, progress=progress, cache=_prefixed(cache, "digits"),
+                    upstream=up, optimizer="adam", lr=config.digits_lr)
+    arrays = {**_flatten("dyn", dyn), **_flatten("xor", xor), **_flatten("blobs", blobs),
+              **_flatten("digits", digits)}
+    return Result(arrays=arrays)
+
+
+def _prefixed(cache, prefix):
+    return lambda chunk, compute: cache(f"{prefix}-{chunk}", compute)
+
+
+def _structure_run(mod, cfg, lr, epochs, key, progress, cache, upstream, prefix):
+    return mod.run(cfg, key=key, progress=progress, cache=_prefixed(cache, prefix),
+                   upstream=upstream, optimizer="adam", lr=lr)
+
+
+def parts(result):
+    return (result.part("dyn", e1.Result), result.part("xor", e4.Result),
+            result.part("blobs", e5.Result), result.part("digits", e6.Result))
+
+
+def agreement(result) -> dict:
+    dyn, xor, blobs, digits = parts(result)
+    a1, a4, a5, a6 = (e1.agreement(dyn), e4.agreement(xor), e5.agreement(blobs),
+                      e6.agreement(digits))
+    med = a1["figures"]["median_r2"]
+    t4 = a4["figures"]["per_row"]
+    t5 = a5["figures"]["per_row"]
+    checks, why = [], []
+    low = t4.get("xor_low_weights")
+    if low and low["used"]:
+        checks.append(low["ratio_measured"]["mean"] < e4.MERGED_RATIO)
+        why.append(f"XOR low-weight ratio {fmt(low['ratio_measured']['mean'])} < "
+                   f"{e4.MERGED_RATIO}")
+    high = t4.get("xor_high_weights")
+    if high and high["used"]:
+        checks.append(high["ratio_measured"]["mean"] > e4.KEPT_RATIO)
+        why.append(f"XOR high-weight ratio {fmt(high['ratio_measured']['mean'])} > "
+                   f"{e4.KEPT_RATIO}")
+    if a5["passed"] is not None:
+        checks.append(a5["passed"])
+        why.append(f"blobs: {a5['headline']}")
+    if a6["passed"] is not None:
+        checks.append(a6["passed"])
+        why.append(f"digits r {fmt(a6['figures']['pearson_r']['mean'])} >= {e6.R_PASS}")
+    passed = bool(all(checks)) if checks else None
+    headline = (f"dynamics R^2 h/y/w {fmt(med['h'])}/{fmt(med['y'])}/{fmt(med['w'])}; "
+                f"structures: XOR ratio {fmt((low or {}).get('ratio_measured', {}).get('mean'))}"
+                f", blobs {a5['headline'].split(' (')[0]}, digits r "
+                f"{fmt(a6['figures']['pearson_r']['mean'])}")
+    measured = (f"Adam. Dynamics (E1 part): {a1['measured']} XOR (E4 part): {a4['measured']} "
+                f"Blobs (E5 part): {a5['measured']} Digits (E6 part): {a6['measured']}")
+    counts = {}
+    for a in (a1, a4, a5, a6):
+        for k, v in a["counts"].items():
+            counts[k] = counts.get(k, 0) + v
+    return make_agreement(
+        headline=headline,
+        measured=measured,
+        criterion="the final structures match as for SGD: " + "; ".join(why)
+        + " (the dynamics R^2 is reported, not judged: the paper expects a poor fit)",
+        passed=passed,
+        figures={"dynamics_median_r2": med, "xor": t4, "blobs": t5,
+                 "digits": {k: a6["figures"][k] for k in ("pearson_r",
+                                                          "pearson_r_without_same_digit")},
+                 "dynamics_per_row": a1["figures"]["per_architecture"]},
+        counts=counts,
+        notes=[f"Adam learning rates: taken from the config (dyn {float(dyn.lr[0]):g}); rates "
+               f"for the predictions: {str(xor.rates_source)}."],
+    )
+
+
+def plot(result, outdir) -> list[Path]:
+    dyn, xor, blobs, digits = parts(result)
+    paths = []
+    paths += e1.plot_dynamics(dyn, outdir, stem="adam_dynamics", title="Adam")
+    paths += e1.plot_loss(dyn, outdir, stem="adam_loss_curves")
+    paths += e4.plot(xor, outdir, stem="adam_xor_distance_matrices")
+    paths += e5.plot(blobs, outdir, stem="adam_blobs_mds")
+    paths += e6.plot(digits, outdir, stem="adam_digits")
+    return paths
+
+
+def result_arrays(result) -> dict:
+    """Arrays for ``result.npz`` (the CLI stores ``dataclasses.fields``; E8 nests a dict)."""
+    return dict(result.arrays)
+
+
+__all__ = ["Config", "Result", "presets", "run", "plot", "agreement", "plots"]
