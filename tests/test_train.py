@@ -193,6 +193,11 @@ def test_fused_sgd_step_equals_autodiff(arch, nonlinearity):
                  res.final_params, p)
 
 
+def test_init_params_are_the_ones_train_uses(grid):
+    p = train.init_params(CFG, seeds=SEEDS, gains=GAINS)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), p, grid.initial_params)
+
+
 def test_same_seed_same_init_at_every_gain(grid):
     k = grid.initial_params["dense_1"]["kernel"]
     np.testing.assert_allclose(k[1], k[0] * (GAINS[1] / GAINS[0]), rtol=1e-6)
@@ -389,7 +394,7 @@ def test_bad_arguments_name_the_argument(kwargs, words):
 @pytest.mark.slow
 def test_paper_sized_default_network_6000_epochs():
     cfg = configs.get("default")
-    res = train.train(cfg, seeds=2)
+    res = train.train(cfg, seeds=2)  # ~1 minute on a 2-core CPU
     assert res.h.shape == (1, 2, 6000)
     assert res.n_diverged == 0
     # The default network fits the two points: the loss falls by orders of magnitude.
