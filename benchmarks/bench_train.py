@@ -220,32 +220,48 @@ def main(argv=None):
     print()
     rows = []
 
-    torch_lean = None
-    if not args.no_torch:
-        for spec in args.torch_threads.split(","):
-            threads = os.cpu_count() if spec == "all" else int(spec)
-            out = torch_runs(cfg, args.torch_seeds, args.epochs, args.repeats, threads)
+    # Warm up (compile every batch shape) first, then interleave the repetitions of all
+    # methods, so that other work on a shared machine slows them alike.
+    thread_counts = [] if args.no_torch else [
+        os.cpu_count() if t == "all" else int(t) for t in args.torch_threads.split(",")
+    ]
+    compile_s = {n: train.train(cfg, seeds=n).compile_s for n in seed_counts}
+    torch_times: dict = {}
+    torch_info = {}
+    unijax_times = {n: [] for n in seed_counts}
+    unijax_init = {n: [] for n in seed_counts}
+    for rep in range(args.repeats):
+        for threads in thread_counts:
+            out = torch_runs(cfg, args.torch_seeds, args.epochs, 1, threads)
             if out is None:
+                thread_counts = []
                 break
-            times, version, threads, tdev = out
-            lean = statistics.median(times["lean"])
-            torch_lean = lean if torch_lean is None else min(torch_lean, lean)
-            for name in ("paper", "lean"):
-                rows.append((f"PyTorch {version} ({name} loop, {threads} threads, {tdev})",
-                             args.torch_seeds, None, times[name]))
+            times, version, got_threads, tdev = out
+            torch_info[threads] = (version, got_threads, tdev)
+            for name, v in times.items():
+                torch_times.setdefault((threads, name), []).extend(v)
+        for n in seed_counts:
+            res = train.train(cfg, seeds=n)
+            unijax_times[n].append(res.run_s / n / args.epochs)
+            unijax_init[n].append(res.init_s / n)
+            n_devices = res.n_devices
+            del res
+        print(f"  repeat {rep + 1}/{args.repeats} done", flush=True)
+    print()
 
+    torch_lean = None
+    for (threads, name), values in torch_times.items():
+        version, got_threads, tdev = torch_info[threads]
+        rows.append((f"PyTorch {version} ({name} loop, {got_threads} threads, {tdev})",
+                     args.torch_seeds, None, values))
+        if name == "lean":
+            med = statistics.median(values)
+            torch_lean = med if torch_lean is None else min(torch_lean, med)
     results = {}
     for n in seed_counts:
-        first = train.train(cfg, seeds=n)  # compiles this batch shape
-        per_epoch, inits = [], []
-        for _ in range(args.repeats):
-            res = train.train(cfg, seeds=n)
-            per_epoch.append(res.run_s / n / args.epochs)
-            inits.append(res.init_s / n)
-        results[n] = statistics.median(per_epoch)
-        rows.append((f"unijax (vmap_size auto, {res.n_devices} device(s))", n,
-                     (first.compile_s, statistics.median(inits)), per_epoch))
-        del first, res
+        results[n] = statistics.median(unijax_times[n])
+        rows.append((f"unijax (vmap_size auto, {n_devices} device(s))", n,
+                     (compile_s[n], statistics.median(unijax_init[n])), unijax_times[n]))
 
     print(f"{'method':58s} {'seeds':>5s} {'compile s':>9s} {'init s/seed':>11s} "
           f"{'s per seed per 1000 epochs':>28s} {'vs torch':>13s} {'x bound':>8s}")

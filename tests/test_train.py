@@ -162,13 +162,18 @@ def test_one_vmap_over_all_trials_equals_blocks(grid):
     assert_records_close(res, grid, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch, nonlinearity", [("skip", "leaky_relu"), ("mlp", "tanh")])
-def test_fused_sgd_step_equals_autodiff(arch, nonlinearity):
-    # The engine's hand-fused SGD step (dense networks) against jax.grad of the Flax module.
+@pytest.mark.parametrize("arch, nonlinearity, n_points",
+                         [("skip", "leaky_relu", 2), ("mlp", "tanh", 6)])
+def test_fused_sgd_step_equals_autodiff(arch, nonlinearity, n_points):
+    # The engine's hand-fused SGD step (dense networks) against jax.grad of the Flax module;
+    # with 6 points the weight gradient is a matrix product instead of fused outer products.
     cfg = CFG.replace(arch=arch, nonlinearity=nonlinearity, depth=4, epochs=12, lr=0.05)
-    res = train.train(cfg, seeds=[3], gains=[0.9], return_params=True)
-    net = train.make_network(cfg)
-    ds = data.two_points()
+    rng = np.random.default_rng(0)
+    ds = data.two_points() if n_points == 2 else data.Dataset(
+        rng.normal(size=(n_points, 3)).astype(np.float32),
+        rng.normal(size=(n_points, 2)).astype(np.float32))
+    res = train.train(cfg, seeds=[3], gains=[0.9], return_params=True, data=ds, pair=(0, 1))
+    net = train.make_network(cfg, out_dim=ds.out_dim)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
 
     def loss(p):

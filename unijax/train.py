@@ -264,13 +264,13 @@ def _builtin_net(module: nn.Module, layers: tuple[int, ...]) -> _Net:
     return _Net(init, apply, bool(module.dropout), dense_sgd)
 
 
-def _outer_sum(a: jax.Array, d: jax.Array) -> jax.Array:
+def _outer_sum(a: jax.Array, d: jax.Array, precision=None) -> jax.Array:
     """``a.T @ d`` (``(P, n) x (P, m) -> (n, m)``), the weight gradient of a dense layer."""
     if a.shape[0] <= 4:
         # A sum of P outer products is elementwise, so XLA fuses it into the weight update:
         # the gradient matrix is never written to memory.
         return sum(a[p][:, None] * d[p][None, :] for p in range(a.shape[0]))
-    return a.T @ d
+    return jnp.dot(a.T, d, precision=precision)
 
 
 def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision):
@@ -319,7 +319,7 @@ def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision):
     new = {}
     for k in range(depth, -1, -1):
         a_in = inputs[k]
-        w_new = ws[k] - lr * _outer_sum(a_in, d)
+        w_new = ws[k] - lr * _outer_sum(a_in, d, precision)
         new[names[k]] = {"kernel": w_new, "bias": bs[k] - lr * jnp.sum(d, axis=0)}
         if k == 0:
             break
