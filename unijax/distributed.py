@@ -22,6 +22,7 @@ devices on one CPU, start Python with ``XLA_FLAGS=--xla_force_host_platform_devi
 
 from __future__ import annotations
 
+import concurrent.futures
 import inspect
 import math
 import re
@@ -494,6 +495,46 @@ def _prepare_fit(ts, Z, dx2, dy2, init, kw):
     return ts_arr.astype(np.float64), batch, opts, bool(o["return_trajectory"]), single
 
 
+def _per_device(call: Callable[[Any, jax.Device], Any], padded: Any, mesh: Mesh) -> Any:
+    """Run ``call(slice, device)`` on every device of ``mesh`` this process owns, concurrently.
+
+    ``padded``: host pytree whose axis 0 divides the device count; device ``i`` of the mesh
+    gets the ``i``-th equal slice (committed to it). ``call`` returns a pytree of arrays with
+    the same leading axis. Each device runs its own program start to finish, with no
+    collectives (unlike one partitioned program, where every ``while_loop`` over a batch
+    synchronizes all devices at each iteration). Returns the outputs of all devices of all
+    processes as one pytree of global arrays laid along the mesh (host arrays in a single
+    process).
+    """
+    devices = list(mesh.devices.flat)
+    total = _batch_size(padded)
+    per = total // len(devices)
+    me = jax.process_index()
+    mine = [(i, d) for i, d in enumerate(devices) if d.process_index == me]
+
+    def run(item):
+        i, d = item
+        local = jax.tree_util.tree_map(
+            lambda a: jax.device_put(a[i * per : (i + 1) * per], d), padded
+        )
+        return call(local, d)
+
+    # One thread per device: each compiles (once per device) and dispatches concurrently.
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, len(mine))) as ex:
+        outs = list(ex.map(run, mine))
+    if len(mine) == len(devices):
+        return jax.tree_util.tree_map(
+            lambda *xs: np.concatenate([np.asarray(x) for x in xs], axis=0), *outs
+        )
+
+    def assemble(*xs):
+        spec = P(BATCH_AXIS, *([None] * (xs[0].ndim - 1)))
+        shape = (total,) + xs[0].shape[1:]
+        return jax.make_array_from_single_device_arrays(shape, NamedSharding(mesh, spec), list(xs))
+
+    return jax.tree_util.tree_map(assemble, *outs)
+
+
 class ShardedFit(NamedTuple):
     """Result of :func:`sharded_fit_rates`.
 
@@ -516,28 +557,36 @@ def sharded_fit_rates(
     dy2,
     init=None,
     mesh: Mesh | None = None,
+    mode: str = "per_device",
     **kw,
 ):
     """:func:`unijax.fit.fit_rates` with the trials laid over the devices of ``mesh``.
 
-    The trial batch is padded with copies of the last trial to a multiple of the device count
-    and laid along the mesh (``NamedSharding``); the compiled core of ``fit_rates`` (one
-    ``vmap`` of the per-trial fit inside ``jit``) is called on it, and XLA partitions the
-    batch axis so that each device fits its own trials (compiled once per mesh and shape).
-    The padding is fitted, then dropped; ``n_padded`` says how many. Across processes (after
-    :func:`initialize`) every process passes the same host arrays and receives the whole
-    result.
+    The trial batch is padded with copies of the last trial to a multiple of the device
+    count and cut into equal slices along the mesh; each device fits its slice with the
+    compiled core of ``fit_rates`` (one ``vmap`` of the per-trial fit inside ``jit``), all
+    devices at once and independently, and the slices are gathered back (across processes
+    too, after :func:`initialize`: every process passes the same host arrays, fits the
+    slices of its own devices and receives the whole result). The padding is fitted, then
+    dropped; ``n_padded`` says how many.
 
-    The numbers agree with ``fit_rates`` on one device to rounding (relative differences
-    ~1e-13 in the rates, seen on CPU; the iteration count of a trial can differ by one):
-    the partitioned program is compiled separately and XLA does not promise bitwise-equal
-    floating point across different programs. (A ``shard_map`` of the core, which would run
-    the identical per-device program, is refused by lineax 0.1.1 inside manual meshes.)
+    Each device runs the very program ``fit_rates`` runs on one device, for a batch of
+    ``n_padded_total / n_devices`` trials, so the numbers are those of ``fit_rates`` up to
+    how XLA vectorizes a batch of another size (seen on CPU: equal iteration counts and
+    flags, rates equal or 1 ulp apart). Why not one partitioned program (``jit`` with
+    sharded inputs)? The fit is ``while_loop`` s (optimizer, ODE solver) over a batch, and a
+    partitioned batched loop makes all devices agree at every iteration (an all-reduce per
+    solver step). ``shard_map`` of the core would avoid that, but lineax 0.1.1 fails inside
+    manual meshes. The cost of this design: the core is compiled once per device
+    (concurrently, one thread per device). ``mode="spmd"`` runs the one partitioned program
+    instead: compiled once, devices in lock-step, numbers equal to rounding (~1e-13
+    relative; an iteration count can differ by one).
 
     Args:
         ts: epochs ``(n_epochs,)``; Z: ``(n_trials, n_epochs, 3)`` or ``(n_epochs, 3)``;
             dx2, dy2, init: as in :func:`unijax.fit.fit_rates`.
         mesh: default :func:`batch_mesh` (all global devices).
+        mode: ``"per_device"`` (default) or ``"spmd"``, see above.
         **kw: the other options of :func:`unijax.fit.fit_rates` (``rtol``, ``max_iters``,
             ``return_trajectory``, ...).
 
@@ -552,27 +601,34 @@ def sharded_fit_rates(
     """
     from . import fit
 
+    if mode not in ("per_device", "spmd"):
+        raise ValueError(f"mode={mode!r} is not one of 'per_device', 'spmd'.")
     ts_arr, batch, opts, return_trajectory, single = _prepare_fit(ts, Z, dx2, dy2, init, kw)
     mesh = batch_mesh() if mesh is None else mesh
-    sharded = shard_batch(batch, mesh)
-    ts_rep = jax.make_array_from_callback(
-        ts_arr.shape, NamedSharding(mesh, P()), lambda idx: ts_arr[idx]
-    )
-    b = sharded.arrays
-    out = fit._fit_batch(
-        ts_rep,
-        b["Z"],
-        b["dx2"],
-        b["dy2"],
-        b["init"],
-        opts=opts,
-        return_trajectory=return_trajectory,
-    )
-    z_fit = out.pop("z_fit")
-    out = gather_batch(out, sharded.n_valid)
-    out["z_fit"] = None if z_fit is None else gather_batch(z_fit, sharded.n_valid)
+    padded, n_valid = pad_batch(batch, mesh.shape[BATCH_AXIS])
+
+    def call(ts_, b):
+        return fit._fit_batch(
+            ts_,
+            b["Z"],
+            b["dx2"],
+            b["dy2"],
+            b["init"],
+            opts=opts,
+            return_trajectory=return_trajectory,
+        )
+
+    if mode == "per_device":
+        out = _per_device(lambda b, d: call(jax.device_put(ts_arr, d), b), padded, mesh)
+    else:
+        ts_rep = jax.make_array_from_callback(
+            ts_arr.shape, NamedSharding(mesh, P()), lambda idx: ts_arr[idx]
+        )
+        out = call(ts_rep, shard_batch(padded, mesh).arrays)
+    out = gather_batch(out, n_valid)
     out = fit._squeeze(out, single)
-    return ShardedFit(fit.RateFit(**out), sharded.n_padded, mesh.shape[BATCH_AXIS])
+    n_dev = mesh.shape[BATCH_AXIS]
+    return ShardedFit(fit.RateFit(**out), _batch_size(padded) - n_valid, n_dev)
 
 
 def sharded_exponential_weighting_from_data(
