@@ -211,7 +211,8 @@ def mean_output_error0(loss0: Any, z0: Any, dy2: Any) -> np.ndarray:
 def distance_loss(Z: Any, dy2: Any) -> np.ndarray:
     """The distance part of the loss, ``1/4 (w + 1/2 (dy2 - y)) = 1/8 ||dy - dyhat||^2``."""
     Z = np.asarray(Z, np.float64)
-    return 0.25 * (Z[..., 2] + 0.5 * (np.asarray(dy2)[..., None] - Z[..., 1]))
+    with np.errstate(invalid="ignore"):  # NaN records of diverged trials stay NaN
+        return 0.25 * (Z[..., 2] + 0.5 * (np.asarray(dy2)[..., None] - Z[..., 1]))
 
 
 def fit_loss(

@@ -89,8 +89,8 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(width=64, narrow_width=50, conv_width=64, conv_depth=5, epochs=1000,
-                    time_scale=6.0, seeds=4),
+    "quick": Config(width=64, narrow_width=50, conv_width=64, conv_depth=5, epochs=6000,
+                    time_scale=1.0, seeds=4),
     "tiny": Config(rows=("default", "shallow"), width=16, narrow_width=8, conv_width=48,
                    conv_depth=4, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2),
 }
@@ -106,8 +106,10 @@ class Result:
         diverged: ``(R, S)``.
         epochs_fit: ``(P,)`` epochs used by the fits.
         eta_h, eta_y: ``(R, S)`` fitted rates (1/epoch, NaN if not fitted).
-        fit_ok: ``(R, S)`` the fit ran to completion (its curve and R^2 are valid);
-        converged: ``(R, S)`` fit_ok and both rates identified (usable as rates).
+        fit_ok: ``(R, S)`` the fit ran to completion (optimizer and ODE succeeded): its curve,
+            R^2 and rates are used;
+        converged: ``(R, S)`` fit_ok and both rates individually identified (relative
+            standard error < 0.1); reported as a count.
         r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
         eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
     """
@@ -248,7 +250,7 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
     out = {}
     for i, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.fit_ok[i])
-        rates = np.asarray(result.converged[i])
+        rates = use
         entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
@@ -256,6 +258,7 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
         entry["eta_h"] = spread(np.where(rates, result.eta_h[i], np.nan))
         entry["eta_y"] = spread(np.where(rates, result.eta_y[i], np.nan))
         entry["eta_mean"] = spread(np.where(use_l, result.eta_mean[i], np.nan))
+        entry["rates_identified"] = int(np.asarray(result.converged[i]).sum())
         out[str(row)] = entry
     return out
 
@@ -274,12 +277,12 @@ def counts(result) -> dict[str, int]:
 
 
 def default_rates(result) -> dict | None:
-    """Mean rates of the ``default`` row over converged seeds (for E4 / E6), or None."""
+    """Mean rates of the ``default`` row over completed fits (for E4-E6, E8), or None."""
     rows = list(np.asarray(result.rows))
     if "default" not in rows:
         return None
     i = rows.index("default")
-    use = np.asarray(result.converged[i])
+    use = np.asarray(result.fit_ok[i])
     if not use.any():
         return None
     return {
@@ -437,7 +440,7 @@ def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progr
                                 prefix=f"{prefix}-train")
     f = fit_rows(loss, hyw, div, dx2=cfg.dx2, dy2=cfg.dy2, progress=progress, cache=cache,
                  prefix=f"{prefix}-fit")
-    use = f["converged"][0] & ~div[0]
+    use = f["fit_ok"][0] & ~div[0]
     return {
         "eta_h": float(np.mean(f["eta_h"][0][use])) if use.any() else float("nan"),
         "eta_y": float(np.mean(f["eta_y"][0][use])) if use.any() else float("nan"),
@@ -445,5 +448,5 @@ def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progr
         "width": int(cfgs[0].width),
         "depth": int(cfgs[0].depth),
         "source": f"fitted here (default row, width {cfgs[0].width}, depth {cfgs[0].depth}, "
-        f"{int(use.sum())}/{seeds} fits converged)",
+        f"{int(use.sum())}/{seeds} fits completed)",
     }

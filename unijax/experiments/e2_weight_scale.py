@@ -86,7 +86,7 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(width=64, epochs=1000, time_scale=6.0, seeds=4),
+    "quick": Config(width=64, epochs=6000, time_scale=1.0, seeds=4),
     "tiny": Config(rows=("low_initial_weights", "very_high_initial_weights"), width=16,
                    max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2),
 }

@@ -117,8 +117,8 @@ class Config:
 presets = {
     "paper": Config(),
     "quick": Config(width=64, low_gain=0.85, low_epochs=3000, two_layer_epochs=20000,
-                    time_scale=2.0, seeds=6, rates_width=64, rates_epochs=1000,
-                    rates_time_scale=6.0, rates_seeds=4),
+                    time_scale=2.0, seeds=6, rates_width=64, rates_epochs=6000,
+                    rates_time_scale=1.0, rates_seeds=4),
     "tiny": Config(rows=("xor_low_weights", "xor_2_layers"), width=16, max_depth=4,
                    low_gain=0.5, low_epochs=600, two_layer_epochs=1000, time_scale=1.0,
                    seeds=3, rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,

@@ -110,7 +110,7 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(seeds=2, rates_width=64, rates_epochs=1000, rates_time_scale=6.0,
+    "quick": Config(seeds=2, rates_width=64, rates_epochs=6000, rates_time_scale=1.0,
                     rates_seeds=4),
     "tiny": Config(rows=("blobs_low_weights", "blobs_high_weights"), width=16, time_scale=4.0,
                    epochs=300, n_grid=6, seeds=2, loss_threshold=0.25, mds_points=72,
@@ -273,7 +273,8 @@ def agreement(result, *, name: str = NAME) -> dict:
     if li is not None and hi_i is not None and len(order) > 1:
         passed = bool(li >= COLLAPSED and li - hi_i >= MARGIN)
     headline = (f"collapse index {fmt(li)} at gain {lo['gain']:g} vs {fmt(hi_i)} at gain "
-                f"{hi['gain']:g} (1 = collapsed, ~0.5 = 2-D sheet)")
+                f"{hi['gain']:g} (1 = collapsed, ~0.5 = 2-D sheet)") if len(order) > 1 else (
+        f"collapse index {fmt(li)} at gain {lo['gain']:g} (1 = collapsed, ~0.5 = 2-D sheet)")
     measured = "; ".join(
         f"gain {table[k]['gain']:g}: collapse index {fmt_spread(table[k]['collapse_index'])} "
         f"(theory {fmt(table[k]['collapse_index_pred']['mean'])}), one-line index "

@@ -112,8 +112,8 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(epochs=300, time_scale=50.0, seeds=3, rates_width=64, rates_epochs=1000,
-                    rates_time_scale=6.0, rates_seeds=4),
+    "quick": Config(epochs=300, time_scale=50.0, seeds=3, rates_width=64, rates_epochs=6000,
+                    rates_time_scale=1.0, rates_seeds=4),
     "tiny": Config(n_train=256, width=16, epochs=tp.FIT_POINTS, time_scale=4.0, seeds=2,
                    n_structure=40, loss_threshold=0.05, rates_width=16, rates_max_depth=4,
                    rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0, rates_seeds=2),

@@ -71,7 +71,7 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(width=64, epochs=1000, time_scale=6.0, seeds=4),
+    "quick": Config(width=64, epochs=6000, time_scale=1.0, seeds=4),
     "tiny": Config(width=16, depth=6, epochs=tp.FIT_POINTS, time_scale=1.0, seeds=2),
 }
 
@@ -140,15 +140,15 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
 
 
 def per_layer(result) -> dict[str, np.ndarray]:
-    ok, conv = np.asarray(result.fit_ok), np.asarray(result.converged)
+    ok = np.asarray(result.fit_ok)
     err = np.where(ok, 1.0 - np.mean(result.r2, axis=-1), np.nan)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers give NaN, as intended
         return {
             "fit_error": np.nanmean(err, axis=0),
             "fit_error_std": np.nanstd(err, axis=0),
-            "eta_h": np.nanmean(np.where(conv, result.eta_h, np.nan), axis=0),
-            "eta_y": np.nanmean(np.where(conv, result.eta_y, np.nan), axis=0),
+            "eta_h": np.nanmean(np.where(ok, result.eta_h, np.nan), axis=0),
+            "eta_y": np.nanmean(np.where(ok, result.eta_y, np.nan), axis=0),
             "h0": np.nanmean(result.h0, axis=0),
         }
 

@@ -125,8 +125,8 @@ class Config:
 presets = {
     "paper": Config(),
     "quick": Config(seeds=3, width=64, dyn_epochs=1000, xor_epochs=1000, xor_low_gain=0.85,
-                    blobs_epochs=500, digits_epochs=300, rates_width=64, rates_epochs=1000,
-                    rates_time_scale=6.0, rates_seeds=4),
+                    blobs_epochs=500, digits_epochs=300, rates_width=64, rates_epochs=6000,
+                    rates_time_scale=1.0, rates_seeds=4),
     "tiny": Config(seeds=2, width=16, max_depth=4, dyn_epochs=tp.FIT_POINTS, dyn_lr=1e-3,
                    xor_rows=("xor_low_weights",), xor_epochs=300, xor_lr=1e-3, xor_low_gain=0.5,
                    blobs_rows=("blobs_high_weights",), blobs_epochs=100, blobs_n_grid=6,
