@@ -21,7 +21,7 @@ import pytest
 from unijax import configs, data, train
 
 ROOT = Path(__file__).resolve().parents[1]
-CFG = configs.get("default", width=16, depth=4, epochs=30)
+CFG = configs.get("default", width=16, depth=3, epochs=30)
 SEEDS, GAINS, LAYERS = [0, 1, 2], [0.5, 1.0], (1, 2)
 
 
@@ -162,16 +162,14 @@ def test_one_vmap_over_all_trials_equals_blocks(grid):
     assert_records_close(res, grid, rtol=1e-5)
 
 
-@pytest.mark.parametrize("arch, nonlinearity, n_points",
-                         [("skip", "leaky_relu", 2), ("mlp", "tanh", 6)])
-def test_fused_sgd_step_equals_autodiff(arch, nonlinearity, n_points):
-    # The engine's hand-fused SGD step (dense networks) against jax.grad of the Flax module;
-    # with 6 points the weight gradient is a matrix product instead of fused outer products.
-    cfg = CFG.replace(arch=arch, nonlinearity=nonlinearity, depth=4, epochs=12, lr=0.05)
+def test_fused_sgd_step_equals_autodiff():
+    # The engine's hand-fused SGD step (dense networks) against jax.grad of the Flax module:
+    # skip connections, tanh, and 6 points (the weight gradient is then a matrix product
+    # instead of fused outer products; the two-point plain case is checked against NumPy).
+    cfg = CFG.replace(arch="skip", nonlinearity="tanh", depth=5, epochs=12, lr=0.05)
     rng = np.random.default_rng(0)
-    ds = data.two_points() if n_points == 2 else data.Dataset(
-        rng.normal(size=(n_points, 3)).astype(np.float32),
-        rng.normal(size=(n_points, 2)).astype(np.float32))
+    ds = data.Dataset(rng.normal(size=(6, 3)).astype(np.float32),
+                      rng.normal(size=(6, 2)).astype(np.float32))
     res = train.train(cfg, seeds=[3], gains=[0.9], return_params=True, data=ds, pair=(0, 1))
     net = train.make_network(cfg, out_dim=ds.out_dim)
     x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
@@ -378,8 +376,8 @@ def test_example_script_runs_with_fit():
         (dict(seeds=0), ["seeds", "> 0"]),
         (dict(seeds=[-1]), ["seeds", ">= 0"]),
         (dict(seeds=1, gains=[1.0, -2.0]), ["gains", "> 0"]),
-        (dict(seeds=1, layers=[0, 4]), ["layers", "[0, 3]"]),
-        (dict(seeds=1, layers=7), ["layers", "[0, 3]"]),
+        (dict(seeds=1, layers=[0, 3]), ["layers", "[0, 2]"]),
+        (dict(seeds=1, layers=7), ["layers", "[0, 2]"]),
         (dict(seeds=1, record_epochs=[30]), ["record_epochs", "[0, 29]"]),
         (dict(seeds=1, record_every=0), ["record_every"]),
         (dict(seeds=1, record_points=[2]), ["record_points", "[0, 1]"]),

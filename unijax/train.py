@@ -558,8 +558,8 @@ def _measure_fn(spec: _Spec, net: _Net):
 
 class _Programs(NamedTuple):
     start: Callable  # (seeds (B,), gains (B,), key, x, y) -> (carry (B, ...), obs at init)
-    chunk: Callable  # (carry, lr, x, y, ts, slots, active) -> (carry, (loss, hyw))
-    measure: Callable  # (params, x, y) -> obs
+    # (carry, lr, x, y, ts, slots, active) -> (carry, ((loss, hyw) per epoch, obs at the end))
+    chunk: Callable
 
 
 def _build_programs(
@@ -610,7 +610,10 @@ def _build_programs(
 
             return jax.lax.cond(on, run, skip, c)
 
-        return jax.lax.scan(body, carry, (ts, slots, active))
+        carry, recs = jax.lax.scan(body, carry, (ts, slots, active))
+        # The state after the chunk, measured (one forward pass per chunk; the last chunk's
+        # is the final state): saves compiling a separate measuring program.
+        return carry, (recs, measure(carry.params, x, y))
 
     def over_trials(one, xs):
         # The trial axis: one vmap, or vmapped blocks looped by lax.map (see `vmap_size`).
@@ -629,16 +632,12 @@ def _build_programs(
     def v_start(seeds, gains, key, x, y):
         return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y), (seeds, gains))
 
-    def v_measure(params, x, y):
-        return over_trials(lambda p: measure(p, x, y), params)
-
     return _Programs(
         start=jax.jit(shard(v_start, (batch, batch, rep, rep, rep), (batch, batch))),
         chunk=jax.jit(
             shard(v_chunk, (batch, rep, rep, rep, rep, rep, rep), (batch, batch)),
             donate_argnums=(0,),
         ),
-        measure=jax.jit(shard(v_measure, (batch, rep, rep), batch)),
     )
 
 
@@ -925,15 +924,14 @@ def _run(
             t0 = time.perf_counter()
             chunk_compiled = progs.chunk.lower(*args).compile()
             compile_s += time.perf_counter() - t0
-        carry, (loss_c, hyw_c) = chunk_compiled(*args)
+        carry, ((loss_c, hyw_c), final_obs) = chunk_compiled(*args)
         # Keep device handles; fetch after the last chunk so the host never stalls the device.
         # The representation slots are sliced out (a new buffer) before the carry is donated.
         losses.append(loss_c)
         hyws.append(hyw_c)
         if spec.record_points:
             reps_chunks.append(tuple(b[:, : in_chunk.size] for b in carry.buf))
-    final_obs = jax.device_get(call(progs.measure, carry.params, x, y))
-    losses, hyws, reps_chunks = jax.device_get((losses, hyws, reps_chunks))
+    final_obs, losses, hyws, reps_chunks = jax.device_get((final_obs, losses, hyws, reps_chunks))
     final_params = jax.device_get(carry.params) if return_params else None
     run_s = time.perf_counter() - t_run - (compile_s - compile_before)
     del carry
