@@ -17,9 +17,11 @@ How (and why it is fast):
   invariant of section 4 (``y = c h^2 + K h`` with ``c = eta_y / (eta_h dx2)``) gives a second
   estimate. A few such candidates, and scales of them, are scored by one batched forward solve
   and the best one starts the optimizer. No 200-point grid.
-* **Levenberg-Marquardt in log-rates** (``optimistix.LevenbergMarquardt``) on the residuals
-  of section 11, the Jacobian by forward-mode differentiation through the Diffrax solve (two
-  parameters: one solve carrying two tangents gives residuals and Jacobian together).
+* **Levenberg-Marquardt in log-rates** on the residuals of section 11, the Jacobian by
+  forward-mode differentiation through the Diffrax solve (two parameters: one solve carrying
+  two tangents gives residuals and Jacobian together). The loop is a small ``lax.while_loop``
+  that evaluates the solve exactly once per iteration and stops a trial early when it stalls,
+  so one hopeless trial does not hold a whole batch for ``max_iters`` iterations.
 * **One compiled call for all trials**: the per-trial fit is written for one trajectory and
   ``vmap``-ed over trials inside one ``jit``.
 * **Cheap sampling of the solution.** The solve saves its accepted steps only; the solution is
@@ -63,7 +65,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from unijax import theory
@@ -129,7 +130,8 @@ class RateFit(eqx.Module):
             variable that is constant in the data.
         converged: shape ``(n_trials,)``, True when ``optimizer_ok``, ``ode_ok`` and
             ``identified`` all hold and every number is finite.
-        optimizer_ok: Levenberg-Marquardt reported success (did not run out of iterations).
+        optimizer_ok: Levenberg-Marquardt converged (Gauss-Newton step below ``opt_atol``),
+            rather than running out of iterations or stalling.
         ode_ok: the ODE solve at the fitted rates reached the last epoch with ``h > 0``.
         identified: the data determine both rates: ``J^T J`` is positive definite and both
             relative standard errors are below ``max_rel_stderr``.
@@ -297,12 +299,6 @@ def _trajectory(z0, ts, log_rates, dx2, dy2, opts: _SolveOpts):
     def field(z):
         return _field(z, rates, dx2, dy2)
 
-    def knot(t, z, args):
-        # Value, first and second time derivative (z'' = Df(z) z') at each accepted step,
-        # computed inside the solve so that only the steps taken cost anything.
-        fz, gz = jax.jvp(field, (z,), (field(z),))
-        return z, fz, gz
-
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, z, args: field(z)),
         diffrax.Tsit5(),
@@ -313,21 +309,25 @@ def _trajectory(z0, ts, log_rates, dx2, dy2, opts: _SolveOpts):
         # Only the accepted steps are stored, then interpolated at the epochs: evaluating
         # Diffrax's dense interpolant at thousands of epochs inside a vmap costs ~60x the
         # solve itself.
-        saveat=diffrax.SaveAt(t0=True, steps=True, fn=knot),
+        saveat=diffrax.SaveAt(t0=True, steps=True),
         stepsize_controller=diffrax.PIDController(rtol=opts.rtol, atol=opts.atol),
         adjoint=diffrax.ForwardMode(),
         max_steps=opts.max_steps,
         throw=False,
     )
-    tk = sol.ts
-    yk, fk, gk = sol.ys
+    tk, yk = sol.ts, sol.ys
     valid = jnp.isfinite(tk)
+    # Unused rows of the step buffer hold inf; give them a harmless state. The derivatives
+    # are computed for the whole buffer after the solve, vectorized: ~3x cheaper than saving
+    # them from inside the loop, which must then carry them through every step.
+    yk = jnp.where(valid[:, None], yk, z0)
+    fk, gk = jax.vmap(lambda z: jax.jvp(field, (z,), (field(z),)))(yk)  # z' and z'' = Df z'
     ys = _hermite5(ts, tk, yk, fk, gk)
     ok = (
         (sol.result == diffrax.RESULTS.successful)
         & jnp.all(jnp.isfinite(ys))
         & jnp.all(ys[:, 0] > 0)
-        & jnp.all(jnp.where(valid, yk[:, 0] > 0, True))
+        & jnp.all(yk[:, 0] > 0)
     )
     ys = jnp.where(ok, ys, jnp.nan)
     return ys, ok, sol.stats["num_steps"]
@@ -340,15 +340,19 @@ class _Trial(NamedTuple):
     Z: Float[Array, "n 3"]
     dx2: Float[Array, ""]
     dy2: Float[Array, ""]
+    # Scales of the initial-state parameters; None: from Z (see _start_scale).
+    start_scale: Float[Array, "2"] | None = None
 
 
-def _start_scale(Z):
+def _start_scale(trial: _Trial):
     """Scales of the initial-state parameters: ``z0 = (h0 e^q0, y0 + s_y q1, w0 + s_w q2)``.
 
-    Unit-free parameters keep Levenberg-Marquardt's isotropic damping sensible; ``h0 > 0``
-    is kept by the log.
+    Unit-free parameters keep Levenberg-Marquardt's damping sensible; ``h0 > 0`` is kept by
+    the log.
     """
-    return jnp.maximum(jnp.max(jnp.abs(Z[:, 1:]), axis=0), 1e-12)
+    if trial.start_scale is not None:
+        return trial.start_scale
+    return jnp.maximum(jnp.max(jnp.abs(trial.Z[:, 1:]), axis=0), 1e-12)
 
 
 def _unpack(p, trial: _Trial):
@@ -357,7 +361,7 @@ def _unpack(p, trial: _Trial):
     z_meas = trial.Z[0]
     if p.shape[0] == 2:
         return p, z_meas
-    s = _start_scale(trial.Z)
+    s = _start_scale(trial)
     z0 = jnp.stack([z_meas[0] * jnp.exp(p[2]), z_meas[1] + s[0] * p[3], z_meas[2] + s[1] * p[4]])
     return p[:2], z0
 
@@ -367,29 +371,13 @@ def _model(p, trial: _Trial, opts: _SolveOpts):
     return _trajectory(z0, trial.ts, log_rates, trial.dx2, trial.dy2, opts)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _residuals(p, trial: _Trial, opts: _SolveOpts):
-    """Residuals ``z_ode - Z`` flattened to ``(3 n,)``, a function of the parameters ``p``.
+def _evaluate(p, trial: _Trial, opts: _SolveOpts):
+    """One forward-mode solve: SSE, ``J^T J``, ``J^T r`` and ``(ys, steps, J)`` at ``p``.
 
-    A custom JVP so that ``jax.linearize`` (what Optimistix calls once per iteration) runs
-    the ODE exactly once, carrying one tangent per parameter, and keeps the ``(3n, n_p)``
-    Jacobian; the linearized map is then a small matrix product rather than a replay of the
-    whole solve. Only derivatives in ``p`` are supported; the trial data are constants here.
+    ``jacfwd`` runs the ODE once carrying one tangent per parameter (2 or 5): residuals and
+    Jacobian ``(3n, n_p)`` together, about the cost of ``1 + n_p / 2`` plain solves. A failed
+    solve gives ``SSE = inf`` (and zeros elsewhere), which the optimizer rejects.
     """
-    ys, _, _ = _model(p, trial, opts)
-    return (ys - trial.Z).reshape(-1)
-
-
-@_residuals.defjvp
-def _residuals_jvp(opts, primals, tangents):
-    p, trial = primals
-    dp, _ = tangents  # the trial's data are never differentiated (see above)
-    r, jac, _ = _residuals_and_jacobian(p, trial, opts)
-    return r, jac @ dp
-
-
-def _residuals_and_jacobian(p, trial: _Trial, opts: _SolveOpts):
-    """Residuals ``(3n,)``, Jacobian ``(3n, n_p)`` and ``(ys, ok, steps)`` from one solve."""
 
     def f(q):
         ys, ok, steps = _model(q, trial, opts)
@@ -397,7 +385,128 @@ def _residuals_and_jacobian(p, trial: _Trial, opts: _SolveOpts):
         return r, (r, ys, ok, steps)
 
     jac, (r, ys, ok, steps) = jax.jacfwd(f, has_aux=True)(p)
-    return r, jac, (ys, ok, steps)
+    sse = jnp.sum(r**2)
+    hess, grad = jac.T @ jac, jac.T @ r
+    ok = ok & jnp.isfinite(sse) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
+    hess = jnp.where(ok, hess, 0.0)
+    grad = jnp.where(ok, grad, 0.0)
+    return jnp.where(ok, sse, jnp.inf), hess, grad, (ys, steps, jac)
+
+
+# ---------------------------------------------------------------------------------------------
+# Small dense linear algebra and the Levenberg-Marquardt loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _solve_spd(a, b):
+    """Solve ``a x = b`` for a small symmetric positive-definite ``a``, with a flag.
+
+    Cholesky after equilibrating by the diagonal (the parameters' curvatures differ by orders
+    of magnitude). ``ok`` is False (and ``x`` NaN) when ``a`` is not numerically positive
+    definite.
+    """
+    diag = jnp.diag(a)
+    d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
+    scale = d if b.ndim == 1 else d[:, None]
+    chol = jnp.linalg.cholesky(a / d[:, None] / d[None, :])
+    ok = jnp.all(diag > 0) & jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.diag(chol) > 1e-7)
+    chol = jnp.where(ok, chol, jnp.eye(a.shape[0], dtype=a.dtype))
+    x = jax.scipy.linalg.cho_solve((chol, True), b / scale) / scale
+    return jnp.where(ok, x, jnp.nan), ok
+
+
+def _inv_psd(a):
+    """Inverse of a small symmetric positive-definite matrix, NaN when it is not one."""
+    return _solve_spd(a, jnp.eye(a.shape[0], dtype=a.dtype))
+
+
+class _LMState(NamedTuple):
+    """Carry of the Levenberg-Marquardt loop (all per trial)."""
+
+    p: Array  # accepted parameters, (k,)
+    sse: Array  # SSE at p; inf before the first accepted evaluation
+    hess: Array  # J^T J at p, (k, k)
+    grad: Array  # J^T r at p, (k,)
+    aux: tuple  # the evaluation's extras at p
+    p_eval: Array  # the proposal evaluated next
+    pred: Array  # SSE decrease predicted for it by the Gauss-Newton model
+    lam: Array  # Marquardt damping
+    nu: Array  # growth factor of lam after a rejection (Nielsen)
+    n_iter: Array  # evaluations so far
+    n_stuck: Array  # consecutive evaluations without useful progress
+    converged: Array
+    done: Array
+
+
+def _levenberg_marquardt(evaluate, p0, *, max_iters, xtol, ftol):
+    """Minimize ``SSE(p) = |r(p)|^2`` from ``p0`` by Levenberg-Marquardt (Marquardt scaling,
+    Nielsen's damping update).
+
+    ``evaluate(p) -> (sse, J^T J, J^T r, aux)`` is called exactly once per iteration, at the
+    proposal (one call site: the solver inside it is compiled once). Converged when the
+    undamped Gauss-Newton step from the best point is below ``xtol`` in every parameter (the
+    parameters are logs or unit-free, so this is a relative accuracy). Stops early, not
+    converged, after 6 evaluations in a row that improve SSE by less than ``ftol`` relative
+    (a flat or noisy valley: the batch should not wait ``max_iters`` for it).
+
+    Returns:
+        The final :class:`_LMState`.
+    """
+    k = p0.shape[0]
+    _, _, _, aux_shape = jax.eval_shape(evaluate, p0)
+    aux0 = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), aux_shape)
+
+    def propose(p, hess, grad, lam):
+        diag = jnp.diag(hess)
+        damped = hess + jnp.diag(lam * (diag + 1e-12 * jnp.max(diag)))
+        step, ok = _solve_spd(damped, -grad)
+        step = jnp.where(ok, step, 0.0)
+        return p + step, -(2.0 * step @ grad + step @ hess @ step)
+
+    def body(s: _LMState) -> _LMState:
+        sse_e, hess_e, grad_e, aux_e = evaluate(s.p_eval)
+        first = ~jnp.isfinite(s.sse)
+        accept = sse_e < s.sse
+        rho = (s.sse - sse_e) / jnp.where(s.pred > 0, s.pred, jnp.inf)
+        lam = jnp.where(
+            accept,
+            jnp.where(first, s.lam, s.lam * jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)),
+            s.lam * s.nu,
+        )
+        nu = jnp.where(accept, 2.0, 2.0 * s.nu)
+        p, sse, hess, grad, aux = jax.tree.map(
+            lambda new, old: jnp.where(accept, new, old),
+            (s.p_eval, sse_e, hess_e, grad_e, aux_e),
+            (s.p, s.sse, s.hess, s.grad, s.aux),
+        )
+        gain = s.sse - sse_e
+        useful = accept & (first | (gain > ftol * sse_e))
+        n_stuck = jnp.where(useful, 0, s.n_stuck + 1)
+        newton, newton_ok = _solve_spd(hess, -grad)
+        converged = jnp.isfinite(sse) & newton_ok & (jnp.max(jnp.abs(newton)) <= xtol)
+        p_eval, pred = propose(p, hess, grad, lam)
+        n_iter = s.n_iter + 1
+        done = converged | (n_iter >= max_iters) | (n_stuck >= 6) | ~jnp.isfinite(sse)
+        return _LMState(
+            p, sse, hess, grad, aux, p_eval, pred, lam, nu, n_iter, n_stuck, converged, done
+        )
+
+    init = _LMState(
+        p=p0,
+        sse=jnp.asarray(jnp.inf, p0.dtype),
+        hess=jnp.zeros((k, k), p0.dtype),
+        grad=jnp.zeros((k,), p0.dtype),
+        aux=aux0,
+        p_eval=p0,
+        pred=jnp.asarray(1.0, p0.dtype),
+        lam=jnp.asarray(1e-3, p0.dtype),
+        nu=jnp.asarray(2.0, p0.dtype),
+        n_iter=jnp.asarray(0),
+        n_stuck=jnp.asarray(0),
+        converged=jnp.asarray(False),
+        done=jnp.asarray(False),
+    )
+    return jax.lax.while_loop(lambda s: ~s.done, body, init)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,73 +521,87 @@ def _cumtrapz(f, ts):
     return jnp.concatenate([jnp.zeros_like(f[:1]), jnp.cumsum(inc, axis=0)], axis=0)
 
 
-def _lstsq2(a, b, target, weight):
-    """Weighted least squares ``target ~ x1 a + x2 b`` for two coefficients (flattened)."""
-    a, b, target = (v.reshape(-1) * weight.reshape(-1) for v in (a, b, target))
-    aa, ab, bb = a @ a, a @ b, b @ b
-    at, bt = a @ target, b @ target
-    det = aa * bb - ab * ab
-    ok = det > 1e-12 * aa * bb
-    det = jnp.where(ok, det, 1.0)
-    return jnp.where(ok, (bb * at - ab * bt) / det, jnp.nan), jnp.where(
-        ok, (aa * bt - ab * at) / det, jnp.nan
-    )
+def _lstsq(cols, target):
+    """Least squares ``target ~ cols @ x`` for a few unknowns, NaN when ill-posed.
+
+    ``cols``: ``(m, k)``. Normal equations on unit-norm columns, solved by Cholesky; a
+    (near-)singular system returns NaN so that the caller falls back.
+    """
+    norms = jnp.sqrt(jnp.sum(cols**2, axis=0))
+    ok_cols = jnp.all(norms > 0)
+    x = cols / jnp.where(norms > 0, norms, 1.0)
+    inv, ok = _inv_psd(x.T @ x + 0.0)
+    coef = inv @ (x.T @ target)
+    good = ok & ok_cols & jnp.all(jnp.isfinite(coef))
+    return jnp.where(good, coef / jnp.where(norms > 0, norms, 1.0), jnp.nan)
 
 
 def _initial_estimates(trial: _Trial):
-    """Candidate ``(eta_h, eta_y)`` pairs from the data alone, shape ``(n_cand, 2)``.
+    """Candidate ``(eta_h, eta_y)`` pairs from the data alone, and an initial-state estimate.
 
     The vector field is linear in the rates, so integrating each equation of section 2 along
     the measured trajectory gives linear equations ("integral matching"):
 
-        h_t - h_0 = eta_h A_t,              A = -dx2 int w
-        y_t - y_0 = eta_y B_t + eta_h C_t,  B = -int w h,   C = -dx2 int w y / h
-        w_t - w_0 = eta_y D_t + eta_h E_t,  D = -1/2 int (3w - y + dy2) h,
+        h_t = h_0 + eta_h A_t,              A = -dx2 int w
+        y_t = y_0 + eta_y B_t + eta_h C_t,  B = -int w h,   C = -dx2 int w y / h
+        w_t = w_0 + eta_y D_t + eta_h E_t,  D = -1/2 int (3w - y + dy2) h,
                                             E = -1/2 dx2 int (y + w) w / h
 
-    Candidates: (1) all three equations jointly (each scaled by the spread of its variable),
-    (2) eta_h from the h equation and eta_y = c eta_h dx2 with ``c`` from the invariant of
-    section 4, ``y = c h^2 + K h`` (linear least squares in ``c, K``), (3) eta_h from the h
-    equation and eta_y from the w equation. A fallback from the trajectory's duration replaces
-    anything non-finite or non-positive (the noisy, barely-moving cases).
+    (integrals from ``ts[0]`` to ``t``; integrals rather than derivatives so noise averages
+    out). Candidates: (1) all three equations jointly with ``(h_0, y_0, w_0)`` free, which also
+    estimates the initial state from the whole trajectory rather than from one noisy epoch;
+    (2) the same anchored at the measured first point; (3) the h equation for ``eta_h``, then
+    ``eta_y = c eta_h dx2`` with ``c`` from the invariant of section 4, ``y = c h^2 + K h``;
+    (4) the h equation, then the w equation for ``eta_y``; (5) a fallback whose time scale is
+    a tenth of the recording. Each equation is scaled by the spread of its variable. Anything
+    non-finite or non-positive (noisy, barely-moving data) is replaced by the fallback.
+
+    Returns:
+        ``(candidates (5, 2), z0_estimate (3,))``; the estimate falls back to the measured
+        first point when candidate (1) is unusable.
     """
-    ts, Z, dx2, dy2 = trial
+    ts, Z, dx2, dy2 = trial.ts, trial.Z, trial.dx2, trial.dy2
     h, y, w = Z[:, 0], Z[:, 1], Z[:, 2]
     # The 1/h terms only feed initial guesses; keep them finite when noise pushes h to ~0.
-    h_floor = 1e-3 * jnp.max(jnp.abs(h))
-    h_safe = jnp.maximum(h, h_floor)
+    h_safe = jnp.maximum(h, 1e-3 * jnp.max(jnp.abs(h)))
     A = -dx2 * _cumtrapz(w, ts)
     B = -_cumtrapz(w * h, ts)
     C = -dx2 * _cumtrapz(w * y / h_safe, ts)
     D = -0.5 * _cumtrapz((3.0 * w - y + dy2) * h, ts)
     E = -0.5 * dx2 * _cumtrapz((y + w) * w / h_safe, ts)
-    dh, dyv, dw = h - h[0], y - y[0], w - w[0]
+    zeros, ones = jnp.zeros_like(A), jnp.ones_like(A)
+    sh, sy, sw = (1.0 / jnp.maximum(jnp.std(v), 1e-300) for v in (h, y, w))
 
-    def spread(v):
-        return 1.0 / jnp.maximum(jnp.sqrt(jnp.mean(v**2)), 1e-300)
+    # (1) joint, unknowns (eta_h, eta_y, h0, y0, w0).
+    cols = jnp.concatenate(
+        [
+            jnp.stack([A, zeros, ones, zeros, zeros], 1) * sh,
+            jnp.stack([C, B, zeros, ones, zeros], 1) * sy,
+            jnp.stack([E, D, zeros, zeros, ones], 1) * sw,
+        ]
+    )
+    x1 = _lstsq(cols, jnp.concatenate([h * sh, y * sy, w * sw]))
+    # (2) joint, anchored at the measured first point.
+    x2 = _lstsq(cols[:, :2], jnp.concatenate([(h - h[0]) * sh, (y - y[0]) * sy, (w - w[0]) * sw]))
+    # (3) h equation (with intercept), then the invariant y = c h^2 + K h.
+    eh3 = _lstsq(jnp.stack([A, ones], 1), h)[0]
+    c = _lstsq(jnp.stack([h**2, h], 1), y)[0]
+    # (4) h equation, then the w equation given eta_h.
+    ey4 = _lstsq(jnp.stack([D, ones], 1), w - eh3 * E)[0]
 
-    sh, sy, sw = spread(dh), spread(dyv), spread(dw)
-    zeros = jnp.zeros_like(A)
-    # (1) joint: unknowns (eta_h, eta_y); columns for eta_h: (A, C, E), for eta_y: (0, B, D).
-    col_h = jnp.concatenate([A * sh, C * sy, E * sw])
-    col_y = jnp.concatenate([zeros, B * sy, D * sw])
-    tgt = jnp.concatenate([dh * sh, dyv * sy, dw * sw])
-    eh1, ey1 = _lstsq2(col_h, col_y, tgt, jnp.ones_like(tgt))
-    # (2) h equation alone, then the invariant.
-    eh2 = jnp.dot(dh, A) / jnp.maximum(jnp.dot(A, A), 1e-300)
-    c, _ = _lstsq2(h**2, h, y, jnp.ones_like(h))
-    ey2 = c * eh2 * dx2
-    # (3) h equation, then the w equation given eta_h.
-    ey3 = jnp.dot(dw - eh2 * E, D) / jnp.maximum(jnp.dot(D, D), 1e-300)
-
-    cand = jnp.array([[eh1, ey1], [eh2, ey2], [eh2, ey3]])
-    # Fallback: a rate whose time scale is a tenth of the recorded duration.
+    cand = jnp.array([[x1[0], x1[1]], [x2[0], x2[1]], [eh3, c * eh3 * dx2], [eh3, ey4]])
     duration = ts[-1] - ts[0]
     fallback = jnp.stack([10.0 / (duration * dx2), 10.0 / (duration * jnp.maximum(dy2, 1e-3))])
-    good = jnp.isfinite(cand) & (cand > 0)
-    # A bad eta_h takes the fallback; a bad eta_y takes the other candidates' geometric mean.
-    cand = jnp.where(good, cand, fallback)
-    return jnp.concatenate([cand, fallback[None]], axis=0)
+    cand = jnp.where(jnp.isfinite(cand) & (cand > 0), cand, fallback)
+    cand = jnp.concatenate([cand, fallback[None]], axis=0)
+    # Keep the estimated start physical: y0 >= 0 and, by Cauchy-Schwarz on
+    # w = y - dy . dyhat, |w0 - y0| <= sqrt(dy2 y0). Noise on a start near h = y = 0 easily
+    # flips the sign of w0 otherwise, and with it the whole trajectory.
+    y0 = jnp.maximum(x1[3], 0.0)
+    reach = jnp.sqrt(dy2 * y0)
+    z0 = jnp.stack([x1[2], y0, jnp.clip(x1[4], y0 - reach, y0 + reach)])
+    z0_ok = jnp.all(jnp.isfinite(z0)) & (z0[0] > 0)
+    return cand, jnp.where(z0_ok, z0, Z[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -497,25 +620,35 @@ class _FitOpts(NamedTuple):
     fit_initial: bool
 
 
-def _sse(log_rates, trial, opts: _SolveOpts):
-    ys, ok, _ = _trajectory(trial.Z[0], trial.ts, log_rates, trial.dx2, trial.dy2, opts)
+def _sse(p, trial, opts: _SolveOpts):
+    ys, ok, _ = _model(p, trial, opts)
     sse = jnp.sum((ys - trial.Z) ** 2)
     return jnp.where(ok & jnp.isfinite(sse), sse, jnp.inf)
+
+
+def _subsample(trial: _Trial, n_max: int = 256) -> _Trial:
+    """At most ``n_max`` epochs, evenly spread, first and last kept: enough to rank starting
+    points, at a fraction of the cost of interpolating the solution at every epoch."""
+    n = trial.ts.shape[0]
+    if n <= n_max:
+        return trial
+    idx = np.unique(np.linspace(0, n - 1, n_max).round().astype(int))
+    return trial._replace(ts=trial.ts[idx], Z=trial.Z[idx], start_scale=_start_scale(trial))
+
+
+def _start_params(z0, trial: _Trial):
+    """Initial-state parameters ``q`` of :func:`_unpack` that give the state ``z0``."""
+    s = _start_scale(trial)
+    z_meas = trial.Z[0]
+    return jnp.stack(
+        [jnp.log(z0[0] / z_meas[0]), (z0[1] - z_meas[1]) / s[0], (z0[2] - z_meas[2]) / s[1]]
+    )
 
 
 def _r2(Z, ys):
     ss_res = jnp.sum((Z - ys) ** 2, axis=0)
     ss_tot = jnp.sum((Z - jnp.mean(Z, axis=0)) ** 2, axis=0)
     return jnp.where(ss_tot > 0, 1.0 - ss_res / jnp.where(ss_tot > 0, ss_tot, 1.0), jnp.nan)
-
-
-def _inv_psd(a):
-    """Inverse of a small symmetric positive-definite matrix, NaN when it is not one."""
-    chol = jnp.linalg.cholesky(a)
-    ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.diag(chol) > 1e-150)
-    eye = jnp.eye(a.shape[0], dtype=a.dtype)
-    inv = jax.scipy.linalg.cho_solve((jnp.where(ok, chol, eye), True), eye)
-    return jnp.where(ok, inv, jnp.nan), ok
 
 
 def _start_noise(Z, n_head: int = 32):
@@ -530,28 +663,28 @@ def _start_noise(Z, n_head: int = 32):
     return jnp.sqrt(jnp.mean(d2**2, axis=0) / 6.0)
 
 
-def _covariance(jac, sse, trial: _Trial, z0, fit_initial: bool):
-    """Covariance of ``(log eta_h, log eta_y)`` from the Jacobian ``(3n, 5)`` wrt
-    ``(log eta_h, log eta_y, q)`` (``q`` the initial-state parameters of :func:`_unpack`).
-
-    With the initial state fitted: the ``2x2`` block of ``sigma^2 (J^T J)^{-1}``,
-    ``sigma^2 = SSE / (3n - 5)``. With the ODE started at the measured first point,
-    ``sigma^2 = SSE / (3 (n - 1) - 2)`` (the first epoch's residuals vanish by construction),
-    and that point's own noise moves the estimate too: to first order
-    ``d(log eta) = -G dz0``, ``G = (J_r^T J_r)^{-1} J_r^T J_z``, so
-    ``cov = sigma^2 (J_r^T J_r)^{-1} + G S G^T`` with ``S`` the noise covariance of the first
-    point (diagonal, from :func:`_start_noise`).
+def _covariance_fitted_start(hess, sse, n_epochs):
+    """Covariance of ``(log eta_h, log eta_y)`` with the initial state fitted: the ``2x2``
+    block of ``sigma^2 (J^T J)^{-1}`` over all five parameters, ``sigma^2 = SSE / (3n - 5)``.
     """
-    n_epochs = trial.ts.shape[0]
-    if fit_initial:
-        sigma2 = sse / (3 * n_epochs - 5)
-        inv, ok = _inv_psd(jac.T @ jac)
-        return sigma2 * inv[:2, :2], ok
-    sigma2 = sse / (3 * (n_epochs - 1) - 2)
+    inv, ok = _inv_psd(hess)
+    return sse / (3 * n_epochs - 5) * inv[:2, :2], ok
+
+
+def _covariance_measured_start(jac, sse, trial: _Trial, z0):
+    """Covariance of ``(log eta_h, log eta_y)`` with the ODE started at the measured point.
+
+    ``jac``: ``(3n, 5)``, derivatives in ``(log eta_h, log eta_y, q)`` (``q`` the initial-state
+    parameters of :func:`_unpack`). ``sigma^2 = SSE / (3 (n - 1) - 2)`` (the first epoch's
+    residuals vanish by construction). The first point's own noise moves the estimate too: to
+    first order ``d(log eta) = -G dz0``, ``G = (J_r^T J_r)^{-1} J_r^T J_z``, so
+    ``cov = sigma^2 (J_r^T J_r)^{-1} + G S G^T`` with ``S`` the first point's noise
+    covariance (diagonal, from :func:`_start_noise`).
+    """
+    sigma2 = sse / (3 * (trial.ts.shape[0] - 1) - 2)
     j_rate = jac[:, :2]
-    # dz0/dq = diag(h0, s_y, s_w): back to derivatives in the natural units of z0, then
-    # scaled by the first point's noise.
-    dz_dq = jnp.concatenate([z0[:1], _start_scale(trial.Z)])
+    # dz0/dq = diag(h0, s_y, s_w): back to the natural units of z0, then times its noise.
+    dz_dq = jnp.concatenate([z0[:1], _start_scale(trial)])
     j_start = jac[:, 2:] / dz_dq * _start_noise(trial.Z)
     inv, ok = _inv_psd(j_rate.T @ j_rate)
     g = inv @ (j_rate.T @ j_start)
@@ -560,41 +693,58 @@ def _covariance(jac, sse, trial: _Trial, z0, fit_initial: bool):
 
 def _fit_one(trial: _Trial, init, opts: _FitOpts):
     """Fit one trajectory; returns a dict of per-trial arrays (vmapped by the caller)."""
+    cand, z0_est = _initial_estimates(trial)
     if opts.has_init:
-        start = jnp.log(init)
+        cand = jnp.log(init)[None]
+        scales = jnp.zeros(1)
     else:
-        # Score every candidate (and scales of it) with one batched forward solve; start from
-        # the best. Integral matching is usually within a few % already; the scales rescue the
-        # noisy and barely-moving cases where it is not.
-        cand = jnp.log(_initial_estimates(trial))
+        # Every candidate and a few scales of it. Integral matching is usually within a few %
+        # already; the scales rescue the noisy and barely-moving cases where it is not.
+        cand = jnp.log(cand)
         scales = jnp.log(jnp.asarray(opts.scales))
-        starts = (cand[:, None, :] + scales[None, :, None]).reshape(-1, 2)
-        sses = jax.vmap(lambda lr: _sse(lr, trial, opts.solve))(starts)
-        start = starts[jnp.argmin(sses)]
-    p0 = jnp.concatenate([start, jnp.zeros(3)]) if opts.fit_initial else start
+    rate_starts = (cand[:, None, :] + scales[None, :, None]).reshape(-1, 2)
+    if opts.fit_initial:
+        # The initial state starts at the integral-matching estimate (fitted to the whole
+        # trajectory) or at the measured first epoch, whichever scores better.
+        q_starts = jnp.stack([_start_params(z0_est, trial), jnp.zeros(3)])
+        n_r, n_q = rate_starts.shape[0], q_starts.shape[0]
+        starts = jnp.concatenate(
+            [jnp.repeat(rate_starts, n_q, axis=0), jnp.tile(q_starts, (n_r, 1))], axis=1
+        )
+    else:
+        starts = rate_starts
+    # Scored by one batched forward solve (on a subsample of the epochs); the optimizer starts
+    # from the best.
+    scoring = _subsample(trial)
+    sses = jax.vmap(lambda p: _sse(p, scoring, opts.solve))(starts)
+    p0 = starts[jnp.argmin(sses)]
+    start = p0[:2]
 
-    solver = optx.LevenbergMarquardt(rtol=opts.opt_rtol, atol=opts.opt_atol)
-    sol = optx.least_squares(
-        lambda p, tr: _residuals(p, tr, opts.solve),
-        solver,
+    lm = _levenberg_marquardt(
+        lambda p: _evaluate(p, trial, opts.solve),
         p0,
-        args=trial,
-        options={"jac": "fwd"},
-        max_steps=opts.max_iters,
-        throw=False,
+        max_iters=opts.max_iters,
+        xtol=opts.opt_atol,
+        ftol=opts.opt_rtol,
     )
-    p = sol.value
-    # One more forward-mode solve at the optimum, with tangents for the rates *and* the initial
-    # state (whether fitted or not, for the covariance): trajectory, Jacobian, status.
-    p5 = p if opts.fit_initial else jnp.concatenate([p, jnp.zeros(3)])
-    r, jac, (ys, ode_ok, steps) = _residuals_and_jacobian(p5, trial, opts.solve)
-    sse = jnp.sum(r**2)
-    log_rates, z0 = _unpack(p5, trial)
-    cov, pos_def = _covariance(jac, sse, trial, z0, opts.fit_initial)
+    p = lm.p
+    if opts.fit_initial:
+        # J^T J at the optimum is the loop's own: no further solve.
+        sse, (ys, steps, _) = lm.sse, lm.aux
+        log_rates, z0 = _unpack(p, trial)
+        cov, pos_def = _covariance_fitted_start(lm.hess, sse, trial.ts.shape[0])
+    else:
+        # One more forward-mode solve at the optimum with tangents for the rates *and* the
+        # measured start, whose noise the covariance propagates.
+        p5 = jnp.concatenate([p, jnp.zeros(3)])
+        sse, _, _, (ys, steps, jac) = _evaluate(p5, trial, opts.solve)
+        log_rates, z0 = _unpack(p5, trial)
+        cov, pos_def = _covariance_measured_start(jac, sse, trial, z0)
+    ode_ok = jnp.isfinite(sse)
+    optimizer_ok = lm.converged
     rel_se = jnp.sqrt(jnp.diag(cov))  # stderr of log(eta) = relative stderr of eta
     rates = jnp.exp(log_rates)
     identified = pos_def & jnp.all(rel_se < opts.max_rel_stderr)
-    optimizer_ok = sol.result == optx.RESULTS.successful
     finite = jnp.all(jnp.isfinite(rates)) & jnp.isfinite(sse) & jnp.all(jnp.isfinite(rel_se))
     return dict(
         eta_h=rates[0],
@@ -608,7 +758,7 @@ def _fit_one(trial: _Trial, init, opts: _FitOpts):
         optimizer_ok=optimizer_ok,
         ode_ok=ode_ok,
         identified=identified,
-        n_iters=sol.stats["num_steps"],
+        n_iters=lm.n_iter,
         n_ode_steps=steps,
         init_eta_h=jnp.exp(start[0]),
         init_eta_y=jnp.exp(start[1]),
@@ -661,7 +811,8 @@ def _check_ts_for(ts, n_epochs: int, what: str) -> np.ndarray:
     if np.any(d <= 0):
         i = int(np.argmax(d <= 0))
         raise ValueError(
-            f"ts must be strictly increasing; ts[{i}]={arr[i]!r} >= ts[{i + 1}]={arr[i + 1]!r}."
+            f"ts must be strictly increasing; ts[{i}]={float(arr[i])!r} >= "
+            f"ts[{i + 1}]={float(arr[i + 1])!r}."
         )
     return arr
 
@@ -724,7 +875,7 @@ def fit_rates(
     init: Float[ArrayLike, "*n_trials 2"] | None = None,
     rtol: float = 1e-7,
     atol: float = 1e-9,
-    max_steps: int = 4096,
+    max_steps: int = 1024,
     max_iters: int = 64,
     opt_rtol: float = 1e-6,
     opt_atol: float = 1e-6,
@@ -754,11 +905,16 @@ def fit_rates(
             invariant, see the module docstring), best of ``scales`` times each estimate.
         rtol, atol: ODE step-size tolerances used while fitting. Their error (~1e-7 of the
             variables' scale at the defaults) is far below any measurement noise.
-        max_steps: ODE step budget per solve; running out marks the trial ``ode_ok=False``.
+        max_steps: ODE step budget per solve (~50-150 are used on typical trajectories at
+            the default tolerances); a solve that runs out counts as failed: the optimizer
+            rejects that step, and at the optimum it marks the trial ``ode_ok=False``. Raise it
+            for dynamics much faster than the recording (the cost grows with it).
         max_iters: Levenberg-Marquardt iteration budget.
-        opt_rtol, opt_atol: optimizer termination tolerances (Cauchy criterion on the
-            log-rates and on the residuals, Optimistix convention). Keep them above the ODE
-            tolerances: the solution is only smooth in the rates to about ``rtol``.
+        opt_atol: convergence: the Gauss-Newton step from the best point is below this in
+            every parameter (log-rates, so a relative accuracy of the rates). Keep it well
+            above the ODE tolerances: the solution is smooth in the rates only to ``~rtol``.
+        opt_rtol: a step that lowers the SSE by less than this fraction makes no progress;
+            six in a row stop the trial (``optimizer_ok=False`` unless converged).
         max_rel_stderr: a trial is ``identified`` only when both relative standard errors
             ``stderr / eta`` are below this.
         scales: factors applied to each data-based estimate before scoring (a tiny
@@ -825,8 +981,9 @@ def fit_rates(
         ("max_rel_stderr", max_rel_stderr),
     ):
         check_positive(name, v)
-    if int(max_steps) < 1 or int(max_iters) < 1:
-        raise ValueError(f"max_steps={max_steps!r} and max_iters={max_iters!r} must be >= 1.")
+    for name, v in (("max_steps", max_steps), ("max_iters", max_iters)):
+        if int(v) < 1:
+            raise ValueError(f"{name}={v!r} is out of range: must be an integer >= 1.")
     scales = tuple(float(s) for s in np.atleast_1d(scales))
     check_positive("scales", np.asarray(scales))
 
@@ -862,12 +1019,16 @@ class _MeanOpts(NamedTuple):
     opt_rtol: float
     opt_atol: float
     max_rel_stderr: float
-    has_m0: bool
     n_grid: int
 
 
 def _fit_mean_one(ts, loss, z, dy2, m0_given, opts: _MeanOpts):
-    """Fit ``eta_mean`` (and ``m0`` unless given) to one loss curve."""
+    """Fit ``eta_mean`` (and ``m0`` where ``m0_given`` is NaN) to one loss curve.
+
+    Whether ``m0`` is fitted is data, not a static option, so given and fitted ``m0`` share
+    one compiled program.
+    """
+    fit_m0 = jnp.isnan(m0_given)
     t = ts - ts[0]
     # What the mean output must explain: L - 1/4 (w + 1/2 (dy2 - y)) = 1/2 m0 e^{-2 eta t}.
     target = loss - 0.25 * (z[:, 2] + 0.5 * (dy2 - z[:, 1]))
@@ -875,30 +1036,30 @@ def _fit_mean_one(ts, loss, z, dy2, m0_given, opts: _MeanOpts):
     def m0_of(log_eta):
         # m0 enters linearly: for given eta its least-squares value is closed-form (variable
         # projection), clipped at 0 (m0 is a squared distance).
-        if opts.has_m0:
-            return m0_given
         e = 0.5 * jnp.exp(-2.0 * jnp.exp(log_eta) * t)
-        return jnp.maximum(jnp.dot(e, target) / jnp.maximum(jnp.dot(e, e), 1e-300), 0.0)
+        best = jnp.maximum(jnp.dot(e, target) / jnp.maximum(jnp.dot(e, e), 1e-300), 0.0)
+        return jnp.where(fit_m0, best, m0_given)
 
-    def residuals(log_eta, _):
+    def residuals(log_eta):
         log_eta = log_eta[0]
         return 0.5 * m0_of(log_eta) * jnp.exp(-2.0 * jnp.exp(log_eta) * t) - target
 
     # Start: the best of a log grid spanning decay times from 1/1000 to 1000 durations.
     duration = jnp.maximum(t[-1], 1e-12)
     grid = jnp.linspace(jnp.log(1e-3 / duration), jnp.log(1e3 / duration), opts.n_grid)
-    sse_grid = jax.vmap(lambda le: jnp.sum(residuals(le[None], None) ** 2))(grid)
+    sse_grid = jax.vmap(lambda le: jnp.sum(residuals(le[None]) ** 2))(grid)
     start = grid[jnp.argmin(jnp.where(jnp.isfinite(sse_grid), sse_grid, jnp.inf))]
 
-    sol = optx.least_squares(
-        residuals,
-        optx.LevenbergMarquardt(rtol=opts.opt_rtol, atol=opts.opt_atol),
-        start[None],
-        options={"jac": "fwd"},
-        max_steps=opts.max_iters,
-        throw=False,
+    def evaluate(p):
+        jac, r = jax.jacfwd(lambda q: (residuals(q), residuals(q)), has_aux=True)(p)
+        sse = jnp.sum(r**2)
+        ok = jnp.isfinite(sse) & jnp.all(jnp.isfinite(jac))
+        return jnp.where(ok, sse, jnp.inf), jac.T @ jac, jac.T @ r, ()
+
+    lm = _levenberg_marquardt(
+        evaluate, start[None], max_iters=opts.max_iters, xtol=opts.opt_atol, ftol=opts.opt_rtol
     )
-    log_eta = sol.value[0]
+    log_eta = lm.p[0]
     eta = jnp.exp(log_eta)
     m0 = m0_of(log_eta)
     e = 0.5 * jnp.exp(-2.0 * eta * t)
@@ -907,20 +1068,17 @@ def _fit_mean_one(ts, loss, z, dy2, m0_given, opts: _MeanOpts):
     n = ts.shape[0]
     # Gauss-Newton covariance in (log eta, m0): dr/dlog eta = -2 eta t m0 e, dr/dm0 = e.
     j_eta = -2.0 * eta * t * m0 * e
-    if opts.has_m0:
-        var_log_eta = sse / (n - 1) / jnp.dot(j_eta, j_eta)
-        se_m0 = jnp.zeros(())
-        pos_def = jnp.dot(j_eta, j_eta) > 0
-    else:
-        inv, pos_def = _inv_psd(jnp.stack([j_eta, e], 1).T @ jnp.stack([j_eta, e], 1))
-        cov = sse / (n - 2) * inv
-        var_log_eta, se_m0 = cov[0, 0], jnp.sqrt(cov[1, 1])
+    jj = jnp.dot(j_eta, j_eta)
+    inv, pos_def2 = _inv_psd(jnp.stack([j_eta, e], 1).T @ jnp.stack([j_eta, e], 1))
+    var_log_eta = jnp.where(fit_m0, sse / (n - 2) * inv[0, 0], sse / (n - 1) / jj)
+    se_m0 = jnp.where(fit_m0, jnp.sqrt(sse / (n - 2) * inv[1, 1]), 0.0)
+    pos_def = jnp.where(fit_m0, pos_def2, jj > 0)
     rel_se = jnp.sqrt(var_log_eta)
     loss_fit = theory.loss_curve(ts, z, eta_mean=eta, dy2=dy2, m0=m0)
     ss_tot = jnp.sum((loss - jnp.mean(loss)) ** 2)
     r2 = jnp.where(ss_tot > 0, 1.0 - sse / jnp.where(ss_tot > 0, ss_tot, 1.0), jnp.nan)
     converged = (
-        (sol.result == optx.RESULTS.successful)
+        lm.converged
         & jnp.isfinite(eta)
         & jnp.isfinite(sse)
         & (m0 > 0)
@@ -935,7 +1093,7 @@ def _fit_mean_one(ts, loss, z, dy2, m0_given, opts: _MeanOpts):
         sse=sse,
         r2=r2,
         converged=converged,
-        n_iters=sol.stats["num_steps"],
+        n_iters=lm.n_iter,
         loss_fit=loss_fit,
     )
 
@@ -955,8 +1113,8 @@ def fit_eta_mean(
     dy2: Float[ArrayLike, "*n_trials"],
     m0: Float[ArrayLike, "*n_trials"] | None = None,
     max_iters: int = 64,
-    opt_rtol: float = 1e-8,
-    opt_atol: float = 1e-10,
+    opt_rtol: float = 1e-12,
+    opt_atol: float = 1e-8,
     max_rel_stderr: float = 0.1,
 ) -> MeanFit:
     """Fit the third rate ``eta_mean`` to training-loss curves, THEORY.md section 3 (Eq. 9).
@@ -977,7 +1135,8 @@ def fit_eta_mean(
         z: ``(h, y, w)`` at ``ts``, shape ``(n_epochs, 3)`` or ``(n_trials, n_epochs, 3)``.
         dy2: squared output distance (>= 0), scalar or ``(n_trials,)``.
         m0: ``||ybar - gbar(0)||^2`` (>= 0), scalar or ``(n_trials,)``; fitted when None.
-        max_iters, opt_rtol, opt_atol: Levenberg-Marquardt budget and tolerances.
+        max_iters, opt_rtol, opt_atol: Levenberg-Marquardt budget and tolerances (as in
+            :func:`fit_rates`; ``opt_atol`` bounds the last step in ``log eta_mean``).
         max_rel_stderr: ``converged`` requires ``stderr_eta_mean / eta_mean`` below this.
 
     Returns:
@@ -1026,7 +1185,7 @@ def fit_eta_mean(
     check_positive("dy2", dy2, allow_zero=True)
     dy2_b = _as_batch("dy2", dy2, n_trials)
     if m0 is None:
-        m0_b = np.zeros(n_trials)
+        m0_b = np.full(n_trials, np.nan)  # NaN: fit m0 (see _fit_mean_one)
     else:
         check_positive("m0", m0, allow_zero=True)
         m0_b = _as_batch("m0", m0, n_trials)
@@ -1038,9 +1197,7 @@ def fit_eta_mean(
         check_positive(name, v)
     if int(max_iters) < 1:
         raise ValueError(f"max_iters={max_iters!r} must be >= 1.")
-    opts = _MeanOpts(
-        int(max_iters), float(opt_rtol), float(opt_atol), float(max_rel_stderr), m0 is not None, 61
-    )
+    opts = _MeanOpts(int(max_iters), float(opt_rtol), float(opt_atol), float(max_rel_stderr), 61)
     out = _fit_mean_batch(
         jnp.asarray(ts_arr),
         jnp.asarray(loss_arr),

@@ -1,0 +1,341 @@
+"""unijax.fit: planted rates recovered through the ODE solver, batched equals looped, Jacobian
+vs finite differences, honest flags and standard errors, the loss-curve rate, bad input.
+
+Compilation dominates the cost of this file (~10-15 s per distinct shape and option set), so
+the fits share a few shapes: a batch of scenarios at 1000 epochs (default options, and once
+with ``fit_initial=True``), and short trajectories (60 epochs) batched and one by one.
+"""
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unijax import fit, theory
+
+N_EPOCHS = 1000
+TS = np.arange(float(N_EPOCHS))
+
+# name, h0, y0, s, eta_h, eta_y, dx2, dy2; w0 = y0 - s sqrt(y0 dy2) (|s| <= 1: the initial
+# outputs' difference is partly aligned with the targets' difference).
+SCENARIOS = [
+    ("plateau", 1e-4, 1e-6, 0.9, 2e-2, 1.5e-2, 1.0, 0.5),  # long plateau, then a jump
+    ("plateau2", 3e-4, 3e-5, 0.5, 1.5e-2, 2.5e-2, 1.0, 0.5),
+    ("intermediate", 0.1, 0.02, 0.3, 8e-3, 6e-3, 1.0, 0.5),
+    ("intermediate2", 0.05, 0.01, 0.7, 5e-3, 1e-2, 2.0, 0.3),  # other dx2, dy2 per trial
+    ("lazy", 3.0, 2.0, 0.5, 2e-3, 1.5e-3, 1.0, 0.5),  # large h0: exponential decay, h ~ h0
+    ("lazy2", 5.0, 1.0, -0.3, 1e-3, 2e-3, 0.5, 1.0),
+    ("identical_outputs", 0.3, 0.1, 0.0, 5e-3, 5e-3, 1.0, 0.0),  # dy2 = 0
+    ("barely_starts", 1e-3, 1e-5, 0.5, 1e-3, 1e-3, 1.0, 0.5),  # h moves 0.001 -> 0.0026
+]
+NAMES = [s[0] for s in SCENARIOS]
+DYNAMIC = np.array([n != "barely_starts" for n in NAMES])
+
+
+def _planted(scenarios, ts):
+    p = np.array([s[1:] for s in scenarios], dtype=float)
+    h0, y0, s, eta_h, eta_y, dx2, dy2 = p.T
+    z0 = np.stack([h0, y0, y0 - s * np.sqrt(y0 * dy2)], -1)
+    # Reference trajectories at tight tolerance (theory's defaults are 1e-8 / 1e-10).
+    Z = np.stack(
+        [
+            np.asarray(theory.solve(z, ts, eta_h=a, eta_y=b, dx2=c, dy2=d))
+            for z, a, b, c, d in zip(z0, eta_h, eta_y, dx2, dy2, strict=True)
+        ]
+    )
+    assert np.all(np.isfinite(Z))
+    return Z, eta_h, eta_y, dx2, dy2
+
+
+@pytest.fixture(scope="module")
+def planted():
+    return _planted(SCENARIOS, TS)
+
+
+def _noisy(Z, rel, seed, additive=False):
+    rng = np.random.default_rng(seed)
+    if additive:  # 1% of each variable's spread along its trajectory
+        out = Z + rel * Z.std(axis=1, keepdims=True) * rng.standard_normal(Z.shape)
+        out[:, 0, :2] = np.abs(out[:, 0, :2])  # a measured squared distance is >= 0
+        return out
+    return Z * (1.0 + rel * rng.standard_normal(Z.shape))
+
+
+def _rel_err(res, eta_h, eta_y):
+    return np.stack([np.asarray(res.eta_h) / eta_h - 1.0, np.asarray(res.eta_y) / eta_y - 1.0], -1)
+
+
+@pytest.fixture(scope="module")
+def clean_fit(planted):
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    return fit.fit_rates(TS, Z, dx2=dx2, dy2=dy2)
+
+
+def test_planted_rates_recovered_clean(planted, clean_fit):
+    Z, eta_h, eta_y, *_ = planted
+    res = clean_fit
+    err = _rel_err(res, eta_h, eta_y)
+    conv = np.asarray(res.converged)
+    assert conv[DYNAMIC].all(), dict(zip(NAMES, conv, strict=True))
+    # Spec: 0.1%. Typical is ~1e-6, set by the fit's own ODE tolerance (rtol 1e-7).
+    assert np.abs(err[DYNAMIC]).max() < 1e-3, err
+    # Barely moving: right, or honestly not converged.
+    assert (not conv[~DYNAMIC].any()) or np.abs(err[~DYNAMIC]).max() < 1e-3
+    assert np.all(np.asarray(res.r2)[DYNAMIC] > 0.9999)
+    assert res.z_fit.shape == Z.shape
+    np.testing.assert_allclose(res.z_fit, Z, atol=1e-5 * np.abs(Z).max())
+    np.testing.assert_allclose(res.z0_fit, Z[:, 0])  # section 11: the measured first point
+    np.testing.assert_allclose(res.sse, np.sum((res.z_fit - Z) ** 2, axis=(1, 2)), rtol=1e-10)
+    assert np.all(np.asarray(res.optimizer_ok)) and np.all(np.asarray(res.ode_ok))
+
+
+def test_data_based_start_is_already_close(planted, clean_fit):
+    # Integral matching on clean data: the optimizer starts within 1% and needs few steps.
+    _, eta_h, eta_y, *_ = planted
+    start = np.stack([clean_fit.init_eta_h / eta_h, clean_fit.init_eta_y / eta_y], -1) - 1.0
+    assert np.abs(start[DYNAMIC]).max() < 1e-2, start
+    assert np.asarray(clean_fit.n_iters).max() <= 10
+
+
+@pytest.mark.parametrize("additive", [False, True], ids=["multiplicative", "additive"])
+def test_planted_rates_recovered_with_1pct_noise(planted, clean_fit, additive):
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    before = fit._fit_batch._cache_size()
+    res = fit.fit_rates(TS, _noisy(Z, 0.01, seed=1, additive=additive), dx2=dx2, dy2=dy2)
+    assert fit._fit_batch._cache_size() == before  # same shapes and options: no recompile
+    err = _rel_err(res, eta_h, eta_y)
+    conv = np.asarray(res.converged)
+    # With the ODE started at the (noisy) measured first point, that point's noise dominates
+    # the error. Additive noise of 1% of the spread buries the plateau's start (h0 = 1e-4,
+    # noise ~3e-3): those trials must come back flagged; lazy2 (h moves by 0.6%) may be too.
+    assert conv[DYNAMIC].sum() >= DYNAMIC.sum() - 2, dict(zip(NAMES, conv, strict=True))
+    assert np.abs(err[conv & DYNAMIC]).max() < 0.05, err
+    # Flags are honest: a converged rate is within 4 of its standard errors of the truth.
+    se = np.stack([res.stderr_eta_h / res.eta_h, res.stderr_eta_y / res.eta_y], -1)
+    assert np.all(np.abs(err[conv]) < 4 * se[conv] + 1e-6), (err, se)
+    m = res.mean_over_converged()
+    assert int(m.n_used) == conv.sum() and int(m.n_failed) == res.n_failed == (~conv).sum()
+    assert np.isclose(m.eta_h, np.asarray(res.eta_h)[conv].mean())
+    assert "converged" in res.summary()
+
+
+def test_barely_moving_trajectory_is_right_or_flagged(planted):
+    # h moves from 0.001 to 0.0026 in 1000 epochs, y hardly at all: with noise the rates are
+    # not determined, and the fit must say so rather than return confident numbers.
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    for seed in range(3):
+        res = fit.fit_rates(TS, _noisy(Z, 0.01, seed=10 + seed), dx2=dx2, dy2=dy2)
+        i = NAMES.index("barely_starts")
+        err = _rel_err(res, eta_h, eta_y)[i]
+        se = np.array([res.stderr_eta_h[i] / res.eta_h[i], res.stderr_eta_y[i] / res.eta_y[i]])
+        # Right within its (honest) standard errors, or flagged.
+        assert (not bool(res.converged[i])) or np.all(np.abs(err) < 4 * se), (seed, err, se)
+
+
+def test_stderr_calibrated_and_scales_with_noise(planted):
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    zs, se = [], {}
+    for rel in (0.01, 0.02):
+        for seed in range(3):
+            res = fit.fit_rates(TS, _noisy(Z, rel, seed=100 + seed), dx2=dx2, dy2=dy2)
+            ok = np.asarray(res.converged) & DYNAMIC
+            err = _rel_err(res, eta_h, eta_y)[ok] * np.stack([eta_h, eta_y], -1)[ok]
+            s = np.stack([res.stderr_eta_h, res.stderr_eta_y], -1)[ok]
+            zs.append((err / s).ravel())
+            se.setdefault(rel, []).append(np.median(s / np.stack([eta_h, eta_y], -1)[ok]))
+    z = np.concatenate(zs)
+    # About 40 z-scores; their rms should be near 1 (truth covered at the nominal rate).
+    assert 0.4 < np.sqrt(np.mean(z**2)) < 2.0, z
+    ratio = np.median(se[0.02]) / np.median(se[0.01])
+    assert 1.5 < ratio < 2.7, ratio  # doubling the noise doubles the standard error
+
+
+def test_fitting_the_initial_state_beats_the_noisy_first_point(planted):
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    Zn = _noisy(Z, 0.01, seed=1)
+    res = fit.fit_rates(TS, Zn, dx2=dx2, dy2=dy2, fit_initial=True)
+    err = _rel_err(res, eta_h, eta_y)
+    conv = np.asarray(res.converged)
+    assert conv[DYNAMIC].all(), dict(zip(NAMES, conv, strict=True))
+    well_posed = DYNAMIC & (np.array(NAMES) != "lazy2")  # lazy2: eta_h known to ~10% only
+    assert np.abs(err[well_posed]).max() < 0.01, err
+    se = np.stack([res.stderr_eta_h / res.eta_h, res.stderr_eta_y / res.eta_y], -1)
+    assert np.all(np.abs(err[conv]) < 4 * se[conv] + 1e-6), (err, se)
+    # The fitted start is closer to the truth than the measurement.
+    dist_fit = np.abs(res.z0_fit - Z[:, 0])[DYNAMIC].mean()
+    assert dist_fit < np.abs(Zn[:, 0] - Z[:, 0])[DYNAMIC].mean()
+    # The reported SSE is the sum of squares of section 11, at the fitted start.
+    np.testing.assert_allclose(res.sse, np.sum((res.z_fit - Zn) ** 2, axis=(1, 2)), rtol=1e-10)
+
+
+SHORT = [  # 60 epochs: fast rates, the dynamics partly recorded
+    ("short_plateau", 1e-2, 1e-3, 0.9, 0.3, 0.2, 1.0, 0.5),
+    ("short_intermediate", 0.1, 0.02, 0.3, 0.1, 0.08, 1.0, 0.5),
+    ("short_lazy", 3.0, 2.0, 0.5, 0.03, 0.02, 1.0, 0.5),
+]
+
+
+def test_short_trajectories_and_batched_equals_looped():
+    ts = np.arange(60.0)
+    Z, eta_h, eta_y, dx2, dy2 = _planted(SHORT, ts)
+    batched = fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2)
+    err = _rel_err(batched, eta_h, eta_y)
+    assert np.all(np.asarray(batched.converged))
+    assert np.abs(err).max() < 1e-3, err
+    for i in range(len(SHORT)):
+        single = fit.fit_rates(ts, Z[i], dx2=dx2[i], dy2=dy2[i])
+        assert single.eta_h.shape == () and single.r2.shape == (3,)
+        assert single.z_fit.shape == (60, 3)
+        # Same per-trial program, batched or not; only XLA's vectorization differs.
+        for f in ("eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y"):
+            np.testing.assert_allclose(
+                getattr(single, f), getattr(batched, f)[i], rtol=1e-6, err_msg=f
+            )
+        np.testing.assert_allclose(single.z_fit, batched.z_fit[i], atol=1e-12)
+        assert bool(single.converged) == bool(batched.converged[i])
+    assert fit.fit_rates(ts, Z[0], dx2=1.0, dy2=0.5, return_trajectory=False).z_fit is None
+
+
+def test_jacobian_through_the_solver_matches_finite_differences(planted):
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    opts = fit._SolveOpts(rtol=1e-10, atol=1e-12, max_steps=4096)
+    i = NAMES.index("plateau")
+    trial = fit._Trial(jnp.asarray(TS), jnp.asarray(Z[i]), dx2[i], dy2[i])
+    # Parameters: log-rates and the three initial-state parameters, away from the optimum.
+    p = jnp.array([np.log(eta_h[i]) + 0.05, np.log(eta_y[i]) - 0.05, 0.02, 0.01, -0.01])
+    sse, _, grad, (ys, _, jac) = jax.jit(fit._evaluate, static_argnums=2)(p, trial, opts)
+    assert np.isfinite(sse) and jac.shape == (3 * N_EPOCHS, 5)
+    res_fn = jax.jit(lambda q: fit._model(q, trial, opts)[0].reshape(-1) - trial.Z.reshape(-1))
+    eps = 1e-5
+    for k in range(5):
+        dp = jnp.zeros(5).at[k].set(eps)
+        fd = (res_fn(p + dp) - res_fn(p - dp)) / (2 * eps)
+        # The adaptive mesh moves with p (its gradient is stopped): agreement to ~tolerance.
+        np.testing.assert_allclose(jac[:, k], fd, atol=1e-5 * np.abs(jac[:, k]).max())
+        # ... and so does the gradient of the objective, J^T r = 1/2 dSSE/dp.
+        fd_sse = (np.sum(res_fn(p + dp) ** 2) - np.sum(res_fn(p - dp) ** 2)) / (2 * eps)
+        # (Cancellations in J^T r: compare against the scale |J_k| |r|.)
+        scale = 2 * np.linalg.norm(jac[:, k]) * np.sqrt(sse)
+        np.testing.assert_allclose(2 * grad[k], fd_sse, atol=1e-5 * scale, err_msg=f"p{k}")
+    # The fit's own trajectory (steps + quintic Hermite interpolation) against theory.solve
+    # with an implicit solver at tight tolerance.
+    ref = theory.solve(
+        fit._unpack(p, trial)[1],
+        TS,
+        eta_h=float(np.exp(p[0])),
+        eta_y=float(np.exp(p[1])),
+        dx2=dx2[i],
+        dy2=dy2[i],
+        rtol=1e-11,
+        atol=1e-13,
+        solver=diffrax.Kvaerno5(),
+        max_steps=100_000,
+    )
+    np.testing.assert_allclose(ys, ref, atol=1e-8 * np.abs(ref).max())
+
+
+def test_eta_mean_recovered(clean_fit, planted):
+    Z, eta_h, eta_y, dx2, dy2 = planted
+    n = len(SCENARIOS)
+    eta_mean = np.linspace(2e-3, 1e-2, n)
+    m0 = np.linspace(0.1, 0.8, n)
+    # One more curve without a mean part (m0 = 0): eta_mean is then undetermined.
+    eta_mean, m0 = np.append(eta_mean, 1e-3), np.append(m0, 0.0)
+    z = np.concatenate([np.asarray(clean_fit.z_fit), Z[:1]])
+    dy2 = np.append(dy2, dy2[0])
+    loss = np.stack(
+        [
+            theory.loss_curve(TS, zi, eta_mean=e, dy2=d, m0=m)
+            for zi, e, d, m in zip(z, eta_mean, dy2, m0, strict=True)
+        ]
+    )
+    res = fit.fit_eta_mean(TS, loss, z, dy2=dy2)
+    conv = np.asarray(res.converged)
+    assert conv[:n].all() and not conv[n]
+    np.testing.assert_allclose(res.eta_mean[:n], eta_mean[:n], rtol=1e-3)
+    np.testing.assert_allclose(res.m0[:n], m0[:n], rtol=1e-3)
+    assert np.all(np.asarray(res.r2)[:n] > 0.9999)
+    assert res.loss_fit.shape == loss.shape and res.n_failed == 1
+    mean, _, n_used = res.mean_over_converged()
+    assert int(n_used) == n and np.isclose(mean, eta_mean[:n].mean(), rtol=1e-3)
+    # m0 given (the same compiled program); with 1% noise the planted rate comes back to a
+    # few % and within 4 standard errors.
+    rng = np.random.default_rng(3)
+    noisy = loss * (1 + 0.01 * rng.standard_normal(loss.shape))
+    res = fit.fit_eta_mean(TS, noisy, z, dy2=dy2, m0=m0)
+    err = np.asarray(res.eta_mean)[:n] / eta_mean[:n] - 1
+    assert np.all(np.asarray(res.converged)[:n]) and np.abs(err).max() < 0.03, err
+    assert np.all(np.abs(err * eta_mean[:n]) < 4 * np.asarray(res.stderr_eta_mean)[:n])
+    np.testing.assert_array_equal(res.m0, m0)
+    assert not bool(res.converged[n])
+
+
+# --- bad input: every check runs before anything is traced -----------------------------------
+
+_GOOD_Z = np.tile(np.array([0.1, 0.02, -0.01]), (3, 1))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dx2=0.0), r"dx2=0\.0 is out of range: must lie in \(0, inf\)"),
+        (dict(dx2=np.array([1.0, -1.0])), r"dx2 .* must lie in \(0, inf\)"),
+        (dict(dy2=-0.1), r"dy2=-0\.1 is out of range: must lie in \[0, inf\)"),
+        (dict(dy2=np.ones(3)), r"dy2 must be a scalar or have shape \(n_trials,\) = \(2,\)"),
+        (dict(Z=np.ones((2, 3, 2))), r"Z must have shape \(n_epochs, 3\) or"),
+        (dict(Z=np.ones((3,))), r"Z must have shape"),
+        (dict(Z=np.ones((2, 2, 3))), r"at least 1 trial and 3 epochs"),
+        (dict(ts=np.array([0.0, 2.0, 1.0])), r"strictly increasing; ts\[1\]=2\.0 >= ts\[2\]"),
+        (dict(ts=np.arange(4.0)), r"ts has 4 epochs but Z has 3"),
+        (dict(ts=np.zeros((3, 1))), r"ts must be a 1-D array"),
+        (dict(init=np.array([1e-3, 0.0])), r"init .* must lie in \(0, inf\)"),
+        (dict(init=np.ones((3, 2))), r"init must have shape \(2,\) or \(n_trials, 2\)"),
+        (dict(rtol=0.0), r"rtol=0\.0 is out of range"),
+        (dict(max_iters=0), r"max_iters=0 is out of range: must be an integer >= 1"),
+    ],
+)
+def test_bad_input_raises(kwargs, match):
+    args = dict(ts=np.arange(3.0), Z=np.stack([_GOOD_Z, _GOOD_Z]), dx2=1.0, dy2=0.5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit.fit_rates(args.pop("ts"), args.pop("Z"), **args)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda Z: Z.__setitem__((1, 2, 1), np.nan), r"trial 1, epoch 2, variable y"),
+        (lambda Z: Z.__setitem__((0, 1, 2), np.inf), r"trial 0, epoch 1, variable w"),
+        (lambda Z: Z.__setitem__((1, 0, 0), 0.0), r"Z\[1, 0, 0\] \(h0.*must lie in \(0, inf\)"),
+        (lambda Z: Z.__setitem__((0, 0, 1), -1e-3), r"Z\[0, 0, 1\] \(y0.*must lie in \[0, inf\)"),
+    ],
+)
+def test_bad_trajectory_raises(edit, match):
+    Z = np.stack([_GOOD_Z, _GOOD_Z])
+    edit(Z)
+    with pytest.raises(ValueError, match=match):
+        fit.fit_rates(np.arange(3.0), Z, dx2=1.0, dy2=0.5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(dy2=-1.0), r"dy2=-1\.0 is out of range"),
+        (dict(m0=-0.1), r"m0=-0\.1 is out of range: must lie in \[0, inf\)"),
+        (dict(loss=np.array([1.0, np.nan, 0.5])), r"loss must be finite"),
+        (dict(z=np.ones((4, 3))), r"z must have shape \(3, 3\)"),
+        (dict(ts=np.array([0.0, 1.0, 1.0])), r"strictly increasing"),
+        (dict(loss=np.ones((3, 1, 1))), r"loss must have shape"),
+    ],
+)
+def test_eta_mean_bad_input_raises(kwargs, match):
+    args = dict(ts=np.arange(3.0), loss=np.array([1.0, 0.8, 0.7]), z=_GOOD_Z, dy2=0.5)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        fit.fit_eta_mean(args.pop("ts"), args.pop("loss"), args.pop("z"), **args)
+
+
+def test_float32_refused():
+    with jax.enable_x64(False), pytest.raises(RuntimeError, match="64-bit"):
+        fit.fit_rates(np.arange(3.0), _GOOD_Z, dx2=1.0, dy2=0.5)
