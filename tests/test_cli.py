@@ -173,11 +173,13 @@ def test_interrupted_run_resumes_without_losing_finished_work(tmp_path):
 
 def test_set_and_seeds_reach_the_config(tmp_path, capsys):
     out = tmp_path / "out"
-    code = cli.main(["run", "E7", "--preset", "tiny", "--seeds", "1", "--set", "depth=4",
-                     "--out", str(out), "--no-progress"])
+    # (--seeds 2 and depth=6 are the tiny preset's own sizes: the compiled programs are shared
+    # with the other tests; seed=3 changes only the random draws.)
+    code = cli.main(["run", "E7", "--preset", "tiny", "--seeds", "2", "--set", "depth=6",
+                     "--set", "seed=3", "--out", str(out), "--no-progress"])
     assert code == 0
     cfg = json.loads((out / "E7" / "config.json").read_text())["config"]
-    assert cfg["seeds"] == 1 and cfg["depth"] == 4
+    assert cfg["seeds"] == 2 and cfg["depth"] == 6 and cfg["seed"] == 3
     summary = json.loads((out / "E7" / "results.json").read_text())
     assert summary["config"] == cfg and len(summary["config_hash"]) == 64
     printed = capsys.readouterr().out

@@ -40,7 +40,7 @@ __all__ = ["main", "build_parser"]
 
 DEFAULT_OUT = "unijax_out"
 #: Experiments that use the default architecture's fitted rates of an earlier experiment.
-_RATE_SOURCES = ("E3", "E1")
+_RATE_SOURCES = ("E1", "E3")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -165,7 +165,7 @@ def _configs(args) -> dict[str, Any]:
 
 
 def _upstream_rates(store: ResultStore) -> dict | None:
-    """Default-architecture rates from a finished E3 or E1 in the same directory, or None."""
+    """Default-architecture rates from a finished E1 (else E3) in the same directory, or None."""
     for src in _RATE_SOURCES:
         summary = store.load_summary(src)
         if not summary or not store.is_finished(src, summary.get("config_hash", "")):
@@ -366,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_report(args)
     except BadInput as e:
         return _fail(str(e))
+    except BrokenPipeError:  # e.g. `unijax list | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

@@ -273,7 +273,11 @@ def agreement(result) -> dict:
         measured=measured,
         criterion=f"median over architectures of Pearson r >= {R_PASS}",
         passed=passed,
-        figures={"per_architecture": table, "median_pearson_r": med},
+        figures={"per_architecture": table, "median_pearson_r": med,
+                 **({"default_rates": {
+                     "eta_h": table["default"]["eta_h"], "eta_y": table["default"]["eta_y"],
+                     "n": table["default"]["n_rate_fits"]}}
+                    if "default" in table and np.isfinite(table["default"]["eta_h"]) else {})},
         counts=counts,
         notes=["Rates per architecture: mean over the completed fits at dx2 = 1, dy2 = 0.5 "
                f"({int(result.fit_converged.sum())} of {result.fit_converged.size} trials)."],

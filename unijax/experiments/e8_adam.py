@@ -51,9 +51,11 @@ class Config:
         seeds, seed: trials per row and base seed.
         width, max_depth: sizes of the two-point and XOR networks (None: the paper's).
         dyn_rows, dyn_lr, dyn_epochs: E1 part (two-point rows).
-        xor_rows, xor_lr, xor_epochs, xor_low_gain: E4 part.
-        blobs_rows, blobs_lr, blobs_epochs, blobs_n_grid, blobs_width: E5 part.
-        digits_lr, digits_epochs, mnist, n_train, digits_width: E6 part.
+        xor_rows, xor_lr, xor_epochs, xor_low_gain: E4 part (no rows: part skipped).
+        blobs_rows, blobs_lr, blobs_epochs, blobs_n_grid, blobs_width: E5 part (no rows:
+            skipped).
+        digits, digits_lr, digits_epochs, mnist, n_train, digits_width: E6 part (skipped when
+            ``digits`` is false).
         loss_threshold: final loss above this = not converged (XOR); blobs_loss_threshold
             for the blobs (Adam at a constant rate keeps a mini-batch noise floor near 1e-3
             there); digits use E6's 0.02.
@@ -76,6 +78,7 @@ class Config:
     blobs_epochs: int = 500
     blobs_n_grid: int = 30
     blobs_width: int | None = None
+    digits: bool = True
     digits_lr: float = 1e-3
     digits_epochs: int = 500
     mnist: str | None = None
@@ -98,8 +101,10 @@ class Config:
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
         check_choices("dyn_rows", self.dyn_rows, tp.TABLE1)
-        check_choices("xor_rows", self.xor_rows, e4.XOR_ROWS)
-        check_choices("blobs_rows", self.blobs_rows, e5.BLOB_ROWS)
+        if self.xor_rows:  # an empty tuple skips the part
+            check_choices("xor_rows", self.xor_rows, e4.XOR_ROWS)
+        if self.blobs_rows:
+            check_choices("blobs_rows", self.blobs_rows, e5.BLOB_ROWS)
         for f in ("dyn_lr", "xor_lr", "blobs_lr", "digits_lr", "loss_threshold",
                   "blobs_loss_threshold"):
             check_float(f, getattr(self, f))
@@ -129,8 +134,8 @@ presets = {
                     rates_time_scale=1.0, rates_seeds=4),
     "tiny": Config(seeds=2, width=16, max_depth=4, dyn_epochs=tp.FIT_POINTS, dyn_lr=1e-3,
                    xor_rows=("xor_low_weights",), xor_epochs=300, xor_lr=1e-3, xor_low_gain=0.5,
-                   blobs_rows=("blobs_high_weights",), blobs_epochs=100, blobs_n_grid=6,
-                   blobs_width=16, digits_epochs=tp.FIT_POINTS, n_train=256, digits_width=16,
+                   blobs_rows=(), blobs_epochs=100, blobs_n_grid=6, blobs_width=16,
+                   digits=False, digits_epochs=tp.FIT_POINTS, n_train=256, digits_width=16,
                    loss_threshold=0.05, blobs_loss_threshold=0.25, rates_width=16,
                    rates_max_depth=4, rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0,
                    rates_seeds=2),
@@ -181,29 +186,35 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         r2_loss=f["r2_loss"], loss_fit=f["loss_fit"], loss_converged=f["loss_converged"],
     )
 
+    arrays = _flatten("dyn", dyn)
+
     # E4 part: XOR.
-    xcfg = e4.Config(rows=config.xor_rows, width=config.width, max_depth=config.max_depth,
-                     low_gain=config.xor_low_gain, low_epochs=config.xor_epochs,
-                     seeds=config.seeds, loss_threshold=config.loss_threshold)
-    xor = _structure_run(e4, xcfg, config.xor_lr, config.xor_epochs, k_xor, progress, cache,
-                         up, "xor")
+    if config.xor_rows:
+        xcfg = e4.Config(rows=config.xor_rows, width=config.width, max_depth=config.max_depth,
+                         low_gain=config.xor_low_gain, low_epochs=config.xor_epochs,
+                         seeds=config.seeds, loss_threshold=config.loss_threshold)
+        xor = _structure_run(e4, xcfg, config.xor_lr, k_xor, progress, cache, up, "xor")
+        arrays.update(_flatten("xor", xor))
 
     # E5 part: blobs.
-    bcfg = e5.Config(rows=config.blobs_rows, width=config.blobs_width,
-                     epochs=config.blobs_epochs, n_grid=config.blobs_n_grid,
-                     seeds=config.seeds, loss_threshold=config.blobs_loss_threshold,
-                     mds_points=min(600, 2 * config.blobs_n_grid ** 2))
-    blobs = _structure_run(e5, bcfg, config.blobs_lr, config.blobs_epochs, k_blobs, progress,
-                           cache, up, "blobs")
+    if config.blobs_rows:
+        bcfg = e5.Config(rows=config.blobs_rows, width=config.blobs_width,
+                         epochs=config.blobs_epochs, n_grid=config.blobs_n_grid,
+                         seeds=config.seeds, loss_threshold=config.blobs_loss_threshold,
+                         mds_points=min(600, 2 * config.blobs_n_grid ** 2))
+        blobs = _structure_run(e5, bcfg, config.blobs_lr, k_blobs, progress, cache, up,
+                               "blobs")
+        arrays.update(_flatten("blobs", blobs))
 
     # E6 part: digits.
-    dcfg = e6.Config(mnist=config.mnist, n_train=config.n_train, width=config.digits_width,
-                     epochs=config.digits_epochs, seeds=config.seeds,
-                     n_structure=100 if config.n_train is None else min(100, config.n_train))
-    digits = e6.run(dcfg, key=k_dig, progress=progress, cache=_prefixed(cache, "digits"),
-                    upstream=up, optimizer="adam", lr=config.digits_lr)
-    arrays = {**_flatten("dyn", dyn), **_flatten("xor", xor), **_flatten("blobs", blobs),
-              **_flatten("digits", digits)}
+    if config.digits:
+        dcfg = e6.Config(mnist=config.mnist, n_train=config.n_train,
+                         width=config.digits_width, epochs=config.digits_epochs,
+                         seeds=config.seeds,
+                         n_structure=100 if config.n_train is None else min(100, config.n_train))
+        digits = e6.run(dcfg, key=k_dig, progress=progress, cache=_prefixed(cache, "digits"),
+                        upstream=up, optimizer="adam", lr=config.digits_lr)
+        arrays.update(_flatten("digits", digits))
     return Result(arrays=arrays)
 
 
@@ -211,23 +222,29 @@ def _prefixed(cache, prefix):
     return lambda chunk, compute: cache(f"{prefix}-{chunk}", compute)
 
 
-def _structure_run(mod, cfg, lr, epochs, key, progress, cache, upstream, prefix):
+def _structure_run(mod, cfg, lr, key, progress, cache, upstream, prefix):
     return mod.run(cfg, key=key, progress=progress, cache=_prefixed(cache, prefix),
                    upstream=upstream, optimizer="adam", lr=lr)
 
 
-def parts(result):
-    return (result.part("dyn", e1.Result), result.part("xor", e4.Result),
-            result.part("blobs", e5.Result), result.part("digits", e6.Result))
+_PARTS = {"dyn": e1.Result, "xor": e4.Result, "blobs": e5.Result, "digits": e6.Result}
+
+
+def parts(result) -> tuple:
+    """``(dyn, xor, blobs, digits)`` results; None for a part that was skipped."""
+    return tuple(result.part(p, cls) if f"{p}_{dataclasses.fields(cls)[0].name}" in
+                 result.arrays else None for p, cls in _PARTS.items())
 
 
 def agreement(result) -> dict:
     dyn, xor, blobs, digits = parts(result)
-    a1, a4, a5, a6 = (e1.agreement(dyn), e4.agreement(xor), e5.agreement(blobs),
-                      e6.agreement(digits))
+    a1 = e1.agreement(dyn)
+    a4 = e4.agreement(xor) if xor is not None else None
+    a5 = e5.agreement(blobs) if blobs is not None else None
+    a6 = e6.agreement(digits) if digits is not None else None
     med = a1["figures"]["median_r2"]
-    t4 = a4["figures"]["per_row"]
-    t5 = a5["figures"]["per_row"]
+    t4 = a4["figures"]["per_row"] if a4 else {}
+    t5 = a5["figures"]["per_row"] if a5 else {}
     checks, why = [], []
     low = t4.get("xor_low_weights")
     if low and low["used"]:
@@ -239,21 +256,28 @@ def agreement(result) -> dict:
         checks.append(high["ratio_measured"]["mean"] > e4.KEPT_RATIO)
         why.append(f"XOR high-weight ratio {fmt(high['ratio_measured']['mean'])} > "
                    f"{e4.KEPT_RATIO}")
-    if a5["passed"] is not None:
+    if a5 and a5["passed"] is not None:
         checks.append(a5["passed"])
         why.append(f"blobs: {a5['headline']}")
-    if a6["passed"] is not None:
+    if a6 and a6["passed"] is not None:
         checks.append(a6["passed"])
         why.append(f"digits r {fmt(a6['figures']['pearson_r']['mean'])} >= {e6.R_PASS}")
     passed = bool(all(checks)) if checks else None
-    headline = (f"dynamics R^2 h/y/w {fmt(med['h'])}/{fmt(med['y'])}/{fmt(med['w'])}; "
-                f"structures: XOR ratio {fmt((low or {}).get('ratio_measured', {}).get('mean'))}"
-                f", blobs {a5['headline'].split(' (')[0]}, digits r "
-                f"{fmt(a6['figures']['pearson_r']['mean'])}")
-    measured = (f"Adam. Dynamics (E1 part): {a1['measured']} XOR (E4 part): {a4['measured']} "
-                f"Blobs (E5 part): {a5['measured']} Digits (E6 part): {a6['measured']}")
+    heads = [f"dynamics R^2 h/y/w {fmt(med['h'])}/{fmt(med['y'])}/{fmt(med['w'])}"]
+    if a4:
+        heads.append(f"XOR low-weight ratio "
+                     f"{fmt((low or {}).get('ratio_measured', {}).get('mean'))}")
+    if a5:
+        heads.append(f"blobs {a5['headline'].split(' (')[0]}")
+    if a6:
+        heads.append(f"digits r {fmt(a6['figures']['pearson_r']['mean'])}")
+    headline = "; ".join(heads)
+    measured = "Adam. " + " ".join(
+        f"{label} part: {a['measured']}" for label, a in
+        (("Dynamics (E1)", a1), ("XOR (E4)", a4), ("Blobs (E5)", a5), ("Digits (E6)", a6))
+        if a is not None)
     counts = {}
-    for a in (a1, a4, a5, a6):
+    for a in (a for a in (a1, a4, a5, a6) if a is not None):
         for k, v in a["counts"].items():
             counts[k] = counts.get(k, 0) + v
     return make_agreement(
@@ -263,12 +287,15 @@ def agreement(result) -> dict:
         + " (the dynamics R^2 is reported, not judged: the paper expects a poor fit)",
         passed=passed,
         figures={"dynamics_median_r2": med, "xor": t4, "blobs": t5,
-                 "digits": {k: a6["figures"][k] for k in ("pearson_r",
-                                                          "pearson_r_without_same_digit")},
+                 "digits": ({k: a6["figures"][k] for k in ("pearson_r",
+                                                           "pearson_r_without_same_digit")}
+                            if a6 else None),
                  "dynamics_per_row": a1["figures"]["per_architecture"]},
         counts=counts,
-        notes=[f"Adam learning rates: taken from the config (dyn {float(dyn.lr[0]):g}); rates "
-               f"for the predictions: {str(xor.rates_source)}."],
+        notes=[f"Adam learning rates from the config (two-point part {float(dyn.lr[0]):g}). "
+               "Parts skipped in this run: " + (", ".join(
+                   p for p, r in zip(_PARTS, (dyn, xor, blobs, digits), strict=True)
+                   if r is None) or "none") + "."],
     )
 
 
@@ -277,9 +304,12 @@ def plot(result, outdir) -> list[Path]:
     paths = []
     paths += e1.plot_dynamics(dyn, outdir, stem="adam_dynamics", title="Adam")
     paths += e1.plot_loss(dyn, outdir, stem="adam_loss_curves")
-    paths += e4.plot(xor, outdir, stem="adam_xor_distance_matrices")
-    paths += e5.plot(blobs, outdir, stem="adam_blobs_mds")
-    paths += e6.plot(digits, outdir, stem="adam_digits")
+    if xor is not None:
+        paths += e4.plot(xor, outdir, stem="adam_xor_distance_matrices")
+    if blobs is not None:
+        paths += e5.plot(blobs, outdir, stem="adam_blobs_mds")
+    if digits is not None:
+        paths += e6.plot(digits, outdir, stem="adam_digits")
     return paths
 
 
