@@ -537,12 +537,14 @@ def run_sweep(
         store.save_chunk(name, chunk.id, arrays, h)
         n_computed += 1
         if progress:
+            who = f"process {pid}/{nproc}: " if nproc > 1 else ""
             print(
-                f"unijax sweep: process {pid}: chunk {chunk.index + 1}/{len(chunks)} "
-                f"({j + 1}/{len(mine)} of this process) arch={cfg.archs[chunk.arch]} "
+                f"unijax sweep: {who}chunk {chunk.index + 1}/{len(chunks)} "
+                f"arch={cfg.archs[chunk.arch]} "
                 f"gains[{chunk.gains[0]}:{chunk.gains[0] + chunk.n_gains}] "
                 f"seeds[{chunk.seeds[0]}:{chunk.seeds[0] + chunk.n_seeds}] "
-                f"{time.perf_counter() - t0:.1f} s (total {time.perf_counter() - t_start:.1f} s)",
+                f"{time.perf_counter() - t0:.1f} s ({j + 1}/{len(mine)} done or loaded, "
+                f"{time.perf_counter() - t_start:.0f} s so far)",
                 file=sys.stderr,
                 flush=True,
             )
