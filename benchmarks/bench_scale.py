@@ -9,7 +9,8 @@ set before JAX starts; on CPU ``XLA_FLAGS=--xla_force_host_platform_device_count
 host into N devices, on GPU all visible GPUs are used in turn 1, 2, 4, ... up to all):
 
 * ``devices``: throughput (trials/s, best of 3 after a warm-up call) of
-  :func:`unijax.distributed.sharded_fit_rates` on 64 trials (trajectories of the ODE with
+  :func:`unijax.distributed.sharded_fit_rates` (mode ``shard_map``; ``per_device`` and
+  ``spmd`` too, in the multi-device process) on 64 trials (trajectories of the ODE with
   noise, 300 epochs) and of :func:`unijax.train.train` on 64 trials (8 gains x 8 seeds, width
   32, depth 4, 300 epochs), with 1 and 2 devices (CPU) or 1..all GPUs. Target: >= 1.7x for 2
   host devices on a 2-core CPU for the fit.
@@ -168,7 +169,7 @@ def worker_devices(n_dev: int) -> dict:
     cfg = configs.get("default", **TRAIN)
     gains = [0.6 + 0.1 * i for i in range(8)]
 
-    def fitter(devs, mode="per_device"):
+    def fitter(devs, mode="shard_map"):
         mesh = distributed.batch_mesh(devs)
 
         def fit_once():
@@ -189,7 +190,11 @@ def worker_devices(n_dev: int) -> dict:
     fits = {"fit": fitter(devices)}
     trains = {"train": trainer(devices)}
     if n_dev > 1:
-        fits.update(fit_spmd=fitter(devices, "spmd"), fit_1=fitter(devices[:1]))
+        fits.update(
+            fit_per_device=fitter(devices, "per_device"),
+            fit_spmd=fitter(devices, "spmd"),
+            fit_1=fitter(devices[:1]),
+        )
         trains.update(train_1=trainer(devices[:1]))
     out: dict = {"n_devices": n_dev, "fit_trials": N_FIT_TRIALS, "train_trials": 64}
     for k, fn in fits.items():  # first calls: compilation (per device for "fit")
@@ -374,7 +379,9 @@ def main(argv=None) -> int:
         for r in rows[1:]:
             print(
                 f"same process, calls interleaved, {r['n_devices']} devices vs 1: fit "
-                f"{r['fit_1_s'] / r['fit_s']:.2f}x (spmd {r['fit_1_s'] / r['fit_spmd_s']:.2f}x), "
+                f"{r['fit_1_s'] / r['fit_s']:.2f}x (per_device "
+                f"{r['fit_1_s'] / r['fit_per_device_s']:.2f}x, spmd "
+                f"{r['fit_1_s'] / r['fit_spmd_s']:.2f}x), "
                 f"train {r['train_1_s'] / r['train_s']:.2f}x"
             )
         if "busy_threads_1dev" in base:

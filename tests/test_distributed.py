@@ -201,7 +201,7 @@ _FIT_SCRIPT = """
                   for z in z0])
     Z = Z + 1e-6 * rng.normal(size=Z.shape)
     out = {}
-    for mode in ("per_device", "spmd"):
+    for mode in ("shard_map", "per_device", "spmd"):
         res = distributed.sharded_fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False,
                                             mode=mode)
         assert (res.n_devices, res.n_padded) == (n_dev, 3 % n_dev), res
@@ -232,18 +232,21 @@ def _mode(arrays, mode):
 
 @pytest.mark.slow
 def test_sharded_fit_equals_unsharded_fit(tmp_path):
-    # ~2-3 min on 2 cores: the fit compiles once per device and once more partitioned.
+    # ~3-5 min on 2 cores: five compilations of the fit (reference, shard_map, one per device,
+    # partitioned).
     r = _run(_FIT_SCRIPT, tmp_path / "two.npz", n_devices=2, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     a = dict(np.load(tmp_path / "two.npz"))
-    ref, per_device, spmd = _mode(a, "ref"), _mode(a, "per_device"), _mode(a, "spmd")
-    # per device: each device runs fit_rates' own program on its slice (2 trials vs 3): the
-    # same numbers up to the vectorization of a different batch size (seen: 5e-16 relative)
-    for k in ("converged", "n_iters"):
-        np.testing.assert_array_equal(per_device[k], ref[k], err_msg=k)
-    for k in ("eta_h", "eta_y", "stderr_eta_h", "sse"):
-        np.testing.assert_allclose(per_device[k], ref[k], rtol=1e-12, err_msg=k)
-    _check_same_fit(ref, spmd)
+    ref = _mode(a, "ref")
+    # shard_map and per device: each device runs fit_rates' program on its slice (2 trials
+    # vs 3): the same numbers up to the vectorization of another batch size (seen: 5e-16)
+    for mode in ("shard_map", "per_device"):
+        got = _mode(a, mode)
+        for k in ("converged", "n_iters"):
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{mode} {k}")
+        for k in ("eta_h", "eta_y", "stderr_eta_h", "sse"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=f"{mode} {k}")
+    _check_same_fit(ref, _mode(a, "spmd"))
 
 
 # ---------------------------------------------------------------------------------------------

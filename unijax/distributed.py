@@ -23,6 +23,7 @@ devices on one CPU, start Python with ``XLA_FLAGS=--xla_force_host_platform_devi
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import inspect
 import math
 import re
@@ -535,6 +536,38 @@ def _per_device(call: Callable[[Any, jax.Device], Any], padded: Any, mesh: Mesh)
     return jax.tree_util.tree_map(assemble, *outs)
 
 
+_FIT_MODES = ("shard_map", "per_device", "spmd")
+
+
+@functools.lru_cache(maxsize=16)
+def _shard_mapped_fit(mesh: Mesh, opts, return_trajectory: bool):
+    """``jit(shard_map(core))``: each device fits its own slice, no collectives (cached)."""
+    from . import fit
+
+    def call(ts_, b):
+        return fit._fit_batch(
+            ts_,
+            b["Z"],
+            b["dx2"],
+            b["dy2"],
+            b["init"],
+            opts=opts,
+            return_trajectory=return_trajectory,
+        )
+
+    return jax.jit(
+        jax.shard_map(
+            call,
+            mesh=mesh,
+            in_specs=(P(), P(BATCH_AXIS)),
+            out_specs=P(BATCH_AXIS),
+            # The fit's loop carries start as constants (not marked device-varying); nothing
+            # here communicates across devices, so the varying-axis check is not needed.
+            check_vma=False,
+        )
+    )
+
+
 class ShardedFit(NamedTuple):
     """Result of :func:`sharded_fit_rates`.
 
@@ -557,36 +590,37 @@ def sharded_fit_rates(
     dy2,
     init=None,
     mesh: Mesh | None = None,
-    mode: str = "per_device",
+    mode: str = "shard_map",
     **kw,
 ):
     """:func:`unijax.fit.fit_rates` with the trials laid over the devices of ``mesh``.
 
     The trial batch is padded with copies of the last trial to a multiple of the device
-    count and cut into equal slices along the mesh; each device fits its slice with the
-    compiled core of ``fit_rates`` (one ``vmap`` of the per-trial fit inside ``jit``), all
-    devices at once and independently, and the slices are gathered back (across processes
-    too, after :func:`initialize`: every process passes the same host arrays, fits the
-    slices of its own devices and receives the whole result). The padding is fitted, then
-    dropped; ``n_padded`` says how many.
+    count and laid along the mesh (``NamedSharding``); each device fits its own slice with the
+    compiled core of ``fit_rates`` (one ``vmap`` of the per-trial fit), all devices at once
+    and independently, and the results are gathered back (across processes too, after
+    :func:`initialize`: every process passes the same host arrays and receives the whole
+    result). The padding is fitted, then dropped; ``n_padded`` says how many.
 
-    Each device runs the very program ``fit_rates`` runs on one device, for a batch of
-    ``n_padded_total / n_devices`` trials, so the numbers are those of ``fit_rates`` up to
-    how XLA vectorizes a batch of another size (seen on CPU: equal iteration counts and
-    flags, rates equal or 1 ulp apart). Why not one partitioned program (``jit`` with
-    sharded inputs)? The fit is ``while_loop`` s (optimizer, ODE solver) over a batch, and a
-    partitioned batched loop makes all devices agree at every iteration (an all-reduce per
-    solver step). ``shard_map`` of the core would avoid that, but lineax 0.1.1 fails inside
-    manual meshes. The cost of this design: the core is compiled once per device
-    (concurrently, one thread per device). ``mode="spmd"`` runs the one partitioned program
-    instead: compiled once, devices in lock-step, numbers equal to rounding (~1e-13
-    relative; an iteration count can differ by one).
+    ``mode`` chooses how the devices run the core:
+
+    * ``"shard_map"`` (default): one program, compiled once for the mesh, in which each
+      device runs the core on its slice with no communication. Numbers as ``fit_rates``
+      up to how XLA vectorizes a batch of another size (seen on CPU: equal iteration counts
+      and flags, rates equal or 1 ulp apart).
+    * ``"per_device"``: the core of ``fit_rates`` itself, dispatched to each device (one
+      thread per device). Same numbers as ``"shard_map"``, but compiled once per device;
+      for cores ``shard_map`` cannot trace.
+    * ``"spmd"``: ``jit`` of the core on the sharded batch, partitioned by XLA (compiled
+      once). The fit is ``while_loop`` s over a batch, so the partitioned loops run the
+      devices in lock-step (an all-reduce at every solver step); numbers equal to rounding
+      (~1e-13 relative; an iteration count can differ by one).
 
     Args:
         ts: epochs ``(n_epochs,)``; Z: ``(n_trials, n_epochs, 3)`` or ``(n_epochs, 3)``;
             dx2, dy2, init: as in :func:`unijax.fit.fit_rates`.
         mesh: default :func:`batch_mesh` (all global devices).
-        mode: ``"per_device"`` (default) or ``"spmd"``, see above.
+        mode: ``"shard_map"`` (default), ``"per_device"`` or ``"spmd"``, see above.
         **kw: the other options of :func:`unijax.fit.fit_rates` (``rtol``, ``max_iters``,
             ``return_trajectory``, ...).
 
@@ -601,8 +635,8 @@ def sharded_fit_rates(
     """
     from . import fit
 
-    if mode not in ("per_device", "spmd"):
-        raise ValueError(f"mode={mode!r} is not one of 'per_device', 'spmd'.")
+    if mode not in _FIT_MODES:
+        raise ValueError(f"mode={mode!r} is not one of {list(_FIT_MODES)}.")
     ts_arr, batch, opts, return_trajectory, single = _prepare_fit(ts, Z, dx2, dy2, init, kw)
     mesh = batch_mesh() if mesh is None else mesh
     padded, n_valid = pad_batch(batch, mesh.shape[BATCH_AXIS])
@@ -618,7 +652,13 @@ def sharded_fit_rates(
             return_trajectory=return_trajectory,
         )
 
-    if mode == "per_device":
+    if mode == "shard_map":
+        ts_rep = jax.make_array_from_callback(
+            ts_arr.shape, NamedSharding(mesh, P()), lambda idx: ts_arr[idx]
+        )
+        program = _shard_mapped_fit(mesh, opts, return_trajectory)
+        out = program(ts_rep, shard_batch(padded, mesh).arrays)
+    elif mode == "per_device":
         out = _per_device(lambda b, d: call(jax.device_put(ts_arr, d), b), padded, mesh)
     else:
         ts_rep = jax.make_array_from_callback(
