@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unijax",
         description="Every experiment of van Rossem & Saxe (ICML 2024), from one command.",
     )
-    sub = p.add_subparsers(dest="command", metavar="{list,run,report}", parser_class=_Parser)
+    sub = p.add_subparsers(
+        dest="command", metavar="{list,run,report,sweep}", parser_class=_Parser
+    )
     sub.required = True
 
     sub.add_parser("list", help="list the experiments and their presets")
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild DIR/report.md from stored results")
     rep.add_argument("dir", metavar="DIR")
+
+    from unijax import sweep as sweep_lib  # the multi-host grid sweep (Scaling out)
+
+    sweep_lib.add_cli(sub)
 
     # `unijax list --keys` shows every config key per experiment.
     sub.choices["list"].add_argument("--keys", action="store_true",
@@ -363,6 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "sweep":
+            return args.func(args)
         return cmd_report(args)
     except BadInput as e:
         return _fail(str(e))
