@@ -11,3 +11,18 @@ Public modules (import what you use; nothing here changes JAX's global configura
 """
 
 __version__ = "0.1.0"
+
+_SUBMODULES = (
+    "theory", "fit", "nets", "data", "configs", "train", "distributed", "sweep",
+    "experiments", "plots", "report", "cli",
+)
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name):
+    # Lazy: `import unijax` stays cheap and `unijax.theory` works without a separate import.
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"unijax.{name}")
+    raise AttributeError(f"module 'unijax' has no attribute {name!r}")
