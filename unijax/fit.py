@@ -372,10 +372,12 @@ def _model(p, trial: _Trial, opts: _SolveOpts):
 
 
 def _evaluate(p, trial: _Trial, opts: _SolveOpts):
-    """One forward-mode solve: SSE, ``J^T J``, ``J^T r`` and ``(ys, steps, J)`` at ``p``.
+    """One forward-mode solve: ``(SSE, J^T J, J^T r, (ys, steps))`` at the parameters ``p``.
 
-    ``jacfwd`` runs the ODE once carrying one tangent per parameter (2 or 5): residuals and
-    Jacobian ``(3n, n_p)`` together, about the cost of ``1 + n_p / 2`` plain solves. A failed
+    ``jacfwd`` runs the ODE once carrying one tangent per parameter (the primal part is not
+    batched): residuals and Jacobian ``(3n, n_p)`` together, at about the cost of
+    ``1 + n_p / 2`` plain solves. (That layout matters: XLA on CPU contracts ``J^T J`` over
+    ``(3n, n_p)`` several times faster than over the tangent-major ``(n_p, n, 3)``.) A failed
     solve gives ``SSE = inf`` (and zeros elsewhere), which the optimizer rejects.
     """
 
@@ -390,7 +392,7 @@ def _evaluate(p, trial: _Trial, opts: _SolveOpts):
     ok = ok & jnp.isfinite(sse) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
     hess = jnp.where(ok, hess, 0.0)
     grad = jnp.where(ok, grad, 0.0)
-    return jnp.where(ok, sse, jnp.inf), hess, grad, (ys, steps, jac)
+    return jnp.where(ok, sse, jnp.inf), hess, grad, (ys, steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -521,23 +523,80 @@ def _cumtrapz(f, ts):
     return jnp.concatenate([jnp.zeros_like(f[:1]), jnp.cumsum(inc, axis=0)], axis=0)
 
 
-def _lstsq(cols, target, active):
-    """Least squares ``target ~ cols @ x`` over the ``active`` columns; NaN when ill-posed.
+def _lstsq_moments(gram, rhs, active):
+    """Least squares from its normal equations ``gram x = rhs`` over the ``active`` unknowns.
 
-    ``cols``: ``(m, k)``, ``active``: ``(k,)`` bools (inactive coefficients come back 0).
-    Normal equations on unit-norm columns, solved by Cholesky; a (near-)singular system
-    returns NaN so that the caller falls back. Written for a fixed ``k`` so that several
-    systems of different sizes run as one ``vmap``.
+    ``gram``: ``(k, k)``, ``rhs``: ``(k,)``, ``active``: ``(k,)`` bools (inactive unknowns
+    come back 0). Equilibrated Cholesky; NaN when (near-)singular so that the caller falls
+    back. Written for a fixed ``k`` so that systems of different sizes run as one ``vmap``.
     """
-    cols = jnp.where(active, cols, 0.0)
-    norms = jnp.sqrt(jnp.sum(cols**2, axis=0))
-    ok_cols = jnp.all(jnp.where(active, norms > 0, True))
-    x = cols / jnp.where(norms > 0, norms, 1.0)
-    # Inactive columns are zero; a unit diagonal there keeps the system regular.
-    gram = x.T @ x + jnp.diag(jnp.where(active, 0.0, 1.0))
-    coef, ok = _solve_spd(gram, x.T @ target)
-    good = ok & ok_cols & jnp.all(jnp.isfinite(coef))
-    return jnp.where(good, coef / jnp.where(norms > 0, norms, 1.0), jnp.nan)
+    both = active[:, None] & active[None, :]
+    gram = jnp.where(both, gram, 0.0) + jnp.diag(jnp.where(active, 0.0, 1.0))
+    coef, ok = _solve_spd(gram, jnp.where(active, rhs, 0.0))
+    ok = ok & jnp.all(jnp.where(active, jnp.diag(gram) > 0, True))
+    return jnp.where(ok & jnp.all(jnp.isfinite(coef)), coef, jnp.nan)
+
+
+# Integral matching: every equation below is a weighted sum over epochs of
+# (features . x - target)^2, with features and targets taken from the series
+# S = (A, B, C, D, E, 1, h, y, w, h^2) defined in _initial_estimates. Each system is a list
+# of blocks (equation weight, feature rows (5 unknowns x 10 series), target (10 series)), so
+# its normal equations come from the one moment matrix S^T S.
+_A, _B, _C, _D, _E, _ONE, _H, _Y, _W, _H2 = range(10)
+
+
+def _sel(*cols):
+    """Feature map of a block: unknown ``j`` uses series ``cols[j]`` (None: absent)."""
+    m = np.zeros((5, 10))
+    for j, c in enumerate(cols):
+        if c is not None:
+            m[j, c] = 1.0
+    return m
+
+
+def _vec(**coef):
+    v = np.zeros(10)
+    for name, c in coef.items():
+        v[globals()["_" + name.upper()]] = c
+    return v
+
+
+_h_block = (_sel(_A, None, _ONE, None, None), _vec(h=1.0))
+_y_block = (_sel(_C, _B, None, _ONE, None), _vec(y=1.0))
+_w_block = (_sel(_E, _D, None, None, _ONE), _vec(w=1.0))
+_ALL = (True,) * 5
+_SYSTEMS = (
+    # (1) all three equations, unknowns (eta_h, eta_y, h0, y0, w0).
+    (((0, _h_block), (1, _y_block), (2, _w_block)), _ALL),
+    # (2) anchored at the measured first point: x0 enters the target (see below).
+    (((0, _h_block), (1, _y_block), (2, _w_block)), (True, True, False, False, False)),
+    # (3a) the h equation alone: (eta_h, h0).
+    (((0, _h_block),), (True, False, True, False, False)),
+    # (3b) the invariant y = c h^2 + K h: (c, K) in the first two slots.
+    (((3, (_sel(_H2, _H), _vec(y=1.0))),), (True, True, False, False, False)),
+    # (4) the h and w equations: (eta_h, eta_y, h0, w0).
+    (((0, _h_block), (2, _w_block)), (True, True, True, False, True)),
+)
+
+
+def _normal_equations(moments, weights, z_first):
+    """Stacked normal equations of :data:`_SYSTEMS`: ``gram (5, 5, 5)``, ``rhs (5, 5)``."""
+    grams, rhss = [], []
+    for i, (blocks, _) in enumerate(_SYSTEMS):
+        gram, rhs = jnp.zeros((5, 5)), jnp.zeros(5)
+        for eq, (feat, target) in blocks:
+            feat, target = jnp.asarray(feat), jnp.asarray(target)
+            if i == 1 and eq < 3:
+                # Anchored: the initial-state unknowns are fixed at the measured first point
+                # and move to the target side.
+                target = target - z_first[eq] * jnp.asarray(_vec(one=1.0))
+            w2 = weights[eq] ** 2
+            gram = gram + w2 * feat @ moments @ feat.T
+            rhs = rhs + w2 * feat @ moments @ target
+        grams.append(gram)
+        rhss.append(rhs)
+    actives = np.array([a for _, a in _SYSTEMS])
+    return jnp.stack(grams), jnp.stack(rhss), jnp.asarray(actives)
 
 
 def _initial_estimates(trial: _Trial):
@@ -557,8 +616,10 @@ def _initial_estimates(trial: _Trial):
     (2) the same anchored at the measured first point; (3) the h equation for ``eta_h``, then
     ``eta_y = c eta_h dx2`` with ``c`` from the invariant of section 4, ``y = c h^2 + K h``;
     (4) the h and w equations without y; (5) a fallback whose time scale is a tenth of the
-    recording. Each equation is scaled by the spread of its variable. Anything non-finite or
-    non-positive (noisy, barely-moving data) is replaced by the fallback.
+    recording. Each equation is weighted by the inverse spread of its variable. All five
+    least-squares problems come from one ``10 x 10`` moment matrix of the series involved,
+    so this costs one pass over the data. Anything non-finite or non-positive (noisy,
+    barely-moving data) is replaced by the fallback.
 
     Returns:
         ``(candidates (5, 2), z0_estimate (3,))``; the estimate falls back to the measured
@@ -571,34 +632,12 @@ def _initial_estimates(trial: _Trial):
     integrands = jnp.stack(
         [w, w * h, w * y / h_safe, (3.0 * w - y + dy2) * h, (y + w) * w / h_safe], axis=1
     )
-    A, B, C, D, E = (_cumtrapz(integrands, ts) * jnp.array([-dx2, -1.0, -dx2, -0.5, -0.5 * dx2])).T
-    zeros, ones = jnp.zeros_like(A), jnp.ones_like(A)
-    sh, sy, sw = (1.0 / jnp.maximum(jnp.std(v), 1e-300) for v in (h, y, w))
-    # One design for systems (1), (2), (4): rows h, y, w; columns eta_h, eta_y, h0, y0, w0.
-    design = jnp.concatenate(
-        [
-            jnp.stack([A, zeros, ones, zeros, zeros], 1) * sh,
-            jnp.stack([C, B, zeros, ones, zeros], 1) * sy,
-            jnp.stack([E, D, zeros, zeros, ones], 1) * sw,
-        ]
-    )
-    target = jnp.concatenate([h * sh, y * sy, w * sw])
-    anchored = jnp.concatenate([(h - h[0]) * sh, (y - y[0]) * sy, (w - w[0]) * sw])
-    no_y = jnp.concatenate([ones, zeros, ones])[:, None]
-    # Systems (3): h = h0 + eta_h A and the invariant y = c h^2 + K h, padded to that shape.
-    pad = jnp.zeros((2 * A.shape[0], 5))
-    h_eq = jnp.concatenate([jnp.stack([A, zeros, ones, zeros, zeros], 1), pad])
-    inv_eq = jnp.concatenate([jnp.stack([h**2, h, zeros, zeros, zeros], 1), pad])
-    y_pad = jnp.concatenate([y, jnp.zeros(2 * A.shape[0])])
-    h_pad = jnp.concatenate([h, jnp.zeros(2 * A.shape[0])])
-    t, f = True, False
-    x = jax.vmap(_lstsq)(
-        jnp.stack([design, design, h_eq, inv_eq, design * no_y]),
-        jnp.stack([target, anchored, h_pad, y_pad, target * no_y[:, 0]]),
-        jnp.array(
-            [[t, t, t, t, t], [t, t, f, f, f], [t, f, t, f, f], [t, t, f, f, f], [t, t, t, f, t]]
-        ),
-    )
+    integrals = _cumtrapz(integrands, ts) * jnp.array([-dx2, -1.0, -dx2, -0.5, -0.5 * dx2])
+    series = jnp.concatenate([integrals, jnp.ones_like(h)[:, None], Z, (h * h)[:, None]], 1)
+    moments = series.T @ series
+    weights = jnp.stack([1.0 / jnp.maximum(jnp.std(v), 1e-300) for v in (h, y, w)] + [1.0])
+    gram, rhs, active = _normal_equations(moments, weights, Z[0])
+    x = jax.vmap(_lstsq_moments)(gram, rhs, active)
     eh3, c = x[2, 0], x[3, 0]
     cand = jnp.stack([x[0, :2], x[1, :2], jnp.stack([eh3, c * eh3 * dx2]), x[4, :2]])
     duration = ts[-1] - ts[0]
@@ -683,23 +722,21 @@ def _covariance_fitted_start(hess, sse, n_epochs):
     return sse / (3 * n_epochs - 5) * inv[:2, :2], ok
 
 
-def _covariance_measured_start(jac, sse, trial: _Trial, z0):
+def _covariance_measured_start(hess5, sse, trial: _Trial, z0):
     """Covariance of ``(log eta_h, log eta_y)`` with the ODE started at the measured point.
 
-    ``jac``: ``(3n, 5)``, derivatives in ``(log eta_h, log eta_y, q)`` (``q`` the initial-state
-    parameters of :func:`_unpack`). ``sigma^2 = SSE / (3 (n - 1) - 2)`` (the first epoch's
-    residuals vanish by construction). The first point's own noise moves the estimate too: to
-    first order ``d(log eta) = -G dz0``, ``G = (J_r^T J_r)^{-1} J_r^T J_z``, so
-    ``cov = sigma^2 (J_r^T J_r)^{-1} + G S G^T`` with ``S`` the first point's noise
-    covariance (diagonal, from :func:`_start_noise`).
+    ``hess5 = J^T J``, ``(5, 5)``, with ``J`` the derivatives in ``(log eta_h, log eta_y, q)``
+    (``q`` the initial-state parameters of :func:`_unpack`). ``sigma^2 = SSE / (3 (n - 1) - 2)``
+    (the first epoch's residuals vanish by construction). The first point's own noise moves
+    the estimate too: to first order ``d(log eta) = -G dz0``,
+    ``G = (J_r^T J_r)^{-1} J_r^T J_z``, so ``cov = sigma^2 (J_r^T J_r)^{-1} + G S G^T`` with
+    ``S`` the first point's noise covariance (diagonal, from :func:`_start_noise`).
     """
     sigma2 = sse / (3 * (trial.ts.shape[0] - 1) - 2)
-    j_rate = jac[:, :2]
     # dz0/dq = diag(h0, s_y, s_w): back to the natural units of z0, then times its noise.
     dz_dq = jnp.concatenate([z0[:1], _start_scale(trial)])
-    j_start = jac[:, 2:] / dz_dq * _start_noise(trial.Z)
-    inv, ok = _inv_psd(j_rate.T @ j_rate)
-    g = inv @ (j_rate.T @ j_start)
+    inv, ok = _inv_psd(hess5[:2, :2])
+    g = inv @ (hess5[:2, 2:] / dz_dq * _start_noise(trial.Z))
     return sigma2 * inv + g @ g.T, ok
 
 
@@ -735,7 +772,8 @@ def _fit_one(trial: _Trial, init, opts: _FitOpts):
     if opts.fit_initial:
 
         def evaluate(p):
-            return _evaluate(p, trial, opts.solve)
+            sse, hess, grad, aux = _evaluate(p, trial, opts.solve)
+            return sse, hess, grad, (aux, hess)
 
     else:
 
@@ -745,20 +783,20 @@ def _fit_one(trial: _Trial, init, opts: _FitOpts):
             # the loop and none after it (a third of the compile time less, ~15% more run
             # time than a separate final solve).
             sse, hess, grad, aux = _evaluate(jnp.concatenate([p, jnp.zeros(3)]), trial, opts.solve)
-            return sse, hess[:2, :2], grad[:2], aux
+            return sse, hess[:2, :2], grad[:2], (aux, hess)
 
     lm = _levenberg_marquardt(
         evaluate, p0, max_iters=opts.max_iters, xtol=opts.opt_atol, ftol=opts.opt_rtol
     )
     p = lm.p
     # Everything at the optimum comes from the loop's last accepted evaluation.
-    sse, (ys, steps, jac) = lm.sse, lm.aux
+    sse, ((ys, steps), hess5) = lm.sse, lm.aux
     if opts.fit_initial:
         log_rates, z0 = _unpack(p, trial)
-        cov, pos_def = _covariance_fitted_start(lm.hess, sse, trial.ts.shape[0])
+        cov, pos_def = _covariance_fitted_start(hess5, sse, trial.ts.shape[0])
     else:
         log_rates, z0 = _unpack(p, trial)
-        cov, pos_def = _covariance_measured_start(jac, sse, trial, z0)
+        cov, pos_def = _covariance_measured_start(hess5, sse, trial, z0)
     ode_ok = jnp.isfinite(sse)
     optimizer_ok = lm.converged
     rel_se = jnp.sqrt(jnp.diag(cov))  # stderr of log(eta) = relative stderr of eta

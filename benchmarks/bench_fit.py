@@ -1,0 +1,376 @@
+"""Fitting the effective rates: the original SciPy method against ``unijax.fit.fit_rates``.
+
+    python benchmarks/bench_fit.py                    # ~2-4 min on 2 CPU cores
+    python benchmarks/bench_fit.py --scipy-trials 5 --reps 7 --json out.json
+
+On one set of synthetic trajectories (``--n-trials`` 64 trials of ``--n-epochs`` 6000 epochs,
+default-network-like rates and initial states drawn at random, ``--noise`` 1% multiplicative
+noise), it times and scores:
+
+(a) the original method re-implemented with SciPy (THEORY.md section 11): SSE of h, y, w with
+    ``solve_ivp`` (Radau, SciPy's default tolerances) from the measured first point; the best
+    of 200 log-spaced scales (1e-6 .. 1e2) of ``(eta_h, eta_y) = s (ratio, 1)``,
+    ``ratio = h[-1]^2 / (dx2 dy2)``; then BFGS with finite-difference gradients. One trial at
+    a time, on the first ``--scipy-trials`` trials (each takes seconds);
+(b) ``fit_rates`` on all trials in one compiled call (compilation timed apart; median of
+    ``--reps`` runs), with the default options (the same objective as (a)) and with
+    ``fit_initial=True``.
+
+Accuracy: relative error of eta_h, eta_y against the planted rates, and the SSE of section 11
+of each method's rates, all evaluated with the same tight solve (``theory.solve``, rtol 1e-10)
+so that the numbers compare. Also: one forward solve and one gradient of the SSE (jitted,
+after compilation). Target: >= 300x less wall time per fit than (a) at equal or better
+accuracy. The machine (CPU, cores, load), JAX version and backend are printed; the machine
+may be shared, so the load average is printed before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+
+import diffrax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import scipy  # noqa: E402
+from scipy.integrate import solve_ivp  # noqa: E402
+from scipy.optimize import minimize  # noqa: E402
+
+from unijax import fit, theory  # noqa: E402
+
+DX2, DY2 = 1.0, 0.5  # the paper's two-point data (EXPERIMENTS.md E1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine and timing helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    return dict(
+        cpu=cpu_model(),
+        cores=os.cpu_count(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        devices=[str(d) for d in jax.devices()],
+        dtype="float64",
+        python=platform.python_version(),
+        scipy=scipy.__version__,
+        loadavg_start=list(os.getloadavg()),
+    )
+
+
+def timed(fn, *args, reps: int):
+    """(first call seconds, list of later call seconds, last output), blocking on results."""
+    t = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        runs.append(time.perf_counter() - t)
+    return first, runs, out
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic trajectories
+# ---------------------------------------------------------------------------------------------
+
+
+def make_data(n_trials: int, n_epochs: int, noise: float, seed: int):
+    """Planted rates and initial states like a default network's (plateau, then the jump,
+    completed within the recording), trajectories by ``theory.solve`` at its tight default
+    tolerances, then multiplicative noise. Draws whose solve fails or that pass close to the
+    saddle at h = 0 are drawn again."""
+    rng = np.random.default_rng(seed)
+    ts = np.arange(float(n_epochs))
+    scale = 6000.0 / n_epochs  # same continuous-time horizon for other lengths
+    solve = jax.jit(
+        lambda z0, eh, ey: theory.integrate(z0, ts, eta_h=eh, eta_y=ey, dx2=DX2, dy2=DY2)
+    )
+    rows = []
+    while len(rows) < n_trials:
+        eh, ey = scale * 10 ** rng.uniform(np.log10(1.5e-3), np.log10(6e-3), 2)
+        h0 = 10 ** rng.uniform(-2.5, -0.5)
+        y0 = h0 * rng.uniform(0.02, 0.5)
+        w0 = y0 - rng.uniform(-0.3, 1.0) * np.sqrt(y0 * DY2)
+        sol = solve(jnp.array([h0, y0, w0]), eh, ey)
+        ys = np.asarray(sol.ys)
+        if not bool(sol.ok) or ys[:, 0].min() < 0.2 * h0:
+            continue
+        rows.append((eh, ey, ys))
+    eta_h = np.array([r[0] for r in rows])
+    eta_y = np.array([r[1] for r in rows])
+    clean = np.stack([r[2] for r in rows])
+    Z = clean * (1.0 + noise * rng.standard_normal(clean.shape))
+    Z[:, 0, 0] = np.abs(Z[:, 0, 0])
+    return ts, Z, eta_h, eta_y
+
+
+def sse_reference(ts, Z, eta_h, eta_y):
+    """Section 11's SSE of given rates, from the measured first point, with one tight solve."""
+    f = jax.jit(
+        jax.vmap(
+            lambda z, a, b: jnp.sum(
+                (
+                    theory.solve(
+                        z[0], ts, eta_h=a, eta_y=b, dx2=DX2, dy2=DY2, rtol=1e-10, atol=1e-12
+                    )
+                    - z
+                )
+                ** 2
+            )
+        )
+    )
+    return np.asarray(f(jnp.asarray(Z), jnp.asarray(eta_h), jnp.asarray(eta_y)))
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) The original method with SciPy
+# ---------------------------------------------------------------------------------------------
+
+
+def _rhs(t, z, eta_h, eta_y):
+    h, y, w = z
+    a = eta_h * DX2
+    return [
+        -a * w,
+        -w * (eta_y * h + a * y / h),
+        -0.5 * eta_y * (3.0 * w - y + DY2) * h - 0.5 * a * (y + w) * w / h,
+    ]
+
+
+def scipy_fit(ts, Zi):
+    """Grid of 200 scales of (ratio, 1), best kept, then BFGS with finite differences."""
+    n_solves = 0
+
+    def sse(rates):
+        nonlocal n_solves
+        eta_h, eta_y = rates
+        if not (eta_h > 0 and eta_y > 0):
+            return 1e10
+        n_solves += 1
+        sol = solve_ivp(
+            _rhs, (ts[0], ts[-1]), Zi[0], method="Radau", t_eval=ts, args=(eta_h, eta_y)
+        )
+        if not sol.success or sol.y.shape[1] != len(ts):
+            return 1e10
+        return float(np.sum((sol.y.T - Zi) ** 2))
+
+    ratio = Zi[-1, 0] ** 2 / (DX2 * DY2)
+    grid = np.logspace(-6, 2, 200)
+    losses = [sse((s * ratio, s)) for s in grid]
+    s = grid[int(np.argmin(losses))]
+    res = minimize(sse, np.array([s * ratio, s]), method="BFGS")
+    return res.x, n_solves, res
+
+
+# ---------------------------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------------------------
+
+
+def rel_err(est, truth):
+    return np.abs(np.asarray(est) / truth - 1.0)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-trials", type=int, default=64)
+    ap.add_argument("--n-epochs", type=int, default=6000)
+    ap.add_argument("--noise", type=float, default=0.01)
+    ap.add_argument("--scipy-trials", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=str, default=None)
+    args = ap.parse_args(argv)
+
+    info = machine()
+    print("== machine")
+    for k, v in info.items():
+        print(f"  {k}: {v}")
+
+    ts, Z, eta_h, eta_y = make_data(args.n_trials, args.n_epochs, args.noise, args.seed)
+    print(
+        f"== data: {args.n_trials} trials x {args.n_epochs} epochs, {args.noise:.0%} "
+        f"multiplicative noise; eta_h in [{eta_h.min():.2g}, {eta_h.max():.2g}], "
+        f"eta_y in [{eta_y.min():.2g}, {eta_y.max():.2g}] 1/epoch; dx2={DX2}, dy2={DY2}"
+    )
+    sse_true = sse_reference(ts, Z, eta_h, eta_y)
+    out: dict = dict(machine=info, args=vars(args))
+
+    # (a) SciPy ------------------------------------------------------------------------------
+    k = min(args.scipy_trials, args.n_trials)
+    sp_rates, sp_times, sp_solves = [], [], []
+    for i in range(k):
+        t = time.perf_counter()
+        x, n_solves, _ = scipy_fit(ts, Z[i])
+        sp_times.append(time.perf_counter() - t)
+        sp_rates.append(x)
+        sp_solves.append(n_solves)
+        print(f"  scipy trial {i}: {sp_times[-1]:.2f} s, {n_solves} Radau solves", flush=True)
+    sp_rates = np.array(sp_rates)
+    sp_sse = sse_reference(ts, Z[:k], sp_rates[:, 0], sp_rates[:, 1])
+    sp_err = np.stack([rel_err(sp_rates[:, 0], eta_h[:k]), rel_err(sp_rates[:, 1], eta_y[:k])])
+    sp_per_fit = float(np.median(sp_times))
+
+    # (b) fit_rates ------------------------------------------------------------------------
+    rows = {}
+    for name, kw in [("fit_rates", {}), ("fit_rates(fit_initial)", dict(fit_initial=True))]:
+
+        def run(Z, kw=kw):
+            return fit.fit_rates(ts, Z, dx2=DX2, dy2=DY2, return_trajectory=False, **kw)
+
+        cache0 = fit._fit_batch._cache_size()
+        first, runs, res = timed(run, Z, reps=args.reps)
+        assert fit._fit_batch._cache_size() == cache0 + 1, "recompiled between repetitions"
+        conv = np.asarray(res.converged)
+        err = np.stack([rel_err(res.eta_h, eta_h), rel_err(res.eta_y, eta_y)])
+        sse = sse_reference(ts, Z, np.asarray(res.eta_h), np.asarray(res.eta_y))
+        med = float(np.median(runs))
+        rows[name] = dict(
+            compile_s=first - med,
+            run_median_s=med,
+            run_min_s=float(min(runs)),
+            per_fit_s=med / args.n_trials,
+            converged=int(conv.sum()),
+            iters_max=int(np.max(res.n_iters)),
+            iters_median=float(np.median(res.n_iters)),
+            err_median=np.median(err[:, conv], axis=1).tolist(),
+            err_max=np.max(err[:, conv], axis=1).tolist(),
+            err_first_k=err[:, :k].max(axis=1).tolist(),
+            sse_over_true_median=float(np.median(sse / sse_true)),
+            sse_over_true_first_k=(sse[:k] / sse_true[:k]).tolist(),
+            stderr_z_rms=float(
+                np.sqrt(
+                    np.mean(
+                        (
+                            (np.stack([res.eta_h, res.eta_y]) - np.stack([eta_h, eta_y]))
+                            / np.stack([res.stderr_eta_h, res.stderr_eta_y])
+                        )[:, conv]
+                        ** 2
+                    )
+                )
+            ),
+        )
+
+    # One forward solve and one gradient (one trajectory, jitted, after compilation) --------
+    z0 = jnp.asarray(Z[0, 0])
+    lr = jnp.log(jnp.array([eta_h[0], eta_y[0]]))
+    tsj, Zj = jnp.asarray(ts), jnp.asarray(Z[0])
+    opts = fit._SolveOpts(1e-7, 1e-9, 1024)
+    trial = fit._Trial(tsj, Zj, DX2, DY2)
+
+    def sse_theory(lr, **kw):
+        ys = theory.solve(
+            z0, tsj, eta_h=jnp.exp(lr[0]), eta_y=jnp.exp(lr[1]), dx2=DX2, dy2=DY2, **kw
+        )
+        return jnp.sum((ys - Zj) ** 2)
+
+    def sse_fit(lr):
+        return jnp.sum((fit._model(lr, trial, opts)[0] - Zj) ** 2)
+
+    singles = {
+        "forward solve, theory.solve (Tsit5, rtol 1e-8, dense output at 6000 epochs)": jax.jit(
+            sse_theory
+        ),
+        "forward solve, fit's solve (Tsit5, rtol 1e-7, steps + quintic Hermite)": jax.jit(sse_fit),
+        "gradient of SSE, forward mode through the fit's solve (jacfwd, 2 tangents)": jax.jit(
+            jax.jacfwd(sse_fit)
+        ),
+        "gradient of SSE, reverse mode through theory.solve (jax.grad, checkpointed)": jax.jit(
+            jax.grad(sse_theory)
+        ),
+        "gradient of SSE, forward mode through theory.solve (ForwardMode, jacfwd)": jax.jit(
+            jax.jacfwd(lambda lr: sse_theory(lr, adjoint=diffrax.ForwardMode()))
+        ),
+    }
+    single_times = {}
+    for name, f in singles.items():
+        first, runs, _ = timed(f, lr, reps=max(args.reps, 10))
+        single_times[name] = dict(compile_s=first - float(np.median(runs)), run_s=float(min(runs)))
+
+    info["loadavg_end"] = list(os.getloadavg())
+
+    # Report --------------------------------------------------------------------------------
+    print("\n== (a) original method, SciPy (Radau, default tolerances; grid 200 + BFGS/FD)")
+    print(f"  trials fitted: {k}; wall time per fit: median {sp_per_fit:.2f} s")
+    print(f"  Radau solves per fit: {sp_solves}")
+    print(
+        f"  rel. error eta_h: {np.array2string(sp_err[0], precision=4)}, "
+        f"eta_y: {np.array2string(sp_err[1], precision=4)}"
+    )
+    print(f"  SSE / SSE(planted rates): {np.array2string(sp_sse / sse_true[:k], precision=5)}")
+    for name, r in rows.items():
+        print(f"\n== (b) {name}: {args.n_trials} trials in one call")
+        print(
+            f"  compile {r['compile_s']:.1f} s (apart); run median {r['run_median_s']:.3f} s "
+            f"(min {r['run_min_s']:.3f}) -> {1e3 * r['per_fit_s']:.2f} ms per fit"
+        )
+        print(
+            f"  converged {r['converged']}/{args.n_trials}; LM iterations median "
+            f"{r['iters_median']:.0f}, max {r['iters_max']}"
+        )
+        print(
+            f"  rel. error (converged) median eta_h {r['err_median'][0]:.2e}, eta_y "
+            f"{r['err_median'][1]:.2e}; max {r['err_max'][0]:.2e}, {r['err_max'][1]:.2e}"
+        )
+        print(
+            f"  on SciPy's {k} trials: max rel. error {r['err_first_k'][0]:.2e}, "
+            f"{r['err_first_k'][1]:.2e}; SSE / SSE(planted) "
+            f"{np.array2string(np.array(r['sse_over_true_first_k']), precision=5)}"
+        )
+        print(
+            f"  SSE / SSE(planted) median over all trials {r['sse_over_true_median']:.5f}; "
+            f"stderr z-score rms {r['stderr_z_rms']:.2f}"
+        )
+        print(f"  speed-up per fit vs SciPy: {sp_per_fit / r['per_fit_s']:.0f}x")
+    print("\n== one trajectory, jitted, after compilation (min of repetitions)")
+    for name, r in single_times.items():
+        print(f"  {name}: {1e3 * r['run_s']:.2f} ms (compile {r['compile_s']:.1f} s)")
+    print(f"\n  load average start {info['loadavg_start']}, end {info['loadavg_end']}")
+
+    out.update(
+        scipy=dict(
+            trials=k,
+            per_fit_s=sp_per_fit,
+            times_s=sp_times,
+            solves=sp_solves,
+            err=sp_err.tolist(),
+            sse_over_true=(sp_sse / sse_true[:k]).tolist(),
+        ),
+        jax=rows,
+        single=single_times,
+        speedup={name: sp_per_fit / r["per_fit_s"] for name, r in rows.items()},
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main()
