@@ -282,7 +282,7 @@ def main(argv=None):
     z0 = jnp.asarray(Z[0, 0])
     lr = jnp.log(jnp.array([eta_h[0], eta_y[0]]))
     tsj, Zj = jnp.asarray(ts), jnp.asarray(Z[0])
-    opts = fit._SolveOpts(1e-7, 1e-9, 1024)
+    opts = fit._SolveOpts(1e-7, 1e-9, 512)
     trial = fit._Trial(tsj, Zj, DX2, DY2)
 
     def sse_theory(lr, **kw):
