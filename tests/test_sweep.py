@@ -4,6 +4,7 @@ resuming against another config is refused naming the keys. Tiny sizes throughou
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -17,10 +18,12 @@ import numpy as np
 import pytest
 
 from unijax import configs, sweep, train
-from unijax._store import ConfigMismatchError
+from unijax._store import ConfigMismatchError, config_to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = configs.get("default", width=8, depth=2, epochs=40)
+# Large enough for the rate fits to converge (width 8, 40 epochs barely move: unidentified)
+FIT_BASE = configs.get("default", width=32, depth=4, epochs=300, lr=0.02)
 
 
 def _cfg(**kw) -> sweep.SweepConfig:
@@ -125,7 +128,7 @@ def test_resume_against_a_different_config_is_refused_naming_the_keys(tmp_path):
 
 
 _KILL_SCRIPT = """
-    import sys, time, jax
+    import json, sys, time, jax
     jax.config.update("jax_enable_x64", True)
     from unijax import configs, sweep
     orig = sweep._compute_chunk
@@ -134,14 +137,12 @@ _KILL_SCRIPT = """
         time.sleep(0.4)
         return out
     sweep._compute_chunk = slow
-    cfg = sweep.SweepConfig(train=configs.get("default", width=8, depth=2, epochs=40),
-                            archs=("mlp",), gains=(0.5, 1.0), seeds=tuple(range(5)),
-                            layers=(0, 1), seeds_per_chunk=2, fit=sys.argv[2] == "1")
+    cfg = sweep.SweepConfig.from_dict(json.loads(sys.argv[2]))
     sweep.run_sweep(cfg, sys.argv[1], progress=True)
 """
 
 
-def _kill_midway(out: Path, fit: bool, n_done: int, timeout: float) -> int:
+def _kill_midway(out: Path, cfg: sweep.SweepConfig, n_done: int, timeout: float) -> int:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
@@ -149,7 +150,13 @@ def _kill_midway(out: Path, fit: bool, n_done: int, timeout: float) -> int:
         PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     )
     p = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(_KILL_SCRIPT), str(out), "1" if fit else "0"],
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(_KILL_SCRIPT),
+            str(out),
+            json.dumps(config_to_dict(cfg)),
+        ],
         env=env,
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -173,11 +180,10 @@ def _kill_midway(out: Path, fit: bool, n_done: int, timeout: float) -> int:
     return len(list((out / "chunks").glob("*.npz")))
 
 
-def _kill_and_resume(tmp_path, fit: bool, timeout: float):
-    cfg = _cfg(fit=fit)
+def _kill_and_resume(tmp_path, cfg: sweep.SweepConfig, timeout: float):
     n_chunks = len(sweep.chunk_plan(cfg))
     out = tmp_path / "killed"
-    done = _kill_midway(out, fit, 2, timeout)
+    done = _kill_midway(out, cfg, 2, timeout)
     assert 2 <= done < n_chunks
     resumed = sweep.run_sweep(cfg, out, progress=False)
     assert resumed.n_computed == n_chunks - done  # only the unfinished chunks were recomputed
@@ -189,32 +195,31 @@ def _kill_and_resume(tmp_path, fit: bool, timeout: float):
 
 
 def test_sweep_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
-    _kill_and_resume(tmp_path, fit=False, timeout=120)
+    _kill_and_resume(tmp_path, _cfg(), timeout=120)
 
 
 @pytest.mark.slow
 def test_sweep_with_fits_killed_midway_resumes_to_the_uninterrupted_result(tmp_path):
     # ~1-2 min: the subprocess and this process each compile the fit once.
-    res = _kill_and_resume(tmp_path, fit=True, timeout=400)
+    res = _kill_and_resume(tmp_path, _cfg(train=FIT_BASE, layers=(1, 2), fit=True), timeout=400)
     assert res.converged.shape == (1, 2, 5, 2)
-    ok = res.converged
-    assert ok.sum() >= ok.size // 2  # tiny nets, 40 epochs: most layers are fittable
-    assert np.all(np.isnan(res.eta_h[~ok]) | ok[~ok] | np.isfinite(res.eta_h[~ok]))
+    assert res.converged.mean() > 0.7  # seen: 11 of 12 on a smaller grid
 
 
 @pytest.mark.slow
 def test_sweep_fits_equal_direct_fits(tmp_path):
     from unijax import fit
 
-    cfg = _cfg(seeds=(0, 1, 2), fit=True)
+    cfg = _cfg(train=FIT_BASE, seeds=(0, 1, 2), layers=(1, 2), fit=True)
     res = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
     Z = np.stack([res.h, res.y, res.w], -1)[0].astype(np.float64)  # (G, S, L, E, 3)
-    tr = train.train(BASE, seeds=[0], gains=[0.5], layers=[0, 1], key=jax.random.key(0))
+    tr = train.train(FIT_BASE, seeds=[0], gains=[0.5], layers=[1, 2], key=jax.random.key(0))
     direct = fit.fit_rates(
-        np.arange(40.0), Z.reshape(-1, 40, 3), dx2=tr.dx2, dy2=tr.dy2, return_trajectory=False
+        np.arange(300.0), Z.reshape(-1, 300, 3), dx2=tr.dx2, dy2=tr.dy2, return_trajectory=False
     )
     np.testing.assert_array_equal(res.converged[0].reshape(-1), np.asarray(direct.converged))
     ok = np.asarray(direct.converged)
+    assert ok.mean() > 0.7
     np.testing.assert_allclose(
         res.eta_h[0].reshape(-1)[ok], np.asarray(direct.eta_h)[ok], rtol=1e-9
     )
