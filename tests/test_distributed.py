@@ -244,11 +244,12 @@ def test_sharded_fit_equals_unsharded_fit(tmp_path):
         got = _mode(a, mode)
         for k in ("converged", "n_iters"):
             np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{mode} {k}")
-        for k in ("eta_h", "eta_y", "stderr_eta_h"):
+        for k in ("eta_h", "eta_y"):
             np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=f"{mode} {k}")
         # sse sums squares of residuals ~1e-6 left by rates that agree to ~1e-16: its relative
-        # error is amplified by that cancellation (seen: 1.4e-12)
-        np.testing.assert_allclose(got["sse"], ref["sse"], rtol=1e-9, err_msg=f"{mode} sse")
+        # error is amplified by that cancellation (seen: 1.4e-12), and stderr ~ sqrt(sse)
+        for k in ("sse", "stderr_eta_h"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, err_msg=f"{mode} {k}")
     _check_same_fit(ref, _mode(a, "spmd"))
 
 
