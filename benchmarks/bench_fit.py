@@ -1,6 +1,6 @@
 """Fitting the effective rates: the original SciPy method against ``unijax.fit.fit_rates``.
 
-    python benchmarks/bench_fit.py                    # ~2-4 min on 2 CPU cores
+    python benchmarks/bench_fit.py                    # ~1-2 min on 2 CPU cores
     python benchmarks/bench_fit.py --scipy-trials 5 --reps 7 --json out.json
 
 On one set of synthetic trajectories (``--n-trials`` 64 trials of ``--n-epochs`` 6000 epochs,
@@ -8,13 +8,17 @@ default-network-like rates and initial states drawn at random, ``--noise`` 1% mu
 noise), it times and scores:
 
 (a) the original method re-implemented with SciPy (THEORY.md section 11): SSE of h, y, w with
-    ``solve_ivp`` (Radau, SciPy's default tolerances) from the measured first point; the best
-    of 200 log-spaced scales (1e-6 .. 1e2) of ``(eta_h, eta_y) = s (ratio, 1)``,
-    ``ratio = h[-1]^2 / (dx2 dy2)``; then BFGS with finite-difference gradients. One trial at
-    a time, on the first ``--scipy-trials`` trials (each takes seconds);
+    ``solve_ivp`` (Radau; SciPy's default tolerances unless ``--scipy-rtol/--scipy-atol``)
+    from the measured first point; the best of 200 log-spaced scales (1e-6 .. 1e2) of
+    ``(eta_h, eta_y) = s (ratio, 1)``, ``ratio = h[-1]^2 / (dx2 dy2)``; then BFGS with
+    finite-difference gradients. One trial at a time, on the first ``--scipy-trials`` trials
+    (each takes seconds);
 (b) ``fit_rates`` on all trials in one compiled call (compilation timed apart; median of
     ``--reps`` runs), with the default options (the same objective as (a)) and with
     ``fit_initial=True``.
+
+Wall and CPU time per fit are both printed: ``fit_rates`` uses both cores of the machine
+(chunks of trials from threads), the SciPy method one.
 
 Accuracy: relative error of eta_h, eta_y against the planted rates, and the SSE of section 11
 of each method's rates, all evaluated with the same tight solve (``theory.solve``, rtol 1e-10)
@@ -83,16 +87,19 @@ def machine() -> dict:
     )
 
 
-def timed(fn, *args, reps: int):
-    """(first call seconds, list of later call seconds, last output), blocking on results."""
+def timed(fn, *args, reps: int, cpu: list | None = None):
+    """(first call seconds, list of later call seconds, last output), blocking on results;
+    process CPU seconds of the later calls are appended to ``cpu`` if given."""
     t = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     first = time.perf_counter() - t
     runs = []
     for _ in range(reps):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         out = jax.block_until_ready(fn(*args))
         runs.append(time.perf_counter() - t)
+        if cpu is not None:
+            cpu.append(time.process_time() - c)
     return first, runs, out
 
 
@@ -164,7 +171,7 @@ def _rhs(t, z, eta_h, eta_y):
     ]
 
 
-def scipy_fit(ts, Zi):
+def scipy_fit(ts, Zi, rtol=1e-3, atol=1e-6):
     """Grid of 200 scales of (ratio, 1), best kept, then BFGS with finite differences."""
     n_solves = 0
 
@@ -175,7 +182,14 @@ def scipy_fit(ts, Zi):
             return 1e10
         n_solves += 1
         sol = solve_ivp(
-            _rhs, (ts[0], ts[-1]), Zi[0], method="Radau", t_eval=ts, args=(eta_h, eta_y)
+            _rhs,
+            (ts[0], ts[-1]),
+            Zi[0],
+            method="Radau",
+            t_eval=ts,
+            args=(eta_h, eta_y),
+            rtol=rtol,
+            atol=atol,
         )
         if not sol.success or sol.y.shape[1] != len(ts):
             return 1e10
@@ -206,6 +220,8 @@ def main(argv=None):
     ap.add_argument("--scipy-trials", type=int, default=3)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scipy-rtol", type=float, default=1e-3, help="solve_ivp's default")
+    ap.add_argument("--scipy-atol", type=float, default=1e-6, help="solve_ivp's default")
     ap.add_argument("--json", type=str, default=None)
     args = ap.parse_args(argv)
 
@@ -225,11 +241,12 @@ def main(argv=None):
 
     # (a) SciPy ------------------------------------------------------------------------------
     k = min(args.scipy_trials, args.n_trials)
-    sp_rates, sp_times, sp_solves = [], [], []
+    sp_rates, sp_times, sp_cpu, sp_solves = [], [], [], []
     for i in range(k):
-        t = time.perf_counter()
-        x, n_solves, _ = scipy_fit(ts, Z[i])
+        t, c = time.perf_counter(), time.process_time()
+        x, n_solves, _ = scipy_fit(ts, Z[i], args.scipy_rtol, args.scipy_atol)
         sp_times.append(time.perf_counter() - t)
+        sp_cpu.append(time.process_time() - c)
         sp_rates.append(x)
         sp_solves.append(n_solves)
         print(f"  scipy trial {i}: {sp_times[-1]:.2f} s, {n_solves} Radau solves", flush=True)
@@ -237,6 +254,7 @@ def main(argv=None):
     sp_sse = sse_reference(ts, Z[:k], sp_rates[:, 0], sp_rates[:, 1])
     sp_err = np.stack([rel_err(sp_rates[:, 0], eta_h[:k]), rel_err(sp_rates[:, 1], eta_y[:k])])
     sp_per_fit = float(np.median(sp_times))
+    sp_cpu_per_fit = float(np.median(sp_cpu))
 
     # (b) fit_rates ------------------------------------------------------------------------
     rows = {}
@@ -246,7 +264,8 @@ def main(argv=None):
             return fit.fit_rates(ts, Z, dx2=DX2, dy2=DY2, return_trajectory=False, **kw)
 
         cache0 = fit._fit_batch._cache_size()
-        first, runs, res = timed(run, Z, reps=args.reps)
+        cpu = []
+        first, runs, res = timed(run, Z, reps=args.reps, cpu=cpu)
         assert fit._fit_batch._cache_size() == cache0 + 1, "recompiled between repetitions"
         conv = np.asarray(res.converged)
         err = np.stack([rel_err(res.eta_h, eta_h), rel_err(res.eta_y, eta_y)])
@@ -257,6 +276,7 @@ def main(argv=None):
             run_median_s=med,
             run_min_s=float(min(runs)),
             per_fit_s=med / args.n_trials,
+            cpu_per_fit_s=float(np.median(cpu)) / args.n_trials,
             converged=int(conv.sum()),
             iters_max=int(np.max(res.n_iters)),
             iters_median=float(np.median(res.n_iters)),
@@ -317,8 +337,13 @@ def main(argv=None):
     info["loadavg_end"] = list(os.getloadavg())
 
     # Report --------------------------------------------------------------------------------
-    print("\n== (a) original method, SciPy (Radau, default tolerances; grid 200 + BFGS/FD)")
-    print(f"  trials fitted: {k}; wall time per fit: median {sp_per_fit:.2f} s")
+    print(
+        f"\n== (a) original method, SciPy (Radau rtol {args.scipy_rtol:g}, atol "
+        f"{args.scipy_atol:g}; grid of 200 + BFGS with finite differences), one trial at a time"
+    )
+    print(
+        f"  trials fitted: {k}; per fit: wall median {sp_per_fit:.2f} s, CPU {sp_cpu_per_fit:.2f} s"
+    )
     print(f"  Radau solves per fit: {sp_solves}")
     print(
         f"  rel. error eta_h: {np.array2string(sp_err[0], precision=4)}, "
@@ -329,7 +354,8 @@ def main(argv=None):
         print(f"\n== (b) {name}: {args.n_trials} trials in one call")
         print(
             f"  compile {r['compile_s']:.1f} s (apart); run median {r['run_median_s']:.3f} s "
-            f"(min {r['run_min_s']:.3f}) -> {1e3 * r['per_fit_s']:.2f} ms per fit"
+            f"(min {r['run_min_s']:.3f}) -> {1e3 * r['per_fit_s']:.2f} ms per fit "
+            f"(CPU {1e3 * r['cpu_per_fit_s']:.2f} ms)"
         )
         print(
             f"  converged {r['converged']}/{args.n_trials}; LM iterations median "
@@ -348,7 +374,10 @@ def main(argv=None):
             f"  SSE / SSE(planted) median over all trials {r['sse_over_true_median']:.5f}; "
             f"stderr z-score rms {r['stderr_z_rms']:.2f}"
         )
-        print(f"  speed-up per fit vs SciPy: {sp_per_fit / r['per_fit_s']:.0f}x")
+        print(
+            f"  speed-up per fit vs SciPy: {sp_per_fit / r['per_fit_s']:.0f}x wall time, "
+            f"{sp_cpu_per_fit / r['cpu_per_fit_s']:.0f}x CPU time"
+        )
     print("\n== one trajectory, jitted, after compilation (min of repetitions)")
     for name, r in single_times.items():
         print(f"  {name}: {1e3 * r['run_s']:.2f} ms (compile {r['compile_s']:.1f} s)")
@@ -358,6 +387,7 @@ def main(argv=None):
         scipy=dict(
             trials=k,
             per_fit_s=sp_per_fit,
+            cpu_per_fit_s=sp_cpu_per_fit,
             times_s=sp_times,
             solves=sp_solves,
             err=sp_err.tolist(),
