@@ -193,7 +193,6 @@ def test_short_trajectories_and_batched_equals_looped():
             )
         np.testing.assert_allclose(single.z_fit, batched.z_fit[i], atol=1e-12)
         assert bool(single.converged) == bool(batched.converged[i])
-    assert fit.fit_rates(ts, Z[0], dx2=1.0, dy2=0.5, return_trajectory=False).z_fit is None
 
 
 def test_jacobian_through_the_solver_matches_finite_differences(planted):
