@@ -691,6 +691,9 @@ def _initial_estimates(trial: _Trial):
 
 
 class _FitOpts(NamedTuple):
+    """Static options of the compiled fit (one program per distinct value). Field names are
+    the keyword names of :func:`fit_rates` (``unijax.distributed`` builds it from them)."""
+
     solve: _SolveOpts
     max_iters: int
     opt_rtol: float
