@@ -607,7 +607,7 @@ def sharded_fit_rates(
     * ``"shard_map"`` (default): one program, compiled once for the mesh, in which each
       device runs the core on its slice with no communication. Numbers as ``fit_rates``
       up to how XLA vectorizes a batch of another size (seen on CPU: equal iteration counts
-      and flags, rates equal or 1 ulp apart).
+      and flags, rates within 1e-12 relative).
     * ``"per_device"``: the core of ``fit_rates`` itself, dispatched to each device (one
       thread per device). Same numbers as ``"shard_map"``, but compiled once per device;
       for cores ``shard_map`` cannot trace.
