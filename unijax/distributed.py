@@ -443,24 +443,7 @@ def _prepare_fit(ts, Z, dx2, dy2, init, kw):
         raise ValueError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
     o = {**defaults, **kw}
     Z_arr, single = fit._check_trajectories(Z)
-    n_trials, n_epochs = Z_arr.shape[:2]
-    ts_arr = fit._check_ts_for(ts, n_epochs, "Z")
-    check_positive("dx2", dx2)
-    check_positive("dy2", dy2, allow_zero=True)
-    dx2_b = fit._as_batch("dx2", dx2, n_trials)
-    dy2_b = fit._as_batch("dy2", dy2, n_trials)
-    if init is None:
-        init_b = np.ones((n_trials, 2))
-    else:
-        check_positive("init (eta_h, eta_y)", init)
-        init_b = np.asarray(init, dtype=float)
-        if init_b.shape == (2,):
-            init_b = np.broadcast_to(init_b, (n_trials, 2))
-        if init_b.shape != (n_trials, 2):
-            raise ValueError(
-                f"init must have shape (2,) or (n_trials, 2) = ({n_trials}, 2); "
-                f"got {np.asarray(init).shape}."
-            )
+    ts_arr, dx2_b, dy2_b, init_b = fit._check_batch(ts, Z_arr, dx2, dy2, init)
     for name in ("rtol", "atol", "opt_rtol", "opt_atol", "max_rel_stderr"):
         check_positive(name, o[name])
     if int(o["max_steps"]) < 1 or int(o["max_iters"]) < 1:

@@ -1045,6 +1045,31 @@ def _squeeze(out: dict, single: bool) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_batch(ts, Z_arr, dx2, dy2, init):
+    """Validate ``ts``, ``dx2``, ``dy2``, ``init`` against checked trajectories ``Z_arr``
+    ``(n_trials, n_epochs, 3)``; returns them as per-trial host arrays (also used by
+    :func:`unijax.distributed.sharded_fit_rates`)."""
+    n_trials, n_epochs = Z_arr.shape[:2]
+    ts_arr = _check_ts_for(ts, n_epochs, "Z")
+    check_positive("dx2", dx2)
+    check_positive("dy2", dy2, allow_zero=True)
+    dx2_b = _as_batch("dx2", dx2, n_trials)
+    dy2_b = _as_batch("dy2", dy2, n_trials)
+    if init is None:
+        init_b = np.ones((n_trials, 2))
+    else:
+        check_positive("init (eta_h, eta_y)", init)
+        init_b = np.asarray(init, dtype=float)
+        if init_b.shape == (2,):
+            init_b = np.broadcast_to(init_b, (n_trials, 2))
+        if init_b.shape != (n_trials, 2):
+            raise ValueError(
+                f"init must have shape (2,) or (n_trials, 2) = ({n_trials}, 2); "
+                f"got {np.asarray(init).shape}."
+            )
+    return ts_arr, dx2_b, dy2_b, init_b
+
+
 def fit_rates(
     ts: Float[ArrayLike, " n_epochs"],
     Z: Float[ArrayLike, "*n_trials n_epochs 3"],
@@ -1137,24 +1162,7 @@ def fit_rates(
             "jit/vmap (it already fits all trials in one compiled call)."
         )
     Z_arr, single = _check_trajectories(Z)
-    n_trials, n_epochs = Z_arr.shape[:2]
-    ts_arr = _check_ts_for(ts, n_epochs, "Z")
-    check_positive("dx2", dx2)
-    check_positive("dy2", dy2, allow_zero=True)
-    dx2_b = _as_batch("dx2", dx2, n_trials)
-    dy2_b = _as_batch("dy2", dy2, n_trials)
-    if init is None:
-        init_b = np.ones((n_trials, 2))
-    else:
-        check_positive("init (eta_h, eta_y)", init)
-        init_b = np.asarray(init, dtype=float)
-        if init_b.shape == (2,):
-            init_b = np.broadcast_to(init_b, (n_trials, 2))
-        if init_b.shape != (n_trials, 2):
-            raise ValueError(
-                f"init must have shape (2,) or (n_trials, 2) = ({n_trials}, 2); "
-                f"got {np.asarray(init).shape}."
-            )
+    ts_arr, dx2_b, dy2_b, init_b = _check_batch(ts, Z_arr, dx2, dy2, init)
     for name, v in (
         ("rtol", rtol),
         ("atol", atol),
