@@ -6,6 +6,13 @@ Usage::
     unijax run E3 [--preset quick|paper] [--seeds N] [--set key=value ...] [--out DIR]
     unijax run all                   # every experiment, quick preset, ./unijax_out
     unijax report DIR                # rebuild DIR/report.md from the stored results
+    unijax run all --coordinator HOST:PORT --num-processes N --process-id I   # on N hosts
+
+Multi-host (one process per host, all with the same arguments but ``--process-id``): every
+process runs every experiment, and each network grid and rate fit is laid over the devices of
+all processes (``jax.distributed``); process 0 alone reads and writes ``--out``, which must be
+a directory all processes see (NFS, Lustre, ...), and decides for all which stored pieces of
+work are reused. A failure in one process ends the run on all; finished work is kept.
 
 ``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment failed (the others
 still ran and were stored); 2 bad input (nothing written); 130 interrupted (finished work is
@@ -22,7 +29,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true",
                    help="discard stored results of the selected experiments in DIR first")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    from unijax import sweep as sweep_lib  # the multi-host grid sweep (Scaling out)
+
+    sweep_lib.add_distributed_args(r)
 
     rep = sub.add_parser("report", help="rebuild DIR/report.md from stored results")
     rep.add_argument("dir", metavar="DIR")
-
-    from unijax import sweep as sweep_lib  # the multi-host grid sweep (Scaling out)
 
     sweep_lib.add_cli(sub)
 
@@ -210,31 +218,120 @@ def _environment() -> dict[str, Any]:
         "unijax": unijax.__version__,
         "jax": jax.__version__,
         "device": f"{dev.platform}:{getattr(dev, 'device_kind', '')}",
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
         "python": platform.python_version(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
     }
 
 
+class _Sync:
+    """What the processes of one ``unijax run`` agree on: process 0's answers, shared.
+
+    Every process runs the same experiments and makes the same collective computations, so
+    every decision that reads ``--out`` (resume this chunk? is this experiment finished?
+    which upstream rates?) is taken by process 0 and sent to the others through
+    ``jax.distributed``'s key-value store (a few bytes of JSON per decision). With one
+    process it is a plain function call.
+    """
+
+    def __init__(self, timeout_s: float = 24 * 3600.0):
+        import jax
+
+        self.n = jax.process_count()
+        self.writer = jax.process_index() == 0
+        self.timeout_ms = int(timeout_s * 1000)
+        self._seen: dict[str, int] = {}
+
+    def agree(self, key: str, value: Callable[[], Any]) -> Any:
+        """``value()`` evaluated on process 0 (JSON-able), returned on every process; an
+        exception there is raised on every process."""
+        if self.n == 1:
+            return value()
+        import json
+
+        from jax._src import distributed as _jd  # the client is not public API
+
+        count = self._seen.get(key, 0)
+        self._seen[key] = count + 1
+        k = f"unijax-run/{key}#{count}"
+        client = _jd.global_state.client
+        if self.writer:
+            try:
+                v = value()
+            except Exception as e:
+                client.key_value_set(k, json.dumps({"error": f"{type(e).__name__}: {e}"}))
+                raise
+            client.key_value_set(k, json.dumps({"value": v}))
+            return v
+        got = json.loads(client.blocking_key_value_get(k, self.timeout_ms))
+        if "error" in got:
+            raise RuntimeError(f"process 0 failed at {key!r}: {got['error']}")
+        return got["value"]
+
+
+class _SyncedCache:
+    """A :class:`unijax._store.ChunkCache` shared by the processes of a run: process 0 says
+    whether a chunk is stored; if so every process reads it, else all compute it together and
+    process 0 stores it."""
+
+    def __init__(self, inner: Any, sync: _Sync):
+        self.inner, self.sync = inner, sync
+        self.hits = self.misses = 0
+
+    def __call__(self, chunk: str, compute: Callable[[], Any]) -> dict[str, Any]:
+        import numpy as np
+
+        c = self.inner
+        held: dict[str, Any] = {}
+
+        def stored() -> bool:
+            held["arrays"] = c.store.load_chunk(c.name, chunk, c.config_hash)
+            return held["arrays"] is not None
+
+        if self.sync.agree(f"{c.name}/chunk/{chunk}", stored):
+            got = held.get("arrays") or c.store.load_chunk(c.name, chunk, c.config_hash)
+            if got is None:
+                raise RuntimeError(
+                    f"chunk {chunk!r} of {c.name} is stored in {c.store.outdir} as process 0 "
+                    "sees it but cannot be read by this process: --out must be a directory "
+                    "all processes share (NFS, Lustre, ...)"
+                )
+            self.hits += 1
+            return got
+        self.misses += 1
+        arrays = {k: np.asarray(v) for k, v in compute().items()}
+        if self.sync.writer:
+            c.store.save_chunk(c.name, chunk, arrays, c.config_hash)
+        return arrays
+
+
 def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: bool,
-             progress) -> dict[str, Any]:
-    """Run (or resume) one experiment; returns a status dict for the summary."""
+             progress, sync: _Sync) -> dict[str, Any]:
+    """Run (or resume) one experiment; returns a status dict for the summary (process 0)."""
     import jax
 
+    from unijax.experiments._common import no_progress
+
     mod = experiments.get(name)
-    h = store.begin(name, cfg, fresh=fresh)
-    if store.is_finished(name, h):
-        summary = store.load_summary(name)
+    writer = sync.writer
+    h = sync.agree(f"{name}/begin", lambda: store.begin(name, cfg, fresh=fresh))
+    if sync.agree(f"{name}/finished", lambda: store.is_finished(name, h)):
+        summary = store.load_summary(name) if writer else {}
         return {"name": name, "status": "done earlier (skipped)", "summary": summary,
                 "wall_s": summary.get("wall_s")}
-    cache = store.chunk_cache(name, h)
+    cache = _SyncedCache(store.chunk_cache(name, h), sync)
     upstream = {}
     if getattr(mod, "USES_RATES", False):
-        rates = _upstream_rates(store)
+        rates = sync.agree(f"{name}/upstream", lambda: _upstream_rates(store))
         if rates is not None:
             upstream["rates"] = rates
     t0 = time.perf_counter()
-    result = mod.run(cfg, key=jax.random.key(cfg.seed), progress=progress, cache=cache,
+    result = mod.run(cfg, key=jax.random.key(cfg.seed),
+                     progress=progress if writer else no_progress, cache=cache,
                      upstream=upstream)
+    if not writer:
+        return {"name": name, "status": "ran", "summary": {}, "wall_s": None}
     figures = mod.plot(result, store.exp_dir(name))
     agreement = mod.agreement(result)
     wall = time.perf_counter() - t0
@@ -292,25 +389,52 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _mismatch(store: ResultStore, cfgs: dict[str, Any]) -> str | None:
+    """The message of the first stored config that differs from ``cfgs``, or None."""
+    try:
+        for name, cfg in cfgs.items():
+            store.check(name, cfg)
+    except ConfigMismatchError as e:
+        return str(e)
+    return None
+
+
 def cmd_run(args) -> int:
+    from unijax import distributed
+    from unijax.sweep import init_from_args
+
     out = Path(args.out).expanduser()
     try:
+        distributed.check_process_args(args.coordinator, args.num_processes, args.process_id)
         cfgs = _configs(args)
         _check_writable(out)
-        store = ResultStore(out)
-        if not args.fresh:
-            for name, cfg in cfgs.items():
-                store.check(name, cfg)
-    except (BadInput, ConfigMismatchError) as e:
+    except ValueError as e:  # BadInput included
+        return _fail(str(e))
+    store = ResultStore(out)
+    if args.num_processes == 1 and not args.fresh and (msg := _mismatch(store, cfgs)):
+        return _fail(msg)  # before JAX starts: a refused resume costs nothing
+    try:
+        init_from_args(args)  # no-op for one process
+    except (ValueError, ConnectionError) as e:
         return _fail(str(e))
 
     import jax
 
     jax.config.update("jax_enable_x64", True)  # the theory is float64; networks keep float32
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return _fail(f"output directory {str(out)!r} cannot be created ({e.strerror})")
+    sync = _Sync()
+    writer = sync.writer
+    if sync.n > 1:
+        try:
+            msg = sync.agree("check", lambda: None if args.fresh else _mismatch(store, cfgs))
+        except RuntimeError as e:
+            return _fail(str(e))
+        if msg:
+            return _fail(msg)
+    if writer:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return _fail(f"output directory {str(out)!r} cannot be created ({e.strerror})")
 
     progress = _progress_factory(not args.no_progress)
     rows: list[dict] = []
@@ -318,18 +442,25 @@ def cmd_run(args) -> int:
     interrupted = False
     try:
         for name, cfg in cfgs.items():
-            print(f"unijax: {name}: {experiments.get(name).TITLE}", file=sys.stderr)
+            if writer:
+                print(f"unijax: {name}: {experiments.get(name).TITLE}", file=sys.stderr)
             try:
                 rows.append(_run_one(name, cfg, store, preset=args.preset, fresh=args.fresh,
-                                     progress=progress))
+                                     progress=progress, sync=sync))
             except KeyboardInterrupt:
                 raise
-            except Exception as e:  # keep going: the other experiments still run and store
-                traceback.print_exc(file=sys.stderr)
+            except Exception as e:
+                if sync.n > 1:
+                    # The processes compute together: one that went on alone would wait for
+                    # the others forever. End the run everywhere; finished work is kept.
+                    raise
+                traceback.print_exc(file=sys.stderr)  # one process: the others still run
                 rows.append({"name": name, "status": "failed",
                              "error": f"{type(e).__name__}: {e}".splitlines()[0][:160]})
     except KeyboardInterrupt:
         interrupted = True
+    if not writer:
+        return 130 if interrupted else 0
     from unijax import report
 
     report_path = None

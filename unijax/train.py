@@ -1,9 +1,11 @@
 """The training engine: a grid of init seeds x gains trained in one compiled call.
 
 Written for one trial (one seed, one gain); ``vmap`` adds the trial axis, ``lax.scan`` loops
-over epochs, and the flattened ``gains * seeds`` batch of trials is laid out over all local
-devices with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"trials"`` axis; the batch is
-padded to a multiple of the device count and the padding stripped again). Long runs are cut
+over epochs, and the flattened ``gains * seeds`` batch of trials is laid out over all devices
+with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"trials"`` axis; the batch is padded
+to a multiple of the device count and the padding stripped again). After
+:func:`unijax.distributed.initialize` the mesh spans the devices of every process, each process
+makes the same call, and every process gets the whole result. Long runs are cut
 into chunks of epochs, one compiled ``scan`` per chunk with the parameters carried (and their
 buffers donated) from one chunk to the next, so memory holds the parameters once and only the
 recorded observables grow with the number of epochs (64 seeds of the default network, 1.2 GB
@@ -52,6 +54,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -765,7 +768,9 @@ def _pair(pair, n_points: int) -> tuple[int, int] | None:
 
 def _devices(devices) -> list:
     if devices is None:
-        return list(jax.local_devices())
+        # All processes' devices after jax.distributed.initialize (then every process must
+        # make the same call); the local ones otherwise.
+        return list(jax.devices())
     if isinstance(devices, (int, np.integer)):
         local = jax.local_devices()
         if not 1 <= devices <= len(local):
@@ -775,6 +780,27 @@ def _devices(devices) -> list:
     if not devs:
         raise ValueError("devices must be None, a count, or a non-empty sequence of devices")
     return devs
+
+
+def _put(a, sharding: NamedSharding):
+    """``device_put`` that also works for a mesh spanning several processes (every process
+    passes the same value; it keeps the shards on its own devices)."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(a, sharding)
+    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(_put(np.asarray(jax.random.key_data(a)), sharding))
+    return jax.device_put(np.asarray(a), sharding)
+
+
+def _fetch(tree):
+    """``device_get``, gathering arrays spread over several processes to every process."""
+
+    def get(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return x
+
+    return jax.device_get(jax.tree.map(get, tree))
 
 
 def _vmap_size(vmap_size, devices: list) -> int | None:
@@ -868,7 +894,7 @@ def _run(
     mesh = Mesh(np.asarray(devices), (_AXIS,))
     batched = NamedSharding(mesh, P(_AXIS))
     replicated = NamedSharding(mesh, P())
-    put = lambda a, s: jax.device_put(a, s)  # noqa: E731
+    put = _put
     seed_arr = put(np.asarray(trial_seed, np.uint32), batched)
     g_arr = put(np.asarray(trial_gain, dtype), batched)
     key = put(key, replicated)
@@ -898,8 +924,8 @@ def _run(
 
     t_start = time.perf_counter()
     carry, obs0 = call(progs.start, seed_arr, g_arr, key, x, y)
-    initial_params = jax.device_get(carry.params) if return_params else None
-    obs0 = jax.device_get(obs0)
+    initial_params = _fetch(carry.params) if return_params else None
+    obs0 = _fetch(obs0)
     init_s = time.perf_counter() - t_start - compile_s
 
     t_run = time.perf_counter()
@@ -931,8 +957,8 @@ def _run(
         hyws.append(hyw_c)
         if spec.record_points:
             reps_chunks.append(tuple(b[:, : in_chunk.size] for b in carry.buf))
-    final_obs, losses, hyws, reps_chunks = jax.device_get((final_obs, losses, hyws, reps_chunks))
-    final_params = jax.device_get(carry.params) if return_params else None
+    final_obs, losses, hyws, reps_chunks = _fetch((final_obs, losses, hyws, reps_chunks))
+    final_params = _fetch(carry.params) if return_params else None
     run_s = time.perf_counter() - t_run - (compile_s - compile_before)
     del carry
 
@@ -1127,8 +1153,11 @@ def train(
             outputs are recorded at the initialization, at the record epochs and at the end.
         chunk_epochs: epochs per compiled ``scan`` chunk (memory stays constant in the number
             of epochs; the last chunk may include a few masked no-op epochs).
-        devices: devices to shard the trial batch over (default all local devices; a count
-            takes the first ``n``). Non-divisible batches are padded and the padding dropped.
+        devices: devices to shard the trial batch over (default ``jax.devices()``: the local
+            ones, or after :func:`unijax.distributed.initialize` those of all processes, which
+            must then all make this call with the same arguments and all receive the whole
+            result; a count takes the first ``n`` local devices). Non-divisible batches are
+            padded and the padding dropped.
         vmap_size: how many of a device's trials run as one vmapped batch; the blocks then
             loop (``lax.map``) inside the same compiled call. ``"all"``: one vmap over all of
             them; an int ``k``: blocks of ``k``; ``"auto"`` (default): ``"all"`` on GPU/TPU,

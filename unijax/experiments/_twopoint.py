@@ -151,8 +151,6 @@ def fit_trajectories(
         trial was valid and went to the fitter),
         ``z_fit: (n, FIT_POINTS, 3)`` the fitted trajectories, ``epochs: (FIT_POINTS,)``.
     """
-    from unijax import fit
-
     Z = np.asarray(Z, dtype=np.float64)
     n, T = Z.shape[:2]
     dx2 = np.broadcast_to(np.asarray(dx2, np.float64), (n,)).copy()
@@ -183,7 +181,7 @@ def fit_trajectories(
     for b in it:
         pad = FIT_BATCH - b.size
         bb = np.concatenate([b, np.repeat(b[:1], pad)])  # padding repeats a valid trial
-        res = fit.fit_rates(ts, Zs[bb], dx2=dx2[bb], dy2=dy2[bb])
+        res = _fit_rates(ts, Zs[bb], dx2=dx2[bb], dy2=dy2[bb])
         k = b.size
         out["eta_h"][b] = np.asarray(res.eta_h)[:k]
         out["eta_y"][b] = np.asarray(res.eta_y)[:k]
@@ -196,6 +194,18 @@ def fit_trajectories(
         out["identified"][b] = np.asarray(res.identified)[:k]
         out["z_fit"][b] = np.asarray(res.z_fit)[:k]
     return out
+
+
+def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarray):
+    """``fit_rates``, laid over all devices when there are several (every process of a
+    multi-host run takes part and gets the whole result)."""
+    import jax
+
+    from unijax import distributed, fit
+
+    if jax.device_count() > 1:
+        return distributed.sharded_fit_rates(ts, Z, dx2=dx2, dy2=dy2).fit
+    return fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2)
 
 
 def mean_output_error0(loss0: Any, z0: Any, dy2: Any) -> np.ndarray:
@@ -253,8 +263,6 @@ def fit_loss(
     idx = np.flatnonzero(np.asarray(use) & np.all(np.isfinite(loss[:, epochs]), axis=1)
                          & np.all(np.isfinite(z_fit), axis=(1, 2)))
     ts = epochs.astype(np.float64)
-    if not hasattr(fit, "fit_eta_mean"):  # older unijax.fit: no loss fit, reported as missing
-        return out
     for i in range(0, idx.size, FIT_BATCH):
         b = idx[i : i + FIT_BATCH]
         bb = np.concatenate([b, np.repeat(b[:1], FIT_BATCH - b.size)])
