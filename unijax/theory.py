@@ -788,11 +788,29 @@ def _sq_dist_block(a, b):
 
 
 def _blocked_rows(fn, n: int, block: int):
-    """Apply ``fn(row_indices) -> (block, ...)`` over row blocks with ``lax.map``; (n, ...)."""
+    """``fn(row_indices) -> (block, ...)`` over row blocks, written into one ``(n, ...)`` array.
+
+    The blocks are written in place (``fori_loop`` + ``dynamic_update_slice`` inside one
+    ``jit``), so the peak memory is the output plus one block, not the stacked blocks plus a
+    trimmed copy. When ``block`` does not divide ``n`` the last block starts at ``n - block``
+    and recomputes a few rows of the one before (same values) instead of running past ``n``.
+    """
+    if block >= n:
+        return fn(jnp.arange(n))
     n_blocks = -(-n // block)
-    idx = jnp.arange(n_blocks * block).reshape(n_blocks, block)
-    out = jax.lax.map(lambda rows: fn(jnp.minimum(rows, n - 1)), idx)
-    return out.reshape((n_blocks * block,) + out.shape[2:])[:n]
+    out = jax.eval_shape(fn, jax.ShapeDtypeStruct((block,), jnp.int32))
+
+    @jax.jit
+    def run():
+        def body(i, acc):
+            start = jnp.minimum(i * block, n - block)
+            rows = start + jnp.arange(block, dtype=jnp.int32)
+            return jax.lax.dynamic_update_slice_in_dim(acc, fn(rows), start, axis=0)
+
+        init = jnp.zeros((n,) + out.shape[1:], out.dtype)
+        return jax.lax.fori_loop(0, n_blocks, body, init)
+
+    return run()
 
 
 def pairwise_sq_distances(
