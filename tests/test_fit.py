@@ -193,6 +193,9 @@ def test_short_trajectories_and_batched_equals_looped():
             )
         np.testing.assert_allclose(single.z_fit, batched.z_fit[i], atol=1e-12)
         assert bool(single.converged) == bool(batched.converged[i])
+    text = single.summary()  # one trial: its standard error, no undefined spread
+    assert "1/1 converged" in text and "rel. stderr" in text and "nan" not in text, text
+    assert "sd " in batched.summary() and "nan" not in batched.summary()
 
 
 def test_jacobian_through_the_solver_matches_finite_differences(planted):

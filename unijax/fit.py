@@ -202,11 +202,17 @@ class RateFit(eqx.Module):
             r2 = np.atleast_2d(np.asarray(self.r2))[conv]
             rel_h = np.atleast_1d(np.asarray(self.stderr_eta_h / self.eta_h))[conv]
             rel_y = np.atleast_1d(np.asarray(self.stderr_eta_y / self.eta_y))[conv]
+            one = conv.sum() == 1  # one trial: its standard error; no spread over trials
+
+            def rate(name, mean, sd, rel):
+                if one:
+                    return f"  {name} = {float(mean):.6g} (rel. stderr {rel[0]:.2g}) 1/epoch"
+                return (f"  {name} = {float(mean):.6g} (sd {float(sd):.3g}, "
+                        f"median rel. stderr {np.median(rel):.2g}) 1/epoch")
+
             lines += [
-                f"  eta_h = {float(m.eta_h):.6g} (sd {float(m.std_eta_h):.3g}, "
-                f"median rel. stderr {np.median(rel_h):.2g}) 1/epoch",
-                f"  eta_y = {float(m.eta_y):.6g} (sd {float(m.std_eta_y):.3g}, "
-                f"median rel. stderr {np.median(rel_y):.2g}) 1/epoch",
+                rate("eta_h", m.eta_h, m.std_eta_h, rel_h),
+                rate("eta_y", m.eta_y, m.std_eta_y, rel_y),
                 "  median R^2 (h, y, w) = "
                 + ", ".join(f"{v:.4f}" for v in np.nanmedian(r2, axis=0)),
             ]
