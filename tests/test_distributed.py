@@ -253,6 +253,96 @@ def test_sharded_fit_equals_unsharded_fit(tmp_path):
     _check_same_fit(ref, _mode(a, "spmd"))
 
 
+@pytest.mark.parametrize("n_devices", [1, 2, 3, 4])
+def test_cpu_fit_layout_fits_whole_chunks_and_fewer_than_8_padding_trials(n_devices):
+    for n in range(1, 100):
+        lay = distributed._fit_layout(n, n_devices, "cpu")
+        c = -(-n // n_devices)
+        assert lay.chunk == min(8, c) and lay.per_device % lay.chunk == 0
+        assert lay.per_device - c < lay.chunk  # as few chunks per device as possible
+        assert n <= n_devices * lay.per_device and lay.n_chunks.shape == (n_devices,)
+        if lay.per_device == lay.chunk:  # one vmap per device, all of it runs
+            assert lay.n_computed == n_devices * lay.per_device and lay.n_computed - n < n_devices
+        else:  # devices run the chunks holding a real trial: the first ceil(n / chunk)
+            assert lay.n_chunks.sum() == -(-n // lay.chunk)
+            assert 0 <= lay.n_computed - n < lay.chunk
+    for n in (3, 19, 100):  # elsewhere: one vmap of ceil(n / n_devices) per device
+        lay = distributed._fit_layout(n, n_devices, "gpu")
+        assert lay.chunk == lay.per_device == -(-n // n_devices)
+
+
+def test_packed_outputs_unpack_exactly():
+    import jax
+
+    out = {
+        "b": np.array([True, False, True]),
+        "a": np.arange(3, dtype=np.int64) * 2**40,
+        "c": np.random.default_rng(0).normal(size=(3, 2, 2)),
+        "none": None,
+    }
+    with jax.enable_x64(True):
+        packed = distributed._pack(out, ("test-key",))
+        assert packed.shape == (3, 1 + 1 + 4) and packed.dtype == np.float64
+        got = distributed._unpack(np.asarray(packed), distributed._PACKED_LAYOUTS[("test-key",)])
+    assert got.keys() == out.keys() and got["none"] is None
+    for k in ("a", "b", "c"):
+        assert got[k].dtype == out[k].dtype
+        np.testing.assert_array_equal(got[k], out[k])
+
+
+_CHUNKED_FIT_SCRIPT = """
+    import sys, jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    from unijax import distributed, fit, theory
+    assert len(jax.devices()) == 2, jax.devices()
+    n = 19  # slices of 16 per device, chunks of 8: 2 chunks + 1 chunk (3 real trials)
+    ts = np.arange(40.0)
+    rng = np.random.default_rng(2)
+    z0 = np.stack([rng.uniform(0.05, 0.5, n), rng.uniform(0.0, 0.05, n),
+                   -rng.uniform(0.01, 0.1, n)], 1)
+    eta = rng.uniform(0.5, 2.0, (n, 2)) * np.array([2e-2, 1e-2])
+    Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=e[0], eta_y=e[1], dx2=1.0, dy2=0.5))
+                  for z, e in zip(z0, eta)])
+    Z = Z + 1e-6 * rng.normal(size=Z.shape)
+    res = distributed.sharded_fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=True,
+                                        mode=sys.argv[2])
+    ref = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=True)
+    out = {"n_padded": res.n_padded, "n_devices": res.n_devices}
+    for k in ("eta_h", "eta_y", "stderr_eta_h", "sse", "converged", "optimizer_ok",
+              "identified", "n_iters", "n_ode_steps", "z_fit"):
+        out["got." + k] = np.asarray(getattr(res.fit, k))
+        out["ref." + k] = np.asarray(getattr(ref, k))
+    np.savez(sys.argv[1], **out)
+    print("OK")
+"""
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["shard_map", pytest.param("per_device", marks=pytest.mark.slow)],  # same device program
+)
+def test_cpu_chunked_sharded_fit_equals_fit_rates(tmp_path, mode):
+    # ~30 s on 2 cores: two compilations (fit_rates' chunk program, the sharded one; with
+    # per_device one per device).
+    r = _run(_CHUNKED_FIT_SCRIPT, tmp_path / "c.npz", mode, n_devices=2, timeout=600)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
+    a = dict(np.load(tmp_path / "c.npz"))
+    # device 0 fits trials 0-15 (2 chunks), device 1 trials 16-18 and 5 copies of trial 18
+    # (1 chunk; its second, all padding, is skipped)
+    assert (int(a["n_padded"]), int(a["n_devices"])) == (5, 2)
+    got, ref = _mode(a, "got"), _mode(a, "ref")
+    assert got["eta_h"].shape == (19,) and got["z_fit"].shape == (19, 40, 3)
+    assert ref["converged"].all()
+    # both run chunks of 8 trials (fit_rates from threads, here in a loop per device)
+    for k in ("converged", "optimizer_ok", "identified", "n_iters", "n_ode_steps"):
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    for k in ("eta_h", "eta_y", "z_fit"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=k)
+    # sse cancels residuals ~1e-6 (see test_sharded_fit_equals_unsharded_fit)
+    for k in ("sse", "stderr_eta_h"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, err_msg=k)
+
+
 # ---------------------------------------------------------------------------------------------
 # Two processes on localhost == one process
 # ---------------------------------------------------------------------------------------------
