@@ -8,12 +8,18 @@ What it measures (each configuration in its own subprocess, so that the device c
 set before JAX starts; on CPU ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` splits the
 host into N devices, on GPU all visible GPUs are used in turn 1, 2, 4, ... up to all):
 
-* ``devices``: throughput (trials/s, best of 3 after a warm-up call) of
-  :func:`unijax.distributed.sharded_fit_rates` (mode ``shard_map``; ``per_device`` and
-  ``spmd`` too, in the multi-device process) on 64 trials (trajectories of the ODE with
-  noise, 300 epochs) and of :func:`unijax.train.train` on 64 trials (8 gains x 8 seeds, width
-  32, depth 4, 300 epochs), with 1 and 2 devices (CPU) or 1..all GPUs. Target: >= 1.7x for 2
-  host devices on a 2-core CPU for the fit.
+* ``devices``: throughput of :func:`unijax.distributed.sharded_fit_rates` (mode
+  ``shard_map``) on 64 trials (trajectories of the ODE with noise), for 300-epoch and for
+  paper-length 6000-epoch trajectories (EXPERIMENTS.md E1), in three subprocesses: (a) 2 host
+  devices and 1 device of the same process, calls interleaved (also modes ``per_device`` and
+  ``spmd`` at 300 epochs); (b) 1 device, the process pinned to one core
+  (``os.sched_setaffinity``): per-core scaling; (c) 1 device with both cores, also the
+  unsharded :func:`unijax.fit.fit_rates`. The processes compile, then take turns (3 calls of
+  each function at a time, one process computing at a time), so that a busy spell of a shared
+  machine hits all alike; medians (primary) and best of 90 (300 epochs) / 45 (6000) calls.
+  Also :func:`unijax.train.train` on 64 trials (8 gains x 8 seeds, width 32, depth 4, 300
+  epochs) with 1 and 2 devices (CPU) or 1..all GPUs. Target: >= 1.7x for 2 host devices on a
+  2-core CPU for the fit.
 * ``compile``: trace+lower and compile seconds of the fit and of training for batches of 8, 16,
   32 and 64 trials (one device): they should not grow with the batch.
 * ``memory``: peak resident memory of the blocked whole-data-set theory
@@ -21,7 +27,8 @@ host into N devices, on GPU all visible GPUs are used in turn 1, 2, 4, ... up to
   :func:`unijax.theory.pairwise_a_low`) at large N, synthetic data with 64 input and 10
   output dimensions, float64, blocks of 1024: ``ru_maxrss`` after minus before the call.
 
-Timings: ``block_until_ready``, best of N, compilation separated from running (STYLE.md 10).
+Timings: ``block_until_ready``, median and best of N, compilation separated from running
+(STYLE.md 10).
 """
 
 from __future__ import annotations
@@ -31,27 +38,38 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import types
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 
 N_FIT_TRIALS = 64
-N_EPOCHS_FIT = 300
+# Short trajectories, and the paper's Table-1 length (EXPERIMENTS.md E1).
+FIT_EPOCHS = (300, 6000)
 TRAIN = dict(width=32, depth=4, epochs=300)
-# Many repeats, calls interleaved: on a shared machine the best of them is the time with the
-# cores free (the fit takes ~0.04 s, so this is cheap).
-N_REPEATS_FIT = 30
+# Many repeats, calls interleaved (within a process, and across processes by turns): medians
+# are the primary figure; on a shared machine the best of them is the time with the cores free.
+N_REPEATS_FIT = {300: 90, 6000: 45}
 N_REPEATS_TRAIN = 10
+# Calls of each function per turn of a worker process (see _rounds).
+ROUND_CALLS = 3
 
 
 # ---------------------------------------------------------------------------------------------
 # Machine
 # ---------------------------------------------------------------------------------------------
+
+
+def _load() -> list[str] | None:
+    try:
+        return Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        return None
 
 
 def _cpu_model() -> str:
@@ -64,17 +82,24 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _memory_gb() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def machine() -> dict:
     import jax
 
-    try:
-        load = Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        load = None
     return {
-        "load_average_1_5_15min": load,
+        "load_average_1_5_15min": _load(),
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
+        "memory_gb": _memory_gb(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -88,6 +113,10 @@ def machine() -> dict:
 
 
 def _fit_data(n_trials: int, n_epochs: int):
+    """``ts (n_epochs,)``, ``Z (n_trials, n_epochs, 3)``: ODE trajectories with noise 1e-5.
+
+    The rates (1/epoch) are scaled by ``300 / n_epochs`` so that the transition spans the
+    window whatever its length."""
     import jax.numpy as jnp
     import numpy as np
 
@@ -103,7 +132,7 @@ def _fit_data(n_trials: int, n_epochs: int):
         ],
         1,
     )
-    eta = rng.uniform(0.5, 2.0, (n_trials, 2)) * np.array([8e-3, 5e-3])
+    eta = rng.uniform(0.5, 2.0, (n_trials, 2)) * np.array([8e-3, 5e-3]) * (300.0 / n_epochs)
     Z = np.stack(
         [
             np.asarray(
@@ -151,26 +180,32 @@ def _busy_threads(fn, n: int) -> int | None:
 
 
 def _interleaved(fns: dict, n: int) -> dict:
-    """Best of ``n`` wall seconds of each callable, calls alternating (fair under load)."""
-    best = dict.fromkeys(fns, float("inf"))
+    """``n`` wall seconds of each callable, calls alternating (fair under load)."""
+    times: dict = {k: [] for k in fns}
     for _ in range(n):
         for k, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            best[k] = min(best[k], time.perf_counter() - t0)
-    return best
+            times[k].append(time.perf_counter() - t0)
+    return times
 
 
-def worker_devices(n_dev: int) -> dict:
-    """Fit and train on ``n_dev`` devices; with ``n_dev > 1`` also on one device of the same
-    process, calls interleaved, so that a busy machine slows both alike."""
+def worker_devices(n_dev: int, n_epochs: int, pinned: bool, with_train: bool) -> None:
+    """Fit (and train) on ``n_dev`` devices. With ``n_dev > 1`` also on one device of the same
+    process, calls interleaved, so that a busy machine slows both alike; with ``n_dev == 1``
+    also the unsharded ``fit.fit_rates``. ``pinned``: this process runs on one core.
+
+    Compiles, replies with a JSON line, then for each line ``fit K`` / ``train K`` on stdin
+    replies with the seconds of K interleaved calls of each fit / training function."""
+    if pinned:  # before JAX starts its threads: they inherit the affinity
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from unijax import configs, distributed, train
+    from unijax import configs, distributed, fit, train
 
     devices = jax.devices()[:n_dev]
-    ts, Z = _fit_data(N_FIT_TRIALS, N_EPOCHS_FIT)
+    ts, Z = _fit_data(N_FIT_TRIALS, n_epochs)
     cfg = configs.get("default", **TRAIN)
     gains = [0.6 + 0.1 * i for i in range(8)]
 
@@ -180,9 +215,14 @@ def worker_devices(n_dev: int) -> dict:
         def fit_once():
             return distributed.sharded_fit_rates(
                 ts, Z, dx2=1.0, dy2=0.5, mesh=mesh, return_trajectory=False, mode=mode
-            )
+            ).fit
 
         return fit_once
+
+    def plain():  # the unsharded entry point (on CPU it threads chunks of 8 itself)
+        r = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
+        jax.block_until_ready(r.eta_h)
+        return r
 
     def trainer(devs):
         def train_once():
@@ -193,41 +233,43 @@ def worker_devices(n_dev: int) -> dict:
         return train_once
 
     fits = {"fit": fitter(devices)}
-    if n_dev == 1:  # the unsharded entry point, for reference (on CPU it threads chunks itself)
-        from unijax import fit
-
-        def plain():
-            r = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
-            jax.block_until_ready(r.eta_h)
-            return types.SimpleNamespace(fit=r)
-
+    trains = {"train": trainer(devices)} if with_train else {}
+    if n_dev == 1 and not pinned:
         fits["fit_rates"] = plain
-    trains = {"train": trainer(devices)}
     if n_dev > 1:
-        fits.update(
-            fit_per_device=fitter(devices, "per_device"),
-            fit_spmd=fitter(devices, "spmd"),
-            fit_1=fitter(devices[:1]),
-        )
-        trains.update(train_1=trainer(devices[:1]))
-    out: dict = {"n_devices": n_dev, "fit_trials": N_FIT_TRIALS, "train_trials": 64}
-    for k, fn in fits.items():  # first calls: compilation (per device for "fit")
+        fits["fit_1"] = fitter(devices[:1])
+        if n_epochs <= 300:  # spmd runs the devices in lock-step: slow on long trajectories
+            fits.update(fit_per_device=fitter(devices, "per_device"))
+            fits.update(fit_spmd=fitter(devices, "spmd"))
+        if with_train:
+            trains.update(train_1=trainer(devices[:1]))
+    out: dict = {
+        "n_devices": n_dev,
+        "n_epochs": n_epochs,
+        "pinned": pinned,
+        "cores_available": len(os.sched_getaffinity(0)),
+        "fit_trials": N_FIT_TRIALS,
+        "train_trials": 64,
+    }
+    for k, fn in fits.items():  # first calls: compilation (per device for "per_device")
         t0 = time.perf_counter()
         res = fn()
         out[f"{k}_first_call_s"] = time.perf_counter() - t0
-        out[f"{k}_n_failed"] = int(res.fit.n_failed)
+        out[f"{k}_n_failed"] = int(res.n_failed)
     for k, fn in trains.items():
         out[f"{k}_compile_s"] = fn().compile_s
-    for k, v in {
-        **_interleaved(fits, N_REPEATS_FIT),
-        **_interleaved(trains, N_REPEATS_TRAIN),
-    }.items():
-        out[f"{k}_s"] = v
     if n_dev == 1:
         out["busy_threads_1dev"] = _busy_threads(fits["fit"], 3)
-    out["fit_trials_per_s"] = N_FIT_TRIALS / out["fit_s"]
-    out["train_trials_per_s"] = 64 / out["train_s"]
-    return out
+    # Ready; then timed rounds on request, so that the driver can alternate the processes
+    # (only one computes at a time) and a busy spell of the machine hits all of them alike.
+    _reply(out)
+    while line := sys.stdin.readline().split():
+        group = fits if line[0] == "fit" else trains
+        _reply(_interleaved(group, int(line[1])))
+
+
+def _reply(obj: dict) -> None:
+    print(json.dumps(obj), flush=True)
 
 
 def worker_compile() -> dict:
@@ -322,6 +364,182 @@ def _sub(args: list[str], n_host_devices: int | None, timeout: float = 1800) -> 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+class _Worker:
+    """A ``devices`` worker subprocess, asked for timed rounds (see :func:`worker_devices`)."""
+
+    def __init__(self, args: list[str], n_host_devices: int | None):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        if n_host_devices is not None:
+            env["XLA_FLAGS"] = (
+                env.get("XLA_FLAGS", "")
+                + f" --xla_force_host_platform_device_count={n_host_devices}"
+            ).strip()
+            env["JAX_PLATFORMS"] = "cpu"
+        self.args = args
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), "--worker", *args],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.err,
+            text=True,
+        )
+        self.info = self._read()
+        self.times: dict[str, list[float]] = {}
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            self.err.seek(0)
+            raise RuntimeError(f"worker {self.args} failed:\n{self.err.read()[-4000:]}")
+        return json.loads(line)
+
+    def run(self, what: str, k: int) -> None:
+        self.proc.stdin.write(f"{what} {k}\n")
+        self.proc.stdin.flush()
+        for name, v in self._read().items():
+            self.times.setdefault(name, []).extend(v)
+
+    def close(self) -> dict:
+        """End the process; the ready reply plus ``NAME_times_s``, ``NAME_median_s`` and
+        ``NAME_s`` (best) of every timed function."""
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.err.close()
+        out = dict(self.info)
+        for k, v in self.times.items():
+            out[f"{k}_times_s"] = v
+            out[f"{k}_median_s"] = statistics.median(v)
+            out[f"{k}_s"] = min(v)
+        return out
+
+
+def _rounds(workers: list[_Worker], what: str, n_calls: int, per_round: int) -> list:
+    """``n_calls`` timed calls of each function of each worker, ``per_round`` at a time, the
+    workers taking turns; returns the 1-minute load averages seen between rounds."""
+    loads = []
+    for _ in range(-(-n_calls // per_round)):
+        for w in workers:
+            w.run(what, per_round)
+            loads.append(float((_load() or ["nan"])[0]))
+    return loads
+
+
+def _ratio(num: dict, k_num: str, den: dict, k_den: str) -> tuple[float, float]:
+    """(median, best) speed-up of ``den[k_den]`` over ``num[k_num]`` times (time ratio)."""
+    return (
+        num[f"{k_num}_median_s"] / den[f"{k_den}_median_s"],
+        num[f"{k_num}_s"] / den[f"{k_den}_s"],
+    )
+
+
+def _devices(gpu: bool) -> dict:
+    """Run the ``devices`` workers (each its own subprocess, taking turns) and print tables."""
+    out: dict = {}
+    if gpu:
+        import jax
+
+        n_all = len(jax.devices())
+        counts = sorted({1, *(2**k for k in range(1, 8) if 2**k <= n_all), n_all})
+    for n_epochs in FIT_EPOCHS:
+        n_calls = N_REPEATS_FIT[n_epochs]
+        train = n_epochs == FIT_EPOCHS[0]
+        flag = str(int(train))
+        if gpu:
+            workers = [_Worker(["devices", str(n), str(n_epochs), "0", flag], None) for n in counts]
+        else:
+            # (c) 1 device, both cores, with the unsharded fit_rates; (a) 2 host devices and 1
+            # device of the same process; (b) 1 device, the process pinned to one core.
+            workers = [
+                _Worker(["devices", "1", str(n_epochs), "0", flag], 1),
+                _Worker(["devices", "2", str(n_epochs), "0", flag], 2),
+                _Worker(["devices", "1", str(n_epochs), "1", "0"], 1),
+            ]
+        loads = _rounds(workers, "fit", n_calls, ROUND_CALLS)
+        if train:
+            loads += _rounds(workers[:2] if not gpu else workers, "train", N_REPEATS_TRAIN, 2)
+        rows = [w.close() for w in workers]
+        head = (
+            f"\nfit: {N_FIT_TRIALS} trials x {n_epochs} epochs, sharded_fit_rates (shard_map "
+            f"unless named); seconds per call, median and best of {n_calls} calls, "
+            f"{ROUND_CALLS} at a time, the processes taking turns; 1-min load average "
+            f"{min(loads):.2f}-{max(loads):.2f} (this benchmark's own process included)"
+        )
+        if gpu:
+            out[str(n_epochs)] = rows
+            print(head.replace("(shard_map", f"on 1..{n_all} GPUs (shard_map"))
+            print(
+                f"{'GPUs':>5} {'median s':>9} {'best s':>8} {'trials/s':>9} {'speed-up':>9} "
+                f"{'train s':>8} {'speed-up':>9}"
+            )
+            for r in rows:
+                med, _ = _ratio(rows[0], "fit", r, "fit")
+                tr = (
+                    f"{r['train_s']:>8.3f} {rows[0]['train_s'] / r['train_s']:>8.2f}x"
+                    if train
+                    else ""
+                )
+                print(
+                    f"{r['n_devices']:>5} {r['fit_median_s']:>9.4f} {r['fit_s']:>8.4f} "
+                    f"{N_FIT_TRIALS / r['fit_median_s']:>9.0f} {med:>8.2f}x {tr}"
+                )
+            continue
+        one, two, core = rows
+        out[str(n_epochs)] = {"one_device": one, "two_devices": two, "one_core": core}
+        print(head)
+        print(
+            f"{'configuration':<52} {'median s':>9} {'best s':>8} {'trials/s':>9} "
+            f"{'1st call s':>11}"
+        )
+        table = [
+            ("(a) 2 host devices", two, "fit"),
+            ("(a) 2 host devices, mode per_device", two, "fit_per_device"),
+            ("(a) 2 host devices, mode spmd", two, "fit_spmd"),
+            ("(a) 1 device, same process (interleaved with 2)", two, "fit_1"),
+            ("(b) 1 device, process pinned to 1 core", core, "fit"),
+            ("(c) 1 device, both cores", one, "fit"),
+            ("(c) unsharded fit.fit_rates, both cores", one, "fit_rates"),
+        ]
+        for name, r, k in table:
+            if f"{k}_s" in r:
+                print(
+                    f"{name:<52} {r[f'{k}_median_s']:>9.4f} {r[f'{k}_s']:>8.4f} "
+                    f"{N_FIT_TRIALS / r[f'{k}_median_s']:>9.0f} {r[f'{k}_first_call_s']:>11.1f}"
+                )
+        print(f"speed-up of 2 host devices (target >= 1.7x)          {'median':>9} {'best':>8}")
+        for name, r, k in (
+            ("vs 1 device, same process (a)", two, "fit_1"),
+            ("vs 1 device pinned to 1 core (b): per-core scaling", core, "fit"),
+            ("vs 1 device, both cores (c)", one, "fit"),
+            ("vs unsharded fit.fit_rates (c)", one, "fit_rates"),
+        ):
+            med, best = _ratio(r, k, two, "fit")
+            verdict = "met" if med >= 1.7 else "NOT met"
+            print(f"  {name:<51} {med:>8.3f}x {best:>7.3f}x  {verdict} (median)")
+        print(
+            f"XLA threads busy (>10% of the busiest) during the 1-device fit, both cores: "
+            f"{one['busy_threads_1dev']}; pinned to 1 core: {core['busy_threads_1dev']}"
+        )
+        if train:
+            print(
+                f"\ntrain: 64 trials (width {TRAIN['width']}, depth {TRAIN['depth']}, "
+                f"{TRAIN['epochs']} epochs); best of {N_REPEATS_TRAIN}"
+            )
+            print(f"{'devices':>8} {'train s':>8} {'trials/s':>9} {'speed-up':>9}")
+            for r in (one, two):
+                print(
+                    f"{r['n_devices']:>8} {r['train_s']:>8.3f} {64 / r['train_s']:>9.1f} "
+                    f"{one['train_s'] / r['train_s']:>8.2f}x"
+                )
+            print(
+                f"same process, calls interleaved, 2 devices vs 1: train "
+                f"{two['train_1_s'] / two['train_s']:.2f}x"
+            )
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", choices=("devices", "compile", "memory"), action="append")
@@ -345,9 +563,11 @@ def main(argv=None) -> int:
 
     if args.worker:
         kind = args.worker[0]
-        if kind == "devices":
-            out = worker_devices(int(args.worker[1]))
-        elif kind == "compile":
+        if kind == "devices":  # replies on stdout as it goes
+            n_dev, n_epochs, pinned, with_train = map(int, args.worker[1:5])
+            worker_devices(n_dev, n_epochs, bool(pinned), bool(with_train))
+            return 0
+        if kind == "compile":
             out = worker_compile()
         else:
             out = worker_memory(args.worker[1], int(args.worker[2]))
@@ -359,7 +579,8 @@ def main(argv=None) -> int:
     parts = args.only or ["devices", "compile", "memory"]
     info = machine()
     print(
-        f"machine: {info['cpu']}, {info['cores']} cores; python {info['python']}, "
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb'] or 0:.0f} GB; "
+        f"python {info['python']}, "
         f"jax {info['jax']} ({info['backend']}: {len(info['devices'])} device(s)); "
         f"load average {' '.join(info['load_average_1_5_15min'] or ['?'])} (1/5/15 min)"
     )
@@ -367,56 +588,7 @@ def main(argv=None) -> int:
     gpu = jax.default_backend() == "gpu"
 
     if "devices" in parts:
-        if gpu:
-            n_all = len(jax.devices())
-            counts = sorted({1, *(2**k for k in range(1, 8) if 2**k <= n_all), n_all})
-            rows = [_sub(["devices", str(n)], None) for n in counts]
-        else:
-            rows = [_sub(["devices", str(n)], n) for n in (1, 2)]
-        results["devices"] = rows
-        base = rows[0]
-        print(
-            f"\nthroughput vs devices ({'GPU' if gpu else 'CPU host devices'}); "
-            f"fit: {N_FIT_TRIALS} trials x {N_EPOCHS_FIT} epochs; train: 64 trials "
-            f"(width {TRAIN['width']}, depth {TRAIN['depth']}, {TRAIN['epochs']} epochs); "
-            f"best of {N_REPEATS_FIT} (fit), {N_REPEATS_TRAIN} (train)"
-        )
-        print(
-            f"{'devices':>8} {'fit s':>8} {'trials/s':>9} {'speed-up':>9} {'1st call s':>11} "
-            f"{'spmd s':>8} {'train s':>8} {'trials/s':>9} {'speed-up':>9}"
-        )
-        for r in rows:
-            spmd = f"{r['fit_spmd_s']:>8.3f}" if "fit_spmd_s" in r else f"{'-':>8}"
-            print(
-                f"{r['n_devices']:>8} {r['fit_s']:>8.3f} {r['fit_trials_per_s']:>9.1f} "
-                f"{base['fit_s'] / r['fit_s']:>8.2f}x {r['fit_first_call_s']:>11.1f} {spmd} "
-                f"{r['train_s']:>8.3f} {r['train_trials_per_s']:>9.1f} "
-                f"{base['train_s'] / r['train_s']:>8.2f}x"
-            )
-        for r in rows[1:]:
-            print(
-                f"same process, calls interleaved, {r['n_devices']} devices vs 1: fit "
-                f"{r['fit_1_s'] / r['fit_s']:.2f}x (per_device "
-                f"{r['fit_1_s'] / r['fit_per_device_s']:.2f}x, spmd "
-                f"{r['fit_1_s'] / r['fit_spmd_s']:.2f}x), "
-                f"train {r['train_1_s'] / r['train_s']:.2f}x"
-            )
-        if "fit_rates_s" in base:
-            print(
-                f"unsharded fit.fit_rates on the same 64 trials: {base['fit_rates_s']:.3f} s "
-                f"({N_FIT_TRIALS / base['fit_rates_s']:.0f} trials/s)"
-            )
-        if "busy_threads_1dev" in base:
-            print(
-                f"XLA threads busy (>10% of the busiest) during the one-device fit: "
-                f"{base['busy_threads_1dev']} (of {os.cpu_count()} cores)"
-            )
-        if not gpu:
-            ratio = base["fit_s"] / rows[1]["fit_s"]
-            print(
-                f"fit speed-up, 2 host devices vs 1 (separate processes): {ratio:.2f}x "
-                f"(target >= 1.7x): {'met' if ratio >= 1.7 else 'NOT met'}"
-            )
+        results["devices"] = _devices(gpu)
 
     if "compile" in parts:
         res = _sub(["compile"], 1 if not gpu else None)
