@@ -8,8 +8,6 @@ starts); multi-process runs start two CPU processes that meet on a free localhos
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,37 +16,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _procs import REPO, env, free_port, run_together
 
 from unijax import distributed
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _env(n_devices: int = 1) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
-    env["JAX_ENABLE_X64"] = "1"
-    env.pop("JAX_COORDINATOR_ADDRESS", None)
-    return env
 
 
 def _run(script: str, *args, n_devices: int = 1, timeout: float = 300.0):
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *map(str, args)],
-        env=_env(n_devices),
+        env=env(n_devices),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,7 +70,7 @@ def test_single_process_needs_no_runtime():
 
 
 def test_unreachable_coordinator_fails_within_the_timeout():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     t0 = time.monotonic()
     with pytest.raises(distributed.CoordinatorUnreachableError, match=f"127.0.0.1:{port}"):
         distributed.initialize(f"127.0.0.1:{port}", 2, 1, timeout_s=1.5, verbose=False)
@@ -389,36 +370,13 @@ _MULTI_SCRIPT = """
 def _multi(tmp_path: Path, n: int, do_fit: bool, timeout: float):
     out = tmp_path / f"n{n}"
     out.mkdir()
-    coordinator = f"127.0.0.1:{_free_port()}"
-    procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(_MULTI_SCRIPT),
-                coordinator,
-                str(n),
-                str(i),
-                str(out),
-                "1" if do_fit else "0",
-            ],
-            env=_env(1),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(n)
-    ]
-    results = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=timeout)
-            results.append((p.returncode, stdout, stderr))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
+    coordinator = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-c", textwrap.dedent(_MULTI_SCRIPT), coordinator, str(n)]
+    results = run_together(
+        [cmd + [str(i), str(out), "1" if do_fit else "0"] for i in range(n)],
+        [env(1)] * n,
+        timeout,
+    )
     for rc, stdout, stderr in results:
         assert rc == 0 and "OK" in stdout, stderr[-3000:]
     ok_lines = [next(ln for ln in r[1].splitlines() if ln.startswith("OK")) for r in results]

@@ -9,33 +9,15 @@ to other programs, see test_distributed.py.) Process 0 alone writes ``--out``.
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _procs import env, free_port, run_together
 
 from unijax import cli
-
-REPO = Path(__file__).resolve().parents[1]
-
-def _env(n_devices: int) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={n_devices}"
-    env.pop("JAX_COORDINATOR_ADDRESS", None)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(out: Path, n: int, *extra: str, timeout: float = 300.0) -> list[tuple[int, str, str]]:
@@ -45,26 +27,12 @@ def _run(out: Path, n: int, *extra: str, timeout: float = 300.0) -> list[tuple[i
     if n == 1:
         cmds = [base]
     else:
-        coord = f"127.0.0.1:{_free_port()}"
+        coord = f"127.0.0.1:{free_port()}"
         cmds = [
             base + ["--coordinator", coord, "--num-processes", str(n), "--process-id", str(i)]
             for i in range(n)
         ]
-    procs = [
-        subprocess.Popen(c, env=_env(2 if n == 1 else 1), cwd=REPO, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for c in cmds
-    ]
-    results = []
-    try:
-        for p in procs:
-            stdout, stderr = p.communicate(timeout=timeout)
-            results.append((p.returncode, stdout, stderr))
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    return results
+    return run_together(cmds, [env(2 if n == 1 else 1)] * len(cmds), timeout)
 
 
 def _arrays(out: Path, name: str) -> dict[str, np.ndarray]:
@@ -152,7 +120,7 @@ def test_run_gives_up_on_an_unreachable_coordinator_within_its_timeout(tmp_path,
     out = tmp_path / "run"
     t0 = time.monotonic()
     rc = cli.main(["run", "E2", "--preset", "tiny", "--out", str(out), "--coordinator",
-                   f"127.0.0.1:{_free_port()}", "--num-processes", "2", "--process-id", "1",
+                   f"127.0.0.1:{free_port()}", "--num-processes", "2", "--process-id", "1",
                    "--dist-timeout", "1.5"])
     assert rc == 2 and time.monotonic() - t0 < 1.5 + 3.0
     assert "127.0.0.1" in capsys.readouterr().err
