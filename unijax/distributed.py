@@ -434,58 +434,23 @@ def _keyword_defaults(fn: Callable) -> dict[str, Any]:
 
 
 def _prepare_fit(ts, Z, dx2, dy2, init, kw):
-    """The argument checks and option set of :func:`unijax.fit.fit_rates`, reused here.
-
-    Mirrors the body of ``fit_rates`` up to its call of the compiled core ``_fit_batch``.
-    """
+    """:func:`unijax.fit.fit_rates`' own argument checks and compiled options, for the
+    options ``kw`` (any keyword of ``fit_rates``); returns ``(ts, batch, opts,
+    return_trajectory, single)``."""
     from . import fit
-    from ._checks import check_positive, check_x64, is_concrete
 
-    check_x64("unijax.distributed.sharded_fit_rates")
-    if not is_concrete((ts, Z, dx2, dy2, init)):
-        raise ValueError("sharded_fit_rates needs concrete host arrays, not tracers.")
-    defaults = {
-        k: v for k, v in _keyword_defaults(fit.fit_rates).items() if k not in ("dx2", "dy2", "init")
-    }
-    unknown = sorted(set(kw) - set(defaults))
+    valid = {k: v for k, v in _keyword_defaults(fit.fit_rates).items()
+             if k not in ("dx2", "dy2", "init")}
+    unknown = sorted(set(kw) - set(valid))
     if unknown:
-        raise ValueError(f"unknown fit option(s) {unknown}; valid: {sorted(defaults)}.")
-    o = {**defaults, **kw}
-    Z_arr, single = fit._check_trajectories(Z)
-    ts_arr, dx2_b, dy2_b, init_b = fit._check_batch(ts, Z_arr, dx2, dy2, init)
-    for name in ("rtol", "atol", "opt_rtol", "opt_atol", "max_rel_stderr"):
-        check_positive(name, o[name])
-    if int(o["max_steps"]) < 1 or int(o["max_iters"]) < 1:
-        raise ValueError(
-            f"max_steps={o['max_steps']!r} and max_iters={o['max_iters']!r} must be >= 1."
-        )
-    scales = tuple(float(s) for s in np.atleast_1d(o["scales"]))
-    check_positive("scales", np.asarray(scales))
-    # _FitOpts is built field by field from fit_rates' own keyword defaults, so that options
-    # added to fit_rates (plain bool/int/float keywords) pass through unchanged.
-    vals: dict[str, Any] = {}
-    for f in fit._FitOpts._fields:
-        if f == "solve":
-            vals[f] = fit._SolveOpts(float(o["rtol"]), float(o["atol"]), int(o["max_steps"]))
-        elif f == "has_init":
-            vals[f] = init is not None
-        elif f == "scales":
-            vals[f] = scales
-        elif f in o and isinstance(defaults[f], (bool, int, float)):
-            vals[f] = type(defaults[f])(o[f])
-        else:  # pragma: no cover - fit.py grew an option this mirror does not know
-            raise RuntimeError(
-                f"unijax.fit._FitOpts has a field {f!r} that sharded_fit_rates cannot fill; "
-                "update unijax.distributed._prepare_fit."
-            )
-    opts = fit._FitOpts(**vals)
-    batch = {
-        "Z": Z_arr,
-        "dx2": dx2_b.astype(np.float64),
-        "dy2": dy2_b.astype(np.float64),
-        "init": np.ascontiguousarray(init_b, dtype=np.float64),
-    }
-    return ts_arr.astype(np.float64), batch, opts, bool(o["return_trajectory"]), single
+        raise ValueError(f"unknown fit option(s) {unknown}; valid: {sorted(valid)}.")
+    o = {**valid, **kw}
+    return_trajectory = bool(o.pop("return_trajectory"))
+    ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single = fit._prepare_fit(
+        ts, Z, dx2, dy2, init, caller="unijax.distributed.sharded_fit_rates", **o
+    )
+    batch = {"Z": Z_arr, "dx2": dx2_b, "dy2": dy2_b, "init": init_b}
+    return ts_arr, batch, opts, return_trajectory, single
 
 
 #: Trials per chunk of a device's slice on CPU: the chunk size of :func:`unijax.fit.fit_rates`

@@ -1076,6 +1076,48 @@ def _check_batch(ts, Z_arr, dx2, dy2, init):
     return ts_arr, dx2_b, dy2_b, init_b
 
 
+def _prepare_fit(
+    ts, Z, dx2, dy2, init, *, caller: str, rtol, atol, max_steps, max_iters, opt_rtol,
+    opt_atol, max_rel_stderr, scales, fit_initial,
+):
+    """The argument checks and compiled options of :func:`fit_rates` (shared with
+    :func:`unijax.distributed.sharded_fit_rates`): ``(ts, Z, dx2, dy2, init, opts, single)``
+    as float64 host arrays of the batch, ``single`` when ``Z`` was one trajectory."""
+    check_x64(caller)
+    if not is_concrete((ts, Z, dx2, dy2, init)):
+        raise ValueError(
+            f"{caller} is a jitted entry point; call it with concrete arrays, not inside "
+            "jit/vmap (it already fits all trials in one compiled call)."
+        )
+    Z_arr, single = _check_trajectories(Z)
+    ts_arr, dx2_b, dy2_b, init_b = _check_batch(ts, Z_arr, dx2, dy2, init)
+    for name, v in (
+        ("rtol", rtol),
+        ("atol", atol),
+        ("opt_rtol", opt_rtol),
+        ("opt_atol", opt_atol),
+        ("max_rel_stderr", max_rel_stderr),
+    ):
+        check_positive(name, v)
+    for name, v in (("max_steps", max_steps), ("max_iters", max_iters)):
+        if int(v) < 1:
+            raise ValueError(f"{name}={v!r} is out of range: must be an integer >= 1.")
+    scales = tuple(float(s) for s in np.atleast_1d(scales))
+    check_positive("scales", np.asarray(scales))
+    opts = _FitOpts(
+        solve=_SolveOpts(float(rtol), float(atol), int(max_steps)),
+        max_iters=int(max_iters),
+        opt_rtol=float(opt_rtol),
+        opt_atol=float(opt_atol),
+        max_rel_stderr=float(max_rel_stderr),
+        scales=scales,
+        has_init=init is not None,
+        fit_initial=bool(fit_initial),
+    )
+    f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
+    return f64(ts_arr), Z_arr, f64(dx2_b), f64(dy2_b), f64(init_b), opts, single
+
+
 def fit_rates(
     ts: Float[ArrayLike, " n_epochs"],
     Z: Float[ArrayLike, "*n_trials n_epochs 3"],
@@ -1161,37 +1203,10 @@ def fit_rates(
         >>> res.eta_h.shape, int(res.n_failed)
         ((2,), 0)
     """
-    check_x64("unijax.fit.fit_rates")
-    if not is_concrete((ts, Z, dx2, dy2, init)):
-        raise ValueError(
-            "fit_rates is the jitted entry point; call it with concrete arrays, not inside "
-            "jit/vmap (it already fits all trials in one compiled call)."
-        )
-    Z_arr, single = _check_trajectories(Z)
-    ts_arr, dx2_b, dy2_b, init_b = _check_batch(ts, Z_arr, dx2, dy2, init)
-    for name, v in (
-        ("rtol", rtol),
-        ("atol", atol),
-        ("opt_rtol", opt_rtol),
-        ("opt_atol", opt_atol),
-        ("max_rel_stderr", max_rel_stderr),
-    ):
-        check_positive(name, v)
-    for name, v in (("max_steps", max_steps), ("max_iters", max_iters)):
-        if int(v) < 1:
-            raise ValueError(f"{name}={v!r} is out of range: must be an integer >= 1.")
-    scales = tuple(float(s) for s in np.atleast_1d(scales))
-    check_positive("scales", np.asarray(scales))
-
-    opts = _FitOpts(
-        solve=_SolveOpts(float(rtol), float(atol), int(max_steps)),
-        max_iters=int(max_iters),
-        opt_rtol=float(opt_rtol),
-        opt_atol=float(opt_atol),
-        max_rel_stderr=float(max_rel_stderr),
-        scales=scales,
-        has_init=init is not None,
-        fit_initial=bool(fit_initial),
+    ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single = _prepare_fit(
+        ts, Z, dx2, dy2, init, caller="unijax.fit.fit_rates", rtol=rtol, atol=atol,
+        max_steps=max_steps, max_iters=max_iters, opt_rtol=opt_rtol, opt_atol=opt_atol,
+        max_rel_stderr=max_rel_stderr, scales=scales, fit_initial=fit_initial,
     )
     out = _fit_chunked(
         ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts, return_trajectory=bool(return_trajectory)
