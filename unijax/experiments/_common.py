@@ -220,11 +220,14 @@ def result_to_arrays(result: Any) -> dict[str, np.ndarray]:
 
 def result_from_arrays(cls: type, arrays: Mapping[str, np.ndarray]) -> Any:
     """Rebuild a Result dataclass from :func:`result_to_arrays`' output."""
-    names = [f.name for f in dataclasses.fields(cls)]
-    missing = [n for n in names if n not in arrays]
+    fields = dataclasses.fields(cls)
+    # Fields with a default were added later: results stored before them still load.
+    optional = {f.name for f in fields if f.default is not dataclasses.MISSING
+                or f.default_factory is not dataclasses.MISSING}
+    missing = [f.name for f in fields if f.name not in arrays and f.name not in optional]
     if missing:
         raise ValueError(f"stored result lacks fields {missing} of {cls.__qualname__}")
-    return cls(**{n: np.asarray(arrays[n]) for n in names})
+    return cls(**{f.name: np.asarray(arrays[f.name]) for f in fields if f.name in arrays})
 
 
 # ---------------------------------------------------------------------------------------------

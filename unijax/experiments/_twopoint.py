@@ -133,6 +133,7 @@ def fit_trajectories(
     epochs: np.ndarray | None = None,
     progress=None,
     desc: str = "fit",
+    fit_initial: bool = False,
 ) -> dict[str, np.ndarray]:
     """Fit ``(eta_h, eta_y)`` to every trajectory of ``Z`` (THEORY.md section 11).
 
@@ -141,6 +142,8 @@ def fit_trajectories(
             in float64). NaN rows (diverged trials) are allowed: those trials are not fitted.
         dx2, dy2: squared input/output distances, scalars or ``(n_trials,)``.
         epochs: epochs to fit on (default :func:`sample_epochs` of ``n_epochs``).
+        fit_initial: also fit the ODE's starting state instead of starting it at the measured
+            first record (the paper's method), see :func:`unijax.fit.fit_rates`.
 
     Returns:
         ``eta_h, eta_y, stderr_eta_h, stderr_eta_y: (n,)`` (1/epoch, NaN where not fitted),
@@ -181,7 +184,7 @@ def fit_trajectories(
     for b in it:
         pad = FIT_BATCH - b.size
         bb = np.concatenate([b, np.repeat(b[:1], pad)])  # padding repeats a valid trial
-        res = _fit_rates(ts, Zs[bb], dx2=dx2[bb], dy2=dy2[bb])
+        res = _fit_rates(ts, Zs[bb], dx2=dx2[bb], dy2=dy2[bb], fit_initial=fit_initial)
         k = b.size
         out["eta_h"][b] = np.asarray(res.eta_h)[:k]
         out["eta_y"][b] = np.asarray(res.eta_y)[:k]
@@ -196,7 +199,8 @@ def fit_trajectories(
     return out
 
 
-def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarray):
+def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarray,
+               fit_initial: bool):
     """``fit_rates``, laid over all devices when there are several (every process of a
     multi-host run takes part and gets the whole result)."""
     import jax
@@ -204,8 +208,9 @@ def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarra
     from unijax import distributed, fit
 
     if jax.device_count() > 1:
-        return distributed.sharded_fit_rates(ts, Z, dx2=dx2, dy2=dy2).fit
-    return fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2)
+        return distributed.sharded_fit_rates(ts, Z, dx2=dx2, dy2=dy2,
+                                             fit_initial=fit_initial).fit
+    return fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2, fit_initial=fit_initial)
 
 
 def mean_output_error0(loss0: Any, z0: Any, dy2: Any) -> np.ndarray:

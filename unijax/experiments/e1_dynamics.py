@@ -56,6 +56,8 @@ class Config:
             (``_twopoint.row_config``; paper: 6000 epochs, 1).
         seeds: trials per row; seed: base random seed.
         dx2, dy2: squared input and target distances of the two points.
+        fit_initial: also fit the ODE's starting state (False: start it at the measured
+            epoch-0 state, the paper's method and THEORY.md section 11).
     """
 
     rows: tuple[str, ...] = tp.TABLE1
@@ -71,9 +73,12 @@ class Config:
     dx2: float = 1.0
     dy2: float = 0.5
     optimizer: str = "sgd"
+    fit_initial: bool = False
 
     def __post_init__(self):
         check_choices("rows", self.rows, tp.TABLE1)
+        if not isinstance(self.fit_initial, bool):
+            raise ValueError(f"fit_initial={self.fit_initial!r} is invalid: must be true or false")
         for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
@@ -112,6 +117,7 @@ class Result:
             standard error < 0.1); reported as a count.
         r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
         eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
+        fit_initial: ``()`` bool, whether the ODE's starting state was fitted too.
     """
 
     rows: np.ndarray
@@ -134,6 +140,7 @@ class Result:
     r2_loss: np.ndarray
     loss_fit: np.ndarray
     loss_converged: np.ndarray
+    fit_initial: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(False))
 
 
 def row_configs(config: Config):
@@ -188,14 +195,17 @@ def train_rows(cfgs, *, seeds: int, key, progress, cache, prefix: str = "train")
     return np.stack(loss), np.stack(hyw), np.stack(div)
 
 
-def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "fit"):
-    """Fit rates and eta_mean to every non-diverged trial of ``(R, S, ...)`` arrays."""
+def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "fit",
+             fit_initial: bool = False):
+    """Fit rates and eta_mean to every non-diverged trial of ``(R, S, ...)`` arrays
+    (``fit_initial``: fit the ODE's starting state too)."""
     R, S, T = loss.shape
 
     def compute():
         Z = hyw.reshape(R * S, T, 3).astype(np.float64)
         Z = np.where(diverged.reshape(-1)[:, None, None], np.nan, Z)
-        f = tp.fit_trajectories(Z, dx2=dx2, dy2=dy2, progress=progress, desc=f"{prefix}: ODE")
+        f = tp.fit_trajectories(Z, dx2=dx2, dy2=dy2, progress=progress, desc=f"{prefix}: ODE",
+                                fit_initial=fit_initial)
         m0 = tp.mean_output_error0(loss.reshape(R * S, T)[:, 0], Z[:, 0], dy2)
         lf = tp.fit_loss(loss.reshape(R * S, T), f["z_fit"], epochs=f["epochs"], dy2=dy2,
                          m0=np.nan_to_num(m0), use=f["fit_ok"])
@@ -215,7 +225,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
     loss, hyw, div = train_rows(cfgs, seeds=config.seeds, key=key, progress=progress,
                                 cache=cache)
     f = fit_rows(loss, hyw, div, dx2=config.dx2, dy2=config.dy2, progress=progress,
-                 cache=cache)
+                 cache=cache, fit_initial=config.fit_initial)
     return Result(
         rows=np.asarray(config.rows, dtype=str),
         lr=np.asarray([c.lr for c in cfgs]),
@@ -237,6 +247,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         r2_loss=f["r2_loss"],
         loss_fit=f["loss_fit"],
         loss_converged=f["loss_converged"],
+        fit_initial=np.asarray(config.fit_initial),
     )
 
 
@@ -329,7 +340,9 @@ def agreement(result) -> dict:
         passed=passed,
         figures=figures,
         counts=counts(result),
-        notes=[f"rows: {', '.join(np.asarray(result.rows))}; widths "
+        notes=[("ODE started at a fitted state (fit_initial=true); " if result.fit_initial
+                else "ODE started at the measured epoch-0 state (the paper's method); ")
+               + f"rows: {', '.join(np.asarray(result.rows))}; widths "
                f"{sorted(set(int(w) for w in result.width))}, {result.loss.shape[-1]} epochs, "
                f"{result.loss.shape[1]} seeds per row. Default rates: "
                + (f"eta_h {fmt_spread(table['default']['eta_h'])}, eta_y "
