@@ -50,6 +50,7 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import scipy  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 from scipy.optimize import minimize  # noqa: E402
 
@@ -61,16 +62,6 @@ DX2, DY2 = 1.0, 0.5  # the paper's two-point data (EXPERIMENTS.md E1)
 # ---------------------------------------------------------------------------------------------
 # Machine and timing helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def machine() -> dict:

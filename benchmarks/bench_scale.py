@@ -46,6 +46,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+from _machine import cpu_model, load_average, memory_gb  # noqa: E402
+
 REPO = HERE.parents[1]
 
 N_FIT_TRIALS = 64
@@ -65,41 +68,14 @@ ROUND_CALLS = 3
 # ---------------------------------------------------------------------------------------------
 
 
-def _load() -> list[str] | None:
-    try:
-        return Path("/proc/loadavg").read_text().split()[:3]
-    except OSError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_gb() -> float | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def machine() -> dict:
     import jax
 
     return {
-        "load_average_1_5_15min": _load(),
-        "cpu": _cpu_model(),
+        "load_average_1_5_15min": load_average(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "memory_gb": _memory_gb(),
+        "memory_gb": memory_gb(),
         "python": platform.python_version(),
         "jax": jax.__version__,
         "backend": jax.default_backend(),
@@ -423,7 +399,7 @@ def _rounds(workers: list[_Worker], what: str, n_calls: int, per_round: int) -> 
     for _ in range(-(-n_calls // per_round)):
         for w in workers:
             w.run(what, per_round)
-            loads.append(float((_load() or ["nan"])[0]))
+            loads.append(float((load_average() or ["nan"])[0]))
     return loads
 
 
