@@ -104,3 +104,26 @@ def test_nan_is_stored_as_null():
         "r": None,
         "a": [1.0, None],
     }
+
+
+def test_chunk_cache_of_a_non_writing_process_follows_the_writers_decision(tmp_path):
+    store = ResultStore(tmp_path)
+    h = store.begin("E3", Cfg())
+    asked = []
+
+    def says(answer):  # stands in for process 0's answer, sent to the other processes
+        return lambda key, fn: asked.append(key) or answer
+
+    # Process 0 says "not stored": all compute; a non-writer stores nothing.
+    cache = store.chunk_cache("E3", h, agree=says(False), writer=False)
+    assert cache("grid-0", lambda: {"a": np.ones(2)})["a"].tolist() == [1.0, 1.0]
+    assert asked == ["E3/chunk/grid-0"] and cache.misses == 1
+    assert not store.chunk_done("E3", "grid-0", h)
+    # Process 0 says "stored" but this process cannot see the file: a clear error.
+    cache = store.chunk_cache("E3", h, agree=says(True), writer=False)
+    with pytest.raises(RuntimeError, match="shared by all processes"):
+        cache("grid-0", lambda: pytest.fail("must not compute"))
+    # Once it is there, it is read, not recomputed.
+    store.save_chunk("E3", "grid-0", {"a": np.zeros(2)}, h)
+    assert cache("grid-0", lambda: pytest.fail("must not compute"))["a"].tolist() == [0.0, 0.0]
+    assert cache.hits == 1

@@ -319,9 +319,10 @@ class ResultStore:
         """Store one finished chunk atomically."""
         return atomic_save_npz(self._chunk_path(name, chunk), arrays, config_hash=config_hash)
 
-    def chunk_cache(self, name: str, config_hash: str) -> ChunkCache:
-        """A :class:`ChunkCache` backed by this store."""
-        return ChunkCache(self, name, config_hash)
+    def chunk_cache(self, name: str, config_hash: str, *, agree=None,
+                    writer: bool = True) -> ChunkCache:
+        """A :class:`ChunkCache` backed by this store (``agree``, ``writer``: see there)."""
+        return ChunkCache(self, name, config_hash, agree=agree, writer=writer)
 
     # results ----------------------------------------------------------------------------------
     def is_finished(self, name: str, config_hash: str) -> bool:
@@ -372,23 +373,45 @@ class ChunkCache:
     ``cache(chunk_id, compute)`` returns the stored arrays of ``chunk_id`` if they exist with
     this config's hash, else calls ``compute()`` (which returns name -> array), stores the
     result atomically and returns it. ``hits`` and ``misses`` count the two cases.
+
+    Several processes computing together (``unijax run`` on many hosts) share one cache:
+    ``agree(key, fn)`` returns the writing process's ``fn()`` on every process, so all take
+    the same branch (read the chunk, or compute it together), and only ``writer`` stores it.
+    The defaults serve one process.
     """
 
-    def __init__(self, store: ResultStore, name: str, config_hash: str):
+    def __init__(self, store: ResultStore, name: str, config_hash: str, *, agree=None,
+                 writer: bool = True):
         self.store, self.name, self.config_hash = store, name, config_hash
+        self.agree = agree if agree is not None else (lambda key, fn: fn())
+        self.writer = writer
         self.hits = 0
         self.misses = 0
 
     def __call__(
         self, chunk: str, compute: Callable[[], Mapping[str, Any]]
     ) -> dict[str, np.ndarray]:
-        got = self.store.load_chunk(self.name, chunk, self.config_hash)
-        if got is not None:
+        held: dict[str, Any] = {}
+
+        def stored() -> bool:
+            held["arrays"] = self.store.load_chunk(self.name, chunk, self.config_hash)
+            return held["arrays"] is not None
+
+        if self.agree(f"{self.name}/chunk/{chunk}", stored):
+            got = held["arrays"] if "arrays" in held else self.store.load_chunk(
+                self.name, chunk, self.config_hash)
+            if got is None:
+                raise RuntimeError(
+                    f"chunk {chunk!r} of {self.name} is stored in {self.store.outdir} as the "
+                    "writing process sees it but cannot be read by this one: the output "
+                    "directory must be shared by all processes (NFS, Lustre, ...)"
+                )
             self.hits += 1
             return got
         self.misses += 1
         arrays = {k: np.asarray(v) for k, v in compute().items()}
-        self.store.save_chunk(self.name, chunk, arrays, self.config_hash)
+        if self.writer:
+            self.store.save_chunk(self.name, chunk, arrays, self.config_hash)
         return arrays
 
 

@@ -270,42 +270,6 @@ class _Sync:
         return got["value"]
 
 
-class _SyncedCache:
-    """A :class:`unijax._store.ChunkCache` shared by the processes of a run: process 0 says
-    whether a chunk is stored; if so every process reads it, else all compute it together and
-    process 0 stores it."""
-
-    def __init__(self, inner: Any, sync: _Sync):
-        self.inner, self.sync = inner, sync
-        self.hits = self.misses = 0
-
-    def __call__(self, chunk: str, compute: Callable[[], Any]) -> dict[str, Any]:
-        import numpy as np
-
-        c = self.inner
-        held: dict[str, Any] = {}
-
-        def stored() -> bool:
-            held["arrays"] = c.store.load_chunk(c.name, chunk, c.config_hash)
-            return held["arrays"] is not None
-
-        if self.sync.agree(f"{c.name}/chunk/{chunk}", stored):
-            got = held.get("arrays") or c.store.load_chunk(c.name, chunk, c.config_hash)
-            if got is None:
-                raise RuntimeError(
-                    f"chunk {chunk!r} of {c.name} is stored in {c.store.outdir} as process 0 "
-                    "sees it but cannot be read by this process: --out must be a directory "
-                    "all processes share (NFS, Lustre, ...)"
-                )
-            self.hits += 1
-            return got
-        self.misses += 1
-        arrays = {k: np.asarray(v) for k, v in compute().items()}
-        if self.sync.writer:
-            c.store.save_chunk(c.name, chunk, arrays, c.config_hash)
-        return arrays
-
-
 def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: bool,
              progress, sync: _Sync) -> dict[str, Any]:
     """Run (or resume) one experiment; returns a status dict for the summary (process 0)."""
@@ -320,7 +284,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         summary = store.load_summary(name) if writer else {}
         return {"name": name, "status": "done earlier (skipped)", "summary": summary,
                 "wall_s": summary.get("wall_s")}
-    cache = _SyncedCache(store.chunk_cache(name, h), sync)
+    cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
     upstream = {}
     if getattr(mod, "USES_RATES", False):
         rates = sync.agree(f"{name}/upstream", lambda: _upstream_rates(store))
