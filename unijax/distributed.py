@@ -55,9 +55,11 @@ __all__ = [
     "map_batch",
     "pad_batch",
     "parse_coordinator",
+    "put",
     "shard_batch",
     "sharded_exponential_weighting_from_data",
     "sharded_fit_rates",
+    "to_host",
 ]
 
 #: Name of the single axis of :func:`batch_mesh`.
@@ -377,16 +379,27 @@ def shard_batch(tree: Any, mesh: Mesh | None = None) -> ShardedBatch:
     padded, n_valid = pad_batch(tree, n_dev)
     total = _batch_size(padded)
 
-    def put(arr):
-        spec = P(BATCH_AXIS, *([None] * (arr.ndim - 1)))
-        sharding = NamedSharding(mesh, spec)
-        return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+    def lay(arr):
+        return put(arr, NamedSharding(mesh, P(BATCH_AXIS, *([None] * (arr.ndim - 1)))))
 
-    arrays = jax.tree_util.tree_map(put, padded)
+    arrays = jax.tree_util.tree_map(lay, padded)
     return ShardedBatch(arrays, n_valid, total - n_valid, np.arange(total) < n_valid)
 
 
-def _to_host(x) -> np.ndarray:
+def put(value, sharding: NamedSharding) -> jax.Array:
+    """``jax.device_put`` of a host value (PRNG key arrays included) onto ``sharding``, which
+    may span several processes: every process then passes the same value and keeps the
+    shards of its own devices."""
+    if sharding.is_fully_addressable:
+        return jax.device_put(value, sharding)
+    if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+        return jax.random.wrap_key_data(put(np.asarray(jax.random.key_data(value)), sharding))
+    arr = np.asarray(value)
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+
+def to_host(x) -> np.ndarray:
+    """``x`` as a NumPy array on every process (gathered when spread over several)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
     return np.asarray(x)
@@ -402,7 +415,7 @@ def gather_batch(tree: Any, n_valid: int) -> Any:
     Returns:
         The same pytree with NumPy leaves ``(n_valid, ...)``, identical on every process.
     """
-    return jax.tree_util.tree_map(lambda x: _to_host(x)[:n_valid], tree)
+    return jax.tree_util.tree_map(lambda x: to_host(x)[:n_valid], tree)
 
 
 def map_batch(fn: Callable[[Any], Any], tree: Any, *, mesh: Mesh | None = None) -> tuple[Any, int]:
@@ -703,7 +716,7 @@ def sharded_fit_rates(
     n = _batch_size(batch)
 
     def replicated(arr):
-        return jax.make_array_from_callback(arr.shape, NamedSharding(mesh, P()), lambda i: arr[i])
+        return put(arr, NamedSharding(mesh, P()))
 
     if mode == "spmd":
         padded, _ = pad_batch(batch, n_dev)
@@ -724,9 +737,7 @@ def sharded_fit_rates(
         padded, _ = pad_batch(batch, n_dev * lay.per_device)
         if mode == "shard_map":
             program = _shard_mapped_fit(mesh, opts, return_trajectory, lay.chunk)
-            n_chunks = jax.make_array_from_callback(
-                lay.n_chunks.shape, NamedSharding(mesh, P(BATCH_AXIS)), lambda i: lay.n_chunks[i]
-            )
+            n_chunks = put(lay.n_chunks, NamedSharding(mesh, P(BATCH_AXIS)))
             packed = program(replicated(ts_arr), shard_batch(padded, mesh).arrays, n_chunks)
         else:
             program = functools.partial(
@@ -740,7 +751,7 @@ def sharded_fit_rates(
                 mesh,
             )
         layout = _PACKED_LAYOUTS[(ts_arr.shape[0], opts, return_trajectory)]
-        out = _unpack(_to_host(packed)[:n], layout)
+        out = _unpack(to_host(packed)[:n], layout)
         n_padded = lay.n_computed - n
     out = fit._squeeze(out, single)
     return ShardedFit(fit.RateFit(**out), n_padded, n_dev)
@@ -834,22 +845,20 @@ def sharded_exponential_weighting_from_data(
         )
     )
 
-    def put(arr, spec):
-        return jax.make_array_from_callback(
-            arr.shape, NamedSharding(mesh, spec), lambda idx: arr[idx]
-        )
+    def lay(arr, spec):
+        return put(arr, NamedSharding(mesh, spec))
 
     Pm = f(
-        put(X[rows], rep),
-        put(Y[rows], rep),
-        put(X, rep),
-        put(Y, rep),
-        put(k_idx, P(BATCH_AXIS)),
-        put(k_valid, P(BATCH_AXIS)),
+        lay(X[rows], rep),
+        lay(Y[rows], rep),
+        lay(X, rep),
+        lay(Y, rep),
+        lay(k_idx, P(BATCH_AXIS)),
+        lay(k_valid, P(BATCH_AXIS)),
     )
     # (r, n) @ E[:, cols] (n, c): replicated, computed on every device; small next to the sum.
     E_cols = jax.jit(
         lambda Xa, Ya, Xc, Yc: jnp.exp(-a_block(Xa, Ya, Xc, Yc)),
-    )(put(X, rep), put(Y, rep), put(X[cols], rep), put(Y[cols], rep))
+    )(lay(X, rep), lay(Y, rep), lay(X[cols], rep), lay(Y[cols], rep))
     out = jax.jit(jnp.matmul)(Pm, E_cols)
     return np.asarray(out.addressable_data(0))  # replicated: every device holds all of it

@@ -54,12 +54,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import data as data_lib
-from . import nets
+from . import distributed, nets
 from .configs import TrainConfig
 
 __all__ = [
@@ -782,25 +781,9 @@ def _devices(devices) -> list:
     return devs
 
 
-def _put(a, sharding: NamedSharding):
-    """``device_put`` that also works for a mesh spanning several processes (every process
-    passes the same value; it keeps the shards on its own devices)."""
-    if sharding.is_fully_addressable:
-        return jax.device_put(a, sharding)
-    if isinstance(a, jax.Array) and jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
-        return jax.random.wrap_key_data(_put(np.asarray(jax.random.key_data(a)), sharding))
-    return jax.device_put(np.asarray(a), sharding)
-
-
 def _fetch(tree):
     """``device_get``, gathering arrays spread over several processes to every process."""
-
-    def get(x):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-        return x
-
-    return jax.device_get(jax.tree.map(get, tree))
+    return jax.tree.map(distributed.to_host, tree)
 
 
 def _vmap_size(vmap_size, devices: list) -> int | None:
@@ -894,7 +877,7 @@ def _run(
     mesh = Mesh(np.asarray(devices), (_AXIS,))
     batched = NamedSharding(mesh, P(_AXIS))
     replicated = NamedSharding(mesh, P())
-    put = _put
+    put = distributed.put
     seed_arr = put(np.asarray(trial_seed, np.uint32), batched)
     g_arr = put(np.asarray(trial_gain, dtype), batched)
     key = put(key, replicated)
