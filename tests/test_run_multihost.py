@@ -127,8 +127,10 @@ def test_run_gives_up_on_an_unreachable_coordinator_within_its_timeout(tmp_path,
     assert not out.exists()
 
 
-def test_sync_in_one_process_is_a_plain_call():
-    sync = cli._Sync()
+def test_agreement_in_one_process_is_a_plain_call():
+    from unijax import distributed
+
+    sync = distributed.Agreement("test")
     assert sync.n == 1 and sync.writer
     assert sync.agree("k", lambda: {"a": 1}) == {"a": 1}
     with pytest.raises(ZeroDivisionError):

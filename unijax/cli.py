@@ -29,7 +29,7 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -225,54 +225,12 @@ def _environment() -> dict[str, Any]:
     }
 
 
-class _Sync:
-    """What the processes of one ``unijax run`` agree on: process 0's answers, shared.
-
-    Every process runs the same experiments and makes the same collective computations, so
-    every decision that reads ``--out`` (resume this chunk? is this experiment finished?
-    which upstream rates?) is taken by process 0 and sent to the others through
-    ``jax.distributed``'s key-value store (a few bytes of JSON per decision). With one
-    process it is a plain function call.
-    """
-
-    def __init__(self, timeout_s: float = 24 * 3600.0):
-        import jax
-
-        self.n = jax.process_count()
-        self.writer = jax.process_index() == 0
-        self.timeout_ms = int(timeout_s * 1000)
-        self._seen: dict[str, int] = {}
-
-    def agree(self, key: str, value: Callable[[], Any]) -> Any:
-        """``value()`` evaluated on process 0 (JSON-able), returned on every process; an
-        exception there is raised on every process."""
-        if self.n == 1:
-            return value()
-        import json
-
-        from jax._src import distributed as _jd  # the client is not public API
-
-        count = self._seen.get(key, 0)
-        self._seen[key] = count + 1
-        k = f"unijax-run/{key}#{count}"
-        client = _jd.global_state.client
-        if self.writer:
-            try:
-                v = value()
-            except Exception as e:
-                client.key_value_set(k, json.dumps({"error": f"{type(e).__name__}: {e}"}))
-                raise
-            client.key_value_set(k, json.dumps({"value": v}))
-            return v
-        got = json.loads(client.blocking_key_value_get(k, self.timeout_ms))
-        if "error" in got:
-            raise RuntimeError(f"process 0 failed at {key!r}: {got['error']}")
-        return got["value"]
-
-
 def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: bool,
-             progress, sync: _Sync) -> dict[str, Any]:
-    """Run (or resume) one experiment; returns a status dict for the summary (process 0)."""
+             progress, sync: Any) -> dict[str, Any]:
+    """Run (or resume) one experiment; returns a status dict for the summary (process 0).
+
+    ``sync``: the run's :class:`unijax.distributed.Agreement` (process 0 decides, all follow).
+    """
     import jax
 
     from unijax.experiments._common import no_progress
@@ -385,7 +343,7 @@ def cmd_run(args) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)  # the theory is float64; networks keep float32
-    sync = _Sync()
+    sync = distributed.Agreement("unijax-run")
     writer = sync.writer
     if sync.n > 1:
         try:

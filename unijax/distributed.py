@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 __all__ = [
+    "Agreement",
     "BATCH_AXIS",
     "DEFAULT_TIMEOUT_S",
     "CoordinatorUnreachableError",
@@ -278,13 +279,63 @@ def barrier(name: str, *, timeout_s: float = 3600.0) -> None:
     """
     if jax.process_count() == 1:
         return
-    from jax._src import distributed as _jd
-
-    client = _jd.global_state.client
+    client = _client()
     if client is not None and hasattr(client, "wait_at_barrier"):
         client.wait_at_barrier(name, int(timeout_s * 1000))
     else:  # pragma: no cover - older runtimes
         multihost_utils.sync_global_devices(name)
+
+
+class Agreement:
+    """Decisions of process 0, shared with every process (one instance per run).
+
+    Processes that compute together must take the same branches; any decision that reads
+    local state (the output directory: resume this chunk? is this experiment finished?) is
+    taken by the writing process (:func:`is_writer`) and sent to the others through the
+    ``jax.distributed`` coordination service's key-value store (a few bytes of JSON each),
+    under ``namespace``. In a single process :meth:`agree` is a plain call.
+
+    Attributes:
+        n: number of processes; writer: whether this process decides (and writes).
+    """
+
+    def __init__(self, namespace: str, *, timeout_s: float = 24 * 3600.0):
+        self.namespace = namespace
+        self.n = jax.process_count()
+        self.writer = is_writer()
+        self.timeout_ms = int(timeout_s * 1000)
+        self._seen: dict[str, int] = {}
+
+    def agree(self, key: str, value: Callable[[], Any]) -> Any:
+        """``value()`` evaluated on the writing process (JSON-able), returned on every process;
+        an exception there is raised on every process. Keys may repeat (each use is numbered)."""
+        if self.n == 1:
+            return value()
+        import json
+
+        count = self._seen.get(key, 0)
+        self._seen[key] = count + 1
+        k = f"{self.namespace}/{key}#{count}"
+        client = _client()
+        if self.writer:
+            try:
+                v = value()
+            except Exception as e:
+                client.key_value_set(k, json.dumps({"error": f"{type(e).__name__}: {e}"}))
+                raise
+            client.key_value_set(k, json.dumps({"value": v}))
+            return v
+        got = json.loads(client.blocking_key_value_get(k, self.timeout_ms))
+        if "error" in got:
+            raise RuntimeError(f"process 0 failed at {key!r}: {got['error']}")
+        return got["value"]
+
+
+def _client():
+    """The coordination-service client of ``jax.distributed`` (not public API), or None."""
+    from jax._src import distributed as _jd
+
+    return _jd.global_state.client
 
 
 # ---------------------------------------------------------------------------------------------
