@@ -1,0 +1,197 @@
+"""Time to the first result in a fresh process: one fit, one training run, the SciPy method.
+
+    python benchmarks/bench_first_result.py                 # ~3-5 min on 2 CPU cores
+    python benchmarks/bench_first_result.py --reps 5 --json out.json
+
+What a researcher meets first is not the steady-state speed of a compiled program but the
+seconds from ``python my_script.py`` to a number. Every measurement here runs in a *fresh*
+Python process (what a script or a notebook kernel restart costs) and is timed twice:
+
+* ``process``: from starting the interpreter to its exit (imports, tracing, compilation,
+  the work itself);
+* ``call``: the first call of the entry point alone, inside that process.
+
+Cases, each repeated ``--reps`` times (medians printed, all runs in the JSON):
+
+* ``fit cold``: ``fit.fit_rates`` on one trajectory with an empty persistent compilation
+  cache directory (the first time ever on this machine);
+* ``fit warm``: the same, with the cache directory that a previous process filled;
+* ``scipy``: the paper's method on the same trajectory (Radau + 200-point grid + BFGS with
+  finite differences, as in ``bench_fit.py``), imports included;
+* ``train cold`` / ``train warm``: ``train.train`` of the default two-point network (width
+  ``--width``, ``--epochs`` epochs, ``--seeds`` seeds), with an empty and a filled cache.
+
+The trajectory is the README's example (``--n-epochs`` epochs, 1% noise), written once to a
+temporary ``.npz`` so that no case pays for making it. JAX's persistent cache is pointed at a
+temporary directory through ``JAX_COMPILATION_CACHE_DIR`` (with the minimum compile time and
+entry size set to 0 so that every program is cached); nothing outside the temporary
+directories is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _machine import cpu_model, load_average  # noqa: E402
+
+# Each child prints one JSON line: {"call": seconds of the first entry-point call}.
+_FIT = """
+import time, json, sys
+import numpy as np
+import jax
+jax.config.update("jax_enable_x64", True)
+from unijax import fit
+d = np.load(sys.argv[1])
+t = time.perf_counter()
+res = fit.fit_rates(d["ts"], d["Z"], dx2=1.0, dy2=0.5)
+eta = (float(res.eta_h), float(res.eta_y))
+print(json.dumps({"call": time.perf_counter() - t, "eta": eta}))
+"""
+
+_SCIPY = """
+import time, json, sys
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from scipy.integrate import solve_ivp
+from scipy.optimize import minimize
+DX2, DY2 = 1.0, 0.5
+
+def rhs(t, z, eta_h, eta_y):
+    h, y, w = z
+    a = eta_h * DX2
+    return [-a * w, -w * (eta_y * h + a * y / h),
+            -0.5 * eta_y * (3.0 * w - y + DY2) * h - 0.5 * a * (y + w) * w / h]
+
+def sse(rates, ts, Z):
+    eta_h, eta_y = rates
+    if not (eta_h > 0 and eta_y > 0):
+        return 1e10
+    sol = solve_ivp(rhs, (ts[0], ts[-1]), Z[0], method="Radau", t_eval=ts, args=(eta_h, eta_y))
+    if not sol.success or sol.y.shape[1] != len(ts):
+        return 1e10
+    return float(np.sum((sol.y.T - Z) ** 2))
+
+d = np.load(sys.argv[1])
+ts, Z = d["ts"], d["Z"]
+t = time.perf_counter()
+ratio = Z[-1, 0] ** 2 / (DX2 * DY2)
+grid = np.logspace(-6, 2, 200)
+s = grid[int(np.argmin([sse((g * ratio, g), ts, Z) for g in grid]))]
+res = minimize(sse, np.array([s * ratio, s]), args=(ts, Z), method="BFGS")
+print(json.dumps({"call": time.perf_counter() - t, "eta": [float(v) for v in res.x]}))
+"""
+
+_TRAIN = """
+import time, json, sys
+import jax
+from unijax import configs, train
+width, epochs, seeds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cfg = configs.get("default", width=width, epochs=epochs)
+t = time.perf_counter()
+res = train.train(cfg, seeds=seeds)
+jax.block_until_ready(res.loss)
+print(json.dumps({"call": time.perf_counter() - t, "final_loss": float(res.final_loss.mean())}))
+"""
+
+_MAKE = """
+import sys
+import numpy as np
+import jax
+jax.config.update("jax_enable_x64", True)
+from unijax import theory
+n = int(sys.argv[2])
+ts = np.arange(float(n))
+Z = theory.solve(np.array([0.05, 1e-3, 0.0]), ts, eta_h=2e-3, eta_y=4e-3, dx2=1.0, dy2=0.5)
+Z = np.asarray(Z) * (1 + 0.01 * np.random.default_rng(0).normal(size=Z.shape))
+np.savez(sys.argv[1], ts=ts, Z=Z)
+"""
+
+
+def child(code: str, args: list[str], cache_dir: str | None) -> dict:
+    """Run ``code`` in a fresh interpreter; its JSON line plus the process wall time."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("JAX_PLATFORMS", "cpu")
+    for k in ("JAX_COMPILATION_CACHE_DIR", "UNIJAX_NO_COMPILATION_CACHE"):
+        env.pop(k, None)
+    if cache_dir is None:
+        env["UNIJAX_NO_COMPILATION_CACHE"] = "1"  # honoured once unijax enables a cache itself
+    else:
+        env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+                       capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"child failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    lines = p.stdout.strip().splitlines()
+    out = json.loads(lines[-1]) if lines else {}
+    out["process"] = wall
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--reps", type=int, default=3, help="fresh processes per case (3)")
+    ap.add_argument("--n-epochs", type=int, default=3000, help="trajectory length (3000)")
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=1000, help="training epochs (1000)")
+    ap.add_argument("--seeds", type=int, default=4)
+    ap.add_argument("--json", type=Path, default=None, help="write all runs here")
+    args = ap.parse_args(argv)
+
+    import jax  # only for its version
+
+    runs: dict[str, list[dict]] = {k: [] for k in
+                                   ("fit cold", "fit warm", "scipy", "train cold", "train warm")}
+    load0 = load_average()
+    with tempfile.TemporaryDirectory() as tmp:
+        traj = str(Path(tmp) / "traj.npz")
+        child(_MAKE, [traj, str(args.n_epochs)], None)
+        train_args = [str(args.width), str(args.epochs), str(args.seeds)]
+        for r in range(args.reps):
+            fit_cache = tempfile.mkdtemp(dir=tmp, prefix=f"fit{r}-")
+            runs["fit cold"].append(child(_FIT, [traj], fit_cache))
+            runs["fit warm"].append(child(_FIT, [traj], fit_cache))
+            runs["scipy"].append(child(_SCIPY, [traj, str(REPO)], None))
+            train_cache = tempfile.mkdtemp(dir=tmp, prefix=f"train{r}-")
+            runs["train cold"].append(child(_TRAIN, train_args, train_cache))
+            runs["train warm"].append(child(_TRAIN, train_args, train_cache))
+            print(f"rep {r + 1}/{args.reps} done", file=sys.stderr, flush=True)
+
+    machine = dict(cpu=cpu_model(), cores=os.cpu_count(), jax=jax.__version__,
+                   python=platform.python_version(), load_start=load0, load_end=load_average())
+    print(f"machine: {machine}")
+    print(f"trajectory: {args.n_epochs} epochs; training: default net width {args.width}, "
+          f"{args.epochs} epochs, {args.seeds} seeds; medians of {args.reps} fresh processes")
+    print(f"{'case':<12} {'process s':>10} {'first call s':>13}")
+    med = {}
+    for name, rs in runs.items():
+        med[name] = {k: statistics.median(r[k] for r in rs) for k in ("process", "call")}
+        print(f"{name:<12} {med[name]['process']:>10.2f} {med[name]['call']:>13.2f}")
+    sp = med["scipy"]["process"]
+    for name in ("fit cold", "fit warm"):
+        print(f"{name} / scipy (process): {med[name]['process'] / sp:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": None},
+                                         "runs": runs, "medians": med}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
