@@ -18,9 +18,8 @@ TUTORIAL = Path(__file__).resolve().parent.parent / "examples" / "tutorial.py"
 def tutorial_markdown(path: Path = TUTORIAL) -> str:
     """The tutorial script as Markdown, without jupytext's metadata header."""
     nb = jupytext.read(path)
-    nb.metadata = {}
-    for cell in nb.cells:
-        cell.metadata = {}
+    nb.metadata = {"jupytext": {"notebook_metadata_filter": "-all",
+                                "cell_metadata_filter": "-all"}}
     note = (
         "\n\n!!! note\n    This page is `examples/tutorial.py`, a jupytext percent script: run it"
         " with `python examples/tutorial.py`, or open it as a notebook with"
