@@ -7,7 +7,7 @@ On one set of synthetic trajectories (``--n-trials`` 64 trials of ``--n-epochs``
 default-network-like rates and initial states drawn at random, ``--noise`` 1% multiplicative
 noise), it times and scores:
 
-(a) the original method re-implemented with SciPy (THEORY.md section 11): SSE of h, y, w with
+(a) the original method re-implemented with SciPy (docs/theory.md section 11): SSE of h, y, w with
     ``solve_ivp`` (Radau; SciPy's default tolerances unless ``--scipy-rtol/--scipy-atol``)
     from the measured first point; the best of 200 log-spaced scales (1e-6 .. 1e2) of
     ``(eta_h, eta_y) = s (ratio, 1)``, ``ratio = h[-1]^2 / (dx2 dy2)``; then BFGS with
@@ -56,7 +56,7 @@ from scipy.optimize import minimize  # noqa: E402
 
 from unijax import fit, theory  # noqa: E402
 
-DX2, DY2 = 1.0, 0.5  # the paper's two-point data (EXPERIMENTS.md E1)
+DX2, DY2 = 1.0, 0.5  # the paper's two-point data (docs/experiments.md E1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ host into N devices, on GPU all visible GPUs are used in turn 1, 2, 4, ... up to
 
 * ``devices``: throughput of :func:`unijax.distributed.sharded_fit_rates` (mode
   ``shard_map``) on 64 trials (trajectories of the ODE with noise), for 300-epoch and for
-  paper-length 6000-epoch trajectories (EXPERIMENTS.md E1), in three subprocesses: (a) 2 host
+  paper-length 6000-epoch trajectories (docs/experiments.md E1), in three subprocesses: (a) 2 host
   devices and 1 device of the same process, calls interleaved (also modes ``per_device`` and
   ``spmd`` at 300 epochs); (b) 1 device, the process pinned to one core
   (``os.sched_setaffinity``): per-core scaling; (c) 1 device with both cores, also the
@@ -28,7 +28,7 @@ host into N devices, on GPU all visible GPUs are used in turn 1, 2, 4, ... up to
   output dimensions, float64, blocks of 1024: ``ru_maxrss`` after minus before the call.
 
 Timings: ``block_until_ready``, median and best of N, compilation separated from running
-(STYLE.md 10).
+(docs/benchmarks.md, "How we time").
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from _machine import cpu_model, load_average, memory_gb  # noqa: E402
 REPO = HERE.parents[1]
 
 N_FIT_TRIALS = 64
-# Short trajectories, and the paper's Table-1 length (EXPERIMENTS.md E1).
+# Short trajectories, and the paper's Table-1 length (docs/experiments.md E1).
 FIT_EPOCHS = (300, 6000)
 TRAIN = dict(width=32, depth=4, epochs=300)
 # Many repeats, calls interleaved (within a process, and across processes by turns): medians

@@ -415,6 +415,11 @@ def cmd_report(args) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unijax`` console script; returns the exit status."""
+    # The command only writes figures to files: the Agg backend never opens a window and works
+    # on headless machines. Chosen here, not on import, so library users keep their backend.
+    import matplotlib
+
+    matplotlib.use("Agg")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

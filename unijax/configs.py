@@ -5,7 +5,7 @@
 >>> cfg.gain, cfg.lr, cfg.layer
 (1.0, 0.005, 2)
 
-Names follow EXPERIMENTS.md (case, spaces, hyphens and underscores are forgiven):
+Names follow docs/experiments.md (case, spaces, hyphens and underscores are forgiven):
 Table 1 (E1/E2, two points): ``default``, ``convolution``, ``skip connections``, ``shallow``,
 ``narrow``, ``dropout``, ``linear``, ``relu``, ``elu``, ``tanh``, ``swish``, ``low initial
 weights``, ``intermediate initial weights``, ``high initial weights``, ``very high initial
@@ -48,7 +48,7 @@ class TrainConfig:
         width: units per hidden layer, > 0.
         depth: number of hidden layers ``L`` (the network has ``L + 1`` affine maps), > 0.
         layer: recorded hidden layer, ``0 <= layer < depth``; ``None`` means ``depth // 2``
-            (EXPERIMENTS.md: index L/2 of the L activations counted from 0). Always an int
+            (docs/experiments.md: index L/2 of the L activations counted from 0). Always an int
             after construction.
         optimizer: ``"sgd"`` (plain gradient descent) or ``"adam"``.
         batch_size: mini-batch size (batches reshuffled every epoch), or ``None`` for full
@@ -168,7 +168,7 @@ def _two_point(name, nonlinearity, gain, lr, epochs, width, depth, **kw) -> Trai
                        width=width, depth=depth, **kw)
 
 
-# Numbers are the paper's Tables 1 and 2 and EXPERIMENTS.md E5/E6 (the `paper` preset).
+# Numbers are the paper's Tables 1 and 2 and docs/experiments.md E5/E6 (the `paper` preset).
 _TABLE: dict[str, TrainConfig] = {
     c.name: c
     for c in [
@@ -222,7 +222,7 @@ def get(name: str, **overrides: Any) -> TrainConfig:
     """The config of a Table 1 / Table 2 / E5 / E6 row by name, with ``overrides`` applied.
 
     Args:
-        name: the row's name as in EXPERIMENTS.md; case, spaces, hyphens and underscores are
+        name: the row's name as in docs/experiments.md; case, spaces, hyphens and underscores are
             forgiven (``"XOR low weights"``, ``"xor_low_weights"``, ``"Blobs-High-Weights"``).
         **overrides: any :class:`TrainConfig` field, e.g. ``width=32, epochs=100``. ``layer``
             follows an overridden ``depth`` (``depth // 2``) unless given too.

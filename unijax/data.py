@@ -1,4 +1,4 @@
-"""The data sets of the paper's experiments (EXPERIMENTS.md E1, E4, E5, E6).
+"""The data sets of the paper's experiments (docs/experiments.md E1, E4, E5, E6).
 
 Every loader returns a :class:`Dataset` of host (NumPy) arrays, ``x: (n_points, in_dim)``,
 ``y: (n_points, out_dim)``, in the requested floating dtype (float32 by default). Nothing is

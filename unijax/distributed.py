@@ -820,7 +820,7 @@ def sharded_exponential_weighting_from_data(
     """:func:`unijax.theory.exponential_weighting_from_data` with the data set split over devices.
 
     ``(E A E)[rows, cols] = sum_k E[rows, k] (sum_l A[k, l] E[l, cols])`` with
-    ``A[i, j] = |x_i - x_j| |y_i - y_j|`` and ``E = exp(-A)`` (THEORY.md section 10, Eq. 50).
+    ``A[i, j] = |x_i - x_j| |y_i - y_j|`` and ``E = exp(-A)`` (docs/theory.md section 10, Eq. 50).
     Each device owns ``n / n_devices`` points ``k`` of the outer sum and runs over them in
     blocks of ``block_size``; the partial ``(r, n)`` products are summed across devices
     (``psum``). Peak memory per device: about ``(block_size + 2 r) n + n c`` floats

@@ -1,6 +1,6 @@
 """Effective learning rates fitted to measured trajectories, by gradient through the ODE solver.
 
-THEORY.md section 11 (paper appendix B.1): record ``(h, y, w)`` at a hidden layer every epoch,
+docs/theory.md section 11 (paper appendix B.1): record ``(h, y, w)`` at a hidden layer every epoch,
 then find the two effective rates ``(eta_h, eta_y)`` (units 1/epoch) that minimize
 
     SSE = sum_t (h_t - h_ode(t))^2 + (y_t - y_ode(t))^2 + (w_t - w_ode(t))^2,
@@ -1138,7 +1138,7 @@ def fit_rates(
 ) -> RateFit:
     """Fit the effective rates ``(eta_h, eta_y)`` to measured ``(h, y, w)`` trajectories.
 
-    Minimizes the SSE of THEORY.md section 11 over epochs of ``h``, ``y`` and ``w`` (all
+    Minimizes the SSE of docs/theory.md section 11 over epochs of ``h``, ``y`` and ``w`` (all
     weighted equally, as there), the ODE of section 2 started from each trial's measured first
     point, by Levenberg-Marquardt in ``(log eta_h, log eta_y)`` with the Jacobian from
     forward-mode differentiation through the Diffrax solve. All trials are fitted in one
@@ -1326,7 +1326,7 @@ def fit_eta_mean(
     opt_atol: float = 1e-8,
     max_rel_stderr: float = 0.1,
 ) -> MeanFit:
-    """Fit the third rate ``eta_mean`` to training-loss curves, THEORY.md section 3 (Eq. 9).
+    """Fit the third rate ``eta_mean`` to training-loss curves, docs/theory.md section 3 (Eq. 9).
 
     With ``(h, y, w)`` known (typically ``RateFit.z_fit`` from :func:`fit_rates`), the loss is
 

@@ -1,4 +1,4 @@
-"""The networks of the paper (EXPERIMENTS.md, "Common conventions"), as Flax linen modules.
+"""The networks of the paper (docs/experiments.md, "Common conventions"), as Flax linen modules.
 
 Every architecture maps a batch of inputs ``x: (n_points, in_dim)`` to
 ``(out, hiddens)`` with ``out: (n_points, out_dim)`` and ``hiddens`` a tuple of the ``depth``
@@ -20,7 +20,7 @@ Architectures (:data:`ARCHITECTURES`):
   ``(width - 10 k) * channels_k`` features (position-major, channel-minor), with
   ``channels_k = 20`` for ``1 <= k <= L - 2`` and ``1`` for ``k = L - 1``. Needs ``L >= 3`` and
   ``width > 10 (L - 1)``. (The authors' code has two more convolutions than hidden layers,
-  ``L + 2`` activations; we follow the ``L`` / ``L + 1`` convention of EXPERIMENTS.md.)
+  ``L + 2`` activations; we follow the ``L`` / ``L + 1`` convention of docs/experiments.md.)
 
 Initialization (all architectures): Xavier/Glorot normal kernels,
 ``std = gain * sqrt(2 / (fan_in + fan_out))`` (for a convolution ``fan = kernel * channels``, as

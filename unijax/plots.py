@@ -1,4 +1,8 @@
-"""Shared matplotlib helpers for the experiments' figures (Agg backend, PNG + PDF, atomic).
+"""Shared matplotlib helpers for the experiments' figures (PNG + PDF, written atomically).
+
+Importing this module leaves matplotlib's backend alone, so ``plt.show()`` keeps working in a
+notebook or a script; the ``unijax`` command chooses the non-interactive Agg backend for itself
+when it runs. Every helper draws on the figure or axes it is given.
 
 Conventions: the network is drawn with markers or thin solid lines in colour, the theory with
 black dashed lines on top ("network vs theory overlaid"); every axis names its quantity and
@@ -13,14 +17,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")  # never open a window; safe on headless machines and in threads
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from unijax._store import atomic_savefig  # noqa: E402
+from unijax._store import atomic_savefig
 
 __all__ = [
     "THEORY_STYLE",

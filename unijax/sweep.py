@@ -2,7 +2,7 @@
 
 A sweep trains every architecture of ``archs`` at every gain of ``gains`` from every seed of
 ``seeds``, records ``(h, y, w)`` at every layer of ``layers``, and (``fit=True``) fits the
-effective rates ``(eta_h, eta_y)`` of each recorded layer of each trial (THEORY.md section 11).
+effective rates ``(eta_h, eta_y)`` of each recorded layer of each trial (docs/theory.md section 11).
 
 The grid is cut into chunks: one chunk is one :func:`unijax.train.train` call for one
 architecture over a block of ``gains_per_chunk`` gains x ``seeds_per_chunk`` seeds (all

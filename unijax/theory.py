@@ -1,7 +1,7 @@
 """The two-point effective theory of representation learning (van Rossem & Saxe, ICML 2024).
 
 A network ``f = g∘h`` trained on two points ``(x1, y1), (x2, y2)``. Three scalars describe its
-representation (THEORY.md section 2, paper Eq. 7-8):
+representation (docs/theory.md section 2, paper Eq. 7-8):
 
 * ``h = ||h(x2) - h(x1)||^2``   squared hidden-layer distance,
 * ``y = ||f(x2) - f(x1)||^2``   squared predicted-output distance,
@@ -126,7 +126,7 @@ def _check_ts(ts) -> None:
 def vector_field(
     z: Float[ArrayLike, "3"], *, eta_h: Scalar, eta_y: Scalar, dx2: Scalar, dy2: Scalar
 ) -> Float[Array, "3"]:
-    """Right-hand side of the (h, y, w) ODE, THEORY.md section 2 (paper Eq. 8, A.1).
+    """Right-hand side of the (h, y, w) ODE, docs/theory.md section 2 (paper Eq. 8, A.1).
 
     Args:
         z: state ``(h, y, w)``, shape ``(3,)``; ``h > 0``.
@@ -300,7 +300,7 @@ def loss_curve(
     dy2: Scalar,
     m0: Scalar,
 ) -> Float[Array, " n"]:
-    """Training loss predicted by the theory, THEORY.md section 3 (paper Eq. 9, A.2).
+    """Training loss predicted by the theory, docs/theory.md section 3 (paper Eq. 9, A.2).
 
     ``L(t) = 1/2 m0 exp(-2 eta_mean (t - ts[0])) + 1/4 (w + 1/2 (dy2 - y))`` for the loss
     ``0.5 * mean squared error`` of a 1-D-output network on two points.
@@ -342,7 +342,7 @@ def invariant(
     eta_y: Scalar,
     dx2: Scalar,
 ) -> Float[Array, "*b"]:
-    """The conserved quantity ``K = y/h - c h``, THEORY.md section 4 (paper Eq. 24).
+    """The conserved quantity ``K = y/h - c h``, docs/theory.md section 4 (paper Eq. 24).
 
     Constant along every solution of the ODE; any shape, element-wise.
     """
@@ -365,7 +365,7 @@ def reduced_vector_field(
     dy2: Scalar,
     K: Scalar,
 ) -> Float[Array, "2"]:
-    """The closed 2-D system in ``(h, w)`` with ``y = c h^2 + K h`` (THEORY.md section 4).
+    """The closed 2-D system in ``(h, w)`` with ``y = c h^2 + K h`` (docs/theory.md section 4).
 
     Args:
         hw: ``(h, w)``, shape ``(2,)``.
@@ -427,7 +427,7 @@ def fixed_points(
     dx2: Scalar,
     dy2: Scalar,
 ) -> FixedPoints:
-    """Fixed points reached from the initial ``(h0, y0)``, THEORY.md section 5 (Eq. 26-33).
+    """Fixed points reached from the initial ``(h0, y0)``, docs/theory.md section 5 (Eq. 26-33).
 
     ``w = 0`` and ``h (dy2 - y(h)) = 0``: the saddle ``h = 0`` and the roots
     ``h_± = (-K ± sqrt(K^2 + 4 c dy2)) / (2c)``.
@@ -469,7 +469,7 @@ def stability(
     dx2: Scalar,
     dy2: Scalar,
 ) -> Stability:
-    """Jacobian, trace, determinant and eigenvalues at ``(h*, w = 0)``, THEORY.md section 5.
+    """Jacobian, trace, determinant and eigenvalues at ``(h*, w = 0)``, docs/theory.md section 5.
 
     ``J = [[0, -eta_h dx2], [1/2 eta_y h* y'(h*), -3/2 eta_y h* - 1/2 eta_h dx2 dy2 / h*]]``
     with ``y'(h) = 2 c h + K`` (at a fixed point ``y(h*) = dy2``). At ``h_plus`` the trace is
@@ -511,7 +511,7 @@ class SaddleDirections(NamedTuple):
 def saddle_directions(
     K: Float[ArrayLike, "*b"], *, eta_h: Scalar, eta_y: Scalar, dx2: Scalar, dy2: Scalar
 ) -> SaddleDirections:
-    """The saddle at ``h = 0`` by direction of approach, THEORY.md section 5."""
+    """The saddle at ``h = 0`` by direction of approach, docs/theory.md section 5."""
     K = jnp.asarray(K)
     q = eta_y * dy2 / (eta_h * dx2)
     disc = jnp.sqrt(K**2 + 4.0 * q)
@@ -546,7 +546,7 @@ def final_distance(
     dx2,
     dy2,
 ) -> Float[Array, "*b"]:
-    """Final squared hidden distance ``h_final``, THEORY.md section 5 (paper Eq. 10-11).
+    """Final squared hidden distance ``h_final``, docs/theory.md section 5 (paper Eq. 10-11).
 
     ``h_final = A_high/2 + sqrt(A_high^2/4 + A_low^2)``, evaluated without cancellation for
     ``A_high << 0``. Element-wise over any broadcastable shapes of ``h0, y0, dx2, dy2``.
@@ -648,7 +648,7 @@ class LazyScaling(NamedTuple):
 
 
 def lazy_rescale(z, t, *, scale, dy2) -> LazyScaling:
-    """Map a problem to the rescaled variables of THEORY.md section 7 (paper Eq. 41-43).
+    """Map a problem to the rescaled variables of docs/theory.md section 7 (paper Eq. 41-43).
 
     The ODE keeps its form in ``(h~, y~, w~, t~)`` with ``dy2 -> dy2 / s^2``: as the initial
     scale ``s`` grows the target distance vanishes from the dynamics, which become those of

@@ -23,7 +23,7 @@ Time is measured in epochs. **Records are taken before the update of their epoch
 ``t`` of every per-epoch record describes the network after ``t`` epochs of training, so entry
 ``0`` is the initialization, and ``final_*`` is the state after the last epoch (``epochs``
 updates). For two-point data, with ``(x1, y1), (x2, y2)`` the pair, ``h_l(x)`` the recorded
-hidden layer and ``f`` the network (THEORY.md section 2):
+hidden layer and ``f`` the network (docs/theory.md section 2):
 
     h = ||h_l(x2) - h_l(x1)||^2,   y = ||f(x2) - f(x1)||^2,   w = y - (y2 - y1) . (f(x2) - f(x1))
 
@@ -1358,7 +1358,7 @@ def hidden_observables(
         pair: the two points ``(i, j)``.
 
     Returns:
-        ``(3,)`` array ``[h, y, w]`` (THEORY.md section 2) in the network's dtype.
+        ``(3,)`` array ``[h, y, w]`` (docs/theory.md section 2) in the network's dtype.
     """
     dtype = jnp.dtype(getattr(model, "dtype", jnp.float32))
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)

@@ -1,4 +1,4 @@
-"""Every experiment of the paper (EXPERIMENTS.md E1-E8), by name.
+"""Every experiment of the paper (docs/experiments.md E1-E8), by name.
 
 >>> from unijax import experiments
 >>> experiments.names()

@@ -7,7 +7,7 @@
   whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
   an invalid start (``h0 <= 0``) are never fitted and are reported as excluded.
 * :func:`fit_loss`: ``unijax.fit.fit_eta_mean`` on the loss curves, given the fitted ODE
-  trajectories (THEORY.md section 3).
+  trajectories (docs/theory.md section 3).
 * :func:`plateau_index`: the plateau measure of E2.
 """
 
@@ -135,7 +135,7 @@ def fit_trajectories(
     desc: str = "fit",
     fit_initial: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Fit ``(eta_h, eta_y)`` to every trajectory of ``Z`` (THEORY.md section 11).
+    """Fit ``(eta_h, eta_y)`` to every trajectory of ``Z`` (docs/theory.md section 11).
 
     Args:
         Z: measured ``(h, y, w)``, shape ``(n_trials, n_epochs, 3)`` (any float dtype; fitted
@@ -216,7 +216,7 @@ def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarra
 def mean_output_error0(loss0: Any, z0: Any, dy2: Any) -> np.ndarray:
     """``m0 = ||ybar - gbar(0)||^2`` from the initial loss and ``(h0, y0, w0)``.
 
-    THEORY.md section 3: ``L = 1/2 m0 + 1/4 (w + 1/2 (dy2 - y))`` at ``t = 0``; clipped at 0.
+    docs/theory.md section 3: ``L = 1/2 m0 + 1/4 (w + 1/2 (dy2 - y))`` at ``t = 0``; clipped at 0.
     """
     z0 = np.asarray(z0, np.float64)
     ld = 0.25 * (z0[..., 2] + 0.5 * (np.asarray(dy2) - z0[..., 1]))
@@ -239,7 +239,7 @@ def fit_loss(
     m0: Any,
     use: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Fit ``eta_mean`` to loss curves given the fitted ``(h, y, w)`` (THEORY.md section 3).
+    """Fit ``eta_mean`` to loss curves given the fitted ``(h, y, w)`` (docs/theory.md section 3).
 
     Args:
         loss: measured loss, ``(n, n_epochs)``.

@@ -2,7 +2,7 @@
 
 Every Table 1 network is trained on the two points ``x = (-1, 0)``, ``y = (0.6, 0.6 + sqrt
 0.5)`` (``dx2 = 1``, ``dy2 = 0.5``); ``(h, y, w)`` at the middle hidden layer and the loss are
-recorded every epoch; ``(eta_h, eta_y)`` are fitted to ``(h, y, w)`` (THEORY.md section 11),
+recorded every epoch; ``(eta_h, eta_y)`` are fitted to ``(h, y, w)`` (docs/theory.md section 11),
 then ``eta_mean`` to the loss curve (section 3). Agreement: R^2 of the fitted ODE for each of
 h, y, w and of the loss, per architecture, mean and spread over seeds.
 """
@@ -57,7 +57,7 @@ class Config:
         seeds: trials per row; seed: base random seed.
         dx2, dy2: squared input and target distances of the two points.
         fit_initial: also fit the ODE's starting state (False: start it at the measured
-            epoch-0 state, the paper's method and THEORY.md section 11).
+            epoch-0 state, the paper's method and docs/theory.md section 11).
     """
 
     rows: tuple[str, ...] = tp.TABLE1

@@ -1,4 +1,4 @@
-"""E2. Initial weight scale: plateau vs. exponential decay (paper Fig. 3, THEORY.md section 7).
+"""E2. Initial weight scale: plateau vs. exponential decay (paper Fig. 3, docs/theory.md section 7).
 
 The four "initial weights" rows of Table 1 (gains 0.9, 1.1, 1.3, 1.4, default architecture)
 trained on the two points, fitted as in E1. The plateau measure is computed on the distance

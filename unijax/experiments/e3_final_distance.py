@@ -5,7 +5,7 @@ Per architecture: fit ``(eta_h, eta_y)`` on ``fit_seeds`` trials at ``dx2 = 1``,
 ``linspace(0.5, 1.5, 5) x linspace(0, 1, 5)``); each grid point is trained from ``seeds``
 initializations; trials whose final loss stays above ``loss_threshold`` (or diverged) are
 discarded and counted; the final squared hidden distance is compared with
-``theory.final_distance(h0, y0)`` (THEORY.md section 5) from that trial's own initial
+``theory.final_distance(h0, y0)`` (docs/theory.md section 5) from that trial's own initial
 ``(h0, y0)``. Agreement: Pearson r and slope of experiment vs. theory over the grid.
 """
 

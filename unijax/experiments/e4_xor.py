@@ -2,7 +2,7 @@
 
 Inputs (0,0), (0,1), (1,0), (1,1); targets 0, 1, 1, 0. Each Table 2 XOR row is trained from
 ``seeds`` initializations; the hidden representations of the four points are recorded at the
-start and the end. Theory: the matrix of predicted final squared hidden distances, THEORY.md
+start and the end. Theory: the matrix of predicted final squared hidden distances, docs/theory.md
 sections 5 and 10 (``theory.pairwise_final_distance``), from each pair's input/target
 distances and its own initial hidden and output distances, with the default architecture's
 fitted ``(eta_h, eta_y)`` (from E3/E1 in the same output directory, else fitted here).

@@ -7,7 +7,7 @@ embedded default.
 
 Structure: squared hidden distances (middle hidden layer) of the first ``n_structure``
 training points, sorted by label, averaged over trials; theory: the exponential weighting of
-THEORY.md section 10 (Eq. 50) with ``A = |dx| |dy|`` over the *whole* training set
+docs/theory.md section 10 (Eq. 50) with ``A = |dx| |dy|`` over the *whole* training set
 (``theory.exponential_weighting_from_data``), element-wise squared. Agreement: Pearson r of the
 two matrices (upper triangle), with and without the same-digit blocks; spread over seeds.
 

@@ -2,7 +2,7 @@
 
 The default architecture is trained on the two points and ``(h, y, w)`` recorded at *every*
 hidden layer (``y`` and ``w`` do not depend on the layer); ``(eta_h, eta_y)`` are fitted per
-layer. Predictions (THEORY.md section 9): the fit error falls with depth (later layers start
+layer. Predictions (docs/theory.md section 9): the fit error falls with depth (later layers start
 closer, so the linearization is better there); in later layers ``eta_h`` rises and ``eta_y``
 falls with depth; the initial distance falls geometrically, ``h0(l) ~ a^(2 l) dx2`` with ``l``
 the number of maps from the input, ``a`` fitted by ``theory.fit_depth_gain``.
