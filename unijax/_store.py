@@ -497,7 +497,8 @@ def _unijax_subdirs(d: Path) -> list[Path]:
 
 
 def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = None,
-              dry_run: bool = False, log: Callable[[str], None] | None = None) -> Path:
+              dry_run: bool = False, log: Callable[[str], None] | None = None,
+              clean: bool = False) -> Path:
     """Make sure unijax may write into ``directory`` as a ``kind`` directory, and mark it.
 
     A missing or empty directory is created and marked; a directory unijax marked as ``kind``
@@ -509,6 +510,8 @@ def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = Non
         name: the experiment's name, recorded in a new marker.
         dry_run: check only; create and write nothing.
         log: called with a line when an older unijax's directory is adopted.
+        clean: delete stray ``.tmp-*`` files in it (left by a crash; only when no other
+            unijax process may be writing there).
 
     Returns:
         the directory.
@@ -540,8 +543,11 @@ def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = Non
             raise ForeignDataError(
                 f"{d} is a unijax {m['kind']} directory, not a {kind} directory; choose "
                 "another output directory", d)
+        if clean and not dry_run:
+            _clean_tmp(d)
         return d
-    entries = sorted(p.name for p in d.iterdir())
+    # unijax's own temporary files (a crash before the marker was in place) do not count.
+    entries = sorted(p.name for p in d.iterdir() if not p.name.startswith(_TMP_PREFIX))
     figures: list[str] = []
     if entries:
         if kind == "run":
@@ -563,9 +569,21 @@ def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = Non
                     "a new or empty directory, or move those files away", d)
     if not dry_run:
         _write_marker(d, kind, name=name, files=figures, adopted=bool(entries))
+        if clean:
+            _clean_tmp(d)
         if entries and log is not None:
             log(f"{d}: written by an older unijax (no {MARKER}); adopted and marked")
     return d
+
+
+def _clean_tmp(d: Path) -> None:
+    """Delete the ``.tmp-*`` entries directly in ``d`` (a crash's leftovers)."""
+    for stale in d.glob(_TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
 
 
 def _stderr_log(msg: str) -> None:
@@ -573,11 +591,13 @@ def _stderr_log(msg: str) -> None:
 
 
 class _StoredArrays(dict):
-    """Arrays of a stored chunk; asking for an array it lacks raises DamagedChunkError."""
+    """Arrays of a stored chunk; asking for an array it lacks raises DamagedChunkError.
+    ``listed``: the file listed its arrays (so none can be missing unnoticed)."""
 
-    def __init__(self, arrays, *, name: str, chunk: str):
+    def __init__(self, arrays, *, name: str, chunk: str, listed: bool):
         super().__init__(arrays)
         self._where = (name, chunk)
+        self.listed = listed
 
     def __missing__(self, key):
         raise DamagedChunkError(*self._where, key)
@@ -711,14 +731,8 @@ class ResultStore:
     def _clean_tmp(self, d: Path) -> None:
         # Left by a crash between write and rename: only unijax's own folders are looked in.
         for folder in (d, d / CHUNKS_DIR):
-            if not folder.is_dir():
-                continue
-            for stale in folder.glob(_TMP_PREFIX + "*"):
-                with contextlib.suppress(OSError):
-                    if stale.is_dir() and not stale.is_symlink():
-                        shutil.rmtree(stale)
-                    else:
-                        stale.unlink()
+            if folder.is_dir() and not folder.is_symlink():
+                _clean_tmp(folder)
 
     def discard(self, name: str) -> list[Path]:
         """Delete unijax's own files of ``name`` (config, result, summary, its listed figures,
@@ -773,7 +787,8 @@ class ResultStore:
             return None
         if arrays is None:
             return None
-        return _StoredArrays(_strip_meta(arrays), name=name, chunk=chunk)
+        return _StoredArrays(_strip_meta(arrays), name=name, chunk=chunk,
+                             listed=MEMBERS_KEY in arrays)
 
     def save_chunk(self, name: str, chunk: str, arrays: Mapping[str, Any], config_hash: str):
         """Store one finished chunk atomically (in a directory unijax marked)."""
@@ -921,6 +936,10 @@ class ChunkCache:
     ``agree(key, fn)`` returns the writing process's ``fn()`` on every process, so all take
     the same branch (read the chunk, or compute it together), and only ``writer`` stores it.
     The defaults serve one process.
+
+    Chunks an older unijax stored do not list their arrays, so one that lost an array reads
+    as whole; ``unlisted`` maps each such chunk read to its array names, and
+    :meth:`suspects` names those that lack the array a ``KeyError`` asked for.
     """
 
     def __init__(self, store: ResultStore, name: str, config_hash: str, *, agree=None,
@@ -930,6 +949,18 @@ class ChunkCache:
         self.writer = writer
         self.hits = 0
         self.misses = 0
+        self.reused: set[str] = set()  # chunk ids read from the store
+        self.computed: set[str] = set()  # chunk ids computed (and stored)
+        self.unlisted: dict[str, set[str]] = {}
+
+    def suspects(self, error: KeyError) -> list[str]:
+        """The chunks read by this cache that may have caused ``error`` (an array missing):
+        the one named by a :class:`DamagedChunkError`, else every chunk without a list of its
+        arrays that lacks the key."""
+        if isinstance(error, DamagedChunkError):
+            return [error.chunk] if error.name == self.name else []
+        key = error.args[0] if error.args else None
+        return sorted(c for c, keys in self.unlisted.items() if key not in keys)
 
     def __call__(
         self, chunk: str, compute: Callable[[], Mapping[str, Any]]
@@ -950,8 +981,13 @@ class ChunkCache:
                     "directory must be shared by all processes (NFS, Lustre, ...)"
                 )
             self.hits += 1
+            self.reused.add(chunk)
+            if not getattr(got, "listed", True):
+                self.unlisted[chunk] = set(got)
             return got
         self.misses += 1
+        self.computed.add(chunk)
+        self.unlisted.pop(chunk, None)
         arrays = {k: np.asarray(v) for k, v in compute().items()}
         if self.writer:
             self.store.save_chunk(self.name, chunk, arrays, self.config_hash)

@@ -42,7 +42,6 @@ from typing import Any
 from unijax import experiments
 from unijax._store import (
     ConfigMismatchError,
-    DamagedChunkError,
     ForeignDataError,
     ResultStore,
     claim_dir,
@@ -267,21 +266,25 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
                 "wall_s": summary.get("wall_s")}
     t0 = time.perf_counter()
     damaged: set[str] = set()
+    cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
     while True:
-        cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
         try:
             result = mod.run(cfg, key=jax.random.key(cfg.seed),
                              progress=progress if writer else no_progress, cache=cache,
                              upstream=upstream)
             break
-        except DamagedChunkError as e:
-            # A chunk an older unijax stored (no list of its arrays) lacks one: recompute it;
-            # every other chunk is read again from the store.
-            if sync.n > 1 or e.chunk in damaged:
+        except KeyError as e:
+            # A chunk an older unijax stored (without the list of its arrays) lacks one: delete
+            # and recompute the chunks that may be at fault; the others are read again. Each
+            # is stored anew with its list, so this ends.
+            suspects = [c for c in cache.suspects(e) if c not in damaged]
+            if sync.n > 1 or not suspects:
                 raise
-            damaged.add(e.chunk)
-            store.log(f"{name}: {e}: recomputing that chunk")
-            store.discard_chunk(name, e.chunk)
+            damaged.update(suspects)
+            store.log(f"{name}: stored chunk(s) {', '.join(suspects)} (written by an older "
+                      f"unijax) lack array {e.args[0] if e.args else '?'!r}: recomputing them")
+            for c in suspects:
+                store.discard_chunk(name, c)
     if not writer:
         return {"name": name, "status": "ran", "summary": {}, "wall_s": None}
     figures = store.save_figures(name, lambda folder: mod.plot(result, folder))
@@ -295,8 +298,8 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         "agreement": agreement,
         "figures": sorted({Path(p).name for p in figures}),
         "wall_s": round(wall, 1),
-        "chunks_reused": cache.hits,
-        "chunks_computed": cache.misses,
+        "chunks_reused": len(cache.reused - cache.computed),
+        "chunks_computed": len(cache.computed),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "environment": _environment(),
         "config": config_to_dict(cfg),
@@ -421,7 +424,7 @@ def cmd_run(args) -> int:
             return _fail(msg)
     if writer:
         try:
-            claim_dir(out, "run", log=_warn)
+            claim_dir(out, "run", log=_warn, clean=True)
         except ForeignDataError as e:
             return _fail(str(e))
         except OSError as e:
