@@ -714,11 +714,13 @@ class ResultStore:
         if problem:
             self.log(f"{self._rel(d / 'config.json')} {problem}; writing it again")
         if old is not None and old.get("run_hash", old["config_hash"]) != rh:
-            was = (old.get("upstream") or {}).get("source", "none") if isinstance(
-                old.get("upstream"), dict) else "none"
-            now = (upstream or {}).get("source", "none") if isinstance(upstream, dict) else "none"
+
+            def source(up: Any) -> str:
+                return str(up.get("source", "?")) if isinstance(up, dict) else "none"
+
+            was = source(old["upstream"]) if "upstream" in old else "not recorded"
             self.log(f"{name}: its upstream inputs changed since it was stored (rates from "
-                     f"{was}, now {now}): recomputing it")
+                     f"{was}, now {source(upstream)}): recomputing it")
         if old is None or old.get("run_hash", old["config_hash"]) != rh:
             from unijax._version import code_version
 
