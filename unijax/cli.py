@@ -281,8 +281,9 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
             if sync.n > 1 or not suspects:
                 raise
             damaged.update(suspects)
+            key = getattr(e, "key", e.args[0] if e.args else "?")
             store.log(f"{name}: stored chunk(s) {', '.join(suspects)} (written by an older "
-                      f"unijax) lack array {e.args[0] if e.args else '?'!r}: recomputing them")
+                      f"unijax) lack array {key!r}: recomputing them")
             for c in suspects:
                 store.discard_chunk(name, c)
     if not writer:

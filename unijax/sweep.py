@@ -24,6 +24,7 @@ stderr and recomputed; the others are kept.
 
 Layout of ``outdir``::
 
+    outdir/.unijax.json       marker: unijax wrote this sweep directory
     outdir/config.json        the sweep config and its hash (first start)
     outdir/chunks/<id>.npz    finished chunks, e.g. ``mlp_g0_s1.npz``
     outdir/result.npz         the merged arrays (see :class:`SweepResult`)
