@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from unijax import cli
+from unijax import cli, experiments
+from unijax._store import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,10 +123,12 @@ def test_resume_with_other_config_is_refused_naming_keys(tmp_path, capsys):
     assert sorted(p.name for p in (out / "E7").iterdir()) == ["config.json"]
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_without_losing_finished_work(tmp_path):
     """Kill a run after its first finished chunk, run again: the chunk is reused, the
     experiment finishes, a second run skips it, and deleting its result recomputes it from
-    the chunks."""
+    the chunks. (25-45 s: a subprocess compiles from scratch. The default suite kills runs
+    in-process at random write points, and a sweep subprocess with SIGKILL, in test_sweep.)"""
     out = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -184,3 +188,317 @@ def test_set_and_seeds_reach_the_config(tmp_path, capsys):
     assert summary["config"] == cfg and len(summary["config_hash"]) == 64
     printed = capsys.readouterr().out
     assert "summary" in printed and "E7" in printed
+
+
+# ---------------------------------------------------------------------------------------------
+# Never delete or overwrite what unijax did not write
+# ---------------------------------------------------------------------------------------------
+
+
+def _tree(root):
+    """{relative path: bytes} of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _project(tmp_path):
+    """A folder of someone's work."""
+    p = tmp_path / "project"
+    (p / "src").mkdir(parents=True)
+    (p / "README.md").write_text("my project\n")
+    (p / "src" / "main.py").write_text("print('hi')\n")
+    (p / "results.json").write_text('{"my": "results"}\n')
+    (p / "report.md").write_text("# My report\n")
+    return p
+
+
+def test_sweep_fresh_never_wipes_a_folder_it_did_not_write(tmp_path, capsys, monkeypatch):
+    project = _project(tmp_path)
+    before = _tree(tmp_path)
+    monkeypatch.chdir(project)
+    for args in (["--fresh", "--out", "."], ["--fresh", "--out", str(project)],
+                 ["--out", "."]):  # without --fresh: its results.json is not overwritten
+        proc = main(capsys, "sweep", "--set", "epochs=5", *args)
+        assert proc.returncode == 2, proc.stderr
+        assert str(project) in proc.stderr and "unijax did not write it" in proc.stderr
+    assert _tree(tmp_path) == before
+
+
+def test_run_and_report_refuse_a_foreign_directory_before_any_work(tmp_path, capsys):
+    project = _project(tmp_path)
+    (project / "E4").mkdir()
+    (project / "E4" / "data.csv").write_text("1,2\n")
+    before = _tree(tmp_path)
+    # The project folder as --out, with or without --fresh, and `unijax report` on it.
+    for args in (["run", "E2", "--preset", "tiny", "--out", str(project)],
+                 ["run", "E4", "--preset", "tiny", "--fresh", "--out", str(project)],
+                 ["report", str(project)]):
+        line = one_line_error(main(capsys, *args))
+        assert str(project) in line and "unijax did not write it" in line, line
+    # A unijax run directory holding a foreign E4/: `run E4 --fresh` leaves it alone.
+    out = tmp_path / "out"
+    ResultStore(out).begin("E2", experiments.get("E2").presets["tiny"])
+    (out / "E4").mkdir()
+    (out / "E4" / "data.csv").write_text("1,2\n")
+    inner = _tree(out)
+    line = one_line_error(main(capsys, "run", "E4", "--preset", "tiny", "--fresh", "--out",
+                               str(out)))
+    assert str(out / "E4") in line and "data.csv" in line
+    assert _tree(out) == inner and _tree(project) == _tree(tmp_path / "project")
+    assert {k: v for k, v in _tree(tmp_path).items() if k.startswith("project")} == before
+
+
+def _arrays(d):
+    from unijax._store import _strip_meta, load_npz
+
+    return _strip_meta(load_npz(d / "result.npz"))
+
+
+def _same_arrays(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+E2_TINY = ("run", "E2", "--preset", "tiny", "--no-progress")
+
+
+def test_damaged_stored_files_are_named_and_recomputed(tmp_path, capsys):
+    """Every kind of damaged stored file: `unijax report` names it; a rerun recomputes
+    exactly the damaged units, says so, and gives the undamaged run's arrays."""
+    from unijax import _store
+
+    out = tmp_path / "out"
+    assert main(capsys, *E2_TINY, "--out", str(out)).returncode == 0
+    d = out / "E2"
+    first = _arrays(d)
+    (d / "notes.txt").write_text("mine")
+    chunks = sorted(p.name for p in (d / "chunks").glob("*.npz"))
+    assert chunks == ["fit.npz", "train-low_initial_weights.npz",
+                      "train-very_high_initial_weights.npz"]
+
+    # results.json not UTF-8: `unijax report` skips E2 and names the file.
+    (d / "results.json").write_bytes(b"\xff\xfe not json")
+    proc = main(capsys, "report", str(out))
+    assert proc.returncode == 0
+    assert "skipped E2" in proc.stderr and "results.json is not UTF-8" in proc.stderr
+    report = (out / "report.md").read_text()
+    assert "## Could not read" in report and "E2/results.json is not UTF-8" in report
+
+    # Each chunk damaged differently; result.npz corrupt too.
+    (d / "chunks" / "train-low_initial_weights.npz").write_bytes(b"")
+    arrays = _store.load_npz(d / "chunks" / "train-very_high_initial_weights.npz")
+    victim = sorted(set(arrays) - set(_store._META_KEYS))[0]
+    arrays.pop(victim)  # a missing array, the list of members intact
+    np.savez(d / "chunks" / "train-very_high_initial_weights.npz", **arrays)
+    arrays = _store.load_npz(d / "chunks" / "fit.npz")  # as an older unijax stored it, and
+    arrays.pop(_store.MEMBERS_KEY)                       # lacking an array
+    arrays.pop(sorted(set(arrays) - set(_store._META_KEYS))[0])
+    np.savez(d / "chunks" / "fit.npz", **arrays)
+    (d / "result.npz").write_bytes((d / "result.npz").read_bytes()[:300])
+    (d / "results.json").write_text("[]")
+
+    proc = main(capsys, *E2_TINY, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    err = proc.stderr
+    assert "E2/results.json is a JSON list" in err
+    assert "train-low_initial_weights.npz is unreadable" in err
+    assert f"train-very_high_initial_weights.npz lacks array(s) {victim}" in err
+    assert "stored chunk(s) fit (written by an older unijax) lack array" in err
+    summary = json.loads((d / "results.json").read_text())
+    assert summary["chunks_computed"] == 3 and summary["chunks_reused"] == 0
+    _same_arrays(_arrays(d), first)
+    assert (d / "notes.txt").read_text() == "mine"
+    # (tests/test_store.py covers every other kind of damage, file by file.)
+
+
+def test_fresh_and_report_leave_foreign_files_alone(tmp_path, capsys, monkeypatch):
+    from unijax import report
+
+    out = tmp_path / "out"
+    assert main(capsys, *E2_TINY, "--out", str(out)).returncode == 0
+    first = _arrays(out / "E2")
+    foreign = {out / "notes.txt": "mine", out / "E2" / "notes.txt": "mine",
+               out / "E2" / "chunks" / "README": "mine", out / "E2" / "extra.png": "mine"}
+    for p, text in foreign.items():
+        p.write_text(text)
+    proc = main(capsys, *E2_TINY, "--fresh", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "E2" / "results.json").read_text())["chunks_reused"] == 0
+    _same_arrays(_arrays(out / "E2"), first)
+    assert all(p.read_text() == text for p, text in foreign.items())
+
+    # A report.md unijax did not write is never overwritten, by `report` nor by `run`.
+    (out / "report.md").write_text("# My own notes\n")
+    line = one_line_error(main(capsys, "report", str(out)))
+    assert str(out / "report.md") in line and "not written by unijax" in line
+    proc = main(capsys, *E2_TINY, "--out", str(out))
+    assert proc.returncode == 2 and str(out / "report.md") in proc.stderr
+    assert (out / "report.md").read_text() == "# My own notes\n"
+
+    # A report that fails to build: exit 1, and the stale report unijax wrote is removed.
+    (out / "report.md").unlink()
+    assert main(capsys, "report", str(out)).returncode == 0
+    monkeypatch.setattr(report, "_paragraph", lambda *a: 1 / 0)
+    proc = main(capsys, *E2_TINY, "--out", str(out))
+    assert proc.returncode == 1
+    assert "report could not be built (ZeroDivisionError" in proc.stderr
+    assert "stale" in proc.stderr and not (out / "report.md").exists()
+    assert main(capsys, "report", str(out)).returncode == 1
+    assert all(p.read_text() == text for p, text in foreign.items())
+
+
+class _Killed(BaseException):
+    """Stands for kill -9: no handler of unijax runs (BaseException, not Exception)."""
+
+
+def _die_at_write(monkeypatch, k: int, before: bool):
+    """Make the ``k``-th atomic write of the store die: ``before`` it is renamed into place
+    (a torn temporary file stays behind, as after kill -9), or just after."""
+    from unijax import _store
+
+    real, count = _store._atomic_write, [0]
+
+    def write(path, fn):
+        count[0] += 1
+        if count[0] == k:
+            path = Path(path)
+            if before:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                (path.parent / f".tmp-{path.name}.killed").write_bytes(b"torn")
+                raise _Killed
+            real(path, fn)
+            raise _Killed
+        return real(path, fn)
+
+    monkeypatch.setattr(_store, "_atomic_write", write)
+    return count
+
+
+def test_killed_at_random_write_points_resume_gives_the_uninterrupted_result(
+        tmp_path, capsys, monkeypatch):
+    """A run dies at random points (between, or in the middle of, any two of its atomic
+    writes), several times in a row; resuming gives exactly the uninterrupted run's results."""
+    import random
+
+    clean = tmp_path / "clean"
+    with monkeypatch.context() as m:
+        n_writes = _die_at_write(m, 0, False)  # count only
+        assert main(capsys, *E2_TINY, "--out", str(clean)).returncode == 0
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    out = tmp_path / "killed"
+    points = []
+    for _ in range(3):
+        k, before = rng.randint(1, n_writes[0]), rng.random() < 0.5
+        points.append((k, before))
+        with monkeypatch.context() as m:
+            _die_at_write(m, k, before)
+            try:
+                main(capsys, *E2_TINY, "--out", str(out))
+            except _Killed:
+                continue
+        break  # fewer writes were left than k: the run finished
+    proc = main(capsys, *E2_TINY, "--out", str(out))
+    assert proc.returncode == 0, (seed, points, proc.stderr)
+    _same_arrays(_arrays(out / "E2"), _arrays(clean / "E2"))
+    a, b = (json.loads((d / "E2" / "results.json").read_text()) for d in (out, clean))
+    assert a["agreement"] == b["agreement"], (seed, points)
+    assert sorted(a["figures"]) == sorted(b["figures"])
+    assert not list(out.rglob(".tmp-*")), (seed, points)
+    assert (out / "report.md").read_text().startswith("# unijax report")
+
+
+@pytest.mark.slow
+def test_killed_at_every_write_point_resume_gives_the_uninterrupted_result(
+        tmp_path, capsys, monkeypatch):
+    # ~3-5 min: 2 x (number of writes, 14 for E2 tiny) runs, each resumed.
+    clean = tmp_path / "clean"
+    with monkeypatch.context() as m:
+        n_writes = _die_at_write(m, 0, False)
+        assert main(capsys, *E2_TINY, "--out", str(clean)).returncode == 0
+    for k in range(1, n_writes[0] + 1):
+        for before in (True, False):
+            out = tmp_path / f"killed-{k}-{before}"
+            with monkeypatch.context() as m, pytest.raises(_Killed):
+                _die_at_write(m, k, before)
+                main(capsys, *E2_TINY, "--out", str(out))
+            proc = main(capsys, *E2_TINY, "--out", str(out))
+            assert proc.returncode == 0, (k, before, proc.stderr)
+            _same_arrays(_arrays(out / "E2"), _arrays(clean / "E2"))
+            assert not list(out.rglob(".tmp-*")), (k, before)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
+    """The real thing: SIGKILL a `unijax run E2 --preset tiny` subprocess at random times,
+    three times in a row, then let it finish (~1-2 min: each start compiles)."""
+    import random
+
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "unijax", *E2_TINY, "--out", str(out)]
+    for _ in range(3):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(timeout=rng.uniform(3.0, 25.0))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    assert cli.main([*E2_TINY, "--out", str(out)]) == 0, seed
+    assert cli.main([*E2_TINY, "--out", str(tmp_path / "clean")]) == 0
+    _same_arrays(_arrays(out / "E2"), _arrays(tmp_path / "clean" / "E2"))
+
+
+def test_rerunning_the_upstream_experiment_invalidates_the_downstream_result(
+        tmp_path, monkeypatch):
+    """E4-E8 take E1's fitted rates: the rates are part of what their stored chunks and result
+    are keyed by, so new E1 rates make E4 recompute instead of reporting stale numbers."""
+    import dataclasses
+    import types
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        seed: int = 0
+        rates_from: str = "auto"
+
+    computed = []
+
+    def run(cfg, *, key, progress, cache, upstream):
+        rates = upstream.get("rates", {"eta_h": np.nan})
+        got = cache("prediction", lambda: computed.append(rates["eta_h"]) or {
+            "pred": np.asarray(rates["eta_h"])})
+        return {"pred": got["pred"]}
+
+    fake = types.SimpleNamespace(
+        TITLE="downstream", CLAIM="uses E1's rates", USES_RATES=True, run=run,
+        plot=lambda result, d: [], agreement=lambda result: {"passed": True},
+        result_arrays=lambda result: result)
+    real_get = experiments.get
+    monkeypatch.setattr(cli.experiments, "get",
+                        lambda name: fake if name == "E4" else real_get(name))
+    store = ResultStore(tmp_path, log=lambda msg: None)
+    sync = types.SimpleNamespace(writer=True, n=1, agree=lambda key, fn: fn())
+
+    def store_e1(eta_h):  # a finished E1 with these fitted default-architecture rates
+        h = store.begin("E1", real_get("E1").presets["tiny"])
+        store.save_result("E1", {"x": np.zeros(1)}, {"agreement": {"figures": {
+            "default_rates": {"eta_h": eta_h, "eta_y": 0.5, "n": 4}}}}, config_hash=h)
+
+    def e4(cfg=Cfg(), fresh=False):
+        row = cli._run_one("E4", cfg, store, preset="tiny", fresh=fresh, progress=None,
+                           sync=sync)
+        return row["status"], float(store.load_result("E4")[0]["pred"])
+
+    store_e1(1.5)
+    assert e4() == ("ran", 1.5)
+    assert e4() == ("done earlier (skipped)", 1.5)
+    store_e1(2.5)  # E1 rerun: other rates
+    assert e4() == ("ran", 2.5) and computed == [1.5, 2.5]  # chunk recomputed, not reused
+    assert store.stored_config("E4")["upstream"]["eta_h"] == 2.5
+    # rates_from="fit" does not use E1: its result does not depend on E1's rates.
+    status, pred = e4(Cfg(rates_from="fit"), fresh=True)
+    assert status == "ran" and np.isnan(pred) and store.stored_config("E4")["upstream"] is None

@@ -127,3 +127,266 @@ def test_chunk_cache_of_a_non_writing_process_follows_the_writers_decision(tmp_p
     store.save_chunk("E3", "grid-0", {"a": np.zeros(2)}, h)
     assert cache("grid-0", lambda: pytest.fail("must not compute"))["a"].tolist() == [0.0, 0.0]
     assert cache.hits == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Never touch what unijax did not write
+# ---------------------------------------------------------------------------------------------
+
+
+def _tree(root):
+    """{relative path: bytes} of every file under ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def _finished(store, name="E4", cfg=Cfg()):
+    h = store.begin(name, cfg)
+    store.save_chunk(name, "c0", {"a": np.arange(3.0), "b": np.ones(2)}, h)
+    store.save_figures(name, lambda d: (d / "fig.png").write_bytes(b"png"))
+    store.save_result(name, {"d": np.eye(2), "e": np.arange(4)},
+                      {"agreement": {"passed": True}, "figures": ["fig.png"]}, config_hash=h)
+    return h
+
+
+def test_directories_unijax_creates_are_marked(tmp_path):
+    store = ResultStore(tmp_path)
+    _finished(store)
+    marker = _store.read_marker(tmp_path / "E4")
+    assert marker["kind"] == "experiment" and marker["name"] == "E4"
+    assert marker["files"] == ["fig.png"]
+    assert marker["created_by"]["unijax"] and len(marker["created_by"]["source_sha256"]) == 64
+
+
+def test_fresh_removes_only_unijax_files(tmp_path):
+    store = ResultStore(tmp_path)
+    _finished(store)
+    d = tmp_path / "E4"
+    (d / "notes.txt").write_text("mine")
+    (d / "chunks" / "README").write_text("mine too")
+    (d / "sub").mkdir()
+    (d / "sub" / "result.npz").write_bytes(b"not unijax's")
+    store.begin("E4", Cfg(width=99), fresh=True)
+    left = _tree(d)
+    assert left.pop("notes.txt") == b"mine" and left.pop("chunks/README") == b"mine too"
+    assert left.pop("sub/result.npz") == b"not unijax's"
+    assert sorted(left) == [".unijax.json", "config.json"]  # the new start only
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_a_foreign_directory_is_refused_and_left_untouched(tmp_path, fresh):
+    d = tmp_path / "E4"
+    d.mkdir()
+    (d / "results.json").write_text('{"mine": 1}')
+    (d / "thesis.tex").write_text("years of work")
+    before = _tree(tmp_path)
+    with pytest.raises(_store.ForeignDataError, match="thesis.tex") as e:
+        ResultStore(tmp_path).begin("E4", Cfg(), fresh=fresh)
+    assert e.value.path == d and str(d) in str(e.value)
+    assert _tree(tmp_path) == before
+    with pytest.raises(_store.ForeignDataError):
+        ResultStore(tmp_path).save_chunk("E4", "c0", {"a": np.ones(1)}, "0" * 64)
+    assert _tree(tmp_path) == before
+
+
+def test_an_empty_directory_is_adopted(tmp_path):
+    (tmp_path / "E4").mkdir()
+    ResultStore(tmp_path).begin("E4", Cfg())
+    assert _store.read_marker(tmp_path / "E4")["kind"] == "experiment"
+
+
+def test_a_marker_of_another_kind_or_not_unijax_is_refused(tmp_path):
+    _store.claim_dir(tmp_path / "sw", "sweep")
+    with pytest.raises(_store.ForeignDataError, match="sweep directory, not a experiment"):
+        ResultStore(tmp_path).begin("sw", Cfg())
+    d = tmp_path / "fake"
+    d.mkdir()
+    (d / _store.MARKER).write_bytes(b"\xff\xfe")
+    with pytest.raises(_store.ForeignDataError, match="not a marker unijax wrote"):
+        ResultStore(tmp_path).begin("fake", Cfg())
+
+
+def _legacy(tmp_path, name="E4", cfg=Cfg()):
+    """A directory as the unijax before markers wrote it: same layout, no marker."""
+    store = ResultStore(tmp_path)
+    h = _finished(store, name, cfg)
+    (tmp_path / name / _store.MARKER).unlink()
+    return h
+
+
+def test_a_directory_of_an_older_unijax_is_adopted_and_resumes(tmp_path):
+    h = _legacy(tmp_path)
+    logged = []
+    store = ResultStore(tmp_path, log=logged.append)
+    assert store.begin("E4", Cfg()) == h and store.finished_result("E4", h) is not None
+    assert "older unijax" in logged[0]
+    assert _store.read_marker(tmp_path / "E4")["files"] == ["fig.png"]  # from results.json
+    store.discard("E4")  # its own files, figure included, go; the marker stays
+    assert sorted(_tree(tmp_path / "E4")) == [".unijax.json"]
+
+
+def test_an_older_unijax_directory_with_foreign_files_is_refused(tmp_path):
+    _legacy(tmp_path)
+    (tmp_path / "E4" / "my_analysis.ipynb").write_text("{}")
+    before = _tree(tmp_path)
+    with pytest.raises(_store.ForeignDataError, match="my_analysis.ipynb"):
+        ResultStore(tmp_path).begin("E4", Cfg(), fresh=True)
+    assert _tree(tmp_path) == before
+
+
+def test_a_run_directory_is_adopted_only_with_unijax_contents(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "report.md").write_text("# My report\n")
+    with pytest.raises(_store.ForeignDataError, match="not empty"):
+        _store.claim_dir(project, "run")
+    _legacy(project)  # a unijax experiment directory in it is not enough: report.md is foreign
+    with pytest.raises(_store.ForeignDataError):
+        _store.claim_dir(project, "run")
+    (project / "report.md").write_text("# unijax report: ...\n")
+    _store.claim_dir(project, "run")
+    assert _store.read_marker(project)["adopted_from_older_unijax"] is True
+
+
+def test_figures_never_overwrite_a_foreign_file(tmp_path):
+    store = ResultStore(tmp_path)
+    store.begin("E4", Cfg())
+    (tmp_path / "E4" / "fig.png").write_bytes(b"my figure")
+    with pytest.raises(_store.ForeignDataError, match="fig.png"):
+        store.save_figures("E4", lambda d: (d / "fig.png").write_bytes(b"png"))
+    assert (tmp_path / "E4" / "fig.png").read_bytes() == b"my figure"
+    assert not [p for p in (tmp_path / "E4").iterdir() if p.name.startswith(".tmp-")]
+
+
+# ---------------------------------------------------------------------------------------------
+# Stores that heal
+# ---------------------------------------------------------------------------------------------
+
+
+def _rewrite_npz(path, drop=(), keep_members=True):
+    arrays = _store.load_npz(path)
+    for k in drop:
+        arrays.pop(k)
+    if not keep_members:
+        arrays.pop(_store.MEMBERS_KEY)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def _corrupt_member(path, member="d"):
+    """Flip bytes inside one member's compressed data (the zip stays readable)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(f"{member}.npy")
+    raw = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 5, start + min(info.compress_size, 40)):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+_RESULT_DAMAGE = {
+    "results.json not UTF-8": ("results.json", lambda p: p.write_bytes(b"\xff\xfe{]")),
+    "results.json not an object": ("results.json", lambda p: p.write_text("[1, 2]")),
+    "results.json bad field": ("results.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "agreement": {"passed": [1]}}))),
+    "result.npz zero bytes": ("result.npz", lambda p: p.write_bytes(b"")),
+    "result.npz truncated": ("result.npz", lambda p: p.write_bytes(p.read_bytes()[:200])),
+    "result.npz corrupt member": ("result.npz", _corrupt_member),
+    "result.npz missing member": ("result.npz", lambda p: _rewrite_npz(p, drop=["d"])),
+    "figure missing": ("fig.png", lambda p: p.unlink()),
+}
+
+
+@pytest.mark.parametrize("kind", list(_RESULT_DAMAGE))
+def test_a_damaged_result_is_named_and_not_finished(tmp_path, kind):
+    fname, damage = _RESULT_DAMAGE[kind]
+    logged = []
+    store = ResultStore(tmp_path, log=logged.append)
+    h = _finished(store)
+    damage(tmp_path / "E4" / fname)
+    assert not store.is_finished("E4", h)
+    assert store.finished_result("E4", h) is None
+    assert len(logged) == 1 and fname in logged[0] and "recomputing" in logged[0]
+    with pytest.raises(_store.DamagedStoreError, match=fname.replace(".", r"\.")):
+        store.load_result("E4")  # what `unijax report` names
+    assert store.begin("E4", Cfg()) == h  # the directory is not blocked
+    assert store.load_chunk("E4", "c0", h) is not None  # the good chunk is kept
+
+
+_CHUNK_DAMAGE = {
+    "zero bytes": lambda p: p.write_bytes(b""),
+    "truncated": lambda p: p.write_bytes(p.read_bytes()[:100]),
+    "not a zip": lambda p: p.write_bytes(b"\x93NUMPY garbage"),
+    "missing member": lambda p: _rewrite_npz(p, drop=["b"]),
+    "corrupt member": lambda p: _corrupt_member(p, "a"),
+}
+
+
+@pytest.mark.parametrize("kind", list(_CHUNK_DAMAGE))
+def test_a_damaged_chunk_is_recomputed_and_the_others_kept(tmp_path, kind):
+    logged = []
+    store = ResultStore(tmp_path, log=logged.append)
+    h = store.begin("E4", Cfg())
+    cache = store.chunk_cache("E4", h)
+    for c in ("c0", "c1"):
+        cache(c, lambda: {"a": np.arange(50.0), "b": np.ones(2)})
+    _CHUNK_DAMAGE[kind](store._chunk_path("E4", "c0"))
+    again = store.chunk_cache("E4", h)
+    got = again("c0", lambda: {"a": np.arange(50.0), "b": np.ones(2)})
+    again("c1", lambda: pytest.fail("the good chunk must be reused"))
+    assert again.misses == 1 and again.hits == 1 and got["b"].tolist() == [1.0, 1.0]
+    assert len(logged) == 1 and "c0.npz" in logged[0] and "recomputing" in logged[0]
+    assert store.chunk_done("E4", "c0", h)  # stored again, whole
+
+
+def test_an_old_chunk_without_its_member_list_raises_a_named_error(tmp_path):
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg())
+    store.save_chunk("E4", "c0", {"a": np.ones(2), "b": np.ones(2)}, h)
+    _rewrite_npz(store._chunk_path("E4", "c0"), drop=["b"], keep_members=False)
+    got = store.chunk_cache("E4", h)("c0", lambda: pytest.fail("must be read"))
+    with pytest.raises(_store.DamagedChunkError, match="chunk 'c0' of E4 has no array 'b'") as e:
+        got["b"]
+    assert (e.value.chunk, e.value.key) == ("c0", "b")
+    store.discard_chunk("E4", "c0")
+    assert not store.chunk_done("E4", "c0", h)
+
+
+def test_a_damaged_config_json_is_rewritten(tmp_path):
+    logged = []
+    store = ResultStore(tmp_path, log=logged.append)
+    h = store.begin("E4", Cfg())
+    (tmp_path / "E4" / "config.json").write_bytes(b"\x00\xff")
+    assert store.begin("E4", Cfg()) == h
+    assert store.stored_config("E4")["config_hash"] == h
+    assert "config.json" in logged[0]
+
+
+def test_upstream_inputs_are_part_of_the_stored_hash(tmp_path):
+    logged = []
+    store = ResultStore(tmp_path, log=logged.append)
+    plain = store.begin("E4", Cfg())
+    assert plain == _store.config_hash(Cfg())  # no upstream: the config hash, as before
+    h1 = store.begin("E4", Cfg(), upstream={"eta_h": 1.0, "source": "E1 (a)"})
+    store.save_result("E4", {"d": np.ones(1)}, {}, config_hash=h1)
+    assert h1 != plain and store.is_finished("E4", h1)
+    h2 = store.begin("E4", Cfg(), upstream={"eta_h": 2.0, "source": "E1 (b)"})
+    assert h2 not in (h1, plain) and not store.is_finished("E4", h2)
+    assert "upstream" in logged[-1] and "E1 (b)" in logged[-1]
+    assert store.stored_config("E4")["upstream"]["eta_h"] == 2.0
+
+
+def test_chunks_and_results_record_the_code_version(tmp_path):
+    from unijax._version import code_version
+
+    store = ResultStore(tmp_path)
+    h = _finished(store)
+    cv = code_version()
+    raw = _store.load_npz(store._chunk_path("E4", "c0"))
+    assert json.loads(str(raw[_store.CODE_KEY])) == cv.as_dict()
+    assert json.loads((tmp_path / "E4" / "results.json").read_text())["code_version"] == \
+        cv.as_dict()
+    arrays, _ = store.load_result("E4")
+    assert set(arrays) == {"d", "e"} and store.finished_result("E4", h) is not None

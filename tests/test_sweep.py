@@ -264,3 +264,57 @@ def test_cli_runs_and_refuses_a_changed_config(tmp_path, capsys):
     assert _cli(*common, "--set", "lr=0.01") == 2
     err = capsys.readouterr().err
     assert "differing keys: train.lr (stored 0.005, now 0.01)" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Safe with your files, and healing
+# ---------------------------------------------------------------------------------------------
+
+
+def test_fresh_keeps_files_unijax_did_not_write_and_a_foreign_folder_is_refused(tmp_path):
+    from unijax._store import ForeignDataError
+
+    out = tmp_path / "sw"
+    cfg = _cfg(seeds=(0, 1))
+    first = sweep.run_sweep(cfg, out, progress=False)
+    (out / "notes.txt").write_text("mine")
+    (out / "chunks" / "README").write_text("mine too")
+    again = sweep.run_sweep(cfg, out, progress=False, fresh=True)
+    assert again.n_computed == again.n_chunks  # everything of unijax's was discarded
+    _assert_same(first, again)
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "chunks" / "README").read_text() == "mine too"
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "results.json").write_text('{"mine": 1}')
+    for fresh in (False, True):
+        with pytest.raises(ForeignDataError, match="unijax did not write it"):
+            sweep.run_sweep(cfg, project, progress=False, fresh=fresh)
+    assert [p.name for p in project.iterdir()] == ["results.json"]
+    assert (project / "results.json").read_text() == '{"mine": 1}'
+
+
+def test_damaged_chunks_and_result_are_recomputed_the_rest_kept(tmp_path, capsys):
+    from unijax import _store
+
+    out = tmp_path / "sw"
+    cfg = _cfg(seeds=(0, 1, 2, 3))  # 2 gains x 2 seed blocks: 4 chunks
+    first = sweep.run_sweep(cfg, out, progress=False)
+    chunks = sorted((out / "chunks").glob("*.npz"))
+    chunks[0].write_bytes(b"")  # zero bytes
+    arrays = _store.load_npz(chunks[1])
+    arrays.pop("loss")  # right hash, an array missing
+    np.savez(chunks[1], **arrays)
+    (out / "result.npz").write_bytes((out / "result.npz").read_bytes()[:500])  # truncated
+    capsys.readouterr()
+    healed = sweep.run_sweep(cfg, out, progress=False)
+    err = capsys.readouterr().err
+    assert healed.n_computed == 2
+    assert f"{chunks[0].name} is unreadable" in err and "lacks array(s) loss" in err
+    assert "result.npz is unreadable" in err
+    _assert_same(first, healed)
+    _assert_same(first, sweep.load_sweep(out))
+    (out / "results.json").write_text("[]")  # load_sweep says it cannot use it
+    with pytest.raises(FileNotFoundError, match="damaged"):
+        sweep.load_sweep(out)

@@ -1,21 +1,45 @@
-"""Atomic, resumable storage of experiment results (used by :mod:`unijax.cli`).
+"""Atomic, resumable, self-checking storage of results (used by :mod:`unijax.cli` and
+:mod:`unijax.sweep`).
 
-Layout of an output directory ``OUT``::
+Layout of an output directory ``OUT`` of ``unijax run`` (a sweep directory is laid out like one
+experiment directory)::
 
-    OUT/<EXP>/config.json        the experiment's config and its hash (written when it starts)
+    OUT/.unijax.json             marker: unijax wrote this directory (kind "run")
+    OUT/report.md                the report (:mod:`unijax.report`)
+    OUT/<EXP>/.unijax.json       marker (kind "experiment"; lists the figures unijax wrote)
+    OUT/<EXP>/config.json        the experiment's config, its hash, the upstream rates it used
     OUT/<EXP>/chunks/<id>.npz    finished pieces of work (one training run, one fit, ...)
     OUT/<EXP>/result.npz         the experiment's raw arrays
     OUT/<EXP>/*.png, *.pdf       its figures
     OUT/<EXP>/results.json       agreement figures; written last, it marks the experiment done
 
-Every file is written atomically: to a temporary file in the same directory (name starting with
-``.tmp-``), flushed and ``fsync``-ed, then moved over the target with ``os.replace`` (atomic on
-POSIX and Windows), and the directory is ``fsync``-ed. A crash leaves either the old file or the
-new one, never a torn one; stray ``.tmp-*`` files are ignored and cleaned up on the next start.
+**Never touch what unijax did not write.** Every directory unijax creates carries the marker
+:data:`MARKER` (JSON: ``"written_by": "unijax"``, the kind of directory, the code version that
+created it, the figure files written there). unijax writes, overwrites and deletes only its own
+names inside a directory it marked: ``config.json``, ``result.npz``, ``results.json``, the
+figures listed in the marker, ``chunks/*.npz``, temporary ``.tmp-*`` files, and ``report.md``
+when it starts with the unijax report heading. Anything else is never touched, ``fresh``
+included. :func:`claim_dir` decides whether a directory may be used: it creates and marks a new
+(or empty) one, accepts one it marked, and refuses any other with :class:`ForeignDataError`
+naming the path. A directory an older unijax wrote (no marker) is adopted, i.e. marked and then
+used, only when everything in it has unijax's layout (an experiment or sweep directory:
+a ``config.json`` with a config hash, and nothing but unijax's own names; a run directory: at
+least one such subdirectory, and no ``report.md`` but unijax's own); otherwise it is refused,
+naming what unijax does not recognise.
 
-Every chunk and result carries the sha256 hash of its config (:func:`config_hash`), so a resumed
-run never mixes results of different settings: :meth:`ResultStore.begin` refuses a directory
-written with another config and names the keys that differ.
+**Atomic writes.** Every file is written to a temporary file in the same directory (name
+starting with ``.tmp-``), flushed and ``fsync``-ed, then moved over the target with
+``os.replace`` (atomic on POSIX and Windows), and the directory is ``fsync``-ed. A crash leaves
+either the old file or the new one, never a torn one; stray ``.tmp-*`` files are ignored and
+cleaned up on the next start.
+
+**Never trust a damaged file.** Every chunk and result carries the sha256 hash of its config
+(:func:`config_hash`; for an experiment that used upstream rates, of the config and those
+rates), the list of its arrays and the :func:`unijax._version.code_version` that computed it.
+Reading validates all of it (and decompresses every array, which checks its CRC); a file that
+fails is reported (the store's ``log``) and treated as absent, so the unit it held is
+recomputed and everything else kept. A resumed run never mixes results of different settings:
+:meth:`ResultStore.begin` refuses a directory written with another config, naming the keys.
 """
 
 from __future__ import annotations
@@ -27,8 +51,11 @@ import io
 import json
 import math
 import os
+import re
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -37,23 +64,47 @@ import numpy as np
 
 __all__ = [
     "HASH_KEY",
+    "MARKER",
     "ConfigMismatchError",
+    "DamagedChunkError",
+    "DamagedStoreError",
+    "ForeignDataError",
     "ResultStore",
     "atomic_save_json",
     "atomic_save_npz",
     "atomic_savefig",
     "atomic_write_bytes",
     "canonical_json",
+    "claim_dir",
     "config_hash",
     "config_to_dict",
     "diff_configs",
+    "is_own_report",
     "load_npz",
+    "read_marker",
+    "run_hash",
     "to_jsonable",
 ]
 
 #: Name of the entry holding the config hash inside every stored ``.npz``.
 HASH_KEY = "__config_hash__"
+#: Entry listing the names of the arrays of a stored ``.npz`` (a missing array is detected).
+MEMBERS_KEY = "__members__"
+#: Entry holding the JSON of the code version that wrote a stored ``.npz``.
+CODE_KEY = "__code_version__"
+_META_KEYS = (HASH_KEY, MEMBERS_KEY, CODE_KEY)
 _TMP_PREFIX = ".tmp-"
+#: The marker file of every directory unijax creates.
+MARKER = ".unijax.json"
+#: Kinds of directories: a ``unijax run`` output, one experiment in it, a sweep.
+KINDS = ("run", "experiment", "sweep")
+#: Files unijax owns in an experiment or sweep directory it marked (besides figures, chunks).
+OWN_FILES = ("config.json", "result.npz", "results.json")
+CHUNKS_DIR = "chunks"
+REPORT_NAME = "report.md"
+#: First line of every report unijax writes: a ``report.md`` without it is not unijax's.
+REPORT_HEADING = "# unijax report"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,6 +157,16 @@ def config_hash(config: Any, *, name: str | None = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def run_hash(config_hash: str, upstream: Any = None) -> str:
+    """The hash results are stored under: ``config_hash`` itself without upstream inputs,
+    else sha256 of it and the canonical JSON of ``upstream`` (e.g. the rates an experiment took
+    from E1), so that a change upstream invalidates what was computed from it."""
+    if upstream is None:
+        return config_hash
+    payload = canonical_json({"config_hash": config_hash, "upstream": upstream})
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Keys whose values differ between two config dicts (incl. keys in only one), sorted."""
     keys = set(old) | set(new)
@@ -118,6 +179,34 @@ class ConfigMismatchError(ValueError):
     def __init__(self, message: str, keys: list[str]):
         super().__init__(message)
         self.keys = keys
+
+
+class ForeignDataError(ValueError):
+    """unijax refuses to write into, overwrite or delete ``path``: unijax did not write it."""
+
+    def __init__(self, message: str, path: str | os.PathLike):
+        super().__init__(message)
+        self.path = Path(path)
+
+
+class DamagedStoreError(ValueError):
+    """A stored file cannot be used (unreadable, incomplete, inconsistent); names the file."""
+
+    def __init__(self, message: str, path: str | os.PathLike):
+        super().__init__(message)
+        self.path = Path(path)
+
+
+class DamagedChunkError(KeyError):
+    """A stored chunk lacks an array its experiment asks for (a chunk written before chunks
+    listed their arrays, then damaged). ``name``, ``chunk``, ``key`` say which."""
+
+    def __init__(self, name: str, chunk: str, key: str):
+        super().__init__(f"chunk {chunk!r} of {name} has no array {key!r}")
+        self.name, self.chunk, self.key = name, chunk, key
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return self.args[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,22 +267,30 @@ def atomic_save_npz(
 ) -> Path:
     """Save ``arrays`` (name -> array-like) as a compressed ``.npz``, atomically.
 
-    With ``config_hash`` the hash is stored under :data:`HASH_KEY`. Object arrays are refused
+    With ``config_hash`` (a stored chunk or result) the hash is stored under :data:`HASH_KEY`,
+    the sorted array names under :data:`MEMBERS_KEY` and the JSON of
+    :func:`unijax._version.code_version` under :data:`CODE_KEY`. Object arrays are refused
     (they would need pickle to load).
     """
     out = {}
     for k, v in arrays.items():
+        if k in _META_KEYS:
+            raise ValueError(f"array name {k!r} is reserved for the store's own entries")
         arr = np.asarray(v)
         if arr.dtype == object:
             raise TypeError(f"array {k!r} has dtype object; store numbers or strings only")
         out[k] = arr
     if config_hash is not None:
+        from unijax._version import code_version
+
         out[HASH_KEY] = np.asarray(config_hash)
+        out[MEMBERS_KEY] = np.asarray(sorted(arrays), dtype=str)
+        out[CODE_KEY] = np.asarray(canonical_json(code_version().as_dict()))
     return _atomic_write(path, lambda f: np.savez_compressed(f, **out))
 
 
 def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` (without pickle), the hash entry included if present."""
+    """All arrays of an ``.npz`` (without pickle), the store's entries included if present."""
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -208,37 +305,333 @@ def atomic_savefig(fig, stem: str | os.PathLike, *, formats=("png", "pdf"), dpi=
     return paths
 
 
+
 # ---------------------------------------------------------------------------------------------
-# The store
+# Reading stored files, fully checked
 # ---------------------------------------------------------------------------------------------
+
+
+def _short(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:120]}" if text else type(e).__name__
+
+
+def _load_json(path: Path) -> tuple[Any, str | None]:
+    """``(object, None)``; ``(None, None)`` when absent; ``(None, problem)`` when unreadable."""
+    if not path.exists() and not path.is_symlink():
+        return None, None
+    try:
+        return json.loads(path.read_bytes().decode("utf-8")), None
+    except UnicodeDecodeError:
+        return None, "is not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return None, f"is not valid JSON ({e.msg} at line {e.lineno})"
+    except (OSError, RecursionError, ValueError) as e:
+        return None, f"cannot be read ({_short(e)})"
 
 
 def _read_json(path: Path) -> dict | None:
+    obj, _ = _load_json(path)
+    return obj if isinstance(obj, dict) else None
+
+
+def _read_npz(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    """Every array of a stored ``.npz``, each decompressed (CRC-checked), and the list of
+    members checked: ``(arrays, None)``; ``(None, None)`` absent; ``(None, problem)`` damaged."""
+    if not path.exists() and not path.is_symlink():
+        return None, None
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (FileNotFoundError, json.JSONDecodeError):
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # zero-byte, truncated, not a zip, bad CRC, pickled data, ...
+        return None, f"is unreadable ({_short(e)})"
+    if MEMBERS_KEY in arrays:
+        listed = {str(x) for x in np.atleast_1d(arrays[MEMBERS_KEY])}
+        present = set(arrays) - set(_META_KEYS)
+        if listed != present:
+            missing, extra = sorted(listed - present), sorted(present - listed)
+            what = (f"lacks array(s) {', '.join(missing)}" if missing
+                    else f"has unlisted array(s) {', '.join(extra)}")
+            return None, what
+    return arrays, None
+
+
+def _strip_meta(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v for k, v in arrays.items() if k not in _META_KEYS}
+
+
+def _plain_name(name: Any) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name
+            and "\\" not in name and not name.startswith("."))
+
+
+def _summary_problem(s: Any) -> str | None:
+    """Why ``results.json`` content ``s`` cannot be used, or None (the fields the report and
+    the CLI read have the types they expect)."""
+    if not isinstance(s, dict):
+        return f"is a JSON {type(s).__name__}, not an object"
+    if not (isinstance(s.get("config_hash"), str) and _HEX64.fullmatch(s["config_hash"])):
+        return "has no valid config_hash"
+    agr = s.get("agreement", {})
+    if not isinstance(agr, dict):
+        return "agreement is not an object"
+    if agr.get("passed", None) not in (True, False, None):
+        return "agreement.passed is not true, false or null"
+    counts = agr.get("counts", {})
+    if not isinstance(counts, dict) or not all(
+        v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+        or isinstance(v, str) for v in counts.values()
+    ):
+        return "agreement.counts is not an object of numbers"
+    for k in ("diverged", "not_converged", "fit_failed"):
+        if counts.get(k) is not None and not isinstance(counts[k], (int, float)):
+            return f"agreement.counts.{k} is not a number"
+    notes = agr.get("notes", [])
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        return "agreement.notes is not a list of strings"
+    figures = s.get("figures", [])
+    if not isinstance(figures, list) or not all(_plain_name(f) for f in figures):
+        return "figures is not a list of file names"
+    wall = s.get("wall_s")
+    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))):
+        return "wall_s is not a number"
+    for k in ("environment", "config", "code_version"):
+        if k in s and s[k] is not None and not isinstance(s[k], dict):
+            return f"{k} is not an object"
+    return None
+
+
+def _config_problem(c: Any) -> str | None:
+    if not isinstance(c, dict):
+        return f"is a JSON {type(c).__name__}, not an object"
+    if not (isinstance(c.get("config_hash"), str) and _HEX64.fullmatch(c["config_hash"])):
+        return "has no valid config_hash"
+    if not isinstance(c.get("config", {}), dict):
+        return "config is not an object"
+    if "run_hash" in c and not (isinstance(c["run_hash"], str) and _HEX64.fullmatch(c["run_hash"])):
+        return "run_hash is not a hash"
+    return None
+
+
+def is_own_report(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a report unijax wrote (it starts with :data:`REPORT_HEADING`)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(REPORT_HEADING)).decode("utf-8", "replace") == REPORT_HEADING
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Markers: what unijax wrote
+# ---------------------------------------------------------------------------------------------
+
+
+def read_marker(directory: str | os.PathLike) -> dict | None:
+    """The marker of ``directory`` if unijax wrote it (a JSON object with ``"written_by":
+    "unijax"`` and a known ``kind``), else None (absent, unreadable or someone else's)."""
+    m = _read_json(Path(directory) / MARKER)
+    if m is None or m.get("written_by") != "unijax" or m.get("kind") not in KINDS:
         return None
+    files = m.get("files", [])
+    m["files"] = [f for f in files if _plain_name(f)] if isinstance(files, list) else []
+    return m
+
+
+def _write_marker(directory: Path, kind: str, *, name: str | None, files=(),
+                  adopted: bool = False, created: str | None = None) -> None:
+    from unijax._version import code_version
+
+    atomic_save_json(directory / MARKER, {
+        "written_by": "unijax",
+        "kind": kind,
+        "name": name,
+        "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_by": code_version().as_dict(),
+        "adopted_from_older_unijax": adopted,
+        "files": sorted(set(files)),
+        "about": "unijax wrote this directory. It writes, overwrites and deletes here only its "
+                 "own files (config.json, result.npz, results.json, report.md, chunks/*.npz, "
+                 ".tmp-* and the figures listed under 'files'); anything else is never touched.",
+    })
+
+
+def _legacy_store_dir(d: Path) -> tuple[list[str], list[str]]:
+    """``(figures, foreign)`` of an unmarked directory in unijax's experiment/sweep layout: the
+    figures its results.json lists, and the entries that are not unijax's (all of them when
+    ``config.json`` is not a unijax config)."""
+    cfg, problem = _load_json(d / "config.json")
+    if cfg is None or problem or _config_problem(cfg):
+        return [], sorted(p.name for p in d.iterdir())
+    summary = _read_json(d / "results.json") or {}
+    figures = [f for f in summary.get("figures", []) if _plain_name(f)] if isinstance(
+        summary.get("figures"), list) else []
+    foreign = []
+    for p in d.iterdir():
+        if p.is_symlink():
+            foreign.append(p.name)
+        elif p.name in OWN_FILES or p.name.startswith(_TMP_PREFIX):
+            continue
+        elif p.name == CHUNKS_DIR and p.is_dir():
+            if any(c.is_symlink() or not c.is_file()
+                   or not (c.suffix == ".npz" or c.name.startswith(_TMP_PREFIX))
+                   for c in p.iterdir()):
+                foreign.append(p.name)
+        elif p.name in figures and p.is_file():
+            continue
+        else:
+            foreign.append(p.name)
+    return [f for f in figures if (d / f).is_file()], sorted(foreign)
+
+
+def _unijax_subdirs(d: Path) -> list[Path]:
+    out = []
+    for p in d.iterdir():
+        if p.is_dir() and not p.is_symlink():
+            if read_marker(p) is not None and read_marker(p)["kind"] != "run":
+                out.append(p)
+            elif not (p / MARKER).exists() and (p / "config.json").is_file():
+                if not _legacy_store_dir(p)[1]:
+                    out.append(p)
+    return out
+
+
+def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = None,
+              dry_run: bool = False, log: Callable[[str], None] | None = None,
+              clean: bool = False) -> Path:
+    """Make sure unijax may write into ``directory`` as a ``kind`` directory, and mark it.
+
+    A missing or empty directory is created and marked; a directory unijax marked as ``kind``
+    is accepted as it is; an unmarked one an older unijax wrote is adopted (marked) when
+    everything unijax would touch in it has unijax's layout (see the module docstring).
+
+    Args:
+        kind: ``"run"``, ``"experiment"`` or ``"sweep"``.
+        name: the experiment's name, recorded in a new marker.
+        dry_run: check only; create and write nothing.
+        log: called with a line when an older unijax's directory is adopted.
+        clean: delete stray ``.tmp-*`` files in it (left by a crash; only when no other
+            unijax process may be writing there).
+
+    Returns:
+        the directory.
+
+    Raises:
+        ForeignDataError: unijax did not write ``directory`` (or wrote a different kind); the
+            message names it and what unijax does not recognise.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got kind={kind!r}")
+    d = Path(directory)
+    if d.is_symlink() and not d.exists():
+        raise ForeignDataError(f"{d} is a dangling symbolic link; unijax does not write there", d)
+    if d.exists() and not d.is_dir():
+        raise ForeignDataError(f"{d} exists and is not a directory; unijax leaves it alone", d)
+    if not d.exists():
+        if not dry_run:
+            d.mkdir(parents=True, exist_ok=True)
+            _write_marker(d, kind, name=name)
+        return d
+    if (d / MARKER).exists() or (d / MARKER).is_symlink():
+        m = read_marker(d)
+        if m is None:
+            raise ForeignDataError(
+                f"{d / MARKER} is not a marker unijax wrote (unreadable or foreign), so unijax "
+                f"does not touch {d}; if unijax did write this directory, delete that file and "
+                "run again", d)
+        if m["kind"] != kind:
+            raise ForeignDataError(
+                f"{d} is a unijax {m['kind']} directory, not a {kind} directory; choose "
+                "another output directory", d)
+        if clean and not dry_run:
+            _clean_tmp(d)
+        return d
+    # unijax's own temporary files (a crash before the marker was in place) do not count.
+    entries = sorted(p.name for p in d.iterdir() if not p.name.startswith(_TMP_PREFIX))
+    figures: list[str] = []
+    if entries:
+        if kind == "run":
+            report = d / REPORT_NAME
+            ok = bool(_unijax_subdirs(d)) and (not report.exists() or is_own_report(report))
+            if not ok:
+                shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+                raise ForeignDataError(
+                    f"{d} is not empty and unijax did not write it (no {MARKER}; it holds "
+                    f"{shown}); unijax will not write into it: choose a new or empty output "
+                    "directory", d)
+        else:
+            figures, foreign = _legacy_store_dir(d)
+            if foreign:
+                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+                raise ForeignDataError(
+                    f"{d} is not empty and unijax did not write it (no {MARKER}; not "
+                    f"unijax's: {shown}); unijax will not write into or delete from it: choose "
+                    "a new or empty directory, or move those files away", d)
+    if not dry_run:
+        _write_marker(d, kind, name=name, files=figures, adopted=bool(entries))
+        if clean:
+            _clean_tmp(d)
+        if entries and log is not None:
+            log(f"{d}: written by an older unijax (no {MARKER}); adopted and marked")
+    return d
+
+
+def _clean_tmp(d: Path) -> None:
+    """Delete the ``.tmp-*`` entries directly in ``d`` (a crash's leftovers)."""
+    for stale in d.glob(_TMP_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+
+
+def _stderr_log(msg: str) -> None:
+    print(f"unijax: {msg}", file=sys.stderr, flush=True)
+
+
+class _StoredArrays(dict):
+    """Arrays of a stored chunk; asking for an array it lacks raises DamagedChunkError.
+    ``listed``: the file listed its arrays (so none can be missing unnoticed)."""
+
+    def __init__(self, arrays, *, name: str, chunk: str, listed: bool):
+        super().__init__(arrays)
+        self._where = (name, chunk)
+        self.listed = listed
+
+    def __missing__(self, key):
+        raise DamagedChunkError(*self._where, key)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store
+# ---------------------------------------------------------------------------------------------
 
 
 class ResultStore:
     """Finished experiments and chunks of one output directory, checked by config hash.
 
     Args:
-        outdir: the output directory (created on first write).
+        outdir: the directory holding one subdirectory per experiment (or sweep).
+        log: called with one line whenever the store finds and sets aside a damaged file
+            (default: print ``unijax: <line>`` to stderr).
 
     Typical use (what the CLI does)::
 
         store = ResultStore("unijax_out")
         h = store.begin("E3", config)           # raises ConfigMismatchError on a different config
-        if not store.is_finished("E3", h):
+        if store.finished_result("E3", h) is None:
             cache = store.chunk_cache("E3", h)  # cache(id, compute) -> arrays, resumable
             ...
             store.save_result("E3", arrays, summary, config_hash=h)
+
+    Only directories :func:`claim_dir` accepted are written to (``begin`` claims); see the
+    module docstring for what unijax owns there.
     """
 
-    def __init__(self, outdir: str | os.PathLike):
+    def __init__(self, outdir: str | os.PathLike, *, log: Callable[[str], None] | None = None):
         self.outdir = Path(outdir)
+        self.log = log if log is not None else _stderr_log
 
     # paths ------------------------------------------------------------------------------------
     def exp_dir(self, name: str) -> Path:
@@ -246,12 +639,33 @@ class ResultStore:
 
     def _chunk_path(self, name: str, chunk: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_.=" else "_" for c in chunk)
-        return self.exp_dir(name) / "chunks" / f"{safe}.npz"
+        return self.exp_dir(name) / CHUNKS_DIR / f"{safe}.npz"
+
+    def _rel(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.outdir))
+        except ValueError:
+            return str(path)
+
+    def _require_own(self, name: str) -> Path:
+        d = self.exp_dir(name)
+        if read_marker(d) is None:
+            raise ForeignDataError(
+                f"{d} is not a directory unijax marked ({MARKER} missing or foreign); unijax "
+                "writes only into directories it created (call begin first)", d)
+        return d
 
     # config -----------------------------------------------------------------------------------
+    def _config_json(self, name: str) -> tuple[dict | None, str | None]:
+        obj, problem = _load_json(self.exp_dir(name) / "config.json")
+        if obj is not None and problem is None:
+            problem = _config_problem(obj)
+        return (None, problem) if problem else (obj, None)
+
     def stored_config(self, name: str) -> dict | None:
-        """The ``config.json`` of experiment ``name`` (``{"config": ..., "config_hash": ...}``)."""
-        return _read_json(self.exp_dir(name) / "config.json")
+        """The ``config.json`` of experiment ``name`` (``{"config": ..., "config_hash": ...}``),
+        or None when absent or damaged."""
+        return self._config_json(name)[0]
 
     def check(self, name: str, config: Any) -> str:
         """Hash of ``config``; raises :class:`ConfigMismatchError` if ``name`` was started with
@@ -273,51 +687,121 @@ class ResultStore:
             )
         return h
 
-    def begin(self, name: str, config: Any, *, fresh: bool = False) -> str:
-        """Start (or resume) experiment ``name``: check the config, record it, return its hash.
+    def begin(self, name: str, config: Any, *, fresh: bool = False, upstream: Any = None,
+              kind: str = "experiment") -> str:
+        """Start (or resume) experiment ``name``: claim its directory, check the config,
+        record it; returns the hash its chunks and result are stored under.
 
         Args:
-            fresh: discard whatever the directory holds for ``name`` first.
+            fresh: first delete unijax's own files of ``name`` (see :meth:`discard`); files
+                unijax did not write stay.
+            upstream: JSON-able inputs taken from other experiments (the rates E4-E8 take from
+                E1/E3); part of the returned hash (:func:`run_hash`), so stored chunks and
+                results computed from other upstream inputs are recomputed, not reused.
+            kind: ``"experiment"`` or ``"sweep"`` (what the directory's marker says).
 
         Raises:
+            ForeignDataError: the directory exists and unijax did not write it.
             ConfigMismatchError: the directory holds ``name`` run with another config.
         """
-        d = self.exp_dir(name)
-        if fresh and d.exists():
-            shutil.rmtree(d)
+        d = claim_dir(self.exp_dir(name), kind, name=name, log=self.log)
+        if fresh:
+            self.discard(name)
         h = self.check(name, config)
-        d.mkdir(parents=True, exist_ok=True)
-        for stale in d.rglob(_TMP_PREFIX + "*"):  # left by a crash between write and rename
-            with contextlib.suppress(OSError):
-                stale.unlink()
-        if self.stored_config(name) is None:
-            atomic_save_json(
-                d / "config.json",
-                {"experiment": name, "config": config_to_dict(config), "config_hash": h},
-            )
-        return h
+        self._clean_tmp(d)
+        rh = run_hash(h, upstream)
+        old, problem = self._config_json(name)
+        if problem:
+            self.log(f"{self._rel(d / 'config.json')} {problem}; writing it again")
+        if old is not None and old.get("run_hash", old["config_hash"]) != rh:
+
+            def source(up: Any) -> str:
+                return str(up.get("source", "?")) if isinstance(up, dict) else "none"
+
+            was = source(old["upstream"]) if "upstream" in old else "not recorded"
+            self.log(f"{name}: its upstream inputs changed since it was stored (rates from "
+                     f"{was}, now {source(upstream)}): recomputing it")
+        if old is None or old.get("run_hash", old["config_hash"]) != rh:
+            from unijax._version import code_version
+
+            atomic_save_json(d / "config.json", {
+                "experiment": name, "config": config_to_dict(config), "config_hash": h,
+                "upstream": upstream, "run_hash": rh, "code_version": code_version().as_dict(),
+            })
+        return rh
+
+    def _clean_tmp(self, d: Path) -> None:
+        # Left by a crash between write and rename: only unijax's own folders are looked in.
+        for folder in (d, d / CHUNKS_DIR):
+            if folder.is_dir() and not folder.is_symlink():
+                _clean_tmp(folder)
+
+    def discard(self, name: str) -> list[Path]:
+        """Delete unijax's own files of ``name`` (config, result, summary, its listed figures,
+        chunks, temporaries); everything else in the directory stays. Returns what was deleted.
+
+        Raises:
+            ForeignDataError: the directory is not one unijax marked.
+        """
+        d = self._require_own(name)
+        marker = read_marker(d)
+        gone = []
+        for fname in (*OWN_FILES, *marker["files"]):
+            p = d / fname
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+                gone.append(p)
+        chunks = d / CHUNKS_DIR
+        if chunks.is_dir() and not chunks.is_symlink():
+            for c in chunks.iterdir():
+                if (c.is_file() or c.is_symlink()) and c.suffix == ".npz":
+                    c.unlink()
+                    gone.append(c)
+        self._clean_tmp(d)
+        with contextlib.suppress(OSError):  # only if nothing foreign is left in it
+            chunks.rmdir()
+        if marker["files"]:
+            _write_marker(d, marker["kind"], name=marker.get("name"), files=(),
+                          created=marker.get("created"))
+        return gone
 
     # chunks -----------------------------------------------------------------------------------
-    def chunk_done(self, name: str, chunk: str, config_hash: str) -> bool:
-        """True when chunk ``chunk`` of ``name`` is stored with hash ``config_hash``."""
-        return self.load_chunk(name, chunk, config_hash) is not None
+    def chunk_done(self, name: str, chunk: str, config_hash: str, *,
+                   require: tuple[str, ...] = ()) -> bool:
+        """True when chunk ``chunk`` of ``name`` is stored with hash ``config_hash`` and valid."""
+        return self.load_chunk(name, chunk, config_hash, require=require) is not None
 
-    def load_chunk(self, name: str, chunk: str, config_hash: str) -> dict[str, np.ndarray] | None:
-        """The chunk's arrays (without the hash entry), or None if absent/other hash/corrupt."""
+    def load_chunk(self, name: str, chunk: str, config_hash: str, *,
+                   require: tuple[str, ...] = ()) -> dict[str, np.ndarray] | None:
+        """The chunk's arrays (without the store's entries), or None if absent, stored with
+        another hash, or damaged (unreadable, an array missing, one of ``require`` missing;
+        then ``log`` says so and the caller recomputes it)."""
         path = self._chunk_path(name, chunk)
-        if not path.exists():
+        arrays, problem = _read_npz(path)
+        if problem is None and arrays is not None:
+            if str(arrays.get(HASH_KEY, "")) != config_hash:
+                return None  # another config's (or upstream's): not ours to use, not damage
+            missing = [k for k in require if k not in arrays]
+            if missing:
+                problem = f"lacks array(s) {', '.join(missing)}"
+        if problem:
+            self.log(f"{self._rel(path)} {problem}: recomputing that chunk")
             return None
-        try:
-            arrays = load_npz(path)
-        except Exception:  # a torn file cannot exist, but a foreign or damaged one can
+        if arrays is None:
             return None
-        if str(arrays.pop(HASH_KEY, "")) != config_hash:
-            return None
-        return arrays
+        return _StoredArrays(_strip_meta(arrays), name=name, chunk=chunk,
+                             listed=MEMBERS_KEY in arrays)
 
     def save_chunk(self, name: str, chunk: str, arrays: Mapping[str, Any], config_hash: str):
-        """Store one finished chunk atomically."""
+        """Store one finished chunk atomically (in a directory unijax marked)."""
+        self._require_own(name)
         return atomic_save_npz(self._chunk_path(name, chunk), arrays, config_hash=config_hash)
+
+    def discard_chunk(self, name: str, chunk: str) -> None:
+        """Delete a stored chunk (a damaged one), so that it is computed again."""
+        self._require_own(name)
+        with contextlib.suppress(FileNotFoundError):
+            self._chunk_path(name, chunk).unlink()
 
     def chunk_cache(self, name: str, config_hash: str, *, agree=None,
                     writer: bool = True) -> ChunkCache:
@@ -325,17 +809,50 @@ class ResultStore:
         return ChunkCache(self, name, config_hash, agree=agree, writer=writer)
 
     # results ----------------------------------------------------------------------------------
+    def _result_state(self, name: str, config_hash: str | None, require=()):
+        """``((arrays, summary), None)`` when finished and valid; ``(None, None)`` when not
+        finished (or finished with another hash); ``(None, problem)`` when damaged."""
+        d = self.exp_dir(name)
+        summary, problem = _load_json(d / "results.json")
+        if summary is None and problem is None:
+            return None, None
+        if problem is None:
+            problem = _summary_problem(summary)
+        if problem:
+            return None, f"{self._rel(d / 'results.json')} {problem}"
+        if config_hash is not None and summary["config_hash"] != config_hash:
+            return None, None
+        arrays, problem = _read_npz(d / "result.npz")
+        if problem:
+            return None, f"{self._rel(d / 'result.npz')} {problem}"
+        if arrays is None:
+            return None, f"{self._rel(d / 'result.npz')} is missing"
+        if str(arrays.get(HASH_KEY, "")) != summary["config_hash"]:
+            return None, (f"{self._rel(d / 'result.npz')} and results.json carry different "
+                          "config hashes")
+        missing = [k for k in require if k not in arrays]
+        if missing:
+            return None, f"{self._rel(d / 'result.npz')} lacks array(s) {', '.join(missing)}"
+        for f in summary.get("figures", []):
+            if not (d / f).is_file():
+                return None, f"figure {self._rel(d / f)} is missing"
+        return (_strip_meta(arrays), summary), None
+
     def is_finished(self, name: str, config_hash: str) -> bool:
-        """True when ``results.json`` and ``result.npz`` of ``name`` both carry ``config_hash``."""
-        summary = _read_json(self.exp_dir(name) / "results.json")
-        if summary is None or summary.get("config_hash") != config_hash:
-            return False
-        path = self.exp_dir(name) / "result.npz"
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                return HASH_KEY in z.files and str(z[HASH_KEY]) == config_hash
-        except (OSError, ValueError):
-            return False
+        """True when ``name`` is stored under ``config_hash`` and every file of it validates
+        (``results.json``, ``result.npz`` with all its arrays, the figures). Logs nothing."""
+        return self._result_state(name, config_hash)[0] is not None
+
+    def finished_result(self, name: str, config_hash: str, *, require: tuple[str, ...] = ()
+                        ) -> tuple[dict[str, np.ndarray], dict] | None:
+        """``(arrays, summary)`` of ``name`` if finished under ``config_hash`` and valid (with
+        every array of ``require``), else None; a damaged result is logged (its chunks stay,
+        so recomputing it is cheap)."""
+        got, problem = self._result_state(name, config_hash, require)
+        if problem:
+            self.log(f"{name}: stored result unusable ({problem}): recomputing it from its "
+                     "chunks")
+        return got
 
     def save_result(
         self,
@@ -345,39 +862,86 @@ class ResultStore:
         *,
         config_hash: str,
     ) -> Path:
-        """Write ``result.npz`` then ``results.json`` (the completion marker), atomically."""
-        d = self.exp_dir(name)
+        """Write ``result.npz`` then ``results.json`` (the completion marker), atomically; the
+        summary gains ``code_version`` and ``config_hash``."""
+        from unijax._version import code_version
+
+        d = self._require_own(name)
         atomic_save_npz(d / "result.npz", arrays, config_hash=config_hash)
-        return atomic_save_json(d / "results.json", {**summary, "config_hash": config_hash})
+        return atomic_save_json(d / "results.json", {
+            **summary, "code_version": code_version().as_dict(), "config_hash": config_hash})
+
+    def save_figures(self, name: str, plot: Callable[[Path], Any]) -> list[Path]:
+        """Call ``plot(folder)`` on an empty temporary folder, then move every file it wrote into
+        ``name``'s directory, recording the names in the marker first (so that they are
+        unijax's to overwrite or discard later). Returns the final paths.
+
+        Raises:
+            ForeignDataError: a file of that name exists there and unijax did not write it
+                (nothing is moved).
+        """
+        d = self._require_own(name)
+        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + "figures-", dir=d))
+        try:
+            plot(tmp)
+            made = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            marker = read_marker(d)
+            for f in made:
+                if not _plain_name(f) or f in OWN_FILES or f == CHUNKS_DIR:
+                    raise ValueError(f"a figure may not be named {f!r}")
+                target = d / f
+                if (target.exists() or target.is_symlink()) and f not in marker["files"]:
+                    raise ForeignDataError(
+                        f"{target} exists and unijax did not write it; unijax does not "
+                        "overwrite it: move it away and run again", target)
+            if not set(made) <= set(marker["files"]):
+                _write_marker(d, marker["kind"], name=marker.get("name"),
+                              files=[*marker["files"], *made], created=marker.get("created"),
+                              adopted=bool(marker.get("adopted_from_older_unijax")))
+            for f in made:
+                os.replace(tmp / f, d / f)
+            _fsync_dir(d)
+            return [d / f for f in made]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def load_result(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
-        """``(arrays, summary)`` of a finished experiment (arrays without the hash entry)."""
+        """``(arrays, summary)`` of a finished experiment (arrays without the store's entries).
+
+        Raises:
+            FileNotFoundError: ``name`` has no ``results.json``.
+            DamagedStoreError: a file of it is damaged (the message names it and how).
+        """
         d = self.exp_dir(name)
-        summary = _read_json(d / "results.json")
-        if summary is None:
-            raise FileNotFoundError(f"{d / 'results.json'} does not exist or is unreadable")
-        arrays = load_npz(d / "result.npz")
-        stored = str(arrays.pop(HASH_KEY, ""))
-        if stored != summary.get("config_hash"):
-            raise ValueError(f"{d}: result.npz and results.json carry different config hashes")
-        return arrays, summary
+        got, problem = self._result_state(name, None)
+        if problem:
+            raise DamagedStoreError(problem, d)
+        if got is None:
+            raise FileNotFoundError(f"{d / 'results.json'} does not exist")
+        return got
 
     def load_summary(self, name: str) -> dict | None:
-        """``results.json`` of ``name`` or None."""
-        return _read_json(self.exp_dir(name) / "results.json")
+        """``results.json`` of ``name``, or None when absent or damaged."""
+        s = _read_json(self.exp_dir(name) / "results.json")
+        return s if s is not None and _summary_problem(s) is None else None
 
 
 class ChunkCache:
     """Memoization of named pieces of work, persisted in a :class:`ResultStore`.
 
     ``cache(chunk_id, compute)`` returns the stored arrays of ``chunk_id`` if they exist with
-    this config's hash, else calls ``compute()`` (which returns name -> array), stores the
-    result atomically and returns it. ``hits`` and ``misses`` count the two cases.
+    this config's hash (and validate), else calls ``compute()`` (which returns name -> array),
+    stores the result atomically and returns it. ``hits`` and ``misses`` count the two cases.
+    Asking stored arrays for a name they lack raises :class:`DamagedChunkError`.
 
     Several processes computing together (``unijax run`` on many hosts) share one cache:
     ``agree(key, fn)`` returns the writing process's ``fn()`` on every process, so all take
     the same branch (read the chunk, or compute it together), and only ``writer`` stores it.
     The defaults serve one process.
+
+    Chunks an older unijax stored do not list their arrays, so one that lost an array reads
+    as whole; ``unlisted`` maps each such chunk read to its array names, and
+    :meth:`suspects` names those that lack the array a ``KeyError`` asked for.
     """
 
     def __init__(self, store: ResultStore, name: str, config_hash: str, *, agree=None,
@@ -387,6 +951,18 @@ class ChunkCache:
         self.writer = writer
         self.hits = 0
         self.misses = 0
+        self.reused: set[str] = set()  # chunk ids read from the store
+        self.computed: set[str] = set()  # chunk ids computed (and stored)
+        self.unlisted: dict[str, set[str]] = {}
+
+    def suspects(self, error: KeyError) -> list[str]:
+        """The chunks read by this cache that may have caused ``error`` (an array missing):
+        the one named by a :class:`DamagedChunkError`, else every chunk without a list of its
+        arrays that lacks the key."""
+        if isinstance(error, DamagedChunkError):
+            return [error.chunk] if error.name == self.name else []
+        key = error.args[0] if error.args else None
+        return sorted(c for c, keys in self.unlisted.items() if key not in keys)
 
     def __call__(
         self, chunk: str, compute: Callable[[], Mapping[str, Any]]
@@ -407,8 +983,13 @@ class ChunkCache:
                     "directory must be shared by all processes (NFS, Lustre, ...)"
                 )
             self.hits += 1
+            self.reused.add(chunk)
+            if not getattr(got, "listed", True):
+                self.unlisted[chunk] = set(got)
             return got
         self.misses += 1
+        self.computed.add(chunk)
+        self.unlisted.pop(chunk, None)
         arrays = {k: np.asarray(v) for k, v in compute().items()}
         if self.writer:
             self.store.save_chunk(self.name, chunk, arrays, self.config_hash)

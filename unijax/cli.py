@@ -14,15 +14,21 @@ all processes (``jax.distributed``); process 0 alone reads and writes ``--out``,
 a directory all processes see (NFS, Lustre, ...), and decides for all which stored pieces of
 work are reused. A failure in one process ends the run on all; finished work is kept.
 
-``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment failed (the others
-still ran and were stored); 2 bad input (nothing written); 130 interrupted (finished work is
-kept: run the same command again to resume).
+Your files are safe: unijax writes only into directories it created (each carries a
+``.unijax.json`` marker) and there overwrites or deletes only its own files; ``--fresh``
+discards only those. A directory it did not write is refused (exit 2), naming the path. A
+damaged stored file is reported on stderr and its piece of work recomputed (see
+:mod:`unijax._store`).
+
+``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment or the report
+failed (the others still ran and were stored); 2 bad input or a refusal to touch a file unijax
+did not write (nothing of it written); 130 interrupted (finished work is kept: run the same
+command again to resume).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import os
 import platform
@@ -34,7 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from unijax import experiments
-from unijax._store import ConfigMismatchError, ResultStore, config_to_dict
+from unijax._store import (
+    ConfigMismatchError,
+    ForeignDataError,
+    ResultStore,
+    claim_dir,
+    config_to_dict,
+)
 from unijax.experiments._common import (
     BadInput,
     apply_overrides,
@@ -85,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"output directory (default ./{DEFAULT_OUT}); re-use it to resume")
     r.add_argument("--fresh", action="store_true",
-                   help="discard stored results of the selected experiments in DIR first")
+                   help="discard unijax's stored results of the selected experiments in DIR first "
+                   "(files unijax did not write stay)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     from unijax import sweep as sweep_lib  # the multi-host grid sweep (Scaling out)
 
@@ -237,24 +250,45 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
 
     mod = experiments.get(name)
     writer = sync.writer
-    h = sync.agree(f"{name}/begin", lambda: store.begin(name, cfg, fresh=fresh))
-    if sync.agree(f"{name}/finished", lambda: store.is_finished(name, h)):
-        summary = store.load_summary(name) if writer else {}
-        return {"name": name, "status": "done earlier (skipped)", "summary": summary,
-                "wall_s": summary.get("wall_s")}
-    cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
     upstream = {}
-    if getattr(mod, "USES_RATES", False):
+    rates = None
+    # The rates E4-E8 take from a finished E1/E3 ("auto") are part of the hash their chunks and
+    # result are stored under: rerunning E1 makes them recompute instead of reusing stale work.
+    if getattr(mod, "USES_RATES", False) and getattr(cfg, "rates_from", "auto") == "auto":
         rates = sync.agree(f"{name}/upstream", lambda: _upstream_rates(store))
         if rates is not None:
             upstream["rates"] = rates
+    h = sync.agree(f"{name}/begin",
+                   lambda: store.begin(name, cfg, fresh=fresh, upstream=rates))
+    if sync.agree(f"{name}/finished", lambda: store.finished_result(name, h) is not None):
+        summary = (store.load_summary(name) or {}) if writer else {}
+        return {"name": name, "status": "done earlier (skipped)", "summary": summary,
+                "wall_s": summary.get("wall_s")}
     t0 = time.perf_counter()
-    result = mod.run(cfg, key=jax.random.key(cfg.seed),
-                     progress=progress if writer else no_progress, cache=cache,
-                     upstream=upstream)
+    damaged: set[str] = set()
+    cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
+    while True:
+        try:
+            result = mod.run(cfg, key=jax.random.key(cfg.seed),
+                             progress=progress if writer else no_progress, cache=cache,
+                             upstream=upstream)
+            break
+        except KeyError as e:
+            # A chunk an older unijax stored (without the list of its arrays) lacks one: delete
+            # and recompute the chunks that may be at fault; the others are read again. Each
+            # is stored anew with its list, so this ends.
+            suspects = [c for c in cache.suspects(e) if c not in damaged]
+            if sync.n > 1 or not suspects:
+                raise
+            damaged.update(suspects)
+            key = getattr(e, "key", e.args[0] if e.args else "?")
+            store.log(f"{name}: stored chunk(s) {', '.join(suspects)} (written by an older "
+                      f"unijax) lack array {key!r}: recomputing them")
+            for c in suspects:
+                store.discard_chunk(name, c)
     if not writer:
         return {"name": name, "status": "ran", "summary": {}, "wall_s": None}
-    figures = mod.plot(result, store.exp_dir(name))
+    figures = store.save_figures(name, lambda folder: mod.plot(result, folder))
     agreement = mod.agreement(result)
     wall = time.perf_counter() - t0
     summary = {
@@ -265,8 +299,8 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         "agreement": agreement,
         "figures": sorted({Path(p).name for p in figures}),
         "wall_s": round(wall, 1),
-        "chunks_reused": cache.hits,
-        "chunks_computed": cache.misses,
+        "chunks_reused": len(cache.reused - cache.computed),
+        "chunks_computed": len(cache.computed),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
         "environment": _environment(),
         "config": config_to_dict(cfg),
@@ -321,6 +355,40 @@ def _mismatch(store: ResultStore, cfgs: dict[str, Any]) -> str | None:
     return None
 
 
+def _refusal(out: Path, names) -> str | None:
+    """Why unijax may not write the run directory ``out`` or an experiment's directory in it
+    (:class:`ForeignDataError`'s message), or None. Writes nothing."""
+    try:
+        claim_dir(out, "run", dry_run=True)
+        for name in names:
+            claim_dir(out / name, "experiment", dry_run=True)
+    except ForeignDataError as e:
+        return str(e)
+    return None
+
+
+def _write_report(out: Path) -> tuple[Path | None, int]:
+    """Write ``out/report.md``: ``(path, 0)``; on failure print why, remove the stale report
+    unijax wrote earlier (it no longer matches the stored results) and return ``(None, 2)`` for
+    a refusal to overwrite a foreign file, ``(None, 1)`` otherwise."""
+    from unijax import report
+
+    try:
+        return report.write_report(out, log=_warn), 0
+    except ForeignDataError as e:
+        _fail(str(e))
+        return None, 2
+    except Exception as e:  # a bug or a stored value the report cannot show
+        removed = report.discard_report(out)
+        _fail(f"the report could not be built ({type(e).__name__}: {e})"
+              + (f"; the stale {out / 'report.md'} was removed" if removed else ""))
+        return None, 1
+
+
+def _warn(msg: str) -> None:
+    print(f"unijax: {msg}", file=sys.stderr, flush=True)
+
+
 def cmd_run(args) -> int:
     from unijax import distributed
     from unijax.sweep import init_from_args
@@ -332,7 +400,9 @@ def cmd_run(args) -> int:
         _check_writable(out)
     except ValueError as e:  # BadInput included
         return _fail(str(e))
-    store = ResultStore(out)
+    store = ResultStore(out, log=_warn)
+    if args.num_processes == 1 and (msg := _refusal(out, cfgs)):
+        return _fail(msg)  # before JAX starts: nothing of a foreign directory is touched
     if args.num_processes == 1 and not args.fresh and (msg := _mismatch(store, cfgs)):
         return _fail(msg)  # before JAX starts: a refused resume costs nothing
     try:
@@ -347,14 +417,17 @@ def cmd_run(args) -> int:
     writer = sync.writer
     if sync.n > 1:
         try:
-            msg = sync.agree("check", lambda: None if args.fresh else _mismatch(store, cfgs))
+            msg = sync.agree("check", lambda: _refusal(out, cfgs) or (
+                None if args.fresh else _mismatch(store, cfgs)))
         except RuntimeError as e:
             return _fail(str(e))
         if msg:
             return _fail(msg)
     if writer:
         try:
-            out.mkdir(parents=True, exist_ok=True)
+            claim_dir(out, "run", log=_warn, clean=True)
+        except ForeignDataError as e:
+            return _fail(str(e))
         except OSError as e:
             return _fail(f"output directory {str(out)!r} cannot be created ({e.strerror})")
 
@@ -362,6 +435,7 @@ def cmd_run(args) -> int:
     rows: list[dict] = []
     t0 = time.perf_counter()
     interrupted = False
+    refused = False
     try:
         for name, cfg in cfgs.items():
             if writer:
@@ -371,6 +445,13 @@ def cmd_run(args) -> int:
                                      progress=progress, sync=sync))
             except KeyboardInterrupt:
                 raise
+            except ForeignDataError as e:  # one line, no traceback: a refusal, not a bug
+                if sync.n > 1:
+                    raise
+                _fail(str(e))
+                refused = True
+                rows.append({"name": name, "status": "failed",
+                             "error": f"refused to overwrite {e.path}"})
             except Exception as e:
                 if sync.n > 1:
                     # The processes compute together: one that went on alone would wait for
@@ -383,18 +464,16 @@ def cmd_run(args) -> int:
         interrupted = True
     if not writer:
         return 130 if interrupted else 0
-    from unijax import report
-
-    report_path = None
-    with contextlib.suppress(Exception):
-        report_path = report.write_report(out)
+    report_path, report_status = _write_report(out)
     if rows:
         _print_summary(rows, out, time.perf_counter() - t0, report_path)
     if interrupted:
         print(f"unijax: interrupted; finished work is kept in {out}: run the same command "
               "again to resume", file=sys.stderr)
         return 130
-    return 1 if any(r["status"] == "failed" for r in rows) else 0
+    if refused or report_status == 2:
+        return 2
+    return 1 if report_status or any(r["status"] == "failed" for r in rows) else 0
 
 
 def cmd_report(args) -> int:
@@ -407,8 +486,10 @@ def cmd_report(args) -> int:
         _check_writable(d)
     except BadInput as e:
         return _fail(str(e))
-    path = report.write_report(d)
-    n = sum(1 for name in experiments.names() if (d / name / "results.json").exists())
+    path, status = _write_report(d)
+    if path is None:
+        return status
+    n = len(report.finished(d)[0])
     print(f"report: {path} ({n} experiment(s) with results)")
     return 0
 

@@ -2,20 +2,37 @@
 
 Every number in the report comes from an experiment's ``results.json``, which the run that
 computed it wrote (with its config hash) after the figures and arrays; an experiment whose
-results are missing, incomplete or of a mismatching hash is listed as "not run", never filled in.
+results are missing or incomplete is listed as "not run", and one whose stored files fail their
+checks (unreadable, damaged, inconsistent hashes) is listed, with the file and the problem,
+under "Could not read": never filled in.
+
+The report is written only into a directory unijax marked as a run directory, and overwrites
+only a ``report.md`` that unijax wrote (it starts with ``# unijax report``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from unijax import experiments
-from unijax._store import ResultStore, atomic_write_bytes
+from unijax._store import (
+    REPORT_HEADING,
+    REPORT_NAME,
+    DamagedStoreError,
+    ForeignDataError,
+    ResultStore,
+    atomic_write_bytes,
+    claim_dir,
+    is_own_report,
+    read_marker,
+)
 
-__all__ = ["build_report", "write_report"]
+__all__ = ["build_report", "discard_report", "finished", "write_report"]
 
 
 def _verdict(passed: Any) -> str:
@@ -56,10 +73,12 @@ def _paragraph(name: str, summary: dict) -> str:
     for note in agr.get("notes", []):
         lines += ["", f"*Note:* {note}"]
     cfg_hash = summary.get("config_hash", "")[:12]
+    code = _code_label(summary.get("code_version"))
     lines += [
         "",
         f"<sub>preset `{summary.get('preset', '?')}`, config `{cfg_hash}`, "
-        f"{summary.get('wall_s', '?')} s, finished {summary.get('finished_at', '?')}; raw arrays "
+        + (f"code {code}, " if code else "")
+        + f"{summary.get('wall_s', '?')} s, finished {summary.get('finished_at', '?')}; raw arrays "
         f"`{name}/result.npz`, numbers `{name}/results.json`.</sub>",
     ]
     pngs = [f for f in summary.get("figures", []) if f.endswith(".png")]
@@ -69,17 +88,45 @@ def _paragraph(name: str, summary: dict) -> str:
     return "\n".join(lines)
 
 
-def build_report(outdir: str | os.PathLike) -> str:
-    """The Markdown text of the report for the results stored in ``outdir``."""
-    store = ResultStore(outdir)
+def _code_label(cv: Any) -> str:
+    """``CodeVersion.label()`` of a stored ``code_version`` dict ('' if absent or odd)."""
+    from unijax._version import CodeVersion
+
+    try:
+        return CodeVersion(**cv).label()
+    except (TypeError, AttributeError, ValueError):
+        return ""
+
+
+def finished(outdir: str | os.PathLike) -> tuple[dict[str, dict], list[str], dict[str, str]]:
+    """``(done, missing, unreadable)`` of ``outdir``: the summaries of the experiments whose
+    stored result validates, the names without results, and for each experiment whose stored
+    files fail their checks the file and the problem."""
+    store = ResultStore(outdir, log=lambda msg: None)
     done: dict[str, dict] = {}
     missing: list[str] = []
+    unreadable: dict[str, str] = {}
     for name in experiments.names():
-        s = store.load_summary(name)
-        if s and store.is_finished(name, s.get("config_hash", "")):
-            done[name] = s
-        else:
+        try:
+            done[name] = store.load_result(name)[1]
+        except FileNotFoundError:
             missing.append(name)
+        except DamagedStoreError as e:
+            unreadable[name] = str(e)
+    return done, missing, unreadable
+
+
+def build_report(outdir: str | os.PathLike, *,
+                 log: Callable[[str], None] | None = None) -> str:
+    """The Markdown text of the report for the results stored in ``outdir``.
+
+    ``log`` is called with one line per experiment whose stored files cannot be read (they are
+    skipped, and named under "Could not read").
+    """
+    done, missing, unreadable = finished(outdir)
+    for name, problem in unreadable.items():
+        if log is not None:
+            log(f"report: skipped {name}: {problem}")
     env = next(iter(done.values()), {}).get("environment", {})
     total = sum(float(s.get("wall_s") or 0) for s in done.values())
     presets = sorted({s.get("preset", "?") for s in done.values()})
@@ -104,9 +151,18 @@ def build_report(outdir: str | os.PathLike) -> str:
             agr = done[name].get("agreement", {})
             head.append(f"| {name} | {agr.get('headline', 'n/a')} | "
                         f"{_verdict(agr.get('passed')).strip('*')} |")
+        elif name in unreadable:
+            head.append(f"| {name} | stored results could not be read (see below) | - |")
         else:
             head.append(f"| {name} | not run in this directory | - |")
     body = [_paragraph(name, s) for name, s in done.items()]
+    if unreadable:
+        body.append(
+            "## Could not read\n\n"
+            + "\n".join(f"- {name}: {problem}." for name, problem in unreadable.items())
+            + "\n\nRun `unijax run " + " ".join(unreadable) + f" --out {Path(outdir)}` to "
+            "recompute them (finished chunks are reused)."
+        )
     if missing:
         body.append(
             "## Not run\n\n" + ", ".join(missing) + ": no finished results in this directory "
@@ -115,7 +171,33 @@ def build_report(outdir: str | os.PathLike) -> str:
     return "\n".join(head) + "\n\n" + "\n\n".join(body) + "\n"
 
 
-def write_report(outdir: str | os.PathLike) -> Path:
-    """Write ``outdir/report.md`` atomically; returns its path."""
-    text = build_report(outdir)
-    return atomic_write_bytes(Path(outdir) / "report.md", text.encode())
+def write_report(outdir: str | os.PathLike, *,
+                 log: Callable[[str], None] | None = None) -> Path:
+    """Write ``outdir/report.md`` atomically; returns its path.
+
+    ``outdir`` is claimed as a run directory first (:func:`unijax._store.claim_dir`), and an
+    existing ``report.md`` is overwritten only if unijax wrote it. ``log``: see
+    :func:`build_report`.
+
+    Raises:
+        ForeignDataError: ``outdir`` or its ``report.md`` was not written by unijax.
+    """
+    d = claim_dir(outdir, "run", log=log)
+    path = d / REPORT_NAME
+    if (path.exists() or path.is_symlink()) and not is_own_report(path):
+        raise ForeignDataError(
+            f"{path} was not written by unijax (it does not start with {REPORT_HEADING!r}); "
+            "unijax does not overwrite it: move it away or use another directory", path)
+    text = build_report(d, log=log)
+    return atomic_write_bytes(path, text.encode())
+
+
+def discard_report(outdir: str | os.PathLike) -> bool:
+    """Delete ``outdir/report.md`` if unijax wrote it (in a directory it marked); True if it
+    did (a report that no longer matches the stored results must not stay)."""
+    path = Path(outdir) / REPORT_NAME
+    if read_marker(outdir) is None or not path.is_file() or not is_own_report(path):
+        return False
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    return True

@@ -14,9 +14,17 @@ recomputes only the ones that were in flight; the merged result is the same as t
 uninterrupted run, because every trial depends only on its own seed (key
 ``fold_in(key, seed)``) and gain, not on the chunk it falls in. Starting again with a
 different config is refused, naming the differing keys (``fresh=True`` discards instead).
+A damaged chunk or result (unreadable, an array missing or of the wrong shape) is reported on
+stderr and recomputed; the others are kept.
+
+``outdir`` must be new, empty, or a sweep directory unijax wrote (it carries the marker
+``.unijax.json``); any other directory is refused with
+:class:`unijax._store.ForeignDataError`. unijax writes and deletes there only its own files
+(``fresh=True`` included): files you put in it stay.
 
 Layout of ``outdir``::
 
+    outdir/.unijax.json       marker: unijax wrote this sweep directory
     outdir/config.json        the sweep config and its hash (first start)
     outdir/chunks/<id>.npz    finished chunks, e.g. ``mlp_g0_s1.npz``
     outdir/result.npz         the merged arrays (see :class:`SweepResult`)
@@ -55,6 +63,7 @@ from ._store import (
     ConfigMismatchError,
     ResultStore,
     canonical_json,
+    claim_dir,
     config_hash,
     config_to_dict,
     diff_configs,
@@ -456,6 +465,25 @@ def _barrier(stage: str, h: str) -> None:
     distributed.barrier(f"unijax-sweep-{h[:12]}-{stage}-{next(_BARRIERS)}")
 
 
+def _fields(cfg: SweepConfig) -> tuple[str, ...]:
+    return _TRAIN_FIELDS + (_FIT_FIELDS if cfg.fit else ())
+
+
+def _load_chunk(store: ResultStore, name: str, cfg: SweepConfig, chunk: _Chunk, h: str):
+    """The stored arrays of ``chunk`` if present and whole (every field, its block's shape),
+    else None (a damaged one is logged, to be recomputed)."""
+    got = store.load_chunk(name, chunk.id, h, require=_fields(cfg))
+    if got is None:
+        return None
+    block = (len(chunk.gains), len(chunk.seeds))
+    bad = [k for k in _fields(cfg) if np.ndim(got[k]) < 2 or np.shape(got[k])[:2] != block]
+    if bad:
+        store.log(f"{name}/chunks/{chunk.id}.npz: array(s) {', '.join(bad)} do not have the "
+                  f"chunk's shape {block}: recomputing that chunk")
+        return None
+    return got
+
+
 def _merge(cfg: SweepConfig, chunks, load) -> dict[str, np.ndarray]:
     """Assemble per-chunk ``(G_blk, S_blk, ...)`` arrays into ``(A, G, S, ...)`` arrays."""
     A, G, S = len(cfg.archs), len(cfg.gains), len(cfg.seeds)
@@ -490,12 +518,15 @@ def run_sweep(
         cfg: the :class:`SweepConfig`.
         outdir: the sweep's directory (created; shared by all processes).
         progress: print one line per chunk to stderr.
-        fresh: delete whatever ``outdir`` holds first (process 0), instead of resuming.
+        fresh: delete unijax's own files in ``outdir`` first (process 0), instead of
+            resuming; files unijax did not write stay.
 
     Returns:
         :class:`SweepResult`.
 
     Raises:
+        ForeignDataError (a ValueError): ``outdir`` exists and unijax did not write it (or it
+            is not a sweep directory); nothing in it is touched.
         ConfigMismatchError (a ValueError): ``outdir`` holds a sweep with another config;
             its message and ``.keys`` name the differing keys (dotted, e.g. ``train.width``).
         FileNotFoundError: after all processes finished, a chunk file is missing (``outdir``
@@ -514,23 +545,26 @@ def run_sweep(
 
     h = config_hash(cfg)
     if pid == 0:
+        claim_dir(outdir, "sweep", dry_run=True)  # a foreign directory: refused, untouched
         if not fresh:
             _check_resume(store, name, cfg)
-        store.begin(name, cfg, fresh=fresh)  # records config.json; cleans stray temp files
+        # Claims and marks the directory, records config.json, cleans stray temp files.
+        store.begin(name, cfg, fresh=fresh, kind="sweep")
     _barrier("begin", h)
     if pid != 0:
         _check_resume(store, name, cfg)
 
     chunks = chunk_plan(cfg)
-    if store.is_finished(name, h):
-        arrays, _ = store.load_result(name)
-        return _result(cfg, arrays, len(chunks), 0)
+    got = store.finished_result(name, h, require=_fields(cfg))
+    if got is not None and all(np.shape(got[0][k])[:3] == (len(cfg.archs), len(cfg.gains),
+                                                            len(cfg.seeds)) for k in _fields(cfg)):
+        return _result(cfg, got[0], len(chunks), 0)
 
     n_computed = 0
     mine = [c for c in chunks if c.index % nproc == pid]
     t_start = time.perf_counter()
     for j, chunk in enumerate(mine):
-        if store.chunk_done(name, chunk.id, h):
+        if _load_chunk(store, name, cfg, chunk, h) is not None:
             continue
         t0 = time.perf_counter()
         arrays = _compute_chunk(cfg, chunk)
@@ -551,7 +585,7 @@ def run_sweep(
     _barrier("chunks", h)
 
     def load(chunk):
-        got = store.load_chunk(name, chunk.id, h)
+        got = _load_chunk(store, name, cfg, chunk, h)
         if got is None:
             raise FileNotFoundError(
                 f"chunk {chunk.id} (process {chunk.index % nproc}) is missing from "
@@ -582,13 +616,14 @@ def load_sweep(outdir: str | Path) -> SweepResult:
     if stored is None:
         raise FileNotFoundError(f"{outdir / 'config.json'} does not exist: not a sweep directory.")
     cfg = SweepConfig.from_dict(stored["config"])
-    if not store.is_finished(outdir.name, config_hash(cfg)):
+    got = store.finished_result(outdir.name, config_hash(cfg), require=_fields(cfg))
+    if got is None:
         raise FileNotFoundError(
-            f"the sweep in {outdir} is not finished (or was written by another code version): "
-            "run it again with the same config to resume."
+            f"the sweep in {outdir} is not finished, damaged, or was written by another code "
+            "version: run it again with the same config to resume (or recompute what is "
+            "damaged)."
         )
-    arrays, _ = store.load_result(outdir.name)
-    return _result(cfg, arrays, len(chunk_plan(cfg)), 0)
+    return _result(cfg, got[0], len(chunk_plan(cfg)), 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,7 +747,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-fit", action="store_true", help="train only, do not fit rates")
     p.add_argument("--key", type=int, default=0, help="base PRNG seed (0)")
     p.add_argument("--out", default="unijax_out/sweep", help="sweep directory")
-    p.add_argument("--fresh", action="store_true", help="discard results in --out first")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard unijax's own results in --out first (your files stay)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_distributed_args(p)
     p.set_defaults(func=_cmd_sweep)
@@ -743,6 +779,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             key=args.key,
         )
         out = Path(args.out).expanduser().resolve()
+        claim_dir(out, "sweep", dry_run=True)  # a foreign directory: refused before any work
         if not args.fresh:
             _check_resume(ResultStore(out.parent), out.name, cfg)
         init_from_args(args)
