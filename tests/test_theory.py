@@ -335,7 +335,7 @@ def test_failed_solve_is_flagged_not_silent():
         (dict(z0=np.array([0.0, 0.1, 0.0])), r"h0.*\(0, inf\)"),
         (dict(z0=np.array([0.3, -0.1, 0.0])), r"y0.*\[0, inf\)"),
         (dict(z0=np.array([0.3, np.nan, 0.0])), "finite"),
-        (dict(z0=np.array([0.3, 0.1])), r"shape \(\.\.\., 3\)"),
+        (dict(z0=np.array([0.3, 0.1])), r"z0 must have shape \(3,\)"),
         (dict(eta_h=-1.0), r"eta_h=-1.0.*\(0, inf\)"),
         (dict(eta_y=0.0), r"eta_y=0.0"),
         (dict(dx2=0.0), r"dx2=0.0"),
