@@ -8,6 +8,7 @@ take over. Shapes are static, so shape checks (:func:`check_ndim`) apply to trac
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import jax
@@ -33,7 +34,7 @@ def _describe(name: str, arr: np.ndarray) -> str:
 
 
 def as_real_array(name: str, x) -> np.ndarray:
-    """``x`` as a float64 NumPy array; raise if it does not hold real numbers.
+    """``x`` as a NumPy array of real numbers; raise if it does not hold any.
 
     ``None``, strings, booleans, complex numbers, ragged nests and objects are refused with a
     message that says so (a ``None`` rate is missing, not "NaN").
@@ -58,7 +59,9 @@ def as_real_array(name: str, x) -> np.ndarray:
             f"{name} must hold real numbers; got {type(x).__name__} of dtype {arr.dtype} "
             f"({x!r:.80})."
         )
-    return arr.astype(np.float64)
+    # Standard NumPy numbers stay as they are (no copy of a large data set); others
+    # (bfloat16) become float64 so that every NumPy function applies.
+    return arr if kind in "iuf" else arr.astype(np.float64)
 
 
 def check_finite(name: str, x) -> None:
@@ -120,8 +123,8 @@ def check_seeds(seeds, name: str = "seeds") -> np.ndarray:
     distinct integers in ``[0, MAX_SEED]`` (see :data:`MAX_SEED` for why the bound).
     """
     valid = (
-        f"a count (an int in [1, {MAX_SEED + 1}]) or a non-empty sequence of distinct ints in "
-        f"[0, {MAX_SEED}]"
+        "a count n > 0 (seeds 0 .. n-1, n <= 2**31) or a non-empty sequence of distinct ints "
+        ">= 0 and <= 2**31 - 1"
     )
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
         if not 1 <= seeds <= MAX_SEED + 1:
@@ -144,7 +147,7 @@ def check_seeds(seeds, name: str = "seeds") -> np.ndarray:
                 f"{name}[{i}]={s!r} is not an integer ({name}={seeds!r}): must be {valid}."
             )
         if not 0 <= s <= MAX_SEED:
-            raise ValueError(f"{name}[{i}]={int(s)} is out of range [0, {MAX_SEED}]; {name} "
+            raise ValueError(f"{name}[{i}]={int(s)} is out of range [0, 2**31 - 1]; {name} "
                              f"must be {valid}.")
     arr = np.asarray([int(s) for s in items], dtype=np.int64)
     uniq, counts = np.unique(arr, return_counts=True)
@@ -163,4 +166,32 @@ def check_x64(where: str) -> None:
             f"{where} computes in float64, but JAX's 64-bit mode is off. Switch it on before "
             "calling: `jax.config.update('jax_enable_x64', True)` at the top of your script, "
             "`JAX_ENABLE_X64=1` in the environment, or locally `with jax.enable_x64(True): ...`."
+        )
+
+
+def memory_bytes(device) -> tuple[int | None, str]:
+    """Memory one ``device`` can hold, in bytes, and what it is (``None`` when unknown).
+
+    Accelerators report their limit (``memory_stats()["bytes_limit"]``); a CPU device shares
+    the host's physical memory.
+    """
+    if getattr(device, "platform", "cpu") != "cpu":
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # noqa: BLE001  (non-local or backends without statistics)
+            stats = {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]), f"{device.platform.upper()} memory per device"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
+    except (ValueError, OSError, AttributeError):
+        return None, "host memory"
+
+
+def check_memory(need: int, available: int | None, where: str, what: str, advice: str) -> None:
+    """Refuse up front a run that would need more than the ``available`` bytes."""
+    if available is not None and need > available:
+        raise ValueError(
+            f"{what} would need at least {need / 2**30:.3g} GiB of {where}, more than the "
+            f"{available / 2**30:.3g} GiB there is; {advice}."
         )
