@@ -414,3 +414,26 @@ def test_mnist_refuses_bad_pixels_and_labels_naming_the_file(images, labels):
         np.savez(path, x_train=images, y_train=labels)
         with pytest.raises(ValueError, match=r"digits\.npz"):
             data.mnist(path)
+
+
+class _TwoHidden(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h1 = nn.Dense(3)(x)
+        h2 = nn.Dense(3)(nn.tanh(h1))
+        return nn.Dense(1)(nn.tanh(h2)), (h1, h2)
+
+
+@FAST
+@given(layer=st.integers(-5, 6).filter(lambda v: not 0 <= v < 2))
+def test_train_model_refuses_hidden_layer_indices_out_of_range(layer):
+    with pytest.raises(ValueError, match=r"layer=-?\d+ is out of range"):
+        train.train_model(_TwoHidden(), data.two_points(), layers=layer, lr=0.1, epochs=2)
+
+
+@pytest.mark.parametrize("flag", ["no", 1, None])
+def test_training_and_fit_flags_must_be_bools(flag):
+    with pytest.raises(ValueError, match="return_params"):
+        train.train(TINY, seeds=1, return_params=flag)
+    with pytest.raises(ValueError, match="return_trajectory"):
+        fit.fit_rates(np.arange(5.0), np.tile(Z0, (5, 1)), **DATA, return_trajectory=flag)

@@ -1216,7 +1216,8 @@ def fit_rates(
         max_rel_stderr=max_rel_stderr, scales=scales, fit_initial=fit_initial,
     )
     out = _fit_chunked(
-        ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts, return_trajectory=bool(return_trajectory)
+        ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts,
+        return_trajectory=check_bool("return_trajectory", return_trajectory),
     )
     return RateFit(**_squeeze(out, single))
 

@@ -59,7 +59,14 @@ from jax.sharding import PartitionSpec as P
 
 from . import data as data_lib
 from . import distributed, nets
-from ._checks import check_finite, check_int, check_memory, check_seeds, memory_bytes
+from ._checks import (
+    check_bool,
+    check_finite,
+    check_int,
+    check_memory,
+    check_seeds,
+    memory_bytes,
+)
 from .configs import TrainConfig
 
 __all__ = [
@@ -388,6 +395,11 @@ def _custom_net(model: nn.Module, layers: tuple) -> _Net:
                 if not isinstance(res, tuple):
                     raise ValueError(
                         f"integer layer={layer} needs a model returning (out, hiddens)"
+                    )
+                if not 0 <= layer < len(res[1]):  # JAX would clamp an array index silently
+                    raise ValueError(
+                        f"layer={layer} is out of range: the model returns {len(res[1])} "
+                        f"hidden layers, indices [0, {len(res[1]) - 1}]"
                     )
                 value = res[1][layer]
             else:
@@ -854,6 +866,7 @@ def _run(
     config: TrainConfig | None,
     name: str,
 ) -> TrainResult:
+    return_params = check_bool("return_params", return_params)
     dtype = jnp.dtype(spec.dtype)
     x = jnp.asarray(np.asarray(dataset.x), dtype)
     y = jnp.asarray(np.asarray(dataset.y), dtype)
