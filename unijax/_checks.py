@@ -101,11 +101,14 @@ def check_ndim(name: str, x, ndim: int | Sequence[int], what: str = "") -> None:
 
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
     """``value`` as a Python int; raise unless it is an integer (not a bool) in ``[lo, hi]``."""
-    rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+    if hi is None:
+        rng = "" if lo is None else f" >= {lo}"
+    else:
+        rng = f" in [{lo if lo is not None else '-inf'}, {hi}]"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}={value!r} is not an integer: must be an integer in {rng}.")
+        raise ValueError(f"{name}={value!r} is not an integer: must be an integer{rng}.")
     if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name}={value!r} is out of range: must be an integer in {rng}.")
+        raise ValueError(f"{name}={value!r} is out of range: must be an integer{rng}.")
     return int(value)
 
 
