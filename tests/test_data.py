@@ -143,3 +143,82 @@ def test_load_by_name_and_subset():
     assert sub.x.shape == (2, 27) and sub.factors.shape == (2, 3)
     with pytest.raises(ValueError, match="two_points"):
         data.load("cifar")
+
+
+def _npz(path, images, labels):
+    np.savez(path, x_train=images, y_train=labels)
+    return path
+
+
+@pytest.mark.parametrize(
+    "images, labels, match",
+    [
+        (np.full((3, 784), np.nan), np.zeros(3, int), "NaN or inf pixels"),
+        (-np.ones((3, 784)), np.zeros(3, int), r"pixels in \[-1.0, -1.0\]"),
+        (np.full((3, 784), 300.0), np.zeros(3, int), r"expected 0..255"),
+        (np.zeros((3, 784), np.uint8), np.array([0.0, 1.0, 2.0]), "float labels"),
+        (np.zeros((3, 784), np.uint8), np.array([0, 1, 10]), r"0..9"),
+        (np.zeros((0, 784), np.uint8), np.zeros(0, int), "no image"),
+        (np.zeros((3, 784), bool), np.zeros(3, int), "dtype bool"),
+    ],
+)
+def test_mnist_refuses_bad_values_naming_the_file(tmp_path, images, labels, match):
+    path = _npz(tmp_path / "m.npz", images, labels)
+    with pytest.raises(ValueError, match=match) as err:
+        data.mnist(path)
+    assert "m.npz" in str(err.value)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("cut", [2, 10, 200])  # inside the magic, the header, the pixels
+def test_mnist_refuses_truncated_idx_files_naming_them(tmp_path, fake_mnist, gz, cut):
+    images, labels = fake_mnist
+    suffix = ".gz" if gz else ""
+    img = tmp_path / f"train-images-idx3-ubyte{suffix}"
+    _write_idx(img, images, gz)
+    _write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", labels, gz)
+    raw = img.read_bytes()
+    # Plain files lose their last 200 bytes (pixels) or keep only `cut` bytes (magic, header).
+    img.write_bytes(raw[:-cut] if cut == 200 and not gz else raw[:cut])
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte") as err:
+        data.mnist(tmp_path)
+    assert any(w in str(err.value) for w in ("truncated", "too short", "cannot be read"))
+
+
+def test_mnist_refuses_truncated_npz_and_wrong_n(tmp_path, fake_mnist):
+    images, labels = fake_mnist
+    path = _npz(tmp_path / "m.npz", images, labels)
+    with pytest.raises(ValueError, match=r"n=8 is more than the 7 images in .*m\.npz"):
+        data.mnist(path, n=8)
+    with pytest.raises(ValueError, match="n must be a positive integer"):
+        data.mnist(path, n=True)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=r"m\.npz.*cannot be read"):
+        data.mnist(path)
+
+
+def test_float_pixels_in_unit_range_are_kept_and_scale_ignores_n(tmp_path, fake_mnist):
+    images, labels = fake_mnist
+    unit = images.reshape(7, 784) / 255.0
+    ds = data.mnist(_npz(tmp_path / "f.npz", unit, labels))
+    np.testing.assert_allclose(ds.x, unit, rtol=1e-6)
+    # The 0..255 scale is decided on the whole file, not on the first n images.
+    dark = images.reshape(7, 784).astype(np.float64)
+    dark[0] = np.minimum(dark[0], 1.0)
+    ds2 = data.mnist(_npz(tmp_path / "g.npz", dark, labels), n=1)
+    np.testing.assert_allclose(ds2.x[0], dark[0] / 255.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, word",
+    [(dict(dx2=None), "dx2=None"), (dict(dy2=np.nan), "dy2"), (dict(in_dim=True), "in_dim"),
+     (dict(dtype="int32"), "floating"), (dict(dtype="nope"), "dtype")],
+)
+def test_two_points_names_the_bad_argument(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        data.two_points(**kwargs)
+
+
+def test_bfloat16_is_a_floating_dtype():
+    assert data.two_points(dtype="bfloat16").x.dtype.name == "bfloat16"

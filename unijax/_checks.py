@@ -1,14 +1,24 @@
 """Input validation shared by the public modules.
 
 Checks run in Python on concrete values, before anything is traced, so that bad input fails
-with a message that names the argument, its value and the valid range. Traced values (inside a
-user's own `jit`) are let through unchecked: there the solver's status flags take over.
+with a ``ValueError`` that names the argument, its value and the valid range. Traced values
+(inside a user's own ``jit``/``vmap``) are let through unchecked: there the solver's status flags
+take over. Shapes are static, so shape checks (:func:`check_ndim`) apply to tracers too.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import jax
+import jax.numpy as jnp
 import numpy as np
+
+#: Largest seed accepted. A seed is folded into the base key as a uint32 and reported in an
+#: integer array that is int32 when JAX's 64-bit mode is off; seeds in ``[0, 2**31 - 1]`` are
+#: exact in both, so no two distinct seeds can alias (``2**32`` would train seed 0 again).
+MAX_SEED = 2**31 - 1
 
 
 def is_concrete(x) -> bool:
@@ -23,13 +33,46 @@ def _describe(name: str, arr: np.ndarray) -> str:
     return f"{name} (shape {arr.shape}, min {np.nanmin(arr):.4g}, max {np.nanmax(arr):.4g})"
 
 
+def as_real_array(name: str, x) -> np.ndarray:
+    """``x`` as a NumPy array of real numbers; raise if it does not hold any.
+
+    ``None``, strings, booleans, complex numbers, ragged nests and objects are refused with a
+    message that says so (a ``None`` rate is missing, not "NaN").
+    """
+    if x is None:
+        raise ValueError(f"{name}=None: a real number (or array of them) is required.")
+    if isinstance(x, (str, bytes)):
+        raise ValueError(f"{name}={x!r} is a string; a real number (or array of them) is required.")
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{name}={x!r} is not an array of real numbers (ragged or mixed-type nesting)."
+        ) from None
+    kind = arr.dtype.kind
+    if kind == "b":
+        raise ValueError(f"{name}={x!r} is boolean; a real number (or array of them) is required.")
+    if kind == "c":
+        raise ValueError(f"{name}={x!r} is complex; a real number (or array of them) is required.")
+    if kind not in "iuf" and not jnp.issubdtype(arr.dtype, jnp.floating):
+        raise ValueError(
+            f"{name} must hold real numbers; got {type(x).__name__} of dtype {arr.dtype} "
+            f"({x!r:.80})."
+        )
+    # Standard NumPy numbers stay as they are (no copy of a large data set); others
+    # (bfloat16) become float64 so that every NumPy function applies.
+    return arr if kind in "iuf" else arr.astype(np.float64)
+
+
 def check_finite(name: str, x) -> None:
-    """Raise if `x` contains NaN or inf."""
+    """Raise unless `x` holds real numbers, none of them NaN or inf."""
     if not is_concrete(x):
         return
-    arr = np.asarray(x)
+    arr = as_real_array(name, x)
     if not np.all(np.isfinite(arr)):
         bad = np.argwhere(~np.isfinite(arr))
+        if arr.size == 1:
+            raise ValueError(f"{name}={arr.item()!r} is not finite: must be a finite number.")
         raise ValueError(
             f"{name} must be finite everywhere; found {len(bad)} NaN/inf value(s), first at "
             f"index {tuple(int(i) for i in bad[0])}."
@@ -40,12 +83,83 @@ def check_positive(name: str, x, *, allow_zero: bool = False) -> None:
     """Raise unless every element of `x` is finite and > 0 (>= 0 with `allow_zero`)."""
     if not is_concrete(x):
         return
-    arr = np.asarray(x, dtype=float)
+    arr = as_real_array(name, x)
     check_finite(name, arr)
     ok = arr >= 0 if allow_zero else arr > 0
     if not np.all(ok):
         valid = "[0, inf)" if allow_zero else "(0, inf)"
         raise ValueError(f"{_describe(name, arr)} is out of range: must lie in {valid}.")
+
+
+def check_ndim(name: str, x, ndim: int | Sequence[int], what: str = "") -> None:
+    """Raise unless ``x`` has ``ndim`` dimensions (static: applies to tracers too)."""
+    allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+    if np.ndim(x) not in allowed:
+        desc = "a scalar" if allowed == (0,) else " or ".join(f"{d}-D" for d in allowed)
+        raise ValueError(f"{name} must be {desc}{what}; got shape {np.shape(x)}.")
+
+
+def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
+    """``value`` as a Python int; raise unless it is an integer (not a bool) in ``[lo, hi]``."""
+    if hi is None:
+        rng = "" if lo is None else f" >= {lo}"
+    else:
+        rng = f" in [{lo if lo is not None else '-inf'}, {hi}]"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name}={value!r} is not an integer: must be an integer{rng}.")
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ValueError(f"{name}={value!r} is out of range: must be an integer{rng}.")
+    return int(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """``value`` as a bool; raise unless it is ``True`` or ``False`` (``'no'`` is not False)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name}={value!r} is invalid: must be True or False.")
+    return bool(value)
+
+
+def check_seeds(seeds, name: str = "seeds") -> np.ndarray:
+    """Seeds as an int64 array (in the order given); raise unless they are a count or distinct ints.
+
+    A count ``n`` in ``[1, MAX_SEED + 1]`` means seeds ``0 .. n-1``; a sequence must hold
+    distinct integers in ``[0, MAX_SEED]`` (see :data:`MAX_SEED` for why the bound).
+    """
+    valid = (
+        "a count n > 0 (seeds 0 .. n-1, n <= 2**31) or a non-empty sequence of distinct ints "
+        ">= 0 and <= 2**31 - 1"
+    )
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, (bool, np.bool_)):
+        if not 1 <= seeds <= MAX_SEED + 1:
+            raise ValueError(f"{name}={seeds!r} is out of range: must be {valid}.")
+        return np.arange(int(seeds), dtype=np.int64)
+    if (
+        seeds is None
+        or isinstance(seeds, (bool, np.bool_, float, np.floating, str, bytes))
+        or not hasattr(seeds, "__iter__")
+    ):
+        raise ValueError(f"{name}={seeds!r} is invalid: must be {valid}.")
+    items = list(np.asarray(seeds).ravel()) if hasattr(seeds, "shape") else list(seeds)
+    if hasattr(seeds, "shape") and np.ndim(seeds) != 1:
+        raise ValueError(f"{name} must be 1-D; got shape {np.shape(seeds)}. It must be {valid}.")
+    if not items:
+        raise ValueError(f"{name}={seeds!r} is empty: must be {valid}.")
+    for i, s in enumerate(items):
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+            raise ValueError(
+                f"{name}[{i}]={s!r} is not an integer ({name}={seeds!r}): must be {valid}."
+            )
+        if not 0 <= s <= MAX_SEED:
+            raise ValueError(f"{name}[{i}]={int(s)} is out of range [0, 2**31 - 1]; {name} "
+                             f"must be {valid}.")
+    arr = np.asarray([int(s) for s in items], dtype=np.int64)
+    uniq, counts = np.unique(arr, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(
+            f"{name} repeats {uniq[counts > 1].tolist()} (each seed would be trained more than "
+            f"once): must be {valid}."
+        )
+    return arr
 
 
 def check_x64(where: str) -> None:
@@ -55,4 +169,32 @@ def check_x64(where: str) -> None:
             f"{where} computes in float64, but JAX's 64-bit mode is off. Switch it on before "
             "calling: `jax.config.update('jax_enable_x64', True)` at the top of your script, "
             "`JAX_ENABLE_X64=1` in the environment, or locally `with jax.enable_x64(True): ...`."
+        )
+
+
+def memory_bytes(device) -> tuple[int | None, str]:
+    """Memory one ``device`` can hold, in bytes, and what it is (``None`` when unknown).
+
+    Accelerators report their limit (``memory_stats()["bytes_limit"]``); a CPU device shares
+    the host's physical memory.
+    """
+    if getattr(device, "platform", "cpu") != "cpu":
+        try:
+            stats = device.memory_stats() or {}
+        except Exception:  # noqa: BLE001  (non-local or backends without statistics)
+            stats = {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]), f"{device.platform.upper()} memory per device"
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host memory"
+    except (ValueError, OSError, AttributeError):
+        return None, "host memory"
+
+
+def check_memory(need: int, available: int | None, where: str, what: str, advice: str) -> None:
+    """Refuse up front a run that would need more than the ``available`` bytes."""
+    if available is not None and need > available:
+        raise ValueError(
+            f"{what} would need at least {need / 2**30:.3g} GiB of {where}, more than the "
+            f"{available / 2**30:.3g} GiB there is; {advice}."
         )

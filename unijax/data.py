@@ -11,12 +11,16 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import equinox as eqx
 import numpy as np
+
+from ._checks import check_finite, check_int, check_ndim, check_positive
 
 __all__ = [
     "Dataset",
@@ -105,8 +109,12 @@ class Dataset(eqx.Module):
 
 
 def _dtype(dtype: Any) -> np.dtype:
-    dt = np.dtype(dtype)
-    if dt.kind != "f":
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise ValueError(f"dtype={dtype!r} is not a NumPy dtype; give a floating dtype") from None
+    # bfloat16 (ml_dtypes, one of unijax.configs.DTYPES) is a float NumPy files under kind "V".
+    if dt.kind != "f" and dt.name != "bfloat16":
         raise ValueError(f"dtype must be a floating dtype, got {dtype=}")
     return dt
 
@@ -137,13 +145,14 @@ def two_points(
     Returns:
         ``Dataset`` with ``x: (2, in_dim)``, ``y: (2, out_dim)``, name ``"two_points"``.
     """
-    if not (np.isfinite(dx2) and dx2 > 0):
-        raise ValueError(f"dx2 must be finite and > 0, got {dx2=}")
-    if not (np.isfinite(dy2) and dy2 >= 0):
-        raise ValueError(f"dy2 must be finite and >= 0, got {dy2=}")
+    for name, v in (("dx2", dx2), ("dy2", dy2), ("x1", x1), ("y1", y1)):
+        check_ndim(name, v, 0)
+    check_positive("dx2", dx2)
+    check_positive("dy2", dy2, allow_zero=True)
+    check_finite("x1", x1)
+    check_finite("y1", y1)
     for name, d in (("in_dim", in_dim), ("out_dim", out_dim)):
-        if not isinstance(d, int) or d < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {name}={d}")
+        check_int(name, d, lo=1)
     dt = _dtype(dtype)
     xs = np.array([x1, x1 + np.sqrt(dx2)]) / np.sqrt(in_dim)
     ys = np.array([y1, y1 + np.sqrt(dy2)]) / np.sqrt(out_dim)
@@ -174,8 +183,7 @@ def blobs(*, n_grid: int = 30, image_size: int = 5, dtype: Any = np.float32) -> 
         ``labels`` = context (0/1), ``factors`` = columns ``(context, mx, my)``.
     """
     for name, v in (("n_grid", n_grid), ("image_size", image_size)):
-        if not isinstance(v, int) or v < 2:
-            raise ValueError(f"{name} must be an integer >= 2, got {name}={v}")
+        check_int(name, v, lo=2)
     dt = _dtype(dtype)
     pix = np.linspace(-1.0, 1.0, image_size)
     means = np.linspace(-1.0, 1.0, n_grid)
@@ -218,20 +226,34 @@ _IDX_NAMES = {
 
 
 def _read_idx(path: Path) -> np.ndarray:
+    """An unsigned-byte IDX array; any damage (truncated, not gzip, bad header) names the file."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(
+            f"MNIST file {str(path)!r} cannot be read ({type(e).__name__}: {e}); it is truncated "
+            "or not in the format its name says"
+        ) from None
     if len(raw) < 4:
         raise ValueError(f"MNIST file {str(path)!r} is not an IDX file (too short)")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or dtype_code != 0x08:
+    if zero != 0 or dtype_code != 0x08 or not 1 <= ndim <= 3:
         raise ValueError(
-            f"MNIST file {str(path)!r} is not an unsigned-byte IDX file (magic {raw[:4].hex()})"
+            f"MNIST file {str(path)!r} is not an unsigned-byte IDX file of 1 to 3 dimensions "
+            f"(magic {raw[:4].hex()})"
         )
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"MNIST file {str(path)!r} is truncated inside its header")
     shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"MNIST file {str(path)!r} holds {data.size} bytes, header says {shape}")
+        what = "truncated" if data.size < int(np.prod(shape)) else "longer than its header says"
+        raise ValueError(
+            f"MNIST file {str(path)!r} is {what}: it holds {data.size} bytes after the header, "
+            f"which says shape {shape} ({int(np.prod(shape))} bytes)"
+        )
     return data.reshape(shape)
 
 
@@ -247,16 +269,69 @@ def _find_idx(directory: Path, kind: str) -> Path:
     )
 
 
-def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        keys = set(z.files)
-        for xk, yk in (("x_train", "y_train"), ("x", "y"), ("images", "labels")):
-            if xk in keys and yk in keys:
-                return z[xk], z[yk]
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """``(images, labels)`` and where each came from (``'file.npz'['key']``)."""
+    try:
+        with np.load(path) as z:
+            keys = set(z.files)
+            for xk, yk in (("x_train", "y_train"), ("x", "y"), ("images", "labels")):
+                if xk in keys and yk in keys:
+                    return z[xk], z[yk], f"{str(path)!r}[{xk!r}]", f"{str(path)!r}[{yk!r}]"
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, zlib.error) as e:
+        raise ValueError(
+            f"MNIST .npz {str(path)!r} cannot be read ({type(e).__name__}: {e}); it is "
+            "truncated, not an .npz, or holds objects"
+        ) from None
     raise ValueError(
         f"MNIST .npz {str(path)!r} has keys {sorted(keys)}; expected 'x_train' and 'y_train' "
         "(or 'x'/'y', 'images'/'labels')"
     )
+
+
+def _mnist_pixels(images: np.ndarray, src: str) -> tuple[np.ndarray, float]:
+    """Images as ``(N, 784)`` and the scale that maps their pixels to [0, 1]."""
+    if images.ndim == 3 and images.shape[1:] == (28, 28):
+        images = images.reshape(images.shape[0], 784)
+    if images.ndim != 2 or images.shape[1] != 784:
+        raise ValueError(
+            f"MNIST images in {src} have shape {images.shape}; expected (N, 28, 28) or (N, 784)"
+        )
+    if images.shape[0] == 0:
+        raise ValueError(f"MNIST images in {src} hold no image")
+    if images.dtype.kind not in "iuf":
+        raise ValueError(
+            f"MNIST images in {src} have dtype {images.dtype}; expected uint8 0..255 or floats"
+        )
+    if images.dtype.kind == "f" and not np.all(np.isfinite(images)):
+        bad = int(np.argmax(~np.all(np.isfinite(images), axis=1)))
+        raise ValueError(f"MNIST images in {src} hold NaN or inf pixels (first in image {bad})")
+    lo, hi = images.min(), images.max()
+    if lo < 0 or hi > 255:
+        raise ValueError(
+            f"MNIST images in {src} have pixels in [{lo}, {hi}]; expected 0..255 (or floats "
+            "in [0, 1])"
+        )
+    # Integer pixels are 0..255; float pixels are [0, 1] already, or 0..255 if any exceeds 1.
+    return images, 255.0 if images.dtype.kind in "iu" or hi > 1.0 else 1.0
+
+
+def _mnist_labels(labels: np.ndarray, n_images: int, src: str) -> np.ndarray:
+    if labels.ndim != 1 or labels.shape[0] != n_images:
+        raise ValueError(
+            f"MNIST labels in {src} have shape {labels.shape}; expected ({n_images},) to match "
+            "the images"
+        )
+    if labels.dtype.kind not in "iu":
+        raise ValueError(
+            f"MNIST labels in {src} have dtype {labels.dtype}; expected integers 0..9 (float "
+            "labels are refused rather than rounded)"
+        )
+    if labels.min() < 0 or labels.max() > 9:
+        raise ValueError(
+            f"MNIST labels in {src} must be integers 0..9, got range "
+            f"[{labels.min()}, {labels.max()}]"
+        )
+    return labels.astype(np.int64)
 
 
 def mnist(path: str | os.PathLike | None = None, *, n: int | None = None,
@@ -268,7 +343,7 @@ def mnist(path: str | os.PathLike | None = None, *, n: int | None = None,
             ``train-labels-idx1-ubyte``, optionally ``.gz``) or an ``.npz`` with ``x_train`` and
             ``y_train`` (Keras layout; ``x``/``y`` or ``images``/``labels`` also accepted).
             ``None`` reads the environment variable ``UNIJAX_MNIST``.
-        n: keep only the first ``n`` points (``None``: all).
+        n: keep only the first ``n`` points (``None``: all), ``1 <= n <= N``.
         dtype: floating dtype.
 
     Returns:
@@ -276,11 +351,15 @@ def mnist(path: str | os.PathLike | None = None, *, n: int | None = None,
         ``labels: (N,)``, name ``"mnist"``.
 
     Raises:
-        ValueError: no path given and ``UNIJAX_MNIST`` unset, a path that does not exist, files
-            of the wrong format or shapes (images must be ``(N, 28, 28)`` or ``(N, 784)`` uint8
-            0..255 or floats, labels ``(N,)`` integers 0..9).
+        ValueError: no path given and ``UNIJAX_MNIST`` unset, a path that does not exist, a
+            file that is truncated or of the wrong format, images not ``(N, 28, 28)`` or
+            ``(N, 784)`` of uint8 0..255 or finite floats in [0, 1] or [0, 255] (NaN or
+            negative pixels), labels not ``(N,)`` integers 0..9 (float labels); every message
+            names the file.
     """
     dt = _dtype(dtype)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1):
+        raise ValueError(f"n must be a positive integer or None, got {n=}")
     if path is None:
         path = os.environ.get(MNIST_ENV)
         if not path:
@@ -292,33 +371,20 @@ def mnist(path: str | os.PathLike | None = None, *, n: int | None = None,
     if not p.exists():
         raise ValueError(f"MNIST path={str(p)!r} does not exist")
     if p.is_dir():
-        images, labels = _read_idx(_find_idx(p, "images")), _read_idx(_find_idx(p, "labels"))
+        img_path, lab_path = _find_idx(p, "images"), _find_idx(p, "labels")
+        images, labels = _read_idx(img_path), _read_idx(lab_path)
+        img_src, lab_src = repr(str(img_path)), repr(str(lab_path))
     elif p.suffix == ".npz":
-        images, labels = _read_npz(p)
+        images, labels, img_src, lab_src = _read_npz(p)
     else:
         raise ValueError(f"MNIST path={str(p)!r} must be a directory of IDX files or an .npz")
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.ndim == 3 and images.shape[1:] == (28, 28):
-        images = images.reshape(images.shape[0], 784)
-    if images.ndim != 2 or images.shape[1] != 784:
-        raise ValueError(
-            f"MNIST images have shape {images.shape}; expected (N, 28, 28) or (N, 784)"
-        )
-    if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"MNIST labels have shape {labels.shape}; expected ({images.shape[0]},) to match "
-            f"the images {images.shape}"
-        )
-    if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"MNIST labels must be integers 0..9, got range "
-                         f"[{labels.min()}, {labels.max()}]")
+    images, scale = _mnist_pixels(np.asarray(images), img_src)
+    labels = _mnist_labels(np.asarray(labels), images.shape[0], lab_src)
     if n is not None:
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive integer or None, got {n=}")
+        if n > images.shape[0]:
+            raise ValueError(f"n={n} is more than the {images.shape[0]} images in {img_src}")
         images, labels = images[:n], labels[:n]
-    scale = 255.0 if images.dtype == np.uint8 or images.max(initial=0) > 1.0 else 1.0
     x = (images.astype(np.float64) / scale).astype(dt)
-    labels = labels.astype(np.int64)
     return Dataset(x, _one_hot(labels, 10, dt), labels, "mnist")
 
 

@@ -77,7 +77,14 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from unijax import theory
-from unijax._checks import check_finite, check_positive, check_x64, is_concrete
+from unijax._checks import (
+    check_bool,
+    check_finite,
+    check_int,
+    check_positive,
+    check_x64,
+    is_concrete,
+)
 
 __all__ = [
     "RateFit",
@@ -1100,8 +1107,8 @@ def _prepare_fit(
     ):
         check_positive(name, v)
     for name, v in (("max_steps", max_steps), ("max_iters", max_iters)):
-        if int(v) < 1:
-            raise ValueError(f"{name}={v!r} is out of range: must be an integer >= 1.")
+        check_int(name, v, lo=1)
+    check_bool("fit_initial", fit_initial)
     scales = tuple(float(s) for s in np.atleast_1d(scales))
     check_positive("scales", np.asarray(scales))
     opts = _FitOpts(
@@ -1209,7 +1216,8 @@ def fit_rates(
         max_rel_stderr=max_rel_stderr, scales=scales, fit_initial=fit_initial,
     )
     out = _fit_chunked(
-        ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts, return_trajectory=bool(return_trajectory)
+        ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts,
+        return_trajectory=check_bool("return_trajectory", return_trajectory),
     )
     return RateFit(**_squeeze(out, single))
 
@@ -1404,8 +1412,7 @@ def fit_eta_mean(
         ("max_rel_stderr", max_rel_stderr),
     ):
         check_positive(name, v)
-    if int(max_iters) < 1:
-        raise ValueError(f"max_iters={max_iters!r} must be >= 1.")
+    check_int("max_iters", max_iters, lo=1)
     opts = _MeanOpts(int(max_iters), float(opt_rtol), float(opt_atol), float(max_rel_stderr), 61)
     out = _fit_mean_batch(
         jnp.asarray(ts_arr),

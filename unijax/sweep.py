@@ -157,7 +157,10 @@ class SweepConfig:
             if not (math.isfinite(g) and g > 0):
                 raise ValueError(f"gains must be finite and > 0, got gain {g!r} in {gains}.")
         object.__setattr__(self, "gains", gains)
-        object.__setattr__(self, "seeds", _tuple("seeds", self.seeds, int))
+        from ._checks import check_seeds  # the same seed rules as train (range, no repeats)
+
+        seeds = check_seeds(_tuple("seeds", self.seeds, int))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
         layers = (self.train.layer,) if self.layers is None else self.layers
         layers = _tuple("layers", layers, int)
         for layer in layers:
@@ -388,9 +391,15 @@ def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
     from . import distributed, train
 
     devices = jax.local_devices()
+    seeds = [cfg.seeds[i] for i in chunk.seeds[: chunk.n_seeds]]
+    # train refuses repeated seeds: pad the last block with unused seeds (computed, then
+    # dropped) so that the chunk keeps its shape and its compiled program.
+    used = set(seeds)
+    spare = (s for s in itertools.count() if s not in used)
+    seeds += [next(spare) for _ in range(len(chunk.seeds) - chunk.n_seeds)]
     res = train.train(
         cfg.train_config(cfg.archs[chunk.arch]),
-        seeds=[cfg.seeds[i] for i in chunk.seeds],
+        seeds=seeds,
         gains=[cfg.gains[i] for i in chunk.gains],
         layers=list(cfg.layers),
         key=jax.random.key(cfg.key),

@@ -18,8 +18,15 @@ Time ``t`` is in training epochs (full-batch gradient steps).
 
 Everything here computes in float64: switch JAX's 64-bit mode on first
 (``jax.config.update("jax_enable_x64", True)``, ``JAX_ENABLE_X64=1``, or
-``with jax.enable_x64(True):``). Every function is a pure function of arrays, so it can be
+``with jax.enable_x64(True):``); with it off every function raises ``RuntimeError`` rather
+than lose precision silently. Every function is a pure function of arrays, so it can be
 ``jit``-ed, ``vmap``-ed over rates and initial states, and differentiated in both.
+
+Every function validates its arguments before tracing: a value out of range (a rate <= 0, a
+negative squared distance, NaN, ``None``, a non-increasing ``ts``, a wrong shape) raises
+``ValueError`` naming the argument, its value and the valid range. Values are checked when
+concrete; under a caller's ``jit``/``vmap`` only shapes are (values are traced), and a failed
+solve then shows in :attr:`ODESolution.ok`.
 
 References:
     L. van Rossem, A. M. Saxe. When Representations Align: Universality in Representation
@@ -37,7 +44,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from unijax._checks import check_finite, check_positive, check_x64, is_concrete
+from unijax._checks import (
+    as_real_array,
+    check_bool,
+    check_finite,
+    check_int,
+    check_ndim,
+    check_positive,
+    check_x64,
+    is_concrete,
+)
 
 __all__ = [
     "ODESolution",
@@ -83,39 +99,68 @@ Scalar = Float[ArrayLike, ""]
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_rates(**rates) -> None:
-    for name, value in rates.items():
-        check_positive(name, value)
+def _real(name: str, x, sign: str | None = None, *, ndim=None, what: str = "") -> Array:
+    """Validate ``x`` and return it as a float64 array.
+
+    ``sign``: ``"pos"`` (every element finite and > 0), ``"nonneg"`` (>= 0) or ``None`` (finite).
+    Values are checked when concrete; ``ndim`` (an int or a tuple of allowed ones) always, as
+    shapes are static.
+    """
+    if sign == "pos":
+        check_positive(name, x)
+    elif sign == "nonneg":
+        check_positive(name, x, allow_zero=True)
+    else:
+        check_finite(name, x)
+    if ndim is not None:
+        check_ndim(name, x, ndim, what)
+    return jnp.asarray(x, dtype=jnp.float64)
 
 
-def _check_data(dx2, dy2) -> None:
-    check_positive("dx2", dx2)
-    check_positive("dy2", dy2, allow_zero=True)
+def _rates(eta_h, eta_y, *, scalar: bool = False) -> tuple[Array, Array]:
+    nd = 0 if scalar else None
+    return _real("eta_h", eta_h, "pos", ndim=nd), _real("eta_y", eta_y, "pos", ndim=nd)
 
 
-def _check_state(name: str, z) -> None:
-    if not is_concrete(z):
-        return
-    arr = np.asarray(z, dtype=float)
-    if arr.shape[-1:] != (3,):
-        raise ValueError(f"{name} must have shape (..., 3) holding (h, y, w); got {arr.shape}.")
-    check_finite(name, arr)
-    check_positive(f"{name}[..., 0] (h0, squared hidden distance)", arr[..., 0])
-    check_positive(f"{name}[..., 1] (y0, squared output distance)", arr[..., 1], allow_zero=True)
+def _data(dx2, dy2, *, scalar: bool = False) -> tuple[Array, Array]:
+    nd = 0 if scalar else None
+    return _real("dx2", dx2, "pos", ndim=nd), _real("dy2", dy2, "nonneg", ndim=nd)
 
 
-def _check_ts(ts) -> None:
-    if not is_concrete(ts):
-        return
-    arr = np.asarray(ts, dtype=float)
-    if arr.ndim != 1 or arr.size < 1:
-        raise ValueError(f"ts must be a 1-D array of times (epochs); got shape {arr.shape}.")
-    check_finite("ts", arr)
-    if arr.size > 1 and not np.all(np.diff(arr) > 0):
-        i = int(np.argmin(np.diff(arr) > 0))
-        raise ValueError(
-            f"ts must be strictly increasing; ts[{i}]={arr[i]!r} >= ts[{i + 1}]={arr[i + 1]!r}."
-        )
+def _state(name: str, z, *, batch: bool) -> Array:
+    """A state ``(h, y, w)`` of shape ``(3,)`` (``(..., 3)`` with ``batch``); h > 0, y >= 0."""
+    shape = np.shape(z) if not is_concrete(z) else np.shape(as_real_array(name, z))
+    if (shape[-1:] != (3,)) if batch else (shape != (3,)):
+        want = "(..., 3)" if batch else "(3,)"
+        raise ValueError(f"{name} must have shape {want} holding (h, y, w); got {shape}.")
+    if is_concrete(z):
+        arr = as_real_array(name, z)
+        check_finite(name, arr)
+        h, y = ("h0", "y0") if name == "z0" else ("h", "y")
+        check_positive(f"{name}[..., 0] ({h}, squared hidden distance)", arr[..., 0])
+        check_positive(f"{name}[..., 1] ({y}, squared output distance)", arr[..., 1],
+                       allow_zero=True)
+    return jnp.asarray(z, dtype=jnp.float64)
+
+
+def _times(name: str, ts, *, increasing: bool = True) -> Array:
+    """1-D, non-empty, finite times (epochs), strictly increasing unless told otherwise."""
+    if is_concrete(ts):
+        arr = as_real_array(name, ts)
+        if arr.ndim != 1 or arr.size < 1:
+            raise ValueError(
+                f"{name} must be a non-empty 1-D array of times (epochs); got shape {arr.shape}."
+            )
+        check_finite(name, arr)
+        if increasing and arr.size > 1 and not np.all(np.diff(arr) > 0):
+            i = int(np.argmin(np.diff(arr) > 0))
+            raise ValueError(
+                f"{name} must be strictly increasing; {name}[{i}]={float(arr[i])!r} >= "
+                f"{name}[{i + 1}]={float(arr[i + 1])!r}."
+            )
+    else:
+        check_ndim(name, ts, 1, " of times (epochs)")
+    return jnp.asarray(ts, dtype=jnp.float64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +180,16 @@ def vector_field(
 
     Returns:
         ``dz/dt``, shape ``(3,)``, per epoch.
+
+    Raises:
+        ValueError: ``z`` not of shape ``(3,)``, ``h <= 0`` or ``y < 0``; rates or ``dx2``
+            not > 0, ``dy2 < 0``, or any of them not a scalar (values checked when concrete).
+        RuntimeError: JAX's 64-bit mode is off.
     """
+    check_x64("unijax.theory.vector_field")
+    z = _state("z", z, batch=False)
+    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
+    dx2, dy2 = _data(dx2, dy2, scalar=True)
     h, y, w = z[0], z[1], z[2]
     a = eta_h * dx2
     dh = -a * w
@@ -213,19 +267,31 @@ def integrate(
 
     Raises:
         ValueError: on non-positive rates or ``dx2``, negative ``dy2``, ``h0 <= 0``,
-            ``y0 < 0``, non-finite values, or ``ts`` not strictly increasing (concrete inputs).
+            ``y0 < 0``, non-finite values, ``ts`` not strictly increasing (values checked when
+            concrete); ``z0`` not of shape ``(3,)``, rates or distances not scalars, ``ts``
+            not 1-D; ``rtol``/``atol`` not > 0, ``max_steps`` not an integer >= 1, ``solver``
+            or ``adjoint`` not a Diffrax solver/adjoint, ``dense`` not a bool.
+        RuntimeError: JAX's 64-bit mode is off.
     """
     check_x64("unijax.theory.integrate")
-    _check_state("z0", z0)
-    _check_ts(ts)
-    _check_rates(eta_h=eta_h, eta_y=eta_y)
-    _check_data(dx2, dy2)
-
-    z0 = jnp.asarray(z0, dtype=jnp.float64)
-    ts = jnp.asarray(ts, dtype=jnp.float64)
-    args = tuple(jnp.asarray(a, dtype=jnp.float64) for a in (eta_h, eta_y, dx2, dy2))
-    solver = diffrax.Tsit5() if solver is None else solver
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    z0 = _state("z0", z0, batch=False)
+    ts = _times("ts", ts)
+    args = (*_rates(eta_h, eta_y, scalar=True), *_data(dx2, dy2, scalar=True))
+    # Validated, then passed on as given (Python floats stay static for the compiled solve).
+    _real("rtol", rtol, "pos", ndim=0)
+    _real("atol", atol, "pos", ndim=0)
+    max_steps = check_int("max_steps", max_steps, lo=1)
+    if solver is None:
+        solver = diffrax.Tsit5()
+    elif not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(f"solver={solver!r} is not a Diffrax solver (e.g. diffrax.Tsit5()).")
+    if adjoint is None:
+        adjoint = diffrax.RecursiveCheckpointAdjoint()
+    elif not isinstance(adjoint, diffrax.AbstractAdjoint):
+        raise ValueError(
+            f"adjoint={adjoint!r} is not a Diffrax adjoint (e.g. diffrax.ForwardMode())."
+        )
+    dense = check_bool("dense", dense)
     return _integrate(z0, ts, args, rtol, atol, max_steps, solver, adjoint, dense)
 
 
@@ -314,12 +380,24 @@ def loss_curve(
 
     Returns:
         Loss at ``ts``, shape ``(n,)``.
+
+    Raises:
+        ValueError: ``ts`` not 1-D and strictly increasing, ``z`` not of shape ``(n, 3)``,
+            ``eta_mean`` not > 0, ``dy2`` or ``m0`` negative, or any of the three not a
+            scalar (values checked when concrete).
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    check_positive("eta_mean", eta_mean)
-    check_positive("m0", m0, allow_zero=True)
-    check_positive("dy2", dy2, allow_zero=True)
-    ts = jnp.asarray(ts)
-    z = jnp.asarray(z)
+    check_x64("unijax.theory.loss_curve")
+    ts = _times("ts", ts)
+    z = _real("z", z)
+    if z.shape != (ts.shape[0], 3):
+        raise ValueError(
+            f"z must have shape (len(ts), 3) = ({ts.shape[0]}, 3) holding (h, y, w) at ts; got "
+            f"{z.shape}."
+        )
+    eta_mean = _real("eta_mean", eta_mean, "pos", ndim=0)
+    m0 = _real("m0", m0, "nonneg", ndim=0)
+    dy2 = _real("dy2", dy2, "nonneg", ndim=0)
     mean_part = 0.5 * m0 * jnp.exp(-2.0 * eta_mean * (ts - ts[0]))
     return mean_part + 0.25 * (z[..., 2] + 0.5 * (dy2 - z[..., 1]))
 
@@ -330,8 +408,13 @@ def loss_curve(
 
 
 def invariant_c(*, eta_h: Scalar, eta_y: Scalar, dx2: Scalar) -> Float[Array, ""]:
-    """``c = eta_y / (eta_h dx2)``, the slope of ``y/h`` against ``h`` (paper Eq. 23)."""
-    return jnp.asarray(eta_y) / (jnp.asarray(eta_h) * jnp.asarray(dx2))
+    """``c = eta_y / (eta_h dx2)``, the slope of ``y/h`` against ``h`` (paper Eq. 23).
+
+    Rates and ``dx2`` must be > 0 (any broadcastable shapes); float64.
+    """
+    check_x64("unijax.theory.invariant_c")
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    return eta_y / (eta_h * _real("dx2", dx2, "pos"))
 
 
 def invariant(
@@ -344,15 +427,30 @@ def invariant(
 ) -> Float[Array, "*b"]:
     """The conserved quantity ``K = y/h - c h``, docs/theory.md section 4 (paper Eq. 24).
 
-    Constant along every solution of the ODE; any shape, element-wise.
+    Constant along every solution of the ODE; any shape, element-wise. ``h > 0``, ``y >= 0``,
+    rates and ``dx2`` > 0.
     """
+    check_x64("unijax.theory.invariant")
+    h = _real("h", h, "pos")
+    y = _real("y", y, "nonneg")
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
-    h = jnp.asarray(h)
-    return jnp.asarray(y) / h - c * h
+    return y / h - c * h
 
 
 def y_of_h(h, *, c, K):
-    """``y(h) = c h^2 + K h`` on the level set of the invariant (paper Eq. 25)."""
+    """``y(h) = c h^2 + K h`` on the level set of the invariant (paper Eq. 25).
+
+    ``h >= 0`` (a squared distance), ``c > 0`` (:func:`invariant_c`), ``K`` any finite value
+    (:func:`invariant`); broadcastable shapes, float64.
+    """
+    check_x64("unijax.theory.y_of_h")
+    h = _real("h", h, "nonneg")
+    c = _real("c", c, "pos")
+    K = _real("K", K)
+    return _y_of_h(h, c, K)
+
+
+def _y_of_h(h, c, K):
     return c * h**2 + K * h
 
 
@@ -373,10 +471,22 @@ def reduced_vector_field(
 
     Returns:
         ``d(h, w)/dt``, shape ``(2,)``.
+
+    Raises:
+        ValueError: ``hw`` not of shape ``(2,)`` or ``h <= 0``; rates or ``dx2`` not > 0,
+            ``dy2 < 0``, ``K`` not finite, or any of them not a scalar.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    hw = jnp.asarray(hw)
+    check_x64("unijax.theory.reduced_vector_field")
+    hw = _real("hw", hw, ndim=1)
+    if hw.shape != (2,):
+        raise ValueError(f"hw must have shape (2,) holding (h, w); got {hw.shape}.")
+    check_positive("hw[0] (h, squared hidden distance)", hw[0])
+    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
+    dx2, dy2 = _data(dx2, dy2, scalar=True)
+    K = _real("K", K, ndim=0)
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
-    y = y_of_h(hw[0], c=c, K=K)
+    y = _y_of_h(hw[0], c, K)
     z = jnp.stack([hw[0], y, hw[1]])
     dz = vector_field(z, eta_h=eta_h, eta_y=eta_y, dx2=dx2, dy2=dy2)
     return jnp.stack([dz[0], dz[2]])
@@ -430,16 +540,17 @@ def fixed_points(
     """Fixed points reached from the initial ``(h0, y0)``, docs/theory.md section 5 (Eq. 26-33).
 
     ``w = 0`` and ``h (dy2 - y(h)) = 0``: the saddle ``h = 0`` and the roots
-    ``h_± = (-K ± sqrt(K^2 + 4 c dy2)) / (2c)``.
+    ``h_± = (-K ± sqrt(K^2 + 4 c dy2)) / (2c)``. ``h0 > 0``, ``y0 >= 0``, rates and ``dx2``
+    > 0, ``dy2 >= 0``; broadcastable shapes, float64.
     """
-    check_positive("h0", h0)
-    check_positive("y0", y0, allow_zero=True)
-    _check_rates(eta_h=eta_h, eta_y=eta_y)
-    _check_data(dx2, dy2)
-    h0 = jnp.asarray(h0)
+    check_x64("unijax.theory.fixed_points")
+    h0 = _real("h0", h0, "pos")
+    y0 = _real("y0", y0, "nonneg")
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    dx2, dy2 = _data(dx2, dy2)
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2) * jnp.ones_like(h0)
     K = invariant(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
-    h_plus, h_minus = _roots(K, c, jnp.asarray(dy2))
+    h_plus, h_minus = _roots(K, c, dy2)
     return FixedPoints(h_plus=h_plus, h_minus=h_minus, h_zero=jnp.zeros_like(h_plus), K=K, c=c)
 
 
@@ -474,14 +585,17 @@ def stability(
     ``J = [[0, -eta_h dx2], [1/2 eta_y h* y'(h*), -3/2 eta_y h* - 1/2 eta_h dx2 dy2 / h*]]``
     with ``y'(h) = 2 c h + K`` (at a fixed point ``y(h*) = dy2``). At ``h_plus`` the trace is
     negative and ``det = 1/2 eta_h dx2 eta_y h+ sqrt(K^2 + 4 c dy2) > 0``: stable. For the
-    singular point ``h = 0`` use :func:`saddle_directions`.
+    singular point ``h = 0`` use :func:`saddle_directions`. ``h_star > 0``, ``K`` finite, rates
+    and ``dx2`` > 0, ``dy2 >= 0``; float64.
     """
-    check_positive("h_star", h_star)
-    h = jnp.asarray(h_star)
-    K = jnp.asarray(K)
+    check_x64("unijax.theory.stability")
+    h = _real("h_star", h_star, "pos")
+    K = _real("K", K)
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    dx2, dy2 = _data(dx2, dy2)
     a = eta_h * dx2
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
-    y = y_of_h(h, c=c, K=K)
+    y = _y_of_h(h, c, K)
     dyp = 2.0 * c * h + K
     j00 = jnp.zeros_like(h)
     j01 = -a * jnp.ones_like(h)
@@ -511,8 +625,14 @@ class SaddleDirections(NamedTuple):
 def saddle_directions(
     K: Float[ArrayLike, "*b"], *, eta_h: Scalar, eta_y: Scalar, dx2: Scalar, dy2: Scalar
 ) -> SaddleDirections:
-    """The saddle at ``h = 0`` by direction of approach, docs/theory.md section 5."""
-    K = jnp.asarray(K)
+    """The saddle at ``h = 0`` by direction of approach, docs/theory.md section 5.
+
+    ``K`` finite, rates and ``dx2`` > 0, ``dy2 >= 0``; float64.
+    """
+    check_x64("unijax.theory.saddle_directions")
+    K = _real("K", K)
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    dx2, dy2 = _data(dx2, dy2)
     q = eta_y * dy2 / (eta_h * dx2)
     disc = jnp.sqrt(K**2 + 4.0 * q)
     s = jnp.stack([(K - disc) / 2.0, (K + disc) / 2.0], -1)
@@ -527,14 +647,26 @@ def a_high(
     eta_y: Scalar,
     dx2: Scalar,
 ) -> Float[Array, "*b"]:
-    """``A_high = h0 - (eta_h/eta_y) dx2 y0/h0 = -K/c``, set by the initialization (Eq. 12)."""
-    h0 = jnp.asarray(h0)
-    return h0 - (eta_h / eta_y) * dx2 * jnp.asarray(y0) / h0
+    """``A_high = h0 - (eta_h/eta_y) dx2 y0/h0 = -K/c``, set by the initialization (Eq. 12).
+
+    ``h0 > 0``, ``y0 >= 0``, rates and ``dx2`` > 0; broadcastable shapes, float64.
+    """
+    check_x64("unijax.theory.a_high")
+    h0 = _real("h0", h0, "pos")
+    y0 = _real("y0", y0, "nonneg")
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    return h0 - (eta_h / eta_y) * _real("dx2", dx2, "pos") * y0 / h0
 
 
 def a_low(*, eta_h: Scalar, eta_y: Scalar, dx2, dy2) -> Float[Array, "*b"]:
-    """``A_low = sqrt(eta_h/eta_y) sqrt(dx2 dy2)``, set by the data (Eq. 13); any shape."""
-    return jnp.sqrt(jnp.asarray(eta_h) / eta_y) * jnp.sqrt(jnp.asarray(dx2) * jnp.asarray(dy2))
+    """``A_low = sqrt(eta_h/eta_y) sqrt(dx2 dy2)``, set by the data (Eq. 13); any shape.
+
+    Rates and ``dx2`` > 0, ``dy2 >= 0``; float64.
+    """
+    check_x64("unijax.theory.a_low")
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    dx2, dy2 = _data(dx2, dy2)
+    return jnp.sqrt(eta_h / eta_y) * jnp.sqrt(dx2 * dy2)
 
 
 def final_distance(
@@ -559,13 +691,17 @@ def final_distance(
 
     Returns:
         The stable fixed point ``h_+`` (a *squared* distance).
+
+    Raises:
+        ValueError: ``h0 <= 0``, ``y0 < 0``, rates or ``dx2`` not > 0, ``dy2 < 0``, or any
+            value not finite (checked when concrete).
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    check_positive("h0", h0)
-    check_positive("y0", y0, allow_zero=True)
-    _check_rates(eta_h=eta_h, eta_y=eta_y)
-    _check_data(dx2, dy2)
+    check_x64("unijax.theory.final_distance")
+    eta_h, eta_y = _rates(eta_h, eta_y)
+    dx2, dy2 = _data(dx2, dy2)
     ah = a_high(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
-    al2 = (jnp.asarray(eta_h) / eta_y) * jnp.asarray(dx2) * jnp.asarray(dy2)
+    al2 = (eta_h / eta_y) * dx2 * dy2
     root = jnp.sqrt(ah**2 / 4.0 + al2)
     # For A_high < 0 the two terms cancel; the rationalized form A_low^2 / (root - A_high/2)
     # keeps full precision (lazy regime with anti-aligned initial outputs).
@@ -575,11 +711,13 @@ def final_distance(
 
 def rich_limit(*, eta_h: Scalar, eta_y: Scalar, dx2, dy2) -> Float[Array, "*b"]:
     """``h_final`` as the initial weights go to zero (``A_high -> 0``): ``A_low`` (Eq. 13)."""
+    check_x64("unijax.theory.rich_limit")
     return a_low(eta_h=eta_h, eta_y=eta_y, dx2=dx2, dy2=dy2)
 
 
 def lazy_limit(h0, y0, *, eta_h: Scalar, eta_y: Scalar, dx2) -> Float[Array, "*b"]:
     """``h_final`` for large initial weights (``|A_high| >> A_low``): ``max(A_high, 0)``."""
+    check_x64("unijax.theory.lazy_limit")
     return jnp.maximum(a_high(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2), 0.0)
 
 
@@ -611,11 +749,12 @@ def identical_outputs(
     Returns:
         ``(h, y, w)`` at ``t``, shape ``(n, 3)``.
     """
-    check_positive("h0", h0)
-    check_positive("y0", y0, allow_zero=True)
-    _check_rates(eta_h=eta_h, eta_y=eta_y)
-    check_positive("dx2", dx2)
-    t = jnp.asarray(t, dtype=jnp.result_type(float))
+    check_x64("unijax.theory.identical_outputs")
+    t = _real("t", t, "nonneg", ndim=(0, 1), what=" of times since the start (epochs)")
+    h0 = _real("h0", h0, "pos", ndim=0)
+    y0 = _real("y0", y0, "nonneg", ndim=0)
+    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
+    dx2 = _real("dx2", dx2, "pos", ndim=0)
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     K = invariant(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     alpha = eta_h * dx2 * K
@@ -624,7 +763,7 @@ def identical_outputs(
     safe_alpha = jnp.where(small, 1.0, alpha)
     g = jnp.where(small, t * (1.0 - 0.5 * alpha * t), -jnp.expm1(-safe_alpha * t) / safe_alpha)
     h = h0 * jnp.exp(-alpha * t) / (1.0 + eta_y * h0 * g)
-    y = y_of_h(h, c=c, K=K)
+    y = _y_of_h(h, c, K)
     return jnp.stack([h, y, y], -1)
 
 
@@ -658,24 +797,41 @@ def lazy_rescale(z, t, *, scale, dy2) -> LazyScaling:
     Args:
         z: state(s) ``(h, y, w)``, shape ``(..., 3)``.
         t: times (epochs), any shape.
-        scale: ``s > 0``.
-        dy2: squared output distance of the original problem.
+        scale: ``s > 0``, a scalar.
+        dy2: squared output distance of the original problem, >= 0.
+
+    Raises:
+        ValueError: ``z`` not of shape ``(..., 3)`` or with ``h <= 0``, ``y < 0``; ``t`` not
+            finite; ``scale`` not a scalar > 0; ``dy2 < 0``.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    check_positive("scale", scale)
-    z = jnp.asarray(z)
+    check_x64("unijax.theory.lazy_rescale")
+    z = _state("z", z, batch=True)
+    t = _real("t", t)
+    scale = _real("scale", scale, "pos", ndim=0)
+    dy2 = _real("dy2", dy2, "nonneg")
     factors = jnp.array([1.0, 2.0, 2.0])
-    return LazyScaling(
-        z=z / jnp.asarray(scale) ** factors,
-        t=jnp.asarray(t) * scale,
-        dy2=jnp.asarray(dy2) / jnp.asarray(scale) ** 2,
-    )
+    return LazyScaling(z=z / scale**factors, t=t * scale, dy2=dy2 / scale**2)
 
 
 def lazy_unscale(z_scaled, t_scaled, *, scale):
-    """Inverse of :func:`lazy_rescale`: returns ``(z, t)`` in the original variables."""
-    check_positive("scale", scale)
+    """Inverse of :func:`lazy_rescale`: returns ``(z, t)`` in the original variables.
+
+    ``z_scaled``: shape ``(..., 3)`` (a failed solve's NaN rows pass through); ``t_scaled``
+    any shape; ``scale > 0`` a scalar.
+    """
+    check_x64("unijax.theory.lazy_unscale")
+    if is_concrete(z_scaled):
+        as_real_array("z_scaled", z_scaled)  # the NaN rows of a failed solve pass through
+    z_scaled = jnp.asarray(z_scaled, dtype=jnp.float64)
+    if z_scaled.shape[-1:] != (3,):
+        raise ValueError(
+            f"z_scaled must have shape (..., 3) holding (h~, y~, w~); got {z_scaled.shape}."
+        )
+    t_scaled = _real("t_scaled", t_scaled)
+    scale = _real("scale", scale, "pos", ndim=0)
     factors = jnp.array([1.0, 2.0, 2.0])
-    return jnp.asarray(z_scaled) * jnp.asarray(scale) ** factors, jnp.asarray(t_scaled) / scale
+    return z_scaled * scale**factors, t_scaled / scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -684,9 +840,13 @@ def lazy_unscale(z_scaled, t_scaled, *, scale):
 
 
 def a_high_from_final(h_final, *, a_low):
-    """Invert ``h^2 - A_high h - A_low^2 = 0``: ``A_high = h - A_low^2 / h`` (paper Eq. 45)."""
-    h = jnp.asarray(h_final)
-    return h - jnp.asarray(a_low) ** 2 / h
+    """Invert ``h^2 - A_high h - A_low^2 = 0``: ``A_high = h - A_low^2 / h`` (paper Eq. 45).
+
+    ``h_final > 0``, ``a_low >= 0``; broadcastable shapes, float64.
+    """
+    check_x64("unijax.theory.a_high_from_final")
+    h = _real("h_final", h_final, "pos")
+    return h - _real("a_low", a_low, "nonneg") ** 2 / h
 
 
 def final_distance_density(
@@ -706,16 +866,23 @@ def final_distance_density(
 
     Returns:
         ``p(h)``, shape ``(n,)``; integrates to 1 over ``h > 0``.
+
+    Raises:
+        ValueError: ``h`` or ``a_high_mean`` not finite, ``a_low < 0``, ``a_high_std`` not
+            > 0 (the last three must be scalars).
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    check_positive("a_high_std", a_high_std)
-    check_positive("a_low", a_low, allow_zero=True)
-    h = jnp.asarray(h)
+    check_x64("unijax.theory.final_distance_density")
+    h = _real("h", h)
+    a_low = _real("a_low", a_low, "nonneg", ndim=0)
+    a_high_mean = _real("a_high_mean", a_high_mean, ndim=0)
+    a_high_std = _real("a_high_std", a_high_std, "pos", ndim=0)
     pos = h > 0
     hs = jnp.where(pos, h, 1.0)
-    a = a_high_from_final(hs, a_low=a_low)
+    a = hs - a_low**2 / hs
     zscore = (a - a_high_mean) / a_high_std
     gauss = jnp.exp(-0.5 * zscore**2) / (jnp.sqrt(2.0 * jnp.pi) * a_high_std)
-    return jnp.where(pos, gauss * (1.0 + jnp.asarray(a_low) ** 2 / hs**2), 0.0)
+    return jnp.where(pos, gauss * (1.0 + a_low**2 / hs**2), 0.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,12 +894,14 @@ def initial_distance_at_depth(layer, *, gain, dx2):
     """``h0(l) ~ a^(2 l) dx2``: initial squared distance at hidden layer ``l`` (section 9).
 
     Args:
-        layer: layer index (number of maps from the input), any shape.
+        layer: layer index (number of maps from the input, >= 0), any shape.
         gain: average per-layer gain ``a`` (> 0; < 1 at small initialization).
-        dx2: squared input distance.
+        dx2: squared input distance (> 0).
     """
-    check_positive("gain", gain)
-    return jnp.asarray(gain) ** (2.0 * jnp.asarray(layer)) * dx2
+    check_x64("unijax.theory.initial_distance_at_depth")
+    layer = _real("layer", layer, "nonneg")
+    gain = _real("gain", gain, "pos")
+    return gain ** (2.0 * layer) * _real("dx2", dx2, "pos")
 
 
 def fit_depth_gain(layers, h0, *, dx2):
@@ -747,11 +916,26 @@ def fit_depth_gain(layers, h0, *, dx2):
 
     Returns:
         The gain ``a`` (scalar).
+
+    Raises:
+        ValueError: ``layers`` not 1-D, negative or all zero (the slope is then undefined),
+            ``h0`` not of the same shape or not > 0, ``dx2`` not a scalar > 0.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    check_positive("h0", h0)
-    check_positive("dx2", dx2)
-    layers = jnp.asarray(layers, dtype=jnp.result_type(float))
-    r = jnp.log(jnp.asarray(h0)) - jnp.log(dx2)
+    check_x64("unijax.theory.fit_depth_gain")
+    layers = _real("layers", layers, "nonneg", ndim=1)
+    h0 = _real("h0", h0, "pos", ndim=1)
+    dx2 = _real("dx2", dx2, "pos", ndim=0)
+    if h0.shape != layers.shape:
+        raise ValueError(
+            f"h0 must hold one value per layer, shape {layers.shape}; got {h0.shape}."
+        )
+    if is_concrete(layers) and not np.any(np.asarray(layers) > 0):
+        raise ValueError(
+            f"layers={np.asarray(layers).tolist()} has no layer > 0: the gain is not "
+            "identified (h0 at layer 0 is dx2 whatever the gain)."
+        )
+    r = jnp.log(h0) - jnp.log(dx2)
     slope = jnp.sum(layers * r) / jnp.sum(layers**2)  # slope = 2 log a
     return jnp.exp(slope / 2.0)
 
@@ -761,23 +945,45 @@ def fit_depth_gain(layers, h0, *, dx2):
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_matrix(name, x, n=None):
-    if not is_concrete(x):
-        return
-    arr = np.asarray(x)
-    if arr.ndim != 2:
-        raise ValueError(f"{name} must have shape (n_points, n_features); got {arr.shape}.")
-    if n is not None and arr.shape[0] != n:
-        raise ValueError(f"{name} has {arr.shape[0]} points; expected {n} (one per input).")
-    check_finite(name, arr)
+def _check_matrix(name, x, n=None, d=None):
+    """``x`` of shape ``(n_points, n_features)`` (``n`` points, ``d`` features when given)."""
+    if is_concrete(x):
+        check_finite(name, x)
+    shape = np.shape(x)
+    if len(shape) != 2:
+        raise ValueError(f"{name} must have shape (n_points, n_features); got {shape}.")
+    if shape[0] < 1:
+        raise ValueError(f"{name} has no points; got shape {shape}.")
+    if n is not None and shape[0] != n:
+        raise ValueError(f"{name} has {shape[0]} points; expected {n} (one per input).")
+    if d is not None and shape[1] != d:
+        raise ValueError(f"{name} has {shape[1]} features per point; expected {d}.")
+
+
+def _matrix(name, x, n=None, d=None) -> Array:
+    _check_matrix(name, x, n, d)
+    return jnp.asarray(x, dtype=jnp.float64)
 
 
 def _row_blocks(n: int, block_size: int | None) -> int:
     if block_size is None:
         return n
-    if int(block_size) < 1:
-        raise ValueError(f"block_size={block_size!r} must be a positive integer or None.")
-    return int(min(block_size, n))
+    return min(check_int("block_size", block_size, lo=1), n)
+
+
+def _indices(name, idx, n: int) -> Array:
+    """1-D integer indices into ``n`` points (values checked when concrete)."""
+    check_ndim(name, idx, 1, f" of point indices in [0, {n})")
+    if is_concrete(idx):
+        arr = np.asarray(idx)
+        if arr.size and arr.dtype.kind not in "iu":
+            raise ValueError(f"{name} must hold integer indices in [0, {n}); got dtype "
+                             f"{arr.dtype} ({arr!r:.80}).")
+        if arr.size and (arr.min() < 0 or arr.max() >= n):
+            raise ValueError(f"{name} must index points in [0, {n}); got {arr}.")
+    elif not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise ValueError(f"{name} must hold integer indices; got dtype {idx.dtype}.")
+    return jnp.asarray(idx)
 
 
 def _sq_dist_block(a, b):
@@ -819,10 +1025,11 @@ def pairwise_sq_distances(
     """Squared Euclidean distances between the rows of ``X`` and ``Z`` (default ``X``).
 
     Computed in row blocks of ``block_size`` (memory ``O(block_size * m)`` besides the output).
+    ``X`` and ``Z`` finite, with the same number of features; float64.
     """
-    _check_matrix("X", X)
-    X = jnp.asarray(X)
-    Z = X if Z is None else jnp.asarray(Z)
+    check_x64("unijax.theory.pairwise_sq_distances")
+    X = _matrix("X", X)
+    Z = X if Z is None else _matrix("Z", Z, d=X.shape[1])
     block = _row_blocks(X.shape[0], block_size)
     return _blocked_rows(lambda rows: _sq_dist_block(X[rows], Z), X.shape[0], block)
 
@@ -847,12 +1054,17 @@ def pairwise_a_low(
 
     Returns:
         Shape ``(n, n)``, symmetric, zero diagonal.
+
+    Raises:
+        ValueError: ``X``/``Y`` not 2-D, not finite or with different numbers of points; rates
+            not scalars > 0; ``block_size`` not an integer >= 1.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    _check_matrix("X", X)
-    _check_matrix("Y", Y, n=np.shape(X)[0])
-    _check_rates(eta_h=eta_h, eta_y=eta_y)
-    X, Y = jnp.asarray(X), jnp.asarray(Y)
-    k = jnp.sqrt(jnp.asarray(eta_h) / eta_y)
+    check_x64("unijax.theory.pairwise_a_low")
+    X = _matrix("X", X)
+    Y = _matrix("Y", Y, n=X.shape[0])
+    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
+    k = jnp.sqrt(eta_h / eta_y)
     block = _row_blocks(X.shape[0], block_size)
 
     def rows_fn(rows):
@@ -885,16 +1097,22 @@ def pairwise_final_distance(
 
     Returns:
         ``h_final`` for every pair, shape ``(n, n)``, zero diagonal.
+
+    Raises:
+        ValueError: an array not 2-D or not finite, the four with different numbers of points
+            or ``F0`` with a different output dimension than ``Y``; rates not scalars > 0;
+            ``block_size`` not an integer >= 1.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    n = np.shape(X)[0]
-    _check_matrix("X", X)
-    _check_matrix("Y", Y, n=n)
-    _check_matrix("H0", H0, n=n)
-    _check_matrix("F0", F0, n=n)
-    _check_rates(eta_h=eta_h, eta_y=eta_y)
-    X, Y, H0, F0 = (jnp.asarray(a) for a in (X, Y, H0, F0))
+    check_x64("unijax.theory.pairwise_final_distance")
+    X = _matrix("X", X)
+    n = X.shape[0]
+    Y = _matrix("Y", Y, n=n)
+    H0 = _matrix("H0", H0, n=n)
+    F0 = _matrix("F0", F0, n=n, d=Y.shape[1])
+    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
     block = _row_blocks(n, block_size)
-    ratio = jnp.asarray(eta_h) / eta_y
+    ratio = eta_h / eta_y
 
     def rows_fn(rows):
         dx2 = _sq_dist_block(X[rows], X)
@@ -919,11 +1137,16 @@ def exponential_weighting(A: Float[ArrayLike, "n n"]) -> Float[Array, "n n"]:
     :func:`pairwise_a_low`). The element-wise square of the result is compared with measured
     squared hidden distances. For data sets too large for an ``(n, n)`` matrix, use
     :func:`exponential_weighting_from_data`.
+
+    Raises:
+        ValueError: ``A`` not square, not finite or negative somewhere.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    _check_matrix("A", A)
-    A = jnp.asarray(A)
+    check_x64("unijax.theory.exponential_weighting")
+    A = _matrix("A", A)
     if A.shape[0] != A.shape[1]:
         raise ValueError(f"A must be square (n, n); got {A.shape}.")
+    check_positive("A", A, allow_zero=True)
     E = jnp.exp(-A)
     return E @ A @ E
 
@@ -950,17 +1173,21 @@ def exponential_weighting_from_data(
 
     Returns:
         Shape ``(len(rows), len(cols))``.
+
+    Raises:
+        ValueError: ``X``/``Y`` not 2-D, not finite or with different numbers of points;
+            ``rows``/``cols`` not 1-D integer indices in ``[0, n)``; ``block_size`` not an
+            integer >= 1.
+        RuntimeError: JAX's 64-bit mode is off.
     """
-    n = np.shape(X)[0]
-    _check_matrix("X", X)
-    _check_matrix("Y", Y, n=n)
-    X, Y = jnp.asarray(X), jnp.asarray(Y)
-    rows = jnp.arange(n) if rows is None else jnp.asarray(rows)
-    cols = jnp.arange(n) if cols is None else jnp.asarray(cols)
-    for name, idx in (("rows", rows), ("cols", cols)):
-        if is_concrete(idx) and idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-            raise ValueError(f"{name} must index points in [0, {n}); got {np.asarray(idx)}.")
-    block = _row_blocks(n, block_size)
+    check_x64("unijax.theory.exponential_weighting_from_data")
+    X = _matrix("X", X)
+    n = X.shape[0]
+    Y = _matrix("Y", Y, n=n)
+    rows = jnp.arange(n) if rows is None else _indices("rows", rows, n)
+    cols = jnp.arange(n) if cols is None else _indices("cols", cols, n)
+    block = check_int("block_size", block_size, lo=1)
+    block = _row_blocks(n, block)
 
     def a_block(ia, ib):
         return jnp.sqrt(_sq_dist_block(X[ia], X[ib]) * _sq_dist_block(Y[ia], Y[ib]))

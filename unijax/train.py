@@ -59,6 +59,14 @@ from jax.sharding import PartitionSpec as P
 
 from . import data as data_lib
 from . import distributed, nets
+from ._checks import (
+    check_bool,
+    check_finite,
+    check_int,
+    check_memory,
+    check_seeds,
+    memory_bytes,
+)
 from .configs import TrainConfig
 
 __all__ = [
@@ -388,6 +396,11 @@ def _custom_net(model: nn.Module, layers: tuple) -> _Net:
                     raise ValueError(
                         f"integer layer={layer} needs a model returning (out, hiddens)"
                     )
+                if not 0 <= layer < len(res[1]):  # JAX would clamp an array index silently
+                    raise ValueError(
+                        f"layer={layer} is out of range: the model returns {len(res[1])} "
+                        f"hidden layers, indices [0, {len(res[1]) - 1}]"
+                    )
                 value = res[1][layer]
             else:
                 value = res.get(layer) if isinstance(res, dict) else None
@@ -691,25 +704,18 @@ def _cached_programs(spec: _Spec, net_factory: Callable, mesh: Mesh, n_slots: in
 
 
 def _seeds(seeds) -> np.ndarray:
-    if isinstance(seeds, (bool, np.bool_)):
-        raise ValueError(f"seeds must be a positive int count or a sequence of ints, got {seeds!r}")
-    if isinstance(seeds, (int, np.integer)):
-        if seeds <= 0:
-            raise ValueError(f"seeds (a count) must be > 0, got seeds={seeds}")
-        return np.arange(int(seeds))
-    arr = np.asarray(list(seeds))
-    if arr.ndim != 1 or arr.size == 0 or arr.dtype.kind not in "iu" or (arr < 0).any():
-        raise ValueError(
-            f"seeds must be a positive int count or a non-empty sequence of ints >= 0, "
-            f"got seeds={seeds!r}"
-        )
-    return arr.astype(np.int64)
+    # Distinct ints in [0, 2**31 - 1]: larger ones alias as uint32 keys and int32 reports.
+    return check_seeds(seeds)
 
 
 def _gains(gains, default: float) -> np.ndarray:
     if gains is None:
         return np.array([default], np.float64)
-    arr = np.atleast_1d(np.asarray(gains, dtype=np.float64))
+    try:
+        arr = np.atleast_1d(np.asarray(gains, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise ValueError(f"gains must be a non-empty sequence of finite numbers > 0, got "
+                         f"{gains!r}") from None
     if arr.ndim != 1 or arr.size == 0 or not np.all(np.isfinite(arr)) or (arr <= 0).any():
         raise ValueError(f"gains must be a non-empty sequence of finite numbers > 0, got {gains!r}")
     return arr
@@ -757,12 +763,15 @@ def _pair(pair, n_points: int) -> tuple[int, int] | None:
     if pair is False:
         return None
     try:
-        i, j = (int(v) for v in pair)
+        i, j = pair
     except (TypeError, ValueError):
         raise ValueError(f"pair must be two point indices (i, j), got {pair=}") from None
+    if any(isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer))
+           for v in (i, j)):
+        raise ValueError(f"pair must be two integer point indices (i, j), got {pair=}")
     if not (0 <= i < n_points and 0 <= j < n_points and i != j):
         raise ValueError(f"pair must be two distinct indices in [0, {n_points - 1}], got {pair=}")
-    return (i, j)
+    return (int(i), int(j))
 
 
 def _devices(devices) -> list:
@@ -857,13 +866,21 @@ def _run(
     config: TrainConfig | None,
     name: str,
 ) -> TrainResult:
+    return_params = check_bool("return_params", return_params)
     dtype = jnp.dtype(spec.dtype)
     x = jnp.asarray(np.asarray(dataset.x), dtype)
     y = jnp.asarray(np.asarray(dataset.y), dtype)
     if key is None:
         key = jax.random.key(0)
     elif not (isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key)):
-        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+        try:
+            key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"key must be one jax.random.key(...) (or its uint32 key data), got {key!r}"
+            ) from None
+    if key.shape != ():
+        raise ValueError(f"key must be a single key, got a key array of shape {key.shape}")
 
     # Flatten the grid gains-major (trial b = g * n_seeds + s) and pad it to the device count
     # with copies of trial 0 (computed, then dropped).
@@ -871,6 +888,9 @@ def _run(
     n_trials = n_g * n_s
     n_dev = len(devices)
     n_pad = (-n_trials) % n_dev
+    _check_sizes(spec, net_factory(), x, y, n_trials=n_trials + n_pad, n_dev=n_dev,
+                 n_epochs=n_epochs, n_records=int(record_epochs.size), vmap_size=vmap_size,
+                 devices=devices)
     trial_seed = np.concatenate([np.tile(seeds, n_g), np.repeat(seeds[:1], n_pad)])
     trial_gain = np.concatenate([np.repeat(gains, n_s), np.repeat(gains[:1], n_pad)])
 
@@ -1057,6 +1077,49 @@ def _run(
     )
 
 
+def _check_sizes(spec: _Spec, net: _Net, x, y, *, n_trials: int, n_dev: int, n_epochs: int,
+                 n_records: int, vmap_size: int | None, devices: list) -> None:
+    """Refuse, before compiling, a network whose output shape differs from the targets' (the
+    loss would broadcast them) and a run whose parameters, optimizer state and records cannot
+    fit in memory. Shapes come from ``eval_shape`` (nothing is allocated); the estimate is a
+    lower bound (activations and compiler temporaries come on top)."""
+    xs = jax.ShapeDtypeStruct(x.shape, x.dtype)
+    params = jax.eval_shape(net.init, jax.random.key(0), jnp.ones((), x.dtype), xs)
+    out, reps = jax.eval_shape(lambda p, xx: net.apply(p, xx, False, None), params, xs)
+    if tuple(out.shape) != tuple(y.shape):
+        raise ValueError(
+            f"the model's output has shape {tuple(out.shape)} for x of shape {tuple(x.shape)}, "
+            f"but the targets y have shape {tuple(y.shape)}: the loss would broadcast one "
+            f"against the other. The model must return one row of {y.shape[1]} outputs per "
+            "point."
+        )
+    n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    p_bytes = sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree.leaves(params))
+    item = x.dtype.itemsize
+    # Per trial: the loss and (h, y, w) per layer every epoch, the recorded representations.
+    rec = n_epochs * (1 + (3 * len(spec.layers) if spec.pair is not None else 0)) * item
+    rep_row = len(spec.record_points) * sum(int(np.prod(r.shape[1:])) for r in reps) * item
+    per_dev = -(-n_trials // n_dev)
+    live = per_dev if vmap_size is None else min(vmap_size, per_dev)
+    n_opt = 2 if spec.optimizer == "adam" else 0
+    device_need = (per_dev * (p_bytes * (1 + n_opt) + rec + rep_row * n_records)
+                   + live * 2 * p_bytes + x.nbytes + y.nbytes)  # + gradients, new parameters
+    host_need = n_trials * (rec + rep_row * n_records)
+    what = f"training {n_trials:,} trials of {n_params:,} parameters for {n_epochs:,} epochs"
+    if rep_row:
+        what += f" ({n_records:,} records of {len(spec.record_points)} points' representations)"
+    advice = ("reduce the seeds or gains, the network's width or depth, the epochs, or what "
+              "is recorded (record_points, record_every/record_epochs, layers)")
+    local = [d for d in devices if d.process_index == jax.process_index()] or devices
+    avail, where = memory_bytes(local[0])
+    if where == "host memory":  # CPU devices share the host's memory
+        check_memory(device_need * min(n_dev, len(local)) + host_need, avail, where, what,
+                     advice)
+    else:
+        check_memory(device_need, avail, where, what, advice)
+        check_memory(host_need, memory_bytes(None)[0], "host memory", what, advice)
+
+
 def _net_key(config: TrainConfig, out_dim: int) -> tuple:
     # Only what shapes the network's program: runs that differ in gain, lr, epochs, data
     # values or name share compiled programs.
@@ -1090,6 +1153,8 @@ def _check_data(dataset) -> data_lib.Dataset:
         dataset = data_lib.Dataset(np.asarray(xd), np.asarray(yd), None, "data")
     if dataset.n_points < 1:
         raise ValueError("data must have at least one point")
+    check_finite("data.x", dataset.x)
+    check_finite("data.y", dataset.y)
     return dataset
 
 
@@ -1122,7 +1187,8 @@ def train(
 
     Args:
         config: a :class:`~unijax.configs.TrainConfig` (e.g. ``configs.get("default")``).
-        seeds: a count ``n`` (seeds ``0 .. n-1``) or a sequence of ints >= 0.
+        seeds: a count ``n`` (seeds ``0 .. n-1``) or a sequence of distinct ints in
+            ``[0, 2**31 - 1]`` (a larger seed would alias a smaller one in the uint32 key).
         gains: Xavier gains (> 0); default ``(config.gain,)``.
         layers: recorded hidden layer(s): ``None`` -> ``config.layer`` (no layer axis), an int
             (no layer axis), a sequence of ints or ``"all"`` (layer axis).
@@ -1154,7 +1220,9 @@ def train(
 
     Raises:
         ValueError: bad seeds, gains, layers, record epochs/points, pair, devices or data
-            (naming the argument and its valid range); ``config`` invalid.
+            (naming the argument and its valid range); ``config`` invalid; a run whose
+            parameters and records would not fit in memory (refused before compiling, with
+            the memory it would need).
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a unijax.configs.TrainConfig, got {type(config)}")
@@ -1247,6 +1315,10 @@ def train_model(
 
     Returns:
         :class:`TrainResult` (``config`` is ``None``).
+
+    Raises:
+        ValueError: as :func:`train`; also a model whose output shape differs from the
+            targets' ``(n, out_dim)`` (found with ``eval_shape`` before anything runs).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a flax.linen.Module, got {type(model)}")
@@ -1359,11 +1431,21 @@ def hidden_observables(
 
     Returns:
         ``(3,)`` array ``[h, y, w]`` (docs/theory.md section 2) in the network's dtype.
+
+    Raises:
+        ValueError: ``x``/``y`` not 2-D with one row per point, ``pair`` not two distinct
+            indices in ``[0, n)``, ``layer`` not an index of the model's hidden layers.
     """
     dtype = jnp.dtype(getattr(model, "dtype", jnp.float32))
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+    if x.ndim != 2 or y.ndim != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must be 2-D with one row per point; got x {x.shape}, "
+                         f"y {y.shape}.")
+    if pair is None or pair is False:
+        raise ValueError(f"pair must be two distinct point indices (i, j), got {pair=}")
+    i, j = _pair(pair, x.shape[0])
     out, hiddens = model.apply({"params": params}, x, train=False)
-    i, j = pair
+    check_int("layer", layer, lo=0, hi=len(hiddens) - 1)
     dh = hiddens[layer][j] - hiddens[layer][i]
     df = out[j] - out[i]
     yv = jnp.sum(df * df)

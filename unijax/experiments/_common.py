@@ -110,6 +110,9 @@ def check_choices(name: str, values: Sequence[str], choices: Sequence[str]) -> N
             raise ValueError(
                 f"{name} contains {v!r}, which is invalid; valid choices: {', '.join(choices)}"
             )
+    repeated = sorted({v for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise ValueError(f"{name} repeats {', '.join(map(repr, repeated))}: each may appear once")
 
 
 # ---------------------------------------------------------------------------------------------
