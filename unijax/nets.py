@@ -1,4 +1,4 @@
-"""The networks of the paper (EXPERIMENTS.md, "Common conventions"), as Flax linen modules.
+"""The networks of the paper (its appendix B conventions), as Flax linen modules.
 
 Every architecture maps a batch of inputs ``x: (n_points, in_dim)`` to
 ``(out, hiddens)`` with ``out: (n_points, out_dim)`` and ``hiddens`` a tuple of the ``depth``
