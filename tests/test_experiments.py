@@ -126,7 +126,9 @@ def test_e1_fitting_the_start_too_fits_at_least_as_well(e1_run):
 
 def test_e2_plateau_shrinks_with_gain(tmp_path):
     mod = experiments.get("E2")
-    r = mod.run(mod.presets["tiny"], key=KEY)
+    # Four seeds: at width 16 the plateau index of one seed spreads over 2.4-8.6 epochs, so two
+    # seeds per gain do not separate the rows reliably.
+    r = mod.run(dataclasses.replace(mod.presets["tiny"], seeds=4), key=KEY)
     _check_outputs(mod, r, tmp_path)
     lo, hi = np.argmin(r.gain), np.argmax(r.gain)
     # Small initial weights: a longer plateau (relative to the decay time) than large ones.
