@@ -258,7 +258,7 @@ def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
         ``not_fitted``).
     """
     st = np.asarray(status).ravel()
-    use = st == 0  # unijax.fit.FitStatus.OK (not imported here: it would load JAX)
+    use = st == 0  # unijax.fit.FitStatus.OK (unijax.fit, hence Diffrax, loaded only when fitting)
     h, y = np.asarray(eta_h, float).ravel(), np.asarray(eta_y, float).ravel()
     excluded: dict[str, int] = {}
     for code in sorted(set(st[~use].tolist())):
