@@ -289,8 +289,8 @@ _CHUNKED_FIT_SCRIPT = """
                                         mode=sys.argv[2])
     ref = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=True)
     out = {"n_padded": res.n_padded, "n_devices": res.n_devices}
-    for k in ("eta_h", "eta_y", "stderr_eta_h", "sse", "converged", "optimizer_ok",
-              "identified", "n_iters", "n_ode_steps", "z_fit"):
+    for k in ("eta_h", "eta_y", "stderr_eta_h", "sse", "status", "converged", "identified",
+              "good_fit", "step_budget_hit", "max_steps", "n_iters", "n_ode_steps", "z_fit"):
         out["got." + k] = np.asarray(getattr(res.fit, k))
         out["ref." + k] = np.asarray(getattr(ref, k))
     np.savez(sys.argv[1], **out)
@@ -315,7 +315,8 @@ def test_cpu_chunked_sharded_fit_equals_fit_rates(tmp_path, mode):
     assert got["eta_h"].shape == (19,) and got["z_fit"].shape == (19, 40, 3)
     assert ref["converged"].all()
     # both run chunks of 8 trials (fit_rates from threads, here in a loop per device)
-    for k in ("converged", "optimizer_ok", "identified", "n_iters", "n_ode_steps"):
+    for k in ("status", "converged", "identified", "good_fit", "step_budget_hit", "max_steps",
+              "n_iters", "n_ode_steps"):
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
     for k in ("eta_h", "eta_y", "z_fit"):
         np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=k)
@@ -415,7 +416,8 @@ def test_two_processes_fit_gives_the_single_process_fit(tmp_path):
     _two_vs_one(tmp_path, do_fit=True, timeout=600)
 
 
-@pytest.mark.parametrize("kw", [{}, {"max_iters": 7, "scales": (1.0,), "return_trajectory": False}])
+@pytest.mark.parametrize("kw", [{}, {"max_iters": 7, "scales": (1.0,), "return_trajectory": False,
+                                  "min_r2": 0.5, "max_rel_stderr": 0.2}])
 def test_sharded_fit_builds_the_same_compiled_options_as_fit_rates(monkeypatch, kw):
     # Cheap guard against drift between fit_rates and its mirror here: capture what fit_rates
     # passes to its compiled core (without compiling) and compare.
@@ -432,8 +434,11 @@ def test_sharded_fit_builds_the_same_compiled_options_as_fit_rates(monkeypatch, 
     Z = np.tile([[0.1, 0.01, -0.05]], (2, 5, 1))
     with pytest.raises(StopIteration):
         fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, **kw)
-    ts_arr, batch, opts, rt, single = distributed._prepare_fit(ts, Z, 1.0, 0.5, None, kw)
+    ts_arr, batch, opts, rt, single, retries = distributed._prepare_fit(
+        ts, Z, 1.0, 0.5, None, kw
+    )
     assert opts == captured["opts"] and rt == captured["rt"] and not single
+    assert retries == fit.RETRY_MAX_STEPS
     for got, ref in zip(
         (ts_arr, batch["Z"], batch["dx2"], batch["dy2"], batch["init"]),
         captured["args"],
@@ -442,3 +447,30 @@ def test_sharded_fit_builds_the_same_compiled_options_as_fit_rates(monkeypatch, 
         np.testing.assert_array_equal(got, np.asarray(ref))
     with pytest.raises(ValueError, match="unknown fit option"):
         distributed._prepare_fit(ts, Z, 1.0, 0.5, None, {"bogus": 1})
+
+
+@pytest.mark.slow
+def test_sharded_fit_retries_a_step_limited_trial_as_fit_rates_does():
+    # ~1-2.5 min on 2 busy cores: four compilations (two budgets, two entry points).
+    # One device (in process), tiny step budgets so that a fast trajectory is "stiff" for the
+    # first budget: the sharded fit refits it with the larger budget as fit_rates does, and
+    # both report the same statuses and budgets.
+    from unijax import fit, theory
+
+    ts = np.arange(40.0)
+    z0 = np.array([[2.0, 0.3, 0.1], [0.2, 0.02, -0.05]])
+    rates = [(0.05, 0.5), (2e-2, 1e-2)]  # the first settles within a few epochs
+    Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=a, eta_y=b, dx2=1.0, dy2=0.5))
+                  for z, (a, b) in zip(z0, rates, strict=True)])
+    kw = dict(dx2=1.0, dy2=0.5, max_steps=12, retry_max_steps=(256,), return_trajectory=False)
+    ref = fit.fit_rates(ts, Z, **kw)
+    np.testing.assert_array_equal(ref.max_steps, [256, 12])
+    assert ref.usable.all()
+    np.testing.assert_allclose(ref.eta_h, [0.05, 2e-2], rtol=1e-3)
+    no_retry = fit.fit_rates(ts, Z, **{**kw, "retry_max_steps": ()})
+    assert int(no_retry.status[0]) == fit.FitStatus.STEP_BUDGET
+    got = distributed.sharded_fit_rates(ts, Z, **kw).fit
+    for k in ("status", "converged", "identified", "good_fit", "max_steps", "n_iters"):
+        np.testing.assert_array_equal(np.asarray(getattr(got, k)), np.asarray(getattr(ref, k)),
+                                      err_msg=k)
+    np.testing.assert_allclose(got.eta_h, ref.eta_h, rtol=1e-9)

@@ -140,8 +140,19 @@ def test_e3_final_distance_tracks_theory(tmp_path):
     r = mod.run(mod.presets["tiny"], key=KEY)
     agr = _check_outputs(mod, r, tmp_path)
     assert r.h_final.shape == (1, 2, 2, 2)
-    assert np.isfinite(r.eta_h).all()
     row = agr["figures"]["per_architecture"]["default"]
+    # Rates only from fits that pass the quality criterion, and the report says how many.
+    fits = row["rate_fits"]
+    assert fits["n"] == int(r.fit_converged.sum()) and fits["n"] + fits["n_excluded"] == 2
+    assert f"{fits['n']} of 2 fits used" in " ".join(agr["notes"])
+    if fits["n"] == 0:
+        # (Seen at tiny sizes: w's R^2 0.74-0.81 < MIN_R2.) No rates: no prediction, and no
+        # verdict, rather than rates from poor fits.
+        assert np.isnan(r.eta_h).all() and np.isnan(r.h_theory).all()
+        assert "default_rates" not in agr["figures"] and agr["passed"] is None
+        return
+    use = r.fit_status[0] == 0
+    np.testing.assert_allclose(r.eta_h[0], np.mean(r.fit_eta_h[0][use]))
     assert row["n_used"] >= 4 and row["pearson_r"] > 0.5
 
 
@@ -154,8 +165,14 @@ def test_e4_xor_equal_outputs_move_together_and_two_layer_counterexample(tmp_pat
     # At small weights the equal-output pairs end closer, relative to the other pairs, than
     # they started.
     assert low["ratio_measured"]["mean"] < low["ratio_initial"]["mean"]
-    # The theory predicts the merge (dy = 0 -> A_low = 0).
-    assert low["ratio_predicted"]["mean"] < 0.1
+    # Its own rates come only from default-row fits that pass the quality criterion; the
+    # source says how many were used and why the rest were excluded.
+    assert "fits used" in str(r.rates_source)
+    if np.isfinite(float(r.eta_h)):
+        # The theory predicts the merge (dy = 0 -> A_low = 0).
+        assert low["ratio_predicted"]["mean"] < 0.1
+    else:  # (seen at tiny sizes: w's R^2 < MIN_R2) no usable fit: no prediction at all
+        assert "0 of" in str(r.rates_source) and low["ratio_predicted"]["n"] == 0
     # 2-layer network: the paper's counter-example, exactly one equal-output pair merges.
     assert agr["figures"]["two_layer_counterexample_fraction"] > 0.5
 
@@ -195,3 +212,75 @@ def test_e8_adam_end_to_end(upstream, tmp_path):
     agr = _check_outputs(mod, r, tmp_path)
     xor = agr["figures"]["xor"]["xor_low_weights"]
     assert xor["ratio_measured"]["mean"] < xor["ratio_initial"]["mean"]
+
+
+# --- Rates passed on come only from fits that pass the quality criterion --------------------
+
+
+def test_usable_rates_average_only_good_fits_and_count_the_rest():
+    from unijax import fit
+    from unijax.experiments import _twopoint as tp
+
+    S = fit.FitStatus
+    status = np.array([S.OK, S.POOR_FIT, S.OK, S.NOT_IDENTIFIED, tp.NOT_FITTED, S.POOR_FIT])
+    eta_h = np.array([1.0, 100.0, 3.0, 50.0, np.nan, 7.0])
+    eta_y = 2.0 * eta_h
+    got = tp.usable_rates(eta_h, eta_y, status)
+    assert got["eta_h"] == 2.0 and got["eta_y"] == 4.0 and got["n"] == 2
+    assert got["n_excluded"] == 4
+    assert got["excluded"] == {"not_fitted": 1, "poor_fit": 2, "not_identified": 1}
+    assert tp.exclusion_text(got) == \
+        "2 of 6 fits used (excluded: 1 not_fitted, 2 poor_fit, 1 not_identified)"
+    none = tp.usable_rates(eta_h, eta_y, np.full(6, S.POOR_FIT))
+    assert np.isnan(none["eta_h"]) and none["n"] == 0 and none["excluded"] == {"poor_fit": 6}
+
+
+def test_e1_default_rates_leave_flagged_fits_out(e1_run):
+    # A flagged fit with a wild rate in the default row: once it was averaged into the rates
+    # that E4-E8 use; now it is excluded and counted under its reason.
+    from unijax import fit
+
+    mod, r = e1_run
+    i = list(r.rows).index("default")
+    status = np.array(r.fit_status)
+    eta_h = np.array(r.eta_h)
+    status[i] = 0
+    status[i, 0] = fit.FitStatus.POOR_FIT
+    eta_h[i, 0] = 1e3
+    bad = dataclasses.replace(r, fit_status=status, eta_h=eta_h)
+    rates = mod.default_rates(bad)
+    assert rates["n"] == r.hyw.shape[1] - 1 and rates["excluded"] == {"poor_fit": 1}
+    assert np.isclose(rates["eta_h"], np.mean(eta_h[i, 1:]))
+    agr = mod.agreement(bad)
+    assert agr["figures"]["default_rates"]["n_excluded"] == 1
+    assert "excluded: 1 poor_fit" in " ".join(agr["notes"])
+    # No usable fit in the row: no rates at all (not a mean of flagged ones).
+    status[i] = fit.FitStatus.NOT_IDENTIFIED
+    assert mod.default_rates(dataclasses.replace(r, fit_status=status)) is None
+    # A result stored before the status existed: its fits are not vouched for.
+    old = {k: v for k, v in result_to_arrays(r).items() if k != "fit_status"}
+    assert mod.default_rates(result_from_arrays(mod.Result, old)) is None
+
+
+def test_cli_passes_on_only_quality_checked_rates():
+    from unijax import cli
+
+    class Store:
+        def __init__(self, rates):
+            self.summary = {"config_hash": "0123456789abcdef",
+                            "agreement": {"figures": {"default_rates": rates}}}
+
+        def load_summary(self, src):
+            return self.summary if src == "E1" else None
+
+        def is_finished(self, src, config_hash):
+            return True
+
+    good = {"eta_h": 0.01, "eta_y": 0.02, "n": 3, "n_excluded": 1,
+            "excluded": {"poor_fit": 1}, "width": 8, "depth": 3}
+    got = cli._upstream_rates(Store(good))
+    assert got["eta_h"] == 0.01 and got["n"] == 3 and got["n_excluded"] == 1
+    assert "3 of 4 fits used (excluded: 1 poor_fit)" in got["source"]
+    # Stored before the accounting (its mean may include flagged fits), or no usable fit.
+    assert cli._upstream_rates(Store({"eta_h": 0.01, "eta_y": 0.02, "n": 4})) is None
+    assert cli._upstream_rates(Store({**good, "n": 0, "eta_h": float("nan")})) is None

@@ -192,21 +192,36 @@ def _configs(args) -> dict[str, Any]:
 
 
 def _upstream_rates(store: ResultStore) -> dict | None:
-    """Default-architecture rates from a finished E1 (else E3) in the same directory, or None."""
+    """Default-architecture rates from a finished E1 (else E3) in the same directory, or None.
+
+    Only rates averaged over fits that pass the quality criterion are passed on (the
+    ``default_rates`` of a result that records its accounting, ``n_excluded``; at least one
+    fit used); the source text says how many fits were used and why others were excluded.
+    """
+    from unijax.experiments import _twopoint as tp
+
     for src in _RATE_SOURCES:
         summary = store.load_summary(src)
         if not summary or not store.is_finished(src, summary.get("config_hash", "")):
             continue
         rates = (summary.get("agreement", {}).get("figures", {}) or {}).get("default_rates")
-        if rates and rates.get("eta_h") and rates.get("eta_y"):
-            return {
-                "eta_h": float(rates["eta_h"]),
-                "eta_y": float(rates["eta_y"]),
-                "n": int(rates.get("n", 0)),
-                "source": f"{src} (config {summary['config_hash'][:12]})",
-                "width": rates.get("width"),
-                "depth": rates.get("depth"),
-            }
+        # Stored before the quality accounting (no n_excluded): its mean may include flagged
+        # fits, so it is not used.
+        if not rates or "n_excluded" not in rates or int(rates.get("n", 0)) < 1:
+            continue
+        eta_h, eta_y = float(rates.get("eta_h") or "nan"), float(rates.get("eta_y") or "nan")
+        if not (0.0 < eta_h < float("inf") and 0.0 < eta_y < float("inf")):  # NaN fails too
+            continue
+        return {
+            "eta_h": eta_h,
+            "eta_y": eta_y,
+            "n": int(rates["n"]),
+            "n_excluded": int(rates["n_excluded"]),
+            "source": f"{src} (config {summary['config_hash'][:12]}; "
+            f"{tp.exclusion_text(rates)})",
+            "width": rates.get("width"),
+            "depth": rates.get("depth"),
+        }
     return None
 
 

@@ -500,7 +500,7 @@ def _keyword_defaults(fn: Callable) -> dict[str, Any]:
 def _prepare_fit(ts, Z, dx2, dy2, init, kw):
     """:func:`unijax.fit.fit_rates`' own argument checks and compiled options, for the
     options ``kw`` (any keyword of ``fit_rates``); returns ``(ts, batch, opts,
-    return_trajectory, single)``."""
+    return_trajectory, single, retries)``."""
     from . import fit
 
     valid = {k: v for k, v in _keyword_defaults(fit.fit_rates).items()
@@ -510,11 +510,11 @@ def _prepare_fit(ts, Z, dx2, dy2, init, kw):
         raise ValueError(f"unknown fit option(s) {unknown}; valid: {sorted(valid)}.")
     o = {**valid, **kw}
     return_trajectory = bool(o.pop("return_trajectory"))
-    ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single = fit._prepare_fit(
+    ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single, retries = fit._prepare_fit(
         ts, Z, dx2, dy2, init, caller="unijax.distributed.sharded_fit_rates", **o
     )
     batch = {"Z": Z_arr, "dx2": dx2_b, "dy2": dy2_b, "init": init_b}
-    return ts_arr, batch, opts, return_trajectory, single
+    return ts_arr, batch, opts, return_trajectory, single, retries
 
 
 #: Trials per chunk of a device's slice on CPU: the chunk size of :func:`unijax.fit.fit_rates`
@@ -724,6 +724,10 @@ def sharded_fit_rates(
     padding trials are fitted (fewer than the device count when each device's slice is one
     chunk). On GPU/TPU each device fits its slice in one ``vmap``. The padding is fitted,
     then dropped; ``n_padded`` says how many were fitted.
+    Trials whose optimizer could not finish because an ODE solve ran out of steps are fitted
+    again with the larger budgets of ``retry_max_steps``, as :func:`unijax.fit.fit_rates`
+    does, laid over the devices the same way (``n_padded`` counts the first pass). The result
+    has the same fields (``status``, ``converged``, ``identified``, ``good_fit``, ...).
 
     ``mode`` chooses how the devices run the core:
 
@@ -761,8 +765,29 @@ def sharded_fit_rates(
 
     if mode not in _FIT_MODES:
         raise ValueError(f"mode={mode!r} is not one of {list(_FIT_MODES)}.")
-    ts_arr, batch, opts, return_trajectory, single = _prepare_fit(ts, Z, dx2, dy2, init, kw)
+    ts_arr, batch, opts, return_trajectory, single, retries = _prepare_fit(
+        ts, Z, dx2, dy2, init, kw
+    )
     mesh = batch_mesh() if mesh is None else mesh
+    n_dev = mesh.shape[BATCH_AXIS]
+    out, n_padded = _sharded_fit(ts_arr, batch, opts, return_trajectory, mesh, mode)
+
+    def refit(rows, opts_retry):
+        # The same machinery on the trials concerned (every process has the whole result,
+        # so every process picks the same rows).
+        sub = jax.tree_util.tree_map(lambda a: a[rows], batch)
+        return _sharded_fit(ts_arr, sub, opts_retry, return_trajectory, mesh, mode)[0]
+
+    out = fit._with_retries(out, opts, retries, refit)
+    out = fit._squeeze(out, single)
+    return ShardedFit(fit.RateFit(**out), n_padded, n_dev)
+
+
+def _sharded_fit(ts_arr, batch, opts, return_trajectory, mesh, mode) -> tuple[dict, int]:
+    """The core of :func:`sharded_fit_rates` for checked host arrays: ``(per-trial outputs
+    of fit._fit_batch as host arrays, padding trials fitted)``."""
+    from . import fit
+
     n_dev = mesh.shape[BATCH_AXIS]
     n = _batch_size(batch)
 
@@ -804,8 +829,7 @@ def sharded_fit_rates(
         layout = _PACKED_LAYOUTS[(ts_arr.shape[0], opts, return_trajectory)]
         out = _unpack(to_host(packed)[:n], layout)
         n_padded = lay.n_computed - n
-    out = fit._squeeze(out, single)
-    return ShardedFit(fit.RateFit(**out), n_padded, n_dev)
+    return out, n_padded
 
 
 def sharded_exponential_weighting_from_data(

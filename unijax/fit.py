@@ -40,9 +40,15 @@ How (and why it is fast):
   dominates the error of noisy fits (or, with ``fit_initial=True``, the initial state is
   fitted too and its uncertainty is part of ``J^T J``).
 
-A trial whose fit fails (optimizer failure, ODE failure, non-finite numbers, or rates the data
-do not determine) has ``converged=False``; it is counted by :attr:`RateFit.n_failed` and left
-out of :meth:`RateFit.mean_over_converged`, never averaged in.
+Every trial's result keeps three things apart: the optimizer finished (``converged``), the
+data determine both rates (``identified``: relative standard errors below
+:data:`MAX_REL_STDERR`), and the fit is good (``good_fit``: R^2 of each of h, y, w at least
+:data:`MIN_R2`). ``status`` (:class:`FitStatus`) names the first that fails; only
+``status == OK`` trials are usable as rates (:meth:`RateFit.mean_over_usable`), the others are
+counted by reason, never averaged in. Rates of a fit whose optimizer did not finish are NaN; the
+R^2 of a poor fit is reported all the same. A trial whose optimizer could not finish because an
+ODE solve ran out of steps (a stiff trajectory) is fitted again with larger step budgets
+(:data:`RETRY_MAX_STEPS`) rather than dropped.
 
 Everything computes in float64: switch JAX's 64-bit mode on first.
 
@@ -64,8 +70,10 @@ References:
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
@@ -87,6 +95,11 @@ from unijax._checks import (
 )
 
 __all__ = [
+    "FitStatus",
+    "MAX_REL_STDERR",
+    "MIN_R2",
+    "RETRY_MAX_STEPS",
+    "status_counts",
     "RateFit",
     "MeanFit",
     "RateMean",
@@ -100,15 +113,62 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
+#: Default quality criterion of a fit: R^2 of each of h, y, w at or above this
+#: (``fit_rates(min_r2=...)``). The paper's fits reach R^2 > 0.99 on its well-fitted rows; below
+#: 0.9 the ODE misses a visible part of the trajectory and its rates describe something else.
+MIN_R2 = 0.9
+
+#: Default identification criterion: both relative standard errors ``stderr / eta`` below this
+#: (``fit_rates(max_rel_stderr=...)``).
+MAX_REL_STDERR = 0.1
+
+#: Default retry budgets: a trial whose optimizer did not finish after some ODE solve ran out of
+#: steps is fitted again with each of these ``max_steps`` in turn (``fit_rates(retry_max_steps=
+#: ...)``): stiff trajectories (very large initial weights) need thousands of explicit steps.
+RETRY_MAX_STEPS = (4096, 32768)
+
+
+class FitStatus(enum.IntEnum):
+    """Outcome of one trial's rate fit (``RateFit.status``), like Diffrax's ``Solution.result``.
+
+    The first that applies, in this order:
+
+    * ``STEP_BUDGET`` (4): the optimizer did not finish, limited by the ODE step budget
+      (``step_budget_hit``), even at the largest of ``retry_max_steps`` (rates NaN; R^2 and
+      the curve are those of the best point reached, NaN if no solve succeeded).
+    * ``ODE_FAILED`` (5): no ODE solve succeeded at any start (``h`` reached 0 or the numbers
+      overflowed): nothing was fitted (rates, R^2, curve all NaN).
+    * ``OPTIMIZER_FAILED`` (3): Levenberg-Marquardt ran out of iterations or stalled (rates NaN;
+      R^2 and the curve of the best point reached).
+    * ``NOT_IDENTIFIED`` (2): the optimizer finished, but the data do not determine both rates
+      (``J^T J`` singular, or a relative standard error ``>= max_rel_stderr``).
+    * ``POOR_FIT`` (1): finished and identified, but R^2 of h, y or w is below ``min_r2``.
+    * ``OK`` (0): all three hold: the rates may be used.
+    """
+
+    OK = 0
+    POOR_FIT = 1
+    NOT_IDENTIFIED = 2
+    OPTIMIZER_FAILED = 3
+    STEP_BUDGET = 4
+    ODE_FAILED = 5
+
+
+def status_counts(status: ArrayLike) -> dict[str, int]:
+    """``{FitStatus name: number of trials}`` for the statuses that occur, in code order."""
+    codes = np.asarray(status).ravel()
+    return {s.name: int(np.sum(codes == s)) for s in FitStatus if np.any(codes == s)}
+
+
 class RateMean(NamedTuple):
-    """Mean of fitted rates over the converged trials only.
+    """Mean of fitted rates over the usable trials only (``status == FitStatus.OK``).
 
     Attributes:
-        eta_h, eta_y: means over converged trials (1/epoch); NaN when none converged.
+        eta_h, eta_y: means over usable trials (1/epoch); NaN when there are none.
         std_eta_h, std_eta_y: sample standard deviations across those trials (ddof=1; NaN
             for fewer than two).
-        n_used: number of converged trials averaged.
-        n_failed: number of trials left out.
+        n_used: number of usable trials averaged.
+        n_excluded: number of trials left out (their reasons: :meth:`RateFit.status_counts`).
     """
 
     eta_h: Float[Array, ""]
@@ -116,7 +176,14 @@ class RateMean(NamedTuple):
     std_eta_h: Float[Array, ""]
     std_eta_y: Float[Array, ""]
     n_used: Int[Array, ""]
-    n_failed: Int[Array, ""]
+    n_excluded: Int[Array, ""]
+
+
+def _nanmedian_columns(a):
+    """Column medians of the finite entries, NaN (without a warning) for a column of NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmedian(a, axis=0)
 
 
 def _masked_mean_std(x, mask):
@@ -132,25 +199,39 @@ class RateFit(eqx.Module):
     Shapes are for a batch of ``n_trials`` trajectories; for a single trajectory
     (``Z`` of shape ``(n_epochs, 3)``) the leading ``n_trials`` axis is absent.
 
+    Three things are kept apart per trial: the optimizer finished (``converged``), the rates
+    are identified (``identified``), the fit is good (``good_fit``); ``status`` names the first
+    that fails (:class:`FitStatus`), and only ``status == OK`` trials are usable as rates.
+
     Attributes:
-        eta_h, eta_y: fitted effective rates (1/epoch), shape ``(n_trials,)``.
+        eta_h, eta_y: fitted effective rates (1/epoch), shape ``(n_trials,)``; NaN where the
+            optimizer did not finish (``converged=False``).
         stderr_eta_h, stderr_eta_y: standard errors of the rates (1/epoch), from the
             Gauss-Newton Hessian ``J^T J`` at the optimum, assuming independent residuals with
             one common variance ``sigma^2`` for h, y and w, estimated from ``sse``. When the
             ODE starts at the measured first point, the noise of that point (estimated from
             second differences of the first epochs) is propagated too: it dominates the error
-            of noisy fits; see ``fit_initial``.
+            of noisy fits; see ``fit_initial``. NaN where ``converged=False``.
         cov_log_rates: covariance of ``(log eta_h, log eta_y)``, shape ``(n_trials, 2, 2)``.
-        sse: sum of squared errors of section 11 at the optimum, shape ``(n_trials,)``.
-        r2: coefficient of determination of h, y, w, shape ``(n_trials, 3)``; NaN for a
-            variable that is constant in the data.
-        converged: shape ``(n_trials,)``, True when ``optimizer_ok``, ``ode_ok`` and
-            ``identified`` all hold and every number is finite.
-        optimizer_ok: Levenberg-Marquardt converged (Gauss-Newton step below ``opt_atol``),
-            rather than running out of iterations or stalling.
-        ode_ok: the ODE solve at the fitted rates reached the last epoch with ``h > 0``.
-        identified: the data determine both rates: ``J^T J`` is positive definite and both
-            relative standard errors are below ``max_rel_stderr``.
+        sse: sum of squared errors of section 11 at the best point reached, ``(n_trials,)``
+            (inf when no solve succeeded).
+        r2: coefficient of determination of h, y, w at the best point reached, shape
+            ``(n_trials, 3)``: reported for poor fits too; NaN for a variable that is constant
+            in the data, and for all three when no solve succeeded.
+        status: :class:`FitStatus` code, int32 ``(n_trials,)``.
+        converged: the optimizer finished: Levenberg-Marquardt's Gauss-Newton step fell below
+            ``opt_atol`` at a point where the ODE solve succeeded.
+        identified: converged, and the data determine both rates: ``J^T J`` is positive
+            definite and both relative standard errors are finite and below
+            ``max_rel_stderr`` (default :data:`MAX_REL_STDERR`).
+        good_fit: the R^2 of each of h, y, w (those that vary in the data) is at least
+            ``min_r2`` (default :data:`MIN_R2`).
+        ode_ok: some ODE solve succeeded (there is a best point, hence ``r2`` and ``z_fit``).
+        step_budget_hit: the (last) fit of this trial was limited by the ODE step budget:
+            some solve ran out of steps and the best point reached needed at least half of
+            ``max_steps`` (or no solve succeeded). Such trials are retried when the optimizer
+            did not finish.
+        max_steps: the step budget of the fit reported (``max_steps``, or a retry budget).
         n_iters: optimizer iterations, shape ``(n_trials,)``.
         n_ode_steps: solver steps of the final ODE solve, shape ``(n_trials,)``.
         init_eta_h, init_eta_y: where the optimizer started (1/epoch).
@@ -167,10 +248,13 @@ class RateFit(eqx.Module):
     cov_log_rates: Float[Array, "*b 2 2"]
     sse: Float[Array, "*b"]
     r2: Float[Array, "*b 3"]
+    status: Int[Array, "*b"]
     converged: Bool[Array, "*b"]
-    optimizer_ok: Bool[Array, "*b"]
-    ode_ok: Bool[Array, "*b"]
     identified: Bool[Array, "*b"]
+    good_fit: Bool[Array, "*b"]
+    ode_ok: Bool[Array, "*b"]
+    step_budget_hit: Bool[Array, "*b"]
+    max_steps: Int[Array, "*b"]
     n_iters: Int[Array, "*b"]
     n_ode_steps: Int[Array, "*b"]
     init_eta_h: Float[Array, "*b"]
@@ -184,32 +268,43 @@ class RateFit(eqx.Module):
         return int(np.size(self.eta_h))
 
     @property
-    def n_failed(self) -> int:
-        """Number of trials with ``converged=False``."""
-        return int(np.sum(~np.asarray(self.converged)))
+    def usable(self) -> np.ndarray:
+        """``status == FitStatus.OK``: converged, identified and a good fit (bool array)."""
+        return np.asarray(self.status) == FitStatus.OK
 
-    def mean_over_converged(self) -> RateMean:
-        """Mean and spread of the rates over converged trials only, with the counts."""
-        mask = jnp.atleast_1d(self.converged)
+    @property
+    def n_failed(self) -> int:
+        """Number of trials that are not usable (``status != OK``, any reason)."""
+        return int(np.sum(~self.usable))
+
+    def status_counts(self) -> dict[str, int]:
+        """``{FitStatus name: number of trials}`` for the statuses that occur."""
+        return status_counts(self.status)
+
+    def mean_over_usable(self) -> RateMean:
+        """Mean and spread of the rates over usable trials only (``status == OK``)."""
+        mask = jnp.atleast_1d(jnp.asarray(self.usable))
         mh, sh, n = _masked_mean_std(jnp.atleast_1d(self.eta_h), mask)
         my, sy, _ = _masked_mean_std(jnp.atleast_1d(self.eta_y), mask)
         return RateMean(mh, my, sh, sy, n, mask.size - n)
 
     def summary(self) -> str:
-        """A few lines for a log: counts, failure reasons, mean rates and fit quality."""
-        conv = np.atleast_1d(np.asarray(self.converged))
-        m = self.mean_over_converged()
+        """A few lines for a log: the three counts, the reasons, mean rates and fit quality."""
+        use = np.atleast_1d(self.usable)
+        count = lambda x: int(np.sum(np.asarray(x)))  # noqa: E731
+        m = self.mean_over_usable()
+        bad = {k: v for k, v in self.status_counts().items() if k != FitStatus.OK.name}
         lines = [
-            f"RateFit: {conv.sum()}/{conv.size} converged "
-            f"(failed: {(~np.atleast_1d(np.asarray(self.optimizer_ok))).sum()} optimizer, "
-            f"{(~np.atleast_1d(np.asarray(self.ode_ok))).sum()} ODE, "
-            f"{(~np.atleast_1d(np.asarray(self.identified))).sum()} not identified)",
+            f"RateFit: {use.sum()}/{use.size} usable; {count(self.converged)} converged, "
+            f"{count(self.identified)} identified, {count(self.good_fit)} good fit"
+            + (" (excluded: " + ", ".join(f"{v} {k.lower()}" for k, v in bad.items()) + ")"
+               if bad else ""),
         ]
-        if conv.any():
-            r2 = np.atleast_2d(np.asarray(self.r2))[conv]
-            rel_h = np.atleast_1d(np.asarray(self.stderr_eta_h / self.eta_h))[conv]
-            rel_y = np.atleast_1d(np.asarray(self.stderr_eta_y / self.eta_y))[conv]
-            one = conv.sum() == 1  # one trial: its standard error; no spread over trials
+        r2_all = np.atleast_2d(np.asarray(self.r2))
+        if use.any():
+            rel_h = np.atleast_1d(np.asarray(self.stderr_eta_h / self.eta_h))[use]
+            rel_y = np.atleast_1d(np.asarray(self.stderr_eta_y / self.eta_y))[use]
+            one = use.sum() == 1  # one trial: its standard error; no spread over trials
 
             def rate(name, mean, sd, rel):
                 if one:
@@ -220,9 +315,14 @@ class RateFit(eqx.Module):
             lines += [
                 rate("eta_h", m.eta_h, m.std_eta_h, rel_h),
                 rate("eta_y", m.eta_y, m.std_eta_y, rel_y),
-                "  median R^2 (h, y, w) = "
-                + ", ".join(f"{v:.4f}" for v in np.nanmedian(r2, axis=0)),
+                "  median R^2 (h, y, w), usable = "
+                + ", ".join(f"{v:.4f}" for v in _nanmedian_columns(r2_all[use])),
             ]
+        fitted = np.atleast_1d(np.asarray(self.ode_ok)) & ~use
+        if fitted.any():  # the excluded fits' quality is reported, not hidden
+            med = _nanmedian_columns(r2_all[fitted])
+            lines.append("  median R^2 (h, y, w), excluded = "
+                         + ", ".join("n/a" if not np.isfinite(v) else f"{v:.4f}" for v in med))
         return "\n".join(lines)
 
 
@@ -310,7 +410,8 @@ def _hermite5(ts, tk, yk, fk, gk):
 
 
 def _trajectory(z0, ts, log_rates, dx2, dy2, opts: _SolveOpts):
-    """ODE from ``z0`` at ``ts[0]``, sampled at ``ts``: ``(ys (n, 3), ok, num_steps)``.
+    """ODE from ``z0`` at ``ts[0]``, sampled at ``ts``: ``(ys (n, 3), ok, num_steps, hit)``,
+    ``hit`` when the solve ran out of its step budget ``opts.max_steps``.
 
     Forward-mode differentiable in ``log_rates`` (``diffrax.ForwardMode``). The step-size
     controller is not differentiated (Diffrax stops its gradient), so the derivative is that of
@@ -352,7 +453,8 @@ def _trajectory(z0, ts, log_rates, dx2, dy2, opts: _SolveOpts):
         & jnp.all(yk[:, 0] > 0)
     )
     ys = jnp.where(ok, ys, jnp.nan)
-    return ys, ok, sol.stats["num_steps"]
+    hit = sol.result == diffrax.RESULTS.max_steps_reached
+    return ys, ok, sol.stats["num_steps"], hit
 
 
 class _Trial(NamedTuple):
@@ -394,7 +496,8 @@ def _model(p, trial: _Trial, opts: _SolveOpts):
 
 
 def _evaluate(p, trial: _Trial, opts: _SolveOpts):
-    """One forward-mode solve: ``(SSE, J^T J, J^T r, (ys, steps, J))`` at the parameters ``p``.
+    """One forward-mode solve: ``(SSE, J^T J, J^T r, (ys, steps, J, hit))`` at the parameters
+    ``p`` (``hit``: the solve ran out of its step budget).
 
     ``jacfwd`` runs the ODE once carrying one tangent per parameter (the primal part is not
     batched): residuals and Jacobian ``(3n, n_p)`` together, at about the cost of
@@ -404,17 +507,17 @@ def _evaluate(p, trial: _Trial, opts: _SolveOpts):
     """
 
     def f(q):
-        ys, ok, steps = _model(q, trial, opts)
+        ys, ok, steps, hit = _model(q, trial, opts)
         r = (ys - trial.Z).reshape(-1)
-        return r, (r, ys, ok, steps)
+        return r, (r, ys, ok, steps, hit)
 
-    jac, (r, ys, ok, steps) = jax.jacfwd(f, has_aux=True)(p)
+    jac, (r, ys, ok, steps, hit) = jax.jacfwd(f, has_aux=True)(p)
     sse = jnp.sum(r**2)
     hess, grad = jac.T @ jac, jac.T @ r
     ok = ok & jnp.isfinite(sse) & jnp.all(jnp.isfinite(hess)) & jnp.all(jnp.isfinite(grad))
     hess = jnp.where(ok, hess, 0.0)
     grad = jnp.where(ok, grad, 0.0)
-    return jnp.where(ok, sse, jnp.inf), hess, grad, (ys, steps, jac)
+    return jnp.where(ok, sse, jnp.inf), hess, grad, (ys, steps, jac, hit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,11 +562,12 @@ class _LMState(NamedTuple):
     nu: Array  # growth factor of lam after a rejection (Nielsen)
     n_iter: Array  # evaluations so far
     n_stuck: Array  # consecutive evaluations without useful progress
+    flagged: Array  # some evaluation raised ``flag`` (for the fit: ran out of ODE steps)
     converged: Array
     done: Array
 
 
-def _levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol):
+def _levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol, flag=None):
     """Minimize ``SSE(p) = |r(p)|^2`` by Levenberg-Marquardt (Marquardt scaling, Nielsen's
     damping update) from the first of ``starts`` (``(m, k)``, best first) whose evaluation
     succeeds: while nothing has been accepted, a failed evaluation moves on to the next.
@@ -474,6 +578,8 @@ def _levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol):
     parameters are logs or unit-free, so this is a relative accuracy). Stops early, not
     converged, after 6 evaluations in a row that improve SSE by less than ``ftol`` relative
     (a flat or noisy valley: the batch should not wait ``max_iters`` for it).
+    ``flag(aux) -> bool``, if given, is or-ed over every evaluation, accepted or not, into
+    ``flagged`` (the rate fit records whether any solve ran out of its step budget).
 
     Returns:
         The final :class:`_LMState`.
@@ -492,6 +598,7 @@ def _levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol):
 
     def body(s: _LMState) -> _LMState:
         sse_e, hess_e, grad_e, aux_e = evaluate(s.p_eval)
+        flagged = s.flagged | (False if flag is None else flag(aux_e))
         first = ~jnp.isfinite(s.sse)
         accept = sse_e < s.sse
         rho = (s.sse - sse_e) / jnp.where(s.pred > 0, s.pred, jnp.inf)
@@ -531,6 +638,7 @@ def _levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol):
             nu,
             n_iter,
             n_stuck,
+            flagged,
             converged,
             done,
         )
@@ -548,6 +656,7 @@ def _levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol):
         nu=jnp.asarray(2.0, p0.dtype),
         n_iter=jnp.asarray(0),
         n_stuck=jnp.asarray(0),
+        flagged=jnp.asarray(False),
         converged=jnp.asarray(False),
         done=jnp.asarray(False),
     )
@@ -712,6 +821,7 @@ class _FitOpts(NamedTuple):
     opt_rtol: float
     opt_atol: float
     max_rel_stderr: float
+    min_r2: float
     scales: tuple[float, ...]
     has_init: bool
     fit_initial: bool
@@ -773,9 +883,11 @@ def _start_params(z0, trial: _Trial):
 
 
 def _r2(Z, ys):
+    """R^2 of h, y, w ``(3,)`` (NaN for a variable constant in the data) and which vary."""
     ss_res = jnp.sum((Z - ys) ** 2, axis=0)
     ss_tot = jnp.sum((Z - jnp.mean(Z, axis=0)) ** 2, axis=0)
-    return jnp.where(ss_tot > 0, 1.0 - ss_res / jnp.where(ss_tot > 0, ss_tot, 1.0), jnp.nan)
+    varies = ss_tot > 0
+    return jnp.where(varies, 1.0 - ss_res / jnp.where(varies, ss_tot, 1.0), jnp.nan), varies
 
 
 def _start_noise(Z, n_head: int = 32):
@@ -813,7 +925,7 @@ def _start_sensitivity(p, trial: _Trial, opts: _SolveOpts, ys, jac, step: float 
     rows = (3 * idx[:, None] + np.arange(3)[None, :]).reshape(-1)
 
     def column(dq):
-        shifted, _, _ = _model(jnp.concatenate([p, dq]), sub, opts)
+        shifted, _, _, _ = _model(jnp.concatenate([p, dq]), sub, opts)
         return ((shifted - ys[idx]) / step).reshape(-1)
 
     j_start = jax.vmap(column)(step * jnp.eye(3, dtype=p.dtype))  # (3, 3 n_sub)
@@ -875,41 +987,70 @@ def _fit_one(trial: _Trial, init, opts: _FitOpts):
         max_iters=opts.max_iters,
         xtol=opts.opt_atol,
         ftol=opts.opt_rtol,
+        flag=lambda aux: aux[3],
     )
     p = lm.p
     start = lm.p_start[:2]
     # Everything at the optimum comes from the loop's last accepted evaluation.
-    sse, (ys, steps, jac) = lm.sse, lm.aux
+    sse, (ys, steps, jac, _) = lm.sse, lm.aux
     log_rates, z0 = _unpack(p, trial)
     if opts.fit_initial:
         cov, pos_def = _covariance_fitted_start(lm.hess, sse, trial.ts.shape[0])
     else:
         cross = _start_sensitivity(p, trial, opts.solve, ys, jac)
         cov, pos_def = _covariance_measured_start(lm.hess, cross, sse, trial, z0)
+    # ode_ok: some solve succeeded, so there is a best point reached (its curve and R^2 are
+    # reported even when the optimizer did not finish there).
     ode_ok = jnp.isfinite(sse)
-    optimizer_ok = lm.converged
+    converged = lm.converged & ode_ok
     rel_se = jnp.sqrt(jnp.diag(cov))  # stderr of log(eta) = relative stderr of eta
     rates = jnp.exp(log_rates)
-    identified = pos_def & jnp.all(rel_se < opts.max_rel_stderr)
-    finite = jnp.all(jnp.isfinite(rates)) & jnp.isfinite(sse) & jnp.all(jnp.isfinite(rel_se))
+    identified = (
+        converged
+        & pos_def
+        & jnp.all(jnp.isfinite(rates))
+        & jnp.all(jnp.isfinite(rel_se))
+        & jnp.all(rel_se < opts.max_rel_stderr)
+    )
+    r2, varies = _r2(trial.Z, ys)
+    r2 = jnp.where(ode_ok, r2, jnp.nan)
+    # A variable that is constant in the data has no variance to explain: it does not count.
+    good_fit = ode_ok & jnp.all(jnp.where(varies, r2 >= opts.min_r2, True))
+    # Limited by the step budget: some solve ran out of steps, and the best point reached
+    # itself needed half the budget or more (or nothing was reached). Proposals that wander
+    # into stiff regions while the best point is not stiff do not count: more steps would
+    # not help those (the optimizer failed for another reason).
+    budget_bound = lm.flagged & (~ode_ok | (steps >= opts.solve.max_steps // 2))
+    status = jnp.select(
+        [~converged & budget_bound, ~ode_ok, ~converged, ~identified, ~good_fit],
+        [int(s) for s in (FitStatus.STEP_BUDGET, FitStatus.ODE_FAILED,
+                          FitStatus.OPTIMIZER_FAILED, FitStatus.NOT_IDENTIFIED,
+                          FitStatus.POOR_FIT)],
+        int(FitStatus.OK),
+    ).astype(jnp.int32)
+    # Rates exist only where the optimizer finished: never the start or a stale point.
+    nan_unless = lambda ok, x: jnp.where(ok, x, jnp.nan)  # noqa: E731
     return dict(
-        eta_h=rates[0],
-        eta_y=rates[1],
-        stderr_eta_h=rates[0] * rel_se[0],
-        stderr_eta_y=rates[1] * rel_se[1],
-        cov_log_rates=cov,
+        eta_h=nan_unless(converged, rates[0]),
+        eta_y=nan_unless(converged, rates[1]),
+        stderr_eta_h=nan_unless(converged, rates[0] * rel_se[0]),
+        stderr_eta_y=nan_unless(converged, rates[1] * rel_se[1]),
+        cov_log_rates=nan_unless(converged, cov),
         sse=sse,
-        r2=_r2(trial.Z, ys),
-        converged=optimizer_ok & ode_ok & identified & finite,
-        optimizer_ok=optimizer_ok,
-        ode_ok=ode_ok,
+        r2=r2,
+        status=status,
+        converged=converged,
         identified=identified,
+        good_fit=good_fit,
+        ode_ok=ode_ok,
+        step_budget_hit=budget_bound,
+        max_steps=jnp.asarray(opts.solve.max_steps, jnp.int32),
         n_iters=lm.n_iter,
         n_ode_steps=steps,
         init_eta_h=jnp.exp(start[0]),
         init_eta_y=jnp.exp(start[1]),
-        z0_fit=z0,
-        z_fit=ys,
+        z0_fit=nan_unless(ode_ok, z0),
+        z_fit=nan_unless(ode_ok, ys),
     )
 
 
@@ -1085,11 +1226,12 @@ def _check_batch(ts, Z_arr, dx2, dy2, init):
 
 def _prepare_fit(
     ts, Z, dx2, dy2, init, *, caller: str, rtol, atol, max_steps, max_iters, opt_rtol,
-    opt_atol, max_rel_stderr, scales, fit_initial,
+    opt_atol, max_rel_stderr, min_r2, retry_max_steps, scales, fit_initial,
 ):
     """The argument checks and compiled options of :func:`fit_rates` (shared with
     :func:`unijax.distributed.sharded_fit_rates`): ``(ts, Z, dx2, dy2, init, opts, single)``
-    as float64 host arrays of the batch, ``single`` when ``Z`` was one trajectory."""
+    as float64 host arrays of the batch, ``single`` when ``Z`` was one trajectory, then the
+    retry budgets above ``max_steps``, increasing."""
     check_x64(caller)
     if not is_concrete((ts, Z, dx2, dy2, init)):
         raise ValueError(
@@ -1106,9 +1248,21 @@ def _prepare_fit(
         ("max_rel_stderr", max_rel_stderr),
     ):
         check_positive(name, v)
+    if not (isinstance(min_r2, (int, float, np.floating, np.integer)) and min_r2 <= 1.0):
+        raise ValueError(f"min_r2={min_r2!r} is out of range: must be a number <= 1 "
+                         "(R^2 of each of h, y, w that a good fit reaches).")
     for name, v in (("max_steps", max_steps), ("max_iters", max_iters)):
         check_int(name, v, lo=1)
     check_bool("fit_initial", fit_initial)
+    retries = tuple(int(b) for b in np.atleast_1d(np.asarray(retry_max_steps, dtype=np.int64)))
+    if any(b <= a for a, b in zip(retries, retries[1:], strict=False)) or any(
+        b < 1 for b in retries
+    ):
+        raise ValueError(
+            f"retry_max_steps={retry_max_steps!r} is out of range: must be increasing "
+            "integers >= 1."
+        )
+    retries = tuple(b for b in retries if b > int(max_steps))  # smaller ones add nothing
     scales = tuple(float(s) for s in np.atleast_1d(scales))
     check_positive("scales", np.asarray(scales))
     opts = _FitOpts(
@@ -1117,12 +1271,40 @@ def _prepare_fit(
         opt_rtol=float(opt_rtol),
         opt_atol=float(opt_atol),
         max_rel_stderr=float(max_rel_stderr),
+        min_r2=float(min_r2),
         scales=scales,
         has_init=init is not None,
         fit_initial=bool(fit_initial),
     )
     f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
-    return f64(ts_arr), Z_arr, f64(dx2_b), f64(dy2_b), f64(init_b), opts, single
+    return f64(ts_arr), Z_arr, f64(dx2_b), f64(dy2_b), f64(init_b), opts, single, retries
+
+
+def _with_retries(out: dict, opts: _FitOpts, retries: tuple[int, ...], refit) -> dict:
+    """Fit again, with each larger step budget of ``retries`` in turn, the trials whose
+    optimizer did not finish after an ODE solve ran out of steps (stiff trajectories).
+
+    ``refit(rows, opts) -> dict`` fits the trials ``rows`` (indices) with ``opts``; their
+    entries of ``out`` are replaced by the new fit (whose ``max_steps`` field says which
+    budget produced it). Returns ``out`` unchanged (same arrays) when no trial needs it.
+    """
+    for budget in retries:
+        rows = np.flatnonzero(
+            np.asarray(out["step_budget_hit"]) & ~np.asarray(out["converged"])
+        )
+        if rows.size == 0:
+            break
+        again = refit(rows, opts._replace(solve=opts.solve._replace(max_steps=budget)))
+        merged = {}
+        for k, v in out.items():
+            if v is None:
+                merged[k] = None
+                continue
+            arr = np.array(v)  # a writable host copy
+            arr[rows] = np.asarray(again[k])
+            merged[k] = arr
+        out = merged
+    return out
 
 
 def fit_rates(
@@ -1138,7 +1320,9 @@ def fit_rates(
     max_iters: int = 64,
     opt_rtol: float = 1e-6,
     opt_atol: float = 1e-4,
-    max_rel_stderr: float = 0.1,
+    max_rel_stderr: float = MAX_REL_STDERR,
+    min_r2: float = MIN_R2,
+    retry_max_steps: tuple[int, ...] = RETRY_MAX_STEPS,
     scales: tuple[float, ...] = (0.3, 1.0, 3.0),
     fit_initial: bool = False,
     return_trajectory: bool = True,
@@ -1167,8 +1351,14 @@ def fit_rates(
             variables' scale at the defaults) is far below any measurement noise.
         max_steps: ODE step budget per solve (~50-150 are used on typical trajectories at
             the default tolerances); a solve that runs out counts as failed: the optimizer
-            rejects that step, and at the optimum it marks the trial ``ode_ok=False``. Raise it
-            for dynamics much faster than the recording (the cost grows with it).
+            rejects that step. Trials whose optimizer then does not finish are fitted again
+            with the budgets of ``retry_max_steps``.
+        retry_max_steps: increasing step budgets for those trials, tried in turn until none
+            is left (default :data:`RETRY_MAX_STEPS`; ``()``: no retry; budgets not above
+            ``max_steps`` are skipped). Stiff trajectories (fast dynamics, e.g. very large
+            initial weights, that an explicit solver must follow with steps far below an
+            epoch) need them; only the trials concerned are refitted, in the batch's
+            compiled shape.
         max_iters: Levenberg-Marquardt iteration budget.
         opt_atol: convergence: the Gauss-Newton step from the best point is below this in
             every parameter (log-rates, so a relative accuracy of the rates; 1e-4 is ten
@@ -1176,9 +1366,11 @@ def fit_rates(
             it well above the ODE tolerances: the solution is smooth in the rates only to
             ``~rtol``.
         opt_rtol: a step that lowers the SSE by less than this fraction makes no progress;
-            six in a row stop the trial (``optimizer_ok=False`` unless converged).
+            six in a row stop the trial (``converged=False``, status ``OPTIMIZER_FAILED``).
         max_rel_stderr: a trial is ``identified`` only when both relative standard errors
-            ``stderr / eta`` are below this.
+            ``stderr / eta`` are below this (default :data:`MAX_REL_STDERR` = 0.1).
+        min_r2: a trial is a ``good_fit`` only when the R^2 of each of h, y, w (those not
+            constant in the data) is at least this (default :data:`MIN_R2` = 0.9; <= 1).
         scales: factors applied to each data-based estimate before scoring (a tiny
             multi-start, evaluated in the same compiled call).
         fit_initial: also fit the initial state ``(h0, y0, w0)`` (three more parameters)
@@ -1190,7 +1382,9 @@ def fit_rates(
 
     Returns:
         :class:`RateFit`; per-trial fields have a leading ``(n_trials,)`` axis, absent when
-        ``Z`` is one trajectory.
+        ``Z`` is one trajectory. ``status`` (:class:`FitStatus`) says per trial whether the
+        rates are usable (``OK``) or why not; ``converged``, ``identified`` and ``good_fit``
+        are the three criteria apart.
 
     Raises:
         ValueError: ``dx2 <= 0``, ``dy2 < 0``, NaN/inf in ``Z`` (naming trial and epoch),
@@ -1210,15 +1404,27 @@ def fit_rates(
         >>> res.eta_h.shape, int(res.n_failed)
         ((2,), 0)
     """
-    ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single = _prepare_fit(
+    ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single, retries = _prepare_fit(
         ts, Z, dx2, dy2, init, caller="unijax.fit.fit_rates", rtol=rtol, atol=atol,
         max_steps=max_steps, max_iters=max_iters, opt_rtol=opt_rtol, opt_atol=opt_atol,
-        max_rel_stderr=max_rel_stderr, scales=scales, fit_initial=fit_initial,
+        max_rel_stderr=max_rel_stderr, min_r2=min_r2, retry_max_steps=retry_max_steps,
+        scales=scales, fit_initial=fit_initial,
     )
-    out = _fit_chunked(
-        ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts,
-        return_trajectory=check_bool("return_trajectory", return_trajectory),
-    )
+    rt = check_bool("return_trajectory", return_trajectory)
+    out = _fit_chunked(ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts=opts, return_trajectory=rt)
+    n = Z_arr.shape[0]
+    size, _ = _chunking(n)
+
+    def refit(rows, opts_retry):
+        # Padded (with copies of the last row) to the batch's own compiled shape: n trials,
+        # or whole chunks (at least two, so that it is chunked the same way).
+        m = n if size >= n else max(16, -(-rows.size // size) * size)
+        idx = np.concatenate([rows, np.repeat(rows[-1:], m - rows.size)])
+        got = _fit_chunked(ts_arr, Z_arr[idx], dx2_b[idx], dy2_b[idx], init_b[idx],
+                           opts=opts_retry, return_trajectory=rt)
+        return {k: None if v is None else np.asarray(v)[: rows.size] for k, v in got.items()}
+
+    out = _with_retries(out, opts, retries, refit)
     return RateFit(**_squeeze(out, single))
 
 

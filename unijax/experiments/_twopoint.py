@@ -6,6 +6,9 @@
   compiled shape (``FIT_POINTS`` sampled epochs, batches of ``FIT_BATCH`` trials), so that a
   whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
   an invalid start (``h0 <= 0``) are never fitted and are reported as excluded.
+* :func:`usable_rates`: mean rates over the fits that pass the quality criterion only
+  (``unijax.fit.FitStatus.OK``), with how many were used and, per reason, how many excluded:
+  the only way rates fitted here are passed on (E1/E3 to E4-E8, an experiment's own fits).
 * :func:`fit_loss`: ``unijax.fit.fit_eta_mean`` on the loss curves, given the fitted ODE
   trajectories (docs/theory.md section 3).
 * :func:`plateau_index`: the plateau measure of E2.
@@ -29,6 +32,9 @@ __all__ = [
     "row_config",
     "sample_epochs",
     "fit_trajectories",
+    "NOT_FITTED",
+    "usable_rates",
+    "exclusion_text",
     "fit_loss",
     "distance_loss",
     "plateau_index",
@@ -39,6 +45,10 @@ __all__ = [
 FIT_POINTS = 300
 #: Trials per compiled fit call (trials are padded to a multiple of this).
 FIT_BATCH = 8
+
+#: ``status`` of a trial that was never fitted (diverged, or an invalid start); the other codes
+#: are ``unijax.fit.FitStatus``.
+NOT_FITTED = -1
 
 #: Table 1 row names (configs.names() order), E1/E2/E3.
 TABLE1: tuple[str, ...] = (
@@ -146,12 +156,17 @@ def fit_trajectories(
             first record (the paper's method), see :func:`unijax.fit.fit_rates`.
 
     Returns:
-        ``eta_h, eta_y, stderr_eta_h, stderr_eta_y: (n,)`` (1/epoch, NaN where not fitted),
-        ``r2: (n, 3)`` for h, y, w, ``converged: (n,)`` (``RateFit.converged``: the fit
-        succeeded *and* both rates are identified, i.e. usable as rates), ``fit_ok: (n,)``
-        (optimizer and ODE succeeded: the fitted curve, hence its R^2, is valid even when the
-        two rates are not separately identified), ``identified: (n,)``, ``fitted: (n,)`` (the
-        trial was valid and went to the fitter),
+        ``eta_h, eta_y, stderr_eta_h, stderr_eta_y: (n,)`` (1/epoch, NaN where not fitted or
+        the optimizer did not finish), ``r2: (n, 3)`` for h, y, w (reported for poor fits
+        too), ``status: (n,)`` (``unijax.fit.FitStatus`` code, :data:`NOT_FITTED` for trials
+        not fitted), ``usable: (n,)`` (``status == OK``: the only rates to pass on),
+        ``converged: (n,)`` (``RateFit.converged``: the optimizer finished),
+        ``identified: (n,)``, ``good_fit: (n,)`` (R^2 >= ``unijax.fit.MIN_R2``),
+        ``fit_ok: (n,)`` (a fitted curve exists, with finite R^2: the best point the
+        optimizer reached, whether or not it finished there, as the authors' BFGS returns
+        whatever it reaches; shown and counted in R^2 statistics, good or poor, never used
+        for rates unless ``usable``),
+        ``fitted: (n,)`` (the trial was valid and went to the fitter),
         ``z_fit: (n, FIT_POINTS, 3)`` the fitted trajectories, ``epochs: (FIT_POINTS,)``.
     """
     Z = np.asarray(Z, dtype=np.float64)
@@ -168,9 +183,12 @@ def fit_trajectories(
         "stderr_eta_h": np.full(n, np.nan),
         "stderr_eta_y": np.full(n, np.nan),
         "r2": np.full((n, 3), np.nan),
+        "status": np.full(n, NOT_FITTED, np.int32),
+        "usable": np.zeros(n, bool),
         "converged": np.zeros(n, bool),
         "fit_ok": np.zeros(n, bool),
         "identified": np.zeros(n, bool),
+        "good_fit": np.zeros(n, bool),
         "fitted": valid.copy(),
         "z_fit": np.full((n, m, 3), np.nan),
         "epochs": ep.astype(np.int64),
@@ -191,10 +209,13 @@ def fit_trajectories(
         out["stderr_eta_h"][b] = np.asarray(res.stderr_eta_h)[:k]
         out["stderr_eta_y"][b] = np.asarray(res.stderr_eta_y)[:k]
         out["r2"][b] = np.asarray(res.r2)[:k]
+        out["status"][b] = np.asarray(res.status)[:k]
+        out["usable"][b] = res.usable[:k]
         out["converged"][b] = np.asarray(res.converged)[:k]
         r2_ok = np.all(np.isfinite(np.asarray(res.r2)[:k]), axis=-1)
-        out["fit_ok"][b] = (np.asarray(res.optimizer_ok) & np.asarray(res.ode_ok))[:k] & r2_ok
+        out["fit_ok"][b] = np.asarray(res.ode_ok)[:k] & r2_ok
         out["identified"][b] = np.asarray(res.identified)[:k]
+        out["good_fit"][b] = np.asarray(res.good_fit)[:k]
         out["z_fit"][b] = np.asarray(res.z_fit)[:k]
     return out
 
@@ -211,6 +232,52 @@ def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarra
         return distributed.sharded_fit_rates(ts, Z, dx2=dx2, dy2=dy2,
                                              fit_initial=fit_initial).fit
     return fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2, fit_initial=fit_initial)
+
+
+def _reason(code: int) -> str:
+    from unijax import fit
+
+    return "not_fitted" if code == NOT_FITTED else fit.FitStatus(code).name.lower()
+
+
+def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
+    """Mean rates over the fits that pass the quality criterion, with the accounting.
+
+    Only trials with ``status == unijax.fit.FitStatus.OK`` (the optimizer finished, both
+    rates identified, R^2 of each of h, y, w >= ``unijax.fit.MIN_R2``) are averaged; every
+    other trial is counted under its reason and never averaged in.
+
+    Args:
+        eta_h, eta_y: fitted rates (1/epoch), any shape; status: the same shape, codes from
+            :func:`fit_trajectories` (``FitStatus`` or :data:`NOT_FITTED`).
+
+    Returns:
+        ``{"eta_h", "eta_y"}`` (means, NaN when no fit is usable), ``"n"`` (fits used),
+        ``"n_excluded"``, ``"excluded"`` (``{reason: count}``, reasons ``poor_fit``,
+        ``not_identified``, ``optimizer_failed``, ``step_budget``, ``ode_failed``,
+        ``not_fitted``).
+    """
+    st = np.asarray(status).ravel()
+    use = st == 0  # unijax.fit.FitStatus.OK (unijax.fit, hence Diffrax, loaded only when fitting)
+    h, y = np.asarray(eta_h, float).ravel(), np.asarray(eta_y, float).ravel()
+    excluded: dict[str, int] = {}
+    for code in sorted(set(st[~use].tolist())):
+        excluded[_reason(int(code))] = int(np.sum(st == code))
+    return {
+        "eta_h": float(np.mean(h[use])) if use.any() else float("nan"),
+        "eta_y": float(np.mean(y[use])) if use.any() else float("nan"),
+        "n": int(use.sum()),
+        "n_excluded": int((~use).sum()),
+        "excluded": excluded,
+    }
+
+
+def exclusion_text(rates: Mapping[str, Any]) -> str:
+    """``"3 of 4 fits used (excluded: 1 poor_fit)"`` from :func:`usable_rates`' dict."""
+    n, ex = int(rates["n"]), int(rates["n_excluded"])
+    reasons = rates.get("excluded") or {}
+    why = ", ".join(f"{v} {k}" for k, v in reasons.items())
+    return f"{n} of {n + ex} fits used" + (f" (excluded: {why})" if ex else "")
 
 
 def mean_output_error0(loss0: Any, z0: Any, dy2: Any) -> np.ndarray:

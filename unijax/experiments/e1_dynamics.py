@@ -111,10 +111,13 @@ class Result:
         diverged: ``(R, S)``.
         epochs_fit: ``(P,)`` epochs used by the fits.
         eta_h, eta_y: ``(R, S)`` fitted rates (1/epoch, NaN if not fitted).
-        fit_ok: ``(R, S)`` the fit ran to completion (optimizer and ODE succeeded): its curve,
-            R^2 and rates are used;
+        fit_ok: ``(R, S)`` a fitted curve exists (the best point the optimizer reached,
+            finished or not): its curve and R^2 are shown and counted in the R^2
+            statistics, good or poor;
         converged: ``(R, S)`` fit_ok and both rates individually identified (relative
             standard error < 0.1); reported as a count.
+        fit_status: ``(R, S)`` ``unijax.fit.FitStatus`` code (-1: not fitted); only
+            ``OK`` fits (finished, identified, R^2 >= ``unijax.fit.MIN_R2``) give rates.
         r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
         eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
         fit_initial: ``()`` bool, whether the ODE's starting state was fitted too.
@@ -141,6 +144,9 @@ class Result:
     loss_fit: np.ndarray
     loss_converged: np.ndarray
     fit_initial: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(False))
+    # Results stored before the status existed: no fit counts as usable.
+    fit_status: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
 
 
 def row_configs(config: Config):
@@ -212,6 +218,8 @@ def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "f
         return {**f, **lf}
 
     out = cache(prefix, compute)
+    if "status" not in out:  # stored by a version without the per-trial status: refit
+        out = cache(f"{prefix}-status", compute)
     shaped = {}
     for k, v in out.items():
         shaped[k] = v if k == "epochs" else v.reshape((R, S) + v.shape[1:])
@@ -240,7 +248,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         eta_h=f["eta_h"],
         eta_y=f["eta_y"],
         fit_ok=f["fit_ok"] & ~div,
-        converged=f["converged"] & ~div,
+        converged=f["fit_ok"] & f["identified"] & ~div,
         r2=f["r2"],
         z_fit=f["z_fit"],
         eta_mean=f["eta_mean"],
@@ -248,6 +256,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         loss_fit=f["loss_fit"],
         loss_converged=f["loss_converged"],
         fit_initial=np.asarray(config.fit_initial),
+        fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
     )
 
 
@@ -261,7 +270,7 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
     out = {}
     for i, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.fit_ok[i])
-        rates = use
+        rates = use & (_status(result)[i] == 0)  # rates only from fits that pass
         entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
@@ -270,8 +279,17 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
         entry["eta_y"] = spread(np.where(rates, result.eta_y[i], np.nan))
         entry["eta_mean"] = spread(np.where(use_l, result.eta_mean[i], np.nan))
         entry["rates_identified"] = int(np.asarray(result.converged[i]).sum())
+        entry["rate_fits"] = tp.usable_rates(result.eta_h[i], result.eta_y[i],
+                                             _status(result)[i])
         out[str(row)] = entry
     return out
+
+
+def _status(result) -> np.ndarray:
+    """``fit_status`` broadcast to ``(R, S)`` (results of other experiments built from E1's
+    without it: not fitted)."""
+    status = getattr(result, "fit_status", tp.NOT_FITTED)
+    return np.broadcast_to(np.asarray(status), np.asarray(result.diverged).shape)
 
 
 def counts(result) -> dict[str, int]:
@@ -284,25 +302,22 @@ def counts(result) -> dict[str, int]:
         "fit_failed": int((~div & ~ok).sum()),
         "used": int(ok.sum()),
         "rates_not_identified": int((ok & ~conv).sum()),
+        "rates_usable": int((_status(result) == 0).sum()),
     }
 
 
 def default_rates(result) -> dict | None:
-    """Mean rates of the ``default`` row over completed fits (for E4-E6, E8), or None."""
+    """Mean rates of the ``default`` row over the fits that pass the quality criterion (for
+    E4-E6, E8; :func:`unijax.experiments._twopoint.usable_rates`), with how many were used and
+    excluded and why, or None when the row is absent or no fit passes."""
     rows = list(np.asarray(result.rows))
     if "default" not in rows:
         return None
     i = rows.index("default")
-    use = np.asarray(result.fit_ok[i])
-    if not use.any():
+    rates = tp.usable_rates(result.eta_h[i], result.eta_y[i], _status(result)[i])
+    if rates["n"] == 0:
         return None
-    return {
-        "eta_h": float(np.mean(result.eta_h[i][use])),
-        "eta_y": float(np.mean(result.eta_y[i][use])),
-        "n": int(use.sum()),
-        "width": int(result.width[i]),
-        "depth": int(result.depth[i]),
-    }
+    return {**rates, "width": int(result.width[i]), "depth": int(result.depth[i])}
 
 
 def agreement(result) -> dict:
@@ -346,8 +361,14 @@ def agreement(result) -> dict:
                f"{sorted(set(int(w) for w in result.width))}, {result.loss.shape[-1]} epochs, "
                f"{result.loss.shape[1]} seeds per row. Default rates: "
                + (f"eta_h {fmt_spread(table['default']['eta_h'])}, eta_y "
-                  f"{fmt_spread(table['default']['eta_y'])} 1/epoch."
-                  if "default" in table else "n/a.")],
+                  f"{fmt_spread(table['default']['eta_y'])} 1/epoch, "
+                  f"{tp.exclusion_text(table['default']['rate_fits'])}."
+                  if "default" in table else "n/a."),
+               "Rates are averaged only over fits that pass the quality criterion (optimizer "
+               "finished, relative standard errors < 0.1, R^2 of each of h, y, w >= "
+               f"{fit_min_r2()}); R^2 is reported for every finished fit, good or poor. "
+               "Rate fits per row: " + "; ".join(
+                   f"{r}: {tp.exclusion_text(table[r]['rate_fits'])}" for r in table) + "."],
     )
 
 
@@ -439,12 +460,19 @@ def plot(result, outdir) -> list[Path]:
     ]
 
 
+def fit_min_r2() -> float:
+    from unijax import fit
+
+    return fit.MIN_R2
+
+
 def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progress, cache,
                       prefix: str = "rates") -> dict:
     """Fit the ``default`` row's rates (for E4/E5/E6/E8 when no E1/E3 result is at hand).
 
-    Returns ``{"eta_h", "eta_y", "n", "width", "depth", "source"}``; ``eta_*`` NaN if no fit
-    converged.
+    Returns ``{"eta_h", "eta_y", "n", "n_excluded", "width", "depth", "source"}``: means over
+    the fits that pass the quality criterion only (``eta_*`` NaN if none does); ``source``
+    says how many were used and why the others were excluded.
     """
     cfg = Config(rows=("default",), width=width, max_depth=max_depth, epochs=epochs,
                  time_scale=time_scale, seeds=seeds)
@@ -453,13 +481,15 @@ def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progr
                                 prefix=f"{prefix}-train")
     f = fit_rows(loss, hyw, div, dx2=cfg.dx2, dy2=cfg.dy2, progress=progress, cache=cache,
                  prefix=f"{prefix}-fit")
-    use = f["fit_ok"][0] & ~div[0]
+    rates = tp.usable_rates(f["eta_h"][0], f["eta_y"][0],
+                            np.where(div[0], tp.NOT_FITTED, f["status"][0]))
     return {
-        "eta_h": float(np.mean(f["eta_h"][0][use])) if use.any() else float("nan"),
-        "eta_y": float(np.mean(f["eta_y"][0][use])) if use.any() else float("nan"),
-        "n": int(use.sum()),
+        "eta_h": rates["eta_h"],
+        "eta_y": rates["eta_y"],
+        "n": rates["n"],
+        "n_excluded": rates["n_excluded"],
         "width": int(cfgs[0].width),
         "depth": int(cfgs[0].depth),
         "source": f"fitted here (default row, width {cfgs[0].width}, depth {cfgs[0].depth}, "
-        f"{int(use.sum())}/{seeds} fits completed)",
+        f"{tp.exclusion_text(rates)})",
     }

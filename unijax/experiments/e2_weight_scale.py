@@ -124,6 +124,10 @@ class Result:
     loss_converged: np.ndarray
     plateau_net: np.ndarray
     plateau_theory: np.ndarray
+    # ``(G, S)`` unijax.fit.FitStatus code per fit (-1 not fitted); results stored before it
+    # existed load with no fit counted as usable.
+    fit_status: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
 
 
 def _e1_config(config: Config) -> e1.Config:
@@ -159,7 +163,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         fit_ok=r.fit_ok, converged=r.converged, r2=r.r2, z_fit=r.z_fit, eta_mean=r.eta_mean,
         r2_loss=r.r2_loss,
         loss_fit=r.loss_fit, loss_converged=r.loss_converged, plateau_net=pl_net,
-        plateau_theory=pl_th,
+        plateau_theory=pl_th, fit_status=r.fit_status,
     )
 
 

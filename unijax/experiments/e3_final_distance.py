@@ -113,8 +113,10 @@ class Result:
 
     Attributes:
         rows ``(R,)``; dx_norms ``(I,)``, dy_norms ``(J,)``.
-        eta_h, eta_y: ``(R,)`` rates averaged over completed fits (1/epoch; NaN if none);
-            fit_eta_h, fit_eta_y, fit_converged, fit_diverged: ``(R, F)`` per fit trial.
+        eta_h, eta_y: ``(R,)`` rates averaged over the fits that pass the quality criterion
+            (``unijax.fit.FitStatus.OK``; 1/epoch; NaN if none);
+            fit_eta_h, fit_eta_y, fit_converged (used for the rates), fit_diverged,
+            fit_status (``FitStatus`` code, -1 not fitted): ``(R, F)`` per fit trial.
         h0, y0: ``(R, I, J, S)`` initial squared hidden / output distances.
         h_final: ``(R, I, J, S)`` measured final squared hidden distance.
         h_theory: ``(R, I, J, S)`` ``theory.final_distance(h0, y0)`` with the row's rates.
@@ -137,6 +139,9 @@ class Result:
     final_loss: np.ndarray
     diverged: np.ndarray
     converged: np.ndarray
+    # Results stored before the status existed: no rate fit counts as usable.
+    fit_status: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
 
 
 def _e1_config(config: Config) -> e1.Config:
@@ -160,7 +165,8 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
                                    cache=cache, prefix="fit-train")
     f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
                     prefix="fit-rates")
-    conv_fit = f["fit_ok"] & ~div  # completed fits; only eta_h / eta_y's ratio is used
+    fit_status = np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32)
+    conv_fit = fit_status == 0  # only fits that pass the quality criterion give rates
     with np.errstate(invalid="ignore"):
         eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
                           for r in range(len(cfgs))])
@@ -219,6 +225,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         dy_norms=np.asarray(config.dy_norms, float),
         eta_h=eta_h, eta_y=eta_y,
         fit_eta_h=f["eta_h"], fit_eta_y=f["eta_y"], fit_converged=conv_fit, fit_diverged=div,
+        fit_status=fit_status,
         h0=h0, y0=y0, h_final=hf, h_theory=ht, final_loss=fl, diverged=dv, converged=conv,
     )
 
@@ -241,8 +248,14 @@ def per_row(result) -> dict[str, dict]:
             "n_diverged": int(result.diverged[r].sum()),
             "eta_h": float(result.eta_h[r]), "eta_y": float(result.eta_y[r]),
             "n_rate_fits": int(result.fit_converged[r].sum()),
+            "rate_fits": tp.usable_rates(result.fit_eta_h[r], result.fit_eta_y[r],
+                                         _fit_status(result)[r]),
         }
     return out
+
+
+def _fit_status(result) -> np.ndarray:
+    return np.broadcast_to(np.asarray(result.fit_status), np.asarray(result.fit_diverged).shape)
 
 
 def agreement(result) -> dict:
@@ -275,12 +288,15 @@ def agreement(result) -> dict:
         passed=passed,
         figures={"per_architecture": table, "median_pearson_r": med,
                  **({"default_rates": {
-                     "eta_h": table["default"]["eta_h"], "eta_y": table["default"]["eta_y"],
-                     "n": table["default"]["n_rate_fits"]}}
-                    if "default" in table and np.isfinite(table["default"]["eta_h"]) else {})},
+                     **table["default"]["rate_fits"],
+                     "eta_h": table["default"]["eta_h"], "eta_y": table["default"]["eta_y"]}}
+                    if "default" in table and np.isfinite(table["default"]["eta_h"])
+                    and table["default"]["rate_fits"]["n"] > 0 else {})},
         counts=counts,
-        notes=["Rates per architecture: mean over the completed fits at dx2 = 1, dy2 = 0.5 "
-               f"({int(result.fit_converged.sum())} of {result.fit_converged.size} trials)."],
+        notes=["Rates per architecture: mean over the fits at dx2 = 1, dy2 = 0.5 that pass the "
+               "quality criterion (optimizer finished, rates identified, R^2 of h, y, w >= "
+               f"{e1.fit_min_r2()}): " + "; ".join(
+                   f"{k}: {tp.exclusion_text(v['rate_fits'])}" for k, v in table.items()) + "."],
     )
 
 

@@ -165,6 +165,10 @@ class Result:
     rates_eta_h: np.ndarray
     rates_eta_y: np.ndarray
     rates_source: np.ndarray
+    # ``(S,)`` unijax.fit.FitStatus per dynamics fit (-1 not fitted); stored results without it:
+    # no fit counted as usable.
+    fit_status: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
 
 
 def load(config: Config):
@@ -266,6 +270,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
         final_loss=fl, diverged=dv, converged=conv,
         rates_eta_h=np.asarray(rates["eta_h"]), rates_eta_y=np.asarray(rates["eta_y"]),
         rates_source=np.asarray(rates.get("source", "")),
+        fit_status=np.where(dv, tp.NOT_FITTED, f["status"]).astype(np.int32),
     )
 
 
@@ -295,8 +300,10 @@ def agreement(result, *, name: str = NAME) -> dict:
         passed=passed,
         figures={"pearson_r": r, "pearson_r_without_same_digit": r_off,
                  "pearson_r_scaled": r_s, "dynamics_r2": r2,
-                 "dynamics_rates": {"eta_h": spread(np.where(ok, result.eta_h, np.nan)),
-                                    "eta_y": spread(np.where(ok, result.eta_y, np.nan))},
+                 # Rates only from fits that pass the quality criterion, with the accounting.
+                 "dynamics_rates": tp.usable_rates(
+                     result.eta_h, result.eta_y,
+                     np.broadcast_to(np.asarray(result.fit_status), div.shape)),
                  "data": data_name},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
                 "not_converged": int((~div & ~conv).sum()), "used": int(conv.sum()),

@@ -83,7 +83,9 @@ class Result:
     Attributes:
         layers: ``(L,)`` hidden-layer indices (0-based); maps: ``(L,)`` = layers + 1.
         hyw: ``(S, L, T, 3)``; diverged ``(S,)``.
-        eta_h, eta_y: ``(S, L)`` (1/epoch); r2: ``(S, L, 3)``; fit_ok, converged: ``(S, L)``.
+        eta_h, eta_y: ``(S, L)`` (1/epoch); r2: ``(S, L, 3)``; fit_ok, converged: ``(S, L)``
+            (fit_ok: a fitted curve, its error counted; converged: the fit passes the quality
+            criterion, ``unijax.fit.FitStatus.OK``: only those rates are averaged).
         h0: ``(S, L)`` initial squared distance per layer; depth_gain: fitted ``a``;
             h0_theory: ``(L,)`` = ``a^(2 maps) dx2``.
     """
@@ -134,21 +136,22 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
     return Result(
         layers=np.arange(L), maps=maps, hyw=hyw, diverged=div, eta_h=sh(f["eta_h"]),
         eta_y=sh(f["eta_y"]), r2=sh(f["r2"]), fit_ok=sh(f["fit_ok"]) & ~div[:, None],
-        converged=sh(f["converged"]) & ~div[:, None], h0=h0, depth_gain=np.asarray(a),
+        converged=sh(f["usable"]) & ~div[:, None], h0=h0, depth_gain=np.asarray(a),
         h0_theory=h0_th, dx2=np.asarray(config.dx2),
     )
 
 
 def per_layer(result) -> dict[str, np.ndarray]:
     ok = np.asarray(result.fit_ok)
+    use = np.asarray(result.converged)  # rates only from fits that pass the quality criterion
     err = np.where(ok, 1.0 - np.mean(result.r2, axis=-1), np.nan)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers give NaN, as intended
         return {
             "fit_error": np.nanmean(err, axis=0),
             "fit_error_std": np.nanstd(err, axis=0),
-            "eta_h": np.nanmean(np.where(ok, result.eta_h, np.nan), axis=0),
-            "eta_y": np.nanmean(np.where(ok, result.eta_y, np.nan), axis=0),
+            "eta_h": np.nanmean(np.where(use, result.eta_h, np.nan), axis=0),
+            "eta_y": np.nanmean(np.where(use, result.eta_y, np.nan), axis=0),
             "h0": np.nanmean(result.h0, axis=0),
         }
 
@@ -194,7 +197,8 @@ def agreement(result) -> dict:
                                           spread(1 - np.mean(result.r2[:, -1], -1))]},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
                 "fit_failed": int((~div[:, None] & ~ok_fit).sum()),
-                "used": int(ok_fit.sum()), "layer_fits": int(ok_fit.size)},
+                "used": int(ok_fit.sum()), "layer_fits": int(ok_fit.size),
+                "rate_fits_used": int(np.asarray(result.converged).sum())},
     )
 
 

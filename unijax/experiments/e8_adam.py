@@ -182,8 +182,10 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         width=np.asarray([c.width for c in cfgs]), depth=np.asarray([c.depth for c in cfgs]),
         dx2=np.asarray(1.0), dy2=np.asarray(0.5), loss=loss, hyw=hyw, diverged=div,
         epochs_fit=f["epochs"], eta_h=f["eta_h"], eta_y=f["eta_y"], fit_ok=f["fit_ok"] & ~div,
-        converged=f["converged"] & ~div, r2=f["r2"], z_fit=f["z_fit"], eta_mean=f["eta_mean"],
+        converged=f["fit_ok"] & f["identified"] & ~div, r2=f["r2"], z_fit=f["z_fit"],
+        eta_mean=f["eta_mean"],
         r2_loss=f["r2_loss"], loss_fit=f["loss_fit"], loss_converged=f["loss_converged"],
+        fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
     )
 
     arrays = _flatten("dyn", dyn)
