@@ -17,7 +17,7 @@ def japply(net, params, x, **kw):
     return jax.jit(lambda p, x: net.apply({"params": p}, x, **kw))(params, x)
 
 NP_PHI = {
-    "leaky_relu": lambda a: np.where(a >= 0, a, 0.01 * a),
+    "leaky_relu": lambda a: np.where(a > 0, a, 0.01 * a),
     "relu": lambda a: np.maximum(a, 0),
     "elu": lambda a: np.where(a > 0, a, np.expm1(np.minimum(a, 0))),
     "tanh": np.tanh,
@@ -183,6 +183,8 @@ def test_float32_by_default_and_dtype_configurable():
         (dict(arch="mlp", width=8, depth=2, dropout=1.0), ["dropout", "[0, 1)"]),
         (dict(arch="conv", width=30, depth=4), ["width", "30"]),
         (dict(arch="conv", width=500, depth=2), ["depth", "3"]),
+        (dict(arch="conv", width=500, depth=2, conv_layout="paper"), ["conv_layout", "authors"]),
+        (dict(arch="conv", width=100, depth=10, conv_layout="authors"), ["width", "110"]),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, words):
@@ -190,3 +192,123 @@ def test_bad_arguments_name_the_argument(kwargs, words):
         nets.make(kwargs.pop("arch"), **kwargs)
     for word in words:
         assert word in str(err.value)
+
+
+# PyTorch's derivative of each nonlinearity at exactly 0 (torch 2.13, float32 and float64:
+# autograd of F.leaky_relu, torch.relu, F.elu, torch.tanh, F.silu, identity).
+TORCH_DERIVATIVE_AT_0 = {
+    "leaky_relu": 0.01, "relu": 0.0, "elu": 1.0, "tanh": 1.0, "swish": 0.5, "none": 1.0,
+}
+
+
+def test_derivatives_at_zero_are_pytorchs():
+    assert set(TORCH_DERIVATIVE_AT_0) == set(nets.NONLINEARITIES)
+    for name, phi in nets.NONLINEARITIES.items():
+        for dtype in (jnp.float32, jnp.float64):
+            z = jnp.zeros((), dtype) if dtype == jnp.float32 else np.float64(0.0)
+            d = float(jax.grad(phi)(z))
+            np.testing.assert_allclose(d, TORCH_DERIVATIVE_AT_0[name], rtol=1e-7, err_msg=name)
+    # Away from 0, leaky ReLU is unchanged.
+    x = jnp.array([-2.0, -1e-30, 1e-30, 3.0])
+    np.testing.assert_array_equal(nets.leaky_relu(x), np.where(x > 0, x, 0.01 * x))
+
+
+def test_leaky_relu_kink_in_a_zero_bias_network_gradient():
+    # Input 0 with zero biases puts every pre-activation exactly on the kink, as the two-point
+    # input x2 = 0 does: the first layer's bias gradient is then d * W1^T * phi'(0), which
+    # must carry PyTorch's 0.01, not jax.nn.leaky_relu's 1.
+    net = nets.make("mlp", width=4, depth=1, out_dim=1)
+    x = jnp.zeros((1, 1), jnp.float32)
+    params = jinit(net, x, jax.random.key(0))
+
+    def loss(p):
+        return 0.5 * jnp.mean((net.apply({"params": p}, x)[0] - 1.0) ** 2)
+
+    g = jax.jit(jax.grad(loss))(params)
+    w1 = np.asarray(params["dense_1"]["kernel"])[:, 0]
+    np.testing.assert_allclose(g["dense_0"]["bias"], -0.01 * w1, rtol=1e-6)
+
+
+def test_authors_conv_layout_has_depth_plus_one_convolutions():
+    width, depth = 64, 3
+    net = nets.make("conv", width=width, depth=depth, conv_layout="authors")
+    x = jnp.ones((2, 1), jnp.float32)
+    params = jinit(net, x, jax.random.key(0))
+    out, hiddens = japply(net, params, x)
+    sizes = nets.hidden_sizes("conv", width, depth, "authors")
+    # Affine in, then 1->20, 20->20, 20->20, 20->1 (depth + 1 = 4 convolutions), affine out.
+    assert sizes == (64, 54 * 20, 44 * 20, 34 * 20, 24)
+    assert nets.n_hidden("conv", depth, "authors") == len(sizes) == depth + 2
+    assert tuple(h.shape for h in hiddens) == tuple((2, s) for s in sizes)
+    assert params["conv_1"]["kernel"].shape == (11, 1, 20)
+    assert params["conv_3"]["kernel"].shape == (11, 20, 20)
+    assert params["conv_4"]["kernel"].shape == (11, 20, 1)
+    assert params["dense_out"]["kernel"].shape == (24, 1)
+    assert nets.layer_names(net) == ("dense_in", "conv_1", "conv_2", "conv_3", "conv_4",
+                                     "dense_out")
+    # At the paper's depth 10: eleven convolutions, read-out from 500 - 110 positions.
+    big = nets.make("conv", width=500, depth=10, conv_layout="authors")
+    assert len(nets.layer_names(big)) == 13
+    assert nets.hidden_sizes("conv", 500, 10, "authors")[-1] == 390
+    # The default layout is unchanged: depth - 1 convolutions.
+    assert nets.n_hidden("conv", depth) == depth
+
+
+def test_params_from_torch_transposes_linear_and_conv_weights():
+    rng = np.random.default_rng(0)
+    net = nets.make("conv", width=40, depth=1, conv_layout="authors", out_dim=2)
+    # A state dict shaped like the authors' CNN (nn.ModuleList: "0.weight", "0.bias", ...).
+    shapes = [((40, 1), "linear"), ((20, 1, 11), "conv"), ((1, 20, 11), "conv"),
+              ((2, 20), "linear")]
+    sd = {}
+    for i, (shape, _) in enumerate(shapes):
+        sd[f"{i}.weight"] = rng.normal(size=shape).astype(np.float32)
+        sd[f"{i}.bias"] = rng.normal(size=shape[0]).astype(np.float32)
+    params = nets.params_from_torch(sd, net)
+    np.testing.assert_array_equal(params["dense_in"]["kernel"], sd["0.weight"].T)
+    np.testing.assert_array_equal(params["conv_1"]["kernel"][:, 0, 5], sd["1.weight"][5, 0])
+    np.testing.assert_array_equal(params["conv_2"]["kernel"][3, 7, 0], sd["2.weight"][0, 7, 3])
+    np.testing.assert_array_equal(params["dense_out"]["bias"], sd["3.bias"])
+    expected = jax.eval_shape(lambda: nets.init(net, jnp.ones((2, 1)), key=jax.random.key(0)))
+    nets.check_params(expected, params)  # structure and shapes agree
+    # The conv forward on converted weights is PyTorch's Conv1d (a cross-correlation):
+    # output position i of channel c = bias_c + sum_j w[c, 0, j] * in[i + j].
+    _, hiddens = japply(net, jax.tree.map(jnp.asarray, params), jnp.array([[0.7]]))
+    a0 = np.asarray(hiddens[0][0], np.float64)
+    w = sd["1.weight"].astype(np.float64)
+    pre = np.stack([w[:, 0] @ a0[i : i + 11] for i in range(30)]) + sd["1.bias"]
+    np.testing.assert_allclose(hiddens[1][0].reshape(30, 20), np.where(pre > 0, pre, 0.01 * pre),
+                               rtol=2e-5, atol=2e-6)
+    # Dropout layers have no parameters: their indices are skipped ("1", "3", ...).
+    mlp = nets.make("mlp", width=3, depth=1)
+    sd2 = {"1.weight": np.ones((3, 1)), "1.bias": np.zeros(3), "3.weight": np.ones((1, 3)),
+           "3.bias": np.zeros(1)}
+    assert set(nets.params_from_torch(sd2, mlp)) == {"dense_0", "dense_1"}
+    with pytest.raises(ValueError, match="2 layers"):
+        nets.params_from_torch({k: v for k, v in sd2.items()}, nets.make("mlp", width=3,
+                                                                         depth=2))
+    with pytest.raises(ValueError, match="running_mean"):
+        nets.params_from_torch({"0.running_mean": np.ones(3)}, mlp)
+
+
+def test_check_params_names_the_mismatching_leaf():
+    net = nets.make("mlp", width=5, depth=2)
+    x = jnp.ones((2, 1))
+    expected = jax.eval_shape(lambda: nets.init(net, x, key=jax.random.key(0)))
+    good = jax.tree.map(lambda e: np.zeros(e.shape, np.float32), expected)
+    bad = jax.tree.map(lambda a: a, good)
+    bad["dense_1"]["kernel"] = np.zeros((4, 5), np.float32)
+    with pytest.raises(ValueError, match=r"\['dense_1'\]\['kernel'\] has shape \(4, 5\)"):
+        nets.check_params(expected, bad)
+    missing = {k: v for k, v in good.items() if k != "dense_2"}
+    with pytest.raises(ValueError, match="dense_2"):
+        nets.check_params(expected, missing)
+    # Leading (n_gains, n_seeds) axes, each possibly 1.
+    lead = jax.tree.map(lambda a: np.broadcast_to(a, (1, 3) + a.shape), good)
+    nets.check_params(expected, lead, lead=(2, 3))
+    with pytest.raises(ValueError, match=r"broadcastable to \(2, 4\)"):
+        nets.check_params(expected, lead, lead=(2, 4))
+    with pytest.raises(TypeError, match="floating"):
+        nets.check_params(expected, jax.tree.map(lambda a: a.astype(np.int32), good))
+    # A {"params": ...} wrapper is accepted.
+    nets.check_params(expected, {"params": good})

@@ -40,7 +40,7 @@ def np_forward(params, x, depth):
         p = params[f"dense_{k}"]
         z = a @ np.asarray(p["kernel"], np.float64) + np.asarray(p["bias"], np.float64)
         zs.append(z)
-        a = np.where(z >= 0, z, 0.01 * z) if k < depth else z
+        a = np.where(z > 0, z, 0.01 * z) if k < depth else z
         acts.append(a)
     return acts[-1], acts[1:-1], zs, acts
 
@@ -58,7 +58,8 @@ def np_sgd_step(params, x, y, lr, depth):
             "bias": np.asarray(p["bias"], np.float64) - lr * delta.sum(axis=0),
         }
         if k:
-            delta = (delta @ w.T) * np.where(zs[k - 1] >= 0, 1.0, 0.01)
+            # PyTorch's leaky ReLU derivative: 0.01 at exactly 0 (the input x2 = 0 is there).
+            delta = (delta @ w.T) * np.where(zs[k - 1] > 0, 1.0, 0.01)
     return new
 
 
@@ -392,6 +393,99 @@ def test_bad_arguments_name_the_argument(kwargs, words):
         train.train(CFG, **kwargs)
     for word in words:
         assert word in str(err.value), (word, str(err.value))
+
+
+def _kink_params(width=4):
+    """A zero-bias one-hidden-layer network: on input 0 every pre-activation is exactly 0."""
+    rng = np.random.default_rng(3)
+    return {"dense_0": {"kernel": rng.normal(size=(1, width)).astype(np.float32),
+                        "bias": np.zeros(width, np.float32)},
+            "dense_1": {"kernel": rng.normal(size=(width, 1)).astype(np.float32),
+                        "bias": np.zeros(1, np.float32)}}
+
+
+@pytest.mark.parametrize("path", ["fused", "autodiff"])
+def test_leaky_relu_derivative_at_zero_is_the_negative_slope_when_training(path):
+    # x = 0, y = 1, zero biases: out = 0 and dL/dout = -1, so one SGD step moves the first
+    # layer's bias by lr * W1 * phi'(0) with phi'(0) = 0.01 (PyTorch); with jax.nn.leaky_relu's
+    # derivative 1 it would move 100x further. "fused": the engine's hand-fused dense step;
+    # "autodiff": the same module through jax.grad (train_model's path).
+    p0, lr = _kink_params(), 0.1
+    ds = data.Dataset(np.zeros((1, 1), np.float32), np.ones((1, 1), np.float32))
+    cfg = CFG.replace(width=4, depth=1, epochs=1, lr=lr)
+    if path == "fused":
+        res = train.train(cfg, seeds=1, data=ds, params=p0, return_params=True)
+    else:
+        res = train.train_model(train.make_network(cfg), ds, layers=0, lr=lr, epochs=1,
+                                params=p0, return_params=True)
+    b0 = np.asarray(res.final_params["dense_0"]["bias"])[0, 0]
+    np.testing.assert_allclose(b0, lr * 0.01 * p0["dense_1"]["kernel"][:, 0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["fused", "autodiff", "minibatch"])
+def test_mse_loss_is_twice_half_mse_and_steps_like_twice_the_lr(variant):
+    # nn.MSELoss() = 2 x (0.5 * MSE): its recorded loss is twice, and training with lr moves
+    # the weights exactly as 0.5 * MSE with 2 lr.
+    cfg = CFG.replace(epochs=5, lr=0.01)
+    kw = {}
+    if variant == "autodiff":
+        cfg = cfg.replace(optimizer="sgd", arch="conv", width=40, depth=3)
+    if variant == "minibatch":
+        rng = np.random.default_rng(1)
+        kw["data"] = data.Dataset(rng.normal(size=(5, 2)).astype(np.float32),
+                                  rng.normal(size=(5, 1)).astype(np.float32))
+        cfg = cfg.replace(batch_size=2)
+    mse = train.train(cfg.replace(loss="mse"), seeds=[4], **kw)
+    half = train.train(cfg.replace(lr=2 * cfg.lr), seeds=[4], **kw)
+    np.testing.assert_allclose(mse.loss, 2 * np.asarray(half.loss), rtol=2e-5)
+    assert mse.config.loss == "mse" and half.config.loss == "half_mse"
+
+
+def test_training_from_given_params():
+    p = train.init_params(CFG, seeds=[0, 1], gains=[0.7])  # (1, 2, ...) leading axes
+    one = jax.tree.map(lambda a: np.asarray(a[0, 1]), p)
+    # One trial's parameters, shared by every trial of the grid: equal to a drawn run of it.
+    ref = train.train(CFG, seeds=[1], gains=[0.7])
+    res = train.train(CFG, seeds=[0, 5], gains=[1.0, 2.0], params=one, return_params=True)
+    assert res.h.shape == (2, 2, CFG.epochs)
+    for g in range(2):
+        for s in range(2):
+            np.testing.assert_allclose(res.loss[g, s], ref.loss[0, 0], rtol=1e-6)
+    np.testing.assert_array_equal(res.initial_params["dense_1"]["kernel"][1, 0],
+                                  one["dense_1"]["kernel"])
+    # Leading (n_gains, n_seeds) axes: trial (g, s) starts from params[g, s].
+    grid = train.train(CFG, seeds=[0, 1], gains=[0.7], params=p)
+    drawn = train.train(CFG, seeds=[0, 1], gains=[0.7])
+    np.testing.assert_allclose(grid.loss, drawn.loss, rtol=1e-6)
+    # A {"params": ...} wrapper and a custom module (train_model) work too.
+    net = train.make_network(CFG)
+    res2 = train.train_model(net, data.two_points(), layers=1, lr=CFG.lr, epochs=CFG.epochs,
+                             params={"params": one})
+    np.testing.assert_allclose(res2.loss[0, 0], ref.loss[0, 0], rtol=1e-5)
+
+
+def test_given_params_of_the_wrong_shape_name_the_leaf():
+    one = jax.tree.map(lambda a: np.asarray(a[0, 0]), train.init_params(CFG, seeds=1))
+    bad = {**one, "dense_2": {**one["dense_2"], "kernel": np.zeros((16, 15), np.float32)}}
+    with pytest.raises(ValueError, match=r"\['dense_2'\]\['kernel'\] has shape \(16, 15\)"):
+        train.train(CFG, seeds=1, params=bad)
+    with pytest.raises(ValueError, match="missing"):
+        train.train(CFG, seeds=1, params={k: v for k, v in one.items() if k != "dense_0"})
+    lead = jax.tree.map(lambda a: np.stack([a] * 3)[None], one)  # (1, 3, ...)
+    with pytest.raises(ValueError, match=r"broadcastable to \(1, 2\)"):
+        train.train(CFG, seeds=2, params=lead)
+
+
+def test_authors_conv_layout_trains_and_records_every_layer():
+    cfg = configs.get("convolution", width=48, depth=2, epochs=3, conv_layout="authors")
+    assert cfg.layer == 1
+    res = train.train(cfg, seeds=1, layers="all", record_points=2)
+    # depth + 2 = 4 hidden activations: affine in, convolutions 1->20, 20->20, 20->1.
+    assert res.h.shape == (1, 1, 4, 3)
+    assert [r.shape[-1] for r in res.final_reps] == [48, 38 * 20, 28 * 20, 18]
+    assert configs.get("convolution", conv_layout="authors", layer=11).layer == 11
+    with pytest.raises(ValueError, match=r"\[0, 11\]"):
+        configs.get("convolution", conv_layout="authors", layer=12)
 
 
 @pytest.mark.slow

@@ -26,10 +26,15 @@ import numpy as np
 from . import nets
 from .data import DATASETS
 
-__all__ = ["TrainConfig", "get", "names", "OPTIMIZERS", "DTYPES"]
+__all__ = ["TrainConfig", "get", "names", "OPTIMIZERS", "DTYPES", "LOSSES"]
 
 #: Optimizers understood by :mod:`unijax.train`.
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+#: Training losses understood by :mod:`unijax.train`: ``"half_mse"``
+#: ``0.5 * mean((f - y)^2)`` (the paper's text, appendix B) and ``"mse"``
+#: ``mean((f - y)^2)`` (PyTorch's ``nn.MSELoss()``, what the authors' XOR notebook ran); means
+#: over points and output dimensions.
+LOSSES: tuple[str, ...] = ("half_mse", "mse")
 #: Floating dtypes accepted for networks and data.
 DTYPES: tuple[str, ...] = ("float32", "float64", "bfloat16", "float16")
 
@@ -61,6 +66,15 @@ class TrainConfig:
         divergence_threshold: a trial whose loss exceeds this (or is NaN/inf) is marked
             diverged, > 0.
         precision: matmul precision (``"highest"``: exact float32 everywhere).
+        loss: the training loss, one of :data:`LOSSES`: ``"half_mse"`` (default,
+            ``0.5 * mean((f(x) - y)^2)``) or ``"mse"`` (``mean((f(x) - y)^2)``, PyTorch's
+            ``nn.MSELoss()``; the same gradient as ``"half_mse"`` at twice the learning rate).
+            The recorded loss is this loss.
+        conv_layout: layout of the ``"conv"`` architecture, one of
+            ``unijax.nets.CONV_LAYOUTS``: ``"unijax"`` (default: ``depth - 1`` convolutions,
+            ``depth`` hidden layers) or ``"authors"`` (``depth + 1`` convolutions, ``depth + 2``
+            hidden layers, as the paper's code; ``layer`` may then be up to ``depth + 1``).
+            Ignored by the other architectures.
 
     Raises:
         ValueError: any value outside its range, naming the field, value and valid range.
@@ -84,6 +98,8 @@ class TrainConfig:
     dropout: float = 0.0
     divergence_threshold: float = 1e6
     precision: str = "highest"
+    loss: str = "half_mse"
+    conv_layout: str = "unijax"
 
     def __post_init__(self):
         def positive_int(field: str):
@@ -126,6 +142,12 @@ class TrainConfig:
             raise ValueError(
                 f"unknown precision={self.precision!r}; valid: ['default', 'high', 'highest']"
             )
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss={self.loss!r}; valid: {list(LOSSES)}")
+        if self.conv_layout not in nets.CONV_LAYOUTS:
+            raise ValueError(
+                f"unknown conv_layout={self.conv_layout!r}; valid: {list(nets.CONV_LAYOUTS)}"
+            )
         if self.batch_size is not None:
             positive_int("batch_size")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
@@ -133,17 +155,19 @@ class TrainConfig:
         if self.arch == "dropout" and self.dropout == 0:
             raise ValueError("arch='dropout' needs dropout in (0, 1), got dropout=0")
         if self.arch == "conv":
-            nets.hidden_sizes("conv", self.width, self.depth)  # raises on too narrow/shallow
+            # Raises on a network too narrow or shallow for its convolutions.
+            nets.hidden_sizes("conv", self.width, self.depth, self.conv_layout)
+        n_hidden = nets.n_hidden(self.arch, self.depth, self.conv_layout)
         if self.layer is None:
             object.__setattr__(self, "layer", self.depth // 2)
         if (
             isinstance(self.layer, bool)
             or not isinstance(self.layer, (int, np.integer))
-            or not 0 <= self.layer < self.depth
+            or not 0 <= self.layer < n_hidden
         ):
             raise ValueError(
-                f"layer must be an integer in [0, {self.depth - 1}] (depth={self.depth} hidden "
-                f"layers), got layer={self.layer!r}"
+                f"layer must be an integer in [0, {n_hidden - 1}] ({n_hidden} hidden "
+                f"layers at depth={self.depth}), got layer={self.layer!r}"
             )
         object.__setattr__(self, "layer", int(self.layer))
 

@@ -14,13 +14,32 @@ Architectures (:data:`ARCHITECTURES`):
 - ``"dropout"``: as ``"mlp"`` with dropout (rate ``dropout``, default 0.1) on the input of every
   affine map while training; off when measuring (``train=False``).
 - ``"conv"``: an affine input layer to ``width`` units (``hiddens[0]: (n, width)``), then
-  ``L - 1`` valid (unpadded) 1-D convolutions with kernel 11: ``1 -> 20`` channels, ``20 -> 20``
-  channels, ..., and a last ``20 -> 1`` channel convolution, then an affine read-out. Each
-  convolution shortens the signal by 10, so ``hiddens[k]`` (``k >= 1``) has
-  ``(width - 10 k) * channels_k`` features (position-major, channel-minor), with
-  ``channels_k = 20`` for ``1 <= k <= L - 2`` and ``1`` for ``k = L - 1``. Needs ``L >= 3`` and
-  ``width > 10 (L - 1)``. (The authors' code has two more convolutions than hidden layers,
-  ``L + 2`` activations; we follow the ``L`` / ``L + 1`` convention of EXPERIMENTS.md.)
+  valid (unpadded) 1-D convolutions with kernel 11, a first ``1 -> 20`` channels, then
+  ``20 -> 20`` channels, and a last ``20 -> 1`` channel convolution, then an affine read-out
+  (every convolution followed by the nonlinearity). Each convolution shortens the signal by 10,
+  so the activation of convolution ``k`` (``hiddens[k]``) has ``(width - 10 k) * channels_k``
+  features (position-major, channel-minor), ``channels_k = 20`` except ``1`` for the last.
+  Two layouts (``conv_layout``, :data:`CONV_LAYOUTS`):
+
+  * ``"unijax"`` (default): ``L - 1`` convolutions (``L - 3`` of them ``20 -> 20``), so that
+    there are ``L`` hidden activations and ``L + 1`` maps, the convention of the MLP. Needs
+    ``L >= 3`` and ``width > 10 (L - 1)``.
+  * ``"authors"``: the network of the paper's code (``CNN`` in the authors' ``models.py``):
+    ``L + 1`` convolutions (``1 -> 20``, ``L - 1`` of ``20 -> 20``, ``20 -> 1``; for ``L = 10``
+    eleven convolutions), so there are ``L + 2`` hidden activations (``hiddens[0]`` the affine
+    input layer, ``hiddens[k]`` convolution ``k``, ``1 <= k <= L + 1``) and ``L + 3`` maps.
+    The read-out takes the ``width - 10 (L + 1)`` positions of the last convolution. (The
+    authors' code sizes it ``width - 11 L``, which is the same number only at ``L = 10``, the
+    one depth it ran.) Their observed layer ``hidden_layer = 5`` at ``L = 10`` is
+    ``hiddens[5] = hiddens[L // 2]``. Needs ``L >= 1`` and ``width > 10 (L + 1)``. The
+    authors flatten a convolution's activation channel-major; the flattening order changes no
+    distance.
+
+Derivatives follow PyTorch's at the kinks: leaky ReLU has derivative ``negative_slope``
+(0.01) at exactly 0, as ``torch.nn.functional.leaky_relu`` (``jax.nn.leaky_relu`` has 1), and
+relu 0. This matters: with zero biases the two-point input ``x = 0`` and the XOR input
+``(0, 0)`` put every pre-activation exactly at 0 (the other nonlinearities agree with PyTorch
+at 0 already: elu 1, tanh 1, swish 1/2, linear 1).
 
 Initialization (all architectures): Xavier/Glorot normal kernels,
 ``std = gain * sqrt(2 / (fan_in + fan_out))`` (for a convolution ``fan = kernel * channels``, as
@@ -48,17 +67,35 @@ __all__ = [
     "NONLINEARITIES",
     "CONV_CHANNELS",
     "CONV_KERNEL",
+    "CONV_LAYOUTS",
     "MLP",
     "ConvNet",
     "make",
     "init",
     "hidden_sizes",
+    "n_hidden",
     "xavier_normal",
+    "leaky_relu",
+    "layer_names",
+    "check_params",
+    "params_from_torch",
 ]
 
-#: Nonlinearities by name. ``leaky_relu`` has negative slope 0.01 (PyTorch's default).
+def leaky_relu(x: jax.Array, negative_slope: float = 0.01) -> jax.Array:
+    """Leaky ReLU with PyTorch's derivative at 0: ``negative_slope``, not 1.
+
+    ``x if x > 0 else negative_slope * x``, elementwise. ``jax.nn.leaky_relu`` selects the
+    identity branch at ``x = 0`` (``x >= 0``), so its derivative there is 1;
+    ``torch.nn.functional.leaky_relu`` uses the negative slope. Same values, different
+    gradients on the kink, which a zero-bias network hits exactly (module docstring).
+    """
+    return jnp.where(x > 0, x, negative_slope * x)
+
+
+#: Nonlinearities by name. ``leaky_relu`` has negative slope 0.01 (PyTorch's default) and
+#: PyTorch's derivative at 0 (see :func:`leaky_relu`).
 NONLINEARITIES: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "leaky_relu": functools.partial(jax.nn.leaky_relu, negative_slope=0.01),
+    "leaky_relu": functools.partial(leaky_relu, negative_slope=0.01),
     "relu": jax.nn.relu,
     "elu": jax.nn.elu,
     "tanh": jnp.tanh,
@@ -72,6 +109,10 @@ ARCHITECTURES: tuple[str, ...] = ("mlp", "conv", "skip", "dropout")
 #: Channels and kernel size of the convolution variant (appendix B).
 CONV_CHANNELS = 20
 CONV_KERNEL = 11
+#: Layouts of the convolution variant (module docstring): ``"unijax"`` (``L - 1``
+#: convolutions, ``L`` hidden activations) or ``"authors"`` (``L + 1`` convolutions, ``L + 2``
+#: hidden activations, as the paper's code).
+CONV_LAYOUTS: tuple[str, ...] = ("unijax", "authors")
 
 #: Default dropout rate of the ``"dropout"`` architecture (appendix B).
 DEFAULT_DROPOUT = 0.1
@@ -178,10 +219,11 @@ class MLP(nn.Module):
 
 
 class ConvNet(nn.Module):
-    """The convolution variant: affine in, ``depth - 1`` valid 1-D convolutions, affine out.
+    """The convolution variant: affine in, valid 1-D convolutions, affine out.
 
-    See the module docstring for the hidden shapes. Attributes as in :class:`MLP`, plus
-    ``channels`` (20) and ``kernel`` (11).
+    ``depth - 1`` convolutions (``layout="unijax"``) or ``depth + 1`` (``layout="authors"``);
+    see the module docstring for the hidden shapes. Attributes as in :class:`MLP`, plus
+    ``channels`` (20), ``kernel`` (11) and ``layout`` (one of :data:`CONV_LAYOUTS`).
     """
 
     width: int
@@ -194,12 +236,14 @@ class ConvNet(nn.Module):
     precision: str | None = "highest"
     channels: int = CONV_CHANNELS
     kernel: int = CONV_KERNEL
+    layout: str = "unijax"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> tuple[jax.Array, tuple]:
         """Forward pass; ``x: (n_points, in_dim)`` -> ``(out, hiddens)`` (flattened hiddens)."""
         _check_common(self.width, self.depth, self.out_dim, self.nonlinearity, self.dropout)
-        _check_conv(self.width, self.depth, self.kernel)
+        _check_conv(self.width, self.depth, self.kernel, self.layout)
+        n_conv = _n_conv(self.depth, self.layout)
         phi = NONLINEARITIES[self.nonlinearity]
         prec = _PRECISIONS[self.precision]
         drop = nn.Dropout(self.dropout, deterministic=not train) if self.dropout else None
@@ -216,8 +260,8 @@ class ConvNet(nn.Module):
         a = phi(nn.Dense(self.width, name="dense_in", **common)(maybe_drop(a)))
         hiddens = [a]
         a = a[:, :, None]  # (n, length, channels=1)
-        for k in range(1, self.depth):
-            features = 1 if k == self.depth - 1 else self.channels
+        for k in range(1, n_conv + 1):
+            features = 1 if k == n_conv else self.channels
             conv = nn.Conv(features, (self.kernel,), padding="VALID", name=f"conv_{k}", **common)
             a = phi(conv(maybe_drop(a)))
             hiddens.append(a.reshape(n, -1))
@@ -225,29 +269,65 @@ class ConvNet(nn.Module):
         return out, tuple(hiddens)
 
 
-def _check_conv(width: int, depth: int, kernel: int = CONV_KERNEL) -> None:
-    if depth < 3:
-        raise ValueError(f"the conv architecture needs depth >= 3 hidden layers, got {depth=}")
-    if width <= (kernel - 1) * (depth - 1):
+def _n_conv(depth: int, layout: str) -> int:
+    """Number of convolutions of the conv variant of ``depth`` hidden layers."""
+    return depth + 1 if layout == "authors" else depth - 1
+
+
+def _check_layout(conv_layout: str) -> None:
+    if conv_layout not in CONV_LAYOUTS:
+        raise ValueError(f"unknown conv_layout={conv_layout!r}; valid: {list(CONV_LAYOUTS)}")
+
+
+def _check_conv(width: int, depth: int, kernel: int = CONV_KERNEL, layout: str = "unijax"):
+    _check_layout(layout)
+    min_depth = 1 if layout == "authors" else 3
+    if depth < min_depth:
         raise ValueError(
-            f"the conv architecture needs width > {(kernel - 1) * (depth - 1)} for depth={depth} "
-            f"(each of the {depth - 1} valid convolutions shortens the signal by {kernel - 1}), "
-            f"got {width=}"
+            f"the conv architecture (conv_layout={layout!r}) needs depth >= {min_depth} hidden "
+            f"layers, got {depth=}"
+        )
+    n_conv = _n_conv(depth, layout)
+    if width <= (kernel - 1) * n_conv:
+        raise ValueError(
+            f"the conv architecture (conv_layout={layout!r}) needs width > "
+            f"{(kernel - 1) * n_conv} for depth={depth} (each of the {n_conv} valid "
+            f"convolutions shortens the signal by {kernel - 1}), got {width=}"
         )
 
 
-def hidden_sizes(arch: str, width: int, depth: int) -> tuple[int, ...]:
-    """Number of features of each (flattened) hidden activation, length ``depth``."""
+def hidden_sizes(
+    arch: str, width: int, depth: int, conv_layout: str = "unijax"
+) -> tuple[int, ...]:
+    """Number of features of each (flattened) hidden activation.
+
+    Length ``depth``, except ``depth + 2`` for ``arch="conv"`` with ``conv_layout="authors"``
+    (see :func:`n_hidden`).
+    """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch={arch!r}; valid names: {list(ARCHITECTURES)}")
+    _check_layout(conv_layout)
     if arch != "conv":
         return (width,) * depth
-    _check_conv(width, depth)
+    _check_conv(width, depth, CONV_KERNEL, conv_layout)
+    n_conv = _n_conv(depth, conv_layout)
     sizes = [width]
-    for k in range(1, depth):
-        channels = 1 if k == depth - 1 else CONV_CHANNELS
+    for k in range(1, n_conv + 1):
+        channels = 1 if k == n_conv else CONV_CHANNELS
         sizes.append((width - (CONV_KERNEL - 1) * k) * channels)
     return tuple(sizes)
+
+
+def n_hidden(arch: str, depth: int, conv_layout: str = "unijax") -> int:
+    """Number of hidden activations ``hiddens`` a network returns (valid ``layer`` indices).
+
+    ``depth`` for every architecture except the authors' conv layout, which has ``depth + 2``
+    (the affine input layer and ``depth + 1`` convolutions).
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown arch={arch!r}; valid names: {list(ARCHITECTURES)}")
+    _check_layout(conv_layout)
+    return depth + 2 if (arch == "conv" and conv_layout == "authors") else depth
 
 
 def make(
@@ -261,6 +341,7 @@ def make(
     gain: float = 1.0,
     dtype: Any = jnp.float32,
     precision: str | None = "highest",
+    conv_layout: str = "unijax",
 ) -> nn.Module:
     """The network of architecture ``arch`` (one of :data:`ARCHITECTURES`).
 
@@ -271,9 +352,12 @@ def make(
         gain: Xavier gain used by ``module.init`` (:func:`init` overrides it).
         dtype: parameter/computation dtype, a NumPy/JAX dtype or its name.
         precision: ``None``, ``"default"``, ``"high"`` or ``"highest"``.
+        conv_layout: ``"unijax"`` or ``"authors"`` (:data:`CONV_LAYOUTS`, module docstring);
+            only used by ``"conv"``.
 
     Raises:
-        ValueError: unknown ``arch``/``nonlinearity``/``precision``, non-positive sizes,
+        ValueError: unknown ``arch``/``nonlinearity``/``precision``/``conv_layout``,
+            non-positive sizes,
             ``dropout`` outside ``[0, 1)``, a conv network too narrow or shallow.
     """
     if arch not in ARCHITECTURES:
@@ -296,9 +380,10 @@ def make(
         dtype=dtype,
         precision=precision,
     )
+    _check_layout(conv_layout)
     if arch == "conv":
-        _check_conv(width, depth)
-        return ConvNet(**kw)
+        _check_conv(width, depth, CONV_KERNEL, conv_layout)
+        return ConvNet(layout=conv_layout, **kw)
     return MLP(skip=(arch == "skip"), **kw)
 
 
@@ -364,3 +449,159 @@ def scale_kernels(params: Any, gain: float | jax.Array) -> Any:
 def count_params(params: Any) -> int:
     """Total number of scalars in a parameter pytree."""
     return sum(int(leaf.size) for leaf in jax.tree_util.tree_leaves(params))
+
+
+# --------------------------------------------------------------------------------------------
+# Given parameters: structure checks and PyTorch state dicts
+# --------------------------------------------------------------------------------------------
+
+
+def layer_names(net: nn.Module) -> tuple[str, ...]:
+    """Names of the parameterized layers of a unijax network, input to output.
+
+    ``("dense_0", ..., "dense_L")`` for :class:`MLP`; ``("dense_in", "conv_1", ...,
+    "conv_K", "dense_out")`` for :class:`ConvNet` (``K`` convolutions, see the module
+    docstring). This is the order of the ``nn.Linear`` / ``nn.Conv1d`` modules of the
+    corresponding PyTorch network (:func:`params_from_torch`).
+    """
+    if isinstance(net, MLP):
+        return tuple(f"dense_{k}" for k in range(net.depth + 1))
+    if isinstance(net, ConvNet):
+        n_conv = _n_conv(net.depth, net.layout)
+        return ("dense_in", *(f"conv_{k}" for k in range(1, n_conv + 1)), "dense_out")
+    raise TypeError(f"net must be a unijax.nets MLP or ConvNet, got {type(net).__name__}")
+
+
+def _as_plain_dict(tree: Any) -> Any:
+    if hasattr(tree, "unfreeze"):
+        tree = tree.unfreeze()
+    if isinstance(tree, dict):
+        return {k: _as_plain_dict(v) for k, v in tree.items()}
+    return tree
+
+
+def check_params(
+    expected: Any, params: Any, *, lead: tuple[int, ...] = (), name: str = "params"
+) -> Any:
+    """Check a parameter pytree against the structure and shapes a network expects.
+
+    Args:
+        expected: the network's parameters for one trial, or their shapes (e.g.
+            ``jax.eval_shape(lambda: nets.init(net, x, key=jax.random.key(0)))``).
+        params: the given parameters (nested dicts of arrays; a ``{"params": ...}`` wrapper
+            or a Flax ``FrozenDict`` is accepted). Each leaf has the expected shape ``S``, or
+            ``lead' + S`` where ``lead'`` has ``len(lead)`` axes each equal to the
+            corresponding ``lead`` size or 1 (broadcast).
+        lead: allowed leading batch axes, e.g. ``(n_gains, n_seeds)``; ``()``: none.
+        name: how to call ``params`` in error messages.
+
+    Returns:
+        ``params`` as plain nested dicts with the expected tree structure (leaves unchanged).
+
+    Raises:
+        ValueError: a missing or unexpected layer/leaf, or a leaf of the wrong shape, naming
+            the leaf (e.g. ``params['dense_3']['kernel']``), its shape and the expected one.
+        TypeError: a leaf that is not a floating-point array.
+    """
+    params = _as_plain_dict(params)
+    if isinstance(params, dict) and set(params) == {"params"}:
+        params = params["params"]
+    exp_leaves, treedef = jax.tree_util.tree_flatten_with_path(_as_plain_dict(expected))
+    got = dict(
+        (jax.tree_util.keystr(p), leaf)
+        for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    )
+    want = [jax.tree_util.keystr(p) for p, _ in exp_leaves]
+    missing = [k for k in want if k not in got]
+    extra = sorted(set(got) - set(want))
+    if missing or extra:
+        raise ValueError(
+            f"{name} does not match the network's parameter structure: missing {missing}, "
+            f"unexpected {extra}; expected leaves: {want}"
+        )
+    out = []
+    for key, (_, leaf) in zip(want, exp_leaves, strict=True):
+        value = got[key]
+        shape = tuple(np.shape(value))
+        dtype = np.result_type(getattr(value, "dtype", np.asarray(value).dtype))
+        if not np.issubdtype(dtype, np.floating) and dtype != jnp.bfloat16:
+            raise TypeError(f"{name}{key} must be a floating-point array, got dtype {dtype}")
+        want_shape = tuple(leaf.shape)
+        n = len(lead)
+        ok = shape == want_shape or (
+            len(shape) == n + len(want_shape)
+            and shape[n:] == want_shape
+            and all(s in (1, m) for s, m in zip(shape[:n], lead, strict=True))
+        )
+        if not ok:
+            extra_msg = f" (or with leading axes broadcastable to {lead})" if n else ""
+            raise ValueError(
+                f"{name}{key} has shape {shape}, the network expects {want_shape}{extra_msg}"
+            )
+        out.append(value)
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def params_from_torch(state_dict: dict[str, Any], net: nn.Module) -> dict:
+    """Flax parameters of ``net`` from a PyTorch-style state dict of NumPy arrays.
+
+    No PyTorch needed: pass ``{k: v.detach().cpu().numpy() for k, v in
+    model.state_dict().items()}``. The state dict's layers are taken in their order (the order
+    of ``model.state_dict()``, the modules' registration order), grouped by the key prefix
+    before the last ``.`` (``"3.weight"``, ``"3.bias"`` -> layer ``"3"``); layers without
+    parameters (dropout) do not appear and are skipped. They are matched one to one with
+    :func:`layer_names` of ``net``, converting
+
+    - ``nn.Linear``: ``weight (out, in)`` -> ``kernel (in, out)`` (transposed),
+    - ``nn.Conv1d``: ``weight (out, in, kernel)`` -> ``kernel (kernel, in, out)``,
+    - ``bias (out,)`` -> ``bias (out,)``.
+
+    The authors' ``MLP``, ``ResNet`` and ``Dropout`` networks map onto :class:`MLP` (with
+    ``skip`` / ``dropout``), their ``CNN`` onto :class:`ConvNet` with ``layout="authors"``.
+    Both compute cross-correlations, so conv kernels are not flipped. Shapes are checked against
+    the network when it is trained (``unijax.train.train(..., params=...)``) or with
+    :func:`check_params`.
+
+    Args:
+        state_dict: mapping ``"<layer>.weight"`` / ``"<layer>.bias"`` -> array.
+        net: the unijax network (:class:`MLP` or :class:`ConvNet`, e.g. from :func:`make`).
+
+    Returns:
+        The ``"params"`` collection: ``{layer_name: {"kernel": ..., "bias": ...}}`` (NumPy).
+
+    Raises:
+        ValueError: a key that is not ``<layer>.weight`` / ``<layer>.bias``, a layer without
+            both, a number of layers different from ``net``'s, or a weight of a rank other
+            than 2 (linear) or 3 (1-D convolution).
+    """
+    names = layer_names(net)
+    layers: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in state_dict.items():
+        prefix, _, leaf = str(key).rpartition(".")
+        if leaf not in ("weight", "bias") or not prefix:
+            raise ValueError(
+                f"state_dict key {key!r} is not '<layer>.weight' or '<layer>.bias'"
+            )
+        layers.setdefault(prefix, {})[leaf] = np.asarray(value)
+    if len(layers) != len(names):
+        raise ValueError(
+            f"state_dict has {len(layers)} layers {list(layers)}, the network has "
+            f"{len(names)}: {list(names)}"
+        )
+    out = {}
+    for (prefix, tensors), name in zip(layers.items(), names, strict=True):
+        if set(tensors) != {"weight", "bias"}:
+            raise ValueError(f"state_dict layer {prefix!r} needs a weight and a bias, got "
+                             f"{sorted(tensors)}")
+        w = tensors["weight"]
+        if w.ndim == 2:
+            kernel = w.T
+        elif w.ndim == 3:
+            kernel = np.transpose(w, (2, 1, 0))
+        else:
+            raise ValueError(
+                f"state_dict {prefix + '.weight'!r} has shape {w.shape}: expected a linear "
+                f"(out, in) or 1-D convolution (out, in, kernel) weight"
+            )
+        out[name] = {"kernel": np.ascontiguousarray(kernel), "bias": tensors["bias"]}
+    return out

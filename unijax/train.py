@@ -27,10 +27,17 @@ hidden layer and ``f`` the network (THEORY.md section 2):
 
     h = ||h_l(x2) - h_l(x1)||^2,   y = ||f(x2) - f(x1)||^2,   w = y - (y2 - y1) . (f(x2) - f(x1))
 
-and the loss ``0.5 * mean((f(x) - y)^2)`` over all points and output dimensions. With full-batch
+and the training loss of ``config.loss`` over all points and output dimensions:
+``0.5 * mean((f(x) - y)^2)`` (``"half_mse"``, the default) or ``mean((f(x) - y)^2)``
+(``"mse"``, PyTorch's ``nn.MSELoss()``). With full-batch
 gradient descent and no dropout these come from the same forward pass as the gradient of that
 epoch (no extra forward); with mini-batches or dropout a separate deterministic forward pass
 (dropout off) over the whole data set measures them.
+
+Training can start from given parameters instead of Xavier draws (``params=`` of :func:`train`
+and :func:`train_model`: a checkpoint, or a PyTorch network's weights through
+:func:`unijax.nets.params_from_torch`); with the same weights, loss and optimizer the
+trajectories match PyTorch's to float32 rounding (``tests/test_parity.py``).
 
 Example:
     >>> from unijax import configs, train
@@ -90,7 +97,8 @@ class TrainResult(eqx.Module):
     Attributes:
         gains: ``(n_gains,)`` Xavier gains.
         seeds: ``(n_seeds,)`` integer seeds.
-        loss: ``(n_gains, n_seeds, n_epochs)``, 0.5 * MSE over the whole data set.
+        loss: ``(n_gains, n_seeds, n_epochs)``, the training loss (``config.loss``: 0.5 * MSE by
+            default, or MSE) over the whole data set.
         h, y, w: ``(n_gains, n_seeds, n_epochs)`` or ``(n_gains, n_seeds, L, n_epochs)``: the
             two-point observables of the recorded pair (``None`` without a pair). ``y`` and
             ``w`` do not depend on the layer and are repeated along the layer axis.
@@ -241,6 +249,7 @@ def make_network(config: TrainConfig, out_dim: int = 1) -> nn.Module:
         gain=config.gain,
         dtype=config.dtype,
         precision=config.precision,
+        conv_layout=config.conv_layout,
     )
 
 
@@ -275,10 +284,11 @@ def _outer_sum(a: jax.Array, d: jax.Array, precision=None) -> jax.Array:
     return jnp.dot(a.T, d, precision=precision)
 
 
-def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision):
+def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision, loss="half_mse"):
     """One full-batch gradient-descent step of the dense network ``nets.MLP``, by hand.
 
-    Same mathematics as ``jax.grad`` of ``0.5 * mean((f(x) - y)^2)`` followed by
+    Same mathematics as ``jax.grad`` of the loss (``"half_mse"``: ``0.5 * mean((f(x) - y)^2)``,
+    ``"mse"``: ``mean((f(x) - y)^2)``) followed by
     ``W <- W - lr * dL/dW`` (tests check the two agree), arranged so that every weight matrix
     is read twice and written once per step, the least a layer-by-layer backward pass can do:
     the forward pass reads ``W``; the backward pass writes ``W_new = W - lr * A^T D`` in place
@@ -316,7 +326,7 @@ def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision):
         else:
             a = z
     out = a
-    d = (out - y) * jnp.asarray(1.0 / out.size, dtype)  # dL/dout for L = 0.5 * mean(...)
+    d = (out - y) * jnp.asarray(_LOSS_SCALE[loss] / out.size, dtype)  # dL/dout
     grad_h: list = [None] * depth  # total dL/dh_k, completed before it is used
     new = {}
     for k in range(depth, -1, -1):
@@ -332,6 +342,8 @@ def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision):
         if skip and k + 1 <= depth - 1 and k + 1 >= 2:
             g = g + grad_h[k + 1]  # h_{k+1} = phi(z_{k+1}) + h_{k-1}
         grad_h[k - 1] = g
+        # The nonlinearity's own derivative (autodiff of phi), so the kinks are PyTorch's
+        # (nets.leaky_relu: negative slope at exactly 0) here as in the autodiff paths.
         _, vjp = jax.vjp(phi, zs[k - 1])
         d = vjp(g)[0]
     return new, out, tuple(hs[layer] for layer in layers)
@@ -437,6 +449,8 @@ class _Spec(NamedTuple):
     pair: tuple[int, int] | None
     record_points: tuple[int, ...]
     dtype: str
+    loss: str = "half_mse"
+    params_mode: str | None = None  # given initial params: None (drawn), "shared" or "trial"
 
 
 class _Carry(NamedTuple):
@@ -458,9 +472,28 @@ def _optimizer(name: str, lr: jax.Array) -> optax.GradientTransformation:
     return optax.sgd(lr) if name == "sgd" else optax.adam(lr)
 
 
+#: ``loss = _LOSS_SCALE[name] * 0.5 * mean((f - y)^2)`` for each of ``configs.LOSSES``.
+_LOSS_SCALE = {"half_mse": 1.0, "mse": 2.0}
+
+
+def _loss(name: str, out: jax.Array, y: jax.Array, weights: jax.Array | None = None):
+    """The training loss ``name`` (``configs.LOSSES``): a mean over points and outputs.
+
+    ``weights: (n,)`` (0 or 1) restricts the mean to the points with weight 1 (a padded
+    mini-batch), as a PyTorch ``DataLoader`` with ``drop_last=False`` gives for the last batch.
+    """
+    if name not in _LOSS_SCALE:
+        raise ValueError(f"unknown loss={name!r}; valid: {list(_LOSS_SCALE)}")
+    c = jnp.asarray(0.5 * _LOSS_SCALE[name], out.dtype)
+    if weights is None:
+        return c * jnp.mean((out - y) ** 2)
+    sq = jnp.mean((out - y) ** 2, axis=-1)
+    return c * jnp.sum(weights * sq) / jnp.sum(weights)
+
+
 def _observe(spec: _Spec, out, reps, y) -> _Obs:
     """Observables of one deterministic forward pass over the whole data set."""
-    loss = 0.5 * jnp.mean((out - y) ** 2)
+    loss = _loss(spec.loss, out, y)
     if spec.pair is not None:
         i, j = spec.pair
         df = out[j] - out[i]
@@ -490,14 +523,12 @@ def _epoch_fn(spec: _Spec, net: _Net):
 
     def full_loss(params, x, y):
         out, reps = net.apply(params, x, False, None)
-        return 0.5 * jnp.mean((out - y) ** 2), (out, reps)
+        return _loss(spec.loss, out, y), (out, reps)
 
     def batch_loss(params, xb, yb, mb, key):
         out, _ = net.apply(params, xb, True, key)
-        sq = jnp.mean((out - yb) ** 2, axis=-1)
-        # Mean over the real points of the batch only (padding has mb = 0), as a DataLoader
-        # with drop_last=False would give for the last, smaller batch.
-        return 0.5 * jnp.sum(mb * sq) / jnp.sum(mb)
+        # Mean over the real points of the batch only (padding has mb = 0).
+        return _loss(spec.loss, out, yb, mb)
 
     n = spec.n_points
     bs = n if spec.batch_size is None else min(spec.batch_size, n)
@@ -506,7 +537,7 @@ def _epoch_fn(spec: _Spec, net: _Net):
     def epoch(carry: _Carry, t, lr, x, y):
         tx = _optimizer(spec.optimizer, lr)
         if _fused(spec, net) and spec.optimizer == "sgd" and net.dense_sgd is not None:
-            params, out, reps = net.dense_sgd(carry.params, x, y, lr)
+            params, out, reps = net.dense_sgd(carry.params, x, y, lr, loss=spec.loss)
             return carry._replace(params=params), _observe(spec, out, reps, y)
         if _fused(spec, net):
             (_, (out, reps)), grads = jax.value_and_grad(full_loss, has_aux=True)(
@@ -559,7 +590,8 @@ def _measure_fn(spec: _Spec, net: _Net):
 
 
 class _Programs(NamedTuple):
-    start: Callable  # (seeds (B,), gains (B,), key, x, y) -> (carry (B, ...), obs at init)
+    # (seeds (B,), gains (B,), key, x, y[, given params]) -> (carry (B, ...), obs at init)
+    start: Callable
     # (carry, lr, x, y, ts, slots, active) -> (carry, ((loss, hyw) per epoch, obs at the end))
     chunk: Callable
 
@@ -578,12 +610,12 @@ def _build_programs(
             f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
         )
 
-    def start_one(seed, gain, key, x, y):
+    def start_one(seed, gain, key, x, y, given):
         # One key per seed, shared by every gain (common random numbers: the init draws of a
         # seed are the same at every gain, only scaled); fold_in makes seed s reproducible
         # whatever else is in the grid.
         k_init, k_data = jax.random.split(jax.random.fold_in(key, seed))
-        params = net.init(k_init, gain, x)
+        params = net.init(k_init, gain, x) if given is None else given
         obs = measure(params, x, y)
         buf = tuple(jnp.zeros((n_slots + 1,) + r.shape, r.dtype) for r in obs.reps)
         opt_state = _optimizer(spec.optimizer, 1.0).init(params)
@@ -631,11 +663,23 @@ def _build_programs(
             return jax.vmap(one)(carry)
         return _map_in_place(one, carry, vmap_size)
 
-    def v_start(seeds, gains, key, x, y):
-        return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y), (seeds, gains))
+    if spec.params_mode is None:
+        def v_start(seeds, gains, key, x, y):
+            return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y, None), (seeds, gains))
+        start_specs = (batch, batch, rep, rep, rep)
+    elif spec.params_mode == "shared":
+        def v_start(seeds, gains, key, x, y, given):
+            return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y, given),
+                               (seeds, gains))
+        start_specs = (batch, batch, rep, rep, rep, rep)
+    else:
+        def v_start(seeds, gains, key, x, y, given):
+            return over_trials(lambda a: start_one(a[0], a[1], key, x, y, a[2]),
+                               (seeds, gains, given))
+        start_specs = (batch, batch, rep, rep, rep, batch)
 
     return _Programs(
-        start=jax.jit(shard(v_start, (batch, batch, rep, rep, rep), (batch, batch))),
+        start=jax.jit(shard(v_start, start_specs, (batch, batch))),
         chunk=jax.jit(
             shard(v_chunk, (batch, rep, rep, rep, rep, rep, rep), (batch, batch)),
             donate_argnums=(0,),
@@ -799,6 +843,7 @@ def _vmap_size(vmap_size, devices: list) -> int | None:
 
 
 def _layers(layers, depth: int, default: int) -> tuple[tuple[int, ...], bool]:
+    # ``depth`` here is the number of hidden activations (``nets.n_hidden``).
     if layers is None:
         return (default,), False
     if isinstance(layers, str):
@@ -820,6 +865,40 @@ def _layers(layers, depth: int, default: int) -> tuple[tuple[int, ...], bool]:
                 f"got layers={layers!r}"
             )
     return tuple(int(v) for v in seq), axis
+
+
+def _given_params(
+    params: Any, net: _Net, x: jax.Array, dtype: str, n_gains: int, n_seeds: int
+) -> tuple[str | None, Any]:
+    """Check and lay out initial parameters given to :func:`train` / :func:`train_model`.
+
+    Returns ``(mode, tree)``: ``(None, None)`` without params; ``("shared", one trial's
+    tree)`` when every leaf has the network's own shape (every trial starts there); else
+    ``("trial", tree)`` with each leaf broadcast to ``(n_gains, n_seeds) + shape`` and flattened
+    gains-major to ``(n_gains * n_seeds,) + shape``, the engine's trial order. Leaves are NumPy
+    arrays in ``dtype``.
+    """
+    if params is None:
+        return None, None
+    dt = np.dtype(jnp.dtype(dtype))
+    expected = jax.eval_shape(lambda: net.init(jax.random.key(0), jnp.asarray(1.0, dt), x))
+    lead = (n_gains, n_seeds)
+    tree = nets.check_params(expected, params, lead=lead)
+    shared = all(
+        np.shape(g) == tuple(e.shape)
+        for g, e in zip(jax.tree.leaves(tree), jax.tree.leaves(expected), strict=True)
+    )
+    if shared:
+        return "shared", jax.tree.map(lambda a: np.asarray(a, dt), tree)
+
+    def per_trial(a, e):
+        a = np.asarray(a, dt)
+        if a.shape == tuple(e.shape):
+            a = a[None, None]
+        a = np.broadcast_to(a, lead + tuple(e.shape))
+        return np.ascontiguousarray(a).reshape((n_gains * n_seeds,) + tuple(e.shape))
+
+    return "trial", jax.tree.map(per_trial, tree, expected)
 
 
 def load_data(config: TrainConfig) -> data_lib.Dataset:
@@ -856,6 +935,7 @@ def _run(
     return_params: bool,
     config: TrainConfig | None,
     name: str,
+    given_params: Any = None,
 ) -> TrainResult:
     dtype = jnp.dtype(spec.dtype)
     x = jnp.asarray(np.asarray(dataset.x), dtype)
@@ -906,7 +986,15 @@ def _run(
         return compiled(*args)
 
     t_start = time.perf_counter()
-    carry, obs0 = call(progs.start, seed_arr, g_arr, key, x, y)
+    extra = ()
+    if spec.params_mode == "shared":
+        extra = (jax.tree.map(lambda a: put(a, replicated), given_params),)
+    elif spec.params_mode == "trial":
+        # Padding trials start from trial 0's parameters, like their seed and gain.
+        padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], n_pad, 0)]),
+                              given_params)
+        extra = (jax.tree.map(lambda a: put(a, batched), padded),)
+    carry, obs0 = call(progs.start, seed_arr, g_arr, key, x, y, *extra)
     initial_params = _fetch(carry.params) if return_params else None
     obs0 = _fetch(obs0)
     init_s = time.perf_counter() - t_start - compile_s
@@ -1061,19 +1149,19 @@ def _net_key(config: TrainConfig, out_dim: int) -> tuple:
     # Only what shapes the network's program: runs that differ in gain, lr, epochs, data
     # values or name share compiled programs.
     return (config.arch, config.nonlinearity, config.width, config.depth, config.dropout,
-            config.dtype, config.precision, out_dim)
+            config.dtype, config.precision, out_dim, config.conv_layout)
 
 
 @functools.lru_cache(maxsize=64)
 def _builtin_factory(net_key: tuple, layers: tuple[int, ...]):
     # Cached so that equal arguments give the same factory object (part of the programs'
     # cache key).
-    arch, nonlinearity, width, depth, dropout, dtype, precision, out_dim = net_key
+    arch, nonlinearity, width, depth, dropout, dtype, precision, out_dim, conv_layout = net_key
 
     def factory():
         module = nets.make(arch, width=width, depth=depth, out_dim=out_dim,
                            nonlinearity=nonlinearity, dropout=dropout, dtype=dtype,
-                           precision=precision)
+                           precision=precision, conv_layout=conv_layout)
         return _builtin_net(module, layers)
 
     return factory
@@ -1109,13 +1197,15 @@ def train(
     devices: Sequence[Any] | int | None = None,
     vmap_size: int | str = "auto",
     return_params: bool = False,
+    params: Any = None,
 ) -> TrainResult:
     """Train the grid ``gains x seeds`` of the network ``config`` describes, in one compiled call.
 
     Every trial starts from Xavier-normal weights (gain from ``gains``) drawn with the key
-    ``fold_in(key, seed)`` (the same draws at every gain of a seed), trains for
-    ``config.epochs`` epochs with ``config.optimizer`` (full-batch gradient descent, or
-    mini-batches reshuffled each epoch from the trial's key) on ``0.5 * MSE``, and records, before
+    ``fold_in(key, seed)`` (the same draws at every gain of a seed), or from ``params``, trains
+    for ``config.epochs`` epochs with ``config.optimizer`` (full-batch gradient descent, or
+    mini-batches reshuffled each epoch from the trial's key) on ``config.loss``, and records,
+    before
     each epoch's update: the loss, the two-point observables ``(h, y, w)`` of ``pair`` at the
     recorded hidden layer(s), and at ``record_epochs`` the hidden representations of
     ``record_points`` (see :class:`TrainResult`; time in epochs, entry 0 = initialization).
@@ -1148,13 +1238,24 @@ def train(
             unbatched ones (the per-trial work is memory bound, so nothing is lost). Results
             agree to float32 rounding whatever the choice.
         return_params: also return initial and final parameters (``(n_gains, n_seeds, ...)``).
+        params: initial parameters instead of the Xavier draws: the network's ``"params"``
+            collection (nested dicts ``{layer: {"kernel", "bias"}}`` of arrays, as
+            :func:`init_params` or ``nets.init`` give for one trial; Flax kernels are
+            ``(in, out)``, see :func:`unijax.nets.params_from_torch` for PyTorch weights). Each
+            leaf either has the network's own shape (every trial of the grid starts there) or
+            leading ``(n_gains, n_seeds)`` axes, either of them possibly 1 (broadcast), with
+            ``n_gains = len(gains)`` (1 by default) and ``n_seeds`` the number of seeds.
+            ``gains`` then only label the rows (they do not rescale given parameters); seeds
+            still key mini-batch shuffles and dropout. Cast to ``config.dtype``.
 
     Returns:
         :class:`TrainResult`.
 
     Raises:
         ValueError: bad seeds, gains, layers, record epochs/points, pair, devices or data
-            (naming the argument and its valid range); ``config`` invalid.
+            (naming the argument and its valid range); ``config`` invalid; ``params`` whose
+            structure or a leaf's shape differs from the network's (naming the leaf, e.g.
+            ``params['dense_3']['kernel']``).
     """
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a unijax.configs.TrainConfig, got {type(config)}")
@@ -1163,8 +1264,13 @@ def train(
     dataset = _check_data(load_data(config) if data is None else data)
     seeds_arr = _seeds(seeds)
     gains_arr = _gains(gains, config.gain)
-    layer_tuple, layer_axis = _layers(layers, config.depth, config.layer)
+    n_hidden = nets.n_hidden(config.arch, config.depth, config.conv_layout)
+    layer_tuple, layer_axis = _layers(layers, n_hidden, config.layer)
     net_key = _net_key(config, dataset.out_dim)
+    factory = _builtin_factory(net_key, layer_tuple)
+    x_example = jnp.asarray(np.asarray(dataset.x), jnp.dtype(config.dtype))
+    params_mode, given = _given_params(params, factory(), x_example, config.dtype,
+                                       len(gains_arr), len(seeds_arr))
     spec = _Spec(
         net_key=net_key,
         layers=layer_tuple,
@@ -1174,11 +1280,13 @@ def train(
         pair=_pair(pair, dataset.n_points),
         record_points=_points(record_points, dataset.n_points),
         dtype=config.dtype,
+        loss=config.loss,
+        params_mode=params_mode,
     )
     devs = _devices(devices)
     return _run(
         spec=spec,
-        net_factory=_builtin_factory(net_key, layer_tuple),
+        net_factory=factory,
         cacheable=True,
         dataset=dataset,
         seeds=seeds_arr,
@@ -1195,6 +1303,7 @@ def train(
         return_params=return_params,
         config=config,
         name=config.name,
+        given_params=given,
     )
 
 
@@ -1221,6 +1330,8 @@ def train_model(
     dtype: str = "float32",
     return_params: bool = False,
     name: str | None = None,
+    loss: str = "half_mse",
+    params: Any = None,
 ) -> TrainResult:
     """Train *your own* Flax module with the same engine and recording as :func:`train`.
 
@@ -1241,8 +1352,11 @@ def train_model(
         data: a :class:`~unijax.data.Dataset` or ``(x, y)`` with ``x: (n, in_dim)``,
             ``y: (n, out_dim)``.
         layers: a name/int or a sequence of them (the latter adds a layer axis).
-        lr, epochs, optimizer, batch_size, divergence_threshold, dtype: as in
+        lr, epochs, optimizer, batch_size, divergence_threshold, dtype, loss: as in
             :class:`~unijax.configs.TrainConfig`.
+        params: initial parameters instead of ``model.init`` (structure and shapes of
+            ``model.init(key, x)["params"]``, optionally with leading ``(n_gains, n_seeds)``
+            axes), as in :func:`train`.
         Others: as in :func:`train`.
 
     Returns:
@@ -1253,7 +1367,7 @@ def train_model(
     # Validate the optimizer settings through the config's own checks (one source of truth).
     check = TrainConfig(name="custom", lr=lr, epochs=epochs, optimizer=optimizer,
                         batch_size=batch_size, divergence_threshold=divergence_threshold,
-                        dtype=dtype, width=1, depth=1)
+                        dtype=dtype, width=1, depth=1, loss=loss)
     if isinstance(chunk_epochs, bool) or not isinstance(chunk_epochs, int) or chunk_epochs <= 0:
         raise ValueError(f"chunk_epochs must be an int > 0, got {chunk_epochs=}")
     dataset = _check_data(data)
@@ -1268,6 +1382,13 @@ def train_model(
         cacheable = True
     except TypeError:
         cacheable = False
+    factory = _custom_factory(model, layer_tuple) if cacheable else (
+        lambda: _custom_net(model, layer_tuple)
+    )
+    seeds_arr, gains_arr = _seeds(seeds), _gains(gains, 1.0)
+    x_example = jnp.asarray(np.asarray(dataset.x), jnp.dtype(check.dtype))
+    params_mode, given = _given_params(params, factory(), x_example, check.dtype,
+                                       len(gains_arr), len(seeds_arr))
     spec = _Spec(
         net_key=model if cacheable else id(model),
         layers=layer_tuple,
@@ -1277,9 +1398,8 @@ def train_model(
         pair=_pair(pair, dataset.n_points),
         record_points=_points(record_points, dataset.n_points),
         dtype=check.dtype,
-    )
-    factory = _custom_factory(model, layer_tuple) if cacheable else (
-        lambda: _custom_net(model, layer_tuple)
+        loss=check.loss,
+        params_mode=params_mode,
     )
     devs = _devices(devices)
     return _run(
@@ -1287,8 +1407,8 @@ def train_model(
         net_factory=factory,
         cacheable=cacheable,
         dataset=dataset,
-        seeds=_seeds(seeds),
-        gains=_gains(gains, 1.0),
+        seeds=seeds_arr,
+        gains=gains_arr,
         key=key,
         record_epochs=_record_epochs(record_every, record_epochs, check.epochs),
         lr=check.lr,
@@ -1301,6 +1421,7 @@ def train_model(
         return_params=return_params,
         config=None,
         name=name or type(model).__name__,
+        given_params=given,
     )
 
 
