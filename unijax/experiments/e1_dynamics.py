@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unijax import configs, plots
+from unijax import configs, nets, plots
 from unijax.experiments import _twopoint as tp
 from unijax.experiments._common import (
     check_choices,
@@ -70,6 +70,9 @@ class Config:
             epoch-0 state, the paper's method and THEORY.md section 11).
         dropout_layer: observed hidden layer of the ``dropout`` row (None: halfway, the text;
             2: the layer the authors' code observed).
+        conv_layout: the ``convolution`` row's layout, ``"unijax"`` (the text's L + 1 maps:
+            L - 1 convolutions) or ``"authors"`` (the authors' code: L + 1 convolutions, 11 at
+            the paper's L = 10; observed at hidden layer L // 2 of L + 2), see ``unijax.nets``.
     """
 
     rows: tuple[str, ...] = tp.TABLE1
@@ -87,8 +90,12 @@ class Config:
     optimizer: str = "sgd"
     fit_initial: bool = False
     dropout_layer: int | None = None
+    conv_layout: str = "unijax"
 
     def __post_init__(self):
+        if self.conv_layout not in nets.CONV_LAYOUTS:
+            raise ValueError(f"conv_layout={self.conv_layout!r} is invalid; valid choices: "
+                             f"{', '.join(nets.CONV_LAYOUTS)}")
         check_choices("rows", self.rows, tp.TABLE1)
         if self.dropout_layer is not None:
             check_int("dropout_layer", self.dropout_layer, 0)
@@ -111,8 +118,9 @@ class Config:
 AUTHORS_DROPOUT_LAYER = 2
 
 presets = {
-    # What the authors' code ran: Table 1, the dropout row observed at hidden layer 2.
-    "paper": Config(dropout_layer=AUTHORS_DROPOUT_LAYER),
+    # What the authors' code ran: Table 1, the dropout row observed at hidden layer 2, the
+    # convolution row with 11 convolutions. quick and tiny keep the text's layouts.
+    "paper": Config(dropout_layer=AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
     "quick": Config(width=64, narrow_width=50, conv_width=64, conv_depth=5, epochs=6000,
                     time_scale=1.0, seeds=4),
     "tiny": Config(rows=("default", "shallow"), width=16, narrow_width=8, conv_width=48,
@@ -174,6 +182,10 @@ def departures(config: Config, cfgs=None) -> list[str]:
         if c.name == "dropout" and c.layer != c.depth // 2:
             out.append(f"dropout row observed at hidden layer {c.layer} of {c.depth} (the "
                        f"authors' code; the text: halfway, layer {c.depth // 2})")
+        if c.arch == "conv" and c.conv_layout == "authors":
+            out.append(f"convolution row with the authors' layout: {c.depth + 1} convolutions "
+                       f"({c.depth + 2} hidden activations, observed at layer {c.layer}; the "
+                       f"text: {c.depth + 1} maps in all)")
     return out
 
 
@@ -193,6 +205,8 @@ def row_configs(config: Config):
                 raise ValueError(f"dropout_layer={config.dropout_layer} is invalid: the dropout "
                                  f"row has {depth} hidden layers (valid: 0..{depth - 1})")
             extra["layer"] = config.dropout_layer
+        if name == "convolution":
+            extra["conv_layout"] = config.conv_layout
         out.append(
             tp.row_config(
                 name,

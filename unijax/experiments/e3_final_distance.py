@@ -71,6 +71,8 @@ class Config:
         stop_loss: a grid trial's final state is its state at the first epoch whose training
             loss is below this (the authors' early stop; None: the state after the last
             epoch).
+        dropout_layer, conv_layout: as in :class:`unijax.experiments.e1_dynamics.Config`
+            (the paper preset: the authors' layer 2 and 11 convolutions).
     """
 
     rows: tuple[str, ...] = tp.TABLE1
@@ -90,6 +92,8 @@ class Config:
     grid_time_scale: float | None = AUTHORS_GRID_TIME_SCALE
     loss_threshold: float = 1e-3
     stop_loss: float | None = None
+    dropout_layer: int | None = None
+    conv_layout: str = "unijax"
 
     def __post_init__(self):
         check_choices("rows", self.rows, tp.TABLE1)
@@ -114,7 +118,8 @@ class Config:
 presets = {
     # What the authors' code ran: grid lr 0.4x Table 1, up to 40000 epochs, stopped at the
     # first epoch with loss < 1e-4, one trial per grid point.
-    "paper": Config(grid_time_scale=AUTHORS_GRID_TIME_SCALE, stop_loss=1e-4, seeds=1),
+    "paper": Config(grid_time_scale=AUTHORS_GRID_TIME_SCALE, stop_loss=1e-4, seeds=1,
+                    dropout_layer=e1.AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
     "quick": Config(rows=("default", "shallow", "tanh", "skip_connections"), width=64,
                     epochs=3000, time_scale=2.0, fit_seeds=4, seeds=4, grid_epochs=None,
                     grid_time_scale=None),
@@ -163,8 +168,8 @@ class Result:
 
 
 def departures(config: Config) -> list[str]:
-    """Where ``config``'s grid departs from the paper's text (section 4.3: "to convergence")."""
-    out = []
+    """Where ``config`` departs from the paper's text (section 4.3: "to convergence")."""
+    out = e1.departures(_e1_config(config))
     if config.stop_loss is not None:
         out.append(f"grid trials stopped at the first epoch with loss < {config.stop_loss:g} "
                    "(the authors' code)")
@@ -206,7 +211,8 @@ def _e1_config(config: Config) -> e1.Config:
     return e1.Config(rows=config.rows, width=config.width, narrow_width=config.narrow_width,
                      conv_width=config.conv_width, conv_depth=config.conv_depth,
                      max_depth=config.max_depth, epochs=config.epochs,
-                     time_scale=config.time_scale, seeds=config.fit_seeds, seed=config.seed)
+                     time_scale=config.time_scale, seeds=config.fit_seeds, seed=config.seed,
+                     dropout_layer=config.dropout_layer, conv_layout=config.conv_layout)
 
 
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
@@ -242,7 +248,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         ts = config.grid_time_scale or config.time_scale
         gcfg = tp.row_config(
             base.name, width=base.width, epochs=epochs, time_scale=ts, depth=base.depth,
-            dx2=1.0, dy2=0.5,
+            layer=base.layer, conv_layout=base.conv_layout, dx2=1.0, dy2=0.5,
         ) if (config.grid_epochs or config.grid_time_scale) else base
         dxn, dyn = config.dx_norms[i], config.dy_norms[j]
 

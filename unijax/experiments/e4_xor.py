@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unijax import nets, plots
+from unijax import configs, nets, plots
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
 from unijax.experiments._common import (
@@ -65,7 +65,7 @@ MERGED_RATIO = 0.25
 KEPT_RATIO = 0.5
 R_PASS = 0.8
 #: Training losses: the paper's 0.5 * MSE, or PyTorch's ``nn.MSELoss()`` (the authors' code).
-LOSSES = ("half_mse", "mse")
+LOSSES = configs.LOSSES
 #: A same-output pair counts as merged when its distance is below this x the mean
 #: different-output distance.
 MERGE_FRACTION = 0.1
@@ -208,23 +208,12 @@ def departures(config: Config) -> list[str]:
     return out
 
 
-def _loss_override(loss: str) -> dict:
-    """The TrainConfig override that selects ``loss``."""
-    from unijax.configs import TrainConfig
-
-    if "loss" in {f.name for f in dataclasses.fields(TrainConfig)}:
-        return {"loss": loss}
-    if loss != "half_mse":
-        raise ValueError(f"loss={loss!r} needs TrainConfig.loss, which this unijax lacks")
-    return {}
-
-
 def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
     """Each row's TrainConfig; ``lr`` (e.g. for Adam) replaces every row's learning rate."""
     out = []
     for name in config.rows:
         base = tp.row_config(name)
-        over = {"optimizer": optimizer, **_loss_override(config.loss)}
+        over = {"optimizer": optimizer, "loss": config.loss}
         if config.nonlinearity is not None:
             over["nonlinearity"] = config.nonlinearity
         epochs = None
