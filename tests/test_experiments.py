@@ -135,10 +135,71 @@ def test_e2_plateau_shrinks_with_gain(tmp_path):
     assert np.nanmean(r.plateau_net[lo]) > np.nanmean(r.plateau_net[hi])
 
 
+def _unusable(result, **fields):
+    """``result`` with every trial marked unusable (the given boolean fields all False)."""
+    return dataclasses.replace(result, **{k: np.zeros_like(np.asarray(getattr(result, k)))
+                                          for k in fields})
+
+
+def test_e1_a_row_without_a_completed_fit_fails_the_verdict(e1_run):
+    mod, r = e1_run
+    ok = np.asarray(r.fit_ok).copy()
+    ok[1] = False  # the second row: no completed fit, the first still fine
+    agr = mod.agreement(dataclasses.replace(r, fit_ok=ok))
+    assert agr["passed"] is False
+    assert "no completed fit" in agr["headline"] and "no usable trial" in agr["measured"]
+
+
+def test_e1_paper_preset_uses_the_authors_layouts():
+    mod = experiments.get("E1")
+    paper = mod.presets["paper"]
+    cfgs = {c.name: c for c in mod.row_configs(paper)}
+    # The authors observed hidden layer 2 of the 10-layer dropout network, and their conv net
+    # has 11 convolutions (L + 2 hidden activations, observed at L // 2).
+    assert cfgs["dropout"].layer == 2 and cfgs["dropout"].depth == 10
+    assert cfgs["convolution"].conv_layout == "authors" and cfgs["convolution"].layer == 5
+    deps = mod.departures(paper)
+    assert any("layer 2" in d for d in deps) and any("11 convolutions" in d for d in deps)
+    # quick and tiny keep the text's layouts, and say so (no departures).
+    assert mod.departures(mod.presets["quick"]) == []
+    with pytest.raises(ValueError, match="conv_layout"):
+        mod.Config(conv_layout="resnet")
+
+
+def test_e3_stop_at_takes_the_state_at_the_first_epoch_below_the_threshold():
+    mod = experiments.get("E3")
+    loss = np.array([[1.0, 1e-3, 5e-5, 1e-6], [1.0, 0.5, 0.2, 0.1], [np.nan, 1.0, 1e-5, 1e-6]])
+    h = np.array([[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.0, 1.5], [4.0, 3.0, 2.5, 2.0]])
+    fl, fh, ep = mod.stop_at(loss, h, np.array([1e-7, 0.05, 1e-7]), np.array([0.5, 1.2, 1.8]),
+                             1e-4)
+    np.testing.assert_array_equal(ep, [2, -1, 2])
+    np.testing.assert_allclose(fh, [2.0, 1.2, 2.5])
+    np.testing.assert_allclose(fl, [5e-5, 0.05, 1e-5])
+    fl, fh, ep = mod.stop_at(loss, h, np.array([1e-7, 0.05, 1e-7]), np.array([0.5, 1.2, 1.8]),
+                             None)
+    np.testing.assert_array_equal(ep, [-1, -1, -1])
+    np.testing.assert_allclose(fh, [0.5, 1.2, 1.8])
+
+
+def test_e3_paper_preset_is_the_authors_grid():
+    mod = experiments.get("E3")
+    paper = mod.presets["paper"]
+    assert (paper.grid_time_scale, paper.stop_loss, paper.seeds, paper.grid_epochs,
+            paper.loss_threshold) == (0.4, 1e-4, 1, 40000, 1e-3)
+    assert any("loss < 0.0001" in d for d in mod.departures(paper))
+
+
 def test_e3_final_distance_tracks_theory(tmp_path):
     mod = experiments.get("E3")
-    r = mod.run(mod.presets["tiny"], key=KEY)
+    cfg = dataclasses.replace(mod.presets["tiny"], stop_loss=1e-4)
+    r = mod.run(cfg, key=KEY)
     agr = _check_outputs(mod, r, tmp_path)
+    # Trials that reached the threshold were stopped there, with their loss below it.
+    early = r.stop_epoch >= 0
+    assert np.all(r.final_loss[early] < 1e-4)
+    assert np.all(r.final_loss[~early & r.converged] >= 1e-4)
+    bad = mod.agreement(_unusable(r, converged=True))
+    assert bad["passed"] is False and "FAIL" in bad["headline"]
     assert r.h_final.shape == (1, 2, 2, 2)
     row = agr["figures"]["per_architecture"]["default"]
     # Rates only from fits that pass the quality criterion, and the report says how many.
@@ -156,10 +217,31 @@ def test_e3_final_distance_tracks_theory(tmp_path):
     assert row["n_used"] >= 4 and row["pearson_r"] > 0.5
 
 
+def test_e4_paper_preset_is_the_authors_notebook():
+    mod = experiments.get("E4")
+    paper = mod.presets["paper"]
+    low, two = (next(c for c in mod.row_configs(paper) if c.name == n)
+                for n in ("xor_low_weights", "xor_2_layers"))
+    assert (low.nonlinearity, low.loss, low.gain, low.lr, low.epochs) == (
+        "relu", "mse", 0.85, 0.015, 3000)
+    assert (two.nonlinearity, two.loss, two.epochs) == ("relu", "mse", 2000)
+    deps = " ".join(mod.departures(paper))
+    for word in ("relu", "MSELoss", "0.85", "3000", "2000"):
+        assert word in deps
+    assert mod.departures(mod.Config()) == []
+    with pytest.raises(ValueError, match="loss"):
+        mod.Config(loss="l1")
+
+
 def test_e4_xor_equal_outputs_move_together_and_two_layer_counterexample(tmp_path):
     mod = experiments.get("E4")
     r = mod.run(mod.presets["tiny"], key=KEY)  # no upstream: fits its own rates
     agr = _check_outputs(mod, r, tmp_path)
+    # No usable trial in the judged row is a FAIL with the reason, never an undecided verdict
+    # or a pass on the other rows.
+    bad = mod.agreement(_unusable(r, converged=True))
+    assert bad["passed"] is False
+    assert "no usable trial" in bad["criterion"] and "no usable trial" in bad["headline"]
     assert "fitted here" in str(r.rates_source)
     low = agr["figures"]["per_row"]["xor_low_weights"]
     # At small weights the equal-output pairs end closer, relative to the other pairs, than
@@ -186,6 +268,22 @@ def test_e5_blobs_end_to_end(upstream, tmp_path):
     # Large weights keep the two contexts apart: no single line.
     assert agr["figures"]["per_row"]["blobs_high_weights"]["one_line_index"]["mean"] < 0.5
     assert np.isfinite(r.mds[hi]).all()
+    bad = mod.agreement(_unusable(r, converged=True))
+    assert bad["passed"] is False and "no usable trial" in bad["headline"]
+
+
+def test_e5_runs_and_reports_both_nonlinearities(upstream, tmp_path):
+    mod = experiments.get("E5")
+    assert mod.presets["paper"].nonlinearities == ("leaky_relu", "tanh")
+    cfg = dataclasses.replace(mod.presets["tiny"], nonlinearities=("leaky_relu", "tanh"))
+    r = mod.run(cfg, key=KEY, upstream=upstream)
+    agr = _check_outputs(mod, r, tmp_path)
+    assert list(r.nonlinearity) == ["leaky_relu"] * 2 + ["tanh"] * 2
+    rows = agr["figures"]["per_row"]
+    assert set(rows) == {f"{row} [{nl}]" for nl in ("leaky_relu", "tanh")
+                         for row in cfg.rows}
+    assert set(agr["figures"]["per_nonlinearity_passed"]) == {"leaky_relu", "tanh"}
+    assert "leaky_relu:" in agr["headline"] and "tanh:" in agr["headline"]
 
 
 def test_e6_digits_structure_correlates(upstream, tmp_path):
@@ -198,12 +296,52 @@ def test_e6_digits_structure_correlates(upstream, tmp_path):
     assert r.loss.shape[1] >= 300
 
 
+def test_e6_authors_protocol_and_correlation_recipe(upstream, tmp_path):
+    mod = experiments.get("E6")
+    paper = mod.presets["paper"]
+    assert (paper.normalize, paper.structure_optimizer, paper.structure_seeds,
+            paper.dynamics) == (True, "adam", 10, "separate")
+    cfg = dataclasses.replace(mod.presets["tiny"], normalize=True, structure_optimizer="adam",
+                              structure_lr=1e-3, structure_seeds=3, dynamics="separate",
+                              dyn_width=16, dyn_lr=0.05)
+    ds = mod.load(cfg)
+    raw = mod.load(cfg, normalize=False)
+    np.testing.assert_allclose(ds.x, (raw.x - 0.1307) / 0.3081, rtol=1e-5, atol=1e-6)
+    r = mod.run(cfg, key=KEY, upstream=upstream)
+    agr = _check_outputs(mod, r, tmp_path)
+    assert r.D.shape[0] == 3 and r.hyw.shape[0] == cfg.seeds  # two runs, two trial counts
+    assert [int(r.labels[0]), int(r.labels[-1])] == [0, 9]
+    lab = np.asarray(raw.labels)
+    assert (lab[r.pair[0]], lab[r.pair[1]]) == (0, 1)
+    assert np.isfinite(agr["figures"]["pearson_r_authors_recipe"])
+    assert r.D_pred_authors.shape == r.D_pred.shape
+    deps = " ".join(agr["figures"]["departures"])
+    assert "normalized" in deps and "Adam" in deps and "separate" in deps
+    bad = mod.agreement(_unusable(r, converged=True))
+    assert bad["passed"] is False and "no usable trial" in bad["headline"]
+
+
+def test_e7_sse_is_the_sum_of_squared_errors_over_every_epoch():
+    mod = experiments.get("E7")
+    T = 10
+    t = np.arange(T, dtype=float)
+    hyw = np.stack([t, 2 * t, 3 * t], -1)[None]  # (1, T, 3), linear in t
+    ep = np.array([0, 3, 9])
+    exact = hyw[:, ep]  # linear interpolation recovers the line: no error
+    np.testing.assert_allclose(mod.sse(hyw, exact, ep), [0.0], atol=1e-12)
+    np.testing.assert_allclose(mod.sse(hyw, exact + 0.5, ep), [3 * T * 0.25])
+    assert np.isnan(mod.sse(hyw, np.full_like(exact, np.nan), ep)[0])
+
+
 def test_e7_initial_distance_shrinks_with_depth(tmp_path):
     mod = experiments.get("E7")
     r = mod.run(mod.presets["tiny"], key=KEY)
-    _check_outputs(mod, r, tmp_path)
+    agr = _check_outputs(mod, r, tmp_path)
     assert r.eta_h.shape == (2, 6)
     assert 0 < float(r.depth_gain) < 1  # h0(l) ~ a^(2l) dx2 with a < 1
+    assert r.sse.shape == (2, 6) and np.all(r.sse[r.fit_ok] > 0)
+    assert len(agr["figures"]["sse_per_layer"]) == 6
+    assert (mod.presets["paper"].epochs, mod.presets["paper"].time_scale) == (3000, 2.0)
 
 
 def test_e8_adam_end_to_end(upstream, tmp_path):
@@ -212,6 +350,9 @@ def test_e8_adam_end_to_end(upstream, tmp_path):
     agr = _check_outputs(mod, r, tmp_path)
     xor = agr["figures"]["xor"]["xor_low_weights"]
     assert xor["ratio_measured"]["mean"] < xor["ratio_initial"]["mean"]
+    # The authors' two-point Adam rate: 1e-6 in their settings, halved by the notebook.
+    paper = mod.presets["paper"]
+    assert paper.dyn_lr == 5e-7 and (paper.xor_nonlinearity, paper.xor_loss) == ("relu", "mse")
 
 
 # --- Rates passed on come only from fits that pass the quality criterion --------------------

@@ -18,6 +18,12 @@ contexts' lines merge into one (the very-small-weight limit, Fig. 12).
 Theory: ``theory.pairwise_final_distance`` from each pair's data distances and initial
 distances, with the default architecture's fitted rates; the same indices are computed on the
 predicted matrix, and its Pearson r with the measured matrix is reported.
+
+The paper's text trains tanh networks; the authors' notebook never passes the nonlinearity, so
+their figures were made with the model's default, leaky ReLU. It is unknown which version
+made the figures: the ``paper`` preset runs both (``nonlinearities``) and reports both, each
+with its own verdict; the experiment passes when every variant does. A variant whose judged
+rows (smallest and largest gain) have no usable trial fails, with the reason.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unijax import plots
+from unijax import nets, plots
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
 from unijax.experiments._common import (
@@ -72,6 +78,8 @@ class Config:
         loss_threshold: final loss above this = not converged (excluded, counted).
         mds_points: points shown in the 3-D MDS views (evenly subsampled).
         rates_*: see :class:`unijax.experiments.e4_xor.Config`.
+        nonlinearities: every row is trained with each of these (the text: ``"tanh"``; the
+            authors' notebook: ``"leaky_relu"``).
     """
 
     rows: tuple[str, ...] = BLOB_ROWS
@@ -89,9 +97,11 @@ class Config:
     rates_epochs: int = 6000
     rates_time_scale: float = 1.0
     rates_seeds: int = 10
+    nonlinearities: tuple[str, ...] = ("tanh",)
 
     def __post_init__(self):
         check_choices("rows", self.rows, BLOB_ROWS)
+        check_choices("nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
         for f in ("width", "epochs", "rates_width", "rates_max_depth"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
@@ -108,10 +118,14 @@ class Config:
                                self.rates_epochs, self.rates_time_scale, self.rates_seeds)
 
 
+#: The text's nonlinearity and the one the authors' notebook trained (the model's default).
+BOTH = ("leaky_relu", "tanh")
+
 presets = {
-    "paper": Config(),
+    # Unknown which version made the figures: the authors' leaky ReLU and the text's tanh.
+    "paper": Config(nonlinearities=BOTH),
     "quick": Config(seeds=2, rates_width=64, rates_epochs=6000, rates_time_scale=1.0,
-                    rates_seeds=4),
+                    rates_seeds=4, nonlinearities=BOTH),
     "tiny": Config(rows=("blobs_low_weights", "blobs_high_weights"), width=16, time_scale=4.0,
                    epochs=300, n_grid=6, seeds=2, loss_threshold=0.25, mds_points=72,
                    rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
@@ -121,10 +135,10 @@ presets = {
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-    """E5 result (R rows, S seeds, N points, M MDS points).
+    """E5 result (R rows x nonlinearities, S seeds, N points, M MDS points).
 
     Attributes:
-        rows, gain, lr, epochs: ``(R,)``.
+        rows, gain, lr, epochs: ``(R,)``; nonlinearity: ``(R,)`` each row's nonlinearity.
         factors: ``(N, 3)`` (context, mx, my); targets: ``(N,)``.
         index_ctx, index_ctx_pred: ``(R, S, 2)`` collapse index per context, network / theory.
         index_one, index_one_pred: ``(R, S)`` one-line index, network / theory.
@@ -154,6 +168,8 @@ class Result:
     eta_h: np.ndarray
     eta_y: np.ndarray
     rates_source: np.ndarray
+    nonlinearity: np.ndarray = dataclasses.field(
+        default_factory=lambda: np.asarray([], dtype=str))
 
 
 def explained_fraction(D: np.ndarray, groups: np.ndarray, mask: np.ndarray) -> float:
@@ -183,10 +199,16 @@ def indices(D: np.ndarray, factors: np.ndarray, targets: np.ndarray) -> tuple[fl
 
 
 def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
-    """Each row's TrainConfig; ``lr`` (e.g. for Adam) replaces every row's learning rate."""
+    """Each (nonlinearity, row)'s TrainConfig, nonlinearity-major; ``lr`` (e.g. for Adam)
+    replaces every row's learning rate."""
     cfgs = [tp.row_config(name, width=config.width, time_scale=config.time_scale,
-                          epochs=config.epochs, optimizer=optimizer) for name in config.rows]
+                          epochs=config.epochs, optimizer=optimizer, nonlinearity=nl)
+            for nl in config.nonlinearities for name in config.rows]
     return cfgs if lr is None else [c.replace(lr=lr) for c in cfgs]
+
+
+def _label(row: str, nonlinearity: str, several: bool) -> str:
+    return f"{row} [{nonlinearity}]" if several else row
 
 
 def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points):
@@ -237,58 +259,108 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
                          progress=progress, cache=cache)
     ds = data.blobs(n_grid=config.n_grid)
     cfgs = row_configs(config, optimizer=optimizer, lr=lr)
-    runs = e4_xor.train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
-                                  cache=cache)
+    runs = []
+    for nl in config.nonlinearities:
+        # The table's own nonlinearity keeps the cache names of earlier runs.
+        sub = [c for c in cfgs if c.nonlinearity == nl]
+        prefix = "train" if nl == "tanh" else f"train-{nl}"
+        runs += e4_xor.train_structure(sub, ds, seeds=config.seeds, key=k_train,
+                                       progress=progress, cache=cache, prefix=prefix)
     a = analyse(ds, runs, rates, cfgs, loss_threshold=config.loss_threshold,
                 mds_points=config.mds_points)
     return Result(
-        rows=np.asarray(config.rows, dtype=str), gain=np.asarray([c.gain for c in cfgs]),
+        rows=np.asarray([c.name for c in cfgs], dtype=str),
+        nonlinearity=np.asarray([c.nonlinearity for c in cfgs], dtype=str),
+        gain=np.asarray([c.gain for c in cfgs]),
         lr=np.asarray([c.lr for c in cfgs]), epochs=np.asarray([c.epochs for c in cfgs]),
         eta_h=np.asarray(rates["eta_h"]), eta_y=np.asarray(rates["eta_y"]),
         rates_source=np.asarray(rates.get("source", "")), **a,
     )
 
 
+def _nonlinearities(result) -> list[str]:
+    nl = np.atleast_1d(np.asarray(result.nonlinearity))
+    if nl.size != len(result.rows):  # a result stored before the field: the table's tanh
+        return ["tanh"] * len(result.rows)
+    return [str(x) for x in nl]
+
+
 def per_row(result) -> dict[str, dict]:
+    nls = _nonlinearities(result)
+    several = len(set(nls)) > 1
     out = {}
     for r, row in enumerate(np.asarray(result.rows)):
-        out[str(row)] = {
+        conv, div = np.asarray(result.converged[r]), np.asarray(result.diverged[r])
+        out[_label(str(row), nls[r], several)] = {
+            "row": str(row),
+            "nonlinearity": nls[r],
             "gain": float(result.gain[r]),
             "collapse_index": spread(np.mean(result.index_ctx[r], axis=-1)),
             "collapse_index_pred": spread(np.mean(result.index_ctx_pred[r], axis=-1)),
             "one_line_index": spread(result.index_one[r]),
             "one_line_index_pred": spread(result.index_one_pred[r]),
             "pearson_r": spread(result.pearson_r[r]),
-            "used": int(np.asarray(result.converged[r]).sum()),
+            "used": int(conv.sum()),
+            "trials": int(conv.size),
+            "diverged": int(div.sum()),
+            "not_converged": int((~div & ~conv).sum()),
         }
     return out
 
 
-def agreement(result, *, name: str = NAME) -> dict:
-    table = per_row(result)
-    order = sorted(table, key=lambda k: table[k]["gain"])
+def _variant_verdict(table: dict, keys: list[str]) -> tuple[bool | None, str, str]:
+    """Verdict, headline and reason of one nonlinearity's rows."""
+    order = sorted(keys, key=lambda k: table[k]["gain"])
     lo, hi = table[order[0]], table[order[-1]]
     li, hi_i = lo["collapse_index"]["mean"], hi["collapse_index"]["mean"]
-    passed = None
-    if li is not None and hi_i is not None and len(order) > 1:
-        passed = bool(li >= COLLAPSED and li - hi_i >= MARGIN)
-    headline = (f"collapse index {fmt(li)} at gain {lo['gain']:g} vs {fmt(hi_i)} at gain "
-                f"{hi['gain']:g} (1 = collapsed, ~0.5 = 2-D sheet)") if len(order) > 1 else (
-        f"collapse index {fmt(li)} at gain {lo['gain']:g} (1 = collapsed, ~0.5 = 2-D sheet)")
+    nl = lo["nonlinearity"]
+    empty = [table[k] for k in (order[0], order[-1]) if not table[k]["used"]]
+    if empty:
+        why = "; ".join(f"gain {e['gain']:g}: no usable trial ({e['diverged']} of "
+                        f"{e['trials']} diverged, {e['not_converged']} above the loss "
+                        "threshold)" for e in empty)
+        return False, f"{nl}: FAIL, {why}", why
+    if len(order) == 1:
+        return None, (f"{nl}: collapse index {fmt(li)} at gain {lo['gain']:g} (1 = collapsed, "
+                      "~0.5 = 2-D sheet)"), "one gain only: nothing to compare"
+    passed = bool(li >= COLLAPSED and li - hi_i >= MARGIN)
+    head = (f"{nl}: collapse index {fmt(li)} at gain {lo['gain']:g} vs {fmt(hi_i)} at gain "
+            f"{hi['gain']:g}")
+    return passed, head, f"{nl}: {'pass' if passed else 'fail'}"
+
+
+def agreement(result, *, name: str = NAME) -> dict:
+    table = per_row(result)
+    variants: dict[str, list[str]] = {}
+    for k, v in table.items():
+        variants.setdefault(v["nonlinearity"], []).append(k)
+    verdicts = {nl: _variant_verdict(table, keys) for nl, keys in variants.items()}
+    vals = [v[0] for v in verdicts.values()]
+    passed = False if any(x is False for x in vals) else (
+        True if vals and all(x is True for x in vals) else None)
+    headline = "; ".join(v[1] for v in verdicts.values()) + " (1 = collapsed, ~0.5 = 2-D sheet)"
+    order = sorted(table, key=lambda k: (table[k]["nonlinearity"], table[k]["gain"]))
     measured = "; ".join(
-        f"gain {table[k]['gain']:g}: collapse index {fmt_spread(table[k]['collapse_index'])} "
-        f"(theory {fmt(table[k]['collapse_index_pred']['mean'])}), one-line index "
-        f"{fmt(table[k]['one_line_index']['mean'])} (theory "
-        f"{fmt(table[k]['one_line_index_pred']['mean'])}), r(theory, network distances) "
-        f"{fmt(table[k]['pearson_r']['mean'])}" for k in order) + "."
+        f"{k} (gain {table[k]['gain']:g}): "
+        + (f"collapse index {fmt_spread(table[k]['collapse_index'])} "
+           f"(theory {fmt(table[k]['collapse_index_pred']['mean'])}), one-line index "
+           f"{fmt(table[k]['one_line_index']['mean'])} (theory "
+           f"{fmt(table[k]['one_line_index_pred']['mean'])}), r(theory, network distances) "
+           f"{fmt(table[k]['pearson_r']['mean'])}" if table[k]["used"] else
+           f"no usable trial ({table[k]['diverged']} of {table[k]['trials']} diverged, "
+           f"{table[k]['not_converged']} above the loss threshold)") for k in order) + "."
     div, conv = np.asarray(result.diverged), np.asarray(result.converged)
+    nls = sorted(variants)
     return make_agreement(
         headline=headline,
         measured=measured,
-        criterion=f"collapse index at the smallest gain >= {COLLAPSED} and at least {MARGIN} "
-        "above the largest gain's",
+        criterion=f"for each nonlinearity: collapse index at the smallest gain >= {COLLAPSED} "
+        f"and at least {MARGIN} above the largest gain's; a judged row without a usable "
+        "trial fails; the experiment passes when every nonlinearity does ("
+        + "; ".join(v[2] for v in verdicts.values()) + ")",
         passed=passed,
         figures={"per_row": table,
+                 "per_nonlinearity_passed": {nl: v[0] for nl, v in verdicts.items()},
                  "rates": {"eta_h": float(result.eta_h), "eta_y": float(result.eta_y),
                            "source": str(result.rates_source)}},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
@@ -297,7 +369,10 @@ def agreement(result, *, name: str = NAME) -> dict:
                f"{fmt(result.eta_y)} 1/epoch from {result.rates_source}. The theory's "
                "final-distance formula predicts the single line for every small gain; the "
                "paper attributes the two lines at intermediate-small gains to the slower merge "
-               "of far-apart inputs (appendix C.2)."],
+               "of far-apart inputs (appendix C.2).",
+               f"Nonlinearities run: {', '.join(nls)}. The paper's text says tanh; the "
+               "authors' notebook trained leaky ReLU (it never passes the nonlinearity). "
+               "Unknown which made the figures, so both are reported when both ran."],
     )
 
 
@@ -309,7 +384,8 @@ def plot(result, outdir, *, stem: str = "blobs_mds") -> list[Path]:
                                                      "viridis"),
                   ("my (blob y position)", f[:, 2], "viridis")]
     table = per_row(result)
-    for r, row in enumerate(np.asarray(result.rows)):
+    labels = list(table)  # one per result row, in order
+    for r in range(R):
         for c, (lab, col, cmap) in enumerate(colourings):
             ax = fig.add_subplot(R, 3, r * 3 + c + 1, projection="3d")
             X = result.mds[r]
@@ -319,28 +395,33 @@ def plot(result, outdir, *, stem: str = "blobs_mds") -> list[Path]:
             ax.set_ylabel("MDS 2 (a.u.)", fontsize=7)
             ax.set_zlabel("MDS 3 (a.u.)", fontsize=7)
             ax.tick_params(labelsize=5)
-            t = table[str(row)]
-            ax.set_title(f"{row} (gain {t['gain']:g}), colour: {lab}\ncollapse index "
+            t = table[labels[r]]
+            ax.set_title(f"{labels[r]} (gain {t['gain']:g}), colour: {lab}\ncollapse index "
                          f"{fmt(t['collapse_index']['mean'], 2)}, one-line "
                          f"{fmt(t['one_line_index']['mean'], 2)}", fontsize=7)
     paths = plots.save(fig, outdir, stem)
 
     fig, axes = plots.new_figure(1, 2, size=(3.8, 3.1))
     gains = np.asarray(result.gain)
+    nls = np.asarray([table[k]["nonlinearity"] for k in labels])
     for k, (key, lab) in enumerate((("collapse_index", "collapse index (per context)"),
                                     ("one_line_index", "one-line index (both contexts)"))):
         ax = axes[0, k]
-        net = [table[str(r)][key]["mean"] for r in result.rows]
-        err = [table[str(r)][key]["std"] for r in result.rows]
-        pred = [table[str(r)][key + "_pred"]["mean"] for r in result.rows]
-        net = np.array([np.nan if v is None else v for v in net])
-        err = np.array([0 if v is None else v for v in err])
-        pred = np.array([np.nan if v is None else v for v in pred])
-        ax.errorbar(gains, net, yerr=err, fmt="o-", color="C0", label="network")
-        ax.plot(gains, pred, "x", ms=8, mew=2, color="k", label="theory (pairwise h_final)")
+        for m, nl in enumerate(sorted(set(nls))):
+            sel = [i for i in np.flatnonzero(nls == nl)]
+            sel = sorted(sel, key=lambda i: gains[i])
+            net = np.array([np.nan if table[labels[i]][key]["mean"] is None
+                            else table[labels[i]][key]["mean"] for i in sel])
+            err = np.array([table[labels[i]][key]["std"] or 0 for i in sel])
+            pred = np.array([np.nan if table[labels[i]][key + "_pred"]["mean"] is None
+                             else table[labels[i]][key + "_pred"]["mean"] for i in sel])
+            ax.errorbar(gains[sel], net, yerr=err, fmt="o-", color=f"C{m}",
+                        label=f"network ({nl})")
+            ax.plot(gains[sel], pred, "x", ms=8, mew=2, color="k" if m == 0 else "gray",
+                    label=f"theory (pairwise h_final, {nl})")
         ax.set_xscale("log")
         ax.set_ylim(-0.05, 1.05)
         plots.label(ax, "initial gain (Xavier)", f"{lab} (dimensionless)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     paths += plots.save(fig, outdir, stem.replace("mds", "collapse_index_vs_gain"))
     return paths

@@ -3,7 +3,10 @@
 The same networks and data as E1 (two-point dynamics), E4 (XOR), E5 (blobs) and E6 (digits),
 trained with Adam (optax defaults, betas 0.9 / 0.999, eps 1e-8) instead of gradient descent; one
 Adam learning rate per part (the paper gives none; Adam's step does not scale with the gradient,
-so the SGD rates of the tables do not carry over). The analysis is exactly that of the SGD
+so the SGD rates of the tables do not carry over). The ``paper`` preset takes the two-point rate
+from the authors' settings file, 1e-6, halved by their notebook as every two-point rate: 5e-7;
+its XOR and blob parts train as the authors' notebooks did (XOR: ReLU and ``nn.MSELoss()``;
+blobs: leaky ReLU and the text's tanh, both reported). The analysis is exactly that of the SGD
 experiments. Expected: the ODE fits the dynamics poorly (the theory assumes gradient flow), yet
 the final structures still match the theory's predictions (equal-output XOR pairs merge at
 small weights, the blobs collapse, the digit structure correlates with the prediction).
@@ -16,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unijax import plots
+from unijax import nets, plots
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
 from unijax.experiments import e1_dynamics as e1
@@ -24,6 +27,7 @@ from unijax.experiments import e4_xor as e4
 from unijax.experiments import e5_blobs as e5
 from unijax.experiments import e6_mnist as e6
 from unijax.experiments._common import (
+    check_choice,
     check_choices,
     check_float,
     check_int,
@@ -60,6 +64,10 @@ class Config:
             for the blobs (Adam at a constant rate keeps a mini-batch noise floor near 1e-3
             there); digits use E6's 0.02.
         rates_*: the default architecture's SGD rates used for the predictions (as E4).
+        xor_nonlinearity, xor_loss: the XOR part's nonlinearity (None: the table's) and loss
+            (see :class:`unijax.experiments.e4_xor.Config`).
+        blobs_nonlinearities: the blob part's nonlinearities (see
+            :class:`unijax.experiments.e5_blobs.Config`).
     """
 
     seeds: int = 4
@@ -92,9 +100,17 @@ class Config:
     rates_epochs: int = 6000
     rates_time_scale: float = 1.0
     rates_seeds: int = 10
+    xor_nonlinearity: str | None = None
+    xor_loss: str = "half_mse"
+    blobs_nonlinearities: tuple[str, ...] = ("tanh",)
 
     def __post_init__(self):
         check_int("seeds", self.seeds, 1)
+        if self.xor_nonlinearity is not None:
+            check_choice("xor_nonlinearity", self.xor_nonlinearity, tuple(nets.NONLINEARITIES))
+        check_choice("xor_loss", self.xor_loss, e4.LOSSES)
+        check_choices("blobs_nonlinearities", self.blobs_nonlinearities,
+                      tuple(nets.NONLINEARITIES))
         check_int("seed", self.seed, 0)
         for f in ("width", "max_depth", "blobs_width", "n_train", "digits_width",
                   "rates_width", "rates_max_depth"):
@@ -127,8 +143,14 @@ class Config:
                                self.rates_epochs, self.rates_time_scale, self.rates_seeds)
 
 
+#: The authors' two-point Adam rate: 1e-6 in their settings file, halved by the notebook.
+AUTHORS_DYN_LR = 5e-7
+
 presets = {
-    "paper": Config(),
+    # The authors' two-point Adam rate; XOR and blobs as their notebooks trained them.
+    "paper": Config(dyn_lr=AUTHORS_DYN_LR, xor_nonlinearity="relu", xor_loss="mse",
+                    xor_low_gain=0.85, xor_epochs=3000, blobs_nonlinearities=("leaky_relu",
+                                                                              "tanh")),
     "quick": Config(seeds=3, width=64, dyn_epochs=1000, xor_epochs=1000, xor_low_gain=0.85,
                     blobs_epochs=500, digits_epochs=300, rates_width=64, rates_epochs=6000,
                     rates_time_scale=1.0, rates_seeds=4),
@@ -194,7 +216,8 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
     if config.xor_rows:
         xcfg = e4.Config(rows=config.xor_rows, width=config.width, max_depth=config.max_depth,
                          low_gain=config.xor_low_gain, low_epochs=config.xor_epochs,
-                         seeds=config.seeds, loss_threshold=config.loss_threshold)
+                         seeds=config.seeds, loss_threshold=config.loss_threshold,
+                         nonlinearity=config.xor_nonlinearity, loss=config.xor_loss)
         xor = _structure_run(e4, xcfg, config.xor_lr, k_xor, progress, cache, up, "xor")
         arrays.update(_flatten("xor", xor))
 
@@ -203,7 +226,8 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         bcfg = e5.Config(rows=config.blobs_rows, width=config.blobs_width,
                          epochs=config.blobs_epochs, n_grid=config.blobs_n_grid,
                          seeds=config.seeds, loss_threshold=config.blobs_loss_threshold,
-                         mds_points=min(600, 2 * config.blobs_n_grid ** 2))
+                         mds_points=min(600, 2 * config.blobs_n_grid ** 2),
+                         nonlinearities=config.blobs_nonlinearities)
         blobs = _structure_run(e5, bcfg, config.blobs_lr, k_blobs, progress, cache, up,
                                "blobs")
         arrays.update(_flatten("blobs", blobs))
@@ -248,22 +272,29 @@ def agreement(result) -> dict:
     t4 = a4["figures"]["per_row"] if a4 else {}
     t5 = a5["figures"]["per_row"] if a5 else {}
     checks, why = [], []
+    # A judged part or row without a usable trial fails (never a pass on what is left).
     low = t4.get("xor_low_weights")
     if low and low["used"]:
         checks.append(low["ratio_measured"]["mean"] < e4.MERGED_RATIO)
         why.append(f"XOR low-weight ratio {fmt(low['ratio_measured']['mean'])} < "
                    f"{e4.MERGED_RATIO}")
+    elif low:
+        checks.append(False)
+        why.append(f"XOR low weights: {e4.unusable(low)}")
     high = t4.get("xor_high_weights")
     if high and high["used"]:
         checks.append(high["ratio_measured"]["mean"] > e4.KEPT_RATIO)
         why.append(f"XOR high-weight ratio {fmt(high['ratio_measured']['mean'])} > "
                    f"{e4.KEPT_RATIO}")
+    elif high:
+        checks.append(False)
+        why.append(f"XOR high weights: {e4.unusable(high)}")
     if a5 and a5["passed"] is not None:
         checks.append(a5["passed"])
         why.append(f"blobs: {a5['headline']}")
     if a6 and a6["passed"] is not None:
         checks.append(a6["passed"])
-        why.append(f"digits r {fmt(a6['figures']['pearson_r']['mean'])} >= {e6.R_PASS}")
+        why.append(f"digits: {a6['headline']}")
     passed = bool(all(checks)) if checks else None
     heads = [f"dynamics R^2 h/y/w {fmt(med['h'])}/{fmt(med['y'])}/{fmt(med['w'])}"]
     if a4:
@@ -294,7 +325,9 @@ def agreement(result) -> dict:
                             if a6 else None),
                  "dynamics_per_row": a1["figures"]["per_architecture"]},
         counts=counts,
-        notes=[f"Adam learning rates from the config (two-point part {float(dyn.lr[0]):g}). "
+        notes=[f"Adam learning rates from the config (two-point part {float(dyn.lr[0]):g}"
+               + (", the authors' settings 1e-6 halved" if float(dyn.lr[0]) == AUTHORS_DYN_LR
+                  else "") + "). "
                "Parts skipped in this run: " + (", ".join(
                    p for p, r in zip(_PARTS, (dyn, xor, blobs, digits), strict=True)
                    if r is None) or "none") + "."],
