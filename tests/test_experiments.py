@@ -207,10 +207,11 @@ def test_e3_final_distance_tracks_theory(tmp_path):
     assert fits["n"] == int(r.fit_converged.sum()) and fits["n"] + fits["n_excluded"] == 2
     assert f"{fits['n']} of 2 fits used" in " ".join(agr["notes"])
     if fits["n"] == 0:
-        # (Seen at tiny sizes: w's R^2 0.74-0.81 < MIN_R2.) No rates: no prediction, and no
-        # verdict, rather than rates from poor fits.
+        # (Seen at tiny sizes: w's R^2 0.74-0.81 < MIN_R2.) No rates: no prediction, and a
+        # FAIL naming the reason, rather than rates from poor fits or a pass on a subset.
         assert np.isnan(r.eta_h).all() and np.isnan(r.h_theory).all()
-        assert "default_rates" not in agr["figures"] and agr["passed"] is None
+        assert "default_rates" not in agr["figures"] and agr["passed"] is False
+        assert "no usable" in agr["headline"] + " ".join(agr["notes"])
         return
     use = r.fit_status[0] == 0
     np.testing.assert_allclose(r.eta_h[0], np.mean(r.fit_eta_h[0][use]))

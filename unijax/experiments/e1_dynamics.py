@@ -123,8 +123,10 @@ presets = {
     "paper": Config(dropout_layer=AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
     "quick": Config(width=64, narrow_width=50, conv_width=64, conv_depth=5, epochs=6000,
                     time_scale=1.0, seeds=4),
+    # 4 seeds: at this size about one default-row fit in four passes the quality criterion
+    # (R^2 >= 0.9 for each of h, y, w), and the tests pass those rates downstream.
     "tiny": Config(rows=("default", "shallow"), width=16, narrow_width=8, conv_width=48,
-                   conv_depth=4, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2),
+                   conv_depth=4, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=4),
 }
 
 

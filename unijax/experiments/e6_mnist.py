@@ -402,7 +402,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
         final_loss=fl, diverged=dv, converged=conv,
         rates_eta_h=np.asarray(rates["eta_h"]), rates_eta_y=np.asarray(rates["eta_y"]),
         rates_source=np.asarray(rates.get("source", "")),
-        fit_status=np.where(dv, tp.NOT_FITTED, f["status"]).astype(np.int32),
+        fit_status=np.where(ddv, tp.NOT_FITTED, f["status"]).astype(np.int32),
         D_pred_authors=pred["Pa"], r_authors=np.asarray(r_auth),
         departures=np.asarray(departures(config, optimizer=optimizer), dtype=str),
     )
@@ -452,7 +452,7 @@ def agreement(result, *, name: str = NAME) -> dict:
                  # Rates only from fits that pass the quality criterion, with the accounting.
                  "dynamics_rates": tp.usable_rates(
                      result.eta_h, result.eta_y,
-                     np.broadcast_to(np.asarray(result.fit_status), div.shape)),
+                     np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h))),
                  "data": data_name, "departures": deps},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
                 "not_converged": int((~div & ~conv).sum()), "used": int(conv.sum()),
