@@ -58,7 +58,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import data as data_lib
-from . import distributed, nets
+from . import distributed, nets, observe
 from .configs import TrainConfig
 
 __all__ = [
@@ -337,33 +337,10 @@ def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision):
     return new, out, tuple(hs[layer] for layer in layers)
 
 
-def _lookup(tree: Any, name: str) -> Any:
-    node = tree
-    for part in name.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, dict) and "__call__" in node:
-        node = node["__call__"]
-    if isinstance(node, (tuple, list)):
-        node = node[0]
-    return node
-
-
 def _custom_net(model: nn.Module, layers: tuple) -> _Net:
-    """A user's Flax module whose recorded layers are named intermediates.
-
-    The module is called as ``model.apply({"params": p}, x)`` and may return (a) an array, the
-    hidden layers then being the outputs of submodules named in ``layers`` (``"block/dense"``
-    for nested ones) or values stored with ``self.sow("intermediates", name, value)``; (b) a
-    dict with the output under ``"out"`` and hidden layers under their names; or (c) a tuple
-    ``(out, hiddens)`` like unijax's networks, ``layers`` then being integer indices.
-    """
-    names = tuple(str(layer) for layer in layers if not isinstance(layer, int))
-    wanted = {n.split("/")[-1] for n in names}
-
-    def capture(mdl, method_name):
-        return method_name == "__call__" and mdl.name in wanted
+    """A user's Flax module whose recorded layers are read by :class:`unijax.observe.Recorder`
+    (dict keys, sown values, submodule outputs, or ``(out, hiddens)`` indices)."""
+    recorder = observe.Recorder(model, layers)
 
     def init(key, gain, x):
         params = model.init(key, x)["params"]
@@ -371,50 +348,9 @@ def _custom_net(model: nn.Module, layers: tuple) -> _Net:
 
     def apply(params, x, train, key):
         del train, key
-        res, state = model.apply(
-            {"params": params}, x, capture_intermediates=capture, mutable=["intermediates"]
-        )
-        inter = state.get("intermediates", {})
-        if isinstance(res, dict):
-            out = res["out"]
-        elif isinstance(res, tuple):
-            out = res[0]
-        else:
-            out = res
-        reps = []
-        for layer in layers:
-            if isinstance(layer, int):
-                if not isinstance(res, tuple):
-                    raise ValueError(
-                        f"integer layer={layer} needs a model returning (out, hiddens)"
-                    )
-                value = res[1][layer]
-            else:
-                value = res.get(layer) if isinstance(res, dict) else None
-                if value is None:
-                    value = _lookup(inter, layer)
-                if value is None:
-                    raise ValueError(
-                        f"layer={layer!r} is neither a key of the model's output dict nor a "
-                        f"captured intermediate; captured: {sorted(_flat_names(inter))}"
-                    )
-            reps.append(value.reshape(value.shape[0], -1))
-        return out, tuple(reps)
+        return recorder.apply(params, x)
 
     return _Net(init, apply, False)
-
-
-def _flat_names(tree: Any, prefix: str = "") -> list[str]:
-    out = []
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            if k == "__call__":
-                out.append(prefix.rstrip("/"))
-            else:
-                out.extend(_flat_names(v, f"{prefix}{k}/"))
-    else:
-        out.append(prefix.rstrip("/"))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,6 +373,8 @@ class _Spec(NamedTuple):
     pair: tuple[int, int] | None
     record_points: tuple[int, ...]
     dtype: str
+    # (pred (out_dim,), target (out_dim,)) -> () per-point loss; None: 0.5 * mean sq. error
+    loss_fn: Callable | None = None
 
 
 class _Carry(NamedTuple):
@@ -453,25 +391,26 @@ class _Obs(NamedTuple):
     out: jax.Array  # (P, out_dim)
 
 
-def _optimizer(name: str, lr: jax.Array) -> optax.GradientTransformation:
+def _optimizer(name, lr: jax.Array) -> optax.GradientTransformation:
     # Same defaults as torch.optim.SGD / Adam (betas 0.9, 0.999; eps 1e-8). lr may be traced.
+    if isinstance(name, optax.GradientTransformation):
+        return name  # the user's own (train_model), its learning rate built in
     return optax.sgd(lr) if name == "sgd" else optax.adam(lr)
+
+
+def _point_losses(spec: _Spec, out, y):
+    """``(n,)`` per-point losses of a user's ``loss_fn`` (only called when it is set)."""
+    return jax.vmap(spec.loss_fn)(out, y)
 
 
 def _observe(spec: _Spec, out, reps, y) -> _Obs:
     """Observables of one deterministic forward pass over the whole data set."""
-    loss = 0.5 * jnp.mean((out - y) ** 2)
+    if spec.loss_fn is None:
+        loss = 0.5 * jnp.mean((out - y) ** 2)
+    else:
+        loss = jnp.mean(_point_losses(spec, out, y))
     if spec.pair is not None:
-        i, j = spec.pair
-        df = out[j] - out[i]
-        # Sums of products rather than dots: exact float32 on every backend (no TF32).
-        yv = jnp.sum(df * df)
-        wv = yv - jnp.sum((y[j] - y[i]) * df)
-        rows = []
-        for r in reps:
-            dh = r[j] - r[i]
-            rows.append(jnp.stack([jnp.sum(dh * dh), yv, wv]))
-        hyw = jnp.stack(rows)
+        hyw = jnp.stack([observe.pair_observables(r, out, y, pair=spec.pair) for r in reps])
     else:
         hyw = jnp.zeros((0,), out.dtype)
     idx = jnp.asarray(spec.record_points, jnp.int32)
@@ -490,14 +429,19 @@ def _epoch_fn(spec: _Spec, net: _Net):
 
     def full_loss(params, x, y):
         out, reps = net.apply(params, x, False, None)
+        if spec.loss_fn is not None:
+            return jnp.mean(_point_losses(spec, out, y)), (out, reps)
         return 0.5 * jnp.mean((out - y) ** 2), (out, reps)
 
     def batch_loss(params, xb, yb, mb, key):
         out, _ = net.apply(params, xb, True, key)
-        sq = jnp.mean((out - yb) ** 2, axis=-1)
+        if spec.loss_fn is None:
+            per_point = 0.5 * jnp.mean((out - yb) ** 2, axis=-1)
+        else:
+            per_point = _point_losses(spec, out, yb)
         # Mean over the real points of the batch only (padding has mb = 0), as a DataLoader
         # with drop_last=False would give for the last, smaller batch.
-        return 0.5 * jnp.sum(mb * sq) / jnp.sum(mb)
+        return jnp.sum(mb * per_point) / jnp.sum(mb)
 
     n = spec.n_points
     bs = n if spec.batch_size is None else min(spec.batch_size, n)
@@ -505,7 +449,8 @@ def _epoch_fn(spec: _Spec, net: _Net):
 
     def epoch(carry: _Carry, t, lr, x, y):
         tx = _optimizer(spec.optimizer, lr)
-        if _fused(spec, net) and spec.optimizer == "sgd" and net.dense_sgd is not None:
+        if (_fused(spec, net) and isinstance(spec.optimizer, str) and spec.optimizer == "sgd"
+                and net.dense_sgd is not None and spec.loss_fn is None):
             params, out, reps = net.dense_sgd(carry.params, x, y, lr)
             return carry._replace(params=params), _observe(spec, out, reps, y)
         if _fused(spec, net):
@@ -1044,7 +989,7 @@ def _run(
         layers=tuple(spec.layers),
         layer_axis=layer_axis,
         pair=spec.pair,
-        optimizer=spec.optimizer,
+        optimizer=spec.optimizer if isinstance(spec.optimizer, str) else "optax",
         lr=lr,
         batch_size=spec.batch_size,
         divergence_threshold=threshold,
@@ -1203,11 +1148,12 @@ def train_model(
     data: data_lib.Dataset | tuple,
     *,
     layers: str | int | Sequence[str | int],
-    lr: float,
+    lr: float | None = None,
     epochs: int,
     seeds: int | Sequence[int] = 1,
     gains: Sequence[float] | None = None,
-    optimizer: str = "sgd",
+    optimizer: str | optax.GradientTransformation = "sgd",
+    loss: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
     batch_size: int | None = None,
     key: jax.Array | None = None,
     pair: tuple[int, int] | None = None,
@@ -1240,18 +1186,51 @@ def train_model(
             same).
         data: a :class:`~unijax.data.Dataset` or ``(x, y)`` with ``x: (n, in_dim)``,
             ``y: (n, out_dim)``.
-        layers: a name/int or a sequence of them (the latter adds a layer axis).
-        lr, epochs, optimizer, batch_size, divergence_threshold, dtype: as in
+        layers: a name/int or a sequence of them (the latter adds a layer axis). A wrong
+            name raises an error listing the valid ones; naming an ``nn.Dense`` records its
+            output, the *pre*-activation (see :class:`unijax.observe.Recorder`).
+        lr: the learning rate of ``optimizer="sgd"``/``"adam"``; must be ``None`` when
+            ``optimizer`` is an Optax transformation (its rate is built in).
+        optimizer: ``"sgd"``, ``"adam"`` or any ``optax.GradientTransformation`` (e.g.
+            ``optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05, momentum=0.9))``);
+            it is applied once per (mini-)batch.
+        loss: a per-point loss ``loss(pred, target) -> ()`` with ``pred, target: (out_dim,)``;
+            training minimizes, and ``TrainResult.loss`` records, its mean over the points
+            (over the real points of a mini-batch). Default ``0.5 * mean((pred - target)^2)``,
+            the theory's loss (docs/theory.md section 1).
+        epochs, batch_size, divergence_threshold, dtype: as in
             :class:`~unijax.configs.TrainConfig`.
         Others: as in :func:`train`.
 
     Returns:
-        :class:`TrainResult` (``config`` is ``None``).
+        :class:`TrainResult` (``config`` is ``None``; ``optimizer`` is ``"optax"`` and ``lr``
+        NaN for an Optax transformation).
+
+    Raises:
+        ValueError: a layer name the model does not offer (listing the valid names), ``lr``
+            missing or given with an Optax transformation, a ``loss`` that does not map two
+            ``(out_dim,)`` arrays to a scalar, and the checks of :func:`train`.
+        TypeError: ``optimizer`` neither a name nor an ``optax.GradientTransformation``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a flax.linen.Module, got {type(model)}")
+    custom_tx = isinstance(optimizer, optax.GradientTransformation)
+    if custom_tx:
+        if lr is not None:
+            raise ValueError(
+                f"lr must be None when optimizer is an optax.GradientTransformation (its "
+                f"learning rate is set when it is built, e.g. optax.sgd(0.05)), got {lr=}"
+            )
+    elif not isinstance(optimizer, str):
+        raise TypeError(
+            f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation, got "
+            f"{type(optimizer).__name__}"
+        )
+    elif lr is None:
+        raise ValueError(f"lr is required with optimizer={optimizer!r} (a float > 0)")
     # Validate the optimizer settings through the config's own checks (one source of truth).
-    check = TrainConfig(name="custom", lr=lr, epochs=epochs, optimizer=optimizer,
+    check = TrainConfig(name="custom", lr=1.0 if custom_tx else lr, epochs=epochs,
+                        optimizer="sgd" if custom_tx else optimizer,
                         batch_size=batch_size, divergence_threshold=divergence_threshold,
                         dtype=dtype, width=1, depth=1)
     if isinstance(chunk_epochs, bool) or not isinstance(chunk_epochs, int) or chunk_epochs <= 0:
@@ -1263,6 +1242,10 @@ def train_model(
         layer_tuple, layer_axis = tuple(layers), True
         if not layer_tuple:
             raise ValueError("layers must not be empty")
+    x_check = jax.ShapeDtypeStruct(np.shape(dataset.x), jnp.dtype(check.dtype))
+    observe.Recorder(model, layer_tuple).check(x_check)  # lists the valid names if one is wrong
+    if loss is not None:
+        _check_loss(loss, dataset.out_dim, check.dtype)
     try:
         hash(model)
         cacheable = True
@@ -1271,12 +1254,13 @@ def train_model(
     spec = _Spec(
         net_key=model if cacheable else id(model),
         layers=layer_tuple,
-        optimizer=check.optimizer,
+        optimizer=optimizer if custom_tx else check.optimizer,
         batch_size=check.batch_size,
         n_points=dataset.n_points,
         pair=_pair(pair, dataset.n_points),
         record_points=_points(record_points, dataset.n_points),
         dtype=check.dtype,
+        loss_fn=loss,
     )
     factory = _custom_factory(model, layer_tuple) if cacheable else (
         lambda: _custom_net(model, layer_tuple)
@@ -1291,7 +1275,7 @@ def train_model(
         gains=_gains(gains, 1.0),
         key=key,
         record_epochs=_record_epochs(record_every, record_epochs, check.epochs),
-        lr=check.lr,
+        lr=float("nan") if custom_tx else check.lr,
         n_epochs=check.epochs,
         chunk_epochs=chunk_epochs,
         devices=devs,
@@ -1302,6 +1286,24 @@ def train_model(
         config=None,
         name=name or type(model).__name__,
     )
+
+
+def _check_loss(loss, out_dim: int, dtype: str) -> None:
+    if not callable(loss):
+        raise ValueError(f"loss must be a callable loss(pred, target) -> scalar, got {loss!r}")
+    point = jax.ShapeDtypeStruct((out_dim,), jnp.dtype(dtype))
+    try:
+        value = jax.eval_shape(loss, point, point)
+    except Exception as e:
+        raise ValueError(
+            f"loss must map two ({out_dim},) arrays (one point's prediction and target) to a "
+            f"scalar; calling it failed: {type(e).__name__}: {e}"
+        ) from e
+    if getattr(value, "shape", None) != ():
+        raise ValueError(
+            f"loss must map two ({out_dim},) arrays to a scalar (shape ()), got "
+            f"{getattr(value, 'shape', value)}"
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -1363,9 +1365,5 @@ def hidden_observables(
     dtype = jnp.dtype(getattr(model, "dtype", jnp.float32))
     x, y = jnp.asarray(x, dtype), jnp.asarray(y, dtype)
     out, hiddens = model.apply({"params": params}, x, train=False)
-    i, j = pair
-    dh = hiddens[layer][j] - hiddens[layer][i]
-    df = out[j] - out[i]
-    yv = jnp.sum(df * df)
-    return jnp.stack([jnp.sum(dh * dh), yv, yv - jnp.sum((y[j] - y[i]) * df)])
+    return observe.pair_observables(hiddens[layer], out, y, pair=pair)
 
