@@ -218,6 +218,33 @@ class RateFit(eqx.Module):
             ]
         return "\n".join(lines)
 
+    # Keeping results: one implementation in unijax.results for every result type.
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path):
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
+
+    def to_xarray(self, *, grid=None, ts=None):
+        """``xarray.Dataset`` with dims ``trial`` (or ``gain, seed[, layer]`` given the
+        ``grid`` TrainResult that was fitted), ``epoch``, ``variable`` (see
+        :func:`unijax.results.to_xarray`; needs ``unijax[labels]``)."""
+        from unijax import results
+
+        return results.to_xarray(self, grid=grid, ts=ts)
+
+    def to_dataframe(self, *, grid=None):
+        """Tidy ``pandas.DataFrame``, a row per trial (see :func:`unijax.results.to_dataframe`)."""
+        from unijax import results
+
+        return results.to_dataframe(self, grid=grid)
+
 
 class MeanFit(eqx.Module):
     """Result of :func:`fit_eta_mean`, a frozen pytree (leading axis absent for one trial).
@@ -252,6 +279,25 @@ class MeanFit(eqx.Module):
     def mean_over_converged(self) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
         """``(mean eta_mean, its sample std, n_used)`` over converged trials only."""
         return _masked_mean_std(jnp.atleast_1d(self.eta_mean), jnp.atleast_1d(self.converged))
+
+    def summary(self) -> str:
+        """One line for a log: converged count, mean rate over converged trials, median R^2."""
+        d = self.summary_dict()
+        return (f"MeanFit: {d['n_converged']}/{d['n_trials']} converged; eta_mean = "
+                f"{d['eta_mean_mean']} (sd {d['eta_mean_std']}) 1/epoch, median R^2 (loss) = "
+                f"{d['median_r2']}")
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path):
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -122,6 +122,36 @@ class Trajectory(eqx.Module):
         Z = self.hyw if self.hyw.ndim == 2 else self.hyw.reshape(-1, *self.hyw.shape[-2:])
         return fit.fit_rates(self.ts, Z, dx2=self.dx2, dy2=self.dy2, **options)
 
+    def summary(self) -> str:
+        """One line: batch shape, records, data constants."""
+        return (f"Trajectory: batch {tuple(self.hyw.shape[:-2])}, {self.ts.shape[0]} records "
+                f"(epochs {float(self.ts[0]):g} to {float(self.ts[-1]):g}), "
+                f"dx2 = {float(self.dx2):.4g}, dy2 = {float(self.dy2):.4g}")
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path):
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
+
+    def to_xarray(self):
+        """``xarray.Dataset``: ``hyw ([trial,] epoch, variable)``."""
+        from unijax import results
+
+        return results.to_xarray(self)
+
+    def to_dataframe(self):
+        """Tidy ``pandas.DataFrame``: a row per ``([trial,] epoch)``, columns ``h, y, w``."""
+        from unijax import results
+
+        return results.to_dataframe(self)
+
 
 def _to_numpy(name: str, value: Any) -> np.ndarray:
     # Tensors of other frameworks (PyTorch: detach from the graph, move to the CPU) as NumPy.

@@ -208,6 +208,33 @@ class TrainResult(eqx.Module):
             )
         return "\n".join(lines)
 
+    # Keeping results: one implementation in unijax.results for every result type.
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path) -> Any:
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
+
+    def to_xarray(self):
+        """``xarray.Dataset`` with dims ``gain, seed, [layer,] epoch, variable`` (see
+        :func:`unijax.results.to_xarray`; needs ``unijax[labels]``)."""
+        from unijax import results
+
+        return results.to_xarray(self)
+
+    def to_dataframe(self):
+        """Tidy ``pandas.DataFrame``: a row per ``(gain, seed, [layer,] epoch)``, columns
+        ``loss, h, y, w`` (see :func:`unijax.results.to_dataframe`)."""
+        from unijax import results
+
+        return results.to_dataframe(self)
+
 
 # --------------------------------------------------------------------------------------------
 # Networks as pure functions of one trial
