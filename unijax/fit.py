@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import NamedTuple
 
 import diffrax
@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from unijax import theory
+from unijax import _progress, theory
 from unijax._checks import check_finite, check_positive, check_x64, is_concrete
 
 __all__ = [
@@ -1003,8 +1003,12 @@ def _fit_chunked(ts, Z, dx2, dy2, init, *, opts: _FitOpts, return_trajectory: bo
         out = _fit_batch(args[0], *part, opts=opts, return_trajectory=return_trajectory)
         return jax.block_until_ready(out)
 
-    with ThreadPoolExecutor(min(threads, k)) as pool:
-        outs = list(pool.map(run, idx))
+    with ThreadPoolExecutor(min(threads, k)) as pool, _progress.bar(k, "fit", "chunk") as pbar:
+        futures = [pool.submit(run, rows) for rows in idx]
+        for done in as_completed(futures):
+            done.result()
+            pbar.update()
+        outs = [f.result() for f in futures]
     return {
         key: None if outs[0][key] is None else jnp.concatenate([o[key] for o in outs])[:n]
         for key in outs[0]

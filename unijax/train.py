@@ -57,8 +57,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import _progress, distributed, nets, observe
 from . import data as data_lib
-from . import distributed, nets, observe
 from .configs import TrainConfig
 
 __all__ = [
@@ -887,6 +887,7 @@ def _run(
     compile_before = compile_s
     losses, hyws, reps_chunks = [], [], []
     chunk_compiled = None
+    pbar = _progress.bar(n_chunks, f"train {name}", "chunk")
     for c in range(n_chunks):
         ts = np.arange(c * c_len, (c + 1) * c_len)
         slots = np.full(c_len, n_slots, np.int32)
@@ -912,6 +913,10 @@ def _run(
         hyws.append(hyw_c)
         if spec.record_points:
             reps_chunks.append(tuple(b[:, : in_chunk.size] for b in carry.buf))
+        if not pbar.disable:
+            jax.block_until_ready(loss_c)  # a bar that moves when the work is done, not queued
+        pbar.update()
+    pbar.close()
     final_obs, losses, hyws, reps_chunks = _fetch((final_obs, losses, hyws, reps_chunks))
     final_params = _fetch(carry.params) if return_params else None
     run_s = time.perf_counter() - t_run - (compile_s - compile_before)
