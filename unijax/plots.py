@@ -241,6 +241,8 @@ def fit_vs_data(
     else:
         axes[0].set_title(f"{int(conv[sel].sum())}/{len(sel)} fits converged", fontsize=9)
     axes[0].legend(fontsize=7)
+    if ax is None:
+        fig.tight_layout()
     return fig
 
 
@@ -299,6 +301,8 @@ def sweep(
     label(a, "gain", quantity, f"{v.shape[1]} seeds per gain" + (
         f"; {n_bad} of {v.size} runs without a value" if n_bad else ""))
     a.legend(fontsize=7)
+    if ax is None:
+        fig.tight_layout()
     return fig
 
 
@@ -346,4 +350,6 @@ def theory_vs_network(
         a.set_xlabel(f"theory: {quantity} ({unit})")
         a.set_ylabel(f"network: {quantity} ({unit})")
     a.legend(fontsize=7)
+    if ax is None:
+        fig.tight_layout()
     return fig
