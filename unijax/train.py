@@ -90,7 +90,8 @@ class TrainResult(eqx.Module):
     Attributes:
         gains: ``(n_gains,)`` Xavier gains.
         seeds: ``(n_seeds,)`` integer seeds.
-        loss: ``(n_gains, n_seeds, n_epochs)``, 0.5 * MSE over the whole data set.
+        loss: ``(n_gains, n_seeds, n_epochs)``, 0.5 * MSE over the whole data set (the mean of
+            the per-point ``loss`` given to :func:`train_model`, if one was).
         h, y, w: ``(n_gains, n_seeds, n_epochs)`` or ``(n_gains, n_seeds, L, n_epochs)``: the
             two-point observables of the recorded pair (``None`` without a pair). ``y`` and
             ``w`` do not depend on the layer and are repeated along the layer axis.
@@ -184,7 +185,7 @@ class TrainResult(eqx.Module):
         div = np.asarray(self.diverged)
         lines = [
             f"TrainResult {self.name!r}: {g} gains x {s} seeds, {self.n_epochs} epochs, "
-            f"{self.optimizer} lr={self.lr:g}"
+            f"{self.optimizer}" + (f" lr={self.lr:g}" if math.isfinite(self.lr) else "")
             + (f" batch={self.batch_size}" if self.batch_size else " full batch")
             + f", layers {list(self.layers)}, data {self.data_name}",
             f"devices: {self.n_devices} ({self.n_padded} padding trials computed and dropped); "
