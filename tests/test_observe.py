@@ -169,3 +169,19 @@ def test_train_model_rejects_bad_optimizer_and_loss(kw, err, match):
     args.update(kw)
     with pytest.raises(err, match=match):
         train.train_model(Net(), data.two_points(), **args)
+
+
+def test_scalar_outputs_with_1d_targets_and_feature_axes():
+    H = np.random.default_rng(3).normal(size=(6, 2, 3, 4))
+    F = np.random.default_rng(4).normal(size=(6, 2, 1))
+    a = observe.trajectory(H, F, [0.0, 1.0], dx2=1.0)
+    b = observe.trajectory(H, F[..., 0], [0.0, 1.0], dx2=1.0)
+    np.testing.assert_array_equal(a.hyw, b.hyw)
+    np.testing.assert_allclose(a.hyw, _brute(H.reshape(6, 2, 12), F, np.array([[0.0], [1.0]])),
+                               rtol=1e-6)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    assert doctest.testmod(observe, raise_on_error=True).attempted >= 5

@@ -212,7 +212,7 @@ def trajectory(
     Y = _to_numpy("targets", targets)
     if Y.ndim == 1:
         Y = Y[:, None]
-        if F.ndim == H.ndim - 1 or F.shape[-1] != 1:
+        if F.shape[-1] != 1:  # (..., n_points) scalar outputs; n_points >= 2, so unambiguous
             F = F[..., None]
     if Y.ndim != 2:
         raise ValueError(f"targets must have shape (n_points, n_out), got {Y.shape}")
