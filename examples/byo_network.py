@@ -6,8 +6,10 @@ two-point observables (h, y, w) at a named hidden layer, and fit the effective t
 
 Any ``flax.linen.Module`` works as long as the hidden layer you want to watch is reachable by
 name: here the output of the submodule ``name="hidden"`` (found with Flax's
-``capture_intermediates``). A module returning ``{"out": ..., "my_layer": ...}`` or values
-stored with ``self.sow("intermediates", "my_layer", h)`` works the same way.
+``capture_intermediates``), an ``nn.Dense``, so its *pre*-activation
+(``unijax.observe.describe_layers(MyNet(), x)`` lists every name and which side it
+records). A module returning ``{"out": ..., "my_layer": ...}`` or values stored with
+``self.sow("intermediates", "my_layer", h)`` works the same way.
 """
 
 import argparse

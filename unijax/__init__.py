@@ -7,6 +7,8 @@ Public modules (import what you use; nothing here changes JAX's global configura
 * :mod:`unijax.fit`     effective learning rates fitted by gradient through the ODE solver.
 * :mod:`unijax.nets`, :mod:`unijax.data`, :mod:`unijax.configs`, :mod:`unijax.train`
   the paper's networks, data sets and the vmapped training engine.
+* :mod:`unijax.observe` (h, y, w) from any network's recordings; :mod:`unijax.results` save,
+  load, export (xarray, pandas); :mod:`unijax.plots` figures of results.
 * :mod:`unijax.experiments`, :mod:`unijax.cli`  every experiment of the paper.
 """
 
@@ -14,7 +16,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "theory", "fit", "nets", "data", "configs", "train", "distributed", "sweep",
-    "experiments", "plots", "report", "cli",
+    "experiments", "plots", "report", "cli", "observe", "results",
 )
 __all__ = ["__version__", *_SUBMODULES]
 

@@ -74,7 +74,7 @@ import enum
 import functools
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import NamedTuple
 
 import diffrax
@@ -84,7 +84,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from unijax import theory
+from unijax import _progress, theory
 from unijax._checks import (
     check_bool,
     check_finite,
@@ -325,6 +325,33 @@ class RateFit(eqx.Module):
                          + ", ".join("n/a" if not np.isfinite(v) else f"{v:.4f}" for v in med))
         return "\n".join(lines)
 
+    # Keeping results: one implementation in unijax.results for every result type.
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path):
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
+
+    def to_xarray(self, *, grid=None, ts=None):
+        """``xarray.Dataset`` with dims ``trial`` (or ``gain, seed[, layer]`` given the
+        ``grid`` TrainResult that was fitted), ``epoch``, ``variable`` (see
+        :func:`unijax.results.to_xarray`; needs ``unijax[labels]``)."""
+        from unijax import results
+
+        return results.to_xarray(self, grid=grid, ts=ts)
+
+    def to_dataframe(self, *, grid=None):
+        """Tidy ``pandas.DataFrame``, a row per trial (see :func:`unijax.results.to_dataframe`)."""
+        from unijax import results
+
+        return results.to_dataframe(self, grid=grid)
+
 
 class MeanFit(eqx.Module):
     """Result of :func:`fit_eta_mean`, a frozen pytree (leading axis absent for one trial).
@@ -359,6 +386,25 @@ class MeanFit(eqx.Module):
     def mean_over_converged(self) -> tuple[Float[Array, ""], Float[Array, ""], Int[Array, ""]]:
         """``(mean eta_mean, its sample std, n_used)`` over converged trials only."""
         return _masked_mean_std(jnp.atleast_1d(self.eta_mean), jnp.atleast_1d(self.converged))
+
+    def summary(self) -> str:
+        """One line for a log: converged count, mean rate over converged trials, median R^2."""
+        d = self.summary_dict()
+        return (f"MeanFit: {d['n_converged']}/{d['n_trials']} converged; eta_mean = "
+                f"{d['eta_mean_mean']} (sd {d['eta_mean_std']}) 1/epoch, median R^2 (loss) = "
+                f"{d['median_r2']}")
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path):
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1105,8 +1151,12 @@ def _fit_chunked(ts, Z, dx2, dy2, init, *, opts: _FitOpts, return_trajectory: bo
         out = _fit_batch(args[0], *part, opts=opts, return_trajectory=return_trajectory)
         return jax.block_until_ready(out)
 
-    with ThreadPoolExecutor(min(threads, k)) as pool:
-        outs = list(pool.map(run, idx))
+    with ThreadPoolExecutor(min(threads, k)) as pool, _progress.bar(k, "fit", "chunk") as pbar:
+        futures = [pool.submit(run, rows) for rows in idx]
+        for done in as_completed(futures):
+            done.result()
+            pbar.update()
+        outs = [f.result() for f in futures]
     return {
         key: None if outs[0][key] is None else jnp.concatenate([o[key] for o in outs])[:n]
         for key in outs[0]

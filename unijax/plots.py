@@ -1,4 +1,9 @@
-"""Shared matplotlib helpers for the experiments' figures (PNG + PDF, written atomically).
+"""Figures of results, and the matplotlib helpers of the experiments' figures.
+
+For users: :func:`fit_vs_data` (a rate fit against its data), :func:`sweep` (a quantity over
+gains and seeds, with its spread) and :func:`theory_vs_network` (theory against network, e.g.
+final distances) each return a ``matplotlib.figure.Figure`` (``fig.savefig(...)``, or
+``plt.show()``), drawn on the ``ax`` you pass or on a new figure.
 
 Importing this module leaves matplotlib's backend alone, so ``plt.show()`` keeps working in a
 notebook or a script; the ``unijax`` command chooses the non-interactive Agg backend for itself
@@ -31,6 +36,9 @@ __all__ = [
     "scatter_vs_theory",
     "label",
     "HWY_LABELS",
+    "fit_vs_data",
+    "sweep",
+    "theory_vs_network",
 ]
 
 #: Line style of theory curves.
@@ -152,3 +160,196 @@ def scatter_vs_theory(
         ax.plot([lo, hi], [lo, hi], label="identity (perfect theory)", **THEORY_STYLE)
     ax.set_xlabel(f"theory: {quantity} ({unit})")
     ax.set_ylabel(f"network: {quantity} ({unit})")
+
+
+# --------------------------------------------------------------------------------------------
+# Figures of results: each returns a matplotlib Figure (drawn on ``ax`` when one is given)
+# --------------------------------------------------------------------------------------------
+
+
+def _figure(ax, ncols: int = 1, size=(3.6, 3.0)):
+    if ax is None:
+        fig, axes = new_figure(1, ncols, size=size)
+        return fig, list(axes[0])
+    axes = list(np.atleast_1d(ax))
+    if len(axes) != ncols:
+        raise ValueError(f"ax must be {ncols} matplotlib Axes, got {len(axes)}")
+    return axes[0].figure, axes
+
+
+def fit_vs_data(
+    rates: Any,
+    ts: Any,
+    Z: Any,
+    *,
+    loss: Any | None = None,
+    mean_fit: Any | None = None,
+    trials: Sequence[int] | None = None,
+    ax: Any | None = None,
+):
+    """A rate fit against its data: ``h``, ``y``, ``w`` (and the loss) over epochs.
+
+    The data are drawn in colour (one colour per trial), the fitted ODE solution as black
+    dashed lines on top; failed fits (``converged=False``) are titled as such.
+
+    Args:
+        rates: a :class:`unijax.fit.RateFit` fitted with ``return_trajectory=True``.
+        ts: ``(n_epochs,)`` epochs of the data.
+        Z: the fitted data ``(n_epochs, 3)`` or ``(n_trials, n_epochs, 3)``.
+        loss: optional measured loss ``([n_trials,] n_epochs)``: adds a fourth panel.
+        mean_fit: optional :class:`unijax.fit.MeanFit` of that loss (its ``loss_fit`` is drawn).
+        trials: which trials to draw (default all, at most 8).
+        ax: optional 3 (or 4 with ``loss``) Axes to draw on.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    z_fit = getattr(rates, "z_fit", None)
+    if z_fit is None:
+        raise ValueError("rates has no fitted trajectory: fit with return_trajectory=True")
+    t = np.asarray(ts, dtype=float)
+    data = np.asarray(Z, dtype=float).reshape((-1,) + np.shape(Z)[-2:])
+    model = np.asarray(z_fit, dtype=float).reshape(data.shape)
+    conv = np.atleast_1d(np.asarray(rates.converged))
+    n = data.shape[0]
+    sel = list(range(min(n, 8))) if trials is None else [int(i) for i in trials]
+    if any(not 0 <= i < n for i in sel):
+        raise ValueError(f"trials must be indices in [0, {n - 1}], got {trials!r}")
+    panels = 3 + (loss is not None)
+    fig, axes = _figure(ax, panels)
+    for k, var in enumerate("hyw"):
+        for c, i in enumerate(sel):
+            overlay(axes[k], t, data[i, :, k], model[i, :, k], color=f"C{c % 10}",
+                    name=f"trial {i}" if len(sel) > 1 else "network",
+                    theory_name="fitted ODE" if c == 0 else "_nolegend_")
+        label(axes[k], "epoch", HWY_LABELS[var])
+    if loss is not None:
+        lv = np.asarray(loss, dtype=float).reshape(n, -1)
+        lf = None if mean_fit is None else np.asarray(mean_fit.loss_fit, float).reshape(n, -1)
+        for c, i in enumerate(sel):
+            overlay(axes[3], t, lv[i], None if lf is None else lf[i], color=f"C{c % 10}",
+                    name="network" if c == 0 else "_nolegend_",
+                    theory_name="fitted (eta_mean)" if c == 0 else "_nolegend_", logy=True)
+        label(axes[3], "epoch", HWY_LABELS["loss"])
+    eta_h = np.atleast_1d(np.asarray(rates.eta_h))
+    eta_y = np.atleast_1d(np.asarray(rates.eta_y))
+    if len(sel) == 1:
+        i = sel[0]
+        axes[0].set_title(
+            f"eta_h = {eta_h[i]:.3g}, eta_y = {eta_y[i]:.3g} 1/epoch"
+            + ("" if conv[i] else " (NOT converged)"), fontsize=9)
+    else:
+        axes[0].set_title(f"{int(conv[sel].sum())}/{len(sel)} fits converged", fontsize=9)
+    axes[0].legend(fontsize=7)
+    if ax is None:
+        fig.tight_layout()
+    return fig
+
+
+def sweep(
+    gains: Any,
+    values: Any,
+    *,
+    quantity: str = "eta_h (1/epoch)",
+    logx: bool = True,
+    logy: bool = False,
+    name: str = "network",
+    color: str = "C0",
+    ax: Any | None = None,
+):
+    """A quantity over a sweep of gains x seeds: every seed as a dot, the median over seeds as
+    a line, and the spread (25th-75th percentile band and min-max whiskers).
+
+    NaN entries (diverged runs, failed fits) are left out and counted in the title.
+
+    Args:
+        gains: ``(n_gains,)`` the swept values (e.g. ``TrainResult.gains``).
+        values: ``(n_gains, n_seeds)`` one value per gain and seed (e.g. fitted ``eta_h``
+            reshaped to the grid, or ``TrainResult.final_h``).
+        quantity: y-axis label with its unit.
+        logx, logy: logarithmic axes.
+        ax: optional Axes to draw on.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    g = np.asarray(gains, dtype=float).ravel()
+    v = np.asarray(values, dtype=float)
+    if v.ndim == 1:
+        v = v[:, None]
+    if v.ndim != 2 or v.shape[0] != g.size:
+        raise ValueError(f"values must have shape (n_gains={g.size}, n_seeds), got {v.shape}")
+    fig, (a,) = _figure(ax)
+    ok = np.isfinite(v)
+    for s in range(v.shape[1]):
+        a.scatter(g[ok[:, s]], v[ok[:, s], s], s=8, color=color, alpha=0.35, lw=0,
+                  label=f"{name}: seeds" if s == 0 else None)
+    with np.errstate(all="ignore"):
+        has = ok.any(axis=1)
+        vv = np.where(ok, v, np.nan)[has]
+        med = np.nanmedian(vv, axis=1)
+        lo, hi = np.nanpercentile(vv, 25, axis=1), np.nanpercentile(vv, 75, axis=1)
+        mn, mx = np.nanmin(vv, axis=1), np.nanmax(vv, axis=1)
+    a.fill_between(g[has], lo, hi, color=color, alpha=0.25, lw=0, label="25-75% of seeds")
+    a.vlines(g[has], mn, mx, color=color, lw=0.8, alpha=0.6)
+    a.plot(g[has], med, "-o", color=color, ms=3, lw=1.5, label=f"{name}: median")
+    if logx:
+        a.set_xscale("log")
+    if logy:
+        a.set_yscale("log")
+    n_bad = int((~ok).sum())
+    label(a, "gain", quantity, f"{v.shape[1]} seeds per gain" + (
+        f"; {n_bad} of {v.size} runs without a value" if n_bad else ""))
+    a.legend(fontsize=7)
+    if ax is None:
+        fig.tight_layout()
+    return fig
+
+
+def theory_vs_network(
+    predicted: Any,
+    measured: Any,
+    *,
+    gains: Any | None = None,
+    quantity: str = "final h",
+    unit: str = "a.u.",
+    ax: Any | None = None,
+):
+    """Theory against network, e.g. final representational distances: one dot per run, the
+    identity line (black dashed) for a perfect theory.
+
+    Args:
+        predicted: the theory's values, e.g. ``unijax.theory.final_distance`` of each run,
+            shape ``(n_gains, n_seeds)`` or any shape matching ``measured``.
+        measured: the network's values, e.g. ``TrainResult.final_h``, same shape.
+        gains: optional ``(n_gains,)``: dots are coloured by gain (rows of the arrays).
+        quantity, unit: axis labels.
+        ax: optional Axes to draw on.
+
+    Returns:
+        The ``matplotlib.figure.Figure``.
+    """
+    p = np.asarray(predicted, dtype=float)
+    m = np.asarray(measured, dtype=float)
+    if p.shape != m.shape:
+        raise ValueError(f"predicted {p.shape} and measured {m.shape} must have the same shape")
+    fig, (a,) = _figure(ax)
+    if gains is None:
+        scatter_vs_theory(a, p, m, quantity=quantity, unit=unit)
+    else:
+        g = np.asarray(gains, dtype=float).ravel()
+        if p.ndim < 1 or p.shape[0] != g.size:
+            raise ValueError(f"gains has {g.size} entries, the arrays' first axis {p.shape[:1]}")
+        for i, gain in enumerate(g):
+            a.scatter(p[i].ravel(), m[i].ravel(), s=10, alpha=0.7, color=f"C{i % 10}",
+                      label=f"gain {gain:g}")
+        ok = np.isfinite(p) & np.isfinite(m)
+        if ok.any():
+            lo, hi = float(min(p[ok].min(), m[ok].min())), float(max(p[ok].max(), m[ok].max()))
+            a.plot([lo, hi], [lo, hi], label="identity (perfect theory)", **THEORY_STYLE)
+        a.set_xlabel(f"theory: {quantity} ({unit})")
+        a.set_ylabel(f"network: {quantity} ({unit})")
+    a.legend(fontsize=7)
+    if ax is None:
+        fig.tight_layout()
+    return fig

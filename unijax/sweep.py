@@ -302,7 +302,25 @@ class SweepResult:
         names = _TRAIN_FIELDS + (_FIT_FIELDS if self.config.fit else ())
         return {k: getattr(self, k) for k in names}
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> str:
+        """A few lines for a log: grid, divergence, converged fits, mean rates."""
+        d = self.summary_dict()
+        g = d["grid"]
+        lines = [
+            f"SweepResult: {len(g['archs'])} archs x {len(g['gains'])} gains x {g['n_seeds']} "
+            f"seeds x {len(g['layers'])} layers in {d['n_chunks']} chunks; "
+            f"diverged: {d['n_diverged']}/{d['n_trials']} trials"
+        ]
+        if "rates" in d:
+            lines.append(f"converged layer fits: {d['n_fit_converged']}")
+            for r in d["rates"]:
+                rates = ("no converged fit" if r["eta_h"] is None else
+                         f"eta_h = {r['eta_h']:.4g}, eta_y = {r['eta_y']:.4g} 1/epoch")
+                lines.append(f"  {r['arch']} gain {r['gain']:g} layer {r['layer']}: "
+                             f"{r['n_converged']} converged, {rates}")
+        return "\n".join(lines)
+
+    def summary_dict(self) -> dict[str, Any]:
         """Counts and mean fitted rates per architecture and gain (JSON-ready)."""
         cfg = self.config
         out: dict[str, Any] = {
@@ -606,7 +624,7 @@ def run_sweep(
     merged = _merge(cfg, chunks, load)
     result = _result(cfg, merged, len(chunks), n_computed)
     if distributed.is_writer():
-        store.save_result(name, result.arrays(), result.summary(), config_hash=h)
+        store.save_result(name, result.arrays(), result.summary_dict(), config_hash=h)
     _barrier("done", h)
     return result
 
@@ -801,7 +819,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     jax.config.update("jax_enable_x64", True)  # as `unijax run`: the fits are float64
     res = run_sweep(cfg, out, progress=not args.quiet, fresh=args.fresh)
     if distributed.is_writer():
-        s = res.summary()
+        s = res.summary_dict()
         print(
             f"sweep done: {s['n_trials']} trials in {s['n_chunks']} chunks "
             f"({res.n_computed} computed by this process), {s['n_diverged']} diverged"

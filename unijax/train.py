@@ -64,8 +64,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from . import _progress, distributed, nets, observe
 from . import data as data_lib
-from . import distributed, nets
 from ._checks import (
     check_bool,
     check_finite,
@@ -105,8 +105,9 @@ class TrainResult(eqx.Module):
     Attributes:
         gains: ``(n_gains,)`` Xavier gains.
         seeds: ``(n_seeds,)`` integer seeds.
-        loss: ``(n_gains, n_seeds, n_epochs)``, the training loss (``config.loss``: 0.5 * MSE by
-            default, or MSE) over the whole data set.
+        loss: ``(n_gains, n_seeds, n_epochs)``, the training loss over the whole data set
+            (``config.loss``: 0.5 * MSE by default, or MSE; for :func:`train_model` with a
+            per-point ``loss`` function, the mean of that function over the points).
         h, y, w: ``(n_gains, n_seeds, n_epochs)`` or ``(n_gains, n_seeds, L, n_epochs)``: the
             two-point observables of the recorded pair (``None`` without a pair). ``y`` and
             ``w`` do not depend on the layer and are repeated along the layer axis.
@@ -200,7 +201,7 @@ class TrainResult(eqx.Module):
         div = np.asarray(self.diverged)
         lines = [
             f"TrainResult {self.name!r}: {g} gains x {s} seeds, {self.n_epochs} epochs, "
-            f"{self.optimizer} lr={self.lr:g}"
+            f"{self.optimizer}" + (f" lr={self.lr:g}" if math.isfinite(self.lr) else "")
             + (f" batch={self.batch_size}" if self.batch_size else " full batch")
             + f", layers {list(self.layers)}, data {self.data_name}",
             f"devices: {self.n_devices} ({self.n_padded} padding trials computed and dropped); "
@@ -223,6 +224,33 @@ class TrainResult(eqx.Module):
                 f" (min {fl.min():.3g}, max {fl.max():.3g})"
             )
         return "\n".join(lines)
+
+    # Keeping results: one implementation in unijax.results for every result type.
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict."""
+        from unijax import results
+
+        return results.summary_dict(self)
+
+    def save(self, path) -> Any:
+        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
+        from unijax import results
+
+        return results.save(path, self)
+
+    def to_xarray(self):
+        """``xarray.Dataset`` with dims ``gain, seed, [layer,] epoch, variable`` (see
+        :func:`unijax.results.to_xarray`; needs ``unijax[labels]``)."""
+        from unijax import results
+
+        return results.to_xarray(self)
+
+    def to_dataframe(self):
+        """Tidy ``pandas.DataFrame``: a row per ``(gain, seed, [layer,] epoch)``, columns
+        ``loss, h, y, w`` (see :func:`unijax.results.to_dataframe`)."""
+        from unijax import results
+
+        return results.to_dataframe(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -357,33 +385,10 @@ def _dense_sgd_step(params, x, y, lr, *, depth, phi, skip, layers, precision, lo
     return new, out, tuple(hs[layer] for layer in layers)
 
 
-def _lookup(tree: Any, name: str) -> Any:
-    node = tree
-    for part in name.split("/"):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    if isinstance(node, dict) and "__call__" in node:
-        node = node["__call__"]
-    if isinstance(node, (tuple, list)):
-        node = node[0]
-    return node
-
-
 def _custom_net(model: nn.Module, layers: tuple) -> _Net:
-    """A user's Flax module whose recorded layers are named intermediates.
-
-    The module is called as ``model.apply({"params": p}, x)`` and may return (a) an array, the
-    hidden layers then being the outputs of submodules named in ``layers`` (``"block/dense"``
-    for nested ones) or values stored with ``self.sow("intermediates", name, value)``; (b) a
-    dict with the output under ``"out"`` and hidden layers under their names; or (c) a tuple
-    ``(out, hiddens)`` like unijax's networks, ``layers`` then being integer indices.
-    """
-    names = tuple(str(layer) for layer in layers if not isinstance(layer, int))
-    wanted = {n.split("/")[-1] for n in names}
-
-    def capture(mdl, method_name):
-        return method_name == "__call__" and mdl.name in wanted
+    """A user's Flax module whose recorded layers are read by :class:`unijax.observe.Recorder`
+    (dict keys, sown values, submodule outputs, or ``(out, hiddens)`` indices)."""
+    recorder = observe.Recorder(model, layers)
 
     def init(key, gain, x):
         params = model.init(key, x)["params"]
@@ -391,55 +396,9 @@ def _custom_net(model: nn.Module, layers: tuple) -> _Net:
 
     def apply(params, x, train, key):
         del train, key
-        res, state = model.apply(
-            {"params": params}, x, capture_intermediates=capture, mutable=["intermediates"]
-        )
-        inter = state.get("intermediates", {})
-        if isinstance(res, dict):
-            out = res["out"]
-        elif isinstance(res, tuple):
-            out = res[0]
-        else:
-            out = res
-        reps = []
-        for layer in layers:
-            if isinstance(layer, int):
-                if not isinstance(res, tuple):
-                    raise ValueError(
-                        f"integer layer={layer} needs a model returning (out, hiddens)"
-                    )
-                if not 0 <= layer < len(res[1]):  # JAX would clamp an array index silently
-                    raise ValueError(
-                        f"layer={layer} is out of range: the model returns {len(res[1])} "
-                        f"hidden layers, indices [0, {len(res[1]) - 1}]"
-                    )
-                value = res[1][layer]
-            else:
-                value = res.get(layer) if isinstance(res, dict) else None
-                if value is None:
-                    value = _lookup(inter, layer)
-                if value is None:
-                    raise ValueError(
-                        f"layer={layer!r} is neither a key of the model's output dict nor a "
-                        f"captured intermediate; captured: {sorted(_flat_names(inter))}"
-                    )
-            reps.append(value.reshape(value.shape[0], -1))
-        return out, tuple(reps)
+        return recorder.apply(params, x)
 
     return _Net(init, apply, False)
-
-
-def _flat_names(tree: Any, prefix: str = "") -> list[str]:
-    out = []
-    if isinstance(tree, dict):
-        for k, v in tree.items():
-            if k == "__call__":
-                out.append(prefix.rstrip("/"))
-            else:
-                out.extend(_flat_names(v, f"{prefix}{k}/"))
-    else:
-        out.append(prefix.rstrip("/"))
-    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -462,8 +421,10 @@ class _Spec(NamedTuple):
     pair: tuple[int, int] | None
     record_points: tuple[int, ...]
     dtype: str
-    loss: str = "half_mse"
+    loss: str = "half_mse"  # a name of configs.LOSSES (used when loss_fn is None)
     params_mode: str | None = None  # given initial params: None (drawn), "shared" or "trial"
+    # (pred (out_dim,), target (out_dim,)) -> () per-point loss of train_model; None: ``loss``
+    loss_fn: Callable | None = None
 
 
 class _Carry(NamedTuple):
@@ -480,8 +441,10 @@ class _Obs(NamedTuple):
     out: jax.Array  # (P, out_dim)
 
 
-def _optimizer(name: str, lr: jax.Array) -> optax.GradientTransformation:
+def _optimizer(name, lr: jax.Array) -> optax.GradientTransformation:
     # Same defaults as torch.optim.SGD / Adam (betas 0.9, 0.999; eps 1e-8). lr may be traced.
+    if isinstance(name, optax.GradientTransformation):
+        return name  # the user's own (train_model), its learning rate built in
     return optax.sgd(lr) if name == "sgd" else optax.adam(lr)
 
 
@@ -504,20 +467,19 @@ def _loss(name: str, out: jax.Array, y: jax.Array, weights: jax.Array | None = N
     return c * jnp.sum(weights * sq) / jnp.sum(weights)
 
 
+def _point_losses(spec: _Spec, out, y):
+    """``(n,)`` per-point losses of a user's ``loss_fn`` (only called when it is set)."""
+    return jax.vmap(spec.loss_fn)(out, y)
+
+
 def _observe(spec: _Spec, out, reps, y) -> _Obs:
     """Observables of one deterministic forward pass over the whole data set."""
-    loss = _loss(spec.loss, out, y)
+    if spec.loss_fn is None:
+        loss = _loss(spec.loss, out, y)
+    else:
+        loss = jnp.mean(_point_losses(spec, out, y))
     if spec.pair is not None:
-        i, j = spec.pair
-        df = out[j] - out[i]
-        # Sums of products rather than dots: exact float32 on every backend (no TF32).
-        yv = jnp.sum(df * df)
-        wv = yv - jnp.sum((y[j] - y[i]) * df)
-        rows = []
-        for r in reps:
-            dh = r[j] - r[i]
-            rows.append(jnp.stack([jnp.sum(dh * dh), yv, wv]))
-        hyw = jnp.stack(rows)
+        hyw = jnp.stack([observe.pair_observables(r, out, y, pair=spec.pair) for r in reps])
     else:
         hyw = jnp.zeros((0,), out.dtype)
     idx = jnp.asarray(spec.record_points, jnp.int32)
@@ -536,12 +498,17 @@ def _epoch_fn(spec: _Spec, net: _Net):
 
     def full_loss(params, x, y):
         out, reps = net.apply(params, x, False, None)
+        if spec.loss_fn is not None:
+            return jnp.mean(_point_losses(spec, out, y)), (out, reps)
         return _loss(spec.loss, out, y), (out, reps)
 
     def batch_loss(params, xb, yb, mb, key):
         out, _ = net.apply(params, xb, True, key)
-        # Mean over the real points of the batch only (padding has mb = 0).
-        return _loss(spec.loss, out, yb, mb)
+        # Mean over the real points of the batch only (padding has mb = 0), as a DataLoader
+        # with drop_last=False would give for the last, smaller batch.
+        if spec.loss_fn is None:
+            return _loss(spec.loss, out, yb, mb)
+        return jnp.sum(mb * _point_losses(spec, out, yb)) / jnp.sum(mb)
 
     n = spec.n_points
     bs = n if spec.batch_size is None else min(spec.batch_size, n)
@@ -549,7 +516,8 @@ def _epoch_fn(spec: _Spec, net: _Net):
 
     def epoch(carry: _Carry, t, lr, x, y):
         tx = _optimizer(spec.optimizer, lr)
-        if _fused(spec, net) and spec.optimizer == "sgd" and net.dense_sgd is not None:
+        if (_fused(spec, net) and isinstance(spec.optimizer, str) and spec.optimizer == "sgd"
+                and net.dense_sgd is not None and spec.loss_fn is None):
             params, out, reps = net.dense_sgd(carry.params, x, y, lr, loss=spec.loss)
             return carry._replace(params=params), _observe(spec, out, reps, y)
         if _fused(spec, net):
@@ -1023,6 +991,7 @@ def _run(
     compile_before = compile_s
     losses, hyws, reps_chunks = [], [], []
     chunk_compiled = None
+    pbar = _progress.bar(n_chunks, f"train {name}", "chunk")
     for c in range(n_chunks):
         ts = np.arange(c * c_len, (c + 1) * c_len)
         slots = np.full(c_len, n_slots, np.int32)
@@ -1048,6 +1017,10 @@ def _run(
         hyws.append(hyw_c)
         if spec.record_points:
             reps_chunks.append(tuple(b[:, : in_chunk.size] for b in carry.buf))
+        if not pbar.disable:
+            jax.block_until_ready(loss_c)  # a bar that moves when the work is done, not queued
+        pbar.update()
+    pbar.close()
     final_obs, losses, hyws, reps_chunks = _fetch((final_obs, losses, hyws, reps_chunks))
     final_params = _fetch(carry.params) if return_params else None
     run_s = time.perf_counter() - t_run - (compile_s - compile_before)
@@ -1152,7 +1125,7 @@ def _run(
         layers=tuple(spec.layers),
         layer_axis=layer_axis,
         pair=spec.pair,
-        optimizer=spec.optimizer,
+        optimizer=spec.optimizer if isinstance(spec.optimizer, str) else "optax",
         lr=lr,
         batch_size=spec.batch_size,
         divergence_threshold=threshold,
@@ -1379,11 +1352,11 @@ def train_model(
     data: data_lib.Dataset | tuple,
     *,
     layers: str | int | Sequence[str | int],
-    lr: float,
+    lr: float | None = None,
     epochs: int,
     seeds: int | Sequence[int] = 1,
     gains: Sequence[float] | None = None,
-    optimizer: str = "sgd",
+    optimizer: str | optax.GradientTransformation = "sgd",
     batch_size: int | None = None,
     key: jax.Array | None = None,
     pair: tuple[int, int] | None = None,
@@ -1397,7 +1370,7 @@ def train_model(
     dtype: str = "float32",
     return_params: bool = False,
     name: str | None = None,
-    loss: str = "half_mse",
+    loss: str | Callable[[jax.Array, jax.Array], jax.Array] = "half_mse",
     params: Any = None,
 ) -> TrainResult:
     """Train *your own* Flax module with the same engine and recording as :func:`train`.
@@ -1418,8 +1391,21 @@ def train_model(
             same).
         data: a :class:`~unijax.data.Dataset` or ``(x, y)`` with ``x: (n, in_dim)``,
             ``y: (n, out_dim)``.
-        layers: a name/int or a sequence of them (the latter adds a layer axis).
-        lr, epochs, optimizer, batch_size, divergence_threshold, dtype, loss: as in
+        layers: a name/int or a sequence of them (the latter adds a layer axis). A wrong
+            name raises an error listing the valid ones; naming an ``nn.Dense`` records its
+            output, the *pre*-activation (see :class:`unijax.observe.Recorder`).
+        lr: the learning rate of ``optimizer="sgd"``/``"adam"``; must be ``None`` when
+            ``optimizer`` is an Optax transformation (its rate is built in).
+        optimizer: ``"sgd"``, ``"adam"`` or any ``optax.GradientTransformation`` (e.g.
+            ``optax.chain(optax.clip_by_global_norm(1.0), optax.sgd(0.05, momentum=0.9))``);
+            it is applied once per (mini-)batch.
+        loss: a name of ``configs.LOSSES`` (``"half_mse"``, the default:
+            ``0.5 * mean((pred - target)^2)``, the theory's loss, docs/theory.md section 1;
+            ``"mse"``: PyTorch's ``nn.MSELoss()``), or a per-point loss
+            ``loss(pred, target) -> ()`` with ``pred, target: (out_dim,)``; training
+            minimizes, and ``TrainResult.loss`` records, its mean over the points (over the
+            real points of a mini-batch).
+        epochs, batch_size, divergence_threshold, dtype: as in
             :class:`~unijax.configs.TrainConfig`.
         params: initial parameters instead of ``model.init`` (structure and shapes of
             ``model.init(key, x)["params"]``, optionally with leading ``(n_gains, n_seeds)``
@@ -1427,18 +1413,40 @@ def train_model(
         Others: as in :func:`train`.
 
     Returns:
-        :class:`TrainResult` (``config`` is ``None``).
+        :class:`TrainResult` (``config`` is ``None``; ``optimizer`` is ``"optax"`` and ``lr``
+        NaN for an Optax transformation).
 
     Raises:
-        ValueError: as :func:`train`; also a model whose output shape differs from the
-            targets' ``(n, out_dim)`` (found with ``eval_shape`` before anything runs).
+        ValueError: a layer name the model does not offer (listing the valid names), ``lr``
+            missing or given with an Optax transformation, a ``loss`` that does not map two
+            ``(out_dim,)`` arrays to a scalar, a model whose output shape differs from the
+            targets' ``(n, out_dim)`` (found with ``eval_shape`` before anything runs), and
+            the checks of :func:`train`.
+        TypeError: ``optimizer`` neither a name nor an ``optax.GradientTransformation``.
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a flax.linen.Module, got {type(model)}")
+    custom_tx = isinstance(optimizer, optax.GradientTransformation)
+    if custom_tx:
+        if lr is not None:
+            raise ValueError(
+                f"lr must be None when optimizer is an optax.GradientTransformation (its "
+                f"learning rate is set when it is built, e.g. optax.sgd(0.05)), got {lr=}"
+            )
+    elif not isinstance(optimizer, str):
+        raise TypeError(
+            f"optimizer must be 'sgd', 'adam' or an optax.GradientTransformation, got "
+            f"{type(optimizer).__name__}"
+        )
+    elif lr is None:
+        raise ValueError(f"lr is required with optimizer={optimizer!r} (a float > 0)")
     # Validate the optimizer settings through the config's own checks (one source of truth).
-    check = TrainConfig(name="custom", lr=lr, epochs=epochs, optimizer=optimizer,
+    check = TrainConfig(name="custom", lr=1.0 if custom_tx else lr, epochs=epochs,
+                        optimizer="sgd" if custom_tx else optimizer,
                         batch_size=batch_size, divergence_threshold=divergence_threshold,
-                        dtype=dtype, width=1, depth=1, loss=loss)
+                        dtype=dtype, width=1, depth=1,
+                        loss=loss if isinstance(loss, str) else "half_mse")
+    loss_fn = None if isinstance(loss, str) else loss
     if isinstance(chunk_epochs, bool) or not isinstance(chunk_epochs, int) or chunk_epochs <= 0:
         raise ValueError(f"chunk_epochs must be an int > 0, got {chunk_epochs=}")
     dataset = _check_data(data)
@@ -1448,6 +1456,10 @@ def train_model(
         layer_tuple, layer_axis = tuple(layers), True
         if not layer_tuple:
             raise ValueError("layers must not be empty")
+    x_check = jax.ShapeDtypeStruct(np.shape(dataset.x), jnp.dtype(check.dtype))
+    observe.Recorder(model, layer_tuple).check(x_check)  # lists the valid names if one is wrong
+    if loss_fn is not None:
+        _check_loss(loss_fn, dataset.out_dim, check.dtype)
     try:
         hash(model)
         cacheable = True
@@ -1463,7 +1475,7 @@ def train_model(
     spec = _Spec(
         net_key=model if cacheable else id(model),
         layers=layer_tuple,
-        optimizer=check.optimizer,
+        optimizer=optimizer if custom_tx else check.optimizer,
         batch_size=check.batch_size,
         n_points=dataset.n_points,
         pair=_pair(pair, dataset.n_points),
@@ -1471,6 +1483,7 @@ def train_model(
         dtype=check.dtype,
         loss=check.loss,
         params_mode=params_mode,
+        loss_fn=loss_fn,
     )
     devs = _devices(devices)
     return _run(
@@ -1482,7 +1495,7 @@ def train_model(
         gains=gains_arr,
         key=key,
         record_epochs=_record_epochs(record_every, record_epochs, check.epochs),
-        lr=check.lr,
+        lr=float("nan") if custom_tx else check.lr,
         n_epochs=check.epochs,
         chunk_epochs=chunk_epochs,
         devices=devs,
@@ -1494,6 +1507,24 @@ def train_model(
         name=name or type(model).__name__,
         given_params=given,
     )
+
+
+def _check_loss(loss, out_dim: int, dtype: str) -> None:
+    if not callable(loss):
+        raise ValueError(f"loss must be a callable loss(pred, target) -> scalar, got {loss!r}")
+    point = jax.ShapeDtypeStruct((out_dim,), jnp.dtype(dtype))
+    try:
+        value = jax.eval_shape(loss, point, point)
+    except Exception as e:
+        raise ValueError(
+            f"loss must map two ({out_dim},) arrays (one point's prediction and target) to a "
+            f"scalar; calling it failed: {type(e).__name__}: {e}"
+        ) from e
+    if getattr(value, "shape", None) != ():
+        raise ValueError(
+            f"loss must map two ({out_dim},) arrays to a scalar (shape ()), got "
+            f"{getattr(value, 'shape', value)}"
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -1566,8 +1597,5 @@ def hidden_observables(
     i, j = _pair(pair, x.shape[0])
     out, hiddens = model.apply({"params": params}, x, train=False)
     check_int("layer", layer, lo=0, hi=len(hiddens) - 1)
-    dh = hiddens[layer][j] - hiddens[layer][i]
-    df = out[j] - out[i]
-    yv = jnp.sum(df * df)
-    return jnp.stack([jnp.sum(dh * dh), yv, yv - jnp.sum((y[j] - y[i]) * df)])
+    return observe.pair_observables(hiddens[layer], out, y, pair=pair)
 

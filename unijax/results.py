@@ -1,0 +1,492 @@
+"""Keep results: save and load them exactly, label them (xarray, pandas), summarize them.
+
+Every result of unijax is a frozen pytree (an ``eqx.Module``): :class:`unijax.fit.RateFit`,
+:class:`unijax.fit.MeanFit`, :class:`unijax.train.TrainResult`,
+:class:`unijax.observe.Trajectory`; :func:`load_experiment` gives an experiment's stored
+output as an :class:`ExperimentResult`. They share one contract:
+
+* ``summary() -> str``: a few lines for a human (a log, a notebook);
+* ``summary_dict() -> dict``: the same numbers as a JSON-ready dict (for a program).
+
+**File format** (:func:`save`, :func:`load`). One ``.npz`` (NumPy's zip of ``.npy`` files,
+readable without unijax: ``numpy.load(path)``; no pickle) holding every array of the result
+under ``a0, a1, ...`` and a JSON header under ``__unijax__``::
+
+    {"format": "unijax-result", "version": 1, "type": "unijax.train.TrainResult",
+     "fields": {"gains": {"array": "a0", "jax": true}, "h": {"array": "a2", "jax": true},
+                "final_params": null, "name": "default", "pair": {"tuple": [0, 1]},
+                "config": {"dataclass": "unijax.configs.TrainConfig", "fields": {...}}, ...}}
+
+Each field is encoded by its kind: arrays (by name in the archive, and whether it was a JAX
+or a NumPy array), ``null``, JSON numbers/strings/booleans (``NaN``/``Infinity`` as JSON's
+common extension), ``{"tuple": [...]}``, ``{"list": [...]}``, ``{"dict": [[key, value], ...]}``
+(order kept; nested parameter trees) and unijax dataclasses by their import path. Loading
+rebuilds the same type with equal arrays of the same dtypes (with JAX's x64 mode as when the
+result was made: JAX keeps 64-bit arrays only in x64 mode).
+
+**Labelled arrays** (:func:`to_xarray`, :func:`to_dataframe`) need the optional extra
+``pip install "unijax[labels]"`` (xarray, pandas); nothing else imports them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unijax._store import ResultStore, atomic_save_npz, load_npz
+
+__all__ = [
+    "save",
+    "load",
+    "to_xarray",
+    "to_dataframe",
+    "summary_dict",
+    "load_experiment",
+    "ExperimentResult",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
+
+#: Name of the format in the header of a saved result.
+FORMAT = "unijax-result"
+#: Version of the format (bumped when a saved file could not be read by an older unijax).
+FORMAT_VERSION = 1
+_HEADER = "__unijax__"
+
+
+# --------------------------------------------------------------------------------------------
+# Save and load
+# --------------------------------------------------------------------------------------------
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class _Encoder:
+    def __init__(self):
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def __call__(self, value: Any, where: str) -> Any:
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        if isinstance(value, (int, float)) and type(value) in (int, float):
+            return value
+        if isinstance(value, (jax.Array, np.ndarray, np.generic)):
+            if isinstance(value, jax.Array) and jnp.issubdtype(value.dtype, jax.dtypes.prng_key):
+                raise TypeError(f"{where}: PRNG key arrays cannot be saved (save the key data)")
+            arr = np.asarray(value)
+            if arr.dtype == object:
+                raise TypeError(f"{where}: object arrays cannot be saved")
+            key = f"a{len(self.arrays)}"
+            self.arrays[key] = arr
+            kind = "jax" if isinstance(value, jax.Array) else (
+                "scalar" if isinstance(value, np.generic) else "numpy")
+            return {"array": key, "kind": kind}
+        if isinstance(value, tuple) and not hasattr(value, "_fields"):
+            return {"tuple": [self(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return {"list": [self(v, f"{where}[{i}]") for i, v in enumerate(value)]}
+        if isinstance(value, dict):
+            for k in value:
+                if not isinstance(k, str):
+                    raise TypeError(f"{where}: dict keys must be strings, got {k!r}")
+            return {"dict": [[k, self(v, f"{where}[{k!r}]")] for k, v in value.items()]}
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            cls = type(value)
+            if not cls.__module__.startswith("unijax."):
+                raise TypeError(f"{where}: only unijax's own dataclasses can be saved, got "
+                                f"{_qualname(cls)}")
+            return {
+                "dataclass": _qualname(cls),
+                "fields": {f.name: self(getattr(value, f.name), f"{where}.{f.name}")
+                           for f in dataclasses.fields(value) if f.init},
+            }
+        raise TypeError(f"{where}: cannot save a value of type {type(value).__name__}")
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    if not module.startswith("unijax."):
+        raise ValueError(f"refusing to load type {path!r}: not a unijax type")
+    cls = getattr(importlib.import_module(module), name, None)
+    if cls is None or not dataclasses.is_dataclass(cls):
+        raise ValueError(f"unknown result type {path!r} in the file")
+    return cls
+
+
+def _decode(node: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+    if node is None or isinstance(node, (bool, int, float, str)):
+        return node
+    if "array" in node:
+        arr = arrays[node["array"]]
+        if node["kind"] == "jax":
+            return jnp.asarray(arr)
+        return arr[()] if node["kind"] == "scalar" else arr
+    if "tuple" in node:
+        return tuple(_decode(v, arrays) for v in node["tuple"])
+    if "list" in node:
+        return [_decode(v, arrays) for v in node["list"]]
+    if "dict" in node:
+        return {k: _decode(v, arrays) for k, v in node["dict"]}
+    if "dataclass" in node:
+        cls = _import_class(node["dataclass"])
+        return cls(**{k: _decode(v, arrays) for k, v in node["fields"].items()})
+    raise ValueError(f"unreadable entry in the file's header: {node!r}")
+
+
+def save(path: str | os.PathLike, result: eqx.Module) -> Path:
+    """Save a unijax result (any unijax ``eqx.Module`` or dataclass) to ``path`` (``.npz``).
+
+    The file is written atomically (a crash leaves the old file or the new one). See the
+    module docstring for the format.
+
+    Args:
+        path: the file to write; ``.npz`` is appended when it has another suffix.
+        result: e.g. a :class:`~unijax.fit.RateFit` or :class:`~unijax.train.TrainResult`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: ``result`` is not a unijax result, or holds a value the format cannot store
+            (naming the field).
+    """
+    if not (dataclasses.is_dataclass(result) and not isinstance(result, type)
+            and type(result).__module__.startswith("unijax.")):
+        raise TypeError(f"result must be a unijax result (e.g. unijax.fit.RateFit), got "
+                        f"{type(result).__name__}")
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    enc = _Encoder()
+    header = {"format": FORMAT, "version": FORMAT_VERSION, "type": _qualname(type(result)),
+              "fields": enc(result, type(result).__name__)["fields"]}
+    arrays = dict(enc.arrays)
+    arrays[_HEADER] = np.asarray(json.dumps(header))
+    return atomic_save_npz(path, arrays)
+
+
+def load(path: str | os.PathLike) -> Any:
+    """Load a result written by :func:`save`: the same type, with equal fields.
+
+    Raises:
+        ValueError: not a unijax result file, or written by a newer version of the format.
+    """
+    arrays = load_npz(path)
+    if _HEADER not in arrays:
+        raise ValueError(f"{path} is not a saved unijax result (no {_HEADER!r} entry)")
+    header = json.loads(str(arrays.pop(_HEADER)))
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown format {header.get('format')!r}")
+    if header.get("version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{path}: format version {header['version']} is newer than this "
+                         f"unijax reads ({FORMAT_VERSION}); upgrade unijax")
+    cls = _import_class(header["type"])
+    return cls(**{k: _decode(v, arrays) for k, v in header["fields"].items()})
+
+
+# --------------------------------------------------------------------------------------------
+# Summaries as dicts
+# --------------------------------------------------------------------------------------------
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return x if np.isfinite(x) else None
+
+
+def summary_dict(result: Any) -> dict[str, Any]:
+    """The numbers of ``result.summary()`` as a JSON-ready dict (NaN written as ``None``)."""
+    from unijax import fit, observe, train
+
+    if isinstance(result, train.TrainResult):
+        div = np.asarray(result.diverged)
+        ok = ~div
+        fl = np.asarray(result.final_loss)[ok]
+        return {
+            "type": "TrainResult", "name": result.name, "n_gains": int(div.shape[0]),
+            "n_seeds": int(div.shape[1]), "n_epochs": result.n_epochs,
+            "gains": [float(g) for g in np.asarray(result.gains)],
+            "seeds": [int(s) for s in np.asarray(result.seeds)],
+            "optimizer": result.optimizer, "lr": _num(result.lr),
+            "batch_size": result.batch_size, "layers": list(result.layers),
+            "data": result.data_name, "n_diverged": int(div.sum()),
+            "n_diverged_per_gain": [int(v) for v in div.sum(axis=1)],
+            "final_loss_median": _num(np.median(fl)) if fl.size else None,
+            "final_loss_min": _num(fl.min()) if fl.size else None,
+            "final_loss_max": _num(fl.max()) if fl.size else None,
+            "compile_s": result.compile_s, "init_s": result.init_s, "run_s": result.run_s,
+        }
+    if isinstance(result, fit.RateFit):
+        conv = np.atleast_1d(np.asarray(result.converged))
+        m = result.mean_over_converged()
+        r2 = np.atleast_2d(np.asarray(result.r2))[conv]
+        return {
+            "type": "RateFit", "n_trials": int(conv.size), "n_converged": int(conv.sum()),
+            "n_failed_optimizer": int((~np.atleast_1d(np.asarray(result.optimizer_ok))).sum()),
+            "n_failed_ode": int((~np.atleast_1d(np.asarray(result.ode_ok))).sum()),
+            "n_not_identified": int((~np.atleast_1d(np.asarray(result.identified))).sum()),
+            "eta_h_mean": _num(m.eta_h), "eta_y_mean": _num(m.eta_y),
+            "eta_h_std": _num(m.std_eta_h), "eta_y_std": _num(m.std_eta_y),
+            "median_r2": dict(zip("hyw", (_num(v) for v in np.nanmedian(r2, axis=0)),
+                                  strict=True)) if conv.any() else None,
+        }
+    if isinstance(result, fit.MeanFit):
+        conv = np.atleast_1d(np.asarray(result.converged))
+        mean, sd, n = result.mean_over_converged()
+        return {
+            "type": "MeanFit", "n_trials": int(conv.size), "n_converged": int(n),
+            "eta_mean_mean": _num(mean), "eta_mean_std": _num(sd),
+            "median_r2": _num(np.nanmedian(np.atleast_1d(np.asarray(result.r2))[conv]))
+            if conv.any() else None,
+        }
+    if isinstance(result, observe.Trajectory):
+        return {"type": "Trajectory", "batch_shape": list(result.hyw.shape[:-2]),
+                "n_epochs": int(result.ts.shape[0]), "dx2": _num(result.dx2),
+                "dy2": _num(result.dy2)}
+    if isinstance(result, ExperimentResult):
+        return dict(result.info)
+    if hasattr(result, "summary_dict"):
+        return result.summary_dict()
+    raise TypeError(f"no summary for {type(result).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled arrays
+# --------------------------------------------------------------------------------------------
+
+
+def _require(name: str):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        raise ImportError(
+            f"this needs the optional dependency {name!r}: pip install \"unijax[labels]\" "
+            f"(installs xarray and pandas)"
+        ) from None
+
+
+def _grid_dims(result: Any, grid: Any) -> tuple[list[str], dict[str, Any]]:
+    """Leading dims of a per-trial array: ``trial``, or the grid's ``gain, seed[, layer]``."""
+    if grid is None:
+        return ["trial"], {}
+    dims = ["gain", "seed"] + (["layer"] if grid.layer_axis else [])
+    coords = {"gain": np.asarray(grid.gains), "seed": np.asarray(grid.seeds)}
+    if grid.layer_axis:
+        coords["layer"] = list(grid.layers)
+    return dims, coords
+
+
+def _arrays(result: Any, *, grid: Any = None, ts: Any = None) -> tuple[dict, dict, dict]:
+    """``(variables {name: (dims, values)}, coords, attrs)`` of a result, NumPy only."""
+    from unijax import fit, observe, train
+
+    var = ["h", "y", "w"]
+    if isinstance(result, train.TrainResult):
+        dims = ["gain", "seed"]
+        coords = {"gain": np.asarray(result.gains), "seed": np.asarray(result.seeds),
+                  "epoch": np.asarray(result.ts), "variable": var}
+        lay = ["layer"] if result.layer_axis else []
+        if result.layer_axis:
+            coords["layer"] = list(result.layers)
+        out = {
+            "loss": (dims + ["epoch"], np.asarray(result.loss)),
+            "final_loss": (dims, np.asarray(result.final_loss)),
+            "diverged": (dims, np.asarray(result.diverged)),
+            "diverged_epoch": (dims, np.asarray(result.diverged_epoch)),
+        }
+        if result.h is not None:
+            out["hyw"] = (dims + lay + ["epoch", "variable"], np.asarray(result.hyw()))
+            out["final_hyw"] = (dims + lay + ["variable"], np.stack(
+                [np.asarray(result.final_h), np.asarray(result.final_y),
+                 np.asarray(result.final_w)], axis=-1))
+        attrs = {"name": result.name, "optimizer": result.optimizer, "lr": result.lr,
+                 "dx2": result.dx2, "dy2": result.dy2, "data": result.data_name,
+                 "time_unit": "epoch"}
+        return out, coords, attrs
+    if isinstance(result, fit.RateFit):
+        single = np.ndim(result.eta_h) == 0
+        dims, coords = ([], {}) if single else _grid_dims(result, grid)
+        shape = tuple(len(coords[d]) for d in dims) if grid is not None else None
+
+        def lead(a):
+            a = np.asarray(a)
+            return a if shape is None or single else a.reshape(shape + a.shape[1:])
+
+        if grid is not None and not single and int(np.prod(shape)) != result.n_trials:
+            raise ValueError(f"grid has {int(np.prod(shape))} trials ({dims}), the fit "
+                             f"{result.n_trials}")
+        out = {k: (dims, lead(getattr(result, k))) for k in (
+            "eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "sse", "converged",
+            "optimizer_ok", "ode_ok", "identified", "n_iters", "n_ode_steps")}
+        out["r2"] = (dims + ["variable"], lead(result.r2))
+        out["z0_fit"] = (dims + ["variable"], lead(result.z0_fit))
+        coords["variable"] = var
+        if result.z_fit is not None:
+            out["z_fit"] = (dims + ["epoch", "variable"], lead(result.z_fit))
+            n_ep = np.shape(result.z_fit)[-2]
+            coords["epoch"] = np.arange(n_ep) if ts is None else np.asarray(ts)
+        return out, coords, {"rate_unit": "1/epoch", "time_unit": "epoch"}
+    if isinstance(result, observe.Trajectory):
+        batch = [f"batch_{k}" for k in range(result.hyw.ndim - 2)]
+        if len(batch) == 1:
+            batch = ["trial"]
+        coords = {"epoch": np.asarray(result.ts), "variable": var}
+        return ({"hyw": (batch + ["epoch", "variable"], np.asarray(result.hyw))}, coords,
+                {"dx2": float(result.dx2), "dy2": float(result.dy2), "time_unit": "epoch"})
+    raise TypeError(f"to_xarray/to_dataframe take a TrainResult, RateFit or Trajectory, got "
+                    f"{type(result).__name__}")
+
+
+def to_xarray(result: Any, *, grid: Any = None, ts: Any = None):
+    """An ``xarray.Dataset`` of ``result`` with labelled dimensions.
+
+    * :class:`~unijax.train.TrainResult`: ``loss (gain, seed, epoch)``,
+      ``hyw (gain, seed, [layer,] epoch, variable)`` with ``variable = h, y, w``,
+      ``final_loss``, ``final_hyw``, ``diverged``, ``diverged_epoch``.
+    * :class:`~unijax.fit.RateFit`: ``eta_h``, ``eta_y``, standard errors, flags ``(trial)``
+      (or ``(gain, seed[, layer])`` with ``grid=`` the TrainResult the trajectories came
+      from, flattened in its order), ``r2 (..., variable)``, ``z_fit (..., epoch, variable)``.
+    * :class:`~unijax.observe.Trajectory`: ``hyw ([trial,] epoch, variable)``.
+
+    Args:
+        result: the result.
+        grid: for a RateFit: the TrainResult whose ``hyw()`` was fitted.
+        ts: for a RateFit: the epochs of ``z_fit`` (default ``0 .. n_epochs - 1``).
+
+    Raises:
+        ImportError: xarray is not installed (``pip install "unijax[labels]"``).
+    """
+    xr = _require("xarray")
+    out, coords, attrs = _arrays(result, grid=grid, ts=ts)
+    return xr.Dataset({k: (d, v) for k, (d, v) in out.items()}, coords=coords, attrs=attrs)
+
+
+def to_dataframe(result: Any, *, grid: Any = None, ts: Any = None):
+    """A tidy ``pandas.DataFrame``: one row per observation, one column per quantity.
+
+    * :class:`~unijax.train.TrainResult`: a row per ``(gain, seed, [layer,] epoch)`` with
+      columns ``loss, h, y, w`` (``loss`` repeated over layers).
+    * :class:`~unijax.fit.RateFit`: a row per trial (``gain, seed[, layer]`` with ``grid=``)
+      with ``eta_h, eta_y``, their standard errors, ``sse``, ``r2_h, r2_y, r2_w`` and flags.
+    * :class:`~unijax.observe.Trajectory`: a row per ``([trial,] epoch)`` with ``h, y, w``.
+
+    Raises:
+        ImportError: pandas is not installed (``pip install "unijax[labels]"``).
+    """
+    pd = _require("pandas")
+    out, coords, _ = _arrays(result, grid=grid, ts=ts)
+    from unijax import fit, train
+
+    if isinstance(result, fit.RateFit):
+        cols = {k: v for k, (d, v) in out.items() if "variable" not in d}
+        for i, name in enumerate("hyw"):
+            cols[f"r2_{name}"] = out["r2"][1][..., i]
+        dims = out["eta_h"][0]
+    else:
+        key = "hyw"
+        if isinstance(result, train.TrainResult) and "hyw" not in out:
+            dims = out["loss"][0]
+            cols = {"loss": out["loss"][1]}
+        else:
+            dims = out[key][0][:-1]
+            hyw = out[key][1]
+            cols = {name: hyw[..., i] for i, name in enumerate("hyw")}
+            if isinstance(result, train.TrainResult):
+                loss = out["loss"][1]
+                if result.layer_axis:
+                    loss = np.broadcast_to(loss[:, :, None, :], hyw.shape[:-1])
+                cols = {"loss": loss, **cols}
+    shape = np.shape(next(iter(cols.values())))
+    index = {}
+    for axis, d in enumerate(dims):
+        values = np.asarray(coords[d]) if d in coords else np.arange(shape[axis])
+        index[d] = np.broadcast_to(
+            values.reshape([-1 if a == axis else 1 for a in range(len(dims))]), shape
+        ).ravel()
+    frame = {**index, **{k: np.asarray(v).ravel() for k, v in cols.items()}}
+    return pd.DataFrame(frame)
+
+
+# --------------------------------------------------------------------------------------------
+# An experiment's stored output
+# --------------------------------------------------------------------------------------------
+
+
+class ExperimentResult(eqx.Module):
+    """The stored output of one experiment (``unijax run``): its arrays and its verdict.
+
+    Attributes:
+        name: the experiment, e.g. ``"E3"``.
+        arrays: ``{name: ndarray}`` of ``OUT/<name>/result.npz`` (shapes as the experiment's
+            page in docs/experiments.md describes).
+        info: the contents of ``OUT/<name>/results.json``: title, claim, preset, the
+            ``agreement`` verdict with its figures, timings, environment, config.
+        figures: paths of the figures written next to them (PNG and PDF).
+    """
+
+    name: str = eqx.field(static=True)
+    arrays: dict[str, np.ndarray]
+    info: dict = eqx.field(static=True)
+    figures: tuple[Path, ...] = eqx.field(static=True)
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self.arrays[key]
+
+    @property
+    def passed(self) -> bool | None:
+        """The experiment's verdict (``agreement.passed``), ``None`` if it has none."""
+        return self.info.get("agreement", {}).get("passed")
+
+    def summary(self) -> str:
+        """A few lines: the experiment, its preset, the verdict and its headline."""
+        ag = self.info.get("agreement", {})
+        verdict = {True: "PASSED", False: "NOT PASSED", None: "no verdict"}[ag.get("passed")]
+        lines = [f"{self.name} ({self.info.get('preset', '?')} preset): "
+                 f"{self.info.get('title', '')}",
+                 f"  {verdict}: {ag.get('headline', '')}"]
+        if ag.get("criterion"):
+            lines.append(f"  criterion: {ag['criterion']}")
+        lines.append(f"  arrays: {', '.join(f'{k} {v.shape}' for k, v in self.arrays.items())}")
+        return "\n".join(lines)
+
+    def summary_dict(self) -> dict[str, Any]:
+        """``results.json`` as a dict (JSON-ready)."""
+        return dict(self.info)
+
+
+def load_experiment(outdir: str | os.PathLike, name: str) -> ExperimentResult:
+    """Load the stored output of experiment ``name`` from the output directory ``outdir``.
+
+    Reads ``outdir/<name>/result.npz`` and ``outdir/<name>/results.json``, which ``unijax run``
+    writes when the experiment finishes, and checks they belong together (same config hash).
+
+    Args:
+        outdir: the directory given to ``unijax run --out``.
+        name: the experiment, e.g. ``"E3"``.
+
+    Raises:
+        FileNotFoundError: the experiment has not finished there (naming what is there).
+        ValueError: the two files come from different configs.
+    """
+    store = ResultStore(outdir)
+    d = store.exp_dir(name)
+    if not (d / "results.json").exists():
+        out = Path(outdir)
+        finished = sorted(p.parent.name for p in out.glob("*/results.json")) if out.is_dir() else []
+        raise FileNotFoundError(f"{d / 'results.json'} does not exist: experiment {name!r} has "
+                                f"not finished in {outdir}; finished there: {finished}")
+    arrays, info = store.load_result(name)
+    figures = tuple(sorted(p for p in d.iterdir() if p.suffix in (".png", ".pdf")))
+    return ExperimentResult(name=name, arrays=arrays, info=info, figures=figures)
