@@ -139,15 +139,20 @@ def test_missing_optional_dependency_says_what_to_install(one_layer_result, monk
 
 
 def test_load_experiment(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        seeds: int = 2
+
     store = ResultStore(tmp_path)
+    h = store.begin("E9", Cfg())  # marks the directory as unijax's
     info = {"experiment": "E9", "title": "t", "preset": "tiny",
             "agreement": {"headline": "all good", "passed": True, "criterion": "c"}}
-    store.save_result("E9", {"x": np.arange(4.0)}, info, config_hash="abc")
+    store.save_result("E9", {"x": np.arange(4.0)}, info, config_hash=h)
     (tmp_path / "E9" / "fig.png").write_bytes(b"png")
     res = results.load_experiment(tmp_path, "E9")
     np.testing.assert_array_equal(res["x"], np.arange(4.0))
     assert res.passed is True and res.figures[0].name == "fig.png"
-    assert "PASSED: all good" in res.summary() and res.summary_dict()["config_hash"] == "abc"
+    assert "PASSED: all good" in res.summary() and res.summary_dict()["config_hash"] == h
     with pytest.raises(FileNotFoundError, match=r"finished there: \['E9'\]"):
         results.load_experiment(tmp_path, "E1")
 
