@@ -63,7 +63,7 @@ class Config:
         loss_threshold: final loss above this = not converged (XOR); blobs_loss_threshold
             for the blobs (Adam at a constant rate keeps a mini-batch noise floor near 1e-3
             there); digits use E6's 0.02.
-        rates_*: the default architecture's SGD rates used for the predictions (as E4).
+        rates: the default architecture's SGD rates used for the predictions (as E4).
         xor_nonlinearity, xor_loss: the XOR part's nonlinearity (None: the table's) and loss
             (see :class:`unijax.experiments.e4_xor.Config`).
         blobs_nonlinearities: the blob part's nonlinearities (see
@@ -94,12 +94,7 @@ class Config:
     digits_width: int | None = None
     loss_threshold: float = 1e-3
     blobs_loss_threshold: float = 3e-3
-    rates_from: str = "auto"
-    rates_width: int | None = None
-    rates_max_depth: int | None = None
-    rates_epochs: int = 6000
-    rates_time_scale: float = 1.0
-    rates_seeds: int = 10
+    rates: st.RateSettings = st.RateSettings()
     xor_nonlinearity: str | None = None
     xor_loss: str = "half_mse"
     blobs_nonlinearities: tuple[str, ...] = ("tanh",)
@@ -112,8 +107,7 @@ class Config:
         check_choices("blobs_nonlinearities", self.blobs_nonlinearities,
                       tuple(nets.NONLINEARITIES))
         check_int("seed", self.seed, 0)
-        for f in ("width", "max_depth", "blobs_width", "n_train", "digits_width",
-                  "rates_width", "rates_max_depth"):
+        for f in ("width", "max_depth", "blobs_width", "n_train", "digits_width",):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
         check_choices("dyn_rows", self.dyn_rows, tp.TABLE1)
@@ -134,13 +128,6 @@ class Config:
         if self.mnist and not Path(self.mnist).expanduser().exists():
             raise ValueError(f"mnist={self.mnist!r} does not exist: give a directory of IDX "
                              "files or an .npz, or leave it empty for the 8x8 digits")
-        st.rate_settings_check(st.RateSettings(self.rates_from, self.rates_width,
-                                               self.rates_max_depth, self.rates_epochs,
-                                               self.rates_time_scale, self.rates_seeds))
-
-    def rate_settings(self) -> st.RateSettings:
-        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
-                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
 
 
 #: The authors' two-point Adam rate: 1e-6 in their settings file, halved by the notebook.
@@ -152,15 +139,12 @@ presets = {
                     xor_low_gain=0.85, xor_epochs=3000, blobs_nonlinearities=("leaky_relu",
                                                                               "tanh")),
     "quick": Config(seeds=3, width=64, dyn_epochs=1000, xor_epochs=1000, xor_low_gain=0.85,
-                    blobs_epochs=500, digits_epochs=300, rates_width=64, rates_epochs=6000,
-                    rates_time_scale=1.0, rates_seeds=4),
+                    blobs_epochs=500, digits_epochs=300, rates=st.QUICK_RATES),
     "tiny": Config(seeds=2, width=16, max_depth=4, dyn_epochs=tp.FIT_POINTS, dyn_lr=1e-3,
                    xor_rows=("xor_low_weights",), xor_epochs=300, xor_lr=1e-3, xor_low_gain=0.5,
                    blobs_rows=(), blobs_epochs=100, blobs_n_grid=6, blobs_width=16,
                    digits=False, digits_epochs=tp.FIT_POINTS, n_train=256, digits_width=16,
-                   loss_threshold=0.05, blobs_loss_threshold=0.25, rates_width=16,
-                   rates_max_depth=4, rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0,
-                   rates_seeds=2),
+                   loss_threshold=0.05, blobs_loss_threshold=0.25, rates=st.TINY_RATES),
 }
 
 
@@ -187,7 +171,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
 
     cache = cache or memory_cache()
     k_rates, k_dyn, k_xor, k_blobs, k_dig = jax.random.split(key, 5)
-    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+    rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     up = {"rates": {**rates, "source": rates.get("source", "")}}
 
