@@ -542,3 +542,20 @@ def test_rerunning_the_upstream_experiment_invalidates_the_downstream_result(
     # rates.source="fit" does not use E1: its result does not depend on E1's rates.
     status, pred = e4(Cfg(rates=RateSettings(source="fit")), fresh=True)
     assert status == "ran" and np.isnan(pred) and store.stored_config("E4")["upstream"] is None
+
+
+def test_every_documented_run_command_parses_and_its_set_keys_exist():
+    """Each `unijax run ...` line of README.md and docs/ is accepted as written (parsed and
+    its configs built, nothing run): a renamed --set key fails here, not for a reader."""
+    import re
+    import shlex
+
+    lines = []
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if re.match(r"\s*unijax run ", line):
+                lines.append(line.split("#")[0].strip())
+    assert any("rates." in ln for ln in lines)
+    for line in lines:
+        args = cli.build_parser().parse_args(shlex.split(line.replace("$I", "0"))[1:])
+        assert cli._configs(args), line

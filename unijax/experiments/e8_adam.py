@@ -175,25 +175,11 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
                          progress=progress, cache=cache)
     up = {"rates": {**rates, "source": rates.get("source", "")}}
 
-    # E1 part: two-point dynamics with Adam.
+    # E1 part: E1's two-point dynamics with Adam at one learning rate.
     e1cfg = e1.Config(rows=config.dyn_rows, width=config.width, max_depth=config.max_depth,
-                      epochs=config.dyn_epochs, seeds=config.seeds, seed=config.seed)
-    cfgs = [c.replace(optimizer="adam", lr=config.dyn_lr) for c in e1.row_configs(e1cfg)]
-    loss, hyw, div = e1.train_rows(cfgs, seeds=config.seeds, key=k_dyn, progress=progress,
-                                   cache=cache, prefix="dyn-train")
-    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
-                    prefix="dyn-fit")
-    dyn = e1.Result(
-        rows=np.asarray(config.dyn_rows, dtype=str), lr=np.asarray([c.lr for c in cfgs]),
-        width=np.asarray([c.width for c in cfgs]), depth=np.asarray([c.depth for c in cfgs]),
-        dx2=np.asarray(1.0), dy2=np.asarray(0.5), loss=loss, hyw=hyw, diverged=div,
-        epochs_fit=f["epochs"], eta_h=f["eta_h"], eta_y=f["eta_y"], fit_ok=f["fit_ok"] & ~div,
-        converged=f["fit_ok"] & f["identified"] & ~div, r2=f["r2"], z_fit=f["z_fit"],
-        eta_mean=f["eta_mean"],
-        r2_loss=f["r2_loss"], loss_fit=f["loss_fit"], loss_converged=f["loss_converged"],
-        fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
-    )
-
+                      epochs=config.dyn_epochs, seeds=config.seeds, seed=config.seed,
+                      optimizer="adam", lr=config.dyn_lr)
+    dyn = e1.run(e1cfg, key=k_dyn, progress=progress, cache=_prefixed(cache, "dyn"))
     arrays = _flatten("dyn", dyn)
 
     # E4 part: XOR.
