@@ -559,3 +559,10 @@ def test_every_documented_run_command_parses_and_its_set_keys_exist():
     for line in lines:
         args = cli.build_parser().parse_args(shlex.split(line.replace("$I", "0"))[1:])
         assert cli._configs(args), line
+
+
+def test_mnist_flag_reaches_e6_and_the_e8_digits_block(tmp_path):
+    f = tmp_path / "mnist.npz"
+    f.write_bytes(b"")
+    cfgs = cli._configs(cli.build_parser().parse_args(["run", "E6", "E8", "--mnist", str(f)]))
+    assert cfgs["E6"].mnist == cfgs["E8"].digits.mnist == str(f.resolve())

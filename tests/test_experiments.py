@@ -366,7 +366,7 @@ def test_e8_adam_end_to_end(upstream, tmp_path):
     assert xor["ratio_measured"]["mean"] < xor["ratio_initial"]["mean"]
     # The authors' two-point Adam rate: 1e-6 in their settings, halved by the notebook.
     paper = mod.presets["paper"]
-    assert paper.dyn_lr == 5e-7 and (paper.xor_nonlinearity, paper.xor_loss) == ("relu", "mse")
+    assert paper.dyn.lr == 5e-7 and (paper.xor.nonlinearity, paper.xor.loss) == ("relu", "mse")
 
 
 # --- Rates passed on come only from fits that pass the quality criterion --------------------

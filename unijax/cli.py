@@ -409,10 +409,12 @@ def _configs(args) -> dict[str, Any]:
         overrides = parse_sets(mod.Config, mine, where=where)
         if args.seeds is not None:
             overrides["seeds"] = int(args.seeds)
-        if args.mnist is not None and "mnist" in keys_by_exp[name]:
-            overrides["mnist"] = str(Path(args.mnist).expanduser().resolve())
+        mnist_key = next((k for k in sorted(keys_by_exp[name])
+                          if k.rsplit(".", 1)[-1] == "mnist"), None)  # E6: mnist; E8: digits.mnist
+        if args.mnist is not None and mnist_key is not None:
+            overrides[mnist_key] = str(Path(args.mnist).expanduser().resolve())
         cfg = apply_sets(mod.presets[args.preset], overrides, where=where)
-        mnist = getattr(cfg, "mnist", None)
+        mnist = _flat_config(cfg).get(mnist_key) if mnist_key else None
         if mnist and not Path(mnist).expanduser().exists():
             raise BadInput(
                 f"MNIST path {mnist!r}{where} does not exist; give a directory of IDX files or "
