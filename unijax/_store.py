@@ -691,19 +691,19 @@ class ResultStore:
         or None when absent or damaged."""
         return self._config_json(name)[0]
 
-    def check(self, name: str, config: Any) -> str:
+    def check(self, name: str, config: Any, *, what: str | None = None,
+              advice: str = "Use another --out, or --fresh to discard the old results") -> str:
         """Hash of ``config``; raises :class:`ConfigMismatchError` if ``name`` was started with
-        a different config in this directory. Writes nothing."""
+        a different config in this directory, naming the differing dotted keys (``what``: what
+        the directory holds, default ``"results of a different {name} config"``; ``advice``
+        ends the message). Writes nothing."""
         h = config_hash(config)
         old = self.stored_config(name)
         if old is not None and old.get("config_hash") != h:
             keys, shown = config_differences(old.get("config", {}), config_to_dict(config))
+            what = what or f"results of a different {name} config"
             raise ConfigMismatchError(
-                f"{self.exp_dir(name)} holds results of a different {name} config; differing "
-                f"keys: {shown}. Use another --out, or --fresh to discard "
-                "the old results",
-                keys,
-            )
+                f"{self.exp_dir(name)} holds {what}; differing keys: {shown}. {advice}", keys)
         return h
 
     def begin(self, name: str, config: Any, *, fresh: bool = False, upstream: Any = None,

@@ -59,12 +59,9 @@ import numpy as np
 
 from . import nets
 from ._store import (
-    ConfigMismatchError,
     ResultStore,
     claim_dir,
-    config_differences,
     config_hash,
-    config_to_dict,
 )
 from .configs import TrainConfig
 
@@ -450,17 +447,9 @@ def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
 
 def _check_resume(store: ResultStore, name: str, cfg: SweepConfig) -> str:
     """The config hash; refuses a directory holding another config, naming dotted keys."""
-    h = config_hash(cfg)
-    old = store.stored_config(name)
-    if old is not None and old.get("config_hash") != h:
-        keys, shown = config_differences(old.get("config", {}), config_to_dict(cfg))
-        raise ConfigMismatchError(
-            f"{store.exp_dir(name)} holds a sweep run with a different config; differing keys: "
-            f"{shown}. Use another output directory, or fresh=True "
-            "(--fresh) to discard the old results.",
-            keys,
-        )
-    return h
+    return store.check(name, cfg, what="a sweep run with a different config",
+                       advice="Use another output directory, or fresh=True (--fresh) to "
+                       "discard the old results.")
 
 
 def check_sweep_dir(cfg: SweepConfig, outdir: str | Path, *, fresh: bool = False) -> None:
