@@ -33,8 +33,9 @@ def _rate_fit(shape=(4,), n_epochs=6, z=True):
     i = lambda: jnp.asarray(rng.integers(0, 50, shape), jnp.int32)  # noqa: E731
     return fit.RateFit(
         eta_h=f64(), eta_y=f64(), stderr_eta_h=f64(), stderr_eta_y=f64(),
-        cov_log_rates=f64(2, 2), sse=f64(), r2=f64(3), converged=b(), optimizer_ok=b(),
-        ode_ok=b(), identified=b(), n_iters=i(), n_ode_steps=i(), init_eta_h=f64(),
+        cov_log_rates=f64(2, 2), sse=f64(), r2=f64(3), status=i() % 6, converged=b(),
+        identified=b(), good_fit=b(), ode_ok=b(), step_budget_hit=b(), max_steps=i() + 512,
+        n_iters=i(), n_ode_steps=i(), init_eta_h=f64(),
         init_eta_y=f64(), z0_fit=f64(3), z_fit=f64(n_epochs, 3) if z else None,
     )
 
