@@ -447,7 +447,7 @@ def test_float32_refused():
 
 
 def test_a_stall_at_a_poor_minimum_is_a_finished_fit():
-    # Network trajectories the ODE cannot follow (tests/golden/fit_stalls.npz: E1's quick
+    # Network trajectories the ODE cannot follow (tests/data/fit_stalls.npz: E1's quick
     # sizes, width 64, 1000 of 6000 epochs; trials 0-3 very high initial weights, h falls while
     # w < 0; trials 4-7 dropout, noisy), recorded with unijax.train. Levenberg-Marquardt stalls
     # there: six evaluations in a row without a relative SSE gain of opt_rtol, SciPy's ftol
@@ -455,7 +455,7 @@ def test_a_stall_at_a_poor_minimum_is_a_finished_fit():
     # NOT_IDENTIFIED. (It used to count as OPTIMIZER_FAILED with NaN rates: trials 0-2 and 4.)
     from pathlib import Path
 
-    d = np.load(Path(__file__).parent / "golden" / "fit_stalls.npz")
+    d = np.load(Path(__file__).parent / "data" / "fit_stalls.npz")
     res = fit.fit_rates(d["epochs"].astype(float), d["hyw"].astype(np.float64), dx2=1.0,
                         dy2=0.5)
     _check_accounting(res)
