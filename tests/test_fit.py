@@ -444,3 +444,27 @@ def test_eta_mean_bad_input_raises(kwargs, match):
 def test_float32_refused():
     with jax.enable_x64(False), pytest.raises(RuntimeError, match="64-bit"):
         fit.fit_rates(np.arange(3.0), _GOOD_Z, dx2=1.0, dy2=0.5)
+
+
+def test_a_stall_at_a_poor_minimum_is_a_finished_fit():
+    # Network trajectories the ODE cannot follow (tests/data/fit_stalls.npz: E1's quick
+    # sizes, width 64, 1000 of 6000 epochs; trials 0-3 very high initial weights, h falls while
+    # w < 0; trials 4-7 dropout, noisy), recorded with unijax.train. Levenberg-Marquardt stalls
+    # there: six evaluations in a row without a relative SSE gain of opt_rtol, SciPy's ftol
+    # stop. That is a minimum, good or poor: its rates and R^2 are reported with POOR_FIT or
+    # NOT_IDENTIFIED. (It used to count as OPTIMIZER_FAILED with NaN rates: trials 0-2 and 4.)
+    from pathlib import Path
+
+    d = np.load(Path(__file__).parent / "data" / "fit_stalls.npz")
+    res = fit.fit_rates(d["epochs"].astype(float), d["hyw"].astype(np.float64), dx2=1.0,
+                        dy2=0.5)
+    _check_accounting(res)
+    st, iters = np.asarray(res.status), np.asarray(res.n_iters)
+    # Only an exhausted iteration budget is a failed optimizer (64: fit_rates' max_iters).
+    assert np.all(iters[st == fit.FitStatus.OPTIMIZER_FAILED] >= 64)
+    stalled = iters < 64
+    assert np.all(np.asarray(res.converged)[stalled])
+    assert set(st[stalled].tolist()) <= {fit.FitStatus.POOR_FIT, fit.FitStatus.NOT_IDENTIFIED}
+    assert np.all(np.isfinite(np.asarray(res.eta_y))[stalled])
+    # The poor fits show their poor R^2 (h of the very-high trials, w of the dropout ones).
+    assert np.all(np.asarray(res.r2)[:3, 0] < 0.0) and np.all(np.asarray(res.r2)[4:, 2] < 0.0)

@@ -138,8 +138,8 @@ class FitStatus(enum.IntEnum):
       the curve are those of the best point reached, NaN if no solve succeeded).
     * ``ODE_FAILED`` (5): no ODE solve succeeded at any start (``h`` reached 0 or the numbers
       overflowed): nothing was fitted (rates, R^2, curve all NaN).
-    * ``OPTIMIZER_FAILED`` (3): Levenberg-Marquardt ran out of iterations or stalled (rates NaN;
-      R^2 and the curve of the best point reached).
+    * ``OPTIMIZER_FAILED`` (3): Levenberg-Marquardt ran out of iterations (rates NaN; R^2 and
+      the curve of the best point reached). A stall (SciPy's ftol stop) counts as finished.
     * ``NOT_IDENTIFIED`` (2): the optimizer finished, but the data do not determine both rates
       (``J^T J`` singular, or a relative standard error ``>= max_rel_stderr``).
     * ``POOR_FIT`` (1): finished and identified, but R^2 of h, y or w is below ``min_r2``.
@@ -1048,7 +1048,15 @@ def _fit_one(trial: _Trial, init, opts: _FitOpts):
     # ode_ok: some solve succeeded, so there is a best point reached (its curve and R^2 are
     # reported even when the optimizer did not finish there).
     ode_ok = jnp.isfinite(sse)
-    converged = lm.converged & ode_ok
+    # Limited by the step budget: some solve ran out of steps, and the best point reached
+    # itself needed half the budget or more (or nothing was reached). Proposals that wander
+    # into stiff regions while the best point is not stiff do not count: more steps would
+    # not help those (the optimizer failed for another reason).
+    budget_bound = lm.flagged & (~ode_ok | (steps >= opts.solve.max_steps // 2))
+    # A stall (six evaluations in a row that lower the SSE by < opt_rtol relative, SciPy's
+    # ftol stop) is a finished optimization: a minimum, good or poor; unless the step budget
+    # limited it (then more steps are tried).
+    converged = (lm.converged | ((lm.n_stuck >= 6) & ~budget_bound)) & ode_ok
     rel_se = jnp.sqrt(jnp.diag(cov))  # stderr of log(eta) = relative stderr of eta
     rates = jnp.exp(log_rates)
     identified = (
@@ -1062,11 +1070,6 @@ def _fit_one(trial: _Trial, init, opts: _FitOpts):
     r2 = jnp.where(ode_ok, r2, jnp.nan)
     # A variable that is constant in the data has no variance to explain: it does not count.
     good_fit = ode_ok & jnp.all(jnp.where(varies, r2 >= opts.min_r2, True))
-    # Limited by the step budget: some solve ran out of steps, and the best point reached
-    # itself needed half the budget or more (or nothing was reached). Proposals that wander
-    # into stiff regions while the best point is not stiff do not count: more steps would
-    # not help those (the optimizer failed for another reason).
-    budget_bound = lm.flagged & (~ode_ok | (steps >= opts.solve.max_steps // 2))
     status = jnp.select(
         [~converged & budget_bound, ~ode_ok, ~converged, ~identified, ~good_fit],
         [int(s) for s in (FitStatus.STEP_BUDGET, FitStatus.ODE_FAILED,
@@ -1416,7 +1419,8 @@ def fit_rates(
             it well above the ODE tolerances: the solution is smooth in the rates only to
             ``~rtol``.
         opt_rtol: a step that lowers the SSE by less than this fraction makes no progress;
-            six in a row stop the trial (``converged=False``, status ``OPTIMIZER_FAILED``).
+            six in a row stop the trial at a minimum, good or poor (``converged=True``, as
+            SciPy's ``ftol`` stop), unless the ODE step budget limited it (then retried).
         max_rel_stderr: a trial is ``identified`` only when both relative standard errors
             ``stderr / eta`` are below this (default :data:`MAX_REL_STDERR` = 0.1).
         min_r2: a trial is a ``good_fit`` only when the R^2 of each of h, y, w (those not
