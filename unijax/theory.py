@@ -42,8 +42,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
+from unijax._batch import BATCH_AXIS, batch_mesh, blocked_rows, pad_index
 from unijax._checks import (
     as_real_array,
     check_bool,
@@ -54,6 +57,7 @@ from unijax._checks import (
     check_x64,
     is_concrete,
 )
+from unijax.distributed import put
 
 __all__ = [
     "ODESolution",
@@ -993,32 +997,6 @@ def _sq_dist_block(a, b):
     return jnp.maximum(d, 0.0)
 
 
-def _blocked_rows(fn, n: int, block: int):
-    """``fn(row_indices) -> (block, ...)`` over row blocks, written into one ``(n, ...)`` array.
-
-    The blocks are written in place (``fori_loop`` + ``dynamic_update_slice`` inside one
-    ``jit``), so the peak memory is the output plus one block, not the stacked blocks plus a
-    trimmed copy. When ``block`` does not divide ``n`` the last block starts at ``n - block``
-    and recomputes a few rows of the one before (same values) instead of running past ``n``.
-    """
-    if block >= n:
-        return fn(jnp.arange(n))
-    n_blocks = -(-n // block)
-    out = jax.eval_shape(fn, jax.ShapeDtypeStruct((block,), jnp.int32))
-
-    @jax.jit
-    def run():
-        def body(i, acc):
-            start = jnp.minimum(i * block, n - block)
-            rows = start + jnp.arange(block, dtype=jnp.int32)
-            return jax.lax.dynamic_update_slice_in_dim(acc, fn(rows), start, axis=0)
-
-        init = jnp.zeros((n,) + out.shape[1:], out.dtype)
-        return jax.lax.fori_loop(0, n_blocks, body, init)
-
-    return run()
-
-
 def pairwise_sq_distances(
     X: Float[ArrayLike, "n d"], Z: Float[ArrayLike, "m d"] | None = None, *, block_size=None
 ) -> Float[Array, "n m"]:
@@ -1031,7 +1009,7 @@ def pairwise_sq_distances(
     X = _matrix("X", X)
     Z = X if Z is None else _matrix("Z", Z, d=X.shape[1])
     block = _row_blocks(X.shape[0], block_size)
-    return _blocked_rows(lambda rows: _sq_dist_block(X[rows], Z), X.shape[0], block)
+    return blocked_rows(lambda rows: _sq_dist_block(X[rows], Z), X.shape[0], block)
 
 
 def pairwise_a_low(
@@ -1070,7 +1048,7 @@ def pairwise_a_low(
     def rows_fn(rows):
         return k * jnp.sqrt(_sq_dist_block(X[rows], X) * _sq_dist_block(Y[rows], Y))
 
-    return _blocked_rows(rows_fn, X.shape[0], block)
+    return blocked_rows(rows_fn, X.shape[0], block)
 
 
 def pairwise_final_distance(
@@ -1127,7 +1105,7 @@ def pairwise_final_distance(
         out = jnp.where(ah < 0, al2 / jnp.where(ah < 0, root - ah / 2.0, 1.0), ah / 2.0 + root)
         return jnp.where(valid, out, 0.0)
 
-    return _blocked_rows(rows_fn, n, block)
+    return blocked_rows(rows_fn, n, block)
 
 
 def exponential_weighting(A: Float[ArrayLike, "n n"]) -> Float[Array, "n n"]:
@@ -1158,6 +1136,7 @@ def exponential_weighting_from_data(
     rows: Int[ArrayLike, " r"] | None = None,
     cols: Int[ArrayLike, " c"] | None = None,
     block_size: int = 1024,
+    mesh: Mesh | None = None,
 ) -> Float[Array, "r c"]:
     """Entries ``(E A E)[rows, cols]`` of the exponential weighting, never forming ``A``.
 
@@ -1170,9 +1149,16 @@ def exponential_weighting_from_data(
         X: inputs ``(n, dx)``; Y: targets ``(n, dy)``.
         rows, cols: indices of the wanted entries (default: all points).
         block_size: points per block of the inner sum.
+        mesh: a ``jax.sharding.Mesh`` whose devices (used as one axis; after
+            :func:`unijax.distributed.initialize` they may span processes) split the data
+            set: each device owns ``n / n_devices`` points of the outer sum and runs over
+            them in blocks of ``block_size``; the partial products are summed across devices
+            (``psum``). Peak memory per device as above, independent of the device count;
+            the work per device falls as ``1 / n_devices``. Default: one device.
 
     Returns:
-        Shape ``(len(rows), len(cols))``.
+        Shape ``(len(rows), len(cols))`` (a NumPy array, the same on every process, with
+        ``mesh``), equal to the one-device result up to the order of summation.
 
     Raises:
         ValueError: ``X``/``Y`` not 2-D, not finite or with different numbers of points;
@@ -1187,6 +1173,11 @@ def exponential_weighting_from_data(
     rows = jnp.arange(n) if rows is None else _indices("rows", rows, n)
     cols = jnp.arange(n) if cols is None else _indices("cols", cols, n)
     block = check_int("block_size", block_size, lo=1)
+    if mesh is not None:
+        if not isinstance(mesh, Mesh):
+            raise TypeError(f"mesh must be a jax.sharding.Mesh or None; got {type(mesh).__name__}.")
+        mesh = batch_mesh(list(mesh.devices.flat))
+        return _exponential_weighting_sharded(X, Y, rows, cols, block, mesh)
     block = _row_blocks(n, block)
 
     def a_block(ia, ib):
@@ -1207,3 +1198,67 @@ def exponential_weighting_from_data(
     P, _ = jax.lax.scan(step, P0, idx)
     E_cols = jnp.exp(-a_block(all_idx, cols))  # (n, c)
     return P @ E_cols
+
+
+def _exponential_weighting_sharded(X, Y, rows, cols, block_size: int, mesh: Mesh) -> np.ndarray:
+    """:func:`exponential_weighting_from_data` over the devices of ``mesh`` (checked inputs):
+    ``(E A E)[rows, cols] = sum_k E[rows, k] (sum_l A[k, l] E[l, cols])``, each device owning
+    ``n / n_devices`` points ``k`` of the outer sum (padded with the last point, masked)."""
+    X, Y = np.asarray(X), np.asarray(Y)
+    rows, cols = np.asarray(rows), np.asarray(cols)
+    n = X.shape[0]
+    n_dev = mesh.shape[BATCH_AXIS]
+    per_dev = -(-n // n_dev)
+    block = int(min(block_size, per_dev))
+    per_dev = -(-per_dev // block) * block  # each device: whole blocks
+    total = per_dev * n_dev
+    k_idx = pad_index(np.arange(n), total).astype(np.int32)
+    k_valid = np.arange(total) < n
+
+    def a_block(xa, ya, xb, yb):
+        return jnp.sqrt(_sq_dist_block(xa, xb) * _sq_dist_block(ya, yb))
+
+    def local(Xr, Yr, Xall, Yall, kk, kv):
+        # kk, kv: this device's (per_dev,) point indices and validity.
+        kk = kk.reshape(-1, block)
+        kv = kv.reshape(-1, block)
+
+        def step(Pacc, blk):
+            kb, vb = blk
+            xk, yk = Xall[kb], Yall[kb]
+            e_rk = jnp.where(vb[None, :], jnp.exp(-a_block(Xr, Yr, xk, yk)), 0.0)  # (r, b)
+            return Pacc + e_rk @ a_block(xk, yk, Xall, Yall), None  # (r, n)
+
+        P0 = jax.lax.pcast(
+            jnp.zeros((Xr.shape[0], Xall.shape[0]), Xall.dtype), (BATCH_AXIS,), to="varying"
+        )
+        Pacc, _ = jax.lax.scan(step, P0, (kk, kv))
+        return jax.lax.psum(Pacc, BATCH_AXIS)
+
+    rep = P()
+    f = jax.jit(
+        jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(rep, rep, rep, rep, P(BATCH_AXIS), P(BATCH_AXIS)),
+            out_specs=rep,
+        )
+    )
+
+    def lay(arr, spec):
+        return put(arr, NamedSharding(mesh, spec))
+
+    Pm = f(
+        lay(X[rows], rep),
+        lay(Y[rows], rep),
+        lay(X, rep),
+        lay(Y, rep),
+        lay(k_idx, P(BATCH_AXIS)),
+        lay(k_valid, P(BATCH_AXIS)),
+    )
+    # (r, n) @ E[:, cols] (n, c): replicated, computed on every device; small next to the sum.
+    E_cols = jax.jit(
+        lambda Xa, Ya, Xc, Yc: jnp.exp(-a_block(Xa, Ya, Xc, Yc)),
+    )(lay(X, rep), lay(Y, rep), lay(X[cols], rep), lay(Y[cols], rep))
+    out = jax.jit(jnp.matmul)(Pm, E_cols)
+    return np.asarray(out.addressable_data(0))  # replicated: every device holds all of it
