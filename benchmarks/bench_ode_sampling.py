@@ -7,12 +7,12 @@
 ``jit``, each sampled at ``--n-epochs`` epochs, Tsit5 with a PID controller (rtol 1e-7, atol
 1e-9, the rate fit's tolerances), three ways:
 
-* ``dense``: ``theory.integrate(dense=True)``, Diffrax's dense interpolant evaluated at every
-  epoch after the solve;
-* ``save at ts``: ``theory.integrate(dense=False)``, ``SaveAt(ts=...)`` inside the solve;
-* ``steps + Hermite``: what the rate fit does (``fit._trajectory``): only the accepted steps
-  are saved, then a quintic Hermite interpolant (values, first and second derivatives from
-  the vector field) is evaluated at every epoch.
+* ``dense``: Diffrax's dense interpolant (``SaveAt(dense=True)``) evaluated at every epoch
+  after the solve;
+* ``save at ts``: ``SaveAt(ts=...)`` inside the solve;
+* ``steps + Hermite``: ``theory.integrate``, the one path unijax uses (theory curves and the
+  rate fit): only the accepted steps are saved, then a quintic Hermite interpolant (values,
+  first and second derivatives from the vector field) is evaluated at every epoch.
 
 Each is timed for a plain solve and for the fit's use, ``jax.jacfwd`` in the two log-rates
 with ``diffrax.ForwardMode()``. Printed: milliseconds per call (median and best of
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from unijax import fit, theory
+    from unijax import theory
 
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load {load_average()}; "
           f"python {platform.python_version()}, jax {jax.__version__} "
@@ -61,23 +61,29 @@ def main(argv=None) -> int:
     dx2, dy2 = 1.0, 0.5
     tol = dict(rtol=1e-7, atol=1e-9, max_steps=4096)
 
-    def via_theory(dense):
+    def via_diffrax(dense):
         def f(z, le):
             e = jnp.exp(le)
-            return theory.integrate(z, ts, eta_h=e[0], eta_y=e[1], dx2=dx2, dy2=dy2,
-                                    adjoint=diffrax.ForwardMode(), dense=dense, **tol).ys
+            sol = diffrax.diffeqsolve(
+                diffrax.ODETerm(lambda t, z, a: theory.vector_field(
+                    z, eta_h=e[0], eta_y=e[1], dx2=dx2, dy2=dy2)),
+                diffrax.Tsit5(), t0=ts[0], t1=ts[-1], dt0=None, y0=z,
+                saveat=diffrax.SaveAt(dense=True) if dense else diffrax.SaveAt(ts=ts),
+                stepsize_controller=diffrax.PIDController(rtol=tol["rtol"], atol=tol["atol"]),
+                adjoint=diffrax.ForwardMode(), max_steps=tol["max_steps"], throw=False)
+            return jax.vmap(sol.evaluate)(ts) if dense else sol.ys
         return f
 
-    opts = fit._SolveOpts(rtol=1e-7, atol=1e-9, max_steps=4096)
-
-    def via_fit(z, le):
-        return fit._trajectory(z, ts, le, jnp.asarray(dx2), jnp.asarray(dy2), opts)[0]
+    def via_theory(z, le):
+        e = jnp.exp(le)
+        return theory.integrate(z, ts, eta_h=e[0], eta_y=e[1], dx2=dx2, dy2=dy2,
+                                adjoint=diffrax.ForwardMode(), **tol).ys
 
     ref = jax.jit(jax.vmap(lambda z, le: theory.solve(
         z, ts, eta_h=jnp.exp(le[0]), eta_y=jnp.exp(le[1]), dx2=dx2, dy2=dy2, rtol=1e-12,
         atol=1e-14, max_steps=1 << 16)))(z0, log_eta)
-    paths = {"dense": via_theory(True), "save at ts": via_theory(False),
-             "steps + Hermite": via_fit}
+    paths = {"dense": via_diffrax(True), "save at ts": via_diffrax(False),
+             "steps + Hermite": via_theory}
     print(f"\n{n} trials x {T} epochs, vmap in one jit; ms per call, median and best of "
           f"{args.reps}")
     print(f"{'path':>16} {'solve med':>10} {'best':>8} {'jacfwd med':>11} {'best':>8} "

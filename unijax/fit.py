@@ -426,83 +426,20 @@ def _field(z, rates, dx2, dy2):
     return theory.vector_field(z, eta_h=rates[0], eta_y=rates[1], dx2=dx2, dy2=dy2)
 
 
-def _hermite5(ts, tk, yk, fk, gk):
-    """Quintic Hermite interpolant through knots ``tk`` (padded with inf), evaluated at ``ts``.
-
-    ``yk, fk, gk``: value, first and second time derivative at the knots, shape ``(m, 3)``.
-    Error O(dt^6) per step: well below the step's own error at the tolerances used here.
-    """
-    n_knots = jnp.sum(jnp.isfinite(tk))
-    i = jnp.clip(jnp.searchsorted(tk, ts, side="right") - 1, 0, n_knots - 2)
-    t0, t1 = tk[i], tk[i + 1]
-    d = (t1 - t0)[:, None]
-    s = ((ts - t0) / (t1 - t0))[:, None]
-    s2 = s * s
-    s3 = s2 * s
-    s4 = s3 * s
-    s5 = s4 * s
-    h0 = 1.0 - 10.0 * s3 + 15.0 * s4 - 6.0 * s5
-    h1 = s - 6.0 * s3 + 8.0 * s4 - 3.0 * s5
-    h2 = 0.5 * (s2 - 3.0 * s3 + 3.0 * s4 - s5)
-    h3 = 0.5 * (s3 - 2.0 * s4 + s5)
-    h4 = -4.0 * s3 + 7.0 * s4 - 3.0 * s5
-    h5 = 10.0 * s3 - 15.0 * s4 + 6.0 * s5
-    return (
-        h0 * yk[i]
-        + h1 * d * fk[i]
-        + h2 * d * d * gk[i]
-        + h3 * d * d * gk[i + 1]
-        + h4 * d * fk[i + 1]
-        + h5 * yk[i + 1]
-    )
-
-
 def _trajectory(z0, ts, log_rates, dx2, dy2, opts: _SolveOpts):
-    """ODE from ``z0`` at ``ts[0]``, sampled at ``ts``: ``(ys (n, 3), ok, num_steps, hit)``,
-    ``hit`` when the solve ran out of its step budget ``opts.max_steps``.
+    """ODE from ``z0`` at ``ts[0]``, sampled at ``ts`` (:func:`unijax.theory.integrate`):
+    ``(ys (n, 3), ok, num_steps, hit)``, ``hit`` when the solve ran out of its step budget
+    ``opts.max_steps``.
 
     Forward-mode differentiable in ``log_rates`` (``diffrax.ForwardMode``). The step-size
     controller is not differentiated (Diffrax stops its gradient), so the derivative is that of
     the discrete solution on its own mesh, consistent with finite differences to the tolerance.
     """
     rates = jnp.exp(log_rates)
-
-    def field(z):
-        return _field(z, rates, dx2, dy2)
-
-    sol = diffrax.diffeqsolve(
-        diffrax.ODETerm(lambda t, z, args: field(z)),
-        diffrax.Tsit5(),
-        t0=ts[0],
-        t1=ts[-1],
-        dt0=None,
-        y0=z0,
-        # Only the accepted steps are stored, then interpolated at the epochs: evaluating
-        # Diffrax's dense interpolant at thousands of epochs inside a vmap costs ~60x the
-        # solve itself.
-        saveat=diffrax.SaveAt(t0=True, steps=True),
-        stepsize_controller=diffrax.PIDController(rtol=opts.rtol, atol=opts.atol),
-        adjoint=diffrax.ForwardMode(),
-        max_steps=opts.max_steps,
-        throw=False,
-    )
-    tk, yk = sol.ts, sol.ys
-    valid = jnp.isfinite(tk)
-    # Unused rows of the step buffer hold inf; give them a harmless state. The derivatives
-    # are computed for the whole buffer after the solve, vectorized: ~3x cheaper than saving
-    # them from inside the loop, which must then carry them through every step.
-    yk = jnp.where(valid[:, None], yk, z0)
-    fk, gk = jax.vmap(lambda z: jax.jvp(field, (z,), (field(z),)))(yk)  # z' and z'' = Df z'
-    ys = _hermite5(ts, tk, yk, fk, gk)
-    ok = (
-        (sol.result == diffrax.RESULTS.successful)
-        & jnp.all(jnp.isfinite(ys))
-        & jnp.all(ys[:, 0] > 0)
-        & jnp.all(yk[:, 0] > 0)
-    )
-    ys = jnp.where(ok, ys, jnp.nan)
-    hit = sol.result == diffrax.RESULTS.max_steps_reached
-    return ys, ok, sol.stats["num_steps"], hit
+    sol = theory.integrate(z0, ts, eta_h=rates[0], eta_y=rates[1], dx2=dx2, dy2=dy2,
+                           rtol=opts.rtol, atol=opts.atol, max_steps=opts.max_steps,
+                           adjoint=diffrax.ForwardMode())
+    return sol.ys, sol.ok, sol.num_steps, sol.max_steps_reached
 
 
 class _Trial(NamedTuple):
