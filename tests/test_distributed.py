@@ -7,7 +7,6 @@ starts); multi-process runs start two CPU processes that meet on a free localhos
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import textwrap
@@ -78,32 +77,13 @@ def test_unreachable_coordinator_fails_within_the_timeout():
 
 
 def test_cli_rejects_mismatched_process_arguments_before_any_work(tmp_path, capsys):
-    from unijax import sweep
+    from unijax import cli
 
-    parser = argparse.ArgumentParser()
-    sweep.add_cli(parser.add_subparsers())
     out = tmp_path / "sw"
-    args = parser.parse_args(
-        [
-            "sweep",
-            "--out",
-            str(out),
-            "--coordinator",
-            "127.0.0.1:1",
-            "--num-processes",
-            "2",
-            "--process-id",
-            "2",
-            "--set",
-            "width=8",
-            "--set",
-            "depth=2",
-            "--set",
-            "epochs=5",
-        ]
-    )
+    argv = ["sweep", "--out", str(out), "--coordinator", "127.0.0.1:1", "--num-processes", "2",
+            "--process-id", "2", "--set", "width=8", "--set", "depth=2", "--set", "epochs=5"]
     t0 = time.monotonic()
-    assert args.func(args) == 2
+    assert cli.main(argv) == 2
     assert time.monotonic() - t0 < 5.0
     err = capsys.readouterr().err
     assert "process_id=2" in err and "[0, 1]" in err

@@ -15,13 +15,8 @@ import pytest
 
 from unijax import experiments
 from unijax._store import to_jsonable
-from unijax.experiments._common import (
-    BadInput,
-    apply_overrides,
-    parse_overrides,
-    result_from_arrays,
-    result_to_arrays,
-)
+from unijax.cli import apply_sets, parse_sets
+from unijax.experiments._common import BadInput, result_from_arrays, result_to_arrays
 
 KEY = jax.random.key(0)
 
@@ -76,20 +71,38 @@ def test_registry_and_protocol():
 
 def test_overrides_are_typed_and_validated():
     mod = experiments.get("E3")
-    over = parse_overrides(mod.Config, ["seeds=3", "dx_norms=0.5,1.0", "width=none",
+    over = parse_sets(mod.Config, ["seeds=3", "dx_norms=0.5,1.0", "width=none",
                                         "rows=default,tanh"])
     assert over == {"seeds": 3, "dx_norms": (0.5, 1.0), "width": None,
                     "rows": ("default", "tanh")}
-    cfg = apply_overrides(mod.presets["tiny"], over)
+    cfg = apply_sets(mod.presets["tiny"], over)
     assert cfg.seeds == 3 and cfg.rows == ("default", "tanh")
     with pytest.raises(BadInput, match="unknown --set key 'bogus'.*valid keys"):
-        parse_overrides(mod.Config, ["bogus=1"])
+        parse_sets(mod.Config, ["bogus=1"])
     with pytest.raises(BadInput, match="not a valid int"):
-        parse_overrides(mod.Config, ["seeds=two"])
+        parse_sets(mod.Config, ["seeds=two"])
     with pytest.raises(BadInput, match="seeds=0 is invalid"):
-        apply_overrides(mod.presets["tiny"], {"seeds": 0})
+        apply_sets(mod.presets["tiny"], {"seeds": 0})
     with pytest.raises(BadInput, match="valid choices: default"):
-        apply_overrides(mod.presets["tiny"], {"rows": ("nonsense",)})
+        apply_sets(mod.presets["tiny"], {"rows": ("nonsense",)})
+
+
+def test_rate_settings_are_one_nested_block_in_every_experiment_that_uses_rates():
+    from unijax.experiments._structure import RateSettings
+
+    users = [n for n in experiments.names() if getattr(experiments.get(n), "USES_RATES", 0)]
+    assert users == ["E4", "E5", "E6", "E8"]
+    for name in users:
+        mod = experiments.get(name)
+        fields = [f.name for f in dataclasses.fields(mod.Config)]
+        assert "rates" in fields and not [f for f in fields if f.startswith("rates_")]
+        assert mod.Config().rates == RateSettings()
+        over = parse_sets(mod.Config, ["rates.epochs=400", "rates.max_depth=none"])
+        assert over == {"rates.epochs": 400, "rates.max_depth": None}
+        cfg = apply_sets(mod.presets["tiny"], over)
+        assert cfg.rates.epochs == 400 and cfg.rates.seeds == mod.presets["tiny"].rates.seeds
+        with pytest.raises(BadInput, match=r"rates\.time_scale=-1\.0 is invalid"):
+            apply_sets(cfg, {"rates.time_scale": -1.0})
 
 
 def test_e1_dynamics_fit_every_architecture(e1_run, tmp_path):
@@ -353,7 +366,7 @@ def test_e8_adam_end_to_end(upstream, tmp_path):
     assert xor["ratio_measured"]["mean"] < xor["ratio_initial"]["mean"]
     # The authors' two-point Adam rate: 1e-6 in their settings, halved by the notebook.
     paper = mod.presets["paper"]
-    assert paper.dyn_lr == 5e-7 and (paper.xor_nonlinearity, paper.xor_loss) == ("relu", "mse")
+    assert paper.dyn.lr == 5e-7 and (paper.xor.nonlinearity, paper.xor.loss) == ("relu", "mse")
 
 
 # --- Rates passed on come only from fits that pass the quality criterion --------------------

@@ -32,8 +32,10 @@ def _fake_fit(n_trials=2, n_epochs=50):
         rf = fit.RateFit(
             eta_h=0.08 * one, eta_y=0.05 * one, stderr_eta_h=1e-4 * one, stderr_eta_y=1e-4 * one,
             cov_log_rates=jnp.zeros((n_trials, 2, 2)), sse=0 * one, r2=jnp.ones((n_trials, 3)),
-            converged=jnp.array([True, False][:n_trials]), optimizer_ok=one > 0,
-            ode_ok=one > 0, identified=one > 0, n_iters=jnp.ones(n_trials, int),
+            status=jnp.array([0, 3][:n_trials], jnp.int32),
+            converged=jnp.array([True, False][:n_trials]), identified=one > 0,
+            good_fit=one > 0, ode_ok=one > 0, step_budget_hit=one < 0,
+            max_steps=jnp.full(n_trials, 512), n_iters=jnp.ones(n_trials, int),
             n_ode_steps=jnp.ones(n_trials, int), init_eta_h=one, init_eta_y=one, z0_fit=z0,
             z_fit=Z,
         )

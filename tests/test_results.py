@@ -33,8 +33,9 @@ def _rate_fit(shape=(4,), n_epochs=6, z=True):
     i = lambda: jnp.asarray(rng.integers(0, 50, shape), jnp.int32)  # noqa: E731
     return fit.RateFit(
         eta_h=f64(), eta_y=f64(), stderr_eta_h=f64(), stderr_eta_y=f64(),
-        cov_log_rates=f64(2, 2), sse=f64(), r2=f64(3), converged=b(), optimizer_ok=b(),
-        ode_ok=b(), identified=b(), n_iters=i(), n_ode_steps=i(), init_eta_h=f64(),
+        cov_log_rates=f64(2, 2), sse=f64(), r2=f64(3), status=i() % 6, converged=b(),
+        identified=b(), good_fit=b(), ode_ok=b(), step_budget_hit=b(), max_steps=i() + 512,
+        n_iters=i(), n_ode_steps=i(), init_eta_h=f64(),
         init_eta_y=f64(), z0_fit=f64(3), z_fit=f64(n_epochs, 3) if z else None,
     )
 
@@ -138,15 +139,20 @@ def test_missing_optional_dependency_says_what_to_install(one_layer_result, monk
 
 
 def test_load_experiment(tmp_path):
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        seeds: int = 2
+
     store = ResultStore(tmp_path)
+    h = store.begin("E9", Cfg())  # marks the directory as unijax's
     info = {"experiment": "E9", "title": "t", "preset": "tiny",
             "agreement": {"headline": "all good", "passed": True, "criterion": "c"}}
-    store.save_result("E9", {"x": np.arange(4.0)}, info, config_hash="abc")
+    store.save_result("E9", {"x": np.arange(4.0)}, info, config_hash=h)
     (tmp_path / "E9" / "fig.png").write_bytes(b"png")
     res = results.load_experiment(tmp_path, "E9")
     np.testing.assert_array_equal(res["x"], np.arange(4.0))
     assert res.passed is True and res.figures[0].name == "fig.png"
-    assert "PASSED: all good" in res.summary() and res.summary_dict()["config_hash"] == "abc"
+    assert "PASSED: all good" in res.summary() and res.summary_dict()["config_hash"] == h
     with pytest.raises(FileNotFoundError, match=r"finished there: \['E9'\]"):
         results.load_experiment(tmp_path, "E1")
 

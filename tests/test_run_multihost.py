@@ -48,7 +48,6 @@ def _assert_same_results(one: dict, two: dict, name: str) -> None:
 
 def test_two_processes_run_an_experiment_as_one_process_and_resume_from_its_chunks(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    t0 = time.monotonic()
     (rc, _, err), = _run(one, 1, "E2", "--preset", "tiny")
     assert rc == 0, err[-3000:]
     res = _run(two, 2, "E2", "--preset", "tiny")
@@ -71,7 +70,6 @@ def test_two_processes_run_an_experiment_as_one_process_and_resume_from_its_chun
     assert summary["environment"]["processes"] == 2
     for k, v in _arrays(two, "E2").items():
         np.testing.assert_array_equal(v, first[k], err_msg=k)
-    assert time.monotonic() - t0 < 120
 
 
 def test_two_processes_refuse_a_resume_against_another_config(tmp_path):

@@ -3,7 +3,6 @@ resuming against another config is refused naming the keys. Tiny sizes throughou
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -244,10 +243,9 @@ def test_sweep_fits_equal_direct_fits(tmp_path):
 
 
 def _cli(*argv) -> int:
-    parser = argparse.ArgumentParser()
-    sweep.add_cli(parser.add_subparsers())
-    args = parser.parse_args(["sweep", *map(str, argv)])
-    return args.func(args)
+    from unijax import cli
+
+    return cli.main(["sweep", *map(str, argv)])
 
 
 def test_cli_runs_and_refuses_a_changed_config(tmp_path, capsys):
@@ -331,3 +329,13 @@ def test_damaged_chunks_and_result_are_recomputed_the_rest_kept(tmp_path, capsys
     (out / "results.json").write_text("[]")  # load_sweep says it cannot use it
     with pytest.raises(FileNotFoundError, match="damaged"):
         sweep.load_sweep(out)
+
+
+def test_cli_set_is_typed_by_the_train_config_and_refuses_unknown_keys(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert _cli("--set", "width=eight", "--out", out) == 2
+    assert "--set width='eight' (sweep base config): not a valid int" in capsys.readouterr().err
+    assert _cli("--set", "bogus=1", "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "unknown --set key 'bogus'" in err and "valid keys:" in err and "width" in err
+    assert not out.exists()

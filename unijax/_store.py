@@ -167,10 +167,34 @@ def run_hash(config_hash: str, upstream: Any = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+def flat_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict with its nested blocks flattened to dotted keys (``rates.epochs``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Keys whose values differ between two config dicts (incl. keys in only one), sorted."""
+    """Dotted keys whose values differ between two config dicts (incl. keys in only one),
+    sorted; nested blocks are compared leaf by leaf (:func:`flat_config`)."""
+    old, new = flat_config(old), flat_config(new)
     keys = set(old) | set(new)
     return sorted(k for k in keys if canonical_json(old.get(k)) != canonical_json(new.get(k)))
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], str]:
+    """``(keys, text)``: the differing dotted keys of two config dicts and, for a refusal's
+    message, ``"rates.epochs (stored 400, now 600), ..."`` (``"(code version)"`` when the dicts
+    agree and only the hash differs)."""
+    keys = diff_configs(old, new)
+    flat_old, flat_new = flat_config(old), flat_config(new)
+    text = ", ".join(f"{k} (stored {canonical_json(flat_old.get(k))}, now "
+                     f"{canonical_json(flat_new.get(k))})" for k in keys)
+    return keys, text or "(code version)"
 
 
 class ConfigMismatchError(ValueError):
@@ -667,24 +691,19 @@ class ResultStore:
         or None when absent or damaged."""
         return self._config_json(name)[0]
 
-    def check(self, name: str, config: Any) -> str:
+    def check(self, name: str, config: Any, *, what: str | None = None,
+              advice: str = "Use another --out, or --fresh to discard the old results") -> str:
         """Hash of ``config``; raises :class:`ConfigMismatchError` if ``name`` was started with
-        a different config in this directory. Writes nothing."""
+        a different config in this directory, naming the differing dotted keys (``what``: what
+        the directory holds, default ``"results of a different {name} config"``; ``advice``
+        ends the message). Writes nothing."""
         h = config_hash(config)
         old = self.stored_config(name)
         if old is not None and old.get("config_hash") != h:
-            keys = diff_configs(old.get("config", {}), config_to_dict(config))
-            shown = ", ".join(
-                f"{k} (stored {canonical_json(old.get('config', {}).get(k))}, "
-                f"now {canonical_json(config_to_dict(config).get(k))})"
-                for k in keys
-            )
+            keys, shown = config_differences(old.get("config", {}), config_to_dict(config))
+            what = what or f"results of a different {name} config"
             raise ConfigMismatchError(
-                f"{self.exp_dir(name)} holds results of a different {name} config; differing "
-                f"keys: {shown or '(code version)'}. Use another --out, or --fresh to discard "
-                "the old results",
-                keys,
-            )
+                f"{self.exp_dir(name)} holds {what}; differing keys: {shown}. {advice}", keys)
         return h
 
     def begin(self, name: str, config: Any, *, fresh: bool = False, upstream: Any = None,

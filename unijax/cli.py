@@ -7,6 +7,11 @@ Usage::
     unijax run all                   # every experiment, quick preset, ./unijax_out
     unijax report DIR                # rebuild DIR/report.md from the stored results
     unijax run all --coordinator HOST:PORT --num-processes N --process-id I   # on N hosts
+    unijax sweep --config default --set width=64 --archs mlp,skip --gains 0.5,1 --seeds 16
+
+``--set KEY=VALUE`` overrides one field of a config, typed by the field (``int``, ``float``,
+``bool``, ``str``, ``none`` for an optional field, comma lists for tuples); a nested block is
+reached by a dotted key (``--set rates.epochs=400``). ``unijax list --keys`` lists the keys.
 
 Multi-host (one process per host, all with the same arguments but ``--process-id``): every
 process runs every experiment, and each network grid and rate fit is laid over the devices of
@@ -35,7 +40,9 @@ import platform
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +54,167 @@ from unijax._store import (
     claim_dir,
     config_to_dict,
 )
-from unijax.experiments._common import (
-    BadInput,
-    apply_overrides,
-    field_types,
-    parse_overrides,
-    result_to_arrays,
-)
+from unijax.experiments._common import BadInput, result_to_arrays
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "config_keys", "parse_sets", "apply_sets"]
 
 DEFAULT_OUT = "unijax_out"
 #: Experiments that use the default architecture's fitted rates of an earlier experiment.
 _RATE_SOURCES = ("E1", "E3")
+
+
+# ---------------------------------------------------------------------------------------------
+# --set KEY=VALUE: the one parser of config overrides (`run` and `sweep`)
+# ---------------------------------------------------------------------------------------------
+
+#: Flat keys of older unijax whose dotted key is not their name with "_" -> ".".
+_RENAMED = {"rates_from": "rates.source"}
+
+
+def config_keys(config_cls: type) -> dict[str, Any]:
+    """Dotted key -> type of every leaf field of a config dataclass, nested blocks included.
+
+    >>> from unijax.experiments import e4_xor
+    >>> config_keys(e4_xor.Config)["rates.epochs"]
+    <class 'int'>
+    """
+    hints = typing.get_type_hints(config_cls)
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config_cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out.update({f"{f.name}.{k}": v for k, v in config_keys(tp).items()})
+        else:
+            out[f.name] = tp
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    if tp in (int, float, bool, str):
+        return tp.__name__
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) is tuple:
+        return f"comma-separated list of {_type_name(args[0])}"
+    if type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        return f"{_type_name(inner[0])} or none"
+    return str(tp)
+
+
+def _parse_scalar(tp: Any, text: str) -> Any:
+    t = text.strip()
+    if tp is bool:
+        low = t.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if tp is int:
+        try:
+            return int(t)
+        except ValueError:
+            f = float(t)  # accept "1e3" for integers when exact
+            if f.is_integer():
+                return int(f)
+            raise ValueError("expected an integer") from None
+    if tp is float:
+        return float(t)
+    if tp is str:
+        return t
+    raise ValueError(f"unsupported field type {tp}")
+
+
+def _parse_value(tp: Any, text: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        return tuple(_parse_scalar(args[0], s) for s in text.split(",") if s.strip())
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        if text.strip().lower() in ("none", "null", ""):
+            return None
+        return _parse_value([a for a in args if a is not type(None)][0], text)
+    return _parse_scalar(tp, text)
+
+
+def _flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted key -> value of every leaf field of a config instance."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        v = getattr(config, f.name)
+        if dataclasses.is_dataclass(v):
+            out.update(_flat_config(v, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = v
+    return out
+
+
+def _split_pair(pair: str) -> tuple[str, str]:
+    if "=" not in pair:
+        raise BadInput(f"--set {pair!r} is malformed: expected key=value")
+    key, text = pair.split("=", 1)
+    return key.strip(), text
+
+
+def _unknown_key(key: str, valid: Sequence[str], where: str) -> BadInput:
+    """The refusal of an unknown key; names the dotted key an old or flat spelling means."""
+    meant = [_RENAMED[key]] if _RENAMED.get(key) in valid else [
+        k for k in valid if "." in k and key in (k.replace(".", "_"), k.rsplit(".", 1)[1])
+    ]
+    hint = f"; did you mean {' or '.join(meant)}?" if meant else ""
+    return BadInput(f"unknown --set key {key!r}{where}{hint} valid keys: "
+                    f"{', '.join(sorted(valid))}")
+
+
+def parse_sets(config_cls: type, pairs: Sequence[str], *, where: str = "") -> dict[str, Any]:
+    """``["key=value", ...]`` -> ``{dotted key: typed value}`` for ``config_cls``.
+
+    Args:
+        config_cls: a config dataclass; nested dataclass fields are reached by dotted keys
+            (``rates.epochs``), see :func:`config_keys`.
+        pairs: the ``--set`` arguments.
+        where: text appended to messages, e.g. ``" (experiment E4)"``.
+
+    Raises:
+        BadInput: a malformed pair, an unknown key (the valid keys listed, and the dotted key
+            an old flat spelling such as ``rates_epochs`` means), or a value that does not
+            parse as the field's type (the type named).
+    """
+    types_ = config_keys(config_cls)
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, text = _split_pair(pair)
+        if key not in types_:
+            raise _unknown_key(key, list(types_), where)
+        try:
+            out[key] = _parse_value(types_[key], text)
+        except ValueError as e:
+            raise BadInput(
+                f"--set {key}={text!r}{where}: not a valid {_type_name(types_[key])} ({e})"
+            ) from None
+    return out
+
+
+def _replace_nested(config: Any, overrides: Mapping[str, Any]) -> Any:
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            top[key] = value
+    for head, sub in nested.items():
+        top[head] = _replace_nested(getattr(config, head), sub)
+    return dataclasses.replace(config, **top)
+
+
+def apply_sets(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
+    """``config`` with ``overrides`` (dotted keys, from :func:`parse_sets`) replaced; a
+    ValueError or TypeError of a config's validation becomes :class:`BadInput`."""
+    try:
+        return _replace_nested(config, overrides)
+    except (ValueError, TypeError) as e:
+        raise BadInput(f"{str(e).rstrip('.')}{where}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,19 +255,101 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard unijax's stored results of the selected experiments in DIR first "
                    "(files unijax did not write stay)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
-    from unijax import sweep as sweep_lib  # the multi-host grid sweep (Scaling out)
-
-    sweep_lib.add_distributed_args(r)
+    _add_distributed_args(r)
 
     rep = sub.add_parser("report", help="rebuild DIR/report.md from stored results")
     rep.add_argument("dir", metavar="DIR")
 
-    sweep_lib.add_cli(sub)
+    _add_sweep(sub)
 
     # `unijax list --keys` shows every config key per experiment.
     sub.choices["list"].add_argument("--keys", action="store_true",
                                      help="also show every --set key with its quick value")
     return p
+
+
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--coordinator HOST:PORT --num-processes N --process-id I --dist-timeout S``."""
+    from unijax.distributed import DEFAULT_TIMEOUT_S
+
+    g = parser.add_argument_group(
+        "multi-host (jax.distributed; start one process per host with the same "
+        "--coordinator and --num-processes)"
+    )
+    g.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                   help="address of process 0 (which hosts the coordinator), reachable by all "
+                   "processes")
+    g.add_argument("--num-processes", type=int, default=1, metavar="N",
+                   help="number of processes (1)")
+    g.add_argument("--process-id", type=int, default=0, metavar="I",
+                   help="this process, in [0, N) (0)")
+    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="S",
+                   help=f"seconds to wait for the coordinator / other processes "
+                   f"({DEFAULT_TIMEOUT_S:g})")
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    """:func:`unijax.distributed.initialize` from the parsed arguments (a no-op for one
+    process); raises ValueError (bad arguments) or ConnectionError. Call before any JAX work."""
+    from unijax import distributed
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                           timeout_s=args.dist_timeout)
+
+
+def _parse_seeds(text: str) -> tuple[int, ...]:
+    """``"16"`` (count: 0..15), ``"4:12"`` (range) or ``"0,3,7"`` (list)."""
+    try:
+        if ":" in text:
+            a, b = text.split(":")
+            return tuple(range(int(a), int(b)))
+        if "," in text:
+            return tuple(int(v) for v in text.split(",") if v)
+        return tuple(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: give a count (16), a range (4:12) or a list (0,3,7)"
+        ) from None
+
+
+def _csv(conv):
+    def parse(text: str):
+        try:
+            return tuple(conv(v) for v in text.split(",") if v)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"cannot parse {text!r} as a comma list") from None
+
+    return parse
+
+
+def _add_sweep(sub) -> None:
+    """The ``sweep`` subcommand: ``unijax sweep --config default --set width=64 --archs
+    mlp,skip --gains 0.5,1,1.5 --seeds 64 --layers 1,2 --out runs/sweep1`` (add the multi-host
+    arguments on each host)."""
+    p = sub.add_parser(
+        "sweep",
+        help="grid of archs x gains x seeds x layers in resumable chunks (multi-host capable)",
+        description=(
+            "Train (and fit) a grid of architectures x gains x seeds x layers, in chunks that "
+            "are stored atomically as they finish; run the same command again to resume."
+        ),
+    )
+    p.add_argument("--config", default="default", help="base config name (unijax list)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the base config, e.g. --set width=64 (repeatable)")
+    p.add_argument("--archs", type=_csv(str), default=None, help="e.g. mlp,skip (base arch)")
+    p.add_argument("--gains", type=_csv(float), default=None, help="e.g. 0.5,1.0 (base gain)")
+    p.add_argument("--seeds", type=_parse_seeds, default=(0,), help="count, a:b or list (1)")
+    p.add_argument("--layers", type=_csv(int), default=None, help="e.g. 0,1 (base layer)")
+    p.add_argument("--seeds-per-chunk", type=int, default=8)
+    p.add_argument("--gains-per-chunk", type=int, default=1)
+    p.add_argument("--no-fit", action="store_true", help="train only, do not fit rates")
+    p.add_argument("--key", type=int, default=0, help="base PRNG seed (0)")
+    p.add_argument("--out", default="unijax_out/sweep", help="sweep directory")
+    p.add_argument("--fresh", action="store_true",
+                   help="discard unijax's own results in --out first (your files stay)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    _add_distributed_args(p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,29 +396,25 @@ def _configs(args) -> dict[str, Any]:
         )
     mods = {name: experiments.get(name) for name in selected}
     # A --set key must exist in at least one selected experiment; it applies to all that have it.
-    pairs = list(args.sets)
-    keys_by_exp = {name: set(field_types(m.Config)) for name, m in mods.items()}
-    for pair in pairs:
-        key = pair.split("=", 1)[0].strip()
-        if "=" not in pair:
-            raise BadInput(f"--set {pair!r} is malformed: expected key=value")
-        if not any(key in ks for ks in keys_by_exp.values()):
-            valid = sorted(set().union(*keys_by_exp.values()))
-            raise BadInput(
-                f"unknown --set key {key!r} for {', '.join(selected)}; valid keys: "
-                f"{', '.join(valid)}"
-            )
+    pairs = [_split_pair(p) for p in args.sets]
+    keys_by_exp = {name: set(config_keys(m.Config)) for name, m in mods.items()}
+    valid = sorted(set().union(*keys_by_exp.values()))
+    for key, _ in pairs:
+        if key not in valid:
+            raise _unknown_key(key, valid, f" for {', '.join(selected)}")
     out = {}
     for name, mod in mods.items():
         where = f" (experiment {name})"
-        mine = [p for p in pairs if p.split("=", 1)[0].strip() in keys_by_exp[name]]
-        overrides = parse_overrides(mod.Config, mine, where=where)
+        mine = [f"{k}={v}" for k, v in pairs if k in keys_by_exp[name]]
+        overrides = parse_sets(mod.Config, mine, where=where)
         if args.seeds is not None:
             overrides["seeds"] = int(args.seeds)
-        if args.mnist is not None and "mnist" in keys_by_exp[name]:
-            overrides["mnist"] = str(Path(args.mnist).expanduser().resolve())
-        cfg = apply_overrides(mod.presets[args.preset], overrides, where=where)
-        mnist = getattr(cfg, "mnist", None)
+        mnist_key = next((k for k in sorted(keys_by_exp[name])
+                          if k.rsplit(".", 1)[-1] == "mnist"), None)  # E6: mnist; E8: digits.mnist
+        if args.mnist is not None and mnist_key is not None:
+            overrides[mnist_key] = str(Path(args.mnist).expanduser().resolve())
+        cfg = apply_sets(mod.presets[args.preset], overrides, where=where)
+        mnist = _flat_config(cfg).get(mnist_key) if mnist_key else None
         if mnist and not Path(mnist).expanduser().exists():
             raise BadInput(
                 f"MNIST path {mnist!r}{where} does not exist; give a directory of IDX files or "
@@ -269,7 +502,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
     rates = None
     # The rates E4-E8 take from a finished E1/E3 ("auto") are part of the hash their chunks and
     # result are stored under: rerunning E1 makes them recompute instead of reusing stale work.
-    if getattr(mod, "USES_RATES", False) and getattr(cfg, "rates_from", "auto") == "auto":
+    if getattr(mod, "USES_RATES", False) and cfg.rates.source == "auto":
         rates = sync.agree(f"{name}/upstream", lambda: _upstream_rates(store))
         if rates is not None:
             upstream["rates"] = rates
@@ -353,9 +586,9 @@ def cmd_list(args) -> int:
         mod = experiments.get(name)
         print(f"{name}  {mod.TITLE}")
         if args.keys:
-            quick = mod.presets["quick"]
-            for f in dataclasses.fields(quick):
-                print(f"      {f.name} = {getattr(quick, f.name)!r}")
+            flat = _flat_config(mod.presets["quick"])
+            for key in config_keys(mod.Config):
+                print(f"      {key} = {flat[key]!r}")
     print(f"presets: {', '.join(experiments.PRESETS)}  (run: unijax run E3 --preset quick)")
     return 0
 
@@ -406,7 +639,6 @@ def _warn(msg: str) -> None:
 
 def cmd_run(args) -> int:
     from unijax import distributed
-    from unijax.sweep import init_from_args
 
     out = Path(args.out).expanduser()
     try:
@@ -421,7 +653,7 @@ def cmd_run(args) -> int:
     if args.num_processes == 1 and not args.fresh and (msg := _mismatch(store, cfgs)):
         return _fail(msg)  # before JAX starts: a refused resume costs nothing
     try:
-        init_from_args(args)  # no-op for one process
+        _init_distributed(args)  # no-op for one process
     except (ValueError, ConnectionError) as e:
         return _fail(str(e))
 
@@ -509,6 +741,47 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from unijax import configs, distributed, sweep
+    from unijax.configs import TrainConfig
+
+    try:
+        distributed.check_process_args(args.coordinator, args.num_processes, args.process_id)
+        base = configs.get(args.config, **parse_sets(TrainConfig, args.sets,
+                                                     where=" (sweep base config)"))
+        cfg = sweep.SweepConfig(
+            train=base,
+            archs=args.archs or (base.arch,),
+            gains=args.gains or (base.gain,),
+            seeds=args.seeds,
+            layers=args.layers,
+            seeds_per_chunk=args.seeds_per_chunk,
+            gains_per_chunk=args.gains_per_chunk,
+            fit=not args.no_fit,
+            key=args.key,
+        )
+        out = Path(args.out).expanduser().resolve()
+        sweep.check_sweep_dir(cfg, out, fresh=args.fresh)  # refused before any work
+        _init_distributed(args)
+    except (ValueError, ConnectionError) as e:
+        print(f"unijax sweep: error: {e}", file=sys.stderr)
+        return 2
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # as `unijax run`: the fits are float64
+    res = sweep.run_sweep(cfg, out, progress=not args.quiet, fresh=args.fresh)
+    if distributed.is_writer():
+        s = res.summary_dict()
+        print(
+            f"sweep done: {s['n_trials']} trials in {s['n_chunks']} chunks "
+            f"({res.n_computed} computed by this process), {s['n_diverged']} diverged"
+            + (f", {s['n_fit_converged']} layer fits converged" if cfg.fit else "")
+            + f"; results in {out}"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``unijax`` console script; returns the exit status."""
     # The command only writes figures to files: the Agg backend never opens a window and works
@@ -524,7 +797,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             return cmd_run(args)
         if args.command == "sweep":
-            return args.func(args)
+            return cmd_sweep(args)
         return cmd_report(args)
     except BadInput as e:
         return _fail(str(e))

@@ -451,6 +451,15 @@ class Recorder:
         """
         infos = describe_layers(self.model, x, params=params)
         by_name = {i.name: i for i in infos}
+        n_tuple = sum(i.source == "output tuple" for i in infos)
+        for n in self.layers:
+            # An int indexes the returned hiddens; JAX would clamp or wrap it silently.
+            if isinstance(n, (int, np.integer)) and not 0 <= n < n_tuple:
+                raise ValueError(
+                    f"layer={n} is out of range: the model returns {n_tuple} hidden layers"
+                    + (f", indices [0, {n_tuple - 1}]" if n_tuple else
+                       " (an int layer needs a model returning (out, hiddens))")
+                )
         missing = [n for n in self.layers if n not in by_name]
         if missing:
             raise ValueError(

@@ -229,18 +229,18 @@ def summary_dict(result: Any) -> dict[str, Any]:
             "compile_s": result.compile_s, "init_s": result.init_s, "run_s": result.run_s,
         }
     if isinstance(result, fit.RateFit):
-        conv = np.atleast_1d(np.asarray(result.converged))
-        m = result.mean_over_converged()
-        r2 = np.atleast_2d(np.asarray(result.r2))[conv]
+        use = np.atleast_1d(np.asarray(result.usable))
+        m = result.mean_over_usable()
+        r2 = np.atleast_2d(np.asarray(result.r2))[use]
+        count = lambda x: int(np.sum(np.asarray(x)))  # noqa: E731
         return {
-            "type": "RateFit", "n_trials": int(conv.size), "n_converged": int(conv.sum()),
-            "n_failed_optimizer": int((~np.atleast_1d(np.asarray(result.optimizer_ok))).sum()),
-            "n_failed_ode": int((~np.atleast_1d(np.asarray(result.ode_ok))).sum()),
-            "n_not_identified": int((~np.atleast_1d(np.asarray(result.identified))).sum()),
+            "type": "RateFit", "n_trials": int(use.size), "n_usable": int(use.sum()),
+            "n_converged": count(result.converged), "n_identified": count(result.identified),
+            "n_good_fit": count(result.good_fit), "status_counts": result.status_counts(),
             "eta_h_mean": _num(m.eta_h), "eta_y_mean": _num(m.eta_y),
             "eta_h_std": _num(m.std_eta_h), "eta_y_std": _num(m.std_eta_y),
             "median_r2": dict(zip("hyw", (_num(v) for v in np.nanmedian(r2, axis=0)),
-                                  strict=True)) if conv.any() else None,
+                                  strict=True)) if use.any() else None,
         }
     if isinstance(result, fit.MeanFit):
         conv = np.atleast_1d(np.asarray(result.converged))
@@ -328,8 +328,9 @@ def _arrays(result: Any, *, grid: Any = None, ts: Any = None) -> tuple[dict, dic
             raise ValueError(f"grid has {int(np.prod(shape))} trials ({dims}), the fit "
                              f"{result.n_trials}")
         out = {k: (dims, lead(getattr(result, k))) for k in (
-            "eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "sse", "converged",
-            "optimizer_ok", "ode_ok", "identified", "n_iters", "n_ode_steps")}
+            "eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "sse", "status", "converged",
+            "identified", "good_fit", "ode_ok", "step_budget_hit", "max_steps", "n_iters",
+            "n_ode_steps")}
         out["r2"] = (dims + ["variable"], lead(result.r2))
         out["z0_fit"] = (dims + ["variable"], lead(result.z0_fit))
         coords["variable"] = var

@@ -47,7 +47,6 @@ writes the merged result after a barrier, and every process returns it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import math
@@ -60,23 +59,17 @@ import numpy as np
 
 from . import nets
 from ._store import (
-    ConfigMismatchError,
     ResultStore,
-    canonical_json,
     claim_dir,
     config_hash,
-    config_to_dict,
-    diff_configs,
 )
 from .configs import TrainConfig
 
 __all__ = [
     "SweepConfig",
     "SweepResult",
-    "add_cli",
-    "add_distributed_args",
+    "check_sweep_dir",
     "chunk_plan",
-    "init_from_args",
     "load_sweep",
     "run_sweep",
 ]
@@ -436,35 +429,22 @@ def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _check_resume(store: ResultStore, name: str, cfg: SweepConfig) -> str:
     """The config hash; refuses a directory holding another config, naming dotted keys."""
-    h = config_hash(cfg)
-    old = store.stored_config(name)
-    if old is not None and old.get("config_hash") != h:
-        old_flat = _flat(old.get("config", {}))
-        new_flat = _flat(config_to_dict(cfg))
-        keys = diff_configs(old_flat, new_flat)
-        shown = ", ".join(
-            f"{k} (stored {canonical_json(old_flat.get(k))}, now {canonical_json(new_flat.get(k))})"
-            for k in keys
-        )
-        raise ConfigMismatchError(
-            f"{store.exp_dir(name)} holds a sweep run with a different config; differing keys: "
-            f"{shown or '(code version)'}. Use another output directory, or fresh=True "
-            "(--fresh) to discard the old results.",
-            keys,
-        )
-    return h
+    return store.check(name, cfg, what="a sweep run with a different config",
+                       advice="Use another output directory, or fresh=True (--fresh) to "
+                       "discard the old results.")
+
+
+def check_sweep_dir(cfg: SweepConfig, outdir: str | Path, *, fresh: bool = False) -> None:
+    """Refuse, before any work and writing nothing, an ``outdir`` that :func:`run_sweep` would
+    refuse: one unijax did not write (:class:`~unijax._store.ForeignDataError`) or, unless
+    ``fresh``, one holding a sweep of another config (:class:`~unijax._store.ConfigMismatchError`,
+    naming the dotted keys)."""
+    outdir = Path(outdir).expanduser().resolve()
+    claim_dir(outdir, "sweep", dry_run=True)
+    if not fresh:
+        _check_resume(ResultStore(outdir.parent), outdir.name, cfg)
 
 
 _BARRIERS = itertools.count()
@@ -635,179 +615,3 @@ def load_sweep(outdir: str | Path) -> SweepResult:
             "damaged)."
         )
     return _result(cfg, got[0], len(chunk_plan(cfg)), 0)
-
-
-# ---------------------------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------------------------
-
-
-def add_distributed_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--coordinator HOST:PORT --num-processes N --process-id I --dist-timeout S``."""
-    from .distributed import DEFAULT_TIMEOUT_S
-
-    g = parser.add_argument_group(
-        "multi-host (jax.distributed; start one process per host with the same "
-        "--coordinator and --num-processes)"
-    )
-    g.add_argument(
-        "--coordinator",
-        metavar="HOST:PORT",
-        default=None,
-        help="address of process 0 (which hosts the coordinator), reachable by all processes",
-    )
-    g.add_argument(
-        "--num-processes", type=int, default=1, metavar="N", help="number of processes (1)"
-    )
-    g.add_argument(
-        "--process-id", type=int, default=0, metavar="I", help="this process, in [0, N) (0)"
-    )
-    g.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="S",
-        help=f"seconds to wait for the coordinator / other processes ({DEFAULT_TIMEOUT_S:g})",
-    )
-
-
-def init_from_args(args: argparse.Namespace) -> None:
-    """Validate the distributed arguments and call :func:`unijax.distributed.initialize`.
-
-    Call it before any JAX computation. Raises ValueError (bad arguments, before any work) or
-    :class:`unijax.distributed.CoordinatorUnreachableError`.
-    """
-    from . import distributed
-
-    distributed.initialize(
-        args.coordinator,
-        args.num_processes,
-        args.process_id,
-        timeout_s=args.dist_timeout,
-    )
-
-
-def _parse_value(text: str):
-    low = text.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _parse_seeds(text: str) -> tuple[int, ...]:
-    """``"16"`` (count: 0..15), ``"4:12"`` (range) or ``"0,3,7"`` (list)."""
-    try:
-        if ":" in text:
-            a, b = text.split(":")
-            return tuple(range(int(a), int(b)))
-        if "," in text:
-            return tuple(int(v) for v in text.split(",") if v)
-        return tuple(range(int(text)))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seeds {text!r}: give a count (16), a range (4:12) or a list (0,3,7)"
-        ) from None
-
-
-def _csv(conv):
-    def parse(text: str):
-        try:
-            return tuple(conv(v) for v in text.split(",") if v)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"cannot parse {text!r} as a comma list") from None
-
-    return parse
-
-
-def add_cli(subparsers) -> argparse.ArgumentParser:
-    """Register the ``sweep`` subcommand on an ``argparse`` subparsers object.
-
-    ``unijax sweep --config default --set width=64 --set epochs=2000 --archs mlp,skip
-    --gains 0.5,1,1.5 --seeds 64 --layers 1,2 --out runs/sweep1`` (add the multi-host
-    arguments of :func:`add_distributed_args` on each host). Returns the subparser.
-    """
-    p = subparsers.add_parser(
-        "sweep",
-        help="grid of archs x gains x seeds x layers in resumable chunks (multi-host capable)",
-        description=(
-            "Train (and fit) a grid of architectures x gains x seeds x layers, in chunks that "
-            "are stored atomically as they finish; run the same command again to resume."
-        ),
-    )
-    p.add_argument("--config", default="default", help="base config name (unijax list)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field of the base config, e.g. --set width=64 (repeatable)",
-    )
-    p.add_argument("--archs", type=_csv(str), default=None, help="e.g. mlp,skip (base arch)")
-    p.add_argument("--gains", type=_csv(float), default=None, help="e.g. 0.5,1.0 (base gain)")
-    p.add_argument("--seeds", type=_parse_seeds, default=(0,), help="count, a:b or list (1)")
-    p.add_argument("--layers", type=_csv(int), default=None, help="e.g. 0,1 (base layer)")
-    p.add_argument("--seeds-per-chunk", type=int, default=8)
-    p.add_argument("--gains-per-chunk", type=int, default=1)
-    p.add_argument("--no-fit", action="store_true", help="train only, do not fit rates")
-    p.add_argument("--key", type=int, default=0, help="base PRNG seed (0)")
-    p.add_argument("--out", default="unijax_out/sweep", help="sweep directory")
-    p.add_argument("--fresh", action="store_true",
-                   help="discard unijax's own results in --out first (your files stay)")
-    p.add_argument("--quiet", action="store_true", help="no progress lines")
-    add_distributed_args(p)
-    p.set_defaults(func=_cmd_sweep)
-    return p
-
-
-def _cmd_sweep(args: argparse.Namespace) -> int:
-    from . import configs, distributed
-
-    try:
-        distributed.check_process_args(args.coordinator, args.num_processes, args.process_id)
-        overrides = {}
-        for item in args.set:
-            if "=" not in item:
-                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
-            k, v = item.split("=", 1)
-            overrides[k.strip()] = _parse_value(v.strip())
-        base = configs.get(args.config, **overrides)
-        cfg = SweepConfig(
-            train=base,
-            archs=args.archs or (base.arch,),
-            gains=args.gains or (base.gain,),
-            seeds=args.seeds,
-            layers=args.layers,
-            seeds_per_chunk=args.seeds_per_chunk,
-            gains_per_chunk=args.gains_per_chunk,
-            fit=not args.no_fit,
-            key=args.key,
-        )
-        out = Path(args.out).expanduser().resolve()
-        claim_dir(out, "sweep", dry_run=True)  # a foreign directory: refused before any work
-        if not args.fresh:
-            _check_resume(ResultStore(out.parent), out.name, cfg)
-        init_from_args(args)
-    except (ValueError, ConnectionError) as e:
-        print(f"unijax sweep: error: {e}", file=sys.stderr)
-        return 2
-
-    import jax
-
-    jax.config.update("jax_enable_x64", True)  # as `unijax run`: the fits are float64
-    res = run_sweep(cfg, out, progress=not args.quiet, fresh=args.fresh)
-    if distributed.is_writer():
-        s = res.summary_dict()
-        print(
-            f"sweep done: {s['n_trials']} trials in {s['n_chunks']} chunks "
-            f"({res.n_computed} computed by this process), {s['n_diverged']} diverged"
-            + (f", {s['n_fit_converged']} layer fits converged" if cfg.fit else "")
-            + f"; results in {out}"
-        )
-    return 0

@@ -1,12 +1,15 @@
-"""Helpers shared by the experiment modules: config parsing/validation, results <-> arrays,
-statistics over seeds, progress and caching protocols.
+"""Helpers shared by the experiment modules: config validation, results <-> arrays,
+statistics over seeds, progress and caching protocols (``--set`` is parsed by
+:mod:`unijax.cli`).
 
 An experiment module defines
 
 * ``NAME`` (``"E3"``), ``TITLE``, ``CLAIM`` (what the paper predicts, one or two sentences);
 * ``Config``: a frozen dataclass; every field has a type among ``int``, ``float``, ``bool``,
-  ``str``, ``str | None``, ``tuple[str, ...]``, ``tuple[float, ...]``, ``tuple[int, ...]``, and
-  ``__post_init__`` raises ``ValueError`` naming the field, its value and the valid range;
+  ``str``, ``str | None``, ``tuple[str, ...]``, ``tuple[float, ...]``, ``tuple[int, ...]``, or
+  is a nested frozen dataclass of such fields (a block, e.g. ``rates``, set as
+  ``--set rates.epochs=400``), and ``__post_init__`` raises ``ValueError`` naming the field
+  (dotted inside a block), its value and the valid range;
 * ``presets``: ``{"quick": Config(...), "paper": Config(...), "tiny": Config(...)}``;
 * ``run(config, *, key, progress=no_progress, cache=memory_cache(), upstream=None) -> Result``:
   a pure function of the config and the key (``cache`` only memoizes named pieces of work);
@@ -19,8 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,9 +35,6 @@ __all__ = [
     "Progress",
     "no_progress",
     "memory_cache",
-    "parse_overrides",
-    "apply_overrides",
-    "field_types",
     "result_to_arrays",
     "result_from_arrays",
     "spread",
@@ -113,102 +111,6 @@ def check_choices(name: str, values: Sequence[str], choices: Sequence[str]) -> N
     repeated = sorted({v for v in values if list(values).count(v) > 1})
     if repeated:
         raise ValueError(f"{name} repeats {', '.join(map(repr, repeated))}: each may appear once")
-
-
-# ---------------------------------------------------------------------------------------------
-# --set key=value parsing
-# ---------------------------------------------------------------------------------------------
-
-
-def field_types(config_cls: type) -> dict[str, Any]:
-    """Field name -> resolved type annotation of a config dataclass."""
-    hints = typing.get_type_hints(config_cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(config_cls)}
-
-
-def _type_name(tp: Any) -> str:
-    if tp in (int, float, bool, str):
-        return tp.__name__
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) is tuple:
-        return f"comma-separated list of {_type_name(args[0])}"
-    if type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        return f"{_type_name(inner[0])} or none"
-    return str(tp)
-
-
-def _parse_scalar(tp: Any, text: str) -> Any:
-    t = text.strip()
-    if tp is bool:
-        low = t.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError("expected true or false")
-    if tp is int:
-        try:
-            return int(t)
-        except ValueError:
-            f = float(t)  # accept "1e3" for integers when exact
-            if f.is_integer():
-                return int(f)
-            raise ValueError("expected an integer") from None
-    if tp is float:
-        return float(t)
-    if tp is str:
-        return t
-    raise ValueError(f"unsupported field type {tp}")
-
-
-def parse_value(tp: Any, text: str) -> Any:
-    """Convert the text of ``--set key=value`` to the field type ``tp`` (raises ValueError)."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is tuple:
-        items = [s for s in text.split(",") if s.strip()]
-        return tuple(_parse_scalar(args[0], s) for s in items)
-    if origin in (typing.Union, types.UnionType) and type(None) in args:
-        if text.strip().lower() in ("none", "null", ""):
-            return None
-        inner = [a for a in args if a is not type(None)][0]
-        return parse_value(inner, text)
-    return _parse_scalar(tp, text)
-
-
-def parse_overrides(config_cls: type, pairs: Sequence[str], *, where: str = "") -> dict[str, Any]:
-    """``["key=value", ...]`` -> ``{key: typed value}`` for ``config_cls``.
-
-    Raises:
-        BadInput: malformed pair, unknown key (lists the valid keys), or a value that does not
-            parse as the field's type (names the type).
-    """
-    types_ = field_types(config_cls)
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise BadInput(f"--set {pair!r} is malformed: expected key=value")
-        key, text = pair.split("=", 1)
-        key = key.strip()
-        if key not in types_:
-            raise BadInput(
-                f"unknown --set key {key!r}{where}; valid keys: {', '.join(sorted(types_))}"
-            )
-        try:
-            out[key] = parse_value(types_[key], text)
-        except ValueError as e:
-            raise BadInput(
-                f"--set {key}={text!r}{where}: not a valid {_type_name(types_[key])} ({e})"
-            ) from None
-    return out
-
-
-def apply_overrides(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
-    """``dataclasses.replace(config, **overrides)``; a ValueError from validation -> BadInput."""
-    try:
-        return dataclasses.replace(config, **overrides)
-    except (ValueError, TypeError) as e:
-        raise BadInput(f"{str(e).rstrip('.')}{where}") from None
 
 
 # ---------------------------------------------------------------------------------------------

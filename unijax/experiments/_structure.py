@@ -7,24 +7,54 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["RateSettings", "sq_dists", "get_rates", "classical_mds", "offdiag"]
+from unijax.experiments import _twopoint as tp
+from unijax.experiments._common import check_choice, check_float, check_int
+
+__all__ = ["RateSettings", "QUICK_RATES", "TINY_RATES", "sq_dists", "get_rates", "classical_mds",
+           "offdiag"]
 
 
 @dataclasses.dataclass(frozen=True)
 class RateSettings:
-    """How a structure experiment gets the default architecture's ``(eta_h, eta_y)``.
+    """How a structure experiment gets the default architecture's ``(eta_h, eta_y)``: the
+    ``rates`` block of E4, E5, E6 and E8 (``--set rates.epochs=400``).
 
-    ``rates_from="auto"`` takes them from a finished E3 or E1 in the same output directory
-    (``upstream["rates"]``, supplied by the CLI) and otherwise fits them itself on the
-    ``default`` two-point row at the sizes below; ``"fit"`` always fits them itself.
+    Attributes:
+        source: ``"auto"`` takes them from a finished E3 or E1 in the same output directory
+            (``upstream["rates"]``, supplied by the CLI) and otherwise fits them on the
+            ``default`` two-point row at the sizes below; ``"fit"`` always fits them here.
+        width: hidden units of that fit's networks (None: the paper's 500).
+        max_depth: cap on their hidden layers (None: the paper's 20).
+        epochs: epochs of the two-point runs (>= the fit's sampled points).
+        time_scale: learning-rate multiplier beyond the width rescaling (epochs divided by it).
+        seeds: trials fitted; the rates are the mean over those that pass the fit criterion.
+
+    Raises:
+        ValueError: a value out of range, naming the dotted key (``rates.epochs``).
     """
 
-    rates_from: str = "auto"
+    source: str = "auto"
     width: int | None = None
     max_depth: int | None = None
     epochs: int = 6000
     time_scale: float = 1.0
-    seeds: int = 4
+    seeds: int = 10
+
+    def __post_init__(self):
+        check_choice("rates.source", self.source, ("auto", "fit"))
+        for f in ("width", "max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f"rates.{f}", getattr(self, f), 1)
+        check_int("rates.epochs", self.epochs, 1)
+        check_float("rates.time_scale", self.time_scale)
+        check_int("rates.seeds", self.seeds, 1)
+
+
+#: The ``rates`` block of the ``quick`` presets: width 64, four seeds.
+QUICK_RATES = RateSettings(width=64, epochs=6000, time_scale=1.0, seeds=4)
+#: The ``rates`` block of the ``tiny`` presets: width 16, at most 4 hidden layers, the fit's
+#: minimum of epochs, two seeds.
+TINY_RATES = RateSettings(width=16, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2)
 
 
 def sq_dists(H: Any) -> np.ndarray:
@@ -40,7 +70,7 @@ def sq_dists(H: Any) -> np.ndarray:
 
 def get_rates(settings: RateSettings, *, upstream, key, progress, cache) -> dict:
     """``{"eta_h", "eta_y", "n", "width", "depth", "source"}`` (see :class:`RateSettings`)."""
-    if settings.rates_from == "auto" and upstream and upstream.get("rates"):
+    if settings.source == "auto" and upstream and upstream.get("rates"):
         r = dict(upstream["rates"])
         r.setdefault("source", "upstream")
         r["source"] = f"default architecture, from {r['source']}"
@@ -79,12 +109,3 @@ def offdiag(M: Any) -> np.ndarray:
     n = M.shape[-1]
     iu = np.triu_indices(n, 1)
     return M[..., iu[0], iu[1]]
-
-
-def rate_settings_check(rs: RateSettings) -> None:
-    from unijax.experiments._common import check_choice, check_float, check_int
-
-    check_choice("rates_from", rs.rates_from, ("auto", "fit"))
-    check_int("epochs", rs.epochs, 1)
-    check_float("time_scale", rs.time_scale)
-    check_int("seeds", rs.seeds, 1)

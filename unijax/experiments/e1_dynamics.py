@@ -73,6 +73,8 @@ class Config:
         conv_layout: the ``convolution`` row's layout, ``"unijax"`` (the text's L + 1 maps:
             L - 1 convolutions) or ``"authors"`` (the authors' code: L + 1 convolutions, 11 at
             the paper's L = 10; observed at hidden layer L // 2 of L + 2), see ``unijax.nets``.
+        optimizer, lr: every row's optimizer (``"sgd"``, the paper's, or ``"adam"``: E8) and
+            learning rate (None: the table's, rescaled for ``width`` and ``time_scale``).
     """
 
     rows: tuple[str, ...] = tp.TABLE1
@@ -88,6 +90,7 @@ class Config:
     dx2: float = 1.0
     dy2: float = 0.5
     optimizer: str = "sgd"
+    lr: float | None = None
     fit_initial: bool = False
     dropout_layer: int | None = None
     conv_layout: str = "unijax"
@@ -112,6 +115,8 @@ class Config:
         check_float("dy2", self.dy2)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r} is invalid; valid choices: sgd, adam")
+        if self.lr is not None:
+            check_float("lr", self.lr)
 
 
 #: The hidden layer of the dropout network that the authors' code observed (of 10).
@@ -229,6 +234,8 @@ def row_configs(config: Config):
                 **extra,
             )
         )
+    if config.lr is not None:
+        out = [c.replace(lr=config.lr) for c in out]
     return out
 
 

@@ -89,9 +89,9 @@ class Config:
             (PyTorch's ``nn.MSELoss()``, the authors' notebook).
         seeds: trials per row; seed: base random seed.
         loss_threshold: a trial with a final loss above this did not converge (excluded).
-        rates_*: how the default architecture's rates are obtained (see
-            ``_structure.RateSettings``): ``rates_from`` ``auto`` (E3/E1 result in the same
-            output directory, else fitted here) or ``fit``.
+        rates: how the default architecture's rates are obtained (``rates.source``:
+            ``auto``, an E3/E1 result in the same output directory, else fitted here at the
+            block's sizes; or ``fit``), see ``_structure.RateSettings``.
     """
 
     rows: tuple[str, ...] = XOR_ROWS
@@ -106,17 +106,11 @@ class Config:
     seeds: int = 10
     seed: int = 0
     loss_threshold: float = 1e-3
-    rates_from: str = "auto"
-    rates_width: int | None = None
-    rates_max_depth: int | None = None
-    rates_epochs: int = 6000
-    rates_time_scale: float = 1.0
-    rates_seeds: int = 10
+    rates: st.RateSettings = st.RateSettings()
 
     def __post_init__(self):
         check_choices("rows", self.rows, XOR_ROWS)
-        for f in ("width", "max_depth", "low_epochs", "two_layer_epochs", "rates_width",
-                  "rates_max_depth"):
+        for f in ("width", "max_depth", "low_epochs", "two_layer_epochs"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
         check_float("time_scale", self.time_scale)
@@ -128,11 +122,6 @@ class Config:
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("loss_threshold", self.loss_threshold)
-        st.rate_settings_check(self.rate_settings())
-
-    def rate_settings(self) -> st.RateSettings:
-        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
-                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
 
 
 presets = {
@@ -140,12 +129,10 @@ presets = {
     "paper": Config(nonlinearity="relu", loss="mse", low_gain=0.85, low_epochs=3000,
                     two_layer_epochs=2000),
     "quick": Config(width=64, nonlinearity="relu", loss="mse", low_gain=0.85, low_epochs=3000,
-                    two_layer_epochs=2000, time_scale=1.0, seeds=6, rates_width=64,
-                    rates_epochs=6000, rates_time_scale=1.0, rates_seeds=4),
+                    two_layer_epochs=2000, time_scale=1.0, seeds=6, rates=st.QUICK_RATES),
     "tiny": Config(rows=("xor_low_weights", "xor_2_layers"), width=16, max_depth=4,
                    low_gain=0.5, low_epochs=600, two_layer_epochs=1000, time_scale=1.0,
-                   seeds=3, rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
-                   rates_time_scale=2.0, rates_seeds=2),
+                   seeds=3, rates=st.TINY_RATES),
 }
 
 
@@ -285,7 +272,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
 
     cache = cache or memory_cache()
     k_rates, k_train = jax.random.split(key)
-    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+    rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     ds = data.xor()
     cfgs = row_configs(config, optimizer=optimizer, lr=lr)

@@ -77,7 +77,7 @@ class Config:
         seeds, seed: trials per row and base seed.
         loss_threshold: final loss above this = not converged (excluded, counted).
         mds_points: points shown in the 3-D MDS views (evenly subsampled).
-        rates_*: see :class:`unijax.experiments.e4_xor.Config`.
+        rates: see :class:`unijax.experiments.e4_xor.Config`.
         nonlinearities: every row is trained with each of these (the text: ``"tanh"``; the
             authors' notebook: ``"leaky_relu"``).
     """
@@ -91,18 +91,13 @@ class Config:
     seed: int = 0
     loss_threshold: float = 1e-3
     mds_points: int = 600
-    rates_from: str = "auto"
-    rates_width: int | None = None
-    rates_max_depth: int | None = None
-    rates_epochs: int = 6000
-    rates_time_scale: float = 1.0
-    rates_seeds: int = 10
+    rates: st.RateSettings = st.RateSettings()
     nonlinearities: tuple[str, ...] = ("tanh",)
 
     def __post_init__(self):
         check_choices("rows", self.rows, BLOB_ROWS)
         check_choices("nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
-        for f in ("width", "epochs", "rates_width", "rates_max_depth"):
+        for f in ("width", "epochs"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
         check_float("time_scale", self.time_scale)
@@ -111,11 +106,6 @@ class Config:
         check_int("seed", self.seed, 0)
         check_float("loss_threshold", self.loss_threshold)
         check_int("mds_points", self.mds_points, 4)
-        st.rate_settings_check(self.rate_settings())
-
-    def rate_settings(self) -> st.RateSettings:
-        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
-                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
 
 
 #: The text's nonlinearity and the one the authors' notebook trained (the model's default).
@@ -124,12 +114,10 @@ BOTH = ("leaky_relu", "tanh")
 presets = {
     # Unknown which version made the figures: the authors' leaky ReLU and the text's tanh.
     "paper": Config(nonlinearities=BOTH),
-    "quick": Config(seeds=2, rates_width=64, rates_epochs=6000, rates_time_scale=1.0,
-                    rates_seeds=4, nonlinearities=BOTH),
+    "quick": Config(seeds=2, rates=st.QUICK_RATES, nonlinearities=BOTH),
     "tiny": Config(rows=("blobs_low_weights", "blobs_high_weights"), width=16, time_scale=4.0,
                    epochs=300, n_grid=6, seeds=2, loss_threshold=0.25, mds_points=72,
-                   rates_width=16, rates_max_depth=4, rates_epochs=tp.FIT_POINTS,
-                   rates_time_scale=2.0, rates_seeds=2),
+                   rates=st.TINY_RATES),
 }
 
 
@@ -255,7 +243,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
 
     cache = cache or memory_cache()
     k_rates, k_train = jax.random.split(key)
-    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+    rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     ds = data.blobs(n_grid=config.n_grid)
     cfgs = row_configs(config, optimizer=optimizer, lr=lr)

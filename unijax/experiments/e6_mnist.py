@@ -78,7 +78,7 @@ class Config:
         n_structure: leading training points whose distances are compared (paper 100).
         loss_threshold: final loss above this = not converged (excluded, counted); 0.02 is
             well below the plateau of predicting the mean one-hot vector (0.045).
-        rates_*: the default architecture's rates, used for the secondary prediction with
+        rates: the default architecture's rates, used for the secondary prediction with
             the constant ``sqrt(eta_h / eta_y)`` kept (see ``e4_xor.Config``).
         normalize: standardize the inputs as ``(x - 0.1307) / 0.3081`` (the authors'
             ``Normalize``; MNIST's pixel mean and std, applied to the 8x8 digits alike).
@@ -102,12 +102,7 @@ class Config:
     seed: int = 0
     n_structure: int = 100
     loss_threshold: float = 0.02
-    rates_from: str = "auto"
-    rates_width: int | None = None
-    rates_max_depth: int | None = None
-    rates_epochs: int = 6000
-    rates_time_scale: float = 1.0
-    rates_seeds: int = 10
+    rates: st.RateSettings = st.RateSettings()
     normalize: bool = False
     structure_optimizer: str = "sgd"
     structure_lr: float | None = None
@@ -131,7 +126,7 @@ class Config:
         check_float("dyn_lr", self.dyn_lr)
         check_int("dyn_epochs", self.dyn_epochs, tp.FIT_POINTS)
         check_int("authors_points", self.authors_points, 2)
-        for f in ("n_train", "width", "epochs", "rates_width", "rates_max_depth"):
+        for f in ("n_train", "width", "epochs"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
         if self.epochs is not None:
@@ -146,11 +141,6 @@ class Config:
             if not Path(self.mnist).expanduser().exists():
                 raise ValueError(f"mnist={self.mnist!r} does not exist: give a directory of "
                                  "IDX files or an .npz, or leave it empty for the 8x8 digits")
-        st.rate_settings_check(self.rate_settings())
-
-    def rate_settings(self) -> st.RateSettings:
-        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
-                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
 
 
 #: torchvision ``Normalize`` constants of the authors' code (MNIST's pixel mean and std).
@@ -161,11 +151,9 @@ presets = {
     # Adam over 10 trials, the trajectories from their own SGD run.
     "paper": Config(normalize=True, structure_optimizer="adam", structure_seeds=10,
                     dynamics="separate"),
-    "quick": Config(epochs=300, time_scale=50.0, seeds=3, rates_width=64, rates_epochs=6000,
-                    rates_time_scale=1.0, rates_seeds=4),
+    "quick": Config(epochs=300, time_scale=50.0, seeds=3, rates=st.QUICK_RATES),
     "tiny": Config(n_train=256, width=16, epochs=tp.FIT_POINTS, time_scale=4.0, seeds=2,
-                   n_structure=40, loss_threshold=0.05, rates_width=16, rates_max_depth=4,
-                   rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0, rates_seeds=2),
+                   n_structure=40, loss_threshold=0.05, rates=st.TINY_RATES),
 }
 
 
@@ -307,7 +295,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
 
     cache = cache or memory_cache()
     k_rates, k_train = jax.random.split(key)
-    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+    rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     ds = load(config)
     labels_all = np.asarray(ds.labels)

@@ -48,99 +48,147 @@ USES_RATES = True
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """E8 settings: each part's rows, Adam learning rate and epochs.
+class DynPart:
+    """The E1 part (``dyn.*``): E1's two-point runs with Adam.
 
     Attributes:
-        seeds, seed: trials per row and base seed.
+        rows: Table 1 rows; lr: Adam's learning rate (every row); epochs: training epochs.
+    """
+
+    rows: tuple[str, ...] = ("default",)
+    lr: float = 1e-4
+    epochs: int = 6000
+
+    def __post_init__(self):
+        check_choices("dyn.rows", self.rows, tp.TABLE1)
+        check_float("dyn.lr", self.lr)
+        check_int("dyn.epochs", self.epochs, tp.FIT_POINTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class XorPart:
+    """The E4 part (``xor.*``): E4's XOR rows with Adam.
+
+    Attributes:
+        rows: Table 2 XOR rows (empty: the part is skipped); lr: Adam's learning rate.
+        epochs: epochs of the low-weight row (the other rows keep the table's).
+        low_gain: gain of the low-weight row (None: the table's 0.7).
+        nonlinearity, loss: as :class:`unijax.experiments.e4_xor.Config` (None: the table's
+            nonlinearity).
+    """
+
+    rows: tuple[str, ...] = ("xor_low_weights", "xor_high_weights")
+    lr: float = 1e-4
+    epochs: int = 1000
+    low_gain: float | None = None
+    nonlinearity: str | None = None
+    loss: str = "half_mse"
+
+    def __post_init__(self):
+        if self.rows:  # an empty tuple skips the part
+            check_choices("xor.rows", self.rows, e4.XOR_ROWS)
+        check_float("xor.lr", self.lr)
+        check_int("xor.epochs", self.epochs, 1)
+        if self.low_gain is not None:
+            check_float("xor.low_gain", self.low_gain)
+        if self.nonlinearity is not None:
+            check_choice("xor.nonlinearity", self.nonlinearity, tuple(nets.NONLINEARITIES))
+        check_choice("xor.loss", self.loss, e4.LOSSES)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlobsPart:
+    """The E5 part (``blobs.*``): E5's blobs with Adam.
+
+    Attributes:
+        rows: blob rows (empty: the part is skipped); lr: Adam's learning rate; epochs: every
+            row's epochs; n_grid: blob positions per axis; width: hidden units (None: the
+            paper's 100); nonlinearities: as :class:`unijax.experiments.e5_blobs.Config`.
+        loss_threshold: final loss above this = not converged (Adam at a constant rate keeps
+            a mini-batch noise floor near 1e-3 there).
+    """
+
+    rows: tuple[str, ...] = ("blobs_low_weights", "blobs_high_weights")
+    lr: float = 1e-3
+    epochs: int = 500
+    n_grid: int = 30
+    width: int | None = None
+    nonlinearities: tuple[str, ...] = ("tanh",)
+    loss_threshold: float = 3e-3
+
+    def __post_init__(self):
+        if self.rows:
+            check_choices("blobs.rows", self.rows, e5.BLOB_ROWS)
+        check_float("blobs.lr", self.lr)
+        check_int("blobs.epochs", self.epochs, 1)
+        check_int("blobs.n_grid", self.n_grid, 2, 200)
+        if self.width is not None:
+            check_int("blobs.width", self.width, 1)
+        check_choices("blobs.nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
+        check_float("blobs.loss_threshold", self.loss_threshold)
+
+
+@dataclasses.dataclass(frozen=True)
+class DigitsPart:
+    """The E6 part (``digits.*``): E6's digits with Adam (E6's loss threshold, 0.02).
+
+    Attributes:
+        enabled: run the part; lr: Adam's learning rate; epochs: training epochs.
+        mnist: MNIST directory or .npz (None: the bundled 8x8 digits); n_train: training
+            points (None: all); width: hidden units (None: E6's).
+    """
+
+    enabled: bool = True
+    lr: float = 1e-3
+    epochs: int = 500
+    mnist: str | None = None
+    n_train: int | None = None
+    width: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise ValueError(f"digits.enabled={self.enabled!r} is invalid: must be true or false")
+        check_float("digits.lr", self.lr)
+        check_int("digits.epochs", self.epochs, tp.FIT_POINTS)
+        for f in ("n_train", "width"):
+            if getattr(self, f) is not None:
+                check_int(f"digits.{f}", getattr(self, f), 1)
+        if self.mnist and not Path(self.mnist).expanduser().exists():
+            raise ValueError(f"digits.mnist={self.mnist!r} does not exist: give a directory of "
+                             "IDX files or an .npz, or leave it empty for the 8x8 digits")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """E8 settings: the Adam variant of E1, E4, E5 and E6, one block per part.
+
+    Attributes:
+        seeds, seed: trials per row (every part) and base seed.
         width, max_depth: sizes of the two-point and XOR networks (None: the paper's).
-        dyn_rows, dyn_lr, dyn_epochs: E1 part (two-point rows).
-        xor_rows, xor_lr, xor_epochs, xor_low_gain: E4 part (no rows: part skipped).
-        blobs_rows, blobs_lr, blobs_epochs, blobs_n_grid, blobs_width: E5 part (no rows:
-            skipped).
-        digits, digits_lr, digits_epochs, mnist, n_train, digits_width: E6 part (skipped when
-            ``digits`` is false).
-        loss_threshold: final loss above this = not converged (XOR); blobs_loss_threshold
-            for the blobs (Adam at a constant rate keeps a mini-batch noise floor near 1e-3
-            there); digits use E6's 0.02.
-        rates_*: the default architecture's SGD rates used for the predictions (as E4).
-        xor_nonlinearity, xor_loss: the XOR part's nonlinearity (None: the table's) and loss
-            (see :class:`unijax.experiments.e4_xor.Config`).
-        blobs_nonlinearities: the blob part's nonlinearities (see
-            :class:`unijax.experiments.e5_blobs.Config`).
+        loss_threshold: final loss above this = not converged (XOR).
+        rates: the default architecture's SGD rates used for the predictions (as E4).
+        dyn, xor, blobs, digits: the parts (:class:`DynPart`, :class:`XorPart`,
+            :class:`BlobsPart`, :class:`DigitsPart`), set as ``--set xor.lr=1e-3``.
     """
 
     seeds: int = 4
     seed: int = 0
     width: int | None = None
     max_depth: int | None = None
-    dyn_rows: tuple[str, ...] = ("default",)
-    dyn_lr: float = 1e-4
-    dyn_epochs: int = 6000
-    xor_rows: tuple[str, ...] = ("xor_low_weights", "xor_high_weights")
-    xor_lr: float = 1e-4
-    xor_epochs: int = 1000
-    xor_low_gain: float | None = None
-    blobs_rows: tuple[str, ...] = ("blobs_low_weights", "blobs_high_weights")
-    blobs_lr: float = 1e-3
-    blobs_epochs: int = 500
-    blobs_n_grid: int = 30
-    blobs_width: int | None = None
-    digits: bool = True
-    digits_lr: float = 1e-3
-    digits_epochs: int = 500
-    mnist: str | None = None
-    n_train: int | None = None
-    digits_width: int | None = None
     loss_threshold: float = 1e-3
-    blobs_loss_threshold: float = 3e-3
-    rates_from: str = "auto"
-    rates_width: int | None = None
-    rates_max_depth: int | None = None
-    rates_epochs: int = 6000
-    rates_time_scale: float = 1.0
-    rates_seeds: int = 10
-    xor_nonlinearity: str | None = None
-    xor_loss: str = "half_mse"
-    blobs_nonlinearities: tuple[str, ...] = ("tanh",)
+    rates: st.RateSettings = st.RateSettings()
+    dyn: DynPart = DynPart()
+    xor: XorPart = XorPart()
+    blobs: BlobsPart = BlobsPart()
+    digits: DigitsPart = DigitsPart()
 
     def __post_init__(self):
         check_int("seeds", self.seeds, 1)
-        if self.xor_nonlinearity is not None:
-            check_choice("xor_nonlinearity", self.xor_nonlinearity, tuple(nets.NONLINEARITIES))
-        check_choice("xor_loss", self.xor_loss, e4.LOSSES)
-        check_choices("blobs_nonlinearities", self.blobs_nonlinearities,
-                      tuple(nets.NONLINEARITIES))
         check_int("seed", self.seed, 0)
-        for f in ("width", "max_depth", "blobs_width", "n_train", "digits_width",
-                  "rates_width", "rates_max_depth"):
+        for f in ("width", "max_depth"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
-        check_choices("dyn_rows", self.dyn_rows, tp.TABLE1)
-        if self.xor_rows:  # an empty tuple skips the part
-            check_choices("xor_rows", self.xor_rows, e4.XOR_ROWS)
-        if self.blobs_rows:
-            check_choices("blobs_rows", self.blobs_rows, e5.BLOB_ROWS)
-        for f in ("dyn_lr", "xor_lr", "blobs_lr", "digits_lr", "loss_threshold",
-                  "blobs_loss_threshold"):
-            check_float(f, getattr(self, f))
-        if self.xor_low_gain is not None:
-            check_float("xor_low_gain", self.xor_low_gain)
-        check_int("dyn_epochs", self.dyn_epochs, tp.FIT_POINTS)
-        check_int("digits_epochs", self.digits_epochs, tp.FIT_POINTS)
-        check_int("xor_epochs", self.xor_epochs, 1)
-        check_int("blobs_epochs", self.blobs_epochs, 1)
-        check_int("blobs_n_grid", self.blobs_n_grid, 2, 200)
-        if self.mnist and not Path(self.mnist).expanduser().exists():
-            raise ValueError(f"mnist={self.mnist!r} does not exist: give a directory of IDX "
-                             "files or an .npz, or leave it empty for the 8x8 digits")
-        st.rate_settings_check(st.RateSettings(self.rates_from, self.rates_width,
-                                               self.rates_max_depth, self.rates_epochs,
-                                               self.rates_time_scale, self.rates_seeds))
-
-    def rate_settings(self) -> st.RateSettings:
-        return st.RateSettings(self.rates_from, self.rates_width, self.rates_max_depth,
-                               self.rates_epochs, self.rates_time_scale, self.rates_seeds)
+        check_float("loss_threshold", self.loss_threshold)
 
 
 #: The authors' two-point Adam rate: 1e-6 in their settings file, halved by the notebook.
@@ -148,19 +196,19 @@ AUTHORS_DYN_LR = 5e-7
 
 presets = {
     # The authors' two-point Adam rate; XOR and blobs as their notebooks trained them.
-    "paper": Config(dyn_lr=AUTHORS_DYN_LR, xor_nonlinearity="relu", xor_loss="mse",
-                    xor_low_gain=0.85, xor_epochs=3000, blobs_nonlinearities=("leaky_relu",
-                                                                              "tanh")),
-    "quick": Config(seeds=3, width=64, dyn_epochs=1000, xor_epochs=1000, xor_low_gain=0.85,
-                    blobs_epochs=500, digits_epochs=300, rates_width=64, rates_epochs=6000,
-                    rates_time_scale=1.0, rates_seeds=4),
-    "tiny": Config(seeds=2, width=16, max_depth=4, dyn_epochs=tp.FIT_POINTS, dyn_lr=1e-3,
-                   xor_rows=("xor_low_weights",), xor_epochs=300, xor_lr=1e-3, xor_low_gain=0.5,
-                   blobs_rows=(), blobs_epochs=100, blobs_n_grid=6, blobs_width=16,
-                   digits=False, digits_epochs=tp.FIT_POINTS, n_train=256, digits_width=16,
-                   loss_threshold=0.05, blobs_loss_threshold=0.25, rates_width=16,
-                   rates_max_depth=4, rates_epochs=tp.FIT_POINTS, rates_time_scale=2.0,
-                   rates_seeds=2),
+    "paper": Config(dyn=DynPart(lr=AUTHORS_DYN_LR),
+                    xor=XorPart(nonlinearity="relu", loss="mse", low_gain=0.85, epochs=3000),
+                    blobs=BlobsPart(nonlinearities=("leaky_relu", "tanh"))),
+    "quick": Config(seeds=3, width=64, dyn=DynPart(epochs=1000),
+                    xor=XorPart(epochs=1000, low_gain=0.85), blobs=BlobsPart(epochs=500),
+                    digits=DigitsPart(epochs=300), rates=st.QUICK_RATES),
+    "tiny": Config(seeds=2, width=16, max_depth=4, loss_threshold=0.05, rates=st.TINY_RATES,
+                   dyn=DynPart(epochs=tp.FIT_POINTS, lr=1e-3),
+                   xor=XorPart(rows=("xor_low_weights",), epochs=300, lr=1e-3, low_gain=0.5),
+                   blobs=BlobsPart(rows=(), epochs=100, n_grid=6, width=16,
+                                   loss_threshold=0.25),
+                   digits=DigitsPart(enabled=False, epochs=tp.FIT_POINTS, n_train=256,
+                                     width=16)),
 }
 
 
@@ -187,59 +235,46 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
 
     cache = cache or memory_cache()
     k_rates, k_dyn, k_xor, k_blobs, k_dig = jax.random.split(key, 5)
-    rates = st.get_rates(config.rate_settings(), upstream=upstream, key=k_rates,
+    rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     up = {"rates": {**rates, "source": rates.get("source", "")}}
 
-    # E1 part: two-point dynamics with Adam.
-    e1cfg = e1.Config(rows=config.dyn_rows, width=config.width, max_depth=config.max_depth,
-                      epochs=config.dyn_epochs, seeds=config.seeds, seed=config.seed)
-    cfgs = [c.replace(optimizer="adam", lr=config.dyn_lr) for c in e1.row_configs(e1cfg)]
-    loss, hyw, div = e1.train_rows(cfgs, seeds=config.seeds, key=k_dyn, progress=progress,
-                                   cache=cache, prefix="dyn-train")
-    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
-                    prefix="dyn-fit")
-    dyn = e1.Result(
-        rows=np.asarray(config.dyn_rows, dtype=str), lr=np.asarray([c.lr for c in cfgs]),
-        width=np.asarray([c.width for c in cfgs]), depth=np.asarray([c.depth for c in cfgs]),
-        dx2=np.asarray(1.0), dy2=np.asarray(0.5), loss=loss, hyw=hyw, diverged=div,
-        epochs_fit=f["epochs"], eta_h=f["eta_h"], eta_y=f["eta_y"], fit_ok=f["fit_ok"] & ~div,
-        converged=f["fit_ok"] & f["identified"] & ~div, r2=f["r2"], z_fit=f["z_fit"],
-        eta_mean=f["eta_mean"],
-        r2_loss=f["r2_loss"], loss_fit=f["loss_fit"], loss_converged=f["loss_converged"],
-        fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
-    )
-
+    # E1 part: E1's two-point dynamics with Adam at one learning rate.
+    e1cfg = e1.Config(rows=config.dyn.rows, width=config.width, max_depth=config.max_depth,
+                      epochs=config.dyn.epochs, seeds=config.seeds, seed=config.seed,
+                      optimizer="adam", lr=config.dyn.lr)
+    dyn = e1.run(e1cfg, key=k_dyn, progress=progress, cache=_prefixed(cache, "dyn"))
     arrays = _flatten("dyn", dyn)
 
     # E4 part: XOR.
-    if config.xor_rows:
-        xcfg = e4.Config(rows=config.xor_rows, width=config.width, max_depth=config.max_depth,
-                         low_gain=config.xor_low_gain, low_epochs=config.xor_epochs,
+    if config.xor.rows:
+        xcfg = e4.Config(rows=config.xor.rows, width=config.width, max_depth=config.max_depth,
+                         low_gain=config.xor.low_gain, low_epochs=config.xor.epochs,
                          seeds=config.seeds, loss_threshold=config.loss_threshold,
-                         nonlinearity=config.xor_nonlinearity, loss=config.xor_loss)
-        xor = _structure_run(e4, xcfg, config.xor_lr, k_xor, progress, cache, up, "xor")
+                         nonlinearity=config.xor.nonlinearity, loss=config.xor.loss)
+        xor = _structure_run(e4, xcfg, config.xor.lr, k_xor, progress, cache, up, "xor")
         arrays.update(_flatten("xor", xor))
 
     # E5 part: blobs.
-    if config.blobs_rows:
-        bcfg = e5.Config(rows=config.blobs_rows, width=config.blobs_width,
-                         epochs=config.blobs_epochs, n_grid=config.blobs_n_grid,
-                         seeds=config.seeds, loss_threshold=config.blobs_loss_threshold,
-                         mds_points=min(600, 2 * config.blobs_n_grid ** 2),
-                         nonlinearities=config.blobs_nonlinearities)
-        blobs = _structure_run(e5, bcfg, config.blobs_lr, k_blobs, progress, cache, up,
+    if config.blobs.rows:
+        bcfg = e5.Config(rows=config.blobs.rows, width=config.blobs.width,
+                         epochs=config.blobs.epochs, n_grid=config.blobs.n_grid,
+                         seeds=config.seeds, loss_threshold=config.blobs.loss_threshold,
+                         mds_points=min(600, 2 * config.blobs.n_grid ** 2),
+                         nonlinearities=config.blobs.nonlinearities)
+        blobs = _structure_run(e5, bcfg, config.blobs.lr, k_blobs, progress, cache, up,
                                "blobs")
         arrays.update(_flatten("blobs", blobs))
 
     # E6 part: digits.
-    if config.digits:
-        dcfg = e6.Config(mnist=config.mnist, n_train=config.n_train,
-                         width=config.digits_width, epochs=config.digits_epochs,
+    if config.digits.enabled:
+        dcfg = e6.Config(mnist=config.digits.mnist, n_train=config.digits.n_train,
+                         width=config.digits.width, epochs=config.digits.epochs,
                          seeds=config.seeds,
-                         n_structure=100 if config.n_train is None else min(100, config.n_train))
+                         n_structure=(100 if config.digits.n_train is None
+                                      else min(100, config.digits.n_train)))
         digits = e6.run(dcfg, key=k_dig, progress=progress, cache=_prefixed(cache, "digits"),
-                        upstream=up, optimizer="adam", lr=config.digits_lr)
+                        upstream=up, optimizer="adam", lr=config.digits.lr)
         arrays.update(_flatten("digits", digits))
     return Result(arrays=arrays)
 
@@ -353,4 +388,5 @@ def result_arrays(result) -> dict:
     return dict(result.arrays)
 
 
-__all__ = ["Config", "Result", "presets", "run", "plot", "agreement", "plots"]
+__all__ = ["Config", "DynPart", "XorPart", "BlobsPart", "DigitsPart", "Result", "presets", "run",
+           "plot", "agreement", "plots"]
