@@ -8,20 +8,20 @@ What it measures (each configuration in its own subprocess, so that the device c
 set before JAX starts; on CPU ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` splits the
 host into N devices, on GPU all visible GPUs are used in turn 1, 2, 4, ... up to all):
 
-* ``devices``: throughput of :func:`unijax.distributed.sharded_fit_rates` (mode
-  ``shard_map``) on 64 trials (trajectories of the ODE with noise), for 300-epoch and for
-  paper-length 6000-epoch trajectories (docs/experiments.md E1), in three subprocesses: (a) 2 host
-  devices and 1 device of the same process, calls interleaved (also modes ``per_device`` and
-  ``spmd`` at 300 epochs); (b) 1 device, the process pinned to one core
-  (``os.sched_setaffinity``): per-core scaling; (c) 1 device with both cores, also the
-  unsharded :func:`unijax.fit.fit_rates`. The processes compile, then take turns (3 calls of
-  each function at a time, one process computing at a time), so that a busy spell of a shared
+* ``devices``: throughput of :func:`unijax.fit.fit_rates` (``mesh=`` the devices) on 64
+  trials (trajectories of the ODE with noise), for 300-epoch and for paper-length 6000-epoch
+  trajectories (docs/experiments.md E1), in three subprocesses: (a) 2 host devices and 1
+  device of the same process, calls interleaved; (b) 1 device, the process pinned to one core
+  (``os.sched_setaffinity``): per-core scaling; (c) 1 device with both cores (chunks of 8
+  trials from threads). The processes compile, then take turns (3 calls of each function at a
+  time, one process computing at a time), so that a busy spell of a shared
   machine hits all alike; medians (primary) and best of 90 (300 epochs) / 45 (6000) calls.
   Also :func:`unijax.train.train` on 64 trials (8 gains x 8 seeds, width 32, depth 4, 300
   epochs) with 1 and 2 devices (CPU) or 1..all GPUs. Target: >= 1.7x for 2 host devices on a
   2-core CPU for the fit.
-* ``compile``: trace+lower and compile seconds of the fit and of training for batches of 8, 16,
-  32 and 64 trials (one device): they should not grow with the batch.
+* ``compile``: first-call (trace, lower, compile) and run seconds of the fit, compile and run
+  seconds of training, for batches of 8, 16, 32 and 64 trials (one device): they should not
+  grow with the batch.
 * ``memory``: peak resident memory of the blocked whole-data-set theory
   (:func:`unijax.theory.exponential_weighting_from_data` with 100 rows and columns, and
   :func:`unijax.theory.pairwise_a_low`) at large N, synthetic data with 64 input and 10
@@ -169,7 +169,7 @@ def _interleaved(fns: dict, n: int) -> dict:
 def worker_devices(n_dev: int, n_epochs: int, pinned: bool, with_train: bool) -> None:
     """Fit (and train) on ``n_dev`` devices. With ``n_dev > 1`` also on one device of the same
     process, calls interleaved, so that a busy machine slows both alike; with ``n_dev == 1``
-    also the unsharded ``fit.fit_rates``. ``pinned``: this process runs on one core.
+    ``pinned``: this process runs on one core.
 
     Compiles, replies with a JSON line, then for each line ``fit K`` / ``train K`` on stdin
     replies with the seconds of K interleaved calls of each fit / training function."""
@@ -178,27 +178,23 @@ def worker_devices(n_dev: int, n_epochs: int, pinned: bool, with_train: bool) ->
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from unijax import configs, distributed, fit, train
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from unijax import configs, fit, train
 
     devices = jax.devices()[:n_dev]
     ts, Z = _fit_data(N_FIT_TRIALS, n_epochs)
     cfg = configs.get("default", **TRAIN)
     gains = [0.6 + 0.1 * i for i in range(8)]
 
-    def fitter(devs, mode="shard_map"):
-        mesh = distributed.batch_mesh(devs)
+    def fitter(devs):
+        mesh = Mesh(np.asarray(devs), ("d",))
 
         def fit_once():
-            return distributed.sharded_fit_rates(
-                ts, Z, dx2=1.0, dy2=0.5, mesh=mesh, return_trajectory=False, mode=mode
-            ).fit
+            return fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, mesh=mesh, return_trajectory=False)
 
         return fit_once
-
-    def plain():  # the unsharded entry point (on CPU it threads chunks of 8 itself)
-        r = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
-        jax.block_until_ready(r.eta_h)
-        return r
 
     def trainer(devs):
         def train_once():
@@ -210,13 +206,8 @@ def worker_devices(n_dev: int, n_epochs: int, pinned: bool, with_train: bool) ->
 
     fits = {"fit": fitter(devices)}
     trains = {"train": trainer(devices)} if with_train else {}
-    if n_dev == 1 and not pinned:
-        fits["fit_rates"] = plain
     if n_dev > 1:
         fits["fit_1"] = fitter(devices[:1])
-        if n_epochs <= 300:  # spmd runs the devices in lock-step: slow on long trajectories
-            fits.update(fit_per_device=fitter(devices, "per_device"))
-            fits.update(fit_spmd=fitter(devices, "spmd"))
         if with_train:
             trains.update(train_1=trainer(devices[:1]))
     out: dict = {
@@ -227,7 +218,7 @@ def worker_devices(n_dev: int, n_epochs: int, pinned: bool, with_train: bool) ->
         "fit_trials": N_FIT_TRIALS,
         "train_trials": 64,
     }
-    for k, fn in fits.items():  # first calls: compilation (per device for "per_device")
+    for k, fn in fits.items():  # first calls: compilation
         t0 = time.perf_counter()
         res = fn()
         out[f"{k}_first_call_s"] = time.perf_counter() - t0
@@ -250,33 +241,28 @@ def _reply(obj: dict) -> None:
 
 def worker_compile() -> dict:
     import jax
-    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import Mesh
 
     jax.config.update("jax_enable_x64", True)
-    from unijax import configs, distributed, fit, train
+    from unijax import configs, fit, train
 
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("d",))
     rows = []
     ts, Z_all = _fit_data(64, 100)
     cfg = configs.get("default", **TRAIN)
     for n in (8, 16, 32, 64):
-        ts_arr, batch, opts, rt, _ = distributed._prepare_fit(
-            ts, Z_all[:n], 1.0, 0.5, None, {"return_trajectory": False}
-        )
-        args = [
-            jnp.asarray(a) for a in (ts_arr, batch["Z"], batch["dx2"], batch["dy2"], batch["init"])
-        ]
+        Z = Z_all[:n]
         t0 = time.perf_counter()
-        lowered = fit._fit_batch.lower(*args, opts=opts, return_trajectory=rt)
-        t1 = time.perf_counter()
-        compiled = lowered.compile()
-        t2 = time.perf_counter()
-        run = _best(lambda c=compiled, a=args: jax.block_until_ready(c(*a)), 2)
+        fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, mesh=mesh, return_trajectory=False)
+        first = time.perf_counter() - t0
+        run = _best(lambda z=Z: fit.fit_rates(ts, z, dx2=1.0, dy2=0.5, mesh=mesh,
+                                              return_trajectory=False), 2)
         tr = train.train(cfg, seeds=n, devices=1)
         rows.append(
             {
                 "batch": n,
-                "fit_lower_s": t1 - t0,
-                "fit_compile_s": t2 - t1,
+                "fit_first_call_s": first,
                 "fit_run_s": run,
                 "train_compile_s": tr.compile_s,
                 "train_run_s": tr.run_s,
@@ -426,7 +412,7 @@ def _devices(gpu: bool) -> dict:
         if gpu:
             workers = [_Worker(["devices", str(n), str(n_epochs), "0", flag], None) for n in counts]
         else:
-            # (c) 1 device, both cores, with the unsharded fit_rates; (a) 2 host devices and 1
+            # (c) 1 device, both cores; (a) 2 host devices and 1
             # device of the same process; (b) 1 device, the process pinned to one core.
             workers = [
                 _Worker(["devices", "1", str(n_epochs), "0", flag], 1),
@@ -438,8 +424,8 @@ def _devices(gpu: bool) -> dict:
             loads += _rounds(workers[:2] if not gpu else workers, "train", N_REPEATS_TRAIN, 2)
         rows = [w.close() for w in workers]
         head = (
-            f"\nfit: {N_FIT_TRIALS} trials x {n_epochs} epochs, sharded_fit_rates (shard_map "
-            f"unless named); seconds per call, median and best of {n_calls} calls, "
+            f"\nfit: {N_FIT_TRIALS} trials x {n_epochs} epochs, fit_rates over the devices; "
+            f"seconds per call, median and best of {n_calls} calls, "
             f"{ROUND_CALLS} at a time, the processes taking turns; 1-min load average "
             f"{min(loads):.2f}-{max(loads):.2f} (this benchmark's own process included)"
         )
@@ -471,12 +457,9 @@ def _devices(gpu: bool) -> dict:
         )
         table = [
             ("(a) 2 host devices", two, "fit"),
-            ("(a) 2 host devices, mode per_device", two, "fit_per_device"),
-            ("(a) 2 host devices, mode spmd", two, "fit_spmd"),
             ("(a) 1 device, same process (interleaved with 2)", two, "fit_1"),
             ("(b) 1 device, process pinned to 1 core", core, "fit"),
             ("(c) 1 device, both cores", one, "fit"),
-            ("(c) unsharded fit.fit_rates, both cores", one, "fit_rates"),
         ]
         for name, r, k in table:
             if f"{k}_s" in r:
@@ -489,7 +472,6 @@ def _devices(gpu: bool) -> dict:
             ("vs 1 device, same process (a)", two, "fit_1"),
             ("vs 1 device pinned to 1 core (b): per-core scaling", core, "fit"),
             ("vs 1 device, both cores (c)", one, "fit"),
-            ("vs unsharded fit.fit_rates (c)", one, "fit_rates"),
         ):
             med, best = _ratio(r, k, two, "fit")
             verdict = "met" if med >= 1.7 else "NOT met"
@@ -571,12 +553,12 @@ def main(argv=None) -> int:
         results["compile"] = res["rows"]
         print("\ncompile time vs batch (one device; fit: 100 epochs)")
         print(
-            f"{'batch':>6} {'fit trace+lower s':>18} {'fit compile s':>14} {'fit run s':>10} "
+            f"{'batch':>6} {'fit 1st call s':>15} {'fit run s':>10} "
             f"{'train compile s':>16} {'train run s':>12}"
         )
         for r in res["rows"]:
             print(
-                f"{r['batch']:>6} {r['fit_lower_s']:>18.2f} {r['fit_compile_s']:>14.2f} "
+                f"{r['batch']:>6} {r['fit_first_call_s']:>15.2f} "
                 f"{r['fit_run_s']:>10.3f} {r['train_compile_s']:>16.2f} "
                 f"{r['train_run_s']:>12.3f}"
             )

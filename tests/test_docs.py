@@ -37,7 +37,7 @@ CODE_FILES = DOC_FILES + [str(TUTORIAL.relative_to(ROOT))]
 
 #: A block that compiles a rate fit or trains networks belongs to the slow suite.
 HEAVY = re.compile(
-    r"fit\.fit_rates|fit\.fit_eta_mean|sharded_fit_rates|train\.train\(|train_model\(|"
+    r"fit\.fit_rates|fit\.fit_eta_mean|train\.train\(|train_model\(|"
     r"run_sweep\(|\.run\("
 )
 

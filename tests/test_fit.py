@@ -468,3 +468,38 @@ def test_a_stall_at_a_poor_minimum_is_a_finished_fit():
     assert np.all(np.isfinite(np.asarray(res.eta_y))[stalled])
     # The poor fits show their poor R^2 (h of the very-high trials, w of the dropout ones).
     assert np.all(np.asarray(res.r2)[:3, 0] < 0.0) and np.all(np.asarray(res.r2)[4:, 2] < 0.0)
+
+
+def test_where_leaves_trials_out_compiling_the_batch_once():
+    # 17 trials: on CPU, three chunks of 8 from threads; the program is traced once, and a
+    # masked batch (one trial NaN, left out) runs the same program with the same numbers.
+    from _compiles import count_traces
+
+    ts = np.arange(30.0)
+    rng = np.random.default_rng(0)
+    n = 17
+    z0 = np.stack([rng.uniform(0.05, 0.5, n), rng.uniform(0.0, 0.05, n),
+                   -rng.uniform(0.01, 0.1, n)], 1)
+    Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=2e-2, eta_y=1e-2, dx2=1.0, dy2=0.5))
+                  for z in z0])
+    with count_traces() as traces:
+        full = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
+        where = np.ones(n, bool)
+        where[[3, 16]] = False
+        Z[3] = np.nan  # not checked: left out
+        part = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False, where=where)
+    assert traces["_fit_batch"] <= 1, traces
+    assert full.usable.all()
+    assert part.status_counts() == {"NOT_FITTED": 2, "OK": 15}
+    np.testing.assert_array_equal(part.status[~where], fit.FitStatus.NOT_FITTED)
+    assert np.isnan(part.eta_h[~where]).all() and not part.converged[~where].any()
+    assert (part.n_iters[~where] == 0).all()
+    for k in ("eta_h", "eta_y", "sse", "n_iters"):  # the same program on the same trials
+        np.testing.assert_array_equal(getattr(part, k)[where], getattr(full, k)[where], k)
+    assert part.mean_over_usable().n_excluded == 2
+    none = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, where=np.zeros(n, bool))
+    assert (none.status == fit.FitStatus.NOT_FITTED).all() and none.z_fit.shape == (n, 30, 3)
+    with pytest.raises(ValueError, match=r"where must be a bool array of shape \(n_trials,\)"):
+        fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, where=np.ones(3, bool))
+    with pytest.raises(ValueError, match=r"trial 3, epoch 0.*where="):
+        fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, where=np.ones(n, bool))

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from _compiles import count_traces
 
 from unijax import configs, sweep, train
 from unijax._store import ConfigMismatchError, config_to_dict
@@ -95,8 +96,11 @@ def test_chunks_cover_the_grid_once_with_equal_shapes():
 
 def test_chunked_sweep_equals_one_training_call(tmp_path):
     cfg = _cfg()
-    res = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
+    with count_traces() as traces:
+        res = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
     assert res.n_chunks == 2 * 3 and res.n_computed == 6
+    # six chunks of the same shape: the training programs are traced (compiled) once
+    assert traces["v_start"] <= 1 and traces["v_chunk"] <= 1, traces
     direct = train.train(
         BASE,
         seeds=list(cfg.seeds),
@@ -203,6 +207,15 @@ def test_sweep_with_fits_killed_midway_resumes_to_the_uninterrupted_result(tmp_p
     res = _kill_and_resume(tmp_path, _cfg(train=FIT_BASE, layers=(1, 2), fit=True), timeout=400)
     assert res.converged.shape == (1, 2, 5, 2)
     assert res.converged.mean() > 0.7  # seen: 11 of 12 on a smaller grid
+
+
+def test_sweep_with_fits_compiles_the_fit_once(tmp_path):
+    # two chunks of 2 seeds x 2 layers, one diverged-free fit batch each: one fit program
+    cfg = _cfg(gains=(1.0,), seeds=(0, 1, 2, 3), fit=True)
+    with count_traces() as traces:
+        res = sweep.run_sweep(cfg, tmp_path / "sw", progress=False)
+    assert res.n_chunks == 2 and res.eta_h.shape == (1, 1, 4, 2)
+    assert traces["_fit_batch"] <= 1 and traces["v_chunk"] <= 1, traces
 
 
 @pytest.mark.slow

@@ -208,6 +208,18 @@ def test_same_seed_same_init_at_every_gain(grid):
     assert not np.allclose(k[0, 0], k[0, 1])
 
 
+def test_a_grid_compiles_its_programs_once():
+    # three chunks of epochs, then another grid of the same shape (other seeds and gains):
+    # the start and chunk programs are traced once in all
+    from _compiles import count_traces
+
+    with count_traces() as traces:
+        a = train.train(CFG, seeds=[0, 1, 2], gains=[0.5, 1.0], chunk_epochs=10)
+        b = train.train(CFG, seeds=[3, 4, 5], gains=[0.7, 1.1], chunk_epochs=10)
+    assert traces["v_start"] <= 1 and traces["v_chunk"] <= 1, traces
+    assert not np.array_equal(a.loss, b.loss)
+
+
 def test_chunking_does_not_change_the_results(grid):
     # 30 epochs in chunks of 8: four chunks of 8, the last with two masked no-op epochs.
     res = train.train(CFG, seeds=SEEDS, gains=GAINS, layers=LAYERS, chunk_epochs=8,

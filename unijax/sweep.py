@@ -6,7 +6,7 @@ effective rates ``(eta_h, eta_y)`` of each recorded layer of each trial (docs/th
 
 The grid is cut into chunks: one chunk is one :func:`unijax.train.train` call for one
 architecture over a block of ``gains_per_chunk`` gains x ``seeds_per_chunk`` seeds (all
-layers), then one :func:`unijax.distributed.sharded_fit_rates` call over its trajectories.
+layers), then one :func:`unijax.fit.fit_rates` call over its trajectories (on the same devices).
 Each finished chunk is written atomically (temporary file, ``fsync``, ``os.replace``) with the
 sweep's config hash, by :class:`unijax._store.ResultStore`. A run killed at any moment
 (SIGKILL included) and started again with the same config loads the finished chunks and
@@ -360,38 +360,22 @@ class SweepResult:
 def _fit_chunk(ts, h, y, w, diverged, dx2, dy2, mesh) -> dict[str, np.ndarray]:
     """Fit every (gain, seed, layer) trajectory of a chunk; NaN/False where not fittable.
 
-    ``h, y, w``: ``(G, S, L, E)``. The batch always has ``G * S * L`` trials (unfittable ones
-    replaced by a copy of a fittable one, then masked), so the fit compiles once per sweep.
+    ``h, y, w``: ``(G, S, L, E)``. One :func:`unijax.fit.fit_rates` call over all ``G * S * L``
+    trials, unfittable ones masked out (``where``), so the fit compiles once per sweep.
     """
     import jax
 
-    from .distributed import sharded_fit_rates
+    from . import fit
 
     G, S, L, E = h.shape
     Z = np.stack([h, y, w], axis=-1).astype(np.float64).reshape(G * S * L, E, 3)
     ok = np.isfinite(Z).all(axis=(1, 2)) & (Z[:, 0, 0] > 0) & (Z[:, 0, 1] >= 0)
     ok &= ~np.repeat(np.asarray(diverged).reshape(G * S), L)
-    out = {
-        "eta_h": np.full(G * S * L, np.nan),
-        "eta_y": np.full(G * S * L, np.nan),
-        "stderr_eta_h": np.full(G * S * L, np.nan),
-        "stderr_eta_y": np.full(G * S * L, np.nan),
-        "sse": np.full(G * S * L, np.nan),
-        "r2": np.full((G * S * L, 3), np.nan),
-        "converged": np.zeros(G * S * L, bool),
-        "n_iters": np.zeros(G * S * L, np.int64),
-    }
-    if ok.any():
-        src = np.where(ok, np.arange(ok.size), np.flatnonzero(ok)[0])
-        with jax.enable_x64(True):
-            res = sharded_fit_rates(
-                ts, Z[src], dx2=dx2, dy2=dy2, mesh=mesh, return_trajectory=False
-            ).fit
-        for k in out:
-            v = np.asarray(getattr(res, k))
-            out[k] = np.where(ok.reshape((-1,) + (1,) * (v.ndim - 1)), v, out[k]).astype(
-                out[k].dtype
-            )
+    with jax.enable_x64(True):
+        res = fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2, where=ok, mesh=mesh,
+                            return_trajectory=False)
+    out = {k: np.asarray(getattr(res, k)) for k in _FIT_FIELDS}
+    out["n_iters"] = out["n_iters"].astype(np.int64)
     return {k: v.reshape((G, S, L) + v.shape[1:]) for k, v in out.items()}
 
 
@@ -399,7 +383,7 @@ def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
     """Train one chunk on this process's devices (and fit it); arrays with (G, S, ...) axes."""
     import jax
 
-    from . import distributed, train
+    from . import _batch, train
 
     devices = jax.local_devices()
     seeds = [cfg.seeds[i] for i in chunk.seeds[: chunk.n_seeds]]
@@ -423,7 +407,7 @@ def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
         )
     arrays = {k: np.asarray(getattr(res, k)) for k in _TRAIN_FIELDS}
     if cfg.fit:
-        mesh = distributed.batch_mesh(devices)
+        mesh = _batch.batch_mesh(devices)
         ts = np.arange(res.n_epochs, dtype=np.float64)
         arrays.update(
             _fit_chunk(

@@ -2,7 +2,7 @@
 
 Written for one trial (one seed, one gain); ``vmap`` adds the trial axis, ``lax.scan`` loops
 over epochs, and the flattened ``gains * seeds`` batch of trials is laid out over all devices
-with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"trials"`` axis; the batch is padded
+with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"batch"`` axis; the batch is padded
 to a multiple of the device count and the padding stripped again). After
 :func:`unijax.distributed.initialize` the mesh spans the devices of every process, each process
 makes the same call, and every process gets the whole result. Long runs are cut
@@ -64,7 +64,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import _progress, distributed, nets, observe
+from . import _batch, _progress, distributed, nets, observe
 from . import data as data_lib
 from ._checks import (
     check_bool,
@@ -85,9 +85,6 @@ __all__ = [
     "make_network",
     "load_data",
 ]
-
-_AXIS = "trials"
-
 
 # --------------------------------------------------------------------------------------------
 # The result
@@ -583,7 +580,7 @@ def _build_programs(
     epoch = _epoch_fn(spec, net)
     measure = _measure_fn(spec, net)
     dtype = jnp.dtype(spec.dtype)
-    batch, rep = P(_AXIS), P()
+    batch, rep = P(_batch.BATCH_AXIS), P()
 
     def shard(f, in_specs, out_specs):
         # No collectives: every trial is independent, so skip the varying-axis type checks.
@@ -642,7 +639,7 @@ def _build_programs(
         one = functools.partial(chunk_one, lr=lr, x=x, y=y, ts=ts, slots=slots, active=active)
         if vmap_size is None:
             return jax.vmap(one)(carry)
-        return _map_in_place(one, carry, vmap_size)
+        return _batch.map_in_place(one, carry, vmap_size)
 
     if spec.params_mode is None:
         def v_start(seeds, gains, key, x, y):
@@ -666,42 +663,6 @@ def _build_programs(
             donate_argnums=(0,),
         ),
     )
-
-
-def _map_in_place(f: Callable, xs: Any, block: int) -> tuple[Any, Any]:
-    """``jax.vmap(f)(xs)`` computed ``block`` trials at a time, updating ``xs`` in place.
-
-    ``f(x) -> (new_x, y)`` with ``new_x`` shaped like ``x``. Unlike ``lax.map``, whose stacked
-    outputs are a second buffer next to its inputs, the loop carries ``xs`` itself and writes
-    each block back where it was read, so the parameters of all trials exist once (plus one
-    block's working copy). The block is the largest divisor of the batch not above ``block``.
-    """
-    n = jax.tree.leaves(xs)[0].shape[0]
-    block = max(d for d in range(1, min(block, n) + 1) if n % d == 0)
-
-    def run_block(xb):
-        if block == 1:
-            new, y = f(jax.tree.map(lambda a: a[0], xb))
-            return jax.tree.map(lambda a: a[None], (new, y))
-        return jax.vmap(f)(xb)
-
-    def take(a, i):
-        return jax.lax.dynamic_slice_in_dim(a, i * block, block)
-
-    def put(a, u, i):
-        return jax.lax.dynamic_update_slice_in_dim(a, u, i * block, 0)
-
-    y_shape = jax.eval_shape(run_block, jax.tree.map(lambda a: a[:block], xs))[1]
-    ys = jax.tree.map(lambda s: jnp.zeros((n,) + s.shape[1:], s.dtype), y_shape)
-
-    def body(i, state):
-        xs, ys = state
-        new, y = run_block(jax.tree.map(lambda a: take(a, i), xs))
-        xs = jax.tree.map(lambda a, u: put(a, u, i), xs, new)
-        ys = jax.tree.map(lambda a, u: put(a, u, i), ys, y)
-        return xs, ys
-
-    return jax.lax.fori_loop(0, n // block, body, (xs, ys))
 
 
 @functools.lru_cache(maxsize=32)
@@ -931,7 +892,7 @@ def _run(
         raise ValueError(f"key must be a single key, got a key array of shape {key.shape}")
 
     # Flatten the grid gains-major (trial b = g * n_seeds + s) and pad it to the device count
-    # with copies of trial 0 (computed, then dropped).
+    # with copies of the last trial (computed, then dropped).
     n_g, n_s = len(gains), len(seeds)
     n_trials = n_g * n_s
     n_dev = len(devices)
@@ -939,11 +900,12 @@ def _run(
     _check_sizes(spec, net_factory(), x, y, n_trials=n_trials + n_pad, n_dev=n_dev,
                  n_epochs=n_epochs, n_records=int(record_epochs.size), vmap_size=vmap_size,
                  devices=devices)
-    trial_seed = np.concatenate([np.tile(seeds, n_g), np.repeat(seeds[:1], n_pad)])
-    trial_gain = np.concatenate([np.repeat(gains, n_s), np.repeat(gains[:1], n_pad)])
+    trial_idx = _batch.pad_index(np.arange(n_trials), n_trials + n_pad)
+    trial_seed = np.tile(seeds, n_g)[trial_idx]
+    trial_gain = np.repeat(gains, n_s)[trial_idx]
 
-    mesh = Mesh(np.asarray(devices), (_AXIS,))
-    batched = NamedSharding(mesh, P(_AXIS))
+    mesh = _batch.batch_mesh(devices)
+    batched = NamedSharding(mesh, P(_batch.BATCH_AXIS))
     replicated = NamedSharding(mesh, P())
     put = distributed.put
     seed_arr = put(np.asarray(trial_seed, np.uint32), batched)
@@ -978,9 +940,8 @@ def _run(
     if spec.params_mode == "shared":
         extra = (jax.tree.map(lambda a: put(a, replicated), given_params),)
     elif spec.params_mode == "trial":
-        # Padding trials start from trial 0's parameters, like their seed and gain.
-        padded = jax.tree.map(lambda a: np.concatenate([a, np.repeat(a[:1], n_pad, 0)]),
-                              given_params)
+        # Padding trials start from the last trial's parameters, like their seed and gain.
+        padded = jax.tree.map(lambda a: np.asarray(a)[trial_idx], given_params)
         extra = (jax.tree.map(lambda a: put(a, batched), padded),)
     carry, obs0 = call(progs.start, seed_arr, g_arr, key, x, y, *extra)
     initial_params = _fetch(carry.params) if return_params else None

@@ -3,7 +3,7 @@
 * :func:`row_config`: a Table 1/2 row at reduced sizes, the learning rate rescaled so that the
   continuous-time dynamics stay comparable (see the docstring).
 * :func:`fit_trajectories`: ``unijax.fit.fit_rates`` on many trials, always in the same
-  compiled shape (``FIT_POINTS`` sampled epochs, batches of ``FIT_BATCH`` trials), so that a
+  compiled shape (``FIT_POINTS`` sampled epochs, chunks of ``FIT_BATCH`` trials), so that a
   whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
   an invalid start (``h0 <= 0``) are never fitted and are reported as excluded.
 * :func:`usable_rates`: mean rates over the fits that pass the quality criterion only
@@ -46,8 +46,8 @@ FIT_POINTS = 300
 #: Trials per compiled fit call (trials are padded to a multiple of this).
 FIT_BATCH = 8
 
-#: ``status`` of a trial that was never fitted (diverged, or an invalid start); the other codes
-#: are ``unijax.fit.FitStatus``.
+#: ``status`` of a trial that was never fitted (diverged, or an invalid start):
+#: ``unijax.fit.FitStatus.NOT_FITTED`` (spelled out: unijax.fit loads Diffrax).
 NOT_FITTED = -1
 
 #: Table 1 row names (configs.names() order), E1/E2/E3.
@@ -193,45 +193,25 @@ def fit_trajectories(
         "z_fit": np.full((n, m, 3), np.nan),
         "epochs": ep.astype(np.int64),
     }
-    idx = np.flatnonzero(valid)
-    if idx.size == 0:
+    if not valid.any():
         return out
-    batches = [idx[i : i + FIT_BATCH] for i in range(0, idx.size, FIT_BATCH)]
-    it = batches if progress is None else progress(batches, desc=desc)
-    ts = ep.astype(np.float64)
-    for b in it:
-        pad = FIT_BATCH - b.size
-        bb = np.concatenate([b, np.repeat(b[:1], pad)])  # padding repeats a valid trial
-        res = _fit_rates(ts, Zs[bb], dx2=dx2[bb], dy2=dy2[bb], fit_initial=fit_initial)
-        k = b.size
-        out["eta_h"][b] = np.asarray(res.eta_h)[:k]
-        out["eta_y"][b] = np.asarray(res.eta_y)[:k]
-        out["stderr_eta_h"][b] = np.asarray(res.stderr_eta_h)[:k]
-        out["stderr_eta_y"][b] = np.asarray(res.stderr_eta_y)[:k]
-        out["r2"][b] = np.asarray(res.r2)[:k]
-        out["status"][b] = np.asarray(res.status)[:k]
-        out["usable"][b] = res.usable[:k]
-        out["converged"][b] = np.asarray(res.converged)[:k]
-        r2_ok = np.all(np.isfinite(np.asarray(res.r2)[:k]), axis=-1)
-        out["fit_ok"][b] = np.asarray(res.ode_ok)[:k] & r2_ok
-        out["identified"][b] = np.asarray(res.identified)[:k]
-        out["good_fit"][b] = np.asarray(res.good_fit)[:k]
-        out["z_fit"][b] = np.asarray(res.z_fit)[:k]
+    from unijax import _batch, fit
+
+    # One call over all trials, invalid ones masked out; the batch is padded (the padding
+    # masked too) to a multiple of FIT_BATCH, so every fit of a run uses the program for
+    # FIT_BATCH trials (fit_rates runs larger batches as chunks of that size on CPU).
+    rows = _batch.pad_index(np.arange(n), -(-n // FIT_BATCH) * FIT_BATCH)
+    where = np.concatenate([valid, np.zeros(rows.size - n, bool)])
+    for _ in [None] if progress is None else progress([None], desc=desc):
+        res = fit.fit_rates(ep.astype(np.float64), Zs[rows], dx2=dx2[rows], dy2=dy2[rows],
+                            fit_initial=fit_initial, where=where)
+    for key in ("eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "r2", "status", "converged",
+                "identified", "good_fit", "z_fit"):
+        out[key] = np.asarray(getattr(res, key))[:n].astype(out[key].dtype)
+    out["usable"] = res.usable[:n]
+    r2_ok = np.all(np.isfinite(out["r2"]), axis=-1)
+    out["fit_ok"] = np.asarray(res.ode_ok)[:n] & r2_ok
     return out
-
-
-def _fit_rates(ts: np.ndarray, Z: np.ndarray, *, dx2: np.ndarray, dy2: np.ndarray,
-               fit_initial: bool):
-    """``fit_rates``, laid over all devices when there are several (every process of a
-    multi-host run takes part and gets the whole result)."""
-    import jax
-
-    from unijax import distributed, fit
-
-    if jax.device_count() > 1:
-        return distributed.sharded_fit_rates(ts, Z, dx2=dx2, dy2=dy2,
-                                             fit_initial=fit_initial).fit
-    return fit.fit_rates(ts, Z, dx2=dx2, dy2=dy2, fit_initial=fit_initial)
 
 
 def _reason(code: int) -> str:
@@ -335,9 +315,11 @@ def fit_loss(
     idx = np.flatnonzero(np.asarray(use) & np.all(np.isfinite(loss[:, epochs]), axis=1)
                          & np.all(np.isfinite(z_fit), axis=(1, 2)))
     ts = epochs.astype(np.float64)
+    from unijax import _batch
+
     for i in range(0, idx.size, FIT_BATCH):
         b = idx[i : i + FIT_BATCH]
-        bb = np.concatenate([b, np.repeat(b[:1], FIT_BATCH - b.size)])
+        bb = _batch.pad_index(b, FIT_BATCH)
         res = fit.fit_eta_mean(ts, loss[bb][:, epochs], z_fit[bb], dy2=dy2[bb], m0=m0[bb])
         k = b.size
         out["eta_mean"][b] = np.asarray(res.eta_mean)[:k]
