@@ -789,6 +789,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    from unijax import _cache
+
+    _cache.enable_compilation_cache()  # a rerun or a resumed run skips compiling
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

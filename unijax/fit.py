@@ -83,7 +83,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from unijax import _batch, theory
+from unijax import _batch, _cache, theory
 from unijax._checks import (
     check_bool,
     check_finite,
@@ -1433,6 +1433,7 @@ def fit_rates(
         >>> res.eta_h.shape, int(res.n_failed)
         ((2,), 0)
     """
+    _cache.enable_compilation_cache()  # later processes skip compiling
     ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single, retries, where_b = _prepare_fit(
         ts, Z, dx2, dy2, init, where=where, caller="unijax.fit.fit_rates", rtol=rtol,
         atol=atol, max_steps=max_steps, max_iters=max_iters, opt_rtol=opt_rtol,

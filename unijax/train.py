@@ -64,7 +64,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import _batch, _progress, distributed, nets, observe
+from . import _batch, _cache, _progress, distributed, nets, observe
 from . import data as data_lib
 from ._checks import (
     check_bool,
@@ -1258,6 +1258,7 @@ def train(
             the memory it would need); ``params`` whose structure or a leaf's shape differs
             from the network's (naming the leaf, e.g. ``params['dense_3']['kernel']``).
     """
+    _cache.enable_compilation_cache()  # later processes skip compiling
     if not isinstance(config, TrainConfig):
         raise ValueError(f"config must be a unijax.configs.TrainConfig, got {type(config)}")
     if isinstance(chunk_epochs, bool) or not isinstance(chunk_epochs, int) or chunk_epochs <= 0:
@@ -1385,6 +1386,7 @@ def train_model(
             the checks of :func:`train`.
         TypeError: ``optimizer`` neither a name nor an ``optax.GradientTransformation``.
     """
+    _cache.enable_compilation_cache()  # later processes skip compiling
     if not isinstance(model, nn.Module):
         raise ValueError(f"model must be a flax.linen.Module, got {type(model)}")
     custom_tx = isinstance(optimizer, optax.GradientTransformation)
