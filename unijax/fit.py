@@ -92,6 +92,7 @@ from unijax._checks import (
     check_x64,
     is_concrete,
 )
+from unijax._keep import Keepable
 
 __all__ = [
     "FitStatus",
@@ -195,7 +196,7 @@ def _masked_mean_std(x, mask):
     return mean, jnp.sqrt(var), n
 
 
-class RateFit(eqx.Module):
+class RateFit(Keepable, eqx.Module):
     """Result of :func:`fit_rates`, a frozen pytree.
 
     Shapes are for a batch of ``n_trials`` trajectories; for a single trajectory
@@ -327,18 +328,6 @@ class RateFit(eqx.Module):
                          + ", ".join("n/a" if not np.isfinite(v) else f"{v:.4f}" for v in med))
         return "\n".join(lines)
 
-    # Keeping results: one implementation in unijax.results for every result type.
-    def summary_dict(self) -> dict:
-        """The numbers of :meth:`summary` as a JSON-ready dict."""
-        from unijax import results
-
-        return results.summary_dict(self)
-
-    def save(self, path):
-        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
-        from unijax import results
-
-        return results.save(path, self)
 
     def to_xarray(self, *, grid=None, ts=None):
         """``xarray.Dataset`` with dims ``trial`` (or ``gain, seed[, layer]`` given the
@@ -355,7 +344,7 @@ class RateFit(eqx.Module):
         return results.to_dataframe(self, grid=grid)
 
 
-class MeanFit(eqx.Module):
+class MeanFit(Keepable, eqx.Module):
     """Result of :func:`fit_eta_mean`, a frozen pytree (leading axis absent for one trial).
 
     Attributes:
@@ -396,17 +385,6 @@ class MeanFit(eqx.Module):
                 f"{d['eta_mean_mean']} (sd {d['eta_mean_std']}) 1/epoch, median R^2 (loss) = "
                 f"{d['median_r2']}")
 
-    def summary_dict(self) -> dict:
-        """The numbers of :meth:`summary` as a JSON-ready dict."""
-        from unijax import results
-
-        return results.summary_dict(self)
-
-    def save(self, path):
-        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
-        from unijax import results
-
-        return results.save(path, self)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,6 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from unijax._keep import Keepable
+
 __all__ = [
     "pair_observables",
     "trajectory",
@@ -87,7 +89,7 @@ def pair_observables(
 # --------------------------------------------------------------------------------------------
 
 
-class Trajectory(eqx.Module):
+class Trajectory(Keepable, eqx.Module):
     """A recorded two-point trajectory, ready for :func:`unijax.fit.fit_rates` (a frozen pytree).
 
     Attributes:
@@ -128,17 +130,6 @@ class Trajectory(eqx.Module):
                 f"(epochs {float(self.ts[0]):g} to {float(self.ts[-1]):g}), "
                 f"dx2 = {float(self.dx2):.4g}, dy2 = {float(self.dy2):.4g}")
 
-    def summary_dict(self) -> dict:
-        """The numbers of :meth:`summary` as a JSON-ready dict."""
-        from unijax import results
-
-        return results.summary_dict(self)
-
-    def save(self, path):
-        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
-        from unijax import results
-
-        return results.save(path, self)
 
     def to_xarray(self):
         """``xarray.Dataset``: ``hyw ([trial,] epoch, variable)``."""

@@ -74,6 +74,7 @@ from ._checks import (
     check_seeds,
     memory_bytes,
 )
+from ._keep import Keepable
 from .configs import TrainConfig
 
 __all__ = [
@@ -91,7 +92,7 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
-class TrainResult(eqx.Module):
+class TrainResult(Keepable, eqx.Module):
     """Recorded observables of a grid of ``n_gains x n_seeds`` training runs (a frozen pytree).
 
     Time is in epochs; entry ``t`` of a per-epoch record is taken *before* the update of epoch
@@ -222,18 +223,6 @@ class TrainResult(eqx.Module):
             )
         return "\n".join(lines)
 
-    # Keeping results: one implementation in unijax.results for every result type.
-    def summary_dict(self) -> dict:
-        """The numbers of :meth:`summary` as a JSON-ready dict."""
-        from unijax import results
-
-        return results.summary_dict(self)
-
-    def save(self, path) -> Any:
-        """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
-        from unijax import results
-
-        return results.save(path, self)
 
     def to_xarray(self):
         """``xarray.Dataset`` with dims ``gain, seed, [layer,] epoch, variable`` (see
