@@ -34,3 +34,18 @@ def memory_gb() -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def header(jax_module, *extra: str) -> str:
+    """One line naming the machine, its load and the software, e.g. ``"machine: AMD EPYC, 2
+    cores, load [...]; python 3.11.7, jax 0.10.2 (cpu), diffrax 0.7.2, float64"``.
+
+    ``jax_module`` is passed in so that this module never imports JAX itself; ``extra`` are
+    further items (library versions, dtype).
+    """
+    import os
+
+    items = [f"python {platform.python_version()}",
+             f"jax {jax_module.__version__} ({jax_module.default_backend()})", *extra]
+    return (f"machine: {cpu_model()}, {os.cpu_count()} cores, load {load_average()}; "
+            + ", ".join(items))

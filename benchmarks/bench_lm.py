@@ -24,14 +24,12 @@ against the other (their minima agree when both converge). CPU, 64-bit floats.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import header, load_average  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -50,9 +48,7 @@ def main(argv=None) -> int:
 
     from unijax import fit, theory
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load {load_average()}; "
-          f"python {platform.python_version()}, jax {jax.__version__} "
-          f"({jax.default_backend()}), optimistix {optx.__version__}, float64")
+    print(header(jax, f"optimistix {optx.__version__}", "float64"))
 
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs

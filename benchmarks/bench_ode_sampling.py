@@ -23,14 +23,12 @@ each path's values from a tight reference (rtol 1e-12).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import header, load_average  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -49,9 +47,7 @@ def main(argv=None) -> int:
 
     from unijax import theory
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load {load_average()}; "
-          f"python {platform.python_version()}, jax {jax.__version__} "
-          f"({jax.default_backend()}), diffrax {diffrax.__version__}, float64")
+    print(header(jax, f"diffrax {diffrax.__version__}", "float64"))
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs
     ts = jnp.arange(float(T))

@@ -21,14 +21,12 @@ timed apart, after ``block_until_ready``) and the largest parameter difference a
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import header, load_average  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -49,8 +47,7 @@ def main(argv=None) -> int:
 
     from unijax import configs, nets, train
 
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores, load {load_average()}; "
-          f"python {platform.python_version()}, jax {jax.__version__} ({jax.default_backend()})")
+    print(header(jax))
     cfg = configs.get("default", width=args.width, depth=args.depth)
     module = train.make_network(cfg)
     data = train.load_data(cfg)
