@@ -9,9 +9,9 @@ as a function of ``(log eta_h, log eta_y)``, with the rate fit's own ODE solve (
 rtol 1e-7, atol 1e-9, forward-mode derivatives), started from the planted rates times 1.5,
 ``vmap`` over the trials inside one ``jit``:
 
-* unijax: ``fit._levenberg_marquardt`` with ``fit._evaluate`` (residuals and the Jacobian from
-  one ``jacfwd`` solve, then ``J^T J``, ``J^T r``; stop when the Gauss-Newton step is below
-  1e-4 in every log-rate, or after 6 steps without progress);
+* unijax: ``_fit_lm.levenberg_marquardt`` with ``_fit_model.evaluate`` (residuals and the
+  Jacobian from one ``jacfwd`` solve, then ``J^T J``, ``J^T r``; stop when the Gauss-Newton
+  step is below 1e-4 in every log-rate, or after 6 steps without progress);
 * Optimistix: ``optx.least_squares`` with ``optx.LevenbergMarquardt(rtol=1e-6, atol=1e-4)``
   on the residual vector (its own Jacobian and linear solve; the ODE solve is the same
   function).
@@ -46,7 +46,10 @@ def main(argv=None) -> int:
     import numpy as np
     import optimistix as optx
 
-    from unijax import fit, theory
+    from unijax import theory
+    from unijax._fit_args import SolveOpts
+    from unijax._fit_lm import levenberg_marquardt
+    from unijax._fit_model import Trial, evaluate, model
 
     print(header(jax, f"optimistix {optx.__version__}", "float64"))
 
@@ -60,16 +63,16 @@ def main(argv=None) -> int:
                   for z, e in zip(z0, eta, strict=True)])
     Z = Z * (1.0 + 1e-3 * rng.normal(size=Z.shape))
     p0 = np.log(eta * 1.5)
-    opts = fit._SolveOpts(rtol=1e-7, atol=1e-9, max_steps=4096)
+    opts = SolveOpts(rtol=1e-7, atol=1e-9, max_steps=4096)
 
     def trial(Zi):
-        return fit._Trial(jnp.asarray(ts), Zi, jnp.asarray(1.0), jnp.asarray(0.5))
+        return Trial(jnp.asarray(ts), Zi, jnp.asarray(1.0), jnp.asarray(0.5))
 
     @jax.jit
     def ours(Z, p0):
         def one(Zi, pi):
             t = trial(Zi)
-            s = fit._levenberg_marquardt(lambda p: fit._evaluate(p, t, opts), pi[None],
+            s = levenberg_marquardt(lambda p: evaluate(p, t, opts), pi[None],
                                          max_iters=64, xtol=1e-4, ftol=1e-6)
             return s.p, s.sse, s.n_iter, s.converged
 
@@ -83,7 +86,7 @@ def main(argv=None) -> int:
             t = trial(Zi)
 
             def residual(p, _):
-                return (fit._model(p, t, opts)[0] - t.Z).reshape(-1)
+                return (model(p, t, opts)[0] - t.Z).reshape(-1)
 
             sol = optx.least_squares(residual, solver, pi, max_steps=64, throw=False)
             r = residual(sol.value, None)
