@@ -16,16 +16,20 @@ Cases, each repeated ``--reps`` times (medians printed, all runs in the JSON):
 * ``fit cold``: ``fit.fit_rates`` on one trajectory with an empty persistent compilation
   cache directory (the first time ever on this machine);
 * ``fit warm``: the same, with the cache directory that a previous process filled;
+* ``fit new len``: with that cache, a trajectory of another length in the same length bucket
+  (``--n-epochs`` minus a sixth: 2500 epochs at the default 3000, bucket 4096; see
+  ``unijax._fit_args``), which must not compile anything new;
 * ``scipy``: the paper's method on the same trajectory (Radau + 200-point grid + BFGS with
   finite differences, as in ``bench_fit.py``), imports included;
 * ``train cold`` / ``train warm``: ``train.train`` of the default two-point network (width
   ``--width``, ``--epochs`` epochs, ``--seeds`` seeds), with an empty and a filled cache.
 
 The trajectory is the README's example (``--n-epochs`` epochs, 1% noise), written once to a
-temporary ``.npz`` so that no case pays for making it. JAX's persistent cache is pointed at a
-temporary directory through ``JAX_COMPILATION_CACHE_DIR`` (with the minimum compile time and
-entry size set to 0 so that every program is cached); nothing outside the temporary
-directories is touched.
+temporary ``.npz`` so that no case pays for making it (the shorter one is its first epochs).
+JAX's persistent cache is pointed at a temporary directory through
+``JAX_COMPILATION_CACHE_DIR`` (with the minimum compile time and entry size set to 0 so that
+every program is cached; unijax stores its compiled fit programs there too); nothing outside
+the temporary directories is touched.
 """
 
 from __future__ import annotations
@@ -156,18 +160,24 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import jax  # only for its version
+    import numpy as np
 
-    runs: dict[str, list[dict]] = {k: [] for k in
-                                   ("fit cold", "fit warm", "scipy", "train cold", "train warm")}
+    runs: dict[str, list[dict]] = {k: [] for k in ("fit cold", "fit warm", "fit new len",
+                                                   "scipy", "train cold", "train warm")}
     load0 = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         traj = str(Path(tmp) / "traj.npz")
         child(_MAKE, [traj, str(args.n_epochs)], None)
+        other = str(Path(tmp) / "traj_other.npz")
+        n_other = args.n_epochs - args.n_epochs // 6
+        with np.load(traj) as d:
+            np.savez(other, ts=d["ts"][:n_other], Z=d["Z"][:n_other])
         train_args = [str(args.width), str(args.epochs), str(args.seeds)]
         for r in range(args.reps):
             fit_cache = tempfile.mkdtemp(dir=tmp, prefix=f"fit{r}-")
             runs["fit cold"].append(child(_FIT, [traj], fit_cache))
             runs["fit warm"].append(child(_FIT, [traj], fit_cache))
+            runs["fit new len"].append(child(_FIT, [other], fit_cache))
             runs["scipy"].append(child(_SCIPY, [traj, str(REPO)], None))
             train_cache = tempfile.mkdtemp(dir=tmp, prefix=f"train{r}-")
             runs["train cold"].append(child(_TRAIN, train_args, train_cache))
@@ -177,15 +187,16 @@ def main(argv=None) -> int:
     machine = dict(cpu=cpu_model(), cores=os.cpu_count(), jax=jax.__version__,
                    python=platform.python_version(), load_start=load0, load_end=load_average())
     print(f"machine: {machine}")
-    print(f"trajectory: {args.n_epochs} epochs; training: default net width {args.width}, "
-          f"{args.epochs} epochs, {args.seeds} seeds; medians of {args.reps} fresh processes")
+    print(f"trajectory: {args.n_epochs} epochs (new len: {n_other}); training: default net "
+          f"width {args.width}, {args.epochs} epochs, {args.seeds} seeds; medians of "
+          f"{args.reps} fresh processes")
     print(f"{'case':<12} {'process s':>10} {'first call s':>13}")
     med = {}
     for name, rs in runs.items():
         med[name] = {k: statistics.median(r[k] for r in rs) for k in ("process", "call")}
         print(f"{name:<12} {med[name]['process']:>10.2f} {med[name]['call']:>13.2f}")
     sp = med["scipy"]["process"]
-    for name in ("fit cold", "fit warm"):
+    for name in ("fit cold", "fit warm", "fit new len"):
         print(f"{name} / scipy (process): {med[name]['process'] / sp:.2f}x")
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": None},
