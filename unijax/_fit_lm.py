@@ -19,6 +19,40 @@ from jaxtyping import Array
 __all__ = ["LMState", "inv_psd", "levenberg_marquardt", "solve_spd"]
 
 
+def _cholesky(a):
+    """Lower Cholesky factor of a small symmetric matrix, as rows of scalars, unrolled.
+
+    Written out rather than ``jnp.linalg.cholesky`` so that the compiled fit calls no LAPACK
+    kernel: a stored program (see :mod:`unijax._fit_run`) then loads without initializing
+    LAPACK, which costs a SciPy import (~0.3 s) in a fresh process; for ``k <= 5`` it is also
+    cheaper under ``vmap``. A matrix that is not positive definite gives NaN (the square root
+    of a negative pivot), as LAPACK's does.
+    """
+    k = a.shape[0]
+    low = [[None] * k for _ in range(k)]
+    for j in range(k):
+        pivot = a[j, j] - sum((low[j][m] ** 2 for m in range(j)), jnp.zeros((), a.dtype))
+        low[j][j] = jnp.sqrt(pivot)
+        for i in range(j + 1, k):
+            dot = sum((low[i][m] * low[j][m] for m in range(j)), jnp.zeros((), a.dtype))
+            low[i][j] = (a[i, j] - dot) / low[j][j]
+    return low
+
+
+def _cho_solve(low, b):
+    """Solve ``L L^T x = b`` by forward and back substitution (``b``: ``(k,)`` or ``(k, m)``)."""
+    k = len(low)
+    y = []
+    for i in range(k):
+        y.append((b[i] - sum((low[i][m] * y[m] for m in range(i)), jnp.zeros_like(b[i])))
+                 / low[i][i])
+    x = [None] * k
+    for i in reversed(range(k)):
+        x[i] = (y[i] - sum((low[m][i] * x[m] for m in range(i + 1, k)), jnp.zeros_like(b[i]))
+                ) / low[i][i]
+    return jnp.stack(x)
+
+
 def solve_spd(a, b):
     """Solve ``a x = b`` for a small symmetric positive-definite ``a``, with a flag.
 
@@ -29,10 +63,12 @@ def solve_spd(a, b):
     diag = jnp.diag(a)
     d = jnp.sqrt(jnp.where(diag > 0, diag, 1.0))
     scale = d if b.ndim == 1 else d[:, None]
-    chol = jnp.linalg.cholesky(a / d[:, None] / d[None, :])
-    ok = jnp.all(diag > 0) & jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.diag(chol) > 1e-7)
-    chol = jnp.where(ok, chol, jnp.eye(a.shape[0], dtype=a.dtype))
-    x = jax.scipy.linalg.cho_solve((chol, True), b / scale) / scale
+    a = a / d[:, None] / d[None, :]
+    low = _cholesky(0.5 * (a + a.T))  # symmetrized, as jnp.linalg.cholesky does
+    pivots = jnp.stack([low[i][i] for i in range(a.shape[0])])
+    finite = jnp.all(jnp.stack([jnp.isfinite(v) for row in low for v in row if v is not None]))
+    ok = jnp.all(diag > 0) & finite & jnp.all(pivots > 1e-7)
+    x = _cho_solve(low, b / scale) / scale
     return jnp.where(ok, x, jnp.nan), ok
 
 
@@ -119,23 +155,8 @@ def levenberg_marquardt(evaluate, starts, *, max_iters, xtol, ftol, flag=None):
         p_eval = jnp.where(jnp.isfinite(sse), p_eval, starts[jnp.minimum(n_iter, len(starts) - 1)])
         no_start = ~jnp.isfinite(sse) & (n_iter >= len(starts))
         done = converged | (n_iter >= max_iters) | (n_stuck >= 6) | no_start
-        return LMState(
-            p,
-            p_start,
-            sse,
-            hess,
-            grad,
-            aux,
-            p_eval,
-            pred,
-            lam,
-            nu,
-            n_iter,
-            n_stuck,
-            flagged,
-            converged,
-            done,
-        )
+        return LMState(p, p_start, sse, hess, grad, aux, p_eval, pred, lam, nu, n_iter, n_stuck,
+                       flagged, converged, done)
 
     init = LMState(
         p=p0,
