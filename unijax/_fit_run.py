@@ -77,18 +77,21 @@ def _programs_dir() -> Path | None:
 
 
 @functools.cache
-def _init_lapack():
-    # A loaded executable calls LAPACK kernels (Cholesky) whose entry points jaxlib resolves
-    # when a program using them is lowered; lowering a tiny one does that (as jax.export does
-    # before calling a deserialized module). Without it the loaded program crashes.
+def _init_kernels():
+    # Kernels that XLA calls out to on CPU (LAPACK's, through jaxlib) get their entry points
+    # when a program using them is lowered, which a loaded program never is; without them it
+    # crashes. Lowering a tiny one resolves them (as jax.export does before calling a
+    # deserialized module). The fit itself calls none (see _fit_lm._cholesky); this is for a
+    # program that does.
     jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((2, 2), jnp.float64))
 
 
 def _load(path: Path, device):
     from jax.experimental import serialize_executable
 
-    _init_lapack()
-    payload, in_tree, out_tree = pickle.loads(path.read_bytes())
+    payload, in_tree, out_tree, calls_out = pickle.loads(path.read_bytes())
+    if calls_out:
+        _init_kernels()
     return serialize_executable.deserialize_and_load(
         payload, in_tree, out_tree, backend=device.client, execution_devices=[device])
 
@@ -96,7 +99,9 @@ def _load(path: Path, device):
 def _store(path: Path, compiled) -> None:
     from jax.experimental import serialize_executable
 
-    blob = pickle.dumps(serialize_executable.serialize(compiled))
+    # Whether the program calls a kernel outside XLA (a custom call), recorded for _load.
+    calls_out = "custom_call_target" in compiled.as_text()
+    blob = pickle.dumps((*serialize_executable.serialize(compiled), calls_out))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
