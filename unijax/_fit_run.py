@@ -73,7 +73,9 @@ def _key(args, opts: FitOpts, return_trajectory: bool, device) -> str:
 
 def _programs_dir() -> Path | None:
     d = _cache.enable_compilation_cache()
-    return None if d is None else Path(d) / "unijax_programs"
+    if d is None or "://" in d:  # off, or a remote cache (gs://...) that JAX writes itself
+        return None
+    return Path(d) / "unijax_programs"
 
 
 @functools.cache
