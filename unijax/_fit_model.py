@@ -49,7 +49,9 @@ class Trial(NamedTuple):
     """One trial's data, the pytree that is vmapped over.
 
     ``ts`` and ``Z`` may be padded to a bucket: the padding repeats the last measured epoch
-    and row, and ``weight`` is 1 on measured epochs, 0 on padding (None: all measured).
+    and row, and ``weight`` is 1 on measured epochs, 0 on padding (None: all measured). Padded
+    ``ts`` must be traced (an argument of the compiled fit): :func:`unijax.theory.integrate`
+    refuses concrete epochs that do not increase.
     """
 
     ts: Float[Array, " n"]
