@@ -16,7 +16,8 @@ import pytest
 from unijax import experiments
 from unijax._store import to_jsonable
 from unijax.cli import apply_sets, parse_sets
-from unijax.experiments._common import BadInput, result_from_arrays, result_to_arrays
+from unijax.experiments import BadInput
+from unijax.experiments._common import result_from_arrays, result_to_arrays
 
 KEY = jax.random.key(0)
 
@@ -88,14 +89,14 @@ def test_overrides_are_typed_and_validated():
 
 
 def test_rate_settings_are_one_nested_block_in_every_experiment_that_uses_rates():
-    from unijax.experiments._structure import RateSettings
-
     users = [n for n in experiments.names() if getattr(experiments.get(n), "USES_RATES", 0)]
     assert users == ["E4", "E5", "E6", "E8"]
+    RateSettings = type(experiments.get("E4").Config().rates)  # one class for all four
     for name in users:
         mod = experiments.get(name)
         fields = [f.name for f in dataclasses.fields(mod.Config)]
         assert "rates" in fields and not [f for f in fields if f.startswith("rates_")]
+        assert type(mod.Config().rates) is RateSettings
         assert mod.Config().rates == RateSettings()
         over = parse_sets(mod.Config, ["rates.epochs=400", "rates.max_depth=none"])
         assert over == {"rates.epochs": 400, "rates.max_depth": None}
@@ -415,27 +416,3 @@ def test_e1_default_rates_leave_flagged_fits_out(e1_run):
     # A result stored before the status existed: its fits are not vouched for.
     old = {k: v for k, v in result_to_arrays(r).items() if k != "fit_status"}
     assert mod.default_rates(result_from_arrays(mod.Result, old)) is None
-
-
-def test_cli_passes_on_only_quality_checked_rates():
-    from unijax import cli
-
-    class Store:
-        def __init__(self, rates):
-            self.summary = {"config_hash": "0123456789abcdef",
-                            "agreement": {"figures": {"default_rates": rates}}}
-
-        def load_summary(self, src):
-            return self.summary if src == "E1" else None
-
-        def is_finished(self, src, config_hash):
-            return True
-
-    good = {"eta_h": 0.01, "eta_y": 0.02, "n": 3, "n_excluded": 1,
-            "excluded": {"poor_fit": 1}, "width": 8, "depth": 3}
-    got = cli._upstream_rates(Store(good))
-    assert got["eta_h"] == 0.01 and got["n"] == 3 and got["n_excluded"] == 1
-    assert "3 of 4 fits used (excluded: 1 poor_fit)" in got["source"]
-    # Stored before the accounting (its mean may include flagged fits), or no usable fit.
-    assert cli._upstream_rates(Store({"eta_h": 0.01, "eta_y": 0.02, "n": 4})) is None
-    assert cli._upstream_rates(Store({**good, "n": 0, "eta_h": float("nan")})) is None
