@@ -23,21 +23,21 @@ against the other (their minima agree when both converge). CPU, 64-bit floats.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import header, load_average  # noqa: E402
+from _machine import (  # noqa: E402
+    compile_and_time,
+    draw_problem,
+    header,
+    int_options,
+    load_average,
+)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-trials", type=int, default=8)
-    ap.add_argument("--n-epochs", type=int, default=300)
-    ap.add_argument("--reps", type=int, default=11)
-    args = ap.parse_args(argv)
+    args = int_options(__doc__, argv, n_trials=8, n_epochs=300, reps=11)
 
     import jax
 
@@ -53,9 +53,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs
     ts = np.arange(float(T))
-    eta = rng.uniform(0.5, 2.0, (n, 2)) * np.array([2.0, 1.5]) * (30.0 / T)
-    z0 = np.stack([rng.uniform(0.01, 0.3, n), rng.uniform(0.001, 0.05, n),
-                   -rng.uniform(0.001, 0.05, n)], 1)
+    eta, z0 = draw_problem(rng, n, T)
     Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=e[0], eta_y=e[1], dx2=1.0, dy2=0.5))
                   for z, e in zip(z0, eta, strict=True)])
     Z = Z * (1.0 + 1e-3 * rng.normal(size=Z.shape))
@@ -95,15 +93,7 @@ def main(argv=None) -> int:
     Zj, pj = jnp.asarray(Z), jnp.asarray(p0)
     rows = {}
     for name, fn in (("unijax LM", ours), ("optimistix LM", theirs)):
-        t0 = time.perf_counter()
-        compiled = fn.lower(Zj, pj).compile()
-        compile_s = time.perf_counter() - t0
-        out = jax.block_until_ready(compiled(Zj, pj))
-        times = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(Zj, pj))
-            times.append(time.perf_counter() - t0)
+        out, compile_s, times = compile_and_time(fn, (Zj, pj), args.reps, jax.block_until_ready)
         rows[name] = (np.median(times), min(times), compile_s, [np.asarray(o) for o in out])
 
     print(f"\n{n} trials x {T} epochs, vmapped in one jit; seconds per call, "
