@@ -27,17 +27,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import (  # noqa: E402
-    compile_and_time,
-    draw_problem,
-    header,
-    int_options,
-    load_average,
-)
+import _machine  # noqa: E402
 
 
 def main(argv=None) -> int:
-    args = int_options(__doc__, argv, n_trials=8, n_epochs=300, reps=11)
+    args = _machine.int_options(__doc__, argv, n_trials=8, n_epochs=300, reps=11)
 
     import jax
 
@@ -48,12 +42,12 @@ def main(argv=None) -> int:
 
     from unijax import fit, theory
 
-    print(header(jax, f"optimistix {optx.__version__}", "float64"))
+    print(_machine.header(jax, f"optimistix {optx.__version__}", "float64"))
 
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs
     ts = np.arange(float(T))
-    eta, z0 = draw_problem(rng, n, T)
+    eta, z0 = _machine.draw_problem(rng, n, T)
     Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=e[0], eta_y=e[1], dx2=1.0, dy2=0.5))
                   for z, e in zip(z0, eta, strict=True)])
     Z = Z * (1.0 + 1e-3 * rng.normal(size=Z.shape))
@@ -93,7 +87,8 @@ def main(argv=None) -> int:
     Zj, pj = jnp.asarray(Z), jnp.asarray(p0)
     rows = {}
     for name, fn in (("unijax LM", ours), ("optimistix LM", theirs)):
-        out, compile_s, times = compile_and_time(fn, (Zj, pj), args.reps, jax.block_until_ready)
+        out, compile_s, times = _machine.compile_and_time(fn, (Zj, pj), args.reps,
+                                                          jax.block_until_ready)
         rows[name] = (np.median(times), min(times), compile_s, [np.asarray(o) for o in out])
 
     print(f"\n{n} trials x {T} epochs, vmapped in one jit; seconds per call, "
@@ -108,7 +103,7 @@ def main(argv=None) -> int:
           f"max {np.max(sb / sa):.6f}; max |log-rate difference| {np.abs(pa - pb).max():.2e}")
     med_a, med_b = rows["unijax LM"][0], rows["optimistix LM"][0]
     print(f"speed: optimistix / unijax = {med_b / med_a:.2f}x (median)")
-    print(f"load after: {load_average()}")
+    print(f"load after: {_machine.load_average()}")
     return 0
 
 

@@ -26,17 +26,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import (  # noqa: E402
-    compile_and_time,
-    draw_problem,
-    header,
-    int_options,
-    load_average,
-)
+import _machine  # noqa: E402
 
 
 def main(argv=None) -> int:
-    args = int_options(__doc__, argv, n_trials=8, n_epochs=6000, reps=7)
+    args = _machine.int_options(__doc__, argv, n_trials=8, n_epochs=6000, reps=7)
 
     import diffrax
     import jax
@@ -47,11 +41,11 @@ def main(argv=None) -> int:
 
     from unijax import theory
 
-    print(header(jax, f"diffrax {diffrax.__version__}", "float64"))
+    print(_machine.header(jax, f"diffrax {diffrax.__version__}", "float64"))
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs
     ts = jnp.arange(float(T))
-    eta, z0 = draw_problem(rng, n, T)
+    eta, z0 = _machine.draw_problem(rng, n, T)
     log_eta, z0 = jnp.log(eta), jnp.asarray(z0)
     dx2, dy2 = 1.0, 0.5
     tol = dict(rtol=1e-7, atol=1e-9, max_steps=4096)
@@ -88,14 +82,14 @@ def main(argv=None) -> int:
         for kind in ("solve", "jacfwd"):
             g = f if kind == "solve" else jax.jacfwd(f, argnums=1)
             fn = jax.jit(jax.vmap(g))
-            out, _, times = compile_and_time(fn, (z0, log_eta), args.reps,
+            out, _, times = _machine.compile_and_time(fn, (z0, log_eta), args.reps,
                                              jax.block_until_ready)
             if kind == "solve":
                 err = float(jnp.max(jnp.abs(out - ref)))
             cols += [1e3 * np.median(times), 1e3 * min(times)]
         print(f"{name:>16} {cols[0]:>10.2f} {cols[1]:>8.2f} {cols[2]:>11.2f} {cols[3]:>8.2f} "
               f"{err:>10.1e}")
-    print(f"load after: {load_average()}")
+    print(f"load after: {_machine.load_average()}")
     return 0
 
 
