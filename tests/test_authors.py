@@ -91,3 +91,15 @@ def test_e1_row_verdicts_judge_by_threshold_or_reference():
     R.r2_authors = np.asarray(np.nan)  # no reference: tanh's w fails
     assert e1.row_verdicts(R)["tanh"]["passed"] is False
 
+
+
+def test_fit_many_in_processes_equals_the_loop(trajectory):
+    Zs = [trajectory[:200], trajectory[:300] * np.array([1.0, 1.0, 1.0])]
+    eta1, r21 = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=1)
+    eta2, r22 = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=2, epochs=None)
+    np.testing.assert_array_equal(eta1, eta2)
+    np.testing.assert_array_equal(r21, r22)
+    f = authors.fit_one(Zs[1], dx2=1.0, dy2=0.5)
+    np.testing.assert_array_equal(eta1[1], [f.eta_h, f.eta_y])
+    with pytest.raises(ValueError, match="finite"):
+        authors.fit_many([np.full((5, 3), np.nan)], dx2=1.0, dy2=0.5)

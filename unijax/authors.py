@@ -22,13 +22,16 @@ The right-hand side is written out again in NumPy, independently of
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import concurrent.futures
+import multiprocessing
+import os
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.optimize import minimize
 
-__all__ = ["AuthorsFit", "fit_one", "r2_of_rates", "rhs", "GRID"]
+__all__ = ["AuthorsFit", "fit_one", "fit_many", "r2_of_rates", "rhs", "GRID"]
 
 #: The scales of the authors' starting grid: ``(eta_h, eta_y) = s (ratio, 1)``.
 GRID = np.logspace(-6, 2, 200)
@@ -155,3 +158,47 @@ def r2_of_rates(Z, eta_h: float, eta_y: float, *, dx2: float, dy2: float, epochs
     sst = ((z - z.mean(0)) ** 2).sum(0)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(sst > 0, 1.0 - ((z - m) ** 2).sum(0) / sst, np.nan)
+
+
+def _fit_and_score(Z, dx2, dy2, epochs):
+    f = fit_one(Z, dx2=dx2, dy2=dy2)
+    return (f.eta_h, f.eta_y), r2_of_rates(Z, f.eta_h, f.eta_y, dx2=dx2, dy2=dy2, epochs=epochs)
+
+
+def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = None,
+             progress: Any = None, desc: str = "authors' fits") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_one` on many trajectories, each scored by :func:`r2_of_rates`.
+
+    SciPy's solver runs on one core, so the trajectories are spread over ``workers`` processes
+    (started fresh, ``spawn``: this module imports neither JAX nor anything that holds
+    threads); the numbers are those of a loop over :func:`fit_one`.
+
+    Args:
+        Zs: ``(n, n_epochs, 3)`` trajectories, every epoch.
+        dx2, dy2: squared input/output distances (the same for all).
+        epochs: the epochs the R^2 is scored on (default all), as :func:`r2_of_rates`.
+        workers: processes (default: the CPU cores this process may use; 1: in this process).
+        progress: ``progress(items, desc=...)`` wrapper of an iterable (e.g. tqdm), or None.
+
+    Returns:
+        ``eta: (n, 2)`` the rates reached, ``r2: (n, 3)`` their R^2 of h, y, w.
+    """
+    Zs = [np.asarray(Z, np.float64) for Z in Zs]
+    for Z in Zs:
+        _check(Z, dx2, dy2)
+    n = len(Zs)
+    eta, r2 = np.full((n, 2), np.nan), np.full((n, 3), np.nan)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+    wrap = progress if progress is not None else (lambda items, desc="": items)
+    if workers <= 1 or n <= 1:
+        for i in wrap(range(n), desc=desc):
+            eta[i], r2[i] = _fit_and_score(Zs[i], dx2, dy2, epochs)
+        return eta, r2
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(min(workers, n), mp_context=ctx) as pool:
+        futures = [pool.submit(_fit_and_score, Z, dx2, dy2, epochs) for Z in Zs]
+        for i in wrap(range(n), desc=desc):
+            eta[i], r2[i] = futures[i].result()
+    return eta, r2

@@ -340,15 +340,15 @@ def reference_fits(hyw, fitted, *, epochs, dx2, dy2, progress, cache,
     def compute():
         eta = np.full((R, S, 2), np.nan)
         r2 = np.full((R, S, 3), np.nan)
-        todo = [(i, j) for i in range(R) for j in range(S) if fitted[i, j]]
-        for i, j in progress(todo, desc=f"{prefix}: authors' fits"):
-            Z = np.asarray(hyw[i, j], np.float64)
-            if not np.all(np.isfinite(Z)):  # blew up after the last sampled epoch
-                continue
-            f = authors.fit_one(Z, dx2=dx2, dy2=dy2)
-            eta[i, j] = f.eta_h, f.eta_y
-            r2[i, j] = authors.r2_of_rates(Z, f.eta_h, f.eta_y, dx2=dx2, dy2=dy2,
-                                           epochs=epochs)
+        # A trial that blew up after the last sampled epoch cannot be fitted over every epoch.
+        todo = [(i, j) for i in range(R) for j in range(S)
+                if fitted[i, j] and np.all(np.isfinite(hyw[i, j]))]
+        if todo:
+            e, r = authors.fit_many([hyw[i, j] for i, j in todo], dx2=dx2, dy2=dy2,
+                                    epochs=epochs, progress=progress,
+                                    desc=f"{prefix}: authors' fits")
+            for k, (i, j) in enumerate(todo):
+                eta[i, j], r2[i, j] = e[k], r[k]
         return {"eta": eta, "r2": r2}
 
     return cache(prefix, compute)
