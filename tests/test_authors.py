@@ -56,13 +56,16 @@ def test_fit_one_refuses_bad_input(trajectory, bad, match):
 
 def test_no_worse_than_authors_rule():
     m = fit.MIN_R2
-    r2 = np.array([[0.99, 0.99, 0.70],    # w below, authors 0.72: 0.30 <= 1.1 * 0.28
-                   [0.99, 0.99, 0.60],    # w below, authors 0.72: 0.40 > 0.308
+    r2 = np.array([[0.99, 0.99, 0.70],    # w below; sums 0.32 <= 1.1 * 0.30
+                   [0.99, 0.99, 0.60],    # w below; 0.42 > 1.1 * 0.30
                    [0.99, 0.99, 0.70],    # no reference
-                   [0.95, np.nan, 0.95]])  # a NaN R^2 never passes
-    ref = np.array([[0.99, 0.99, 0.72], [0.99, 0.99, 0.72], [np.nan] * 3, [0.9] * 3])
+                   [0.95, np.nan, 0.95],  # a NaN R^2 never passes
+                   [0.85, 0.99, 0.96]])   # h traded for y against the authors: 0.2 <= 0.22
+    ref = np.array([[0.99, 0.99, 0.72], [0.99, 0.99, 0.72], [np.nan] * 3, [0.9] * 3,
+                    [0.9, 0.94, 0.96]])
     np.testing.assert_array_equal(tp.no_worse_than_authors(r2, ref, m),
-                                  [True, False, False, False])
+                                  [True, False, False, False, True])
+    r2, ref = r2[:4], ref[:4]
     poor, ok = int(fit.FitStatus.POOR_FIT), int(fit.FitStatus.OK)
     st = tp.reference_status([poor, poor, poor, ok], r2, ref)
     np.testing.assert_array_equal(st, [tp.AS_AUTHORS, poor, poor, ok])

@@ -424,7 +424,8 @@ def agreement(result) -> dict:
         notes=["Rates per architecture: mean over the fits at dx2 = 1, dy2 = 0.5 that pass the "
                "quality criterion (optimizer finished, rates identified, R^2 of each of h, y, w "
                f">= {e1.fit_min_r2()}, or no worse than the authors' fitting method on the same "
-               f"trajectory: 1 - R^2 at most {tp.REF_SLACK}x theirs): " + "; ".join(
+               f"trajectory: sum over h, y, w of 1 - R^2 at most {tp.REF_SLACK}x theirs): "
+               + "; ".join(
                    f"{k}: {tp.exclusion_text(v['rate_fits'])}" for k, v in table.items()) + "."
                 + T_note,
                 "Departures from the paper's text: " + ("; ".join(deps) if deps else "none")
