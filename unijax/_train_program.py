@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec as P
 from . import _batch, _progress, distributed
 from ._train_epoch import Obs, Spec, chunk_fn, start_fn
 from ._train_nets import Net
+from ._train_request import Request
 
 
 class Programs(NamedTuple):
@@ -185,8 +186,8 @@ class _Clock:
         return compiled
 
 
-def execute(req) -> Raw:
-    """Run the request ``req`` (a ``unijax._train_request.Request``) on its devices.
+def execute(req: Request) -> Raw:
+    """Run the checked request ``req`` on its devices.
 
     The grid is flattened gains-major (trial ``b = g * n_seeds + s``) and padded to its bucket
     with copies of the last trial; the padding is dropped from every output.
@@ -238,7 +239,8 @@ def _placer(mesh: Mesh) -> Callable:
     return lambda a, split=False: distributed.put(a, batched if split else replicated)
 
 
-def _run_chunks(req, chunk, carry, shared, sched: Schedule, put, clock: _Clock, n: int):
+def _run_chunks(req: Request, chunk, carry, shared, sched: Schedule, put, clock: _Clock,
+                n: int):
     """Every chunk of epochs in turn, the carry donated from one to the next. Outputs stay on
     the devices until the last chunk is queued, then come to the host cut to the ``n`` real
     trials: ``(final_obs, losses, hyws, reps, final_params)`` (see :class:`Raw`)."""

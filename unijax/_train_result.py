@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._train_program import Raw
+from ._train_request import Request
 
 
 class _Divergence(NamedTuple):
@@ -47,9 +48,9 @@ def _joined(chunks: list, n_epochs: int) -> np.ndarray:
     return np.concatenate([np.asarray(v) for v in chunks], axis=1)[:, :n_epochs]
 
 
-def assemble(req, raw: Raw) -> dict[str, Any]:
-    """The fields of :class:`unijax.train.TrainResult` for the request ``req`` (a
-    ``unijax._train_request.Request``) and what its run fetched, ``raw``."""
+def assemble(req: Request, raw: Raw) -> dict[str, Any]:
+    """The fields of :class:`unijax.train.TrainResult` for the request ``req`` and what its
+    run fetched, ``raw``."""
     n_g, n_s, n_epochs = len(req.gains), len(req.seeds), req.n_epochs
 
     def grid(a):
@@ -86,7 +87,7 @@ def _grid_tree(tree, grid):
     return None if tree is None else jax.tree.map(grid, tree)
 
 
-def _pair_fields(req, raw: Raw, div: _Divergence, grid) -> dict:
+def _pair_fields(req: Request, raw: Raw, div: _Divergence, grid) -> dict:
     """``h, y, w`` ``(n_g, n_s[, L], E)`` and ``final_h, final_y, final_w`` of the pair."""
     names = ("h", "y", "w", "final_h", "final_y", "final_w")
     if req.spec.pair is None:
@@ -100,7 +101,7 @@ def _pair_fields(req, raw: Raw, div: _Divergence, grid) -> dict:
     return dict(zip(names, values, strict=True))
 
 
-def _rep_fields(req, raw: Raw, div: _Divergence, grid) -> dict:
+def _rep_fields(req: Request, raw: Raw, div: _Divergence, grid) -> dict:
     """Representations of the recorded points at the record epochs, the start and the end,
     and the outputs there; a tuple over layers when ``req.layer_axis``."""
     names = ("reps", "initial_reps", "final_reps", "initial_outputs", "final_outputs")
@@ -127,7 +128,7 @@ def _rep_fields(req, raw: Raw, div: _Divergence, grid) -> dict:
     )
 
 
-def _static_fields(req, raw: Raw) -> dict:
+def _static_fields(req: Request, raw: Raw) -> dict:
     """The static fields: what was run, the pair's distances, the layout and the timings."""
     if req.spec.pair is not None:
         i, j = req.spec.pair
