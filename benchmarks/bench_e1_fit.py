@@ -7,7 +7,7 @@ Trains the Table 1 rows with ``unijax.train`` exactly as ``unijax run E1`` does 
 preset's sizes (``--preset``, default ``quick``; ``--width`` overrides every row's width), then
 fits the same trajectories three ways and prints R^2 of h, y, w per trial and the per-row mean:
 
-(a) the authors' method (``bench_fit.scipy_fit``: SSE of h, y, w over every epoch, the ODE from
+(a) the authors' method (``unijax.authors.fit_one``: SSE of h, y, w over every epoch, the ODE from
     the measured first epoch with SciPy's Radau, 200-point scale grid, then BFGS);
 (b) ``unijax.fit.fit_rates`` as E1 runs it (the same objective on ``FIT_POINTS`` sampled epochs,
     Levenberg-Marquardt), its status;
@@ -37,25 +37,17 @@ import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
-from bench_fit import DX2, DY2, _rhs, scipy_fit  # noqa: E402
-from scipy.integrate import solve_ivp  # noqa: E402
+from bench_fit import DX2, DY2, scipy_fit  # noqa: E402
 
-from unijax import fit, train  # noqa: E402
+from unijax import authors, fit, train  # noqa: E402
 from unijax.experiments import _twopoint as tp  # noqa: E402
 from unijax.experiments import e1_dynamics as e1  # noqa: E402
 
 
 def r2_all_epochs(Z, eta_h, eta_y):
-    """R^2 of h, y, w over every epoch of ``Z (T, 3)`` for the ODE from ``Z[0]`` (NaN if the
-    rates are not finite or the solve fails)."""
-    if not (np.isfinite(eta_h) and np.isfinite(eta_y)):
-        return np.full(3, np.nan)
-    ts = np.arange(float(Z.shape[0]))
-    sol = solve_ivp(_rhs, (ts[0], ts[-1]), Z[0], method="Radau", t_eval=ts,
-                    args=(eta_h, eta_y), rtol=1e-8, atol=1e-11)
-    if not sol.success or sol.y.shape[1] != ts.size:
-        return np.full(3, np.nan)
-    return 1.0 - ((Z - sol.y.T) ** 2).sum(0) / ((Z - Z.mean(0)) ** 2).sum(0)
+    """R^2 of h, y, w over every epoch of ``Z (T, 3)`` for the ODE from ``Z[0]`` (one tight
+    Radau solve, ``unijax.authors.r2_of_rates``; NaN if the rates are not finite)."""
+    return authors.r2_of_rates(Z, eta_h, eta_y, dx2=DX2, dy2=DY2)
 
 
 def main(argv=None):

@@ -51,10 +51,8 @@ import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import scipy  # noqa: E402
 from _machine import cpu_model  # noqa: E402
-from scipy.integrate import solve_ivp  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
 
-from unijax import fit, theory  # noqa: E402
+from unijax import authors, fit, theory  # noqa: E402
 
 DX2, DY2 = 1.0, 0.5  # the paper's two-point data (docs/experiments.md E1)
 
@@ -152,46 +150,13 @@ def sse_reference(ts, Z, eta_h, eta_y):
 # ---------------------------------------------------------------------------------------------
 
 
-def _rhs(t, z, eta_h, eta_y):
-    h, y, w = z
-    a = eta_h * DX2
-    return [
-        -a * w,
-        -w * (eta_y * h + a * y / h),
-        -0.5 * eta_y * (3.0 * w - y + DY2) * h - 0.5 * a * (y + w) * w / h,
-    ]
-
-
 def scipy_fit(ts, Zi, rtol=1e-3, atol=1e-6):
-    """Grid of 200 scales of (ratio, 1), best kept, then BFGS with finite differences."""
-    n_solves = 0
-
-    def sse(rates):
-        nonlocal n_solves
-        eta_h, eta_y = rates
-        if not (eta_h > 0 and eta_y > 0):
-            return 1e10
-        n_solves += 1
-        sol = solve_ivp(
-            _rhs,
-            (ts[0], ts[-1]),
-            Zi[0],
-            method="Radau",
-            t_eval=ts,
-            args=(eta_h, eta_y),
-            rtol=rtol,
-            atol=atol,
-        )
-        if not sol.success or sol.y.shape[1] != len(ts):
-            return 1e10
-        return float(np.sum((sol.y.T - Zi) ** 2))
-
-    ratio = Zi[-1, 0] ** 2 / (DX2 * DY2)
-    grid = np.logspace(-6, 2, 200)
-    losses = [sse((s * ratio, s)) for s in grid]
-    s = grid[int(np.argmin(losses))]
-    res = minimize(sse, np.array([s * ratio, s]), method="BFGS")
-    return res.x, n_solves, res
+    """The authors' method (``unijax.authors.fit_one``: a grid of 200 scales of (ratio, 1), the
+    best kept, then BFGS with finite differences) on epochs ``ts = 0 .. n - 1``."""
+    if not np.array_equal(ts, np.arange(len(ts))):
+        raise ValueError("the authors' method fits every epoch 0 .. n_epochs - 1")
+    f = authors.fit_one(Zi, dx2=DX2, dy2=DY2, rtol=rtol, atol=atol)
+    return np.array([f.eta_h, f.eta_y]), f.n_solves, f
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,21 +23,15 @@ against the other (their minima agree when both converge). CPU, 64-bit floats.
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import header, load_average  # noqa: E402
+import _machine  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-trials", type=int, default=8)
-    ap.add_argument("--n-epochs", type=int, default=300)
-    ap.add_argument("--reps", type=int, default=11)
-    args = ap.parse_args(argv)
+    args = _machine.int_options(__doc__, argv, n_trials=8, n_epochs=300, reps=11)
 
     import jax
 
@@ -48,14 +42,12 @@ def main(argv=None) -> int:
 
     from unijax import fit, theory
 
-    print(header(jax, f"optimistix {optx.__version__}", "float64"))
+    print(_machine.header(jax, f"optimistix {optx.__version__}", "float64"))
 
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs
     ts = np.arange(float(T))
-    eta = rng.uniform(0.5, 2.0, (n, 2)) * np.array([2.0, 1.5]) * (30.0 / T)
-    z0 = np.stack([rng.uniform(0.01, 0.3, n), rng.uniform(0.001, 0.05, n),
-                   -rng.uniform(0.001, 0.05, n)], 1)
+    eta, z0 = _machine.draw_problem(rng, n, T)
     Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=e[0], eta_y=e[1], dx2=1.0, dy2=0.5))
                   for z, e in zip(z0, eta, strict=True)])
     Z = Z * (1.0 + 1e-3 * rng.normal(size=Z.shape))
@@ -95,15 +87,8 @@ def main(argv=None) -> int:
     Zj, pj = jnp.asarray(Z), jnp.asarray(p0)
     rows = {}
     for name, fn in (("unijax LM", ours), ("optimistix LM", theirs)):
-        t0 = time.perf_counter()
-        compiled = fn.lower(Zj, pj).compile()
-        compile_s = time.perf_counter() - t0
-        out = jax.block_until_ready(compiled(Zj, pj))
-        times = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(Zj, pj))
-            times.append(time.perf_counter() - t0)
+        out, compile_s, times = _machine.compile_and_time(fn, (Zj, pj), args.reps,
+                                                          jax.block_until_ready)
         rows[name] = (np.median(times), min(times), compile_s, [np.asarray(o) for o in out])
 
     print(f"\n{n} trials x {T} epochs, vmapped in one jit; seconds per call, "
@@ -118,7 +103,7 @@ def main(argv=None) -> int:
           f"max {np.max(sb / sa):.6f}; max |log-rate difference| {np.abs(pa - pb).max():.2e}")
     med_a, med_b = rows["unijax LM"][0], rows["optimistix LM"][0]
     print(f"speed: optimistix / unijax = {med_b / med_a:.2f}x (median)")
-    print(f"load after: {load_average()}")
+    print(f"load after: {_machine.load_average()}")
     return 0
 
 

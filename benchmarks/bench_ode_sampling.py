@@ -22,21 +22,15 @@ each path's values from a tight reference (rtol 1e-12).
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import header, load_average  # noqa: E402
+import _machine  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n-trials", type=int, default=8)
-    ap.add_argument("--n-epochs", type=int, default=6000)
-    ap.add_argument("--reps", type=int, default=7)
-    args = ap.parse_args(argv)
+    args = _machine.int_options(__doc__, argv, n_trials=8, n_epochs=6000, reps=7)
 
     import diffrax
     import jax
@@ -47,13 +41,12 @@ def main(argv=None) -> int:
 
     from unijax import theory
 
-    print(header(jax, f"diffrax {diffrax.__version__}", "float64"))
+    print(_machine.header(jax, f"diffrax {diffrax.__version__}", "float64"))
     rng = np.random.default_rng(0)
     n, T = args.n_trials, args.n_epochs
     ts = jnp.arange(float(T))
-    log_eta = jnp.log(rng.uniform(0.5, 2.0, (n, 2)) * np.array([2.0, 1.5]) * (30.0 / T))
-    z0 = jnp.asarray(np.stack([rng.uniform(0.01, 0.3, n), rng.uniform(0.001, 0.05, n),
-                               -rng.uniform(0.001, 0.05, n)], 1))
+    eta, z0 = _machine.draw_problem(rng, n, T)
+    log_eta, z0 = jnp.log(eta), jnp.asarray(z0)
     dx2, dy2 = 1.0, 0.5
     tol = dict(rtol=1e-7, atol=1e-9, max_steps=4096)
 
@@ -89,19 +82,14 @@ def main(argv=None) -> int:
         for kind in ("solve", "jacfwd"):
             g = f if kind == "solve" else jax.jacfwd(f, argnums=1)
             fn = jax.jit(jax.vmap(g))
-            compiled = fn.lower(z0, log_eta).compile()
-            out = jax.block_until_ready(compiled(z0, log_eta))
+            out, _, times = _machine.compile_and_time(fn, (z0, log_eta), args.reps,
+                                             jax.block_until_ready)
             if kind == "solve":
                 err = float(jnp.max(jnp.abs(out - ref)))
-            times = []
-            for _ in range(args.reps):
-                t0 = time.perf_counter()
-                jax.block_until_ready(compiled(z0, log_eta))
-                times.append(time.perf_counter() - t0)
             cols += [1e3 * np.median(times), 1e3 * min(times)]
         print(f"{name:>16} {cols[0]:>10.2f} {cols[1]:>8.2f} {cols[2]:>11.2f} {cols[3]:>8.2f} "
               f"{err:>10.1e}")
-    print(f"load after: {load_average()}")
+    print(f"load after: {_machine.load_average()}")
     return 0
 
 

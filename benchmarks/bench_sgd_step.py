@@ -20,23 +20,15 @@ timed apart, after ``block_until_ready``) and the largest parameter difference a
 
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _machine import header, load_average  # noqa: E402
+from _machine import compile_and_time, header, int_options, load_average  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--width", type=int, default=500)
-    ap.add_argument("--depth", type=int, default=20)
-    ap.add_argument("--trials", type=int, default=4)
-    ap.add_argument("--epochs", type=int, default=50)
-    ap.add_argument("--reps", type=int, default=5)
-    args = ap.parse_args(argv)
+    args = int_options(__doc__, argv, width=500, depth=20, trials=4, epochs=50, reps=5)
 
     import functools
 
@@ -84,15 +76,9 @@ def main(argv=None) -> int:
     rows, finals = {}, {}
     for name, step in (("fused", fused), ("jax.grad + optax", autodiff)):
         fn = program(step)
-        t0 = time.perf_counter()
-        compiled = fn.lower(params).compile()
-        compile_s = time.perf_counter() - t0
-        finals[name] = jax.block_until_ready(compiled(params))[0]
-        times = []
-        for _ in range(args.reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(params))
-            times.append(time.perf_counter() - t0)
+        out, compile_s, times = compile_and_time(fn, (params,), args.reps,
+                                                 jax.block_until_ready)
+        finals[name] = out[0]
         rows[name] = (np.median(times), min(times), compile_s)
 
     print(f"\nwidth {args.width}, depth {args.depth}, {args.trials} trials x {args.epochs} "

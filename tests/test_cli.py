@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unijax import cli, experiments
-from unijax._store import ResultStore
+from unijax import cli, experiments, results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,7 +125,7 @@ def test_dotted_set_reaches_the_nested_block_and_flat_keys_stay_top_level():
     args = cli.build_parser().parse_args(
         ["run", "E4", "E5", "--preset", "tiny", "--set", "rates.epochs=400", "--set",
          "width=32", "--set", "rates.source=fit", "--set", "rates.width=none"])
-    cfgs = cli._configs(args)
+    cfgs = cli.run_configs(args)
     for name in ("E4", "E5"):
         tiny = experiments.get(name).presets["tiny"]
         assert cfgs[name].rates == tiny.rates.__class__(
@@ -141,11 +140,14 @@ def test_list_keys_shows_dotted_keys(capsys):
     assert "rates.epochs = 6000" in proc.stdout and "rates_epochs" not in proc.stdout
 
 
-def test_resume_with_other_nested_config_is_refused_naming_dotted_keys(tmp_path, capsys):
+def test_resume_with_other_nested_config_is_refused_naming_dotted_keys(
+        tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
-    args = ["run", "E4", "--preset", "tiny", "--out", str(out)]
+    args = ["run", "E4", "--preset", "tiny", "--no-progress", "--out", str(out)]
     tiny = experiments.get("E4").presets["tiny"]
-    ResultStore(out, log=lambda m: None).begin("E4", tiny)
+    with monkeypatch.context() as m:  # an E4 stored with the tiny preset (a stand-in's result)
+        _fake_e1_e4(m)
+        assert main(capsys, *args).returncode == 0
     line = one_line_error(main(capsys, *args, "--set", "rates.epochs=600"))
     assert f"rates.epochs (stored {tiny.rates.epochs}, now 600)" in line and "--fresh" in line
 
@@ -261,7 +263,8 @@ def test_sweep_fresh_never_wipes_a_folder_it_did_not_write(tmp_path, capsys, mon
     assert _tree(tmp_path) == before
 
 
-def test_run_and_report_refuse_a_foreign_directory_before_any_work(tmp_path, capsys):
+def test_run_and_report_refuse_a_foreign_directory_before_any_work(
+        tmp_path, capsys, monkeypatch):
     project = _project(tmp_path)
     (project / "E4").mkdir()
     (project / "E4" / "data.csv").write_text("1,2\n")
@@ -274,7 +277,9 @@ def test_run_and_report_refuse_a_foreign_directory_before_any_work(tmp_path, cap
         assert str(project) in line and "unijax did not write it" in line, line
     # A unijax run directory holding a foreign E4/: `run E4 --fresh` leaves it alone.
     out = tmp_path / "out"
-    ResultStore(out).begin("E2", experiments.get("E2").presets["tiny"])
+    with monkeypatch.context() as m:  # a run directory (holding a stand-in E1's result)
+        _fake_e1_e4(m)
+        assert main(capsys, "run", "E1", "--preset", "tiny", "--out", str(out)).returncode == 0
     (out / "E4").mkdir()
     (out / "E4" / "data.csv").write_text("1,2\n")
     inner = _tree(out)
@@ -286,9 +291,14 @@ def test_run_and_report_refuse_a_foreign_directory_before_any_work(tmp_path, cap
 
 
 def _arrays(d):
-    from unijax._store import _strip_meta, load_npz
+    """The stored arrays of the experiment in ``d``, as a user loads them."""
+    return results.load_experiment(d.parent, d.name).arrays
 
-    return _strip_meta(load_npz(d / "result.npz"))
+
+def _npz(path):
+    """Every array of an ``.npz`` as written, the store's own ``__...__`` entries included."""
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
 def _same_arrays(a, b):
@@ -303,8 +313,6 @@ E2_TINY = ("run", "E2", "--preset", "tiny", "--no-progress")
 def test_damaged_stored_files_are_named_and_recomputed(tmp_path, capsys):
     """Every kind of damaged stored file: `unijax report` names it; a rerun recomputes
     exactly the damaged units, says so, and gives the undamaged run's arrays."""
-    from unijax import _store
-
     out = tmp_path / "out"
     assert main(capsys, *E2_TINY, "--out", str(out)).returncode == 0
     d = out / "E2"
@@ -324,12 +332,12 @@ def test_damaged_stored_files_are_named_and_recomputed(tmp_path, capsys):
 
     # Each chunk damaged differently; result.npz corrupt too.
     (d / "chunks" / "train-low_initial_weights.npz").write_bytes(b"")
-    arrays = _store.load_npz(d / "chunks" / "train-very_high_initial_weights.npz")
-    victim = sorted(set(arrays) - set(_store._META_KEYS))[0]
+    arrays = _npz(d / "chunks" / "train-very_high_initial_weights.npz")
+    victim = sorted(k for k in arrays if not k.startswith("__"))[0]
     arrays.pop(victim)  # a missing array, the list of members intact
     np.savez(d / "chunks" / "train-very_high_initial_weights.npz", **arrays)
-    arrays = _store.load_npz(d / "chunks" / "fit.npz")  # as an older unijax stored it, and
-    arrays.pop(_store.MEMBERS_KEY)                       # lacking an array that E2 reads
+    arrays = _npz(d / "chunks" / "fit.npz")  # as an older unijax stored it (no list of
+    arrays.pop("__members__")                # members), and lacking an array that E2 reads
     arrays.pop("eta_h")
     np.savez(d / "chunks" / "fit.npz", **arrays)
     (d / "result.npz").write_bytes((d / "result.npz").read_bytes()[:300])
@@ -376,7 +384,7 @@ def test_fresh_and_report_leave_foreign_files_alone(tmp_path, capsys, monkeypatc
     # A report that fails to build: exit 1, and the stale report unijax wrote is removed.
     (out / "report.md").unlink()
     assert main(capsys, "report", str(out)).returncode == 0
-    monkeypatch.setattr(report, "_paragraph", lambda *a: 1 / 0)
+    monkeypatch.setattr(report, "build_report", lambda *a, **k: 1 / 0)
     proc = main(capsys, *E2_TINY, "--out", str(out))
     assert proc.returncode == 1
     assert "report could not be built (ZeroDivisionError" in proc.stderr
@@ -390,25 +398,27 @@ class _Killed(BaseException):
 
 
 def _die_at_write(monkeypatch, k: int, before: bool):
-    """Make the ``k``-th atomic write of the store die: ``before`` it is renamed into place
-    (a torn temporary file stays behind, as after kill -9), or just after."""
-    from unijax import _store
+    """Make the ``k``-th atomic write of the store die: ``before`` its temporary file is
+    renamed into place (a torn temporary file stays behind, as after kill -9), or just after.
 
-    real, count = _store._atomic_write, [0]
+    The store writes every file to a temporary ``.tmp-*`` file and renames it into place with
+    ``os.replace`` (unijax/_store.py): those renames are the write points counted here."""
+    real, count = os.replace, [0]
 
-    def write(path, fn):
+    def replace(src, dst, **kw):
+        if not Path(src).name.startswith(".tmp-"):
+            return real(src, dst, **kw)  # not one of the store's writes
         count[0] += 1
         if count[0] == k:
-            path = Path(path)
+            dst = Path(dst)
             if before:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                (path.parent / f".tmp-{path.name}.killed").write_bytes(b"torn")
+                (dst.parent / f".tmp-{dst.name}.killed").write_bytes(b"torn")
                 raise _Killed
-            real(path, fn)
+            real(src, dst, **kw)
             raise _Killed
-        return real(path, fn)
+        return real(src, dst, **kw)
 
-    monkeypatch.setattr(_store, "_atomic_write", write)
+    monkeypatch.setattr(os, "replace", replace)
     return count
 
 
@@ -490,58 +500,94 @@ def test_kill_9_at_random_times_resumes_to_the_uninterrupted_result(tmp_path):
     _same_arrays(_arrays(out / "E2"), _arrays(tmp_path / "clean" / "E2"))
 
 
-def test_rerunning_the_upstream_experiment_invalidates_the_downstream_result(
-        tmp_path, monkeypatch):
-    """E4-E8 take E1's fitted rates: the rates are part of what their stored chunks and result
-    are keyed by, so new E1 rates make E4 recompute instead of reporting stale numbers."""
-    import dataclasses
+def _fake_e1_e4(monkeypatch):
+    """`unijax run` with E1 and E4 replaced by instant stand-ins (their real configs and
+    presets): E1 reports ``box["rates"]`` as its fitted default-architecture rates, E4 stores
+    the ``eta_h`` it received from the CLI (NaN without) through its chunk cache and appends
+    each computed one to ``box["computed"]``, and its whole ``upstream`` to ``box["seen"]``."""
     import types
 
-    from unijax.experiments._structure import RateSettings
+    real_get = experiments.get
+    box = {"rates": None, "computed": [], "seen": []}
 
-    @dataclasses.dataclass(frozen=True)
-    class Cfg:
-        seed: int = 0
-        rates: RateSettings = RateSettings()
+    def run_e1(cfg, *, key, progress, cache, upstream):
+        return {"x": np.zeros(1)}
 
-    computed = []
-
-    def run(cfg, *, key, progress, cache, upstream):
-        rates = upstream.get("rates", {"eta_h": np.nan})
-        got = cache("prediction", lambda: computed.append(rates["eta_h"]) or {
-            "pred": np.asarray(rates["eta_h"])})
+    def run_e4(cfg, *, key, progress, cache, upstream):
+        box["seen"].append(upstream)
+        eta_h = upstream.get("rates", {"eta_h": np.nan})["eta_h"]
+        got = cache("prediction", lambda: box["computed"].append(eta_h) or {
+            "pred": np.asarray(eta_h)})
         return {"pred": got["pred"]}
 
-    fake = types.SimpleNamespace(
-        TITLE="downstream", CLAIM="uses E1's rates", USES_RATES=True, run=run,
-        plot=lambda result, d: [], agreement=lambda result: {"passed": True},
-        result_arrays=lambda result: result)
-    real_get = experiments.get
-    monkeypatch.setattr(cli.experiments, "get",
-                        lambda name: fake if name == "E4" else real_get(name))
-    store = ResultStore(tmp_path, log=lambda msg: None)
-    sync = types.SimpleNamespace(writer=True, n=1, agree=lambda key, fn: fn())
+    def fake(name, run, agreement, **kw):
+        real = real_get(name)
+        return types.SimpleNamespace(
+            Config=real.Config, presets=real.presets, TITLE=f"stand-in {name}", CLAIM="-",
+            run=run, plot=lambda result, d: [], agreement=agreement,
+            result_arrays=lambda result: result, **kw)
 
-    def store_e1(eta_h):  # a finished E1 with these fitted default-architecture rates
-        h = store.begin("E1", real_get("E1").presets["tiny"])
-        store.save_result("E1", {"x": np.zeros(1)}, {"agreement": {"figures": {
-            "default_rates": {"eta_h": eta_h, "eta_y": 0.5, "n": 4, "n_excluded": 0,
-                              "excluded": {}}}}}, config_hash=h)
+    fakes = {
+        "E1": fake("E1", run_e1, lambda r: {"passed": True, "headline": "-",
+                                            "figures": {"default_rates": box["rates"]}}),
+        "E4": fake("E4", run_e4, lambda r: {"passed": True, "headline": "-"}, USES_RATES=True),
+    }
+    monkeypatch.setattr(experiments, "get", lambda name: fakes.get(name) or real_get(name))
+    return box
 
-    def e4(cfg=Cfg(), fresh=False):
-        row = cli._run_one("E4", cfg, store, preset="tiny", fresh=fresh, progress=None,
-                           sync=sync)
-        return row["status"], float(store.load_result("E4")[0]["pred"])
 
-    store_e1(1.5)
+def test_rerunning_the_upstream_experiment_invalidates_the_downstream_result(
+        tmp_path, capsys, monkeypatch):
+    """E4-E8 take E1's fitted rates: the rates are part of what their stored chunks and result
+    are keyed by, so new E1 rates make E4 recompute instead of reporting stale numbers."""
+    box = _fake_e1_e4(monkeypatch)
+    out = tmp_path / "out"
+    run = ("run", "--preset", "tiny", "--no-progress", "--out", str(out))
+
+    def e1(eta_h):  # a finished E1 with these fitted default-architecture rates
+        box["rates"] = {"eta_h": eta_h, "eta_y": 0.5, "n": 4, "n_excluded": 0, "excluded": {}}
+        assert main(capsys, *run, "E1", "--fresh").returncode == 0
+
+    def e4(*extra):
+        proc = main(capsys, *run, "E4", *extra)
+        assert proc.returncode == 0, proc.stderr
+        status = "done earlier (skipped)" if "done earlier (skipped)" in proc.stdout else "ran"
+        return status, float(results.load_experiment(out, "E4")["pred"])
+
+    def stored_upstream():
+        return json.loads((out / "E4" / "config.json").read_text())["upstream"]
+
+    e1(1.5)
     assert e4() == ("ran", 1.5)
     assert e4() == ("done earlier (skipped)", 1.5)
-    store_e1(2.5)  # E1 rerun: other rates
-    assert e4() == ("ran", 2.5) and computed == [1.5, 2.5]  # chunk recomputed, not reused
-    assert store.stored_config("E4")["upstream"]["eta_h"] == 2.5
+    e1(2.5)  # E1 rerun: other rates
+    assert e4() == ("ran", 2.5) and box["computed"] == [1.5, 2.5]  # recomputed, not reused
+    assert stored_upstream()["eta_h"] == 2.5
     # rates.source="fit" does not use E1: its result does not depend on E1's rates.
-    status, pred = e4(Cfg(rates=RateSettings(source="fit")), fresh=True)
-    assert status == "ran" and np.isnan(pred) and store.stored_config("E4")["upstream"] is None
+    status, pred = e4("--set", "rates.source=fit", "--fresh")
+    assert status == "ran" and np.isnan(pred) and stored_upstream() is None
+
+
+def test_cli_passes_on_only_quality_checked_rates(tmp_path, capsys, monkeypatch):
+    """E1's rates reach E4 only when averaged over fits that passed the quality criterion (the
+    accounting ``n_excluded`` recorded, at least one fit used, finite positive rates)."""
+    box = _fake_e1_e4(monkeypatch)
+    run = ("run", "E1", "E4", "--preset", "tiny", "--no-progress", "--fresh")
+    good = {"eta_h": 0.01, "eta_y": 0.02, "n": 3, "n_excluded": 1,
+            "excluded": {"poor_fit": 1}, "width": 8, "depth": 3}
+
+    def received(rates):
+        box["rates"] = rates
+        out = tmp_path / f"out{len(box['seen'])}"
+        assert main(capsys, *run, "--out", str(out)).returncode == 0
+        return box["seen"][-1].get("rates")
+
+    got = received(good)
+    assert got["eta_h"] == 0.01 and got["n"] == 3 and got["n_excluded"] == 1
+    assert "3 of 4 fits used (excluded: 1 poor_fit)" in got["source"]
+    # Stored before the accounting (its mean may include flagged fits), or no usable fit.
+    assert received({"eta_h": 0.01, "eta_y": 0.02, "n": 4}) is None
+    assert received({**good, "n": 0, "eta_h": float("nan")}) is None
 
 
 def test_every_documented_run_command_parses_and_its_set_keys_exist():
@@ -558,11 +604,12 @@ def test_every_documented_run_command_parses_and_its_set_keys_exist():
     assert any("rates." in ln for ln in lines)
     for line in lines:
         args = cli.build_parser().parse_args(shlex.split(line.replace("$I", "0"))[1:])
-        assert cli._configs(args), line
+        assert cli.run_configs(args), line
 
 
 def test_mnist_flag_reaches_e6_and_the_e8_digits_block(tmp_path):
     f = tmp_path / "mnist.npz"
     f.write_bytes(b"")
-    cfgs = cli._configs(cli.build_parser().parse_args(["run", "E6", "E8", "--mnist", str(f)]))
+    cfgs = cli.run_configs(cli.build_parser().parse_args(["run", "E6", "E8", "--mnist",
+                                                          str(f)]))
     assert cfgs["E6"].mnist == cfgs["E8"].digits.mnist == str(f.resolve())

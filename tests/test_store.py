@@ -1,4 +1,9 @@
-"""Atomic, resumable result storage (unijax._store)."""
+"""Atomic, resumable result storage (unijax._store).
+
+The store is the unit here: a private module, tested through its own public names (what
+`unijax run`, `unijax.sweep` and `unijax.results` build on) and the file layout its docstring
+documents (``OUT/<EXP>/chunks/<id>.npz``), never through its private helpers.
+"""
 
 import dataclasses
 import json
@@ -332,7 +337,7 @@ def test_a_damaged_chunk_is_recomputed_and_the_others_kept(tmp_path, kind):
     cache = store.chunk_cache("E4", h)
     for c in ("c0", "c1"):
         cache(c, lambda: {"a": np.arange(50.0), "b": np.ones(2)})
-    _CHUNK_DAMAGE[kind](store._chunk_path("E4", "c0"))
+    _CHUNK_DAMAGE[kind](tmp_path / "E4" / "chunks" / "c0.npz")
     again = store.chunk_cache("E4", h)
     got = again("c0", lambda: {"a": np.arange(50.0), "b": np.ones(2)})
     again("c1", lambda: pytest.fail("the good chunk must be reused"))
@@ -345,7 +350,7 @@ def test_an_old_chunk_without_its_member_list_raises_a_named_error(tmp_path):
     store = ResultStore(tmp_path)
     h = store.begin("E4", Cfg())
     store.save_chunk("E4", "c0", {"a": np.ones(2), "b": np.ones(2)}, h)
-    _rewrite_npz(store._chunk_path("E4", "c0"), drop=["b"], keep_members=False)
+    _rewrite_npz(tmp_path / "E4" / "chunks" / "c0.npz", drop=["b"], keep_members=False)
     got = store.chunk_cache("E4", h)("c0", lambda: pytest.fail("must be read"))
     with pytest.raises(_store.DamagedChunkError, match="chunk 'c0' of E4 has no array 'b'") as e:
         got["b"]
@@ -384,7 +389,7 @@ def test_chunks_and_results_record_the_code_version(tmp_path):
     store = ResultStore(tmp_path)
     h = _finished(store)
     cv = code_version()
-    raw = _store.load_npz(store._chunk_path("E4", "c0"))
+    raw = _store.load_npz(tmp_path / "E4" / "chunks" / "c0.npz")
     assert json.loads(str(raw[_store.CODE_KEY])) == cv.as_dict()
     assert json.loads((tmp_path / "E4" / "results.json").read_text())["code_version"] == \
         cv.as_dict()

@@ -3,6 +3,7 @@ resuming against another config is refused naming the keys. Tiny sizes throughou
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,8 +18,7 @@ import numpy as np
 import pytest
 from _compiles import count_traces
 
-from unijax import configs, sweep, train
-from unijax._store import ConfigMismatchError, config_to_dict
+from unijax import configs, results, sweep, train
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = configs.get("default", width=8, depth=2, epochs=40)
@@ -122,7 +122,7 @@ def test_resume_against_a_different_config_is_refused_naming_the_keys(tmp_path):
     out = tmp_path / "sw"
     sweep.run_sweep(_cfg(seeds=(0, 1)), out, progress=False)
     other = _cfg(seeds=(0, 1, 2), train=BASE.replace(width=9))
-    with pytest.raises(ConfigMismatchError, match=r"seeds .*train\.width") as e:
+    with pytest.raises(results.ConfigMismatchError, match=r"seeds .*train\.width") as e:
         sweep.run_sweep(other, out, progress=False)
     assert e.value.keys == ["seeds", "train.width"]
     assert "stored 8, now 9" in str(e.value)
@@ -133,13 +133,13 @@ def test_resume_against_a_different_config_is_refused_naming_the_keys(tmp_path):
 _KILL_SCRIPT = """
     import json, sys, time, jax
     jax.config.update("jax_enable_x64", True)
-    from unijax import configs, sweep
-    orig = sweep._compute_chunk
-    def slow(cfg, chunk):  # stretch each chunk so that the kill lands mid-run
-        out = orig(cfg, chunk)
+    from unijax import configs, sweep, train
+    orig = train.train
+    def slow(*args, **kwargs):  # stretch each chunk's training so that the kill lands mid-run
+        out = orig(*args, **kwargs)
         time.sleep(0.4)
         return out
-    sweep._compute_chunk = slow
+    train.train = slow
     cfg = sweep.SweepConfig.from_dict(json.loads(sys.argv[2]))
     sweep.run_sweep(cfg, sys.argv[1], progress=True)
 """
@@ -158,7 +158,7 @@ def _kill_midway(out: Path, cfg: sweep.SweepConfig, n_done: int, timeout: float)
             "-c",
             textwrap.dedent(_KILL_SCRIPT),
             str(out),
-            json.dumps(config_to_dict(cfg)),
+            json.dumps(dataclasses.asdict(cfg)),
         ],
         env=env,
         cwd=REPO,
@@ -283,7 +283,6 @@ def test_cli_runs_and_refuses_a_changed_config(tmp_path, capsys):
 
 
 def test_fresh_keeps_files_unijax_did_not_write_and_a_foreign_folder_is_refused(tmp_path):
-    from unijax._store import ForeignDataError
 
     out = tmp_path / "sw"
     cfg = _cfg(seeds=(0, 1))
@@ -300,21 +299,20 @@ def test_fresh_keeps_files_unijax_did_not_write_and_a_foreign_folder_is_refused(
     project.mkdir()
     (project / "results.json").write_text('{"mine": 1}')
     for fresh in (False, True):
-        with pytest.raises(ForeignDataError, match="unijax did not write it"):
+        with pytest.raises(results.ForeignDataError, match="unijax did not write it"):
             sweep.run_sweep(cfg, project, progress=False, fresh=fresh)
     assert [p.name for p in project.iterdir()] == ["results.json"]
     assert (project / "results.json").read_text() == '{"mine": 1}'
 
 
 def test_damaged_chunks_and_result_are_recomputed_the_rest_kept(tmp_path, capsys):
-    from unijax import _store
-
     out = tmp_path / "sw"
     cfg = _cfg(seeds=(0, 1, 2, 3))  # 2 gains x 2 seed blocks: 4 chunks
     first = sweep.run_sweep(cfg, out, progress=False)
     chunks = sorted((out / "chunks").glob("*.npz"))
     chunks[0].write_bytes(b"")  # zero bytes
-    arrays = _store.load_npz(chunks[1])
+    with np.load(chunks[1]) as z:
+        arrays = dict(z)
     arrays.pop("loss")  # right hash, an array missing
     np.savez(chunks[1], **arrays)
     (out / "result.npz").write_bytes((out / "result.npz").read_bytes()[:500])  # truncated

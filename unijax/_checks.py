@@ -8,8 +8,11 @@ take over. Shapes are static, so shape checks (:func:`check_ndim`) apply to trac
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -170,6 +173,87 @@ def check_x64(where: str) -> None:
             "calling: `jax.config.update('jax_enable_x64', True)` at the top of your script, "
             "`JAX_ENABLE_X64=1` in the environment, or locally `with jax.enable_x64(True): ...`."
         )
+
+
+def as_float64(name: str, x, sign: str | None = None, *, ndim=None, what: str = "") -> jax.Array:
+    """Check ``x`` and return it as a float64 JAX array.
+
+    ``sign``: ``"pos"`` (every element finite and > 0), ``"nonneg"`` (>= 0) or ``None`` (finite).
+    Values are checked when concrete; ``ndim`` (an int or a tuple of allowed ones) always, as
+    shapes are static. ``what`` follows the argument's name in a shape error.
+    """
+    if sign == "pos":
+        check_positive(name, x)
+    elif sign == "nonneg":
+        check_positive(name, x, allow_zero=True)
+    else:
+        check_finite(name, x)
+    if ndim is not None:
+        check_ndim(name, x, ndim, what)
+    return jnp.asarray(x, dtype=jnp.float64)
+
+
+# One entry of a `checked` spec: ``name``, ``name>0`` or ``name>=0``, then ``()`` (a scalar),
+# ``(1)`` or ``(0|1)`` (allowed numbers of dimensions); or ``name:kind``.
+_ENTRY = re.compile(r"(?P<name>\w+)(?::(?P<kind>\w+)|(?P<op>>=?0)?(?:\((?P<ndim>[\d|]*)\))?)")
+_SIGN = {None: None, ">0": "pos", ">=0": "nonneg"}
+
+
+def _entry_check(entry: str, kinds: Mapping[str, Callable]) -> tuple[str, Callable]:
+    m = _ENTRY.fullmatch(entry)
+    if m is None:
+        raise ValueError(f"bad check spec entry {entry!r}")
+    name, kind = m["name"], m["kind"]
+    if kind is not None:
+        return name, kinds[kind]
+    sign = _SIGN[m["op"]]
+    ndim = None if m["ndim"] is None else tuple(int(d) for d in (m["ndim"] or "0").split("|"))
+    return name, functools.partial(as_float64, sign=sign, ndim=ndim)
+
+
+def checked(spec: str, *, where: str, kinds: Mapping[str, Callable] | None = None):
+    """Decorator: the function's checks, stated once in ``spec`` and run before its body.
+
+    The wrapper first refuses JAX's 32-bit mode (:func:`check_x64`, naming
+    ``f"{where}.{name}"``), then checks the arguments named in ``spec`` in its order and passes
+    each on as its check returns it; arguments not named pass as given. So every check runs in
+    Python on the values the caller gave, before the body traces anything.
+
+    ``spec`` is a whitespace-separated list, one entry per argument:
+
+    * ``x`` finite; ``x>0`` finite and > 0; ``x>=0`` finite and >= 0 (all elements). These
+      return the value as a float64 array (:func:`as_float64`).
+    * a suffix ``()`` requires a scalar, ``(1)`` a 1-D array, ``(0|1)`` either (shapes are
+      checked on tracers too).
+    * ``x:kind`` calls ``kinds[kind](name, value)`` and passes on what it returns.
+
+    Example: ``@checked("h0>0 y0>=0 eta_h>0() eta_y>0()", where="unijax.theory")``.
+    """
+    checks = [_entry_check(e, kinds or {}) for e in spec.split()]
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        missing = [name for name, _ in checks if name not in sig.parameters]
+        if missing:
+            raise TypeError(f"{fn.__name__} has no argument(s) {missing} named in its checks")
+        label = f"{where}.{fn.__name__}"
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            check_x64(label)
+            try:
+                bound = sig.bind(*args, **kwargs)
+            except TypeError:
+                return fn(*args, **kwargs)  # raises Python's own message for a wrong call
+            bound.apply_defaults()
+            values = bound.arguments
+            for name, check in checks:
+                values[name] = check(name, values[name])
+            return fn(*bound.args, **bound.kwargs)
+
+        return wrapper
+
+    return decorate
 
 
 def memory_bytes(device) -> tuple[int | None, str]:

@@ -56,7 +56,7 @@ from unijax._store import (
 )
 from unijax.experiments._common import BadInput, result_to_arrays
 
-__all__ = ["main", "build_parser", "config_keys", "parse_sets", "apply_sets"]
+__all__ = ["main", "build_parser", "run_configs", "config_keys", "parse_sets", "apply_sets"]
 
 DEFAULT_OUT = "unijax_out"
 #: Experiments that use the default architecture's fitted rates of an earlier experiment.
@@ -379,8 +379,17 @@ def _check_writable(out: Path) -> None:
         )
 
 
-def _configs(args) -> dict[str, Any]:
-    """Validated config of every selected experiment; raises BadInput."""
+def run_configs(args: argparse.Namespace) -> dict[str, Any]:
+    """The validated config of every experiment a parsed ``unijax run`` command selects.
+
+    ``args``: ``build_parser().parse_args(["run", ...])``. Returns ``{name: config}`` in run
+    order: each experiment's preset with ``--seeds``, ``--mnist`` and the ``--set`` keys it has
+    applied, exactly what ``unijax run`` would run (nothing is run or written).
+
+    Raises:
+        BadInput (a ValueError): an unknown experiment or ``--set`` key, a value of the wrong
+            type, ``--seeds`` not an integer >= 1, or an MNIST path that does not exist.
+    """
     selected = experiments.resolve(args.experiments)
     if args.seeds is not None:
         try:
@@ -643,7 +652,7 @@ def cmd_run(args) -> int:
     out = Path(args.out).expanduser()
     try:
         distributed.check_process_args(args.coordinator, args.num_processes, args.process_id)
-        cfgs = _configs(args)
+        cfgs = run_configs(args)
         _check_writable(out)
     except ValueError as e:  # BadInput included
         return _fail(str(e))

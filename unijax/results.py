@@ -24,6 +24,12 @@ common extension), ``{"tuple": [...]}``, ``{"list": [...]}``, ``{"dict": [[key, 
 rebuilds the same type with equal arrays of the same dtypes (with JAX's x64 mode as when the
 result was made: JAX keeps 64-bit arrays only in x64 mode).
 
+**Errors** of the stored output (``unijax run``, :func:`unijax.sweep.run_sweep`,
+:func:`load_experiment`), all ``ValueError``: :class:`ConfigMismatchError` (a directory holds
+results of another config; ``.keys`` names the differing dotted keys),
+:class:`ForeignDataError` (unijax did not write ``.path`` and leaves it alone) and
+:class:`DamagedStoreError` (a stored file cannot be used; ``.path`` names it).
+
 **Labelled arrays** (:func:`to_xarray`, :func:`to_dataframe`) need the optional extra
 ``pip install "unijax[labels]"`` (xarray, pandas); nothing else imports them.
 """
@@ -43,7 +49,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unijax._store import ResultStore, atomic_save_npz, load_npz
+from unijax._store import (
+    ConfigMismatchError,
+    DamagedStoreError,
+    ForeignDataError,
+    ResultStore,
+    atomic_save_npz,
+    load_npz,
+)
 
 __all__ = [
     "save",
@@ -53,6 +66,9 @@ __all__ = [
     "summary_dict",
     "load_experiment",
     "ExperimentResult",
+    "ConfigMismatchError",
+    "ForeignDataError",
+    "DamagedStoreError",
     "FORMAT",
     "FORMAT_VERSION",
 ]

@@ -35,6 +35,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import diffrax
@@ -48,12 +49,14 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from unijax._batch import BATCH_AXIS, batch_mesh, blocked_rows, pad_index
 from unijax._checks import (
+    as_float64,
     as_real_array,
     check_finite,
     check_int,
     check_ndim,
     check_positive,
     check_x64,
+    checked,
     is_concrete,
 )
 from unijax.distributed import put
@@ -102,34 +105,6 @@ Scalar = Float[ArrayLike, ""]
 # ---------------------------------------------------------------------------------------------
 
 
-def _real(name: str, x, sign: str | None = None, *, ndim=None, what: str = "") -> Array:
-    """Validate ``x`` and return it as a float64 array.
-
-    ``sign``: ``"pos"`` (every element finite and > 0), ``"nonneg"`` (>= 0) or ``None`` (finite).
-    Values are checked when concrete; ``ndim`` (an int or a tuple of allowed ones) always, as
-    shapes are static.
-    """
-    if sign == "pos":
-        check_positive(name, x)
-    elif sign == "nonneg":
-        check_positive(name, x, allow_zero=True)
-    else:
-        check_finite(name, x)
-    if ndim is not None:
-        check_ndim(name, x, ndim, what)
-    return jnp.asarray(x, dtype=jnp.float64)
-
-
-def _rates(eta_h, eta_y, *, scalar: bool = False) -> tuple[Array, Array]:
-    nd = 0 if scalar else None
-    return _real("eta_h", eta_h, "pos", ndim=nd), _real("eta_y", eta_y, "pos", ndim=nd)
-
-
-def _data(dx2, dy2, *, scalar: bool = False) -> tuple[Array, Array]:
-    nd = 0 if scalar else None
-    return _real("dx2", dx2, "pos", ndim=nd), _real("dy2", dy2, "nonneg", ndim=nd)
-
-
 def _state(name: str, z, *, batch: bool) -> Array:
     """A state ``(h, y, w)`` of shape ``(3,)`` (``(..., 3)`` with ``batch``); h > 0, y >= 0."""
     shape = np.shape(z) if not is_concrete(z) else np.shape(as_real_array(name, z))
@@ -166,11 +141,56 @@ def _times(name: str, ts, *, increasing: bool = True) -> Array:
     return jnp.asarray(ts, dtype=jnp.float64)
 
 
+def _hw(name: str, hw) -> Array:
+    """A reduced state ``(h, w)`` of shape ``(2,)`` with ``h > 0``."""
+    hw = as_float64(name, hw, ndim=1)
+    if hw.shape != (2,):
+        raise ValueError(f"{name} must have shape (2,) holding (h, w); got {hw.shape}.")
+    check_positive(f"{name}[0] (h, squared hidden distance)", hw[0])
+    return hw
+
+
+def _scaled_states(name: str, z) -> Array:
+    """Rescaled states ``(..., 3)``; only real numbers are required (a failed solve's NaN
+    rows pass through)."""
+    if is_concrete(z):
+        as_real_array(name, z)
+    z = jnp.asarray(z, dtype=jnp.float64)
+    if z.shape[-1:] != (3,):
+        raise ValueError(f"{name} must have shape (..., 3) holding (h~, y~, w~); got {z.shape}.")
+    return z
+
+
+def _tolerance(name: str, x):
+    """A scalar > 0, passed on as given (a Python float stays static for the compiled solve)."""
+    as_float64(name, x, "pos", ndim=0)
+    return x
+
+
+# The argument kinds of the `_checked` specs below, beyond the real numbers of
+# `unijax._checks.checked` (``x``, ``x>0``, ``x>=0``, with ``()`` for a scalar).
+_KINDS = {
+    "state": functools.partial(_state, batch=False),
+    "states": functools.partial(_state, batch=True),
+    "times": _times,
+    "elapsed": functools.partial(as_float64, sign="nonneg", ndim=(0, 1),
+                                 what=" of times since the start (epochs)"),
+    "hw": _hw,
+    "scaled_states": _scaled_states,
+    "tol": _tolerance,
+    "count": functools.partial(check_int, lo=1),
+}
+# Each public function states its checks once, in the decorator: they run in Python on the
+# caller's values before the body (and so before anything is traced).
+_checked = functools.partial(checked, where="unijax.theory", kinds=_KINDS)
+
+
 # ---------------------------------------------------------------------------------------------
 # The ODE (section 2)
 # ---------------------------------------------------------------------------------------------
 
 
+@_checked("z:state eta_h>0() eta_y>0() dx2>0() dy2>=0()")
 def vector_field(
     z: Float[ArrayLike, "3"], *, eta_h: Scalar, eta_y: Scalar, dx2: Scalar, dy2: Scalar
 ) -> Float[Array, "3"]:
@@ -189,10 +209,6 @@ def vector_field(
             not > 0, ``dy2 < 0``, or any of them not a scalar (values checked when concrete).
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.vector_field")
-    z = _state("z", z, batch=False)
-    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
-    dx2, dy2 = _data(dx2, dy2, scalar=True)
     h, y, w = z[0], z[1], z[2]
     a = eta_h * dx2
     dh = -a * w
@@ -229,6 +245,8 @@ def _rhs(t, z, args):
 _TERM = diffrax.ODETerm(_rhs)
 
 
+@_checked("z0:state ts:times eta_h>0() eta_y>0() dx2>0() dy2>=0() "
+          "rtol:tol atol:tol max_steps:count")
 def integrate(
     z0: Float[ArrayLike, "3"],
     ts: Float[ArrayLike, " n"],
@@ -280,14 +298,6 @@ def integrate(
             or ``adjoint`` not a Diffrax solver/adjoint.
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.integrate")
-    z0 = _state("z0", z0, batch=False)
-    ts = _times("ts", ts)
-    args = (*_rates(eta_h, eta_y, scalar=True), *_data(dx2, dy2, scalar=True))
-    # Validated, then passed on as given (Python floats stay static for the compiled solve).
-    _real("rtol", rtol, "pos", ndim=0)
-    _real("atol", atol, "pos", ndim=0)
-    max_steps = check_int("max_steps", max_steps, lo=1)
     if solver is None:
         solver = diffrax.Tsit5()
     elif not isinstance(solver, diffrax.AbstractSolver):
@@ -298,6 +308,7 @@ def integrate(
         raise ValueError(
             f"adjoint={adjoint!r} is not a Diffrax adjoint (e.g. diffrax.ForwardMode())."
         )
+    args = (eta_h, eta_y, dx2, dy2)
     return _integrate(z0, ts, args, rtol, atol, max_steps, solver, adjoint)
 
 
@@ -407,6 +418,7 @@ def solve(
 # ---------------------------------------------------------------------------------------------
 
 
+@_checked("ts:times z eta_mean>0() m0>=0() dy2>=0()")
 def loss_curve(
     ts: Float[ArrayLike, " n"],
     z: Float[ArrayLike, "n 3"],
@@ -436,17 +448,11 @@ def loss_curve(
             scalar (values checked when concrete).
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.loss_curve")
-    ts = _times("ts", ts)
-    z = _real("z", z)
     if z.shape != (ts.shape[0], 3):
         raise ValueError(
             f"z must have shape (len(ts), 3) = ({ts.shape[0]}, 3) holding (h, y, w) at ts; got "
             f"{z.shape}."
         )
-    eta_mean = _real("eta_mean", eta_mean, "pos", ndim=0)
-    m0 = _real("m0", m0, "nonneg", ndim=0)
-    dy2 = _real("dy2", dy2, "nonneg", ndim=0)
     mean_part = 0.5 * m0 * jnp.exp(-2.0 * eta_mean * (ts - ts[0]))
     return mean_part + 0.25 * (z[..., 2] + 0.5 * (dy2 - z[..., 1]))
 
@@ -456,16 +462,16 @@ def loss_curve(
 # ---------------------------------------------------------------------------------------------
 
 
+@_checked("eta_h>0 eta_y>0 dx2>0")
 def invariant_c(*, eta_h: Scalar, eta_y: Scalar, dx2: Scalar) -> Float[Array, ""]:
     """``c = eta_y / (eta_h dx2)``, the slope of ``y/h`` against ``h`` (paper Eq. 23).
 
     Rates and ``dx2`` must be > 0 (any broadcastable shapes); float64.
     """
-    check_x64("unijax.theory.invariant_c")
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    return eta_y / (eta_h * _real("dx2", dx2, "pos"))
+    return eta_y / (eta_h * dx2)
 
 
+@_checked("h>0 y>=0")
 def invariant(
     h: Float[ArrayLike, "*b"],
     y: Float[ArrayLike, "*b"],
@@ -479,23 +485,17 @@ def invariant(
     Constant along every solution of the ODE; any shape, element-wise. ``h > 0``, ``y >= 0``,
     rates and ``dx2`` > 0.
     """
-    check_x64("unijax.theory.invariant")
-    h = _real("h", h, "pos")
-    y = _real("y", y, "nonneg")
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     return y / h - c * h
 
 
+@_checked("h>=0 c>0 K")
 def y_of_h(h, *, c, K):
     """``y(h) = c h^2 + K h`` on the level set of the invariant (paper Eq. 25).
 
     ``h >= 0`` (a squared distance), ``c > 0`` (:func:`invariant_c`), ``K`` any finite value
     (:func:`invariant`); broadcastable shapes, float64.
     """
-    check_x64("unijax.theory.y_of_h")
-    h = _real("h", h, "nonneg")
-    c = _real("c", c, "pos")
-    K = _real("K", K)
     return _y_of_h(h, c, K)
 
 
@@ -503,6 +503,7 @@ def _y_of_h(h, c, K):
     return c * h**2 + K * h
 
 
+@_checked("hw:hw eta_h>0() eta_y>0() dx2>0() dy2>=0() K()")
 def reduced_vector_field(
     hw: Float[ArrayLike, "2"],
     *,
@@ -526,14 +527,6 @@ def reduced_vector_field(
             ``dy2 < 0``, ``K`` not finite, or any of them not a scalar.
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.reduced_vector_field")
-    hw = _real("hw", hw, ndim=1)
-    if hw.shape != (2,):
-        raise ValueError(f"hw must have shape (2,) holding (h, w); got {hw.shape}.")
-    check_positive("hw[0] (h, squared hidden distance)", hw[0])
-    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
-    dx2, dy2 = _data(dx2, dy2, scalar=True)
-    K = _real("K", K, ndim=0)
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     y = _y_of_h(hw[0], c, K)
     z = jnp.stack([hw[0], y, hw[1]])
@@ -577,6 +570,7 @@ def _roots(K, c, dy2):
     return h_plus, h_minus
 
 
+@_checked("h0>0 y0>=0 eta_h>0 eta_y>0 dx2>0 dy2>=0")
 def fixed_points(
     h0: Float[ArrayLike, "*b"],
     y0: Float[ArrayLike, "*b"],
@@ -592,11 +586,6 @@ def fixed_points(
     ``h_± = (-K ± sqrt(K^2 + 4 c dy2)) / (2c)``. ``h0 > 0``, ``y0 >= 0``, rates and ``dx2``
     > 0, ``dy2 >= 0``; broadcastable shapes, float64.
     """
-    check_x64("unijax.theory.fixed_points")
-    h0 = _real("h0", h0, "pos")
-    y0 = _real("y0", y0, "nonneg")
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    dx2, dy2 = _data(dx2, dy2)
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2) * jnp.ones_like(h0)
     K = invariant(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     h_plus, h_minus = _roots(K, c, dy2)
@@ -620,6 +609,7 @@ class Stability(NamedTuple):
     stable: Bool[Array, "*b"]
 
 
+@_checked("h_star>0 K eta_h>0 eta_y>0 dx2>0 dy2>=0")
 def stability(
     h_star: Float[ArrayLike, "*b"],
     *,
@@ -637,11 +627,7 @@ def stability(
     singular point ``h = 0`` use :func:`saddle_directions`. ``h_star > 0``, ``K`` finite, rates
     and ``dx2`` > 0, ``dy2 >= 0``; float64.
     """
-    check_x64("unijax.theory.stability")
-    h = _real("h_star", h_star, "pos")
-    K = _real("K", K)
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    dx2, dy2 = _data(dx2, dy2)
+    h = h_star
     a = eta_h * dx2
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     y = _y_of_h(h, c, K)
@@ -671,6 +657,7 @@ class SaddleDirections(NamedTuple):
     eigenvalues: Float[Array, "*b 2"]
 
 
+@_checked("K eta_h>0 eta_y>0 dx2>0 dy2>=0")
 def saddle_directions(
     K: Float[ArrayLike, "*b"], *, eta_h: Scalar, eta_y: Scalar, dx2: Scalar, dy2: Scalar
 ) -> SaddleDirections:
@@ -678,16 +665,13 @@ def saddle_directions(
 
     ``K`` finite, rates and ``dx2`` > 0, ``dy2 >= 0``; float64.
     """
-    check_x64("unijax.theory.saddle_directions")
-    K = _real("K", K)
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    dx2, dy2 = _data(dx2, dy2)
     q = eta_y * dy2 / (eta_h * dx2)
     disc = jnp.sqrt(K**2 + 4.0 * q)
     s = jnp.stack([(K - disc) / 2.0, (K + disc) / 2.0], -1)
     return SaddleDirections(slopes=s, eigenvalues=-eta_h * dx2 * s)
 
 
+@_checked("h0>0 y0>=0 eta_h>0 eta_y>0 dx2>0")
 def a_high(
     h0: Float[ArrayLike, "*b"],
     y0: Float[ArrayLike, "*b"],
@@ -700,24 +684,19 @@ def a_high(
 
     ``h0 > 0``, ``y0 >= 0``, rates and ``dx2`` > 0; broadcastable shapes, float64.
     """
-    check_x64("unijax.theory.a_high")
-    h0 = _real("h0", h0, "pos")
-    y0 = _real("y0", y0, "nonneg")
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    return h0 - (eta_h / eta_y) * _real("dx2", dx2, "pos") * y0 / h0
+    return h0 - (eta_h / eta_y) * dx2 * y0 / h0
 
 
+@_checked("eta_h>0 eta_y>0 dx2>0 dy2>=0")
 def a_low(*, eta_h: Scalar, eta_y: Scalar, dx2, dy2) -> Float[Array, "*b"]:
     """``A_low = sqrt(eta_h/eta_y) sqrt(dx2 dy2)``, set by the data (Eq. 13); any shape.
 
     Rates and ``dx2`` > 0, ``dy2 >= 0``; float64.
     """
-    check_x64("unijax.theory.a_low")
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    dx2, dy2 = _data(dx2, dy2)
     return jnp.sqrt(eta_h / eta_y) * jnp.sqrt(dx2 * dy2)
 
 
+@_checked("eta_h>0 eta_y>0 dx2>0 dy2>=0")
 def final_distance(
     h0: Float[ArrayLike, "*b"],
     y0: Float[ArrayLike, "*b"],
@@ -746,9 +725,6 @@ def final_distance(
             value not finite (checked when concrete).
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.final_distance")
-    eta_h, eta_y = _rates(eta_h, eta_y)
-    dx2, dy2 = _data(dx2, dy2)
     ah = a_high(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     al2 = (eta_h / eta_y) * dx2 * dy2
     root = jnp.sqrt(ah**2 / 4.0 + al2)
@@ -775,6 +751,7 @@ def lazy_limit(h0, y0, *, eta_h: Scalar, eta_y: Scalar, dx2) -> Float[Array, "*b
 # ---------------------------------------------------------------------------------------------
 
 
+@_checked("t:elapsed h0>0() y0>=0() eta_h>0() eta_y>0() dx2>0()")
 def identical_outputs(
     t: Float[ArrayLike, " n"],
     h0: Scalar,
@@ -798,12 +775,6 @@ def identical_outputs(
     Returns:
         ``(h, y, w)`` at ``t``, shape ``(n, 3)``.
     """
-    check_x64("unijax.theory.identical_outputs")
-    t = _real("t", t, "nonneg", ndim=(0, 1), what=" of times since the start (epochs)")
-    h0 = _real("h0", h0, "pos", ndim=0)
-    y0 = _real("y0", y0, "nonneg", ndim=0)
-    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
-    dx2 = _real("dx2", dx2, "pos", ndim=0)
     c = invariant_c(eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     K = invariant(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     alpha = eta_h * dx2 * K
@@ -835,6 +806,7 @@ class LazyScaling(NamedTuple):
     dy2: Float[Array, ""]
 
 
+@_checked("z:states t scale>0() dy2>=0")
 def lazy_rescale(z, t, *, scale, dy2) -> LazyScaling:
     """Map a problem to the rescaled variables of docs/theory.md section 7 (paper Eq. 41-43).
 
@@ -854,31 +826,17 @@ def lazy_rescale(z, t, *, scale, dy2) -> LazyScaling:
             finite; ``scale`` not a scalar > 0; ``dy2 < 0``.
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.lazy_rescale")
-    z = _state("z", z, batch=True)
-    t = _real("t", t)
-    scale = _real("scale", scale, "pos", ndim=0)
-    dy2 = _real("dy2", dy2, "nonneg")
     factors = jnp.array([1.0, 2.0, 2.0])
     return LazyScaling(z=z / scale**factors, t=t * scale, dy2=dy2 / scale**2)
 
 
+@_checked("z_scaled:scaled_states t_scaled scale>0()")
 def lazy_unscale(z_scaled, t_scaled, *, scale):
     """Inverse of :func:`lazy_rescale`: returns ``(z, t)`` in the original variables.
 
     ``z_scaled``: shape ``(..., 3)`` (a failed solve's NaN rows pass through); ``t_scaled``
     any shape; ``scale > 0`` a scalar.
     """
-    check_x64("unijax.theory.lazy_unscale")
-    if is_concrete(z_scaled):
-        as_real_array("z_scaled", z_scaled)  # the NaN rows of a failed solve pass through
-    z_scaled = jnp.asarray(z_scaled, dtype=jnp.float64)
-    if z_scaled.shape[-1:] != (3,):
-        raise ValueError(
-            f"z_scaled must have shape (..., 3) holding (h~, y~, w~); got {z_scaled.shape}."
-        )
-    t_scaled = _real("t_scaled", t_scaled)
-    scale = _real("scale", scale, "pos", ndim=0)
     factors = jnp.array([1.0, 2.0, 2.0])
     return z_scaled * scale**factors, t_scaled / scale
 
@@ -888,16 +846,16 @@ def lazy_unscale(z_scaled, t_scaled, *, scale):
 # ---------------------------------------------------------------------------------------------
 
 
+@_checked("h_final>0 a_low>=0")
 def a_high_from_final(h_final, *, a_low):
     """Invert ``h^2 - A_high h - A_low^2 = 0``: ``A_high = h - A_low^2 / h`` (paper Eq. 45).
 
     ``h_final > 0``, ``a_low >= 0``; broadcastable shapes, float64.
     """
-    check_x64("unijax.theory.a_high_from_final")
-    h = _real("h_final", h_final, "pos")
-    return h - _real("a_low", a_low, "nonneg") ** 2 / h
+    return h_final - a_low**2 / h_final
 
 
+@_checked("h a_low>=0() a_high_mean() a_high_std>0()")
 def final_distance_density(
     h: Float[ArrayLike, " n"], *, a_low: Scalar, a_high_mean: Scalar, a_high_std: Scalar
 ) -> Float[Array, " n"]:
@@ -921,11 +879,6 @@ def final_distance_density(
             > 0 (the last three must be scalars).
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.final_distance_density")
-    h = _real("h", h)
-    a_low = _real("a_low", a_low, "nonneg", ndim=0)
-    a_high_mean = _real("a_high_mean", a_high_mean, ndim=0)
-    a_high_std = _real("a_high_std", a_high_std, "pos", ndim=0)
     pos = h > 0
     hs = jnp.where(pos, h, 1.0)
     a = hs - a_low**2 / hs
@@ -939,6 +892,7 @@ def final_distance_density(
 # ---------------------------------------------------------------------------------------------
 
 
+@_checked("layer>=0 gain>0 dx2>0")
 def initial_distance_at_depth(layer, *, gain, dx2):
     """``h0(l) ~ a^(2 l) dx2``: initial squared distance at hidden layer ``l`` (section 9).
 
@@ -947,12 +901,10 @@ def initial_distance_at_depth(layer, *, gain, dx2):
         gain: average per-layer gain ``a`` (> 0; < 1 at small initialization).
         dx2: squared input distance (> 0).
     """
-    check_x64("unijax.theory.initial_distance_at_depth")
-    layer = _real("layer", layer, "nonneg")
-    gain = _real("gain", gain, "pos")
-    return gain ** (2.0 * layer) * _real("dx2", dx2, "pos")
+    return gain ** (2.0 * layer) * dx2
 
 
+@_checked("layers>=0(1) h0>0(1) dx2>0()")
 def fit_depth_gain(layers, h0, *, dx2):
     """Least-squares estimate of the per-layer gain ``a`` from measured ``h0`` per layer.
 
@@ -971,10 +923,6 @@ def fit_depth_gain(layers, h0, *, dx2):
             ``h0`` not of the same shape or not > 0, ``dx2`` not a scalar > 0.
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.fit_depth_gain")
-    layers = _real("layers", layers, "nonneg", ndim=1)
-    h0 = _real("h0", h0, "pos", ndim=1)
-    dx2 = _real("dx2", dx2, "pos", ndim=0)
     if h0.shape != layers.shape:
         raise ValueError(
             f"h0 must hold one value per layer, shape {layers.shape}; got {h0.shape}."
@@ -1057,6 +1005,7 @@ def pairwise_sq_distances(
     return blocked_rows(lambda rows: _sq_dist_block(X[rows], Z), X.shape[0], block)
 
 
+@_checked("eta_h>0() eta_y>0()")
 def pairwise_a_low(
     X: Float[ArrayLike, "n dx"],
     Y: Float[ArrayLike, "n dy"],
@@ -1083,10 +1032,8 @@ def pairwise_a_low(
             not scalars > 0; ``block_size`` not an integer >= 1.
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.pairwise_a_low")
     X = _matrix("X", X)
     Y = _matrix("Y", Y, n=X.shape[0])
-    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
     k = jnp.sqrt(eta_h / eta_y)
     block = _row_blocks(X.shape[0], block_size)
 
@@ -1096,6 +1043,7 @@ def pairwise_a_low(
     return blocked_rows(rows_fn, X.shape[0], block)
 
 
+@_checked("eta_h>0() eta_y>0()")
 def pairwise_final_distance(
     X: Float[ArrayLike, "n dx"],
     Y: Float[ArrayLike, "n dy"],
@@ -1127,13 +1075,11 @@ def pairwise_final_distance(
             ``block_size`` not an integer >= 1.
         RuntimeError: JAX's 64-bit mode is off.
     """
-    check_x64("unijax.theory.pairwise_final_distance")
     X = _matrix("X", X)
     n = X.shape[0]
     Y = _matrix("Y", Y, n=n)
     H0 = _matrix("H0", H0, n=n)
     F0 = _matrix("F0", F0, n=n, d=Y.shape[1])
-    eta_h, eta_y = _rates(eta_h, eta_y, scalar=True)
     block = _row_blocks(n, block_size)
     ratio = eta_h / eta_y
 

@@ -36,7 +36,7 @@ REGISTRY: dict[str, str] = {
 }
 
 #: Preset names every experiment defines (``tiny`` is for tests: seconds per experiment).
-PRESETS: tuple[str, ...] = ("quick", "paper", "tiny")
+PRESETS: tuple[str, ...] = ("quick", "paper", "paper-cpu", "tiny")
 
 
 def names() -> list[str]:

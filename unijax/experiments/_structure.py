@@ -10,8 +10,8 @@ import numpy as np
 from unijax.experiments import _twopoint as tp
 from unijax.experiments._common import check_choice, check_float, check_int
 
-__all__ = ["RateSettings", "QUICK_RATES", "TINY_RATES", "sq_dists", "get_rates", "classical_mds",
-           "offdiag"]
+__all__ = ["RateSettings", "QUICK_RATES", "PAPER_CPU_RATES", "TINY_RATES", "sq_dists",
+           "get_rates", "classical_mds", "offdiag"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +52,9 @@ class RateSettings:
 
 #: The ``rates`` block of the ``quick`` presets: width 64, four seeds.
 QUICK_RATES = RateSettings(width=64, epochs=6000, time_scale=1.0, seeds=4)
+#: The ``rates`` block of the ``paper-cpu`` presets, used only when no E1/E3 result is at hand:
+#: the paper's sizes, two seeds.
+PAPER_CPU_RATES = RateSettings(seeds=2)
 #: The ``rates`` block of the ``tiny`` presets: width 16, at most 4 hidden layers, the fit's
 #: minimum of epochs, two seeds.
 TINY_RATES = RateSettings(width=16, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2)

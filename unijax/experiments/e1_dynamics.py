@@ -4,9 +4,12 @@ Every Table 1 network is trained on the two points ``x = (-1, 0)``, ``y = (0.6, 
 0.5)`` (``dx2 = 1``, ``dy2 = 0.5``); ``(h, y, w)`` at the middle hidden layer and the loss are
 recorded every epoch; ``(eta_h, eta_y)`` are fitted to ``(h, y, w)`` (docs/theory.md section 11),
 then ``eta_mean`` to the loss curve (section 3). Agreement: R^2 of the fitted ODE for each of
-h, y, w and of the loss, per architecture, mean and spread over seeds. A row without a single
-completed fit fails the verdict, with the reason (a median over the other rows would pass on a
-subset).
+h, y, w and of the loss, per architecture, mean and spread over seeds. Verdict, per row: the
+seed-median R^2 of each of h, y, w is at least :data:`R2_PASS`, or no worse than what the
+authors' own fitting method (:mod:`unijax.authors`) gets on the same trajectories; the
+very-high-initial-weights row is shown, not judged (the paper's point there is that the fit
+degrades). A row without a single completed fit fails, with the reason (a verdict over the
+other rows would pass on a subset).
 
 Table 1 is what the authors' notebooks ran (their settings file's lr / 2 for twice the
 epochs). Two layouts differ between the paper's text and the authors' code, and each preset
@@ -22,7 +25,8 @@ h and y keep > 0.95. That happens on the near-saddle rows (low initial weights, 
 where a deep network's jump is steeper than the ODE's from the measured epoch-0 state, and on
 rows whose trajectory leaves the ODE's family (dropout: SGD noise that grows at small widths;
 convolution: a second plateau in some trials). The authors' own fitting method gets the same
-R^2 on the same trajectories (``benchmarks/bench_e1_fit.py`` compares them row by row).
+R^2 on the same trajectories: the run fits every trajectory with it too and reports both, row
+by row (``benchmarks/bench_e1_fit.py`` also scores both over every epoch).
 """
 
 from __future__ import annotations
@@ -56,9 +60,18 @@ CLAIM = (
 #: The default row's rates are reported for E4/E6 (``figures.default_rates``).
 USES_RATES = False
 
-#: R^2 threshold of the pass criterion (median over architectures, per variable).
-R2_PASS = 0.9
+#: R^2 threshold of the pass criterion (per row: median over seeds, each of h, y, w).
+R2_PASS = 0.95
+#: A row below :data:`R2_PASS` still passes where the authors' own pipeline (their fitting
+#: method, :mod:`unijax.authors`, on the same trajectories) does no better: unijax's unexplained
+#: variance summed over h, y, w at most this factor times theirs
+#: (:func:`unijax.experiments._twopoint.no_worse_than_authors`).
+REF_SLACK = tp.REF_SLACK
+#: Rows shown with their fit and R^2 but not judged: the paper's point there is that the fit
+#: degrades (representations start far apart, docs/theory.md section 9).
+NOT_JUDGED = ("very_high_initial_weights",)
 VARS = ("h", "y", "w", "loss")
+HYW = ("h", "y", "w")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +96,9 @@ class Config:
             the paper's L = 10; observed at hidden layer L // 2 of L + 2), see ``unijax.nets``.
         optimizer, lr: every row's optimizer (``"sgd"``, the paper's, or ``"adam"``: E8) and
             learning rate (None: the table's, rescaled for ``width`` and ``time_scale``).
+        reference: also fit every trajectory with the authors' method (:mod:`unijax.authors`,
+            SciPy; about a second per trial on one core), the verdict's reference on rows
+            where the theory fits less well than :data:`R2_PASS`.
     """
 
     rows: tuple[str, ...] = tp.TABLE1
@@ -102,6 +118,7 @@ class Config:
     fit_initial: bool = False
     dropout_layer: int | None = None
     conv_layout: str = "unijax"
+    reference: bool = True
 
     def __post_init__(self):
         if self.conv_layout not in nets.CONV_LAYOUTS:
@@ -110,8 +127,9 @@ class Config:
         check_choices("rows", self.rows, tp.TABLE1)
         if self.dropout_layer is not None:
             check_int("dropout_layer", self.dropout_layer, 0)
-        if not isinstance(self.fit_initial, bool):
-            raise ValueError(f"fit_initial={self.fit_initial!r} is invalid: must be true or false")
+        for f in ("fit_initial", "reference"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
         for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
             if getattr(self, f) is not None:
                 check_int(f, getattr(self, f), 1)
@@ -142,6 +160,9 @@ presets = {
                    conv_depth=4, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=4),
 }
 
+#: The paper's sizes on a 2-core CPU in about an hour (all eight experiments): two seeds a row.
+presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2)
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -165,6 +186,9 @@ class Result:
         fit_initial: ``()`` bool, whether the ODE's starting state was fitted too.
         layer: ``(R,)`` the observed hidden layer of each row; departures: ``(k,)`` texts
             naming where the run departs from the paper's text.
+        eta_authors: ``(R, S, 2)`` the rates the authors' fitting method reaches on the same
+            trajectories (NaN: not run, or the trial not fitted); r2_authors: ``(R, S, 3)``
+            their R^2 of h, y, w, scored on ``epochs_fit`` like ``r2``.
     """
 
     rows: np.ndarray
@@ -193,6 +217,8 @@ class Result:
         default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
     layer: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=int))
     departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
+    eta_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
 
 
 def departures(config: Config, cfgs=None) -> list[str]:
@@ -296,6 +322,39 @@ def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "f
     return shaped
 
 
+def reference_fits(hyw, fitted, *, epochs, dx2, dy2, progress, cache,
+                   prefix: str = "reference") -> dict[str, np.ndarray]:
+    """The authors' fitting method on every fitted trial (:mod:`unijax.authors`).
+
+    Args:
+        hyw: measured ``(h, y, w)``, shape ``(R, S, T, 3)``, every epoch.
+        fitted: ``(R, S)`` the trials unijax fitted (the others are left NaN).
+        epochs: ``(P,)`` the epochs E1's R^2 is scored on (the same for both methods).
+
+    Returns:
+        ``{"eta": (R, S, 2), "r2": (R, S, 3)}`` (one cached chunk: resumable).
+    """
+    from unijax import authors
+
+    R, S = fitted.shape
+
+    def compute():
+        eta = np.full((R, S, 2), np.nan)
+        r2 = np.full((R, S, 3), np.nan)
+        # A trial that blew up after the last sampled epoch cannot be fitted over every epoch.
+        todo = [(i, j) for i in range(R) for j in range(S)
+                if fitted[i, j] and np.all(np.isfinite(hyw[i, j]))]
+        if todo:
+            e, r = authors.fit_many([hyw[i, j] for i, j in todo], dx2=dx2, dy2=dy2,
+                                    epochs=epochs, progress=progress,
+                                    desc=f"{prefix}: authors' fits")
+            for k, (i, j) in enumerate(todo):
+                eta[i, j], r2[i, j] = e[k], r[k]
+        return {"eta": eta, "r2": r2}
+
+    return cache(prefix, compute)
+
+
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
     """Train every row, fit the ODE and the loss curve (pure in ``config`` and ``key``)."""
     cache = cache or memory_cache()
@@ -304,6 +363,10 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
                                 cache=cache)
     f = fit_rows(loss, hyw, div, dx2=config.dx2, dy2=config.dy2, progress=progress,
                  cache=cache, fit_initial=config.fit_initial)
+    ref = {"eta": np.asarray(np.nan), "r2": np.asarray(np.nan)}
+    if config.reference:
+        ref = reference_fits(hyw, f["fitted"] & ~div, epochs=f["epochs"], dx2=config.dx2,
+                             dy2=config.dy2, progress=progress, cache=cache)
     return Result(
         rows=np.asarray(config.rows, dtype=str),
         lr=np.asarray([c.lr for c in cfgs]),
@@ -329,6 +392,8 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
         layer=np.asarray([c.layer for c in cfgs]),
         departures=np.asarray(departures(config, cfgs), dtype=str),
+        eta_authors=ref["eta"],
+        r2_authors=ref["r2"],
     )
 
 
@@ -342,7 +407,8 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
     out = {}
     for i, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.fit_ok[i])
-        rates = use & (_status(result)[i] == 0)  # rates only from fits that pass
+        status = _status(result)[i]
+        rates = use & ((status == 0) | (status == tp.AS_AUTHORS))  # only fits that pass
         entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
@@ -351,17 +417,19 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
         entry["eta_y"] = spread(np.where(rates, result.eta_y[i], np.nan))
         entry["eta_mean"] = spread(np.where(use_l, result.eta_mean[i], np.nan))
         entry["rates_identified"] = int(np.asarray(result.converged[i]).sum())
-        entry["rate_fits"] = tp.usable_rates(result.eta_h[i], result.eta_y[i],
-                                             _status(result)[i])
+        entry["rate_fits"] = tp.usable_rates(result.eta_h[i], result.eta_y[i], status)
         out[str(row)] = entry
     return out
 
 
 def _status(result) -> np.ndarray:
     """``fit_status`` broadcast to ``(R, S)`` (results of other experiments built from E1's
-    without it: not fitted)."""
+    without it: not fitted), with the fits that the authors' method does no better on marked
+    usable (:func:`unijax.experiments._twopoint.reference_status`)."""
     status = getattr(result, "fit_status", tp.NOT_FITTED)
-    return np.broadcast_to(np.asarray(status), np.asarray(result.diverged).shape)
+    status = np.broadcast_to(np.asarray(status), np.asarray(result.diverged).shape)
+    return tp.reference_status(status, result.r2,
+                               getattr(result, "r2_authors", np.asarray(np.nan)))
 
 
 def counts(result) -> dict[str, int]:
@@ -374,7 +442,7 @@ def counts(result) -> dict[str, int]:
         "fit_failed": int((~div & ~ok).sum()),
         "used": int(ok.sum()),
         "rates_not_identified": int((ok & ~conv).sum()),
-        "rates_usable": int((_status(result) == 0).sum()),
+        "rates_usable": int(np.isin(_status(result), (0, tp.AS_AUTHORS)).sum()),
     }
 
 
@@ -392,52 +460,95 @@ def default_rates(result) -> dict | None:
     return {**rates, "width": int(result.width[i]), "depth": int(result.depth[i])}
 
 
+def _median(values) -> float | None:
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if v.size else None
+
+
+def row_verdicts(result) -> dict[str, dict]:
+    """Per row: the seed-median R^2 of h, y, w of unijax's fit and of the authors' method on
+    the same trajectories, and how the row is judged (:data:`R2_PASS`, :data:`REF_SLACK`).
+
+    Returns ``{row: {"r2": {v: median}, "r2_authors": {v: median or None}, "by": {v: "threshold"
+    | "authors" | "fail"}, "passed": bool | None (None: not judged, :data:`NOT_JUDGED`),
+    "n": fits scored}}``.
+    """
+    ref = np.asarray(result.r2_authors, dtype=float)
+    has_ref = ref.ndim == 3
+    out = {}
+    for i, row in enumerate(np.asarray(result.rows)):
+        row = str(row)
+        use = np.asarray(result.fit_ok[i])
+        med = {v: _median(np.where(use, result.r2[i, :, k], np.nan)) for k, v in enumerate(HYW)}
+        med_a = {v: _median(np.where(use, ref[i, :, k], np.nan)) if has_ref else None
+                 for k, v in enumerate(HYW)}
+        r2_row = np.array([np.nan if med[v] is None else med[v] for v in HYW])
+        ref_row = np.array([np.nan if med_a[v] is None else med_a[v] for v in HYW])
+        as_good = bool(tp.no_worse_than_authors(r2_row, ref_row, R2_PASS))
+        by = {v: "fail" if med[v] is None else "threshold" if med[v] >= R2_PASS
+              else "authors" if as_good else "fail" for v in HYW}
+        passed = None if row in NOT_JUDGED else all(b != "fail" for b in by.values())
+        out[row] = {"r2": med, "r2_authors": med_a, "by": by, "passed": passed,
+                    "n": int(use.sum())}
+    return out
+
+
 def agreement(result) -> dict:
     table = r2_table(result)
+    verdicts = row_verdicts(result)
     medians = {}
     for v in VARS:
         means = [table[r][v]["mean"] for r in table if table[r][v]["mean"] is not None]
         medians[v] = float(np.median(means)) if means else None
-    decided = all(medians[v] is not None for v in VARS)
-    passed = all(medians[v] >= R2_PASS for v in VARS) if decided else None
-    # A median over the rows that happened to fit would pass on a subset: a row without a
-    # completed fit fails the verdict.
+    judged = {r: d for r, d in verdicts.items() if d["passed"] is not None}
+    failed = [r for r, d in judged.items() if not d["passed"]]
+    by_ref = [r for r, d in judged.items() if d["passed"] and "authors" in d["by"].values()]
+    # A row without a completed fit fails (a verdict over the rows that happened to fit would
+    # pass on a subset); so does a run with no judged row.
     empty = [r for r in table if table[r]["h"]["n"] == 0]
+    passed = bool(judged) and not failed and not empty
     c = counts(result)
-    undecided = [v for v in VARS if medians[v] is None]
-    if empty or undecided:
-        passed = False
-    worst = {
-        v: min(((table[r][v]["mean"], r) for r in table if table[r][v]["mean"] is not None),
-               default=(None, None))
-        for v in VARS
-    }
-    headline = f"median R^2 over {len(table)} architectures: " + ", ".join(
-        f"{v} {fmt(medians[v])}" for v in VARS
-    )
-    per_row = "; ".join(
-        f"{r}: " + "/".join(fmt(table[r][v]["mean"], 3) for v in VARS) for r in table
-    )
+    headline = (f"{len(judged) - len(failed)} of {len(judged)} judged architectures pass "
+                f"(R^2 h, y, w >= {R2_PASS}"
+                + (f", or no worse than the authors' method: {', '.join(by_ref)}" if by_ref
+                   else "") + "); median R^2 over all: "
+                + ", ".join(f"{v} {fmt(medians[v])}" for v in VARS))
+    if failed:
+        headline += f"; FAIL: {', '.join(failed)}"
+
+    def row_text(r, d):
+        def one(v):
+            a = d["r2_authors"][v]
+            return (f"{v} {fmt(d['r2'][v], 3)}" + (f" (authors {fmt(a, 3)})" if a is not None
+                                                   else "") + f" [{d['by'][v]}]")
+        tag = "not judged" if d["passed"] is None else ("pass" if d["passed"] else "FAIL")
+        return f"{r}: " + ", ".join(one(v) for v in HYW) + f": {tag}"
+
     measured = (
-        f"R^2 (mean over seeds) of the fitted ODE for h/y/w/loss per architecture: {per_row}. "
-        "Lowest: " + ", ".join(f"{v} {fmt(worst[v][0])} ({worst[v][1]})" for v in VARS) + "."
+        "Seed-median R^2 of the fitted ODE per architecture, unijax's fit and the authors' "
+        "fitting method on the same trajectories, scored on the same epochs, with how each "
+        "variable passes: " + "; ".join(row_text(r, d) for r, d in verdicts.items()) + ". "
+        "Loss R^2 (mean over seeds) per architecture: "
+        + "; ".join(f"{r}: {fmt(table[r]['loss']['mean'], 3)}" for r in table) + "."
     )
     rates = default_rates(result)
-    figures = {"median_r2": medians, "per_architecture": table}
+    figures = {"median_r2": medians, "per_architecture": table, "verdict_per_row": verdicts}
     if rates is not None:
         figures["default_rates"] = rates
     if empty:
         headline += f"; FAIL: no completed fit in {', '.join(empty)}"
         measured += " " + "; ".join(_unusable(result, r) for r in empty) + "."
-    if undecided:
-        measured += f" No completed fit of {', '.join(undecided)} in any row."
     deps = [str(d) for d in np.atleast_1d(result.departures)]
     figures["departures"] = deps
     return make_agreement(
         headline=headline,
         measured=measured,
-        criterion=f"median over architectures of the seed-mean R^2 >= {R2_PASS} for each of "
-        "h, y, w and the loss; a row without a completed fit fails",
+        criterion=f"every architecture except {', '.join(NOT_JUDGED)} (shown, not judged): the "
+        f"seed-median R^2 of each of h, y, w >= {R2_PASS}, or a fit no worse than the authors' "
+        f"own pipeline gets on the same trajectories (unexplained variance summed over h, y, "
+        f"w, sum(1 - R^2), at most {REF_SLACK}x that of the authors' fitting method); a row "
+        "without a completed fit fails",
         passed=passed,
         figures=figures,
         counts=c,
@@ -450,6 +561,13 @@ def agreement(result) -> dict:
                   f"{fmt_spread(table['default']['eta_y'])} 1/epoch, "
                   f"{tp.exclusion_text(table['default']['rate_fits'])}."
                   if "default" in table else "n/a."),
+               "The authors' fitting method (unijax.authors: SSE of h, y, w over every epoch, "
+               "SciPy Radau, a 200-point scale grid, then BFGS) fits the same trajectories; "
+               "the networks match the authors' PyTorch networks to float precision, so this "
+               "is what their pipeline gets. Both fits are scored on the same epochs."
+               if np.asarray(result.r2_authors).ndim == 3 else
+               "The authors' fitting method was not run (reference=false): rows below the "
+               "threshold fail.",
                "Rates are averaged only over fits that pass the quality criterion (optimizer "
                "finished, relative standard errors < 0.1, R^2 of each of h, y, w >= "
                f"{fit_min_r2()}); R^2 is reported for every finished fit, good or poor. "

@@ -73,6 +73,9 @@ class Config:
             epoch).
         dropout_layer, conv_layout: as in :class:`unijax.experiments.e1_dynamics.Config`
             (the paper preset: the authors' layer 2 and 11 convolutions).
+        reference: also fit the rate trials with the authors' method (:mod:`unijax.authors`);
+            a fit below the R^2 criterion then still gives rates where the authors' method
+            fits that trajectory no better (as E1 judges its rows).
     """
 
     rows: tuple[str, ...] = tp.TABLE1
@@ -94,9 +97,12 @@ class Config:
     stop_loss: float | None = None
     dropout_layer: int | None = None
     conv_layout: str = "unijax"
+    reference: bool = True
 
     def __post_init__(self):
         check_choices("rows", self.rows, tp.TABLE1)
+        if not isinstance(self.reference, bool):
+            raise ValueError(f"reference={self.reference!r} is invalid: must be true or false")
         if self.stop_loss is not None:
             check_float("stop_loss", self.stop_loss)
         for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth",
@@ -129,6 +135,15 @@ presets = {
                    dy_norms=(0.0, 1.0), grid_epochs=None, grid_time_scale=None),
 }
 
+#: The paper's sizes on a 2-core CPU (``paper-cpu``): the authors' grid protocol at width 500
+#: and the paper's depths, on four architectures (the quick preset's: default, shallow, a
+#: saturating nonlinearity, skip connections), rates from 3 trials each, grid runs of at most
+#: 8000 epochs (the authors' 40000 are a ceiling: their trials stop at loss < 1e-4, and a trial
+#: still above 1e-3 at 8000 is discarded and counted).
+presets["paper-cpu"] = dataclasses.replace(
+    presets["paper"], rows=("default", "shallow", "tanh", "skip_connections"), fit_seeds=3,
+    grid_epochs=8000)
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -137,9 +152,12 @@ class Result:
     Attributes:
         rows ``(R,)``; dx_norms ``(I,)``, dy_norms ``(J,)``.
         eta_h, eta_y: ``(R,)`` rates averaged over the fits that pass the quality criterion
-            (``unijax.fit.FitStatus.OK``; 1/epoch; NaN if none);
+            (``unijax.fit.FitStatus.OK``, or no worse than the authors' method:
+            ``_twopoint.AS_AUTHORS``; 1/epoch; NaN if none);
             fit_eta_h, fit_eta_y, fit_converged (used for the rates), fit_diverged,
-            fit_status (``FitStatus`` code, -1 not fitted): ``(R, F)`` per fit trial.
+            fit_status (``FitStatus`` code, -1 not fitted, ``AS_AUTHORS``): ``(R, F)`` per
+            fit trial; fit_r2, fit_r2_authors: ``(R, F, 3)`` R^2 of h, y, w of unijax's and
+            the authors' fit (NaN: not run).
         h0, y0: ``(R, I, J, S)`` initial squared hidden / output distances.
         h_final: ``(R, I, J, S)`` measured final squared hidden distance.
         h_theory: ``(R, I, J, S)`` ``theory.final_distance(h0, y0)`` with the row's rates.
@@ -171,6 +189,8 @@ class Result:
         default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
     stop_epoch: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], int))
     departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
+    fit_r2: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    fit_r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
 
 
 def departures(config: Config) -> list[str]:
@@ -236,7 +256,14 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
     f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
                     prefix="fit-rates")
     fit_status = np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32)
-    conv_fit = fit_status == 0  # only fits that pass the quality criterion give rates
+    r2_ref = np.asarray(np.nan)
+    if config.reference:
+        r2_ref = e1.reference_fits(hyw, f["fitted"] & ~div, epochs=f["epochs"], dx2=1.0,
+                                   dy2=0.5, progress=progress, cache=cache,
+                                   prefix="fit-reference")["r2"]
+        fit_status = tp.reference_status(fit_status, f["r2"], r2_ref)
+    # Only fits that pass the quality criterion (or do as well as the authors') give rates.
+    conv_fit = (fit_status == 0) | (fit_status == tp.AS_AUTHORS)
     with np.errstate(invalid="ignore"):
         eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
                           for r in range(len(cfgs))])
@@ -302,7 +329,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         dy_norms=np.asarray(config.dy_norms, float),
         eta_h=eta_h, eta_y=eta_y,
         fit_eta_h=f["eta_h"], fit_eta_y=f["eta_y"], fit_converged=conv_fit, fit_diverged=div,
-        fit_status=fit_status,
+        fit_status=fit_status, fit_r2=f["r2"], fit_r2_authors=r2_ref,
         h0=h0, y0=y0, h_final=hf, h_theory=ht, final_loss=fl, diverged=dv, converged=conv,
         stop_epoch=se, departures=np.asarray(departures(config), dtype=str),
     )
@@ -340,13 +367,17 @@ def agreement(result) -> dict:
     table = per_row(result)
     rs = [v["pearson_r"] for v in table.values() if np.isfinite(v["pearson_r"])]
     med = float(np.median(rs)) if rs else None
-    passed = None if med is None else bool(med >= R_PASS)
-    # A median over the architectures that happened to converge would pass on a subset.
+    worst = min(rs) if rs else None
+    # Every architecture must agree (a median would pass with one row far off), and one
+    # without a usable grid fails: never a verdict on the subset that happened to converge.
     empty = [k for k, v in table.items() if not np.isfinite(v["pearson_r"])]
+    low = [k for k, v in table.items() if np.isfinite(v["pearson_r"]) and v["pearson_r"] < R_PASS]
+    passed = None if worst is None else bool(worst >= R_PASS)
     if empty:
         passed = False
-    headline = f"median Pearson r (theory vs network final h) over {len(table)} " \
-               f"architectures: {fmt(med)}"
+    headline = (f"Pearson r (theory vs network final h) >= {R_PASS} on "
+                f"{len(rs) - len(low)} of {len(table)} architectures: lowest {fmt(worst)}, "
+                f"median {fmt(med)}" + (f"; FAIL: {', '.join(low)}" if low else ""))
     measured = "Per architecture, Pearson r / slope (with intercept) of network vs theory over " \
                "the grid, pooled over seeds (r mean ± sd over seeds): " + "; ".join(
                    f"{k}: r {fmt(v['pearson_r'])} / slope {fmt(v['slope'])} "
@@ -380,10 +411,10 @@ def agreement(result) -> dict:
     return make_agreement(
         headline=headline,
         measured=measured,
-        criterion=f"median over architectures of Pearson r >= {R_PASS}; an architecture "
-        "without a usable grid fails",
+        criterion=f"Pearson r >= {R_PASS} on every architecture; an architecture without a "
+        "usable grid fails",
         passed=passed,
-        figures={"per_architecture": table, "median_pearson_r": med,
+        figures={"per_architecture": table, "median_pearson_r": med, "min_pearson_r": worst,
                  **({"default_rates": {
                      **table["default"]["rate_fits"],
                      "eta_h": table["default"]["eta_h"], "eta_y": table["default"]["eta_y"]}}
@@ -391,8 +422,10 @@ def agreement(result) -> dict:
                     and table["default"]["rate_fits"]["n"] > 0 else {})},
         counts=counts,
         notes=["Rates per architecture: mean over the fits at dx2 = 1, dy2 = 0.5 that pass the "
-               "quality criterion (optimizer finished, rates identified, R^2 of h, y, w >= "
-               f"{e1.fit_min_r2()}): " + "; ".join(
+               "quality criterion (optimizer finished, rates identified, R^2 of each of h, y, w "
+               f">= {e1.fit_min_r2()}, or no worse than the authors' fitting method on the same "
+               f"trajectory: sum over h, y, w of 1 - R^2 at most {tp.REF_SLACK}x theirs): "
+               + "; ".join(
                    f"{k}: {tp.exclusion_text(v['rate_fits'])}" for k, v in table.items()) + "."
                 + T_note,
                 "Departures from the paper's text: " + ("; ".join(deps) if deps else "none")

@@ -135,6 +135,9 @@ presets = {
                    seeds=3, rates=st.TINY_RATES),
 }
 
+#: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds a row.
+presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2, rates=st.PAPER_CPU_RATES)
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:

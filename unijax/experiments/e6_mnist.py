@@ -156,6 +156,11 @@ presets = {
                    n_structure=40, loss_threshold=0.05, rates=st.TINY_RATES),
 }
 
+#: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds, the Adam structure over 3
+#: trials (the authors' 10).
+presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2, structure_seeds=3,
+                                           rates=st.PAPER_CPU_RATES)
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:

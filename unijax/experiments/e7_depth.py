@@ -84,6 +84,9 @@ presets = {
     "tiny": Config(width=16, depth=6, epochs=tp.FIT_POINTS, time_scale=1.0, seeds=2),
 }
 
+#: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds.
+presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2)
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:

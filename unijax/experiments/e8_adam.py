@@ -211,6 +211,9 @@ presets = {
                                      width=16)),
 }
 
+#: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds a row.
+presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2, rates=st.PAPER_CPU_RATES)
+
 
 @dataclasses.dataclass(frozen=True)
 class Result:
@@ -241,6 +244,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
 
     # E1 part: E1's two-point dynamics with Adam at one learning rate.
     e1cfg = e1.Config(rows=config.dyn.rows, width=config.width, max_depth=config.max_depth,
+                      reference=False,
                       epochs=config.dyn.epochs, seeds=config.seeds, seed=config.seed,
                       optimizer="adam", lr=config.dyn.lr)
     dyn = e1.run(e1cfg, key=k_dyn, progress=progress, cache=_prefixed(cache, "dyn"))

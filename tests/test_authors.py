@@ -1,0 +1,108 @@
+"""unijax.authors (the authors' SciPy fitting method, E1's and E3's reference) and the
+"no worse than the authors' method" rule the experiments judge with."""
+
+import numpy as np
+import pytest
+
+from unijax import authors, fit, theory
+from unijax.experiments import _twopoint as tp
+
+RATES = dict(eta_h=1.2e-3, eta_y=2.5e-3, dx2=1.0, dy2=0.5)
+Z0 = np.array([0.4, 0.02, -0.01])
+
+
+@pytest.fixture(scope="module")
+def trajectory():
+    return np.asarray(theory.solve(Z0, np.arange(600.0), **RATES, rtol=1e-10, atol=1e-12))
+
+
+def test_rhs_is_theory_vector_field():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        z = np.array([rng.uniform(0.1, 3), rng.uniform(0, 2), rng.uniform(-1, 1)])
+        eh, ey, dx2, dy2 = rng.uniform(1e-4, 1e-2), rng.uniform(1e-4, 1e-2), *rng.uniform(0.1, 2, 2)
+        want = np.asarray(theory.vector_field(z, eta_h=eh, eta_y=ey, dx2=dx2, dy2=dy2))
+        np.testing.assert_allclose(authors.rhs(0.0, z, eh, ey, dx2, dy2), want, rtol=1e-12,
+                                   atol=1e-15)
+
+
+def test_fit_one_recovers_planted_rates(trajectory):
+    f = authors.fit_one(trajectory, dx2=1.0, dy2=0.5)
+    np.testing.assert_allclose([f.eta_h, f.eta_y], [RATES["eta_h"], RATES["eta_y"]], rtol=2e-2)
+    assert f.n_solves >= authors.GRID.size and f.sse < 1e-6
+
+
+def test_r2_of_rates_is_one_at_the_truth_and_lower_elsewhere(trajectory):
+    r2 = authors.r2_of_rates(trajectory, RATES["eta_h"], RATES["eta_y"], dx2=1.0, dy2=0.5)
+    np.testing.assert_allclose(r2, 1.0, atol=1e-6)
+    off = authors.r2_of_rates(trajectory, 3 * RATES["eta_h"], RATES["eta_y"], dx2=1.0, dy2=0.5,
+                              epochs=np.arange(0, 600, 7))
+    assert off[0] < 0.9 and np.all(off < 0.995)
+    assert np.all(np.isnan(authors.r2_of_rates(trajectory, np.nan, 1e-3, dx2=1.0, dy2=0.5)))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(Z=np.ones((5, 2))), "shape"),
+    (dict(Z=np.full((5, 3), np.nan)), "finite"),
+    (dict(Z=np.array([[0.0, 0, 0]] * 4)), "h > 0"),
+    (dict(dx2=0.0), "dx2"),
+    (dict(dy2=-1.0), "dy2"),
+])
+def test_fit_one_refuses_bad_input(trajectory, bad, match):
+    args = dict(Z=trajectory[:20], dx2=1.0, dy2=0.5) | bad
+    with pytest.raises(ValueError, match=match):
+        authors.fit_one(args.pop("Z"), **args)
+
+
+def test_no_worse_than_authors_rule():
+    m = fit.MIN_R2
+    r2 = np.array([[0.99, 0.99, 0.70],    # w below; sums 0.32 <= 1.1 * 0.30
+                   [0.99, 0.99, 0.60],    # w below; 0.42 > 1.1 * 0.30
+                   [0.99, 0.99, 0.70],    # no reference
+                   [0.95, np.nan, 0.95],  # a NaN R^2 never passes
+                   [0.85, 0.99, 0.96]])   # h traded for y against the authors: 0.2 <= 0.22
+    ref = np.array([[0.99, 0.99, 0.72], [0.99, 0.99, 0.72], [np.nan] * 3, [0.9] * 3,
+                    [0.9, 0.94, 0.96]])
+    np.testing.assert_array_equal(tp.no_worse_than_authors(r2, ref, m),
+                                  [True, False, False, False, True])
+    r2, ref = r2[:4], ref[:4]
+    poor, ok = int(fit.FitStatus.POOR_FIT), int(fit.FitStatus.OK)
+    st = tp.reference_status([poor, poor, poor, ok], r2, ref)
+    np.testing.assert_array_equal(st, [tp.AS_AUTHORS, poor, poor, ok])
+    # No reference run: statuses unchanged, and only OK and AS_AUTHORS give rates.
+    np.testing.assert_array_equal(tp.reference_status([poor], r2[:1], np.nan), [poor])
+    rates = tp.usable_rates([1.0, 2.0, 3.0, 4.0], [1.0] * 4, st)
+    assert rates["n"] == 2 and rates["n_as_authors"] == 1 and rates["eta_h"] == 2.5
+    assert "no worse than the authors' method" in tp.exclusion_text(rates)
+
+
+def test_e1_row_verdicts_judge_by_threshold_or_reference():
+    from unijax.experiments import e1_dynamics as e1
+
+    class R:  # the fields row_verdicts reads
+        rows = np.array(["default", "tanh", "very_high_initial_weights"])
+        fit_ok = np.ones((3, 2), bool)
+        r2 = np.array([[[0.99, 0.99, 0.97]] * 2, [[0.99, 0.99, 0.6]] * 2,
+                       [[0.5, 0.5, 0.1]] * 2])
+        r2_authors = np.array([[[0.99, 0.99, 0.97]] * 2, [[0.99, 0.99, 0.62]] * 2,
+                               [[0.5, 0.5, 0.1]] * 2])
+
+    v = e1.row_verdicts(R)
+    assert v["default"]["passed"] and set(v["default"]["by"].values()) == {"threshold"}
+    assert v["tanh"]["passed"] and v["tanh"]["by"]["w"] == "authors"
+    assert v["very_high_initial_weights"]["passed"] is None
+    R.r2_authors = np.asarray(np.nan)  # no reference: tanh's w fails
+    assert e1.row_verdicts(R)["tanh"]["passed"] is False
+
+
+
+def test_fit_many_in_processes_equals_the_loop(trajectory):
+    Zs = [trajectory[:200], trajectory[:300] * np.array([1.0, 1.0, 1.0])]
+    eta1, r21 = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=1)
+    eta2, r22 = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=2, epochs=None)
+    np.testing.assert_array_equal(eta1, eta2)
+    np.testing.assert_array_equal(r21, r22)
+    f = authors.fit_one(Zs[1], dx2=1.0, dy2=0.5)
+    np.testing.assert_array_equal(eta1[1], [f.eta_h, f.eta_y])
+    with pytest.raises(ValueError, match="finite"):
+        authors.fit_many([np.full((5, 3), np.nan)], dx2=1.0, dy2=0.5)
