@@ -53,7 +53,7 @@ def builtin_net(module: nn.Module, layers: tuple[int, ...]) -> Net:
             phi=nets.NONLINEARITIES[module.nonlinearity],
             skip=module.skip,
             layers=layers,
-            precision=nets._PRECISIONS[module.precision],
+            precision=nets.PRECISIONS[module.precision],
         )
     return Net(init, apply, bool(module.dropout), dense_sgd)
 
