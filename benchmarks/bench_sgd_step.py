@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     fused = functools.partial(
         train._dense_sgd_step, depth=module.depth, phi=nets.NONLINEARITIES[module.nonlinearity],
-        skip=module.skip, layers=(layer,), precision=nets._PRECISIONS[module.precision])
+        skip=module.skip, layers=(layer,), precision=nets.PRECISIONS[module.precision])
     tx = optax.sgd(lr)
 
     def autodiff(p, x, y, lr):

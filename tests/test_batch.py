@@ -86,3 +86,37 @@ def test_loop_blocks_runs_only_the_first_count_blocks():
     np.testing.assert_array_equal(out, [2, 2, 2, 2, 0, 0])
     with pytest.raises(ValueError, match="does not divide"):
         _batch.loop_blocks(lambda s, c, x: (None, x), 5, 2, inputs=jnp.ones(5))
+
+
+def test_trial_bucket_pads_to_a_multiple_of_8_then_of_the_devices():
+    for n_devices in (1, 2, 3, 4):
+        for n in range(1, 60):
+            b = _batch.trial_bucket(n, n_devices)
+            assert b.total == -(-(-(-n // 8) * 8) // n_devices) * n_devices
+            assert b.total % n_devices == 0 and b.per_device * n_devices == b.total
+            assert b.n_padded == b.total - n and b.n_padded < 8 + n_devices
+            # real trials first: full devices, then at most one partial, then empty ones
+            assert b.n_valid.sum() == n and np.all(np.diff(b.n_valid) <= 0)
+            assert np.all(b.n_valid[:-1][b.n_valid[1:] > 0] == b.per_device)
+            np.testing.assert_array_equal(b.index, _batch.pad_index(np.arange(n), b.total))
+    # every size of a bucket gives the same padded size (one compiled program)
+    assert {_batch.trial_bucket(n, 1).total for n in range(1, 9)} == {8}
+    assert {_batch.trial_bucket(n, 2).total for n in range(9, 17)} == {16}
+    with pytest.raises(ValueError, match="n=0"):
+        _batch.trial_bucket(0, 1)
+
+
+@pytest.mark.parametrize("block", [1, 2, 4])
+def test_map_in_place_skips_the_blocks_past_n_valid(block):
+    xs = {"p": jnp.arange(16.0).reshape(8, 2)}
+
+    def f(x):
+        return {"p": x["p"] * 2.0}, jnp.sum(x["p"]) + 1.0
+
+    new, ys = jax.jit(lambda t, n: _batch.map_in_place(f, t, block, n_valid=n))(xs, 3)
+    ran = -(-3 // block) * block  # whole blocks run: the trials up to the end of the block
+    ref_new, ref_ys = jax.vmap(f)(xs)
+    np.testing.assert_array_equal(new["p"][:ran], ref_new["p"][:ran])
+    np.testing.assert_array_equal(new["p"][ran:], xs["p"][ran:])  # untouched
+    np.testing.assert_array_equal(ys[:ran], ref_ys[:ran])
+    np.testing.assert_array_equal(ys[ran:], 0.0)

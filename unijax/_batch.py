@@ -8,6 +8,10 @@ module, with one convention each:
   element keeps padded entries well-posed for solvers; results are cut back to the first
   ``n`` (:func:`gather`).
 * **One mesh axis**, :data:`BATCH_AXIS`, over the devices of every process (:func:`batch_mesh`).
+* **Buckets** (:func:`trial_bucket`): a batch of ``n`` trials is padded to a multiple of
+  :data:`BUCKET`, then of the device count, so that one compiled program serves every batch
+  size of a bucket (3, 5 and 7 seeds share one training program); padding trials that a loop
+  would compute are skipped (:func:`map_in_place` with ``n_valid``).
 * **Chunks**: on CPU a batch of 16 or more runs as chunks of :data:`CPU_CHUNK` trials
   (:func:`cpu_chunking`, :func:`map_chunks`); on a mesh of several devices each device runs its
   slice as such chunks one after another (:func:`device_layout`, :func:`map_over_devices`).
@@ -41,6 +45,13 @@ BATCH_AXIS = "batch"
 #: threads 0.19 s, 8 chunks of 8 0.14 s (best of 5, same numbers). Fixed-size chunks also mean
 #: one compiled program for any batch size.
 CPU_CHUNK = 8
+
+#: Trial counts are rounded up to a multiple of this before compiling (see
+#: :func:`trial_bucket`): 1-8 trials share one program, 9-16 the next, ... Fewer than
+#: ``BUCKET`` padding trials are ever added, and on CPU the per-trial loop skips them; in a
+#: ``vmap`` (GPU/TPU) they are computed and dropped. Equal to :data:`CPU_CHUNK`, so a bucket
+#: is a whole number of CPU chunks.
+BUCKET = CPU_CHUNK
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,6 +105,55 @@ def pad(tree: Any, multiple: int) -> tuple[Any, int]:
         raise ValueError("the batch is empty (axis 0 has size 0); need at least one element.")
     idx = pad_index(np.arange(n), -(-n // int(multiple)) * int(multiple))
     return jax.tree_util.tree_map(lambda a: np.asarray(a)[idx], tree), n
+
+
+class TrialBucket(NamedTuple):
+    """``n`` trials padded to a bucket and laid over ``n_devices`` devices (see
+    :func:`trial_bucket`).
+
+    Attributes:
+        n: real trials (the first ``n`` of the padded batch).
+        total: trials in the padded batch, a multiple of :data:`BUCKET` rounded up to a
+            multiple of the device count.
+        per_device: ``total / n_devices``, each device's consecutive slice.
+        n_valid: ``(n_devices,)`` int32, the real trials in each device's slice (they come
+            first in it; the padding is at the end of the batch, on the last devices).
+    """
+
+    n: int
+    total: int
+    per_device: int
+    n_valid: np.ndarray
+
+    @property
+    def n_padded(self) -> int:
+        """Padding trials appended (copies of the last real one)."""
+        return self.total - self.n
+
+    @property
+    def index(self) -> np.ndarray:
+        """``(total,)`` row of each trial of the padded batch (:func:`pad_index`)."""
+        return pad_index(np.arange(self.n), self.total)
+
+
+def trial_bucket(n: int, n_devices: int) -> TrialBucket:
+    """The padded layout of ``n`` independent trials over ``n_devices`` devices.
+
+    **The bucket rule**: ``total = ceil(ceil(n / BUCKET) * BUCKET / n_devices) * n_devices``,
+    i.e. ``n`` rounded up to a multiple of :data:`BUCKET` (8), then to a multiple of the
+    device count. A compiled program depends on ``total`` only, so every ``n`` of a bucket
+    (1-8, 9-16, ...) reuses it. Padding repeats the last real trial (:func:`pad_index`); its
+    results are dropped (:func:`gather`).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n={n!r} is out of range: need at least one trial.")
+    if isinstance(n_devices, bool) or not isinstance(n_devices, (int, np.integer)) or (
+        n_devices < 1
+    ):
+        raise ValueError(f"n_devices={n_devices!r} is out of range: must be an integer >= 1.")
+    per = -(-(-(-int(n) // BUCKET) * BUCKET) // int(n_devices))
+    n_valid = np.clip(int(n) - per * np.arange(n_devices), 0, per).astype(np.int32)
+    return TrialBucket(int(n), per * int(n_devices), per, n_valid)
 
 
 class ShardedBatch(NamedTuple):
@@ -314,16 +374,23 @@ def loop_blocks(
     return jax.lax.fori_loop(0, n_blocks if count is None else count, body, (carry, outs))
 
 
-def map_in_place(f: Callable, xs: Any, block: int) -> tuple[Any, Any]:
+def map_in_place(
+    f: Callable, xs: Any, block: int, n_valid: int | jax.Array | None = None
+) -> tuple[Any, Any]:
     """``jax.vmap(f)(xs)`` computed ``block`` trials at a time, updating ``xs`` in place.
 
     ``f(x) -> (new_x, y)`` with ``new_x`` shaped like ``x``. Unlike ``lax.map``, whose stacked
     outputs are a second buffer next to its inputs, the loop carries ``xs`` itself and writes
     each block back where it was read, so the parameters of all trials exist once (plus one
     block's working copy). The block is the largest divisor of the batch not above ``block``.
+
+    ``n_valid`` (may be traced): only the blocks holding one of the first ``n_valid`` trials
+    run; the trials of the others (padding) keep their ``xs`` and get zero outputs. Each
+    trial that runs is computed exactly as without padding (one trial or one block at a time).
     """
     n = jax.tree.leaves(xs)[0].shape[0]
     block = max(d for d in range(1, min(block, n) + 1) if n % d == 0)
+    count = None if n_valid is None else (n_valid + block - 1) // block
 
     def run_block(start, xb, _):
         if block == 1:
@@ -331,7 +398,7 @@ def map_in_place(f: Callable, xs: Any, block: int) -> tuple[Any, Any]:
             return jax.tree.map(lambda a: a[None], (new, y))
         return jax.vmap(f)(xb)
 
-    return loop_blocks(run_block, n, block, carry=xs)
+    return loop_blocks(run_block, n, block, carry=xs, count=count)
 
 
 def blocked_rows(fn: Callable[[jax.Array], Any], n: int, block: int):

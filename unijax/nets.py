@@ -68,6 +68,7 @@ __all__ = [
     "CONV_CHANNELS",
     "CONV_KERNEL",
     "CONV_LAYOUTS",
+    "PRECISIONS",
     "MLP",
     "ConvNet",
     "make",
@@ -117,7 +118,8 @@ CONV_LAYOUTS: tuple[str, ...] = ("unijax", "authors")
 #: Default dropout rate of the ``"dropout"`` architecture (appendix B).
 DEFAULT_DROPOUT = 0.1
 
-_PRECISIONS = {
+#: The ``precision`` names the networks accept, and the ``jax.lax.Precision`` of their matmuls.
+PRECISIONS = {
     None: None,
     "default": jax.lax.Precision.DEFAULT,
     "high": jax.lax.Precision.HIGH,
@@ -184,7 +186,7 @@ class MLP(nn.Module):
             bias_init=nn.initializers.zeros,
             dtype=self.dtype,
             param_dtype=self.dtype,
-            precision=_PRECISIONS[self.precision],
+            precision=PRECISIONS[self.precision],
             name=name,
         )
 
@@ -245,7 +247,7 @@ class ConvNet(nn.Module):
         _check_conv(self.width, self.depth, self.kernel, self.layout)
         n_conv = _n_conv(self.depth, self.layout)
         phi = NONLINEARITIES[self.nonlinearity]
-        prec = _PRECISIONS[self.precision]
+        prec = PRECISIONS[self.precision]
         drop = nn.Dropout(self.dropout, deterministic=not train) if self.dropout else None
         maybe_drop = (lambda a: drop(a)) if drop is not None else (lambda a: a)
         common = dict(
@@ -362,8 +364,8 @@ def make(
     """
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown arch={arch!r}; valid names: {list(ARCHITECTURES)}")
-    if precision not in _PRECISIONS:
-        raise ValueError(f"unknown precision={precision!r}; valid: {list(_PRECISIONS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision={precision!r}; valid: {list(PRECISIONS)}")
     if dropout is None:
         dropout = DEFAULT_DROPOUT if arch == "dropout" else 0.0
     if not gain > 0:
