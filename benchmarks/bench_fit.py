@@ -31,6 +31,8 @@ may be shared, so the load average is printed before and after.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import json
 import os
 import platform
@@ -52,7 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 import scipy  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
-from unijax import authors, fit, theory  # noqa: E402
+from unijax import _fit_args, _fit_model, authors, fit, theory  # noqa: E402
 
 DX2, DY2 = 1.0, 0.5  # the paper's two-point data (docs/experiments.md E1)
 
@@ -164,6 +166,23 @@ def scipy_fit(ts, Zi, rtol=1e-3, atol=1e-6):
 # ---------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _traces():
+    """Counter of JAX traces per function name while the block runs (0 or 1 for the fit
+    program: 0 when a stored compiled program was loaded)."""
+    counts: collections.Counter = collections.Counter()
+
+    def listener(event, duration, **kw):
+        if event == "/jax/core/compile/jaxpr_trace_duration":
+            counts[kw.get("fun_name")] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield counts
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def rel_err(est, truth):
     return np.abs(np.asarray(est) / truth - 1.0)
 
@@ -219,10 +238,10 @@ def main(argv=None):
         def run(Z, kw=kw):
             return fit.fit_rates(ts, Z, dx2=DX2, dy2=DY2, return_trajectory=False, **kw)
 
-        cache0 = fit._fit_batch._cache_size()
         cpu = []
-        first, runs, res = timed(run, Z, reps=args.reps, cpu=cpu)
-        assert fit._fit_batch._cache_size() == cache0 + 1, "recompiled between repetitions"
+        with _traces() as traced:
+            first, runs, res = timed(run, Z, reps=args.reps, cpu=cpu)
+        assert traced["_fit_batch"] <= 1, "recompiled between repetitions"
         conv = np.asarray(res.converged)
         err = np.stack([rel_err(res.eta_h, eta_h), rel_err(res.eta_y, eta_y)])
         sse = sse_reference(ts, Z, np.asarray(res.eta_h), np.asarray(res.eta_y))
@@ -258,8 +277,8 @@ def main(argv=None):
     z0 = jnp.asarray(Z[0, 0])
     lr = jnp.log(jnp.array([eta_h[0], eta_y[0]]))
     tsj, Zj = jnp.asarray(ts), jnp.asarray(Z[0])
-    opts = fit._SolveOpts(1e-7, 1e-9, 512)
-    trial = fit._Trial(tsj, Zj, DX2, DY2)
+    opts = _fit_args.SolveOpts(1e-7, 1e-9, 512)
+    trial = _fit_model.Trial(tsj, Zj, DX2, DY2)
 
     def sse_theory(lr, **kw):
         ys = theory.solve(
@@ -268,7 +287,7 @@ def main(argv=None):
         return jnp.sum((ys - Zj) ** 2)
 
     def sse_fit(lr):
-        return jnp.sum((fit._model(lr, trial, opts)[0] - Zj) ** 2)
+        return jnp.sum((_fit_model.model(lr, trial, opts)[0] - Zj) ** 2)
 
     singles = {
         "forward solve, theory.solve (Tsit5, rtol 1e-8, dense output at 6000 epochs)": jax.jit(

@@ -51,7 +51,7 @@ FIT_POINTS = 300
 FIT_BATCH = 8
 
 #: ``status`` of a trial that was never fitted (diverged, or an invalid start):
-#: ``unijax.fit.FitStatus.NOT_FITTED`` (spelled out: unijax.fit loads Diffrax).
+#: ``unijax.fit.FitStatus.NOT_FITTED`` (spelled out: judging stored results needs no fitter).
 NOT_FITTED = -1
 #: Pseudo-status of a ``POOR_FIT`` trial on which every variable below ``unijax.fit.MIN_R2``
 #: is fitted no worse than the authors' own method fits it (:func:`reference_status`): the
