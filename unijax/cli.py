@@ -646,6 +646,45 @@ def _warn(msg: str) -> None:
     print(f"unijax: {msg}", file=sys.stderr, flush=True)
 
 
+def _run_each(cfgs, store, args, progress, sync) -> tuple[list[dict], bool, bool]:
+    """Run the experiments one after another; returns ``(rows, interrupted, refused)``.
+
+    With one process an experiment that raises is reported and the others still run; with
+    several, it ends the run everywhere (finished work is kept).
+    """
+    writer = sync.writer
+    rows: list[dict] = []
+    interrupted = False
+    refused = False
+    try:
+        for name, cfg in cfgs.items():
+            if writer:
+                print(f"unijax: {name}: {experiments.get(name).TITLE}", file=sys.stderr)
+            try:
+                rows.append(_run_one(name, cfg, store, preset=args.preset, fresh=args.fresh,
+                                     progress=progress, sync=sync))
+            except KeyboardInterrupt:
+                raise
+            except ForeignDataError as e:  # one line, no traceback: a refusal, not a bug
+                if sync.n > 1:
+                    raise
+                _fail(str(e))
+                refused = True
+                rows.append({"name": name, "status": "failed",
+                             "error": f"refused to overwrite {e.path}"})
+            except Exception as e:
+                if sync.n > 1:
+                    # The processes compute together: one that went on alone would wait for
+                    # the others forever. End the run everywhere; finished work is kept.
+                    raise
+                traceback.print_exc(file=sys.stderr)  # one process: the others still run
+                rows.append({"name": name, "status": "failed",
+                             "error": f"{type(e).__name__}: {e}".splitlines()[0][:160]})
+    except KeyboardInterrupt:
+        interrupted = True
+    return rows, interrupted, refused
+
+
 def cmd_run(args) -> int:
     from unijax import distributed
 
@@ -688,36 +727,8 @@ def cmd_run(args) -> int:
             return _fail(f"output directory {str(out)!r} cannot be created ({e.strerror})")
 
     progress = _progress_factory(not args.no_progress)
-    rows: list[dict] = []
     t0 = time.perf_counter()
-    interrupted = False
-    refused = False
-    try:
-        for name, cfg in cfgs.items():
-            if writer:
-                print(f"unijax: {name}: {experiments.get(name).TITLE}", file=sys.stderr)
-            try:
-                rows.append(_run_one(name, cfg, store, preset=args.preset, fresh=args.fresh,
-                                     progress=progress, sync=sync))
-            except KeyboardInterrupt:
-                raise
-            except ForeignDataError as e:  # one line, no traceback: a refusal, not a bug
-                if sync.n > 1:
-                    raise
-                _fail(str(e))
-                refused = True
-                rows.append({"name": name, "status": "failed",
-                             "error": f"refused to overwrite {e.path}"})
-            except Exception as e:
-                if sync.n > 1:
-                    # The processes compute together: one that went on alone would wait for
-                    # the others forever. End the run everywhere; finished work is kept.
-                    raise
-                traceback.print_exc(file=sys.stderr)  # one process: the others still run
-                rows.append({"name": name, "status": "failed",
-                             "error": f"{type(e).__name__}: {e}".splitlines()[0][:160]})
-    except KeyboardInterrupt:
-        interrupted = True
+    rows, interrupted, refused = _run_each(cfgs, store, args, progress, sync)
     if not writer:
         return 130 if interrupted else 0
     report_path, report_status = _write_report(out)

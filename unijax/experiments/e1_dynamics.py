@@ -494,6 +494,34 @@ def row_verdicts(result) -> dict[str, dict]:
     return out
 
 
+def _notes(result, table: dict, deps: list[str]) -> list[str]:
+    """The report's notes: the ODE's start, sizes and default rates, the reference, the rate
+    accounting per row, the departures from the paper's text."""
+    return [("ODE started at a fitted state (fit_initial=true); " if result.fit_initial
+            else "ODE started at the measured epoch-0 state (the paper's method); ")
+           + f"rows: {', '.join(np.asarray(result.rows))}; widths "
+           f"{sorted(set(int(w) for w in result.width))}, {result.loss.shape[-1]} epochs, "
+           f"{result.loss.shape[1]} seeds per row. Default rates: "
+           + (f"eta_h {fmt_spread(table['default']['eta_h'])}, eta_y "
+              f"{fmt_spread(table['default']['eta_y'])} 1/epoch, "
+              f"{tp.exclusion_text(table['default']['rate_fits'])}."
+              if "default" in table else "n/a."),
+           "The authors' fitting method (unijax.authors: SSE of h, y, w over every epoch, "
+           "SciPy Radau, a 200-point scale grid, then BFGS) fits the same trajectories; "
+           "the networks match the authors' PyTorch networks to float precision, so this "
+           "is what their pipeline gets. Both fits are scored on the same epochs."
+           if np.asarray(result.r2_authors).ndim == 3 else
+           "The authors' fitting method was not run (reference=false): rows below the "
+           "threshold fail.",
+           "Rates are averaged only over fits that pass the quality criterion (optimizer "
+           "finished, relative standard errors < 0.1, R^2 of each of h, y, w >= "
+           f"{fit_min_r2()}); R^2 is reported for every finished fit, good or poor. "
+           "Rate fits per row: " + "; ".join(
+               f"{r}: {tp.exclusion_text(table[r]['rate_fits'])}" for r in table) + ".",
+           "Departures from the paper's text: " + ("; ".join(deps) if deps else "none")
+           + "."]
+
+
 def agreement(result) -> dict:
     table = r2_table(result)
     verdicts = row_verdicts(result)
@@ -552,29 +580,7 @@ def agreement(result) -> dict:
         passed=passed,
         figures=figures,
         counts=c,
-        notes=[("ODE started at a fitted state (fit_initial=true); " if result.fit_initial
-                else "ODE started at the measured epoch-0 state (the paper's method); ")
-               + f"rows: {', '.join(np.asarray(result.rows))}; widths "
-               f"{sorted(set(int(w) for w in result.width))}, {result.loss.shape[-1]} epochs, "
-               f"{result.loss.shape[1]} seeds per row. Default rates: "
-               + (f"eta_h {fmt_spread(table['default']['eta_h'])}, eta_y "
-                  f"{fmt_spread(table['default']['eta_y'])} 1/epoch, "
-                  f"{tp.exclusion_text(table['default']['rate_fits'])}."
-                  if "default" in table else "n/a."),
-               "The authors' fitting method (unijax.authors: SSE of h, y, w over every epoch, "
-               "SciPy Radau, a 200-point scale grid, then BFGS) fits the same trajectories; "
-               "the networks match the authors' PyTorch networks to float precision, so this "
-               "is what their pipeline gets. Both fits are scored on the same epochs."
-               if np.asarray(result.r2_authors).ndim == 3 else
-               "The authors' fitting method was not run (reference=false): rows below the "
-               "threshold fail.",
-               "Rates are averaged only over fits that pass the quality criterion (optimizer "
-               "finished, relative standard errors < 0.1, R^2 of each of h, y, w >= "
-               f"{fit_min_r2()}); R^2 is reported for every finished fit, good or poor. "
-               "Rate fits per row: " + "; ".join(
-                   f"{r}: {tp.exclusion_text(table[r]['rate_fits'])}" for r in table) + ".",
-               "Departures from the paper's text: " + ("; ".join(deps) if deps else "none")
-               + "."],
+        notes=_notes(result, table, deps),
     )
 
 

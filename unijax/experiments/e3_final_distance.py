@@ -241,34 +241,14 @@ def _e1_config(config: Config) -> e1.Config:
                      dropout_layer=config.dropout_layer, conv_layout=config.conv_layout)
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
-    """Fit the rates per architecture, train the grid, compare with the theory."""
+def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
+    """Train every architecture on the ``||dx|| x ||dy||`` grid (one cached chunk per point).
+
+    Returns ``h0, y0, h_final, final_loss, diverged, stop_epoch``, each ``(R, I, J, S)``.
+    """
     import jax
 
-    from unijax import data, theory, train
-
-    cache = cache or memory_cache()
-    e1cfg = _e1_config(config)
-    cfgs = e1.row_configs(e1cfg)
-    k_fit, k_grid = jax.random.split(key)
-    loss, hyw, div = e1.train_rows(cfgs, seeds=config.fit_seeds, key=k_fit, progress=progress,
-                                   cache=cache, prefix="fit-train")
-    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
-                    prefix="fit-rates")
-    fit_status = np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32)
-    r2_ref = np.asarray(np.nan)
-    if config.reference:
-        r2_ref = e1.reference_fits(hyw, f["fitted"] & ~div, epochs=f["epochs"], dx2=1.0,
-                                   dy2=0.5, progress=progress, cache=cache,
-                                   prefix="fit-reference")["r2"]
-        fit_status = tp.reference_status(fit_status, f["r2"], r2_ref)
-    # Only fits that pass the quality criterion (or do as well as the authors') give rates.
-    conv_fit = (fit_status == 0) | (fit_status == tp.AS_AUTHORS)
-    with np.errstate(invalid="ignore"):
-        eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
-                          for r in range(len(cfgs))])
-        eta_y = np.array([np.mean(f["eta_y"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
-                          for r in range(len(cfgs))])
+    from unijax import data, train
 
     R, I, J, S = len(cfgs), len(config.dx_norms), len(config.dy_norms), config.seeds
     shape = (R, I, J, S)
@@ -308,9 +288,42 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
         hf[r, i, j], fl[r, i, j] = got["h_final"], got["final_loss"]
         se[r, i, j] = got["stop_epoch"]
         dv[r, i, j] = got["diverged"]
+    return h0, y0, hf, fl, dv, se
 
+
+def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+    """Fit the rates per architecture, train the grid, compare with the theory."""
+    import jax
+
+    from unijax import theory
+
+    cache = cache or memory_cache()
+    e1cfg = _e1_config(config)
+    cfgs = e1.row_configs(e1cfg)
+    k_fit, k_grid = jax.random.split(key)
+    loss, hyw, div = e1.train_rows(cfgs, seeds=config.fit_seeds, key=k_fit, progress=progress,
+                                   cache=cache, prefix="fit-train")
+    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
+                    prefix="fit-rates")
+    fit_status = np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32)
+    r2_ref = np.asarray(np.nan)
+    if config.reference:
+        r2_ref = e1.reference_fits(hyw, f["fitted"] & ~div, epochs=f["epochs"], dx2=1.0,
+                                   dy2=0.5, progress=progress, cache=cache,
+                                   prefix="fit-reference")["r2"]
+        fit_status = tp.reference_status(fit_status, f["r2"], r2_ref)
+    # Only fits that pass the quality criterion (or do as well as the authors') give rates.
+    conv_fit = (fit_status == 0) | (fit_status == tp.AS_AUTHORS)
+    with np.errstate(invalid="ignore"):
+        eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
+                          for r in range(len(cfgs))])
+        eta_y = np.array([np.mean(f["eta_y"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
+                          for r in range(len(cfgs))])
+
+    h0, y0, hf, fl, dv, se = _train_grid(config, cfgs, k_grid, progress=progress, cache=cache)
+    R, I, J, S = h0.shape
     conv = ~dv & np.isfinite(fl) & (fl <= config.loss_threshold) & np.isfinite(hf)
-    ht = np.full(shape, np.nan)
+    ht = np.full(h0.shape, np.nan)
     dx2 = (np.asarray(config.dx_norms)[:, None] ** 2) * np.ones((I, J))
     dy2 = (np.asarray(config.dy_norms)[None, :] ** 2) * np.ones((I, J))
     for r in range(R):

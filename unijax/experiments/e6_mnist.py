@@ -287,6 +287,33 @@ def compare(D, P, labels) -> tuple[float, float]:
     return pearson(p, d), pearson(p[off], d[off])
 
 
+def _zero_one_pair(labels: np.ndarray, key) -> tuple[int, int]:
+    """The tracked "0" and "1": the first of each (``key`` None) or a random one of each (the
+    authors' separate dynamics run)."""
+    import jax
+
+    zeros, ones = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+    if key is None:
+        return int(zeros[0]), int(ones[0])
+    ka, kb = jax.random.split(key)
+    return (int(zeros[int(jax.random.randint(ka, (), 0, zeros.size))]),
+            int(ones[int(jax.random.randint(kb, (), 0, ones.size))]))
+
+
+def _correlations(D, pred, labels, conv):
+    """Per seed ``(S,)``: r and off-block r with the prediction, r with the scaled one; and
+    the authors' one r of the trial-averaged matrix (NaN where a seed did not converge)."""
+    S = D.shape[0]
+    r, r_off, r_s = (np.full(S, np.nan) for _ in range(3))
+    for s in range(S):
+        if conv[s]:
+            r[s], r_off[s] = compare(D[s], pred["P"], labels)
+            r_s[s] = compare(D[s], pred["Ps"], labels)[0]
+    r_auth = (compare(np.mean(D[conv], axis=0), pred["Pa"], labels)[0] if conv.any()
+              else float("nan"))
+    return r, r_off, r_s, r_auth
+
+
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
         optimizer: str | None = None, lr: float | None = None) -> Result:
     """Train on the digits, compare the structure with the theory, fit the 0/1 dynamics.
@@ -312,15 +339,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     cfg = train_config(config, optimizer=opt, lr=s_lr)
     seeds_s = config.structure_seeds or config.seeds
     separate = config.dynamics == "separate"
-    if separate:
-        k_pair = jax.random.fold_in(k_train, 1)
-        zeros, ones = np.flatnonzero(labels_all == 0), np.flatnonzero(labels_all == 1)
-        ka, kb = jax.random.split(k_pair)
-        i0 = int(zeros[int(jax.random.randint(ka, (), 0, zeros.size))])
-        i1 = int(ones[int(jax.random.randint(kb, (), 0, ones.size))])
-    else:
-        i0 = int(np.flatnonzero(labels_all == 0)[0])
-        i1 = int(np.flatnonzero(labels_all == 1)[0])
+    i0, i1 = _zero_one_pair(labels_all, jax.random.fold_in(k_train, 1) if separate else None)
 
     def compute():
         r = train.train(cfg, seeds=seeds_s, key=k_train, data=ds,
@@ -371,14 +390,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     pred = cache("prediction" if not config.normalize else "prediction-normalized",
                  predictions)
     labels = labels_all[order]
-    S = D.shape[0]
-    r, r_off, r_s = (np.full(S, np.nan) for _ in range(3))
-    for s in range(S):
-        if conv[s]:
-            r[s], r_off[s] = compare(D[s], pred["P"], labels)
-            r_s[s] = compare(D[s], pred["Ps"], labels)[0]
-    r_auth = (compare(np.mean(D[conv], axis=0), pred["Pa"], labels)[0] if conv.any()
-              else float("nan"))
+    r, r_off, r_s, r_auth = _correlations(D, pred, labels, conv)
 
     dx2 = float(np.sum((X[i1] - X[i0]) ** 2))
     dy2 = float(np.sum((Y[i1] - Y[i0]) ** 2))
