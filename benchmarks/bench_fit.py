@@ -31,8 +31,6 @@ may be shared, so the load average is printed before and after.
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
 import json
 import os
 import platform
@@ -44,6 +42,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # the suite's trace counter
 
 import jax  # noqa: E402
 
@@ -52,6 +51,7 @@ jax.config.update("jax_enable_x64", True)
 import diffrax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import scipy  # noqa: E402
+from _compiles import count_traces  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
 from unijax import _fit_args, _fit_model, authors, fit, theory  # noqa: E402
@@ -166,23 +166,6 @@ def scipy_fit(ts, Zi, rtol=1e-3, atol=1e-6):
 # ---------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _traces():
-    """Counter of JAX traces per function name while the block runs (0 or 1 for the fit
-    program: 0 when a stored compiled program was loaded)."""
-    counts: collections.Counter = collections.Counter()
-
-    def listener(event, duration, **kw):
-        if event == "/jax/core/compile/jaxpr_trace_duration":
-            counts[kw.get("fun_name")] += 1
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield counts
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def rel_err(est, truth):
     return np.abs(np.asarray(est) / truth - 1.0)
 
@@ -239,7 +222,7 @@ def main(argv=None):
             return fit.fit_rates(ts, Z, dx2=DX2, dy2=DY2, return_trajectory=False, **kw)
 
         cpu = []
-        with _traces() as traced:
+        with count_traces() as traced:
             first, runs, res = timed(run, Z, reps=args.reps, cpu=cpu)
         assert traced["_fit_batch"] <= 1, "recompiled between repetitions"
         conv = np.asarray(res.converged)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.integrate import solve_ivp
 
-from unijax import theory
+from unijax import authors, theory
 
 RATES = dict(eta_h=1.2e-3, eta_y=2.5e-3, dx2=1.0, dy2=0.5)
 Z0 = np.array([0.4, 0.02, -0.01])
@@ -16,18 +16,10 @@ TS = np.linspace(0.0, 4000.0, 801)
 
 
 def scipy_reference(z0, ts, eta_h, eta_y, dx2, dy2):
-    """The ODE of docs/theory.md section 2 written again in NumPy, solved with Radau at 1e-12."""
-
-    def f(t, z):
-        h, y, w = z
-        a = eta_h * dx2
-        return [
-            -a * w,
-            -w * (eta_y * h + a * y / h),
-            -0.5 * eta_y * (3 * w - y + dy2) * h - 0.5 * a * (y + w) * w / h,
-        ]
-
-    sol = solve_ivp(f, (ts[0], ts[-1]), z0, method="Radau", t_eval=ts, rtol=1e-12, atol=1e-14)
+    """The ODE written again in NumPy (``unijax.authors.rhs``, which imports nothing of
+    unijax.theory), solved with SciPy's Radau at 1e-12."""
+    sol = solve_ivp(authors.rhs, (ts[0], ts[-1]), z0, method="Radau", t_eval=ts,
+                    args=(eta_h, eta_y, dx2, dy2), rtol=1e-12, atol=1e-14)
     assert sol.success
     return sol.y.T
 
