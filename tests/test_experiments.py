@@ -330,11 +330,14 @@ def test_e6_digits_structure_correlates(upstream, tmp_path):
 def test_e6_authors_protocol_and_correlation_recipe(upstream, tmp_path):
     mod = experiments.get("E6")
     paper = mod.presets["paper"]
-    assert (paper.normalize, paper.structure_optimizer, paper.structure_seeds,
-            paper.dynamics) == (True, "adam", 10, "separate")
-    cfg = dataclasses.replace(mod.presets["tiny"], normalize=True, structure_optimizer="adam",
-                              structure_lr=1e-3, structure_seeds=3, dynamics="separate",
-                              dyn_width=16, dyn_lr=0.05)
+    assert (paper.normalize, paper.structure.optimizer, paper.structure.seeds,
+            paper.dynamics.source) == (True, "adam", 10, "separate")
+    # The nested blocks take dotted keys, and a bad value names its dotted key.
+    cfg = apply_sets(mod.presets["tiny"], parse_sets(mod.Config, [
+        "normalize=true", "structure.optimizer=adam", "structure.lr=1e-3", "structure.seeds=3",
+        "dynamics.source=separate", "dynamics.width=16", "dynamics.lr=0.05"]))
+    with pytest.raises(ValueError, match="dynamics.source"):
+        apply_sets(mod.presets["tiny"], parse_sets(mod.Config, ["dynamics.source=elsewhere"]))
     ds = mod.load(cfg)
     raw = mod.load(cfg, normalize=False)
     np.testing.assert_allclose(ds.x, (raw.x - 0.1307) / 0.3081, rtol=1e-5, atol=1e-6)

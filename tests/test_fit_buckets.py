@@ -8,6 +8,7 @@ tracing it again (``unijax._fit_run``).
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -117,3 +118,32 @@ def test_a_later_process_loads_the_stored_program(tmp_path):
     assert list((tmp_path / "cache" / "unijax_programs").glob("fit-*.pkl"))
     for k in ("eta_h", "stderr", "status"):
         assert outs[0][k] == outs[1][k], k  # the same executable: bitwise equal
+
+
+def test_a_program_stored_after_a_jax_cache_hit_still_runs(tmp_path):
+    # JAX's own persistent cache already holds the fit (a process whose stored program was
+    # then lost, or code changed without changing the program); the next process compiles,
+    # which JAX answers from its cache, and stores the program; a third loads that, and it
+    # fails when run ("Function ..._fusion not found", jaxlib 0.10.2 CPU): that process must
+    # notice, rebuild and give the same numbers, and mark the program; a fourth builds it
+    # without loading the bad file.
+    ts, Z = _trajectories(200)
+    np.savez(tmp_path / "traj.npz", ts=ts, Z=Z)
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
+               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
+    env.pop("UNIJAX_NO_COMPILATION_CACHE", None)
+    outs = []
+    for i in range(4):
+        if i == 1:
+            shutil.rmtree(tmp_path / "cache" / "unijax_programs")
+        p = subprocess.run([sys.executable, "-c", textwrap.dedent(_CHILD),
+                            str(tmp_path / "traj.npz"), str(Path(__file__).parent)],
+                           env=env, capture_output=True, text=True, timeout=300, check=False)
+        assert p.returncode == 0, (i, p.stderr[-3000:])
+        outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    (stored,) = (tmp_path / "cache" / "unijax_programs").glob("fit-*.pkl")
+    marked = stored.stat().st_size == 0  # the third failed, as it does with jaxlib 0.10.2
+    assert [o["traces"] for o in outs] == [1, 1, int(marked), int(marked)], outs
+    for o in outs[1:]:
+        for k in ("eta_h", "stderr", "status"):
+            assert o[k] == outs[0][k], k

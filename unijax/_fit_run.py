@@ -103,7 +103,10 @@ def _store(path: Path, compiled) -> None:
 
     # Whether the program calls a kernel outside XLA (a custom call), recorded for _load.
     calls_out = "custom_call_target" in compiled.as_text()
-    blob = pickle.dumps((*serialize_executable.serialize(compiled), calls_out))
+    _store_bytes(path, pickle.dumps((*serialize_executable.serialize(compiled), calls_out)))
+
+
+def _store_bytes(path: Path, blob: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     with os.fdopen(fd, "wb") as f:
@@ -125,22 +128,56 @@ def program(args, *, opts: FitOpts, return_trajectory: bool, device):
         root = _programs_dir()
         path = None if root is None else root / f"fit-{key}.pkl"
         compiled = None
-        if path is not None and path.exists():
+
+        def build():
+            with jax.default_device(device):
+                return _fit_batch().lower(
+                    *args, opts=opts, return_trajectory=return_trajectory).compile()
+
+        # An empty file marks a program that failed after loading (see _Checked): built in
+        # every process, never stored again.
+        tomb = path is not None and path.exists() and path.stat().st_size == 0
+        if path is not None and path.exists() and not tomb:
             try:
-                compiled = _load(path, device)
+                compiled = _Checked(_load(path, device), path, build)
             except Exception:  # noqa: BLE001 - a stale or foreign file: build it again
                 compiled = None
         if compiled is None:
-            with jax.default_device(device):
-                compiled = _fit_batch().lower(
-                    *args, opts=opts, return_trajectory=return_trajectory).compile()
-            if path is not None:
+            compiled = build()
+            if path is not None and not tomb:
                 try:
                     _store(path, compiled)
                 except Exception:  # noqa: BLE001 - not storable here (read-only, unsupported)
                     pass  # the fit runs all the same, compiled again by the next process
         _PROGRAMS[key] = compiled
         return compiled
+
+
+class _Checked:
+    """A loaded program whose first run is checked: if it fails, the stored file is emptied
+    (a mark that this program is not to be stored again) and the program built again, and
+    the call repeated.
+
+    Seen on CPU (jaxlib 0.10.2): an executable stored by a process whose compilation JAX had
+    answered from its own persistent cache loads, then fails when run ("Function
+    ..._fusion not found"). Failures surface when the results are awaited, so the first call
+    waits for its results here (later calls are asynchronous as usual).
+    """
+
+    def __init__(self, compiled, path: Path, build):
+        self._compiled, self._path, self._build, self._checked = compiled, path, build, False
+
+    def __call__(self, *args):
+        if self._checked:
+            return self._compiled(*args)
+        try:
+            out = jax.block_until_ready(self._compiled(*args))
+        except jax.errors.JaxRuntimeError:
+            _store_bytes(self._path, b"")
+            self._compiled = self._build()
+            out = self._compiled(*args)
+        self._checked = True
+        return out
 
 
 def fit_rows(grid: Grid, batch: dict, rows, *, opts: FitOpts, return_trajectory: bool, mesh,

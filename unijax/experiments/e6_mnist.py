@@ -62,6 +62,51 @@ R_PASS = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
+class StructurePart:
+    """The structure run (``structure.*``).
+
+    Attributes:
+        optimizer: ``"sgd"`` (the text) or ``"adam"`` (the authors' structure notebook).
+        lr: learning rate (None: the table's, after ``time_scale``).
+        seeds: trials averaged (None: the experiment's ``seeds``).
+    """
+
+    optimizer: str = "sgd"
+    lr: float | None = None
+    seeds: int | None = None
+
+    def __post_init__(self):
+        check_choice("structure.optimizer", self.optimizer, ("sgd", "adam"))
+        if self.lr is not None:
+            check_float("structure.lr", self.lr)
+        if self.seeds is not None:
+            check_int("structure.seeds", self.seeds, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicsPart:
+    """Where the 0/1 trajectories come from (``dynamics.*``).
+
+    Attributes:
+        source: ``"same"`` (the 0/1 pair is tracked in the structure run) or ``"separate"``
+            (its own SGD run, as the authors': ``width`` units, lr ``lr``, ``epochs`` epochs, a
+            random "0" and "1", the experiment's ``seeds`` trials).
+        width, lr, epochs: the separate run's (unused with ``"same"``).
+    """
+
+    source: str = "same"
+    width: int = 200
+    lr: float = 0.003
+    epochs: int = 300
+
+    def __post_init__(self):
+        check_choice("dynamics.source", self.source, ("same", "separate"))
+        check_int("dynamics.width", self.width, 1)
+        check_float("dynamics.lr", self.lr)
+        check_int("dynamics.epochs", self.epochs, tp.FIT_POINTS)
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """E6 settings.
 
@@ -82,12 +127,9 @@ class Config:
             the constant ``sqrt(eta_h / eta_y)`` kept (see ``e4_xor.Config``).
         normalize: standardize the inputs as ``(x - 0.1307) / 0.3081`` (the authors'
             ``Normalize``; MNIST's pixel mean and std, applied to the 8x8 digits alike).
-        structure_optimizer, structure_lr, structure_seeds: the structure run's optimizer,
-            learning rate (None: the table's, after ``time_scale``) and trials (None:
-            ``seeds``).
-        dynamics: ``"same"`` (the 0/1 pair is tracked in the structure run) or
-            ``"separate"`` (its own SGD run, ``dyn_width`` units, lr ``dyn_lr``,
-            ``dyn_epochs`` epochs, a random "0" and "1", ``seeds`` trials).
+        structure: the structure run (``structure.*``, :class:`StructurePart`).
+        dynamics: where the 0/1 trajectories come from (``dynamics.*``,
+            :class:`DynamicsPart`).
         authors_points: leading training points over which the authors' recipe computes its
             prediction (10,000).
     """
@@ -104,27 +146,13 @@ class Config:
     loss_threshold: float = 0.02
     rates: st.RateSettings = st.RateSettings()
     normalize: bool = False
-    structure_optimizer: str = "sgd"
-    structure_lr: float | None = None
-    structure_seeds: int | None = None
-    dynamics: str = "same"
-    dyn_width: int = 200
-    dyn_lr: float = 0.003
-    dyn_epochs: int = 300
+    structure: StructurePart = StructurePart()
+    dynamics: DynamicsPart = DynamicsPart()
     authors_points: int = 10000
 
     def __post_init__(self):
         if not isinstance(self.normalize, bool):
             raise ValueError(f"normalize={self.normalize!r} is invalid: must be true or false")
-        check_choice("structure_optimizer", self.structure_optimizer, ("sgd", "adam"))
-        if self.structure_lr is not None:
-            check_float("structure_lr", self.structure_lr)
-        if self.structure_seeds is not None:
-            check_int("structure_seeds", self.structure_seeds, 1)
-        check_choice("dynamics", self.dynamics, ("same", "separate"))
-        check_int("dyn_width", self.dyn_width, 1)
-        check_float("dyn_lr", self.dyn_lr)
-        check_int("dyn_epochs", self.dyn_epochs, tp.FIT_POINTS)
         check_int("authors_points", self.authors_points, 2)
         for f in ("n_train", "width", "epochs"):
             if getattr(self, f) is not None:
@@ -149,8 +177,8 @@ MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 presets = {
     # What the authors' code ran (module docstring): normalized inputs, the structure with
     # Adam over 10 trials, the trajectories from their own SGD run.
-    "paper": Config(normalize=True, structure_optimizer="adam", structure_seeds=10,
-                    dynamics="separate"),
+    "paper": Config(normalize=True, structure=StructurePart(optimizer="adam", seeds=10),
+                    dynamics=DynamicsPart(source="separate")),
     "quick": Config(epochs=300, time_scale=50.0, seeds=3, rates=st.QUICK_RATES),
     "tiny": Config(n_train=256, width=16, epochs=tp.FIT_POINTS, time_scale=4.0, seeds=2,
                    n_structure=40, loss_threshold=0.05, rates=st.TINY_RATES),
@@ -158,8 +186,9 @@ presets = {
 
 #: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds, the Adam structure over 3
 #: trials (the authors' 10).
-presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2, structure_seeds=3,
-                                           rates=st.PAPER_CPU_RATES)
+presets["paper-cpu"] = dataclasses.replace(
+    presets["paper"], seeds=2, structure=StructurePart(optimizer="adam", seeds=3),
+    rates=st.PAPER_CPU_RATES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +207,7 @@ class Result:
         loss: ``(S, T)``; hyw: ``(S, T, 3)``; epochs_fit ``(P,)``; eta_h, eta_y, r2
             ``(S,)``/``(S, 3)``; fit_ok ``(S,)``; z_fit ``(S, P, 3)``.
         final_loss, diverged, converged: ``(S,)``. rates_eta_h, rates_eta_y, rates_source.
-            (With ``dynamics="separate"`` the structure run has its own number of trials;
+            (With ``dynamics.source="separate"`` the structure run has its own number of trials;
             ``loss``, ``hyw`` and the fits then come from the dynamics run.)
         D_pred_authors: ``(K, K)`` the authors' prediction (unsquared ``E A E``, raw pixels,
             first ``authors_points`` images); r_authors: ``()`` its Pearson r with the
@@ -227,14 +256,15 @@ def departures(config: Config, *, optimizer: str | None = None) -> list[str]:
     out = []
     if config.normalize:
         out.append(f"inputs normalized as (x - {MNIST_MEAN}) / {MNIST_STD} (the authors' code)")
-    if (optimizer or config.structure_optimizer) == "adam":
+    if (optimizer or config.structure.optimizer) == "adam":
         out.append("structure trained with Adam (the authors' structure notebook; its "
                    "settings row is missing, so the table's gain, lr and epochs are used)")
-    if config.structure_seeds is not None and config.structure_seeds != config.seeds:
-        out.append(f"structure averaged over {config.structure_seeds} trials")
-    if config.dynamics == "separate":
-        out.append(f"trajectories from a separate SGD run: width {config.dyn_width}, lr "
-                   f"{config.dyn_lr:g}, {config.dyn_epochs} epochs, a random '0' and '1' (the "
+    if config.structure.seeds is not None and config.structure.seeds != config.seeds:
+        out.append(f"structure averaged over {config.structure.seeds} trials")
+    dyn = config.dynamics
+    if dyn.source == "separate":
+        out.append(f"trajectories from a separate SGD run: width {dyn.width}, lr "
+                   f"{dyn.lr:g}, {dyn.epochs} epochs, a random '0' and '1' (the "
                    "authors' code: 200 epochs)")
     return out
 
@@ -334,11 +364,11 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     K = min(config.n_structure, ds.n_points)
     first = np.arange(K)
     order = first[np.argsort(labels_all[first], kind="stable")]
-    opt = optimizer or config.structure_optimizer
-    s_lr = lr if lr is not None else config.structure_lr
+    opt = optimizer or config.structure.optimizer
+    s_lr = lr if lr is not None else config.structure.lr
     cfg = train_config(config, optimizer=opt, lr=s_lr)
-    seeds_s = config.structure_seeds or config.seeds
-    separate = config.dynamics == "separate"
+    seeds_s = config.structure.seeds or config.seeds
+    separate = config.dynamics.source == "separate"
     i0, i1 = _zero_one_pair(labels_all, jax.random.fold_in(k_train, 1) if separate else None)
 
     def compute():
@@ -356,8 +386,9 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
         return out
 
     def compute_dynamics():
-        dcfg = tp.row_config("mnist", width=config.dyn_width, epochs=config.dyn_epochs,
-                             gain=config.gain).replace(lr=config.dyn_lr)
+        dcfg = tp.row_config("mnist", width=config.dynamics.width,
+                             epochs=config.dynamics.epochs,
+                             gain=config.gain).replace(lr=config.dynamics.lr)
         r = train.train(dcfg, seeds=config.seeds, key=jax.random.fold_in(k_train, 2),
                         data=ds, pair=(i0, i1))
         return {"loss": np.asarray(r.loss)[0], "hyw": np.asarray(r.hyw())[0],
