@@ -29,9 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 TUTORIAL = ROOT / "examples" / "tutorial.py"
 
-# docs/quick_run/ is the generated report of one run (no code blocks of its own).
+# docs/quick_run/ and docs/paper_cpu_run/ are generated reports of one run each (no code
+# blocks of their own).
 DOC_FILES = ["README.md"] + sorted(
-    str(p.relative_to(ROOT)) for p in DOCS.rglob("*.md") if "quick_run" not in p.parts
+    str(p.relative_to(ROOT)) for p in DOCS.rglob("*.md")
+    if not {"quick_run", "paper_cpu_run"} & set(p.parts)
 )
 CODE_FILES = DOC_FILES + [str(TUTORIAL.relative_to(ROOT))]
 
