@@ -441,3 +441,23 @@ def test_e1_default_rates_leave_flagged_fits_out(e1_run):
     # A result stored before the status existed: its fits are not vouched for.
     old = {k: v for k, v in result_to_arrays(r).items() if k != "fit_status"}
     assert mod.default_rates(result_from_arrays(mod.Result, old)) is None
+
+
+def test_smacof_mds_is_the_authors_embedding():
+    from unijax.experiments import _structure as st
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(120, 3))  # exactly 3-D: both embeddings recover the distances
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    Y = st.smacof_mds(D, 3)
+    np.testing.assert_allclose(((Y[:, None] - Y[None]) ** 2).sum(-1), D, atol=1e-6 * D.max())
+    X = rng.normal(size=(120, 8))  # not: SMACOF's stress is below classical MDS's start
+
+    def stress(Y, D):
+        d = np.sqrt(((Y[:, None] - Y[None]) ** 2).sum(-1))
+        return ((d - np.sqrt(D)) ** 2).sum()
+
+    D = ((X[:, None] - X[None]) ** 2).sum(-1)
+    assert stress(st.smacof_mds(D, 3), D) < 0.9 * stress(st.classical_mds(D, 3), D)
+    paper = experiments.get("E5").presets["paper"]
+    assert (paper.mds, paper.mds_points) == ("smacof", 1800)

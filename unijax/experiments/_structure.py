@@ -11,7 +11,7 @@ from unijax.experiments import _twopoint as tp
 from unijax.experiments._common import check_choice, check_float, check_int
 
 __all__ = ["RateSettings", "QUICK_RATES", "PAPER_CPU_RATES", "TINY_RATES", "sq_dists",
-           "get_rates", "classical_mds", "offdiag"]
+           "get_rates", "classical_mds", "smacof_mds", "offdiag"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +104,19 @@ def classical_mds(D2: Any, dim: int = 3) -> np.ndarray:
     vals, vecs = np.linalg.eigh(B)
     idx = np.argsort(vals)[::-1][:dim]
     return vecs[:, idx] * np.sqrt(np.maximum(vals[idx], 0.0))
+
+
+def smacof_mds(D2: Any, dim: int = 3) -> np.ndarray:
+    """Metric MDS by SMACOF (scikit-learn's, the authors' method) of a squared-distance matrix
+    ``(n, n) -> (n, dim)``, started from :func:`classical_mds` (deterministic; the authors
+    started from random points)."""
+    from sklearn.manifold import smacof
+
+    D2 = np.asarray(D2, np.float64)
+    start = classical_mds(D2, dim)
+    X, _ = smacof(np.sqrt(np.maximum(D2, 0.0)), metric=True, n_components=dim, init=start,
+                  n_init=1, max_iter=300, normalized_stress=False)
+    return X
 
 
 def offdiag(M: Any) -> np.ndarray:
