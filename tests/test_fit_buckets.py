@@ -99,21 +99,30 @@ print(json.dumps({"traces": traces["_fit_batch"], "eta_h": res.eta_h.tolist(),
 """
 
 
-def test_a_later_process_loads_the_stored_program(tmp_path):
-    # Two fresh processes on one (empty) cache directory: the first traces and stores the
-    # program, the second loads it without tracing and computes the same numbers.
+def _fit_in_fresh_processes(tmp_path, n: int, before=None) -> list[dict]:
+    """Run the fit of one 200-epoch trajectory in ``n`` fresh processes, one after another,
+    on one cache directory (``before(i)`` runs before process ``i``); their outputs."""
     ts, Z = _trajectories(200)
     np.savez(tmp_path / "traj.npz", ts=ts, Z=Z)
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
     env.pop("UNIJAX_NO_COMPILATION_CACHE", None)
     outs = []
-    for _ in range(2):
+    for i in range(n):
+        if before is not None:
+            before(i)
         p = subprocess.run([sys.executable, "-c", textwrap.dedent(_CHILD),
                             str(tmp_path / "traj.npz"), str(Path(__file__).parent)],
                            env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert p.returncode == 0, p.stderr[-3000:]
+        assert p.returncode == 0, (i, p.stderr[-3000:])
         outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    return outs
+
+
+def test_a_later_process_loads_the_stored_program(tmp_path):
+    # Two fresh processes on one (empty) cache directory: the first traces and stores the
+    # program, the second loads it without tracing and computes the same numbers.
+    outs = _fit_in_fresh_processes(tmp_path, 2)
     assert outs[0]["traces"] == 1 and outs[1]["traces"] == 0, outs
     assert list((tmp_path / "cache" / "unijax_programs").glob("fit-*.pkl"))
     for k in ("eta_h", "stderr", "status"):
@@ -127,20 +136,11 @@ def test_a_program_stored_after_a_jax_cache_hit_still_runs(tmp_path):
     # fails when run ("Function ..._fusion not found", jaxlib 0.10.2 CPU): that process must
     # notice, rebuild and give the same numbers, and mark the program; a fourth builds it
     # without loading the bad file.
-    ts, Z = _trajectories(200)
-    np.savez(tmp_path / "traj.npz", ts=ts, Z=Z)
-    env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
-    env.pop("UNIJAX_NO_COMPILATION_CACHE", None)
-    outs = []
-    for i in range(4):
+    def lose_programs(i):
         if i == 1:
             shutil.rmtree(tmp_path / "cache" / "unijax_programs")
-        p = subprocess.run([sys.executable, "-c", textwrap.dedent(_CHILD),
-                            str(tmp_path / "traj.npz"), str(Path(__file__).parent)],
-                           env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert p.returncode == 0, (i, p.stderr[-3000:])
-        outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
+
+    outs = _fit_in_fresh_processes(tmp_path, 4, before=lose_programs)
     (stored,) = (tmp_path / "cache" / "unijax_programs").glob("fit-*.pkl")
     marked = stored.stat().st_size == 0  # the third failed, as it does with jaxlib 0.10.2
     assert [o["traces"] for o in outs] == [1, 1, int(marked), int(marked)], outs
