@@ -38,6 +38,7 @@ __all__ = [
     "REF_SLACK",
     "no_worse_than_authors",
     "reference_status",
+    "usable",
     "exclusion_text",
     "fit_loss",
     "distance_loss",
@@ -279,6 +280,12 @@ def reference_status(status: Any, r2: Any, r2_authors: Any) -> np.ndarray:
     return st
 
 
+def usable(status: Any) -> np.ndarray:
+    """Whether each fit's rates may be used: ``status`` ``OK`` (0) or :data:`AS_AUTHORS`."""
+    # 0: unijax.fit.FitStatus.OK (unijax.fit, hence Diffrax, loaded only when fitting).
+    return np.isin(np.asarray(status), (0, AS_AUTHORS))
+
+
 def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
     """Mean rates over the fits that pass the quality criterion, with the accounting.
 
@@ -301,8 +308,7 @@ def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
         ``ode_failed``, ``not_fitted``).
     """
     st = np.asarray(status).ravel()
-    # 0: unijax.fit.FitStatus.OK (unijax.fit, hence Diffrax, loaded only when fitting).
-    use = (st == 0) | (st == AS_AUTHORS)
+    use = usable(st)
     h, y = np.asarray(eta_h, float).ravel(), np.asarray(eta_y, float).ravel()
     excluded: dict[str, int] = {}
     for code in sorted(set(st[~use].tolist())):

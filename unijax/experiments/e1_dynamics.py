@@ -405,10 +405,11 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
 def r2_table(result) -> dict[str, dict[str, dict]]:
     """Per row: spread of R^2 of h, y, w (converged fits) and of the loss (converged loss fits)."""
     out = {}
+    statuses = _status(result)
     for i, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.fit_ok[i])
-        status = _status(result)[i]
-        rates = use & ((status == 0) | (status == tp.AS_AUTHORS))  # only fits that pass
+        status = statuses[i]
+        rates = use & tp.usable(status)  # only fits that pass
         entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
@@ -442,7 +443,7 @@ def counts(result) -> dict[str, int]:
         "fit_failed": int((~div & ~ok).sum()),
         "used": int(ok.sum()),
         "rates_not_identified": int((ok & ~conv).sum()),
-        "rates_usable": int(np.isin(_status(result), (0, tp.AS_AUTHORS)).sum()),
+        "rates_usable": int(tp.usable(_status(result)).sum()),
     }
 
 

@@ -313,7 +313,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
                                    prefix="fit-reference")["r2"]
         fit_status = tp.reference_status(fit_status, f["r2"], r2_ref)
     # Only fits that pass the quality criterion (or do as well as the authors') give rates.
-    conv_fit = (fit_status == 0) | (fit_status == tp.AS_AUTHORS)
+    conv_fit = tp.usable(fit_status)
     with np.errstate(invalid="ignore"):
         eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
                           for r in range(len(cfgs))])
