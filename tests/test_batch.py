@@ -52,9 +52,12 @@ def test_cpu_layout_runs_whole_chunks_and_fewer_than_8_padding_trials(n_devices)
         assert lay.chunk == lay.per_device == -(-n // n_devices)
 
 
-def test_cpu_chunking_uses_chunks_of_8_from_16_trials():
-    assert _batch.cpu_chunking(15, "cpu") == (15, 1)
-    assert _batch.cpu_chunking(16, "cpu")[0] == 8
+def test_cpu_chunking_runs_every_batch_of_two_or_more_as_chunks_of_8():
+    assert _batch.cpu_chunking(1, "cpu") == (1, 1)  # a single fit stays one trial wide
+    assert _batch.cpu_chunking(2, "cpu") == (8, 1)
+    assert _batch.cpu_chunking(8, "cpu") == (8, 1)
+    size, threads = _batch.cpu_chunking(9, "cpu")
+    assert size == 8 and threads >= 2
     assert _batch.cpu_chunking(100, "gpu") == (100, 1)
 
 

@@ -511,3 +511,56 @@ def test_where_leaves_trials_out_compiling_the_batch_once():
         fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, where=np.ones(3, bool))
     with pytest.raises(ValueError, match=r"trial 3, epoch 0.*where="):
         fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, where=np.ones(n, bool))
+
+
+def test_small_batches_share_one_program_and_equal_the_fit_alone():
+    # On CPU every batch of two or more runs as chunks of 8: 3 and 6 trials (and the
+    # experiments' 2 seeds) run one compiled program, and a trial's numbers do not depend on
+    # which batch it came in; one trial alone is fitted one trial wide.
+    from _compiles import count_traces
+
+    ts = np.arange(40.0)
+    rng = np.random.default_rng(3)
+    z0 = np.stack([rng.uniform(0.05, 0.5, 6), rng.uniform(0.0, 0.05, 6),
+                   -rng.uniform(0.01, 0.1, 6)], 1)
+    Z = np.stack([np.asarray(theory.solve(z, ts, eta_h=2e-2, eta_y=1e-2, dx2=1.0, dy2=0.5))
+                  for z in z0])
+    fit.fit_rates(ts, Z[:2], dx2=1.0, dy2=0.5, return_trajectory=False)  # the 8-wide program
+    with count_traces() as traces:
+        three = fit.fit_rates(ts, Z[:3], dx2=1.0, dy2=0.5, return_trajectory=False)
+        six = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
+    assert traces["_fit_batch"] == 0, traces
+    for k in ("eta_h", "eta_y", "sse", "n_iters"):
+        np.testing.assert_array_equal(getattr(three, k), getattr(six, k)[:3], k)
+    one = fit.fit_rates(ts, Z[0], dx2=1.0, dy2=0.5, return_trajectory=False)
+    np.testing.assert_allclose(one.eta_h, six.eta_h[0], rtol=1e-9)
+
+
+def test_eta_mean_where_leaves_curves_out_in_one_program():
+    from _compiles import count_traces
+
+    ts = np.arange(200.0)
+    n = 5
+    z = np.stack([np.asarray(theory.solve(np.array([0.1 + 0.05 * i, 0.01, -0.02]), ts,
+                                          eta_h=1e-2, eta_y=8e-3, dx2=1.0, dy2=0.5))
+                  for i in range(n)])
+    eta_mean = np.linspace(5e-3, 1e-2, n)
+    loss = np.stack([theory.loss_curve(ts, zi, eta_mean=e, dy2=0.5, m0=0.3)
+                     for zi, e in zip(z, eta_mean, strict=True)])
+    where = np.array([True, False, True, True, False])
+    loss[1] = np.nan  # left out: never checked
+    m0 = np.array([0.3, np.nan, 0.3, 0.3, -1.0])
+    full = fit.fit_eta_mean(ts, np.where(where[:, None], loss, 0.1), z, dy2=0.5)
+    with count_traces() as traces:
+        part = fit.fit_eta_mean(ts, loss, z, dy2=0.5, where=where)
+        given = fit.fit_eta_mean(ts, loss[:3], z[:3], dy2=0.5, m0=m0[:3], where=where[:3])
+    assert traces["fit_mean_batch"] == 0, traces  # 5 and 3 curves: the 8-wide program
+    np.testing.assert_array_equal(part.eta_mean[where], full.eta_mean[where])
+    np.testing.assert_allclose(part.eta_mean[where], eta_mean[where], rtol=1e-4)
+    assert np.isnan(part.eta_mean[~where]).all() and np.isnan(part.loss_fit[~where]).all()
+    assert not part.converged[~where].any() and (part.n_iters[~where] == 0).all()
+    assert part.n_failed == 2 and given.converged[[0, 2]].all()
+    with pytest.raises(ValueError, match=r"where must be a bool array of shape \(n_trials,\)"):
+        fit.fit_eta_mean(ts, loss, z, dy2=0.5, where=np.ones(3, bool))
+    with pytest.raises(ValueError, match="m0"):
+        fit.fit_eta_mean(ts, loss, z, dy2=0.5, m0=m0, where=np.ones(n, bool) & ~np.isnan(m0))

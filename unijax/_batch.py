@@ -12,8 +12,8 @@ module, with one convention each:
   :data:`BUCKET`, then of the device count, so that one compiled program serves every batch
   size of a bucket (3, 5 and 7 seeds share one training program); padding trials that a loop
   would compute are skipped (:func:`map_in_place` with ``n_valid``).
-* **Chunks**: on CPU a batch of 16 or more runs as chunks of :data:`CPU_CHUNK` trials
-  (:func:`cpu_chunking`, :func:`map_chunks`); on a mesh of several devices each device runs its
+* **Chunks**: on CPU a batch of two or more runs as chunks of :data:`CPU_CHUNK` trials, the
+  last padded (:func:`cpu_chunking`, :func:`map_chunks`); on a mesh of several devices each device runs its
   slice as such chunks one after another (:func:`device_layout`, :func:`map_over_devices`).
 * **The in-place block loop** (:func:`loop_blocks`): one ``fori_loop`` that writes each block's
   output where it belongs in preallocated arrays, so that the peak memory is the output plus one
@@ -202,10 +202,17 @@ def map_batch(fn: Callable[[Any], Any], tree: Any, *, mesh: Mesh | None = None) 
 
 
 def cpu_chunking(n: int, platform: str) -> tuple[int, int]:
-    """``(chunk size, threads)`` for ``n`` trials: on CPU, chunks of :data:`CPU_CHUNK` from two
-    threads per core; elsewhere (or for fewer than ``2 * CPU_CHUNK`` trials) one whole batch."""
-    if platform != "cpu" or n < 2 * CPU_CHUNK:
+    """``(chunk size, threads)`` for ``n`` trials.
+
+    On CPU every batch of two or more trials runs as chunks of :data:`CPU_CHUNK` (the last
+    padded), so one compiled program serves every batch size, the experiments' 2 seeds and
+    a user's 100 alike; one trial runs alone (the latency of a single fit). Two threads per
+    core dispatch the chunks when there are several. Elsewhere: one whole batch.
+    """
+    if platform != "cpu" or n < 2:
         return n, 1
+    if n <= CPU_CHUNK:
+        return CPU_CHUNK, 1
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux

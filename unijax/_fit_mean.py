@@ -13,11 +13,12 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from unijax import theory
+from unijax import _batch, theory
 from unijax._fit_lm import inv_psd, levenberg_marquardt
 
-__all__ = ["MeanOpts", "fit_mean_batch", "fit_mean_one"]
+__all__ = ["MeanOpts", "fit_mean_batch", "fit_mean_one", "fit_rows"]
 
 
 class MeanOpts(NamedTuple):
@@ -113,4 +114,27 @@ def fit_mean_batch(ts, loss, z, dy2, m0, *, opts: MeanOpts):
     return jax.vmap(lambda li, zi, di, mi: fit_mean_one(ts, li, zi, di, mi, opts))(
         loss, z, dy2, m0
     )
+
+
+def fit_rows(ts, batch: dict, rows: np.ndarray, *, opts: MeanOpts) -> dict:
+    """The curves ``rows`` of ``batch`` (host arrays ``loss (n, m)``, ``z (n, m, 3)``, ``dy2``,
+    ``m0 (n,)``) fitted as :func:`unijax._batch.cpu_chunking`'s chunks on the default device;
+    the other curves NaN, ``converged`` False, ``n_iters`` 0. Host arrays ``(n, ...)``."""
+    n, m = batch["loss"].shape
+    out = {k: np.full(n, np.nan) for k in ("eta_mean", "m0", "stderr_eta_mean", "stderr_m0",
+                                          "sse", "r2")}
+    out.update(converged=np.zeros(n, bool), n_iters=np.zeros(n, np.int32),
+               loss_fit=np.full((n, m), np.nan))
+    if rows.size == 0:
+        return out
+    device = jax.devices()[0]
+    size, threads = _batch.cpu_chunking(n, device.platform)
+    got = _batch.map_chunks(
+        lambda b: fit_mean_batch(ts, b["loss"], b["z"], b["dy2"], b["m0"], opts=opts),
+        {k: v[rows] for k, v in batch.items()}, size=size, threads=threads, device=device,
+        label="loss fit")
+    for k, v in got.items():
+        out[k] = out[k].astype(v.dtype)
+        out[k][rows] = v
+    return out
 

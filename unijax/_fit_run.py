@@ -186,11 +186,10 @@ def fit_rows(grid: Grid, batch: dict, rows, *, opts: FitOpts, return_trajectory:
     ``width`` trials, epochs padded to ``grid``), fitted on ``mesh``: host arrays
     ``(rows.size, ...)``.
 
-    One device: on CPU, chunks of 8 trials from threads when ``width >= 16``, else one
-    ``vmap`` of ``width`` trials (``rows`` padded with copies of the last to a whole number of
-    chunks, or to ``width``), so any subset of the batch runs the batch's compiled program
-    (:func:`program`). Several devices: each fits its slice as chunks, in one program for the
-    mesh.
+    One device: the chunks of :func:`unijax._batch.cpu_chunking` (on CPU 8 trials, ``rows``
+    padded with copies of the last to a whole number of chunks, so every batch of two or more
+    runs one compiled program, :func:`program`; elsewhere one ``vmap`` of ``width`` trials).
+    Several devices: each fits its slice as chunks, in one program for the mesh.
     """
     part = {k: v[rows] for k, v in batch.items()}
     devices = list(mesh.devices.flat)

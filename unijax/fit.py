@@ -26,8 +26,9 @@ How (and why it is fast):
   trial does not hold a whole batch for ``max_iters`` iterations. Two or three iterations
   are typical.
 * **One compiled call for all trials**: the per-trial fit is written for one trajectory and
-  ``vmap``-ed over trials inside one ``jit`` (on CPU, large batches run as chunks of 8 trials
-  from two threads per core: one program, both cores busy).
+  ``vmap``-ed over trials inside one ``jit`` (on CPU, every batch of two or more trials runs
+  as chunks of 8, the last padded, from two threads per core: one program for any batch size,
+  both cores busy).
 * **One program for every length, compiled once per machine.** The epochs are padded to a
   power-of-two bucket with per-epoch weights 0 on the padding (:mod:`unijax._fit_args`), so
   lengths 2049 to 4096 run one compiled program, and the fit equals the unpadded one to
@@ -431,9 +432,9 @@ def fit_rates(
     forward-mode differentiation through the Diffrax solve. All trials are fitted in one
     compiled call (``vmap`` inside ``jit``); the program is compiled once per shape and option
     set and reused; trajectory lengths share a program by buckets (powers of two, at least 128
-    epochs), and a compiled program is stored for later processes. On CPU, batches of 16
-    trials or more run as chunks of 8 trials (one compiled program for any batch size) from
-    two threads per core.
+    epochs), and a compiled program is stored for later processes. On CPU, every batch of two
+    trials or more runs as chunks of 8 trials, the last padded with copies (one compiled
+    program for any batch size), from two threads per core; a single trial runs alone.
 
     The trials are laid over the devices of ``mesh`` (default: every device of every process,
     after :func:`unijax.distributed.initialize`; on one device, as above). With several
@@ -566,6 +567,7 @@ def fit_eta_mean(
     opt_rtol: float = 1e-12,
     opt_atol: float = 1e-8,
     max_rel_stderr: float = 0.1,
+    where: Bool[ArrayLike, "*n_trials"] | None = None,
 ) -> MeanFit:
     """Fit the third rate ``eta_mean`` to training-loss curves, docs/theory.md section 3 (Eq. 9).
 
@@ -588,6 +590,10 @@ def fit_eta_mean(
         max_iters, opt_rtol, opt_atol: Levenberg-Marquardt budget and tolerances (as in
             :func:`fit_rates`; ``opt_atol`` bounds the last step in ``log eta_mean``).
         max_rel_stderr: ``converged`` requires ``stderr_eta_mean / eta_mean`` below this.
+        where: optional bool ``(n_trials,)``: fit only these curves; the others are neither
+            checked nor fitted (they may hold NaN) and come back NaN, ``converged=False``,
+            ``n_iters=0``. On CPU every batch of two or more curves runs as chunks of 8 (one
+            compiled program for any batch size), as :func:`fit_rates`.
 
     Returns:
         :class:`MeanFit` (leading ``(n_trials,)`` axis absent for one curve). A curve whose
@@ -595,7 +601,7 @@ def fit_eta_mean(
 
     Raises:
         ValueError: shapes that do not match, non-finite values, ``ts`` not strictly
-            increasing, ``dy2 < 0``, ``m0 < 0``.
+            increasing, ``dy2 < 0``, ``m0 < 0`` (in the curves ``where`` selects).
 
     Example:
         >>> import jax; jax.config.update("jax_enable_x64", True)
@@ -631,16 +637,18 @@ def fit_eta_mean(
         )
     if n_epochs < 3:
         raise ValueError(f"loss needs at least 3 epochs; got {n_epochs}.")
-    check_finite("loss", loss_arr)
-    check_finite("z", z_arr)
     ts_arr = _fit_args.check_ts_for(ts, n_epochs, "loss")
-    check_positive("dy2", dy2, allow_zero=True)
+    sel = _mean_selection(where, n_trials, single)
+    rows = np.flatnonzero(sel)
+    check_finite("loss", loss_arr[rows])
+    check_finite("z", z_arr[rows])
     dy2_b = _fit_args.as_batch("dy2", dy2, n_trials)
+    check_positive("dy2", dy2_b[rows], allow_zero=True)
     if m0 is None:
         m0_b = np.full(n_trials, np.nan)  # NaN: fit m0 (see _fit_mean_one)
     else:
-        check_positive("m0", m0, allow_zero=True)
         m0_b = _fit_args.as_batch("m0", m0, n_trials)
+        check_positive("m0", m0_b[rows], allow_zero=True)
     for name, v in (
         ("opt_rtol", opt_rtol),
         ("opt_atol", opt_atol),
@@ -650,15 +658,21 @@ def fit_eta_mean(
     check_int("max_iters", max_iters, lo=1)
     opts = _fit_mean.MeanOpts(int(max_iters), float(opt_rtol), float(opt_atol),
                               float(max_rel_stderr), 61)
-    out = _fit_mean.fit_mean_batch(
-        jnp.asarray(ts_arr),
-        jnp.asarray(loss_arr),
-        jnp.asarray(z_arr),
-        jnp.asarray(dy2_b),
-        jnp.asarray(m0_b),
-        opts=opts,
-    )
+    out = _fit_mean.fit_rows(jnp.asarray(ts_arr), {"loss": loss_arr, "z": z_arr, "dy2": dy2_b,
+                                                    "m0": m0_b}, rows, opts=opts)
     return MeanFit(**_fit_run.squeeze(out, single))
+
+
+def _mean_selection(where, n_trials: int, single: bool) -> np.ndarray:
+    """``where`` of :func:`fit_eta_mean` as a ``(n_trials,)`` bool mask (default all)."""
+    if where is None:
+        return np.ones(n_trials, bool)
+    sel = np.asarray(where)
+    if sel.dtype != bool or sel.shape not in ((n_trials,), () if single else (n_trials,)):
+        raise ValueError(f"where must be a bool array of shape (n_trials,) = ({n_trials},)"
+                         + (" or a bool" if single else "")
+                         + f"; got dtype {sel.dtype}, shape {sel.shape}.")
+    return np.broadcast_to(sel, (n_trials,))
 
 
 # Names that moved to the private modules, for code written against earlier versions

@@ -3,8 +3,8 @@
 * :func:`row_config`: a Table 1/2 row at reduced sizes, the learning rate rescaled so that the
   continuous-time dynamics stay comparable (see the docstring).
 * :func:`fit_trajectories`: ``unijax.fit.fit_rates`` on many trials, always in the same
-  compiled shape (``FIT_POINTS`` sampled epochs, chunks of ``FIT_BATCH`` trials), so that a
-  whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
+  compiled shape (``FIT_POINTS`` sampled epochs; ``fit_rates`` runs every batch as the same
+  chunks of trials), so that a whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
   an invalid start (``h0 <= 0``) are never fitted and are reported as excluded.
 * :func:`usable_rates`: mean rates over the fits that pass the quality criterion only
   (``unijax.fit.FitStatus.OK``), with how many were used and, per reason, how many excluded:
@@ -27,7 +27,6 @@ from unijax.configs import TrainConfig
 
 __all__ = [
     "FIT_POINTS",
-    "FIT_BATCH",
     "TABLE1",
     "row_config",
     "sample_epochs",
@@ -48,8 +47,6 @@ __all__ = [
 
 #: Epochs sampled per fitted trajectory (one compiled fitter for every fit of a run).
 FIT_POINTS = 300
-#: Trials per compiled fit call (trials are padded to a multiple of this).
-FIT_BATCH = 8
 
 #: ``status`` of a trial that was never fitted (diverged, or an invalid start):
 #: ``unijax.fit.FitStatus.NOT_FITTED`` (spelled out: judging stored results needs no fitter).
@@ -209,22 +206,19 @@ def fit_trajectories(
     }
     if not valid.any():
         return out
-    from unijax import _batch, fit
+    from unijax import fit
 
-    # One call over all trials, invalid ones masked out; the batch is padded (the padding
-    # masked too) to a multiple of FIT_BATCH, so every fit of a run uses the program for
-    # FIT_BATCH trials (fit_rates runs larger batches as chunks of that size on CPU).
-    rows = _batch.pad_index(np.arange(n), -(-n // FIT_BATCH) * FIT_BATCH)
-    where = np.concatenate([valid, np.zeros(rows.size - n, bool)])
+    # One call over all trials, invalid ones masked out (fit_rates runs every batch in the
+    # same compiled chunks, so a whole run compiles the fitter once).
     for _ in [None] if progress is None else progress([None], desc=desc):
-        res = fit.fit_rates(ep.astype(np.float64), Zs[rows], dx2=dx2[rows], dy2=dy2[rows],
-                            fit_initial=fit_initial, where=where)
+        res = fit.fit_rates(ep.astype(np.float64), Zs, dx2=dx2, dy2=dy2,
+                            fit_initial=fit_initial, where=valid)
     for key in ("eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "r2", "status", "converged",
                 "identified", "good_fit", "z_fit"):
-        out[key] = np.asarray(getattr(res, key))[:n].astype(out[key].dtype)
-    out["usable"] = res.usable[:n]
+        out[key] = np.asarray(getattr(res, key)).astype(out[key].dtype)
+    out["usable"] = np.asarray(res.usable)
     r2_ok = np.all(np.isfinite(out["r2"]), axis=-1)
-    out["fit_ok"] = np.asarray(res.ode_ok)[:n] & r2_ok
+    out["fit_ok"] = np.asarray(res.ode_ok) & r2_ok
     return out
 
 
@@ -375,32 +369,15 @@ def fit_loss(
     """
     from unijax import fit
 
-    loss = np.asarray(loss, np.float64)
+    loss = np.asarray(loss, np.float64)[:, epochs]
     n = loss.shape[0]
-    m = epochs.size
-    dy2 = np.broadcast_to(np.asarray(dy2, np.float64), (n,))
-    m0 = np.broadcast_to(np.asarray(m0, np.float64), (n,))
-    out = {
-        "eta_mean": np.full(n, np.nan),
-        "r2_loss": np.full(n, np.nan),
-        "loss_converged": np.zeros(n, bool),
-        "loss_fit": np.full((n, m), np.nan),
-    }
-    idx = np.flatnonzero(np.asarray(use) & np.all(np.isfinite(loss[:, epochs]), axis=1)
-                         & np.all(np.isfinite(z_fit), axis=(1, 2)))
-    ts = epochs.astype(np.float64)
-    from unijax import _batch
-
-    for i in range(0, idx.size, FIT_BATCH):
-        b = idx[i : i + FIT_BATCH]
-        bb = _batch.pad_index(b, FIT_BATCH)
-        res = fit.fit_eta_mean(ts, loss[bb][:, epochs], z_fit[bb], dy2=dy2[bb], m0=m0[bb])
-        k = b.size
-        out["eta_mean"][b] = np.asarray(res.eta_mean)[:k]
-        out["r2_loss"][b] = np.asarray(res.r2)[:k]
-        out["loss_converged"][b] = np.asarray(res.converged)[:k]
-        out["loss_fit"][b] = np.asarray(res.loss_fit)[:k]
-    return out
+    fitted = (np.asarray(use) & np.all(np.isfinite(loss), axis=1)
+              & np.all(np.isfinite(z_fit), axis=(1, 2)))
+    res = fit.fit_eta_mean(epochs.astype(np.float64), loss, z_fit,
+                           dy2=np.broadcast_to(np.asarray(dy2, np.float64), (n,)),
+                           m0=np.broadcast_to(np.asarray(m0, np.float64), (n,)), where=fitted)
+    return {"eta_mean": np.asarray(res.eta_mean), "r2_loss": np.asarray(res.r2),
+            "loss_converged": np.asarray(res.converged), "loss_fit": np.asarray(res.loss_fit)}
 
 
 def plateau_index(curve: np.ndarray) -> float:
