@@ -80,6 +80,12 @@ def test_console_entry_point_list_and_bad_name(tmp_path):
                                                     "experiment E4"]),
         (["run", "E4", "--set", "rates.source=both"], ["rates.source='both'", "auto, fit"]),
         (["run", "E4", "--set", "rates.seeds=two"], ["rates.seeds", "not a valid int"]),
+        # The two-point experiments' sizes are the `size` block; E7 refuses what it does not use.
+        (["run", "E1", "--set", "width=64"], ["'width'", "did you mean size.width?"]),
+        (["run", "E2", "--set", "size.epochs=10"], ["size.epochs=10 is invalid", ">= 300",
+                                                    "experiment E2"]),
+        (["run", "E7", "--set", "size.max_depth=4"], ["size.max_depth=4 is invalid for E7",
+                                                      "set depth instead", "experiment E7"]),
         (["run", "E3", "--seeds", "-1"], ["--seeds", "N >= 1"]),
         (["run", "E3", "--preset", "huge"], ["huge", "quick", "paper"]),
         (["run", "E6", "--mnist", "/no/such/mnist"], ["/no/such/mnist", "does not exist",

@@ -57,13 +57,12 @@ PLATEAU_RATIO_PASS = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """E2 settings (same meaning as :class:`unijax.experiments.e1_dynamics.Config`)."""
+    """E2 settings (same meaning as :class:`unijax.experiments.e1_dynamics.Config`): ``rows``
+    (any Table 1 rows, at least two), the ``size`` block (:class:`unijax.experiments._twopoint.
+    Sizes`, ``size.width`` ...), ``seeds`` trials per row, base ``seed``, data ``dx2, dy2``."""
 
     rows: tuple[str, ...] = GAIN_ROWS
-    width: int | None = None
-    max_depth: int | None = None
-    epochs: int = 6000
-    time_scale: float = 1.0
+    size: tp.Sizes = tp.Sizes()
     seeds: int = 10
     seed: int = 0
     dx2: float = 1.0
@@ -73,11 +72,8 @@ class Config:
         check_choices("rows", self.rows, tp.TABLE1)
         if len(self.rows) < 2:
             raise ValueError(f"rows={self.rows!r} is invalid: give at least two gains")
-        for f in ("width", "max_depth"):
-            if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_int("epochs", self.epochs, tp.FIT_POINTS)
-        check_float("time_scale", self.time_scale)
+        if not isinstance(self.size, tp.Sizes):
+            raise ValueError(f"size={self.size!r} is invalid: must be a _twopoint.Sizes block")
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("dx2", self.dx2)
@@ -86,12 +82,13 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(width=64, epochs=6000, time_scale=1.0, seeds=4),
+    "quick": Config(size=tp.Sizes(width=64, epochs=6000, time_scale=1.0), seeds=4),
     # Three hidden layers: with PyTorch's leaky-ReLU derivative at 0, one of the two
     # large-gain trials of the 4-layer 16-unit network shows a plateau as long as the
     # small-gain ones.
-    "tiny": Config(rows=("low_initial_weights", "very_high_initial_weights"), width=16,
-                   max_depth=3, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2),
+    "tiny": Config(rows=("low_initial_weights", "very_high_initial_weights"),
+                   size=tp.Sizes(width=16, max_depth=3, epochs=tp.FIT_POINTS, time_scale=2.0),
+                   seeds=2),
 }
 
 #: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds a gain.
@@ -137,9 +134,8 @@ class Result:
 
 
 def _e1_config(config: Config) -> e1.Config:
-    return e1.Config(rows=config.rows, width=config.width, max_depth=config.max_depth,
-                     epochs=config.epochs, time_scale=config.time_scale, seeds=config.seeds,
-                     seed=config.seed, dx2=config.dx2, dy2=config.dy2, reference=False)
+    return e1.Config(rows=config.rows, size=config.size, seeds=config.seeds, seed=config.seed,
+                     dx2=config.dx2, dy2=config.dy2, reference=False)
 
 
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
