@@ -6,6 +6,7 @@ and write nothing; a run must be resumable after an interruption, losing nothing
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -166,6 +167,28 @@ def test_resume_with_other_config_is_refused_naming_keys(tmp_path, capsys):
     line = one_line_error(main(capsys, "run", "E7", "--preset", "tiny", "--out", str(out)))
     assert "seeds" in line and "--fresh" in line
     assert sorted(p.name for p in (out / "E7").iterdir()) == ["config.json"]
+
+
+def test_results_stored_before_the_size_block_are_refused_naming_keys_then_fresh_recomputes(
+        tmp_path, capsys):
+    """A directory written when E7's sizes were flat keys (``width``, not ``size.width``)."""
+    out = tmp_path / "out"
+    (out / "E7").mkdir(parents=True)
+    old = {"width": 16, "depth": 6, "epochs": 300, "time_scale": 1.0, "seeds": 2, "seed": 0,
+           "dx2": 1.0, "dy2": 0.5}  # the tiny preset, as stored then
+    (out / "E7" / "config.json").write_text(json.dumps(
+        {"experiment": "E7", "config": old, "config_hash": "ca6abeb8" + "0" * 56,
+         "upstream": None, "run_hash": "ca6abeb8" + "0" * 56}))
+    args = ("run", "E7", "--preset", "tiny", "--no-progress", "--out", str(out))
+    line = one_line_error(main(capsys, *args))
+    for text in ("width (stored 16, now absent)", "size.width (stored absent, now 16)",
+                 "epochs (stored 300, now absent)", "size.epochs (stored absent, now 300)",
+                 "--fresh"):
+        assert text in line, (text, line)
+    assert not re.search(r"(?<![\w.])depth \(", line)  # E7's own depth did not change
+    assert main(capsys, *args, "--fresh").returncode == 0
+    cfg = json.loads((out / "E7" / "config.json").read_text())["config"]
+    assert cfg["size"]["width"] == 16 and "width" not in cfg
 
 
 @pytest.mark.slow
