@@ -221,10 +221,22 @@ def test_e2_plateau_shrinks_with_gain(tmp_path):
     # Four seeds: at width 16 the plateau index of one seed spreads over 2.4-8.6 epochs, so two
     # seeds per gain do not separate the rows reliably.
     r = mod.run(dataclasses.replace(mod.presets["tiny"], seeds=4), key=KEY)
-    _check_outputs(mod, r, tmp_path)
+    agr = _check_outputs(mod, r, tmp_path)
     lo, hi = np.argmin(r.gain), np.argmax(r.gain)
     # Small initial weights: a longer plateau (relative to the decay time) than large ones.
     assert np.nanmean(r.plateau_net[lo]) > np.nanmean(r.plateau_net[hi])
+    # E2's result is E1's plus its own fields, stored flat under the same names.
+    from unijax.experiments import e1_dynamics as e1
+
+    e1_fields = {f.name for f in dataclasses.fields(e1.Result)}
+    assert isinstance(r, e1.Result) and np.asarray(r.layer).shape == (len(r.rows),)
+    arrays = result_to_arrays(r)
+    assert set(arrays) == e1_fields | {"gain", "plateau_net", "plateau_theory"}
+    # A result stored before it held E1's later fields loads, with the same verdict.
+    old = {k: v for k, v in arrays.items() if k not in
+           ("fit_initial", "layer", "departures", "eta_authors", "r2_authors")}
+    back = result_from_arrays(mod.Result, old)
+    assert json.dumps(to_jsonable(mod.agreement(back))) == json.dumps(to_jsonable(agr))
 
 
 def _unusable(result, **fields):
