@@ -118,6 +118,8 @@ def test_sizes_are_one_nested_block_in_every_two_point_experiment():
         fields = [f.name for f in dataclasses.fields(mod.Config)]
         assert "size" in fields and not set(flat) & set(fields), name
         assert type(mod.Config().size) is tp.Sizes and mod.Config().size == tp.Sizes()
+        with pytest.raises(ValueError, match=r"size=\{'width': 64\} is invalid.*Sizes block"):
+            mod.Config(size={"width": 64})
         over = parse_sets(mod.Config, ["size.width=32", "size.epochs=400"])
         assert over == {"size.width": 32, "size.epochs": 400}
         cfg = apply_sets(mod.presets["tiny"], over)

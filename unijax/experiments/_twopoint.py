@@ -32,6 +32,7 @@ from unijax.experiments._common import check_float, check_int
 __all__ = [
     "FIT_POINTS",
     "Sizes",
+    "check_sizes",
     "FIT_BATCH",
     "TABLE1",
     "row_config",
@@ -183,6 +184,14 @@ class Sizes:
         return row_config(name, width=self.width, narrow_width=self.narrow_width,
                           conv_width=self.conv_width, epochs=self.epochs,
                           time_scale=self.time_scale, **overrides)
+
+
+def check_sizes(value: Any) -> None:
+    """Raise ValueError naming ``size`` unless ``value`` is a :class:`Sizes` block (a config
+    built in Python with, say, a dict there would otherwise fail later, far from the cause)."""
+    if not isinstance(value, Sizes):
+        raise ValueError(f"size={value!r} is invalid: must be a unijax.experiments._twopoint."
+                         "Sizes block, e.g. Sizes(width=64)")
 
 
 def sample_epochs(n_epochs: int, n_points: int = FIT_POINTS) -> np.ndarray:

@@ -122,8 +122,7 @@ class Config:
         for f in ("fit_initial", "reference"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
-        if not isinstance(self.size, tp.Sizes):
-            raise ValueError(f"size={self.size!r} is invalid: must be a _twopoint.Sizes block")
+        tp.check_sizes(self.size)
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("dx2", self.dx2)

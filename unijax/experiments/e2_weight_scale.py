@@ -72,8 +72,7 @@ class Config:
         check_choices("rows", self.rows, tp.TABLE1)
         if len(self.rows) < 2:
             raise ValueError(f"rows={self.rows!r} is invalid: give at least two gains")
-        if not isinstance(self.size, tp.Sizes):
-            raise ValueError(f"size={self.size!r} is invalid: must be a _twopoint.Sizes block")
+        tp.check_sizes(self.size)
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("dx2", self.dx2)

@@ -102,8 +102,7 @@ class Config:
             raise ValueError(f"reference={self.reference!r} is invalid: must be true or false")
         if self.stop_loss is not None:
             check_float("stop_loss", self.stop_loss)
-        if not isinstance(self.size, tp.Sizes):
-            raise ValueError(f"size={self.size!r} is invalid: must be a _twopoint.Sizes block")
+        tp.check_sizes(self.size)
         if self.grid_epochs is not None:
             check_int("grid_epochs", self.grid_epochs, 1)
         if self.grid_time_scale is not None:

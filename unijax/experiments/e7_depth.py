@@ -73,8 +73,7 @@ class Config:
     dy2: float = 0.5
 
     def __post_init__(self):
-        if not isinstance(self.size, tp.Sizes):
-            raise ValueError(f"size={self.size!r} is invalid: must be a _twopoint.Sizes block")
+        tp.check_sizes(self.size)
         for f in UNUSED_SIZES:
             if getattr(self.size, f) is not None:
                 raise ValueError(
