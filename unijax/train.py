@@ -76,7 +76,6 @@ from . import data as data_lib
 from ._checks import check_int, check_seeds
 from ._keep import Keepable
 from ._train_request import Options
-from ._train_step import dense_sgd_step as _dense_sgd_step  # noqa: F401  (bench_sgd_step)
 from .configs import TrainConfig
 
 __all__ = [

@@ -344,6 +344,64 @@ def _correlations(D, pred, labels, conv):
     return r, r_off, r_s, r_auth
 
 
+def _train_runs(config: Config, ds, order, pair, key, *, optimizer, lr, progress, cache):
+    """The structure run (final representations of the ``order`` points, ``"H": (S, K, F)``)
+    and the 0/1 trajectories (``"loss": (S, T)``, ``"hyw": (S, T, 3)``): from the structure run
+    itself, or from their own SGD run (``dynamics.source="separate"``). Returns both dicts."""
+    import jax
+
+    from unijax import train
+
+    cfg = train_config(config, optimizer=optimizer or config.structure.optimizer,
+                       lr=lr if lr is not None else config.structure.lr)
+    separate = config.dynamics.source == "separate"
+
+    def structure():
+        r = train.train(cfg, seeds=config.structure.seeds or config.seeds, key=key, data=ds,
+                        pair=False if separate else pair,
+                        record_points=[int(i) for i in order])
+        out = {"H": np.asarray(r.final_reps)[0], "final_loss": np.asarray(r.final_loss)[0],
+               "diverged": np.asarray(r.diverged)[0]}
+        if not separate:
+            out["loss"] = np.asarray(r.loss)[0]
+            out["hyw"] = np.asarray(r.hyw())[0]
+        return out
+
+    def dynamics():
+        dcfg = tp.row_config("mnist", width=config.dynamics.width,
+                             epochs=config.dynamics.epochs,
+                             gain=config.gain).replace(lr=config.dynamics.lr)
+        r = train.train(dcfg, seeds=config.seeds, key=jax.random.fold_in(key, 2), data=ds,
+                        pair=pair)
+        return {"loss": np.asarray(r.loss)[0], "hyw": np.asarray(r.hyw())[0],
+                "diverged": np.asarray(r.diverged)[0]}
+
+    for _ in progress([0], desc="E6: train"):
+        got = cache("train" if not separate else "structure", structure)
+    if not separate:
+        return got, got
+    for _ in progress([0], desc="E6: dynamics"):
+        dyn = cache("dynamics", dynamics)
+    return got, dyn
+
+
+def _predictions(config: Config, ds, order, rates) -> dict:
+    """The theory's squared-distance predictions at the ``order`` points, each ``(K, K)``:
+    ``"P"`` (exponential weighting), ``"Ps"`` (inputs scaled by ``sqrt(eta_h / eta_y)``, NaN
+    without rates) and ``"Pa"`` (the authors' recipe on raw pixels)."""
+    from unijax import theory
+
+    X = np.asarray(ds.x, np.float64)
+    Y = np.asarray(ds.y, np.float64)
+    raw = np.asarray(load(config, normalize=False).x, np.float64) * RAW_SCALE.get(ds.name, 1.0)
+    E = theory.exponential_weighting_from_data(X, Y, rows=order, cols=order)
+    k = np.sqrt(rates["eta_h"] / rates["eta_y"]) if np.isfinite(rates["eta_h"]) else np.nan
+    Es = (theory.exponential_weighting_from_data(X * k, Y, rows=order, cols=order)
+          if np.isfinite(k) else np.full((len(order), len(order)), np.nan))
+    return {"P": np.asarray(E) ** 2, "Ps": np.asarray(Es) ** 2,
+            "Pa": authors_prediction(raw, Y, order, config.authors_points)}
+
+
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
         optimizer: str | None = None, lr: float | None = None) -> Result:
     """Train on the digits, compare the structure with the theory, fit the 0/1 dynamics.
@@ -353,76 +411,29 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     """
     import jax
 
-    from unijax import theory, train
-
     cache = cache or memory_cache()
     k_rates, k_train = jax.random.split(key)
     rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
     ds = load(config)
     labels_all = np.asarray(ds.labels)
-    K = min(config.n_structure, ds.n_points)
-    first = np.arange(K)
+    first = np.arange(min(config.n_structure, ds.n_points))
     order = first[np.argsort(labels_all[first], kind="stable")]
-    opt = optimizer or config.structure.optimizer
-    s_lr = lr if lr is not None else config.structure.lr
-    cfg = train_config(config, optimizer=opt, lr=s_lr)
-    seeds_s = config.structure.seeds or config.seeds
     separate = config.dynamics.source == "separate"
     i0, i1 = _zero_one_pair(labels_all, jax.random.fold_in(k_train, 1) if separate else None)
-
-    def compute():
-        r = train.train(cfg, seeds=seeds_s, key=k_train, data=ds,
-                        pair=False if separate else (i0, i1),
-                        record_points=[int(i) for i in order])
-        out = {
-            "H": np.asarray(r.final_reps)[0],
-            "final_loss": np.asarray(r.final_loss)[0],
-            "diverged": np.asarray(r.diverged)[0],
-        }
-        if not separate:
-            out["loss"] = np.asarray(r.loss)[0]
-            out["hyw"] = np.asarray(r.hyw())[0]
-        return out
-
-    def compute_dynamics():
-        dcfg = tp.row_config("mnist", width=config.dynamics.width,
-                             epochs=config.dynamics.epochs,
-                             gain=config.gain).replace(lr=config.dynamics.lr)
-        r = train.train(dcfg, seeds=config.seeds, key=jax.random.fold_in(k_train, 2),
-                        data=ds, pair=(i0, i1))
-        return {"loss": np.asarray(r.loss)[0], "hyw": np.asarray(r.hyw())[0],
-                "diverged": np.asarray(r.diverged)[0]}
-
-    for _ in progress([0], desc="E6: train"):
-        got = cache("train" if not separate else "structure", compute)
-    if separate:
-        for _ in progress([0], desc="E6: dynamics"):
-            dyn = cache("dynamics", compute_dynamics)
-    else:
-        dyn = got
+    got, dyn = _train_runs(config, ds, order, (i0, i1), k_train, optimizer=optimizer, lr=lr,
+                           progress=progress, cache=cache)
     dv = got["diverged"]
     fl = got["final_loss"]
     conv = ~dv & np.isfinite(fl) & (fl <= config.loss_threshold)
     D = st.sq_dists(got["H"])  # (S, K, K), already in sorted order
-
-    X = np.asarray(ds.x, np.float64)
-    Y = np.asarray(ds.y, np.float64)
-    raw = np.asarray(load(config, normalize=False).x, np.float64) * RAW_SCALE.get(ds.name, 1.0)
-
-    def predictions():
-        E = theory.exponential_weighting_from_data(X, Y, rows=order, cols=order)
-        k = np.sqrt(rates["eta_h"] / rates["eta_y"]) if np.isfinite(rates["eta_h"]) else np.nan
-        Es = (theory.exponential_weighting_from_data(X * k, Y, rows=order, cols=order)
-              if np.isfinite(k) else np.full((K, K), np.nan))
-        return {"P": np.asarray(E) ** 2, "Ps": np.asarray(Es) ** 2,
-                "Pa": authors_prediction(raw, Y, order, config.authors_points)}
-
     pred = cache("prediction" if not config.normalize else "prediction-normalized",
-                 predictions)
+                 lambda: _predictions(config, ds, order, rates))
     labels = labels_all[order]
     r, r_off, r_s, r_auth = _correlations(D, pred, labels, conv)
 
+    X = np.asarray(ds.x, np.float64)
+    Y = np.asarray(ds.y, np.float64)
     dx2 = float(np.sum((X[i1] - X[i0]) ** 2))
     dy2 = float(np.sum((Y[i1] - Y[i0]) ** 2))
     ddv = dyn["diverged"]
