@@ -65,8 +65,8 @@ def main(argv=None):
     cfg = dataclasses.replace(e1.presets[args.preset], rows=tuple(args.rows.split(",")),
                               seeds=args.seeds, seed=args.seed)
     if args.width is not None:
-        cfg = dataclasses.replace(cfg, width=args.width, narrow_width=None,
-                                  conv_width=args.width)
+        cfg = dataclasses.replace(cfg, size=dataclasses.replace(
+            cfg.size, width=args.width, narrow_width=None, conv_width=args.width))
     key = jax.random.PRNGKey(cfg.seed)
     print(f"== E1 preset {args.preset!r}, {args.seeds} seeds, jax {jax.__version__} "
           f"({jax.default_backend()})")

@@ -6,6 +6,7 @@ and write nothing; a run must be resumable after an interruption, losing nothing
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,12 @@ def test_console_entry_point_list_and_bad_name(tmp_path):
                                                     "experiment E4"]),
         (["run", "E4", "--set", "rates.source=both"], ["rates.source='both'", "auto, fit"]),
         (["run", "E4", "--set", "rates.seeds=two"], ["rates.seeds", "not a valid int"]),
+        # The two-point experiments' sizes are the `size` block; E7 refuses what it does not use.
+        (["run", "E1", "--set", "width=64"], ["'width'", "did you mean size.width?"]),
+        (["run", "E2", "--set", "size.epochs=10"], ["size.epochs=10 is invalid", ">= 300",
+                                                    "experiment E2"]),
+        (["run", "E7", "--set", "size.max_depth=4"], ["size.max_depth=4 is invalid for E7",
+                                                      "set depth instead", "experiment E7"]),
         (["run", "E3", "--seeds", "-1"], ["--seeds", "N >= 1"]),
         (["run", "E3", "--preset", "huge"], ["huge", "quick", "paper"]),
         (["run", "E6", "--mnist", "/no/such/mnist"], ["/no/such/mnist", "does not exist",
@@ -160,6 +167,28 @@ def test_resume_with_other_config_is_refused_naming_keys(tmp_path, capsys):
     line = one_line_error(main(capsys, "run", "E7", "--preset", "tiny", "--out", str(out)))
     assert "seeds" in line and "--fresh" in line
     assert sorted(p.name for p in (out / "E7").iterdir()) == ["config.json"]
+
+
+def test_results_stored_before_the_size_block_are_refused_naming_keys_then_fresh_recomputes(
+        tmp_path, capsys):
+    """A directory written when E7's sizes were flat keys (``width``, not ``size.width``)."""
+    out = tmp_path / "out"
+    (out / "E7").mkdir(parents=True)
+    old = {"width": 16, "depth": 6, "epochs": 300, "time_scale": 1.0, "seeds": 2, "seed": 0,
+           "dx2": 1.0, "dy2": 0.5}  # the tiny preset, as stored then
+    (out / "E7" / "config.json").write_text(json.dumps(
+        {"experiment": "E7", "config": old, "config_hash": "ca6abeb8" + "0" * 56,
+         "upstream": None, "run_hash": "ca6abeb8" + "0" * 56}))
+    args = ("run", "E7", "--preset", "tiny", "--no-progress", "--out", str(out))
+    line = one_line_error(main(capsys, *args))
+    for text in ("width (stored 16, now absent)", "size.width (stored absent, now 16)",
+                 "epochs (stored 300, now absent)", "size.epochs (stored absent, now 300)",
+                 "--fresh"):
+        assert text in line, (text, line)
+    assert not re.search(r"(?<![\w.])depth \(", line)  # E7's own depth did not change
+    assert main(capsys, *args, "--fresh").returncode == 0
+    cfg = json.loads((out / "E7" / "config.json").read_text())["config"]
+    assert cfg["size"]["width"] == 16 and "width" not in cfg
 
 
 @pytest.mark.slow

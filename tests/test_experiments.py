@@ -72,12 +72,13 @@ def test_registry_and_protocol():
 
 def test_overrides_are_typed_and_validated():
     mod = experiments.get("E3")
-    over = parse_sets(mod.Config, ["seeds=3", "dx_norms=0.5,1.0", "width=none",
+    over = parse_sets(mod.Config, ["seeds=3", "dx_norms=0.5,1.0", "size.width=none",
                                         "rows=default,tanh"])
-    assert over == {"seeds": 3, "dx_norms": (0.5, 1.0), "width": None,
+    assert over == {"seeds": 3, "dx_norms": (0.5, 1.0), "size.width": None,
                     "rows": ("default", "tanh")}
     cfg = apply_sets(mod.presets["tiny"], over)
-    assert cfg.seeds == 3 and cfg.rows == ("default", "tanh")
+    assert cfg.seeds == 3 and cfg.rows == ("default", "tanh") and cfg.size.width is None
+    assert cfg.size.epochs == mod.presets["tiny"].size.epochs
     with pytest.raises(BadInput, match="unknown --set key 'bogus'.*valid keys"):
         parse_sets(mod.Config, ["bogus=1"])
     with pytest.raises(BadInput, match="not a valid int"):
@@ -104,6 +105,73 @@ def test_rate_settings_are_one_nested_block_in_every_experiment_that_uses_rates(
         assert cfg.rates.epochs == 400 and cfg.rates.seeds == mod.presets["tiny"].rates.seeds
         with pytest.raises(BadInput, match=r"rates\.time_scale=-1\.0 is invalid"):
             apply_sets(cfg, {"rates.time_scale": -1.0})
+
+
+def test_sizes_are_one_nested_block_in_every_two_point_experiment():
+    from unijax.experiments import _twopoint as tp
+
+    flat = ("width", "narrow_width", "conv_width", "conv_depth", "max_depth", "epochs",
+            "time_scale")
+    assert tuple(f.name for f in dataclasses.fields(tp.Sizes)) == flat
+    for name in ("E1", "E2", "E3", "E7"):
+        mod = experiments.get(name)
+        fields = [f.name for f in dataclasses.fields(mod.Config)]
+        assert "size" in fields and not set(flat) & set(fields), name
+        assert type(mod.Config().size) is tp.Sizes and mod.Config().size == tp.Sizes()
+        with pytest.raises(ValueError, match=r"size=\{'width': 64\} is invalid.*Sizes block"):
+            mod.Config(size={"width": 64})
+        over = parse_sets(mod.Config, ["size.width=32", "size.epochs=400"])
+        assert over == {"size.width": 32, "size.epochs": 400}
+        cfg = apply_sets(mod.presets["tiny"], over)
+        assert (cfg.size.width, cfg.size.epochs) == (32, 400)
+        assert cfg.size.time_scale == mod.presets["tiny"].size.time_scale
+        # Validated once, in the block, under the dotted name; fits need FIT_POINTS epochs.
+        with pytest.raises(BadInput, match=rf"size\.epochs=299 is invalid: must be an integer "
+                                           rf">= {tp.FIT_POINTS}"):
+            apply_sets(cfg, {"size.epochs": tp.FIT_POINTS - 1})
+        with pytest.raises(BadInput, match=r"size\.time_scale=0\.0 is invalid"):
+            apply_sets(cfg, {"size.time_scale": 0.0})
+        with pytest.raises(BadInput, match=r"size\.width=0 is invalid"):
+            apply_sets(cfg, {"size.width": 0})
+        # The flat key of older versions is refused, naming the dotted one.
+        with pytest.raises(BadInput, match=r"unknown --set key 'width'.*did you mean size\.width"):
+            parse_sets(mod.Config, ["width=64"])
+    with pytest.raises(ValueError, match=r"size\.conv_depth=0 is invalid"):
+        tp.Sizes(conv_depth=0)
+
+
+def test_sizes_give_each_row_its_width_depth_and_rescaled_lr():
+    from unijax import configs
+    from unijax.experiments import _twopoint as tp
+
+    size = tp.Sizes(width=50, narrow_width=10, conv_width=25, conv_depth=4, max_depth=3,
+                    epochs=1000, time_scale=2.0)
+    assert [size.depth(n) for n in ("default", "convolution", "shallow")] == [3, 3, 2]
+    assert tp.Sizes(conv_depth=4).depth("convolution") == 4
+    assert tp.Sizes().depth("default") == configs.get("default").depth
+    for name, width in (("default", 50), ("narrow", 10), ("convolution", 25)):
+        base, cfg = configs.get(name), size.row_config(name)
+        assert (cfg.width, cfg.depth, cfg.epochs) == (width, size.depth(name), 1000)
+        assert cfg.lr == pytest.approx(base.lr * base.width / width * 2.0)
+    assert size.row_config("default", depth=5).depth == 5  # an override wins
+    # None everywhere: the paper's row, epochs the block's.
+    assert tp.Sizes(epochs=6000).row_config("narrow") == configs.get("narrow", epochs=6000)
+
+
+def test_e7_refuses_the_size_fields_it_does_not_use():
+    from unijax.experiments import _twopoint as tp
+
+    mod = experiments.get("E7")
+    for key, value in (("narrow_width", 8), ("conv_width", 8), ("conv_depth", 4),
+                       ("max_depth", 4)):
+        with pytest.raises(BadInput, match=rf"size\.{key}={value} is invalid for E7.*default "
+                                           r"row.*leave it unset"):
+            apply_sets(mod.presets["tiny"], {f"size.{key}": value})
+        with pytest.raises(ValueError, match=rf"size\.{key}"):
+            mod.Config(size=tp.Sizes(**{key: value}))
+    with pytest.raises(BadInput, match="set depth instead"):
+        apply_sets(mod.presets["tiny"], {"size.max_depth": 4})
+    assert apply_sets(mod.presets["tiny"], {"size.width": 8}).size.width == 8
 
 
 def test_e1_dynamics_fit_every_architecture(e1_run, tmp_path):
@@ -155,10 +223,22 @@ def test_e2_plateau_shrinks_with_gain(tmp_path):
     # Four seeds: at width 16 the plateau index of one seed spreads over 2.4-8.6 epochs, so two
     # seeds per gain do not separate the rows reliably.
     r = mod.run(dataclasses.replace(mod.presets["tiny"], seeds=4), key=KEY)
-    _check_outputs(mod, r, tmp_path)
+    agr = _check_outputs(mod, r, tmp_path)
     lo, hi = np.argmin(r.gain), np.argmax(r.gain)
     # Small initial weights: a longer plateau (relative to the decay time) than large ones.
     assert np.nanmean(r.plateau_net[lo]) > np.nanmean(r.plateau_net[hi])
+    # E2's result is E1's plus its own fields, stored flat under the same names.
+    from unijax.experiments import e1_dynamics as e1
+
+    e1_fields = {f.name for f in dataclasses.fields(e1.Result)}
+    assert isinstance(r, e1.Result) and np.asarray(r.layer).shape == (len(r.rows),)
+    arrays = result_to_arrays(r)
+    assert set(arrays) == e1_fields | {"gain", "plateau_net", "plateau_theory"}
+    # A result stored before it held E1's later fields loads, with the same verdict.
+    old = {k: v for k, v in arrays.items() if k not in
+           ("fit_initial", "layer", "departures", "eta_authors", "r2_authors")}
+    back = result_from_arrays(mod.Result, old)
+    assert json.dumps(to_jsonable(mod.agreement(back))) == json.dumps(to_jsonable(agr))
 
 
 def _unusable(result, **fields):
@@ -375,7 +455,8 @@ def test_e7_initial_distance_shrinks_with_depth(tmp_path):
     assert 0 < float(r.depth_gain) < 1  # h0(l) ~ a^(2l) dx2 with a < 1
     assert r.sse.shape == (2, 6) and np.all(r.sse[r.fit_ok] > 0)
     assert len(agr["figures"]["sse_per_layer"]) == 6
-    assert (mod.presets["paper"].epochs, mod.presets["paper"].time_scale) == (3000, 2.0)
+    assert (mod.presets["paper"].size.epochs, mod.presets["paper"].size.time_scale) == (3000,
+                                                                                        2.0)
 
 
 def test_e8_adam_end_to_end(upstream, tmp_path):

@@ -104,6 +104,17 @@ def test_resume_with_different_config_is_refused_naming_keys(tmp_path):
     assert store.stored_config("E3")["config_hash"] == h
 
 
+def test_config_differences_name_keys_only_one_side_has_as_absent():
+    # A config stored before a block existed (flat keys) against today's nested one.
+    old = {"width": 16, "max_depth": None, "seeds": 2}
+    new = {"size": {"width": 16, "max_depth": None}, "seeds": 2}
+    keys, text = _store.config_differences(old, new)
+    assert keys == ["size.width", "width"]  # None on one side, absent on the other: the same
+    assert text == "size.width (stored absent, now 16), width (stored 16, now absent)"
+    assert _store.config_differences({"a": None}, {"a": 1})[1] == "a (stored null, now 1)"
+    assert _store.config_differences(new, new) == ([], "(code version)")
+
+
 def test_nan_is_stored_as_null():
     assert _store.to_jsonable({"r": float("nan"), "a": np.array([1.0, np.inf])}) == {
         "r": None,

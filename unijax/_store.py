@@ -189,11 +189,17 @@ def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[list[str], str]:
     """``(keys, text)``: the differing dotted keys of two config dicts and, for a refusal's
     message, ``"rates.epochs (stored 400, now 600), ..."`` (``"(code version)"`` when the dicts
-    agree and only the hash differs)."""
+    agree and only the hash differs). A key that only one side has is shown as ``absent`` on
+    the other (a config stored by a version with other keys, e.g. ``width`` before the
+    ``size`` block: ``width (stored 16, now absent), size.width (stored absent, now 16)``)."""
     keys = diff_configs(old, new)
     flat_old, flat_new = flat_config(old), flat_config(new)
-    text = ", ".join(f"{k} (stored {canonical_json(flat_old.get(k))}, now "
-                     f"{canonical_json(flat_new.get(k))})" for k in keys)
+
+    def shown(flat: Mapping[str, Any], k: str) -> str:
+        return canonical_json(flat[k]) if k in flat else "absent"
+
+    text = ", ".join(f"{k} (stored {shown(flat_old, k)}, now {shown(flat_new, k)})"
+                     for k in keys)
     return keys, text or "(code version)"
 
 

@@ -1,5 +1,7 @@
 """Shared machinery of the two-point experiments (E1, E2, E3, E7, E8) and of every ODE fit.
 
+* :class:`Sizes`: the ``size`` block of E1, E2, E3 and E7 (``--set size.width=64``): network
+  and run sizes, validated once.
 * :func:`row_config`: a Table 1/2 row at reduced sizes, the learning rate rescaled so that the
   continuous-time dynamics stay comparable (see the docstring).
 * :func:`fit_trajectories`: ``unijax.fit.fit_rates`` on many trials, always in the same
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -24,9 +27,12 @@ import numpy as np
 
 from unijax import configs
 from unijax.configs import TrainConfig
+from unijax.experiments._common import check_float, check_int
 
 __all__ = [
     "FIT_POINTS",
+    "Sizes",
+    "check_sizes",
     "TABLE1",
     "row_config",
     "sample_epochs",
@@ -118,6 +124,71 @@ def row_config(
     if epochs is None:
         epochs = max(1, int(round(base.epochs / time_scale)))
     return configs.get(name, width=int(w), lr=float(lr), epochs=int(epochs), **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Network and run sizes of the two-point rows: the ``size`` block of E1, E2, E3 and E7
+    (``--set size.width=64``). None means the paper's value (Table 1) for every field that
+    allows it; the learning rate follows the width (:func:`row_config`).
+
+    Attributes:
+        width: units per hidden layer of every row (None: the row's own, 500 but for
+            ``narrow``).
+        narrow_width: units per hidden layer of the ``narrow`` row (None: ``width`` if set,
+            else the paper's 50).
+        conv_width: hidden width of the ``convolution`` row (None: ``width`` if set, else the
+            paper's 500).
+        conv_depth: hidden layers of the ``convolution`` row (None: the paper's 10).
+        max_depth: cap on every row's hidden layers (None: the paper's depths, up to 20).
+        epochs: training epochs of every row (>= :data:`FIT_POINTS`, the epochs a fit samples).
+        time_scale: learning-rate multiplier beyond the width rescaling (> 0; 1: the table's).
+
+    Raises:
+        ValueError: a value out of range, naming the dotted key (``size.width``).
+    """
+
+    width: int | None = None
+    narrow_width: int | None = None
+    conv_width: int | None = None
+    conv_depth: int | None = None
+    max_depth: int | None = None
+    epochs: int = 6000
+    time_scale: float = 1.0
+
+    def __post_init__(self):
+        for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
+            if getattr(self, f) is not None:
+                check_int(f"size.{f}", getattr(self, f), 1)
+        # Every two-point experiment fits its runs, which needs FIT_POINTS sampled epochs.
+        check_int("size.epochs", self.epochs, FIT_POINTS)
+        check_float("size.time_scale", self.time_scale)
+
+    def depth(self, name: str) -> int:
+        """Hidden layers of row ``name`` at these sizes: the paper's, ``conv_depth`` for the
+        ``convolution`` row, at most ``max_depth``."""
+        depth = configs.get(name).depth
+        if name == "convolution" and self.conv_depth is not None:
+            depth = self.conv_depth
+        if self.max_depth is not None:
+            depth = min(depth, self.max_depth)
+        return depth
+
+    def row_config(self, name: str, **overrides: Any) -> TrainConfig:
+        """:func:`row_config` of row ``name`` at these sizes, ``depth`` from :meth:`depth`
+        unless given in ``overrides`` (any other :class:`~unijax.configs.TrainConfig` field)."""
+        overrides.setdefault("depth", self.depth(name))
+        return row_config(name, width=self.width, narrow_width=self.narrow_width,
+                          conv_width=self.conv_width, epochs=self.epochs,
+                          time_scale=self.time_scale, **overrides)
+
+
+def check_sizes(value: Any) -> None:
+    """Raise ValueError naming ``size`` unless ``value`` is a :class:`Sizes` block (a config
+    built in Python with, say, a dict there would otherwise fail later, far from the cause)."""
+    if not isinstance(value, Sizes):
+        raise ValueError(f"size={value!r} is invalid: must be a unijax.experiments._twopoint."
+                         "Sizes block, e.g. Sizes(width=64)")
 
 
 def sample_epochs(n_epochs: int, n_points: int = FIT_POINTS) -> np.ndarray:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unijax import configs, nets, plots
+from unijax import nets, plots
 from unijax.experiments import _twopoint as tp
 from unijax.experiments._common import (
     check_choices,
@@ -80,11 +80,8 @@ class Config:
 
     Attributes:
         rows: Table 1 rows (``unijax.configs`` names).
-        width: hidden units (None: the paper's 500); narrow_width/conv_width for those rows.
-        conv_depth: hidden layers of the convolution row (None: the paper's 10).
-        max_depth: cap on every row's hidden layers (None: the paper's depths).
-        epochs: training epochs; time_scale: lr multiplier beyond the width rescaling
-            (``_twopoint.row_config``; paper: 6000 epochs, 1).
+        size: network and run sizes, the ``size`` block (:class:`unijax.experiments.
+            _twopoint.Sizes`: ``size.width``, ``size.epochs``, ...; paper: 6000 epochs).
         seeds: trials per row; seed: base random seed.
         dx2, dy2: squared input and target distances of the two points.
         fit_initial: also fit the ODE's starting state (False: start it at the measured
@@ -95,20 +92,15 @@ class Config:
             L - 1 convolutions) or ``"authors"`` (the authors' code: L + 1 convolutions, 11 at
             the paper's L = 10; observed at hidden layer L // 2 of L + 2), see ``unijax.nets``.
         optimizer, lr: every row's optimizer (``"sgd"``, the paper's, or ``"adam"``: E8) and
-            learning rate (None: the table's, rescaled for ``width`` and ``time_scale``).
+            learning rate (None: the table's, rescaled for ``size.width`` and
+            ``size.time_scale``).
         reference: also fit every trajectory with the authors' method (:mod:`unijax.authors`,
             SciPy; about a second per trial on one core), the verdict's reference on rows
             where the theory fits less well than :data:`R2_PASS`.
     """
 
     rows: tuple[str, ...] = tp.TABLE1
-    width: int | None = None
-    narrow_width: int | None = None
-    conv_width: int | None = None
-    conv_depth: int | None = None
-    max_depth: int | None = None
-    epochs: int = 6000
-    time_scale: float = 1.0
+    size: tp.Sizes = tp.Sizes()
     seeds: int = 10
     seed: int = 0
     dx2: float = 1.0
@@ -130,11 +122,7 @@ class Config:
         for f in ("fit_initial", "reference"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
-        for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
-            if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_int("epochs", self.epochs, tp.FIT_POINTS)
-        check_float("time_scale", self.time_scale)
+        tp.check_sizes(self.size)
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("dx2", self.dx2)
@@ -152,12 +140,13 @@ presets = {
     # What the authors' code ran: Table 1, the dropout row observed at hidden layer 2, the
     # convolution row with 11 convolutions. quick and tiny keep the text's layouts.
     "paper": Config(dropout_layer=AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
-    "quick": Config(width=64, narrow_width=50, conv_width=64, conv_depth=5, epochs=6000,
-                    time_scale=1.0, seeds=4),
+    "quick": Config(size=tp.Sizes(width=64, narrow_width=50, conv_width=64, conv_depth=5,
+                                  epochs=6000, time_scale=1.0), seeds=4),
     # 4 seeds: at this size about one default-row fit in four passes the quality criterion
     # (R^2 >= 0.9 for each of h, y, w), and the tests pass those rates downstream.
-    "tiny": Config(rows=("default", "shallow"), width=16, narrow_width=8, conv_width=48,
-                   conv_depth=4, max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=4),
+    "tiny": Config(rows=("default", "shallow"),
+                   size=tp.Sizes(width=16, narrow_width=8, conv_width=48, conv_depth=4,
+                                 max_depth=4, epochs=tp.FIT_POINTS, time_scale=2.0), seeds=4),
 }
 
 #: The paper's sizes on a 2-core CPU in about an hour (all eight experiments): two seeds a row.
@@ -241,12 +230,7 @@ def row_configs(config: Config):
     out = []
     for name in config.rows:
         extra = {}
-        depth = configs.get(name).depth
-        if name == "convolution" and config.conv_depth is not None:
-            depth = config.conv_depth
-        if config.max_depth is not None:
-            depth = min(depth, config.max_depth)
-        extra["depth"] = depth
+        depth = config.size.depth(name)
         if name == "dropout" and config.dropout_layer is not None:
             if config.dropout_layer >= depth:
                 raise ValueError(f"dropout_layer={config.dropout_layer} is invalid: the dropout "
@@ -254,20 +238,8 @@ def row_configs(config: Config):
             extra["layer"] = config.dropout_layer
         if name == "convolution":
             extra["conv_layout"] = config.conv_layout
-        out.append(
-            tp.row_config(
-                name,
-                width=config.width,
-                narrow_width=config.narrow_width,
-                conv_width=config.conv_width,
-                epochs=config.epochs,
-                time_scale=config.time_scale,
-                dx2=config.dx2,
-                dy2=config.dy2,
-                optimizer=config.optimizer,
-                **extra,
-            )
-        )
+        out.append(config.size.row_config(name, depth=depth, dx2=config.dx2, dy2=config.dy2,
+                                          optimizer=config.optimizer, **extra))
     if config.lr is not None:
         out = [c.replace(lr=config.lr) for c in out]
     return out
@@ -694,8 +666,8 @@ def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progr
     the fits that pass the quality criterion only (``eta_*`` NaN if none does); ``source``
     says how many were used and why the others were excluded.
     """
-    cfg = Config(rows=("default",), width=width, max_depth=max_depth, epochs=epochs,
-                 time_scale=time_scale, seeds=seeds)
+    cfg = Config(rows=("default",), seeds=seeds, size=tp.Sizes(
+        width=width, max_depth=max_depth, epochs=epochs, time_scale=time_scale))
     cfgs = row_configs(cfg)
     loss, hyw, div = train_rows(cfgs, seeds=seeds, key=key, progress=progress, cache=cache,
                                 prefix=f"{prefix}-train")

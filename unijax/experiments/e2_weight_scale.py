@@ -57,13 +57,12 @@ PLATEAU_RATIO_PASS = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """E2 settings (same meaning as :class:`unijax.experiments.e1_dynamics.Config`)."""
+    """E2 settings (same meaning as :class:`unijax.experiments.e1_dynamics.Config`): ``rows``
+    (any Table 1 rows, at least two), the ``size`` block (:class:`unijax.experiments._twopoint.
+    Sizes`, ``size.width`` ...), ``seeds`` trials per row, base ``seed``, data ``dx2, dy2``."""
 
     rows: tuple[str, ...] = GAIN_ROWS
-    width: int | None = None
-    max_depth: int | None = None
-    epochs: int = 6000
-    time_scale: float = 1.0
+    size: tp.Sizes = tp.Sizes()
     seeds: int = 10
     seed: int = 0
     dx2: float = 1.0
@@ -73,11 +72,7 @@ class Config:
         check_choices("rows", self.rows, tp.TABLE1)
         if len(self.rows) < 2:
             raise ValueError(f"rows={self.rows!r} is invalid: give at least two gains")
-        for f in ("width", "max_depth"):
-            if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_int("epochs", self.epochs, tp.FIT_POINTS)
-        check_float("time_scale", self.time_scale)
+        tp.check_sizes(self.size)
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("dx2", self.dx2)
@@ -86,60 +81,39 @@ class Config:
 
 presets = {
     "paper": Config(),
-    "quick": Config(width=64, epochs=6000, time_scale=1.0, seeds=4),
+    "quick": Config(size=tp.Sizes(width=64, epochs=6000, time_scale=1.0), seeds=4),
     # Three hidden layers: with PyTorch's leaky-ReLU derivative at 0, one of the two
     # large-gain trials of the 4-layer 16-unit network shows a plateau as long as the
     # small-gain ones.
-    "tiny": Config(rows=("low_initial_weights", "very_high_initial_weights"), width=16,
-                   max_depth=3, epochs=tp.FIT_POINTS, time_scale=2.0, seeds=2),
+    "tiny": Config(rows=("low_initial_weights", "very_high_initial_weights"),
+                   size=tp.Sizes(width=16, max_depth=3, epochs=tp.FIT_POINTS, time_scale=2.0),
+                   seeds=2),
 }
 
 #: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds a gain.
 presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2)
 
 
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """E2 result (G gain rows, S seeds, T epochs, P fitted epochs).
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Result(e1.Result):
+    """E2 result (G gain rows, S seeds, T epochs, P fitted epochs): E1's result of the gain
+    rows (:class:`unijax.experiments.e1_dynamics.Result`, its fields under the same names)
+    plus the plateau measure.
 
-    Attributes: as :class:`unijax.experiments.e1_dynamics.Result`, plus ``gain (G,)``,
-    ``plateau_net``, ``plateau_theory`` ``(G, S)`` (plateau index of the distance loss of the
-    network and of the fitted ODE; NaN where excluded or undefined).
+    Attributes:
+        gain: ``(G,)`` the rows' initial gains (Xavier).
+        plateau_net, plateau_theory: ``(G, S)`` plateau index of the distance loss of the
+            network and of the fitted ODE (dimensionless; NaN where excluded or undefined).
     """
 
-    rows: np.ndarray
     gain: np.ndarray
-    lr: np.ndarray
-    width: np.ndarray
-    depth: np.ndarray
-    dx2: np.ndarray
-    dy2: np.ndarray
-    loss: np.ndarray
-    hyw: np.ndarray
-    diverged: np.ndarray
-    epochs_fit: np.ndarray
-    eta_h: np.ndarray
-    eta_y: np.ndarray
-    fit_ok: np.ndarray
-    converged: np.ndarray
-    r2: np.ndarray
-    z_fit: np.ndarray
-    eta_mean: np.ndarray
-    r2_loss: np.ndarray
-    loss_fit: np.ndarray
-    loss_converged: np.ndarray
     plateau_net: np.ndarray
     plateau_theory: np.ndarray
-    # ``(G, S)`` unijax.fit.FitStatus code per fit (-1 not fitted); results stored before it
-    # existed load with no fit counted as usable.
-    fit_status: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
 
 
 def _e1_config(config: Config) -> e1.Config:
-    return e1.Config(rows=config.rows, width=config.width, max_depth=config.max_depth,
-                     epochs=config.epochs, time_scale=config.time_scale, seeds=config.seeds,
-                     seed=config.seed, dx2=config.dx2, dy2=config.dy2, reference=False)
+    return e1.Config(rows=config.rows, size=config.size, seeds=config.seeds, seed=config.seed,
+                     dx2=config.dx2, dy2=config.dy2, reference=False)
 
 
 def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
@@ -162,14 +136,12 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
                 pl_th[g, s] = tp.plateau_index(np.interp(np.arange(T), ep, ld_th[g, s]))
     from unijax import configs
 
+    # Every field of E1's result as E1 computed it (stored results of older versions lack
+    # E1's later fields and load with their defaults).
     return Result(
-        rows=r.rows, gain=np.asarray([configs.get(n).gain for n in config.rows]), lr=r.lr,
-        width=r.width, depth=r.depth, dx2=r.dx2, dy2=r.dy2, loss=r.loss, hyw=r.hyw,
-        diverged=r.diverged, epochs_fit=r.epochs_fit, eta_h=r.eta_h, eta_y=r.eta_y,
-        fit_ok=r.fit_ok, converged=r.converged, r2=r.r2, z_fit=r.z_fit, eta_mean=r.eta_mean,
-        r2_loss=r.r2_loss,
-        loss_fit=r.loss_fit, loss_converged=r.loss_converged, plateau_net=pl_net,
-        plateau_theory=pl_th, fit_status=r.fit_status,
+        **{f.name: getattr(r, f.name) for f in dataclasses.fields(e1.Result)},
+        gain=np.asarray([configs.get(n).gain for n in config.rows]), plateau_net=pl_net,
+        plateau_theory=pl_th,
     )
 
 

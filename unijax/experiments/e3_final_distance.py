@@ -60,13 +60,16 @@ class Config:
     """E3 settings.
 
     Attributes:
-        rows: Table 1 rows (architectures); sizes as in :class:`e1_dynamics.Config`.
+        rows: Table 1 rows (architectures).
+        size: network and run sizes of the rate fits (and of the grid, but for the two grid
+            fields below), the ``size`` block (:class:`unijax.experiments._twopoint.Sizes`:
+            ``size.width``, ``size.epochs``, ...).
         fit_seeds: trials at (dx2, dy2) = (1, 0.5) used to fit the rates (paper: 50).
         seeds: trials per grid point.
         dx_norms, dy_norms: the grid of ``||dx||`` (> 0) and ``||dy||`` (>= 0).
-        grid_epochs: epochs of the grid runs (None: ``epochs``); grid_time_scale: their lr
-            multiplier (None: ``time_scale``). The paper trained the grid longer with a smaller
-            learning rate, to convergence.
+        grid_epochs: epochs of the grid runs (None: ``size.epochs``); grid_time_scale: their
+            lr multiplier (None: ``size.time_scale``). The paper trained the grid longer with a
+            smaller learning rate, to convergence.
         loss_threshold: a grid trial whose final loss is above this did not converge.
         stop_loss: a grid trial's final state is its state at the first epoch whose training
             loss is below this (the authors' early stop; None: the state after the last
@@ -79,13 +82,7 @@ class Config:
     """
 
     rows: tuple[str, ...] = tp.TABLE1
-    width: int | None = None
-    narrow_width: int | None = None
-    conv_width: int | None = None
-    conv_depth: int | None = None
-    max_depth: int | None = None
-    epochs: int = 6000
-    time_scale: float = 1.0
+    size: tp.Sizes = tp.Sizes()
     fit_seeds: int = 50
     seeds: int = 4
     seed: int = 0
@@ -105,12 +102,9 @@ class Config:
             raise ValueError(f"reference={self.reference!r} is invalid: must be true or false")
         if self.stop_loss is not None:
             check_float("stop_loss", self.stop_loss)
-        for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth",
-                  "grid_epochs"):
-            if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_int("epochs", self.epochs, tp.FIT_POINTS)
-        check_float("time_scale", self.time_scale)
+        tp.check_sizes(self.size)
+        if self.grid_epochs is not None:
+            check_int("grid_epochs", self.grid_epochs, 1)
         if self.grid_time_scale is not None:
             check_float("grid_time_scale", self.grid_time_scale)
         check_int("fit_seeds", self.fit_seeds, 1)
@@ -127,11 +121,13 @@ presets = {
     "paper": Config(grid_time_scale=AUTHORS_GRID_TIME_SCALE, stop_loss=1e-4, seeds=1,
                     dropout_layer=e1.AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
     # The authors' grid at width 64 (20000 epochs: every grid trial reaches 1e-4 long before).
-    "quick": Config(rows=("default", "shallow", "tanh", "skip_connections"), width=64,
-                    epochs=3000, time_scale=2.0, fit_seeds=4, seeds=1, grid_epochs=20000,
+    "quick": Config(rows=("default", "shallow", "tanh", "skip_connections"),
+                    size=tp.Sizes(width=64, epochs=3000, time_scale=2.0), fit_seeds=4, seeds=1,
+                    grid_epochs=20000,
                     grid_time_scale=AUTHORS_GRID_TIME_SCALE, stop_loss=1e-4),
-    "tiny": Config(rows=("default",), width=16, max_depth=4, epochs=tp.FIT_POINTS,
-                   time_scale=1.0, fit_seeds=2, seeds=2, dx_norms=(0.5, 1.5),
+    "tiny": Config(rows=("default",),
+                   size=tp.Sizes(width=16, max_depth=4, epochs=tp.FIT_POINTS, time_scale=1.0),
+                   fit_seeds=2, seeds=2, dx_norms=(0.5, 1.5),
                    dy_norms=(0.0, 1.0), grid_epochs=None, grid_time_scale=None),
 }
 
@@ -234,11 +230,9 @@ def stop_at(loss: np.ndarray, h: np.ndarray, final_loss: np.ndarray, final_h: np
 
 
 def _e1_config(config: Config) -> e1.Config:
-    return e1.Config(rows=config.rows, width=config.width, narrow_width=config.narrow_width,
-                     conv_width=config.conv_width, conv_depth=config.conv_depth,
-                     max_depth=config.max_depth, epochs=config.epochs,
-                     time_scale=config.time_scale, seeds=config.fit_seeds, seed=config.seed,
-                     dropout_layer=config.dropout_layer, conv_layout=config.conv_layout)
+    return e1.Config(rows=config.rows, size=config.size, seeds=config.fit_seeds,
+                     seed=config.seed, dropout_layer=config.dropout_layer,
+                     conv_layout=config.conv_layout)
 
 
 def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
@@ -259,7 +253,7 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     for r, i, j in progress(grid, desc="E3: grid"):
         base = cfgs[r]
         epochs = config.grid_epochs or base.epochs
-        ts = config.grid_time_scale or config.time_scale
+        ts = config.grid_time_scale or config.size.time_scale
         gcfg = tp.row_config(
             base.name, width=base.width, epochs=epochs, time_scale=ts, depth=base.depth,
             layer=base.layer, conv_layout=base.conv_layout, dx2=1.0, dy2=0.5,

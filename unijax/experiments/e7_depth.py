@@ -49,28 +49,40 @@ CLAIM = (
 USES_RATES = False
 
 
+#: Fields of the ``size`` block that E7 does not use (it trains the ``default`` row at its own
+#: ``depth``): set, they are refused rather than ignored.
+UNUSED_SIZES = ("narrow_width", "conv_width", "conv_depth", "max_depth")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """E7 settings: the ``default`` row at ``width`` x ``depth`` (None: the paper's 500 x 20),
-    ``epochs`` epochs with lr multiplier ``time_scale``, ``seeds`` trials, data (dx2, dy2)."""
+    """E7 settings: the ``default`` row at ``size.width`` x ``depth`` (None: the paper's
+    500 x 20), ``size.epochs`` epochs with lr multiplier ``size.time_scale``, ``seeds`` trials,
+    data (dx2, dy2).
 
-    width: int | None = None
+    ``size`` is the two-point experiments' block (:class:`unijax.experiments._twopoint.Sizes`);
+    E7 trains only the ``default`` row at its own ``depth``, so the block's ``narrow_width``,
+    ``conv_width``, ``conv_depth`` and ``max_depth`` must stay unset (refused otherwise).
+    """
+
+    size: tp.Sizes = tp.Sizes()
     depth: int | None = None
-    epochs: int = 6000
-    time_scale: float = 1.0
     seeds: int = 10
     seed: int = 0
     dx2: float = 1.0
     dy2: float = 0.5
 
     def __post_init__(self):
-        for f in ("width",):
-            if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
+        tp.check_sizes(self.size)
+        for f in UNUSED_SIZES:
+            if getattr(self.size, f) is not None:
+                raise ValueError(
+                    f"size.{f}={getattr(self.size, f)!r} is invalid for E7: it trains only the "
+                    "default row" + (" at its own depth (set depth instead)"
+                                     if f in ("conv_depth", "max_depth") else "")
+                    + "; leave it unset (none)")
         if self.depth is not None:
             check_int("depth", self.depth, 3)
-        check_int("epochs", self.epochs, tp.FIT_POINTS)
-        check_float("time_scale", self.time_scale)
         check_int("seeds", self.seeds, 1)
         check_int("seed", self.seed, 0)
         check_float("dx2", self.dx2)
@@ -79,9 +91,10 @@ class Config:
 
 presets = {
     # The authors' depth notebook: settings lr 0.01 (2x Table 1's) for 3000 epochs.
-    "paper": Config(epochs=3000, time_scale=2.0),
-    "quick": Config(width=64, epochs=6000, time_scale=1.0, seeds=4),
-    "tiny": Config(width=16, depth=6, epochs=tp.FIT_POINTS, time_scale=1.0, seeds=2),
+    "paper": Config(size=tp.Sizes(epochs=3000, time_scale=2.0)),
+    "quick": Config(size=tp.Sizes(width=64, epochs=6000, time_scale=1.0), seeds=4),
+    "tiny": Config(size=tp.Sizes(width=16, epochs=tp.FIT_POINTS, time_scale=1.0), depth=6,
+                   seeds=2),
 }
 
 #: The paper's sizes on a 2-core CPU (``paper-cpu``): two seeds.
@@ -150,8 +163,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
 
     cache = cache or memory_cache()
     over = {"depth": config.depth} if config.depth is not None else {}
-    cfg = tp.row_config("default", width=config.width, epochs=config.epochs,
-                        time_scale=config.time_scale, dx2=config.dx2, dy2=config.dy2, **over)
+    cfg = config.size.row_config("default", dx2=config.dx2, dy2=config.dy2, **over)
 
     def compute():
         r = train.train(cfg, seeds=config.seeds, key=key, layers="all")

@@ -243,9 +243,10 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None)
     up = {"rates": {**rates, "source": rates.get("source", "")}}
 
     # E1 part: E1's two-point dynamics with Adam at one learning rate.
-    e1cfg = e1.Config(rows=config.dyn.rows, width=config.width, max_depth=config.max_depth,
-                      reference=False,
-                      epochs=config.dyn.epochs, seeds=config.seeds, seed=config.seed,
+    e1cfg = e1.Config(rows=config.dyn.rows, reference=False,
+                      size=tp.Sizes(width=config.width, max_depth=config.max_depth,
+                                    epochs=config.dyn.epochs),
+                      seeds=config.seeds, seed=config.seed,
                       optimizer="adam", lr=config.dyn.lr)
     dyn = e1.run(e1cfg, key=k_dyn, progress=progress, cache=_prefixed(cache, "dyn"))
     arrays = _flatten("dyn", dyn)
