@@ -77,7 +77,7 @@ def test_console_entry_point_list_and_bad_name(tmp_path):
                                                       "rates.epochs?"]),
         (["run", "E4", "--set", "rates_from=fit"], ["did you mean rates.source?"]),
         (["run", "E4", "--set", "epochs=400"], ["'epochs'", "did you mean rates.epochs?"]),
-        (["run", "E4", "--set", "rates.epochs=0"], ["rates.epochs=0 is invalid", ">= 1",
+        (["run", "E4", "--set", "rates.epochs=0"], ["rates.epochs=0 is invalid", ">= 300",
                                                     "experiment E4"]),
         (["run", "E4", "--set", "rates.source=both"], ["rates.source='both'", "auto, fit"]),
         (["run", "E4", "--set", "rates.seeds=two"], ["rates.seeds", "not a valid int"]),

@@ -673,25 +673,3 @@ def _mean_selection(where, n_trials: int, single: bool) -> np.ndarray:
                          + (" or a bool" if single else "")
                          + f"; got dtype {sel.dtype}, shape {sel.shape}.")
     return np.broadcast_to(sel, (n_trials,))
-
-
-# Names that moved to the private modules, for code written against earlier versions
-# (benchmarks/bench_fit.py): resolved on first use, so importing this module stays light.
-_MOVED = {
-    "_SolveOpts": ("_fit_args", "SolveOpts"),
-    "_FitOpts": ("_fit_args", "FitOpts"),
-    "_Trial": ("_fit_model", "Trial"),
-    "_model": ("_fit_model", "model"),
-    "_evaluate": ("_fit_model", "evaluate"),
-    "_levenberg_marquardt": ("_fit_lm", "levenberg_marquardt"),
-    "_fit_batch": ("_fit_program", "fit_batch"),
-}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        module, attr = _MOVED[name]
-        return getattr(importlib.import_module(f"unijax.{module}"), attr)
-    raise AttributeError(f"module 'unijax.fit' has no attribute {name!r}")

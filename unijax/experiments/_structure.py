@@ -25,7 +25,7 @@ class RateSettings:
             ``default`` two-point row at the sizes below; ``"fit"`` always fits them here.
         width: hidden units of that fit's networks (None: the paper's 500).
         max_depth: cap on their hidden layers (None: the paper's 20).
-        epochs: epochs of the two-point runs (>= the fit's sampled points).
+        epochs: epochs of the two-point runs (>= 300, the epochs a fit samples).
         time_scale: learning-rate multiplier beyond the width rescaling (epochs divided by it).
         seeds: trials fitted; the rates are the mean over those that pass the fit criterion.
 
@@ -45,7 +45,7 @@ class RateSettings:
         for f in ("width", "max_depth"):
             if getattr(self, f) is not None:
                 check_int(f"rates.{f}", getattr(self, f), 1)
-        check_int("rates.epochs", self.epochs, 1)
+        check_int("rates.epochs", self.epochs, tp.FIT_POINTS)
         check_float("rates.time_scale", self.time_scale)
         check_int("rates.seeds", self.seeds, 1)
 
