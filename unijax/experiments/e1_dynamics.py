@@ -37,18 +37,8 @@ from pathlib import Path
 import numpy as np
 
 from unijax import nets, plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _twopoint as tp
-from unijax.experiments._common import (
-    check_choices,
-    check_float,
-    check_int,
-    fmt,
-    fmt_spread,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    spread,
-)
 
 NAME = "E1"
 TITLE = "Two-point dynamics across architectures (Fig. 2, 11; Table 1)"
@@ -116,21 +106,21 @@ class Config:
         if self.conv_layout not in nets.CONV_LAYOUTS:
             raise ValueError(f"conv_layout={self.conv_layout!r} is invalid; valid choices: "
                              f"{', '.join(nets.CONV_LAYOUTS)}")
-        check_choices("rows", self.rows, tp.TABLE1)
+        cm.check_choices("rows", self.rows, tp.TABLE1)
         if self.dropout_layer is not None:
-            check_int("dropout_layer", self.dropout_layer, 0)
+            cm.check_int("dropout_layer", self.dropout_layer, 0)
         for f in ("fit_initial", "reference"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
         tp.check_sizes(self.size)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_float("dx2", self.dx2)
-        check_float("dy2", self.dy2)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_float("dx2", self.dx2)
+        cm.check_float("dy2", self.dy2)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r} is invalid; valid choices: sgd, adam")
         if self.lr is not None:
-            check_float("lr", self.lr)
+            cm.check_float("lr", self.lr)
 
 
 #: The hidden layer of the dropout network that the authors' code observed (of 10).
@@ -327,9 +317,9 @@ def reference_fits(hyw, fitted, *, epochs, dx2, dy2, progress, cache,
     return cache(prefix, compute)
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Train every row, fit the ODE and the loss curve (pure in ``config`` and ``key``)."""
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     cfgs = row_configs(config)
     loss, hyw, div = train_rows(cfgs, seeds=config.seeds, key=key, progress=progress,
                                 cache=cache)
@@ -382,13 +372,13 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
         use = np.asarray(result.fit_ok[i])
         status = statuses[i]
         rates = use & tp.usable(status)  # only fits that pass
-        entry = {v: spread(np.where(use, result.r2[i, :, k], np.nan))
+        entry = {v: cm.spread(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
-        entry["loss"] = spread(np.where(use_l, result.r2_loss[i], np.nan))
-        entry["eta_h"] = spread(np.where(rates, result.eta_h[i], np.nan))
-        entry["eta_y"] = spread(np.where(rates, result.eta_y[i], np.nan))
-        entry["eta_mean"] = spread(np.where(use_l, result.eta_mean[i], np.nan))
+        entry["loss"] = cm.spread(np.where(use_l, result.r2_loss[i], np.nan))
+        entry["eta_h"] = cm.spread(np.where(rates, result.eta_h[i], np.nan))
+        entry["eta_y"] = cm.spread(np.where(rates, result.eta_y[i], np.nan))
+        entry["eta_mean"] = cm.spread(np.where(use_l, result.eta_mean[i], np.nan))
         entry["rates_identified"] = int(np.asarray(result.converged[i]).sum())
         entry["rate_fits"] = tp.usable_rates(result.eta_h[i], result.eta_y[i], status)
         out[str(row)] = entry
@@ -475,8 +465,8 @@ def _notes(result, table: dict, deps: list[str]) -> list[str]:
            + f"rows: {', '.join(np.asarray(result.rows))}; widths "
            f"{sorted(set(int(w) for w in result.width))}, {result.loss.shape[-1]} epochs, "
            f"{result.loss.shape[1]} seeds per row. Default rates: "
-           + (f"eta_h {fmt_spread(table['default']['eta_h'])}, eta_y "
-              f"{fmt_spread(table['default']['eta_y'])} 1/epoch, "
+           + (f"eta_h {cm.fmt_spread(table['default']['eta_h'])}, eta_y "
+              f"{cm.fmt_spread(table['default']['eta_y'])} 1/epoch, "
               f"{tp.exclusion_text(table['default']['rate_fits'])}."
               if "default" in table else "n/a."),
            "The authors' fitting method (unijax.authors: SSE of h, y, w over every epoch, "
@@ -514,14 +504,14 @@ def agreement(result) -> dict:
                 f"(R^2 h, y, w >= {R2_PASS}"
                 + (f", or no worse than the authors' method: {', '.join(by_ref)}" if by_ref
                    else "") + "); median R^2 over all: "
-                + ", ".join(f"{v} {fmt(medians[v])}" for v in VARS))
+                + ", ".join(f"{v} {cm.fmt(medians[v])}" for v in VARS))
     if failed:
         headline += f"; FAIL: {', '.join(failed)}"
 
     def row_text(r, d):
         def one(v):
             a = d["r2_authors"][v]
-            return (f"{v} {fmt(d['r2'][v], 3)}" + (f" (authors {fmt(a, 3)})" if a is not None
+            return (f"{v} {cm.fmt(d['r2'][v], 3)}" + (f" (authors {cm.fmt(a, 3)})" if a is not None
                                                    else "") + f" [{d['by'][v]}]")
         tag = "not judged" if d["passed"] is None else ("pass" if d["passed"] else "FAIL")
         return f"{r}: " + ", ".join(one(v) for v in HYW) + f": {tag}"
@@ -531,7 +521,7 @@ def agreement(result) -> dict:
         "fitting method on the same trajectories, scored on the same epochs, with how each "
         "variable passes: " + "; ".join(row_text(r, d) for r, d in verdicts.items()) + ". "
         "Loss R^2 (mean over seeds) per architecture: "
-        + "; ".join(f"{r}: {fmt(table[r]['loss']['mean'], 3)}" for r in table) + "."
+        + "; ".join(f"{r}: {cm.fmt(table[r]['loss']['mean'], 3)}" for r in table) + "."
     )
     rates = default_rates(result)
     figures = {"median_r2": medians, "per_architecture": table, "verdict_per_row": verdicts}
@@ -542,7 +532,7 @@ def agreement(result) -> dict:
         measured += " " + "; ".join(_unusable(result, r) for r in empty) + "."
     deps = [str(d) for d in np.atleast_1d(result.departures)]
     figures["departures"] = deps
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion=f"every architecture except {', '.join(NOT_JUDGED)} (shown, not judged): the "
@@ -589,7 +579,7 @@ def plot_dynamics(result, outdir, stem: str = "dynamics", title: str = "") -> li
         r2 = [np.nanmean(np.where(use, result.r2[i, :, k], np.nan)) if use.any() else np.nan
               for k in range(3)]
         plots.label(ax, "epoch", "h, y, w (a.u.)",
-                    f"{row}: R² h {fmt(r2[0], 2)}, y {fmt(r2[1], 2)}, w {fmt(r2[2], 2)}")
+                    f"{row}: R² h {cm.fmt(r2[0], 2)}, y {cm.fmt(r2[1], 2)}, w {cm.fmt(r2[2], 2)}")
         ax.set_xscale("symlog", linthresh=max(1, T // 100))
     for j in range(R, nr * nc):
         axes.flat[j].axis("off")
@@ -617,7 +607,7 @@ def plot_loss(result, outdir, stem: str = "loss_curves") -> list[Path]:
         ax.set_yscale("log")
         ax.set_xscale("symlog", linthresh=max(1, T // 100))
         r2 = np.nanmean(np.where(use, result.r2_loss[i], np.nan)) if use.any() else np.nan
-        plots.label(ax, "epoch", plots.HWY_LABELS["loss"], f"{row}: R² loss {fmt(r2, 3)}")
+        plots.label(ax, "epoch", plots.HWY_LABELS["loss"], f"{row}: R² loss {cm.fmt(r2, 3)}")
     for j in range(R, nr * nc):
         axes.flat[j].axis("off")
     handles = [plots.plt.Line2D([], [], color="C3", label="network"),

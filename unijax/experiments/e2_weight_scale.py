@@ -20,21 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from unijax import plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _twopoint as tp
 from unijax.experiments import e1_dynamics as e1
-from unijax.experiments._common import (
-    check_choices,
-    check_float,
-    check_int,
-    fmt,
-    fmt_spread,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    pearson,
-    spearman,
-    spread,
-)
 
 NAME = "E2"
 TITLE = "Initial weight scale: plateau vs. exponential decay (Fig. 3)"
@@ -69,14 +57,14 @@ class Config:
     dy2: float = 0.5
 
     def __post_init__(self):
-        check_choices("rows", self.rows, tp.TABLE1)
+        cm.check_choices("rows", self.rows, tp.TABLE1)
         if len(self.rows) < 2:
             raise ValueError(f"rows={self.rows!r} is invalid: give at least two gains")
         tp.check_sizes(self.size)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_float("dx2", self.dx2)
-        check_float("dy2", self.dy2)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_float("dx2", self.dx2)
+        cm.check_float("dy2", self.dy2)
 
 
 presets = {
@@ -116,9 +104,9 @@ def _e1_config(config: Config) -> e1.Config:
                      dx2=config.dx2, dy2=config.dy2, reference=False)
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Train the gain rows, fit the ODE, measure the plateau of network and theory."""
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     r = e1.run(_e1_config(config), key=key, progress=progress, cache=cache)
     G, S, T = r.loss.shape
     ld_net = tp.distance_loss(r.hyw, np.full((G, S), config.dy2))  # (G, S, T)
@@ -154,21 +142,21 @@ def agreement(result) -> dict:
         ok = ~np.asarray(result.diverged[g])
         per_gain[f"{gains[g]:g}"] = {
             "row": str(result.rows[g]),
-            "plateau_network": spread(np.where(ok, result.plateau_net[g], np.nan)),
-            "plateau_theory": spread(np.where(use, result.plateau_theory[g], np.nan)),
-            "r2_h": spread(np.where(use, result.r2[g, :, 0], np.nan)),
-            "r2_y": spread(np.where(use, result.r2[g, :, 1], np.nan)),
-            "r2_w": spread(np.where(use, result.r2[g, :, 2], np.nan)),
-            "r2_mean_hyw": spread(np.where(use, np.mean(result.r2[g], axis=-1), np.nan)),
+            "plateau_network": cm.spread(np.where(ok, result.plateau_net[g], np.nan)),
+            "plateau_theory": cm.spread(np.where(use, result.plateau_theory[g], np.nan)),
+            "r2_h": cm.spread(np.where(use, result.r2[g, :, 0], np.nan)),
+            "r2_y": cm.spread(np.where(use, result.r2[g, :, 1], np.nan)),
+            "r2_w": cm.spread(np.where(use, result.r2[g, :, 2], np.nan)),
+            "r2_mean_hyw": cm.spread(np.where(use, np.mean(result.r2[g], axis=-1), np.nan)),
         }
     keys = list(per_gain)
     p_net = [per_gain[k]["plateau_network"]["mean"] for k in keys]
     p_lo, p_hi = p_net[0], p_net[-1]
     ratio = (p_lo / p_hi) if (p_lo is not None and p_hi not in (None, 0)) else None
-    rho = spearman(gains[order], [np.nan if v is None else v for v in p_net])
+    rho = cm.spearman(gains[order], [np.nan if v is None else v for v in p_net])
     # Theory tracks network, trial by trial (log plateau indices).
     both = np.isfinite(result.plateau_net) & np.isfinite(result.plateau_theory)
-    r_tn = pearson(np.log(result.plateau_net[both]), np.log(result.plateau_theory[both])) \
+    r_tn = cm.pearson(np.log(result.plateau_net[both]), np.log(result.plateau_theory[both])) \
         if both.sum() >= 3 else float("nan")
     r2m = [per_gain[k]["r2_mean_hyw"]["mean"] for k in keys]
     degrades = (r2m[-1] is not None and all(v is not None for v in r2m)
@@ -180,16 +168,16 @@ def agreement(result) -> dict:
     missing = [k for k in keys if per_gain[k]["plateau_network"]["n"] == 0]
     if missing:
         passed = False
-    headline = (f"plateau index {fmt(p_lo)} at gain {keys[0]} vs {fmt(p_hi)} at gain {keys[-1]} "
-                f"(ratio {fmt(ratio)}; exponential decay = 1)")
+    headline = (f"plateau index {cm.fmt(p_lo)} at gain {keys[0]} vs {cm.fmt(p_hi)} at gain "
+                f"{keys[-1]} (ratio {cm.fmt(ratio)}; exponential decay = 1)")
     measured = (
         "Plateau index of the distance loss (network, mean ± sd over seeds) per gain: "
-        + "; ".join(f"gain {k}: {fmt_spread(per_gain[k]['plateau_network'])} (theory "
-                    f"{fmt(per_gain[k]['plateau_theory']['mean'])}, R^2 h/y/w "
-                    f"{fmt(per_gain[k]['r2_h']['mean'])}/{fmt(per_gain[k]['r2_y']['mean'])}/"
-                    f"{fmt(per_gain[k]['r2_w']['mean'])})" for k in keys)
-        + f". Spearman rho(gain, plateau) = {fmt(rho)}; network vs theory plateau (log, per "
-        f"trial) r = {fmt(r_tn)}. Fit quality (mean R^2 of h, y, w) "
+        + "; ".join(f"gain {k}: {cm.fmt_spread(per_gain[k]['plateau_network'])} (theory "
+                    f"{cm.fmt(per_gain[k]['plateau_theory']['mean'])}, R^2 h/y/w "
+                    f"{cm.fmt(per_gain[k]['r2_h']['mean'])}/{cm.fmt(per_gain[k]['r2_y']['mean'])}/"
+                    f"{cm.fmt(per_gain[k]['r2_w']['mean'])})" for k in keys)
+        + f". Spearman rho(gain, plateau) = {cm.fmt(rho)}; network vs theory plateau (log, per "
+        f"trial) r = {cm.fmt(r_tn)}. Fit quality (mean R^2 of h, y, w) "
         + ("is lowest at the largest gain, as the paper says."
            if degrades else "is not lowest at the largest gain here.")
     )
@@ -202,7 +190,7 @@ def agreement(result) -> dict:
             f"gain {k}: no usable trial ({int(div[order[gains_s.index(k)]].sum())} of "
             f"{div.shape[1]} diverged, the others' distance loss never fell below a quarter "
             "of its start)" for k in missing) + "."
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion=f"plateau index at the smallest gain >= {PLATEAU_RATIO_PASS} x that at the "
@@ -240,7 +228,7 @@ def plot(result, outdir) -> list[Path]:
         pl = np.nanmean(result.plateau_net[g]) if np.isfinite(result.plateau_net[g]).any() \
             else np.nan
         plots.label(ax, "epoch", plots.HWY_LABELS["loss"],
-                    f"gain {gains[g]:g}: loss, plateau index {fmt(pl, 2)}")
+                    f"gain {gains[g]:g}: loss, plateau index {cm.fmt(pl, 2)}")
     handles = [plots.plt.Line2D([], [], color="C3", label="network"),
                plots.plt.Line2D([], [], label="theory (fitted)", **plots.THEORY_STYLE)]
     axes[1, 0].legend(handles=handles, fontsize=7)

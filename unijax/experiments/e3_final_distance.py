@@ -24,22 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from unijax import plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _twopoint as tp
 from unijax.experiments import e1_dynamics as e1
-from unijax.experiments._common import (
-    check_choices,
-    check_float,
-    check_floats,
-    check_int,
-    fmt,
-    linear_slope,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    pearson,
-    slope_through_origin,
-    spread,
-)
 
 NAME = "E3"
 TITLE = "Final representational distance, theory vs. experiment (Fig. 5)"
@@ -97,22 +84,22 @@ class Config:
     reference: bool = True
 
     def __post_init__(self):
-        check_choices("rows", self.rows, tp.TABLE1)
+        cm.check_choices("rows", self.rows, tp.TABLE1)
         if not isinstance(self.reference, bool):
             raise ValueError(f"reference={self.reference!r} is invalid: must be true or false")
         if self.stop_loss is not None:
-            check_float("stop_loss", self.stop_loss)
+            cm.check_float("stop_loss", self.stop_loss)
         tp.check_sizes(self.size)
         if self.grid_epochs is not None:
-            check_int("grid_epochs", self.grid_epochs, 1)
+            cm.check_int("grid_epochs", self.grid_epochs, 1)
         if self.grid_time_scale is not None:
-            check_float("grid_time_scale", self.grid_time_scale)
-        check_int("fit_seeds", self.fit_seeds, 1)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_floats("dx_norms", self.dx_norms)
-        check_floats("dy_norms", self.dy_norms, lo_open=False)
-        check_float("loss_threshold", self.loss_threshold)
+            cm.check_float("grid_time_scale", self.grid_time_scale)
+        cm.check_int("fit_seeds", self.fit_seeds, 1)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_floats("dx_norms", self.dx_norms)
+        cm.check_floats("dy_norms", self.dy_norms, lo_open=False)
+        cm.check_float("loss_threshold", self.loss_threshold)
 
 
 presets = {
@@ -285,13 +272,13 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     return h0, y0, hf, fl, dv, se
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Fit the rates per architecture, train the grid, compare with the theory."""
     import jax
 
     from unijax import theory
 
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     e1cfg = _e1_config(config)
     cfgs = e1.row_configs(e1cfg)
     k_fit, k_grid = jax.random.split(key)
@@ -347,14 +334,14 @@ def per_row(result) -> dict[str, dict]:
     for r, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.converged[r]) & np.isfinite(result.h_theory[r])
         x, y = result.h_theory[r][use], result.h_final[r][use]
-        per_seed = [pearson(result.h_theory[r][..., s][use[..., s]],
+        per_seed = [cm.pearson(result.h_theory[r][..., s][use[..., s]],
                             result.h_final[r][..., s][use[..., s]])
                     for s in range(result.h0.shape[-1])]
         out[str(row)] = {
-            "pearson_r": pearson(x, y),
-            "pearson_r_over_seeds": spread(per_seed),
-            "slope": linear_slope(x, y),
-            "slope_through_origin": slope_through_origin(x, y),
+            "pearson_r": cm.pearson(x, y),
+            "pearson_r_over_seeds": cm.spread(per_seed),
+            "slope": cm.linear_slope(x, y),
+            "slope_through_origin": cm.slope_through_origin(x, y),
             "n_used": int(use.sum()),
             "n_not_converged": int((~result.diverged[r] & ~result.converged[r]).sum()),
             "n_diverged": int(result.diverged[r].sum()),
@@ -383,13 +370,13 @@ def agreement(result) -> dict:
     if empty:
         passed = False
     headline = (f"Pearson r (theory vs network final h) >= {R_PASS} on "
-                f"{len(rs) - len(low)} of {len(table)} architectures: lowest {fmt(worst)}, "
-                f"median {fmt(med)}" + (f"; FAIL: {', '.join(low)}" if low else ""))
+                f"{len(rs) - len(low)} of {len(table)} architectures: lowest {cm.fmt(worst)}, "
+                f"median {cm.fmt(med)}" + (f"; FAIL: {', '.join(low)}" if low else ""))
     measured = "Per architecture, Pearson r / slope (with intercept) of network vs theory over " \
                "the grid, pooled over seeds (r mean ± sd over seeds): " + "; ".join(
-                   f"{k}: r {fmt(v['pearson_r'])} / slope {fmt(v['slope'])} "
-                   f"({fmt(v['pearson_r_over_seeds']['mean'])} ± "
-                   f"{fmt(v['pearson_r_over_seeds']['std'], 2)}; n={v['n_used']})"
+                   f"{k}: r {cm.fmt(v['pearson_r'])} / slope {cm.fmt(v['slope'])} "
+                   f"({cm.fmt(v['pearson_r_over_seeds']['mean'])} ± "
+                   f"{cm.fmt(v['pearson_r_over_seeds']['std'], 2)}; n={v['n_used']})"
                    for k, v in table.items()) + "."
     if empty:
         headline += f"; FAIL: no usable grid (fewer than 3 usable trials) for {', '.join(empty)}"
@@ -404,7 +391,7 @@ def agreement(result) -> dict:
     if stop.size == np.asarray(result.converged).size:
         early = np.asarray(result.converged) & (stop >= 0)
         T_note = f" {int(early.sum())} used grid trials stopped early"
-        T_note += (f" (median epoch {fmt(np.median(stop[early]))})." if early.any() else ".")
+        T_note += (f" (median epoch {cm.fmt(np.median(stop[early]))})." if early.any() else ".")
     div = np.asarray(result.diverged)
     conv = np.asarray(result.converged)
     counts = {
@@ -415,7 +402,7 @@ def agreement(result) -> dict:
         "rate_fit_trials": int(result.fit_converged.size),
         "rate_fits_failed": int((~result.fit_converged).sum()),
     }
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion=f"Pearson r >= {R_PASS} on every architecture; an architecture without a "
@@ -463,7 +450,7 @@ def plot(result, outdir) -> list[Path]:
         t = table[str(row)]
         plots.label(ax, "theory: final h (squared distance, a.u.)",
                     "network: final h (a.u.)",
-                    f"{row}: r = {fmt(t['pearson_r'])}, slope {fmt(t['slope'])}")
+                    f"{row}: r = {cm.fmt(t['pearson_r'])}, slope {cm.fmt(t['slope'])}")
         if r == 0:
             ax.legend(fontsize=6)
     for k in range(R, nrows * ncols):

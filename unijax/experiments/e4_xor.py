@@ -30,21 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from unijax import configs, nets, plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
-from unijax.experiments._common import (
-    check_choice,
-    check_choices,
-    check_float,
-    check_int,
-    fmt,
-    fmt_spread,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    pearson,
-    spread,
-)
 
 NAME = "E4"
 TITLE = "XOR: merging of equal-output representations, and the 2-layer counter-example (Fig. 6)"
@@ -109,19 +97,19 @@ class Config:
     rates: st.RateSettings = st.RateSettings()
 
     def __post_init__(self):
-        check_choices("rows", self.rows, XOR_ROWS)
+        cm.check_choices("rows", self.rows, XOR_ROWS)
         for f in ("width", "max_depth", "low_epochs", "two_layer_epochs"):
             if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_float("time_scale", self.time_scale)
+                cm.check_int(f, getattr(self, f), 1)
+        cm.check_float("time_scale", self.time_scale)
         if self.nonlinearity is not None:
-            check_choice("nonlinearity", self.nonlinearity, tuple(nets.NONLINEARITIES))
-        check_choice("loss", self.loss, LOSSES)
+            cm.check_choice("nonlinearity", self.nonlinearity, tuple(nets.NONLINEARITIES))
+        cm.check_choice("loss", self.loss, LOSSES)
         if self.low_gain is not None:
-            check_float("low_gain", self.low_gain)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_float("loss_threshold", self.loss_threshold)
+            cm.check_float("low_gain", self.low_gain)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_float("loss_threshold", self.loss_threshold)
 
 
 presets = {
@@ -263,7 +251,7 @@ def predict(dataset, H0, F0, rates) -> np.ndarray:
     return np.stack(out)
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None,
         optimizer: str = "sgd", lr: float | None = None) -> Result:
     """Train the XOR rows, predict the distance matrices, compare.
 
@@ -273,7 +261,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
 
     from unijax import data
 
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     k_rates, k_train = jax.random.split(key)
     rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
@@ -322,7 +310,7 @@ def per_row(result) -> dict[str, dict]:
     for r, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.converged[r])
         div = np.asarray(result.diverged[r])
-        rs = [pearson(st.offdiag(result.D_pred[r, s]), st.offdiag(result.D_final[r, s]))
+        rs = [cm.pearson(st.offdiag(result.D_pred[r, s]), st.offdiag(result.D_final[r, s]))
               if use[s] else np.nan for s in range(use.size)]
         ratio_m = np.where(use, same_diff_ratio(result.D_final[r]), np.nan)
         ratio_p = np.where(use, same_diff_ratio(result.D_pred[r]), np.nan)
@@ -331,10 +319,10 @@ def per_row(result) -> dict[str, dict]:
         fl = np.asarray(result.final_loss[r], float)
         out[str(row)] = {
             "gain": float(result.gain[r]),
-            "pearson_r": spread(rs),
-            "ratio_measured": spread(ratio_m),
-            "ratio_predicted": spread(ratio_p),
-            "ratio_initial": spread(ratio_0),
+            "pearson_r": cm.spread(rs),
+            "ratio_measured": cm.spread(ratio_m),
+            "ratio_predicted": cm.spread(ratio_p),
+            "ratio_initial": cm.spread(ratio_0),
             "merged_pairs_per_seed": [int(m) for m in merged[use]],
             "both_merged_fraction": float(np.mean(merged[use] == 2)) if use.any() else None,
             "used": int(use.sum()),
@@ -354,7 +342,7 @@ def unusable(entry: dict, threshold: float | None = None) -> str:
     if threshold is not None:
         why += f" {threshold:g}"
     if entry.get("median_final_loss") is not None:
-        why += f" (median final loss {fmt(entry['median_final_loss'])})"
+        why += f" (median final loss {cm.fmt(entry['median_final_loss'])})"
     return why
 
 
@@ -368,15 +356,15 @@ def _verdict(table, threshold: float | None = None) -> tuple[bool | None, list[s
         checks.append(low["ratio_measured"]["mean"] < MERGED_RATIO)
         checks.append(low["pearson_r"]["mean"] is not None and
                       low["pearson_r"]["mean"] >= R_PASS)
-        why.append(f"low weights: same/different ratio {fmt(low['ratio_measured']['mean'])} "
-                   f"(< {MERGED_RATIO}?), r {fmt(low['pearson_r']['mean'])} (>= {R_PASS}?)")
+        why.append(f"low weights: same/different ratio {cm.fmt(low['ratio_measured']['mean'])} "
+                   f"(< {MERGED_RATIO}?), r {cm.fmt(low['pearson_r']['mean'])} (>= {R_PASS}?)")
     high = table.get("xor_high_weights")
     if high is not None and not high["used"]:
         checks.append(False)
         why.append(f"high weights: {unusable(high, threshold)}")
     elif high is not None:
         checks.append(high["ratio_measured"]["mean"] > KEPT_RATIO)
-        why.append(f"high weights: ratio {fmt(high['ratio_measured']['mean'])} "
+        why.append(f"high weights: ratio {cm.fmt(high['ratio_measured']['mean'])} "
                    f"(> {KEPT_RATIO}?)")
     return (all(checks) if checks else None), why
 
@@ -395,10 +383,11 @@ def agreement(result, *, name: str = NAME) -> dict:
             lines.append(f"{k} (gain {v['gain']:g}): {unusable(v, _threshold(result))}")
             continue
         lines.append(
-            f"{k} (gain {v['gain']:g}): r {fmt_spread(v['pearson_r'])}, same/different ratio "
-            f"measured {fmt(v['ratio_measured']['mean'])} ± {fmt(v['ratio_measured']['std'], 2)}"
-            f" vs predicted {fmt(v['ratio_predicted']['mean'])} (initial "
-            f"{fmt(v['ratio_initial']['mean'])}), merged same-output pairs per seed "
+            f"{k} (gain {v['gain']:g}): r {cm.fmt_spread(v['pearson_r'])}, same/different ratio "
+            f"measured {cm.fmt(v['ratio_measured']['mean'])} ± "
+            f"{cm.fmt(v['ratio_measured']['std'], 2)}"
+            f" vs predicted {cm.fmt(v['ratio_predicted']['mean'])} (initial "
+            f"{cm.fmt(v['ratio_initial']['mean'])}), merged same-output pairs per seed "
             f"{v['merged_pairs_per_seed']} ({v['used']} of {v['trials']} trials used)")
     two = table.get("xor_2_layers")
     counter = None
@@ -408,8 +397,8 @@ def agreement(result, *, name: str = NAME) -> dict:
                      "seeds, where the theory predicts both merge")
     low = table.get("xor_low_weights")
     if low and low["used"]:
-        headline = (f"low weights: same/different ratio {fmt(low['ratio_measured']['mean'])}, "
-                    f"r = {fmt(low['pearson_r']['mean'])}, both equal-output pairs merged in "
+        headline = (f"low weights: same/different ratio {cm.fmt(low['ratio_measured']['mean'])}, "
+                    f"r = {cm.fmt(low['pearson_r']['mean'])}, both equal-output pairs merged in "
                     f"{sum(m == 2 for m in low['merged_pairs_per_seed'])}/{low['used']} seeds")
     elif low:
         headline = f"low weights: {unusable(low, _threshold(result))}"
@@ -417,7 +406,7 @@ def agreement(result, *, name: str = NAME) -> dict:
         headline = "low weights: not run"
     high = table.get("xor_high_weights")
     if high and high["used"]:
-        headline += (f"; high weights: ratio {fmt(high['ratio_measured']['mean'])}, no pair "
+        headline += (f"; high weights: ratio {cm.fmt(high['ratio_measured']['mean'])}, no pair "
                      f"merged in {sum(m == 0 for m in high['merged_pairs_per_seed'])}/"
                      f"{high['used']} seeds")
     elif high:
@@ -425,11 +414,11 @@ def agreement(result, *, name: str = NAME) -> dict:
     div = np.asarray(result.diverged)
     conv = np.asarray(result.converged)
     deps = [str(d) for d in np.atleast_1d(result.departures)]
-    notes = [f"Rates (eta_h, eta_y) = ({fmt(result.eta_h)}, {fmt(result.eta_y)}) 1/epoch: "
+    notes = [f"Rates (eta_h, eta_y) = ({cm.fmt(result.eta_h)}, {cm.fmt(result.eta_y)}) 1/epoch: "
              f"{result.rates_source}."]
     notes.append("Departures from the paper's Table 2 / text: " + ("; ".join(deps) if deps
                                                                    else "none") + ".")
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured="; ".join(lines) + ".",
         criterion=f"low weights: measured ratio < {MERGED_RATIO} and r >= {R_PASS}; high "
@@ -465,9 +454,9 @@ def plot(result, outdir, *, stem: str = "xor_distance_matrices") -> list[Path]:
         init = np.mean(result.D0[r][sel], axis=0)
         plots.matrix(axes[r, 0], init, title=f"{row}: initial (network)", ticks=labels)
         plots.matrix(axes[r, 1], meas, title=f"final (network), ratio "
-                     f"{fmt(table[str(row)]['ratio_measured']['mean'], 2)}", ticks=labels)
+                     f"{cm.fmt(table[str(row)]['ratio_measured']['mean'], 2)}", ticks=labels)
         plots.matrix(axes[r, 2], pred, title=f"final (theory), r = "
-                     f"{fmt(table[str(row)]['pearson_r']['mean'], 2)}", ticks=labels)
+                     f"{cm.fmt(table[str(row)]['pearson_r']['mean'], 2)}", ticks=labels)
     paths = plots.save(fig, outdir, stem)
 
     fig, axes = plots.new_figure(1, 1, size=(4.2, 3.4))

@@ -34,21 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from unijax import nets, plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
-from unijax.experiments._common import (
-    check_choice,
-    check_choices,
-    check_float,
-    check_int,
-    fmt,
-    fmt_spread,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    pearson,
-    spread,
-)
 
 NAME = "E5"
 TITLE = "Feature collapse on context-dependent blobs, 3-D MDS (Fig. 7, 8, 12)"
@@ -99,18 +87,18 @@ class Config:
     nonlinearities: tuple[str, ...] = ("tanh",)
 
     def __post_init__(self):
-        check_choices("rows", self.rows, BLOB_ROWS)
-        check_choices("nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
+        cm.check_choices("rows", self.rows, BLOB_ROWS)
+        cm.check_choices("nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
         for f in ("width", "epochs"):
             if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_float("time_scale", self.time_scale)
-        check_int("n_grid", self.n_grid, 2, 200)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_float("loss_threshold", self.loss_threshold)
-        check_int("mds_points", self.mds_points, 4)
-        check_choice("mds", self.mds, ("classical", "smacof"))
+                cm.check_int(f, getattr(self, f), 1)
+        cm.check_float("time_scale", self.time_scale)
+        cm.check_int("n_grid", self.n_grid, 2, 200)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_float("loss_threshold", self.loss_threshold)
+        cm.check_int("mds_points", self.mds_points, 4)
+        cm.check_choice("mds", self.mds, ("classical", "smacof"))
 
 
 #: The text's nonlinearity and the one the authors' notebook trained (the model's default).
@@ -235,7 +223,7 @@ def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points,
             if np.all(np.isfinite(Dp)):
                 p0, p1, pone = indices(Dp, factors, targets)
                 icp[r, s], iop[r, s] = (p0, p1), pone
-                pr[r, s] = pearson(st.offdiag(Dp), st.offdiag(D))
+                pr[r, s] = cm.pearson(st.offdiag(Dp), st.offdiag(D))
             if np.all(np.isnan(mds[r])):
                 embed = st.smacof_mds if mds_method == "smacof" else st.classical_mds
                 mds[r] = embed(D[np.ix_(mds_idx, mds_idx)], 3)
@@ -244,7 +232,7 @@ def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points,
                 converged=conv, factors=factors, targets=targets)
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None,
         optimizer: str = "sgd", lr: float | None = None) -> Result:
     """Train the blob rows, measure and predict the collapse (``optimizer``/``lr``: E8)."""
     import jax
@@ -252,7 +240,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     from unijax import data
     from unijax.experiments import e4_xor
 
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     k_rates, k_train = jax.random.split(key)
     rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
@@ -294,11 +282,11 @@ def per_row(result) -> dict[str, dict]:
             "row": str(row),
             "nonlinearity": nls[r],
             "gain": float(result.gain[r]),
-            "collapse_index": spread(np.mean(result.index_ctx[r], axis=-1)),
-            "collapse_index_pred": spread(np.mean(result.index_ctx_pred[r], axis=-1)),
-            "one_line_index": spread(result.index_one[r]),
-            "one_line_index_pred": spread(result.index_one_pred[r]),
-            "pearson_r": spread(result.pearson_r[r]),
+            "collapse_index": cm.spread(np.mean(result.index_ctx[r], axis=-1)),
+            "collapse_index_pred": cm.spread(np.mean(result.index_ctx_pred[r], axis=-1)),
+            "one_line_index": cm.spread(result.index_one[r]),
+            "one_line_index_pred": cm.spread(result.index_one_pred[r]),
+            "pearson_r": cm.spread(result.pearson_r[r]),
             "used": int(conv.sum()),
             "trials": int(conv.size),
             "diverged": int(div.sum()),
@@ -320,10 +308,10 @@ def _variant_verdict(table: dict, keys: list[str]) -> tuple[bool | None, str, st
                         "threshold)" for e in empty)
         return False, f"{nl}: FAIL, {why}", why
     if len(order) == 1:
-        return None, (f"{nl}: collapse index {fmt(li)} at gain {lo['gain']:g} (1 = collapsed, "
+        return None, (f"{nl}: collapse index {cm.fmt(li)} at gain {lo['gain']:g} (1 = collapsed, "
                       "~0.5 = 2-D sheet)"), "one gain only: nothing to compare"
     passed = bool(li >= COLLAPSED and li - hi_i >= MARGIN)
-    head = (f"{nl}: collapse index {fmt(li)} at gain {lo['gain']:g} vs {fmt(hi_i)} at gain "
+    head = (f"{nl}: collapse index {cm.fmt(li)} at gain {lo['gain']:g} vs {cm.fmt(hi_i)} at gain "
             f"{hi['gain']:g}")
     return passed, head, f"{nl}: {'pass' if passed else 'fail'}"
 
@@ -341,16 +329,16 @@ def agreement(result, *, name: str = NAME) -> dict:
     order = sorted(table, key=lambda k: (table[k]["nonlinearity"], table[k]["gain"]))
     measured = "; ".join(
         f"{k} (gain {table[k]['gain']:g}): "
-        + (f"collapse index {fmt_spread(table[k]['collapse_index'])} "
-           f"(theory {fmt(table[k]['collapse_index_pred']['mean'])}), one-line index "
-           f"{fmt(table[k]['one_line_index']['mean'])} (theory "
-           f"{fmt(table[k]['one_line_index_pred']['mean'])}), r(theory, network distances) "
-           f"{fmt(table[k]['pearson_r']['mean'])}" if table[k]["used"] else
+        + (f"collapse index {cm.fmt_spread(table[k]['collapse_index'])} "
+           f"(theory {cm.fmt(table[k]['collapse_index_pred']['mean'])}), one-line index "
+           f"{cm.fmt(table[k]['one_line_index']['mean'])} (theory "
+           f"{cm.fmt(table[k]['one_line_index_pred']['mean'])}), r(theory, network distances) "
+           f"{cm.fmt(table[k]['pearson_r']['mean'])}" if table[k]["used"] else
            f"no usable trial ({table[k]['diverged']} of {table[k]['trials']} diverged, "
            f"{table[k]['not_converged']} above the loss threshold)") for k in order) + "."
     div, conv = np.asarray(result.diverged), np.asarray(result.converged)
     nls = sorted(variants)
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion=f"for each nonlinearity: collapse index at the smallest gain >= {COLLAPSED} "
@@ -364,8 +352,8 @@ def agreement(result, *, name: str = NAME) -> dict:
                            "source": str(result.rates_source)}},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
                 "not_converged": int((~div & ~conv).sum()), "used": int(conv.sum())},
-        notes=[f"{result.factors.shape[0]} points; rates {fmt(result.eta_h)}, "
-               f"{fmt(result.eta_y)} 1/epoch from {result.rates_source}. The theory's "
+        notes=[f"{result.factors.shape[0]} points; rates {cm.fmt(result.eta_h)}, "
+               f"{cm.fmt(result.eta_y)} 1/epoch from {result.rates_source}. The theory's "
                "final-distance formula predicts the single line for every small gain; the "
                "paper attributes the two lines at intermediate-small gains to the slower merge "
                "of far-apart inputs (appendix C.2).",
@@ -396,8 +384,8 @@ def plot(result, outdir, *, stem: str = "blobs_mds") -> list[Path]:
             ax.tick_params(labelsize=5)
             t = table[labels[r]]
             ax.set_title(f"{labels[r]} (gain {t['gain']:g}), colour: {lab}\ncollapse index "
-                         f"{fmt(t['collapse_index']['mean'], 2)}, one-line "
-                         f"{fmt(t['one_line_index']['mean'], 2)}", fontsize=7)
+                         f"{cm.fmt(t['collapse_index']['mean'], 2)}, one-line "
+                         f"{cm.fmt(t['one_line_index']['mean'], 2)}", fontsize=7)
     paths = plots.save(fig, outdir, stem)
 
     fig, axes = plots.new_figure(1, 2, size=(3.8, 3.1))

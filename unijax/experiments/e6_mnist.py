@@ -34,20 +34,9 @@ from pathlib import Path
 import numpy as np
 
 from unijax import plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
-from unijax.experiments._common import (
-    check_choice,
-    check_float,
-    check_int,
-    fmt,
-    fmt_spread,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    pearson,
-    spread,
-)
 
 NAME = "E6"
 TITLE = "MNIST (or bundled 8x8 digits): representational structure and dynamics (Fig. 4, 9)"
@@ -76,11 +65,11 @@ class StructurePart:
     seeds: int | None = None
 
     def __post_init__(self):
-        check_choice("structure.optimizer", self.optimizer, ("sgd", "adam"))
+        cm.check_choice("structure.optimizer", self.optimizer, ("sgd", "adam"))
         if self.lr is not None:
-            check_float("structure.lr", self.lr)
+            cm.check_float("structure.lr", self.lr)
         if self.seeds is not None:
-            check_int("structure.seeds", self.seeds, 1)
+            cm.check_int("structure.seeds", self.seeds, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +89,10 @@ class DynamicsPart:
     epochs: int = 300
 
     def __post_init__(self):
-        check_choice("dynamics.source", self.source, ("same", "separate"))
-        check_int("dynamics.width", self.width, 1)
-        check_float("dynamics.lr", self.lr)
-        check_int("dynamics.epochs", self.epochs, tp.FIT_POINTS)
+        cm.check_choice("dynamics.source", self.source, ("same", "separate"))
+        cm.check_int("dynamics.width", self.width, 1)
+        cm.check_float("dynamics.lr", self.lr)
+        cm.check_int("dynamics.epochs", self.epochs, tp.FIT_POINTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,18 +142,18 @@ class Config:
     def __post_init__(self):
         if not isinstance(self.normalize, bool):
             raise ValueError(f"normalize={self.normalize!r} is invalid: must be true or false")
-        check_int("authors_points", self.authors_points, 2)
+        cm.check_int("authors_points", self.authors_points, 2)
         for f in ("n_train", "width", "epochs"):
             if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
+                cm.check_int(f, getattr(self, f), 1)
         if self.epochs is not None:
-            check_int("epochs", self.epochs, tp.FIT_POINTS)
-        check_float("gain", self.gain)
-        check_float("time_scale", self.time_scale)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_int("n_structure", self.n_structure, 4)
-        check_float("loss_threshold", self.loss_threshold)
+            cm.check_int("epochs", self.epochs, tp.FIT_POINTS)
+        cm.check_float("gain", self.gain)
+        cm.check_float("time_scale", self.time_scale)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_int("n_structure", self.n_structure, 4)
+        cm.check_float("loss_threshold", self.loss_threshold)
         if self.mnist:
             if not Path(self.mnist).expanduser().exists():
                 raise ValueError(f"mnist={self.mnist!r} does not exist: give a directory of "
@@ -314,7 +303,7 @@ def compare(D, P, labels) -> tuple[float, float]:
     iu = np.triu_indices(D.shape[-1], 1)
     d, p = D[iu], P[iu]
     off = labels[iu[0]] != labels[iu[1]]
-    return pearson(p, d), pearson(p[off], d[off])
+    return cm.pearson(p, d), cm.pearson(p[off], d[off])
 
 
 def _zero_one_pair(labels: np.ndarray, key) -> tuple[int, int]:
@@ -402,7 +391,7 @@ def _predictions(config: Config, ds, order, rates) -> dict:
             "Pa": authors_prediction(raw, Y, order, config.authors_points)}
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None,
         optimizer: str | None = None, lr: float | None = None) -> Result:
     """Train on the digits, compare the structure with the theory, fit the 0/1 dynamics.
 
@@ -411,7 +400,7 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
     """
     import jax
 
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     k_rates, k_train = jax.random.split(key)
     rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
@@ -456,26 +445,26 @@ def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None,
 
 
 def agreement(result, *, name: str = NAME) -> dict:
-    r, r_off, r_s = spread(result.r), spread(result.r_offblock), spread(result.r_scaled)
+    r, r_off, r_s = cm.spread(result.r), cm.spread(result.r_offblock), cm.spread(result.r_scaled)
     ok = np.asarray(result.fit_ok)
-    r2 = {v: spread(np.where(ok, result.r2[:, k], np.nan)) for k, v in enumerate("hyw")}
+    r2 = {v: cm.spread(np.where(ok, result.r2[:, k], np.nan)) for k, v in enumerate("hyw")}
     div, conv = np.asarray(result.diverged), np.asarray(result.converged)
     passed = None if r["mean"] is None else bool(r["mean"] >= R_PASS)
     data_name = str(result.data_name)
     r_auth = float(np.asarray(result.r_authors))
     headline = (f"Pearson r (theory vs network squared distances, {data_name}) "
-                f"{fmt(r['mean'])} ± {fmt(r['std'], 2)}; without same-digit blocks "
-                f"{fmt(r_off['mean'])} ± {fmt(r_off['std'], 2)}; the authors' recipe "
-                f"{fmt(r_auth)}")
+                f"{cm.fmt(r['mean'])} ± {cm.fmt(r['std'], 2)}; without same-digit blocks "
+                f"{cm.fmt(r_off['mean'])} ± {cm.fmt(r_off['std'], 2)}; the authors' recipe "
+                f"{cm.fmt(r_auth)}")
     measured = (
         f"Trained on {int(result.n_points)} {data_name} points; structure of the first "
         f"{result.D.shape[-1]} points sorted by digit. Pearson r with the exponential "
-        f"weighting: {fmt_spread(r)} (all pairs), {fmt_spread(r_off)} (different digits "
-        f"only), {fmt_spread(r_s)} (with the fitted constant sqrt(eta_h/eta_y)); the authors' "
+        f"weighting: {cm.fmt_spread(r)} (all pairs), {cm.fmt_spread(r_off)} (different digits "
+        f"only), {cm.fmt_spread(r_s)} (with the fitted constant sqrt(eta_h/eta_y)); the authors' "
         f"recipe (unsquared E A E of raw pixels over the first 10,000 images, one r of the "
-        f"trial-averaged matrix) {fmt(r_auth)}. Dynamics of a '0' and a '1' (points "
+        f"trial-averaged matrix) {cm.fmt(r_auth)}. Dynamics of a '0' and a '1' (points "
         f"{int(result.pair[0])}, {int(result.pair[1])}): R^2 of the fitted ODE h "
-        f"{fmt_spread(r2['h'])}, y {fmt_spread(r2['y'])}, w {fmt_spread(r2['w'])}."
+        f"{cm.fmt_spread(r2['h'])}, y {cm.fmt_spread(r2['y'])}, w {cm.fmt_spread(r2['w'])}."
     )
     if not conv.any():
         # No usable trial is a failure, never an undecided verdict.
@@ -484,10 +473,10 @@ def agreement(result, *, name: str = NAME) -> dict:
         headline = f"FAIL: no usable trial ({data_name})"
         measured = (f"No usable trial: {int(div.sum())} of {div.size} diverged, "
                     f"{int((~div & ~conv).sum())} ended above the loss threshold (median "
-                    f"final loss {fmt(np.median(fl[~div]) if (~div).any() else None)}). "
+                    f"final loss {cm.fmt(np.median(fl[~div]) if (~div).any() else None)}). "
                     + measured)
     deps = [str(d) for d in np.atleast_1d(result.departures)]
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion=f"Pearson r over all pairs >= {R_PASS} (mean over seeds; unijax's own "
@@ -530,8 +519,8 @@ def plot(result, outdir, *, stem: str = "digits") -> list[Path]:
     ax.scatter(result.D_pred[iu][~same], D[iu][~same], s=4, color="C0", label="different digits")
     ax.scatter(result.D_pred[iu][same], D[iu][same], s=4, color="C3", label="same digit")
     plots.label(ax, "theory: (E A E)² (a.u.)", "network: squared distance (a.u.)",
-                f"r = {fmt(np.nanmean(result.r))}, without blocks "
-                f"{fmt(np.nanmean(result.r_offblock))}")
+                f"r = {cm.fmt(np.nanmean(result.r))}, without blocks "
+                f"{cm.fmt(np.nanmean(result.r_offblock))}")
     ax.legend(fontsize=7)
     paths = plots.save(fig, outdir, stem + "_structure")
 
@@ -551,7 +540,7 @@ def plot(result, outdir, *, stem: str = "digits") -> list[Path]:
     r2 = np.nanmean(np.where(ok[:, None], result.r2, np.nan), axis=0) if ok.any() \
         else [np.nan] * 3
     plots.label(ax, "epoch", "h, y, w (a.u.)",
-                f"'0' vs '1': R² h {fmt(r2[0], 2)}, y {fmt(r2[1], 2)}, w {fmt(r2[2], 2)}")
+                f"'0' vs '1': R² h {cm.fmt(r2[0], 2)}, y {cm.fmt(r2[1], 2)}, w {cm.fmt(r2[2], 2)}")
     ax = axes[0, 1]
     ax.plot(np.arange(T), result.loss[seeds].T, color="C3")
     ax.set_yscale("log")

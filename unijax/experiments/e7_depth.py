@@ -27,17 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from unijax import plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _twopoint as tp
-from unijax.experiments._common import (
-    check_float,
-    check_int,
-    fmt,
-    make_agreement,
-    memory_cache,
-    no_progress,
-    spearman,
-    spread,
-)
 
 NAME = "E7"
 TITLE = "Depth: effective rates and fit quality per hidden layer (Fig. 10)"
@@ -82,11 +73,11 @@ class Config:
                                      if f in ("conv_depth", "max_depth") else "")
                     + "; leave it unset (none)")
         if self.depth is not None:
-            check_int("depth", self.depth, 3)
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
-        check_float("dx2", self.dx2)
-        check_float("dy2", self.dy2)
+            cm.check_int("depth", self.depth, 3)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
+        cm.check_float("dx2", self.dx2)
+        cm.check_float("dy2", self.dy2)
 
 
 presets = {
@@ -157,11 +148,11 @@ def sse(hyw: np.ndarray, z_fit: np.ndarray, epochs: np.ndarray) -> np.ndarray:
     return out.reshape(lead)
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Train the default network, fit the ODE at every hidden layer, fit the depth gain."""
     from unijax import theory, train
 
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     over = {"depth": config.depth} if config.depth is not None else {}
     cfg = config.size.row_config("default", dx2=config.dx2, dy2=config.dy2, **over)
 
@@ -216,9 +207,9 @@ def agreement(result) -> dict:
     t = per_layer(result)
     L = len(result.layers)
     later = np.arange(L) >= L // 2
-    rho_err = spearman(result.layers, t["fit_error"])
-    rho_h = spearman(result.layers[later], t["eta_h"][later])
-    rho_y = spearman(result.layers[later], t["eta_y"][later])
+    rho_err = cm.spearman(result.layers, t["fit_error"])
+    rho_h = cm.spearman(result.layers[later], t["eta_h"][later])
+    rho_y = cm.spearman(result.layers[later], t["eta_y"][later])
     ok = np.isfinite(t["h0"]) & (t["h0"] > 0) & np.isfinite(result.h0_theory)
     lg_r2 = float("nan")
     if ok.sum() >= 2:
@@ -233,23 +224,24 @@ def agreement(result) -> dict:
     first, last = t["fit_error"][0], t["fit_error"][-1]
     sse_l = t["sse"]
     sse_min = int(np.nanargmin(sse_l)) if np.isfinite(sse_l).any() else None
-    headline = (f"Spearman rho(layer, fit error) = {fmt(rho_err)}; later layers: rho(eta_h) = "
-                f"{fmt(rho_h)}, rho(eta_y) = {fmt(rho_y)}")
+    headline = (f"Spearman rho(layer, fit error) = {cm.fmt(rho_err)}; later layers: rho(eta_h) = "
+                f"{cm.fmt(rho_h)}, rho(eta_y) = {cm.fmt(rho_y)}")
     measured = (
-        f"Fit error (1 - mean R^2) falls from {fmt(first)} at hidden layer 0 to {fmt(last)} at "
-        f"layer {L - 1} (rho {fmt(rho_err)}). In layers {L // 2}..{L - 1}, eta_h goes "
-        f"{fmt(t['eta_h'][L // 2])} -> {fmt(t['eta_h'][-1])} and eta_y "
-        f"{fmt(t['eta_y'][L // 2])} -> {fmt(t['eta_y'][-1])} 1/epoch. Initial distance: "
-        f"per-layer gain a = {fmt(result.depth_gain)}, R^2 of log h0(l) vs a^(2l) dx2 = "
-        f"{fmt(lg_r2)}. The authors' absolute SSE of the fit (mean over trials) is "
-        + (f"{fmt(sse_l[0])} at layer 0, {fmt(sse_l[-1])} at layer {L - 1}, lowest "
-           f"({fmt(sse_l[sse_min])}) at layer {sse_min}." if sse_min is not None else "n/a.")
+        f"Fit error (1 - mean R^2) falls from {cm.fmt(first)} at hidden layer 0 to "
+        f"{cm.fmt(last)} at layer {L - 1} (rho {cm.fmt(rho_err)}). In layers "
+        f"{L // 2}..{L - 1}, eta_h goes "
+        f"{cm.fmt(t['eta_h'][L // 2])} -> {cm.fmt(t['eta_h'][-1])} and eta_y "
+        f"{cm.fmt(t['eta_y'][L // 2])} -> {cm.fmt(t['eta_y'][-1])} 1/epoch. Initial distance: "
+        f"per-layer gain a = {cm.fmt(result.depth_gain)}, R^2 of log h0(l) vs a^(2l) dx2 = "
+        f"{cm.fmt(lg_r2)}. The authors' absolute SSE of the fit (mean over trials) is "
+        + (f"{cm.fmt(sse_l[0])} at layer 0, {cm.fmt(sse_l[-1])} at layer {L - 1}, lowest "
+           f"({cm.fmt(sse_l[sse_min])}) at layer {sse_min}." if sse_min is not None else "n/a.")
     )
     if unfitted:
         headline += f"; FAIL: no completed fit at hidden layer(s) {unfitted}"
     ok_fit = np.asarray(result.fit_ok)
     div = np.asarray(result.diverged)
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion="fit error (unijax's scale-free 1 - mean R^2) decreasing with depth "
@@ -261,8 +253,8 @@ def agreement(result) -> dict:
                  "spearman_eta_y_later": rho_y, "depth_gain": float(result.depth_gain),
                  "h0_log_r2": lg_r2, "sse_per_layer": sse_l.tolist(),
                  "sse_lowest_layer": sse_min,
-                 "fit_error_first_last": [spread(1 - np.mean(result.r2[:, 0], -1)),
-                                          spread(1 - np.mean(result.r2[:, -1], -1))]},
+                 "fit_error_first_last": [cm.spread(1 - np.mean(result.r2[:, 0], -1)),
+                                          cm.spread(1 - np.mean(result.r2[:, -1], -1))]},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
                 "fit_failed": int((~div[:, None] & ~ok_fit).sum()),
                 "used": int(ok_fit.sum()), "layer_fits": int(ok_fit.size),
@@ -299,7 +291,7 @@ def plot(result, outdir) -> list[Path]:
     for s in range(result.h0.shape[0]):
         ax.plot(layers, result.h0[s], ".", color="C0", alpha=0.6,
                 label="network (trials)" if s == 0 else None)
-    ax.plot(layers, result.h0_theory, label=f"a^(2l) dx2, a = {fmt(result.depth_gain)}",
+    ax.plot(layers, result.h0_theory, label=f"a^(2l) dx2, a = {cm.fmt(result.depth_gain)}",
             **plots.THEORY_STYLE)
     ax.set_yscale("log")
     plots.label(ax, "hidden layer (0 = first)", "initial h0 (squared distance, a.u.)",

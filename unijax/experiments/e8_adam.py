@@ -20,22 +20,13 @@ from pathlib import Path
 import numpy as np
 
 from unijax import nets, plots
+from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
 from unijax.experiments import e1_dynamics as e1
 from unijax.experiments import e4_xor as e4
 from unijax.experiments import e5_blobs as e5
 from unijax.experiments import e6_mnist as e6
-from unijax.experiments._common import (
-    check_choice,
-    check_choices,
-    check_float,
-    check_int,
-    fmt,
-    make_agreement,
-    memory_cache,
-    no_progress,
-)
 
 NAME = "E8"
 TITLE = "Adam: dynamics (E1) and final structures (E4-E6) (Fig. 13-16)"
@@ -60,9 +51,9 @@ class DynPart:
     epochs: int = 6000
 
     def __post_init__(self):
-        check_choices("dyn.rows", self.rows, tp.TABLE1)
-        check_float("dyn.lr", self.lr)
-        check_int("dyn.epochs", self.epochs, tp.FIT_POINTS)
+        cm.check_choices("dyn.rows", self.rows, tp.TABLE1)
+        cm.check_float("dyn.lr", self.lr)
+        cm.check_int("dyn.epochs", self.epochs, tp.FIT_POINTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,14 +77,14 @@ class XorPart:
 
     def __post_init__(self):
         if self.rows:  # an empty tuple skips the part
-            check_choices("xor.rows", self.rows, e4.XOR_ROWS)
-        check_float("xor.lr", self.lr)
-        check_int("xor.epochs", self.epochs, 1)
+            cm.check_choices("xor.rows", self.rows, e4.XOR_ROWS)
+        cm.check_float("xor.lr", self.lr)
+        cm.check_int("xor.epochs", self.epochs, 1)
         if self.low_gain is not None:
-            check_float("xor.low_gain", self.low_gain)
+            cm.check_float("xor.low_gain", self.low_gain)
         if self.nonlinearity is not None:
-            check_choice("xor.nonlinearity", self.nonlinearity, tuple(nets.NONLINEARITIES))
-        check_choice("xor.loss", self.loss, e4.LOSSES)
+            cm.check_choice("xor.nonlinearity", self.nonlinearity, tuple(nets.NONLINEARITIES))
+        cm.check_choice("xor.loss", self.loss, e4.LOSSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,14 +109,14 @@ class BlobsPart:
 
     def __post_init__(self):
         if self.rows:
-            check_choices("blobs.rows", self.rows, e5.BLOB_ROWS)
-        check_float("blobs.lr", self.lr)
-        check_int("blobs.epochs", self.epochs, 1)
-        check_int("blobs.n_grid", self.n_grid, 2, 200)
+            cm.check_choices("blobs.rows", self.rows, e5.BLOB_ROWS)
+        cm.check_float("blobs.lr", self.lr)
+        cm.check_int("blobs.epochs", self.epochs, 1)
+        cm.check_int("blobs.n_grid", self.n_grid, 2, 200)
         if self.width is not None:
-            check_int("blobs.width", self.width, 1)
-        check_choices("blobs.nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
-        check_float("blobs.loss_threshold", self.loss_threshold)
+            cm.check_int("blobs.width", self.width, 1)
+        cm.check_choices("blobs.nonlinearities", self.nonlinearities, tuple(nets.NONLINEARITIES))
+        cm.check_float("blobs.loss_threshold", self.loss_threshold)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,11 +139,11 @@ class DigitsPart:
     def __post_init__(self):
         if not isinstance(self.enabled, bool):
             raise ValueError(f"digits.enabled={self.enabled!r} is invalid: must be true or false")
-        check_float("digits.lr", self.lr)
-        check_int("digits.epochs", self.epochs, tp.FIT_POINTS)
+        cm.check_float("digits.lr", self.lr)
+        cm.check_int("digits.epochs", self.epochs, tp.FIT_POINTS)
         for f in ("n_train", "width"):
             if getattr(self, f) is not None:
-                check_int(f"digits.{f}", getattr(self, f), 1)
+                cm.check_int(f"digits.{f}", getattr(self, f), 1)
         if self.mnist and not Path(self.mnist).expanduser().exists():
             raise ValueError(f"digits.mnist={self.mnist!r} does not exist: give a directory of "
                              "IDX files or an .npz, or leave it empty for the 8x8 digits")
@@ -183,12 +174,12 @@ class Config:
     digits: DigitsPart = DigitsPart()
 
     def __post_init__(self):
-        check_int("seeds", self.seeds, 1)
-        check_int("seed", self.seed, 0)
+        cm.check_int("seeds", self.seeds, 1)
+        cm.check_int("seed", self.seed, 0)
         for f in ("width", "max_depth"):
             if getattr(self, f) is not None:
-                check_int(f, getattr(self, f), 1)
-        check_float("loss_threshold", self.loss_threshold)
+                cm.check_int(f, getattr(self, f), 1)
+        cm.check_float("loss_threshold", self.loss_threshold)
 
 
 #: The authors' two-point Adam rate: 1e-6 in their settings file, halved by the notebook.
@@ -232,11 +223,11 @@ def _flatten(prefix: str, res) -> dict:
             for f in dataclasses.fields(res)}
 
 
-def run(config: Config, *, key, progress=no_progress, cache=None, upstream=None) -> Result:
+def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Run the four parts with Adam."""
     import jax
 
-    cache = cache or memory_cache()
+    cache = cache or cm.memory_cache()
     k_rates, k_dyn, k_xor, k_blobs, k_dig = jax.random.split(key, 5)
     rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
                          progress=progress, cache=cache)
@@ -316,7 +307,7 @@ def agreement(result) -> dict:
     low = t4.get("xor_low_weights")
     if low and low["used"]:
         checks.append(low["ratio_measured"]["mean"] < e4.MERGED_RATIO)
-        why.append(f"XOR low-weight ratio {fmt(low['ratio_measured']['mean'])} < "
+        why.append(f"XOR low-weight ratio {cm.fmt(low['ratio_measured']['mean'])} < "
                    f"{e4.MERGED_RATIO}")
     elif low:
         checks.append(False)
@@ -324,7 +315,7 @@ def agreement(result) -> dict:
     high = t4.get("xor_high_weights")
     if high and high["used"]:
         checks.append(high["ratio_measured"]["mean"] > e4.KEPT_RATIO)
-        why.append(f"XOR high-weight ratio {fmt(high['ratio_measured']['mean'])} > "
+        why.append(f"XOR high-weight ratio {cm.fmt(high['ratio_measured']['mean'])} > "
                    f"{e4.KEPT_RATIO}")
     elif high:
         checks.append(False)
@@ -336,14 +327,14 @@ def agreement(result) -> dict:
         checks.append(a6["passed"])
         why.append(f"digits: {a6['headline']}")
     passed = bool(all(checks)) if checks else None
-    heads = [f"dynamics R^2 h/y/w {fmt(med['h'])}/{fmt(med['y'])}/{fmt(med['w'])}"]
+    heads = [f"dynamics R^2 h/y/w {cm.fmt(med['h'])}/{cm.fmt(med['y'])}/{cm.fmt(med['w'])}"]
     if a4:
         heads.append(f"XOR low-weight ratio "
-                     f"{fmt((low or {}).get('ratio_measured', {}).get('mean'))}")
+                     f"{cm.fmt((low or {}).get('ratio_measured', {}).get('mean'))}")
     if a5:
         heads.append(f"blobs {a5['headline'].split(' (')[0]}")
     if a6:
-        heads.append(f"digits r {fmt(a6['figures']['pearson_r']['mean'])}")
+        heads.append(f"digits r {cm.fmt(a6['figures']['pearson_r']['mean'])}")
     headline = "; ".join(heads)
     measured = "Adam. " + " ".join(
         f"{label} part: {a['measured']}" for label, a in
@@ -353,7 +344,7 @@ def agreement(result) -> dict:
     for a in (a for a in (a1, a4, a5, a6) if a is not None):
         for k, v in a["counts"].items():
             counts[k] = counts.get(k, 0) + v
-    return make_agreement(
+    return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion="the final structures match as for SGD: " + "; ".join(why)
