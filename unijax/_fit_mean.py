@@ -118,7 +118,8 @@ def fit_mean_batch(ts, loss, z, dy2, m0, *, opts: MeanOpts):
 
 def fit_rows(ts, batch: dict, rows: np.ndarray, *, opts: MeanOpts) -> dict:
     """The curves ``rows`` of ``batch`` (host arrays ``loss (n, m)``, ``z (n, m, 3)``, ``dy2``,
-    ``m0 (n,)``) fitted as :func:`unijax._batch.cpu_chunking`'s chunks on the default device;
+    ``m0 (n,)``) fitted as :func:`unijax._batch.cpu_chunking`'s chunks on this process's first
+    device;
     the other curves NaN, ``converged`` False, ``n_iters`` 0. Host arrays ``(n, ...)``."""
     n, m = batch["loss"].shape
     out = {k: np.full(n, np.nan) for k in ("eta_mean", "m0", "stderr_eta_mean", "stderr_m0",
@@ -127,7 +128,7 @@ def fit_rows(ts, batch: dict, rows: np.ndarray, *, opts: MeanOpts) -> dict:
                loss_fit=np.full((n, m), np.nan))
     if rows.size == 0:
         return out
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # this process's (in a multi-process run, each fits alike)
     size, threads = _batch.cpu_chunking(n, device.platform)
     got = _batch.map_chunks(
         lambda b: fit_mean_batch(ts, b["loss"], b["z"], b["dy2"], b["m0"], opts=opts),
