@@ -119,8 +119,7 @@ def fit_mean_batch(ts, loss, z, dy2, m0, *, opts: MeanOpts):
 def fit_rows(ts, batch: dict, rows: np.ndarray, *, opts: MeanOpts) -> dict:
     """The curves ``rows`` of ``batch`` (host arrays ``loss (n, m)``, ``z (n, m, 3)``, ``dy2``,
     ``m0 (n,)``) fitted as :func:`unijax._batch.cpu_chunking`'s chunks on this process's first
-    device;
-    the other curves NaN, ``converged`` False, ``n_iters`` 0. Host arrays ``(n, ...)``."""
+    device; the other curves NaN, ``converged`` False, ``n_iters`` 0. Host arrays ``(n, ...)``."""
     n, m = batch["loss"].shape
     out = {k: np.full(n, np.nan) for k in ("eta_mean", "m0", "stderr_eta_mean", "stderr_m0",
                                           "sse", "r2")}
