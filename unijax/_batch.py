@@ -13,8 +13,9 @@ module, with one convention each:
   size of a bucket (3, 5 and 7 seeds share one training program); padding trials that a loop
   would compute are skipped (:func:`map_in_place` with ``n_valid``).
 * **Chunks**: on CPU a batch of two or more runs as chunks of :data:`CPU_CHUNK` trials, the
-  last padded (:func:`cpu_chunking`, :func:`map_chunks`); on a mesh of several devices each device runs its
-  slice as such chunks one after another (:func:`device_layout`, :func:`map_over_devices`).
+  last padded (:func:`cpu_chunking`, :func:`map_chunks`); on a mesh of several devices each
+  device runs its slice as such chunks one after another (:func:`device_layout`,
+  :func:`map_over_devices`).
 * **The in-place block loop** (:func:`loop_blocks`): one ``fori_loop`` that writes each block's
   output where it belongs in preallocated arrays, so that the peak memory is the output plus one
   block (:func:`map_in_place`, :func:`blocked_rows` and the per-device chunk loop use it).

@@ -6,8 +6,9 @@
   continuous-time dynamics stay comparable (see the docstring).
 * :func:`fit_trajectories`: ``unijax.fit.fit_rates`` on many trials, always in the same
   compiled shape (``FIT_POINTS`` sampled epochs; ``fit_rates`` runs every batch as the same
-  chunks of trials), so that a whole ``unijax run all`` compiles the fitter once; trials that diverged (NaN records) or have
-  an invalid start (``h0 <= 0``) are never fitted and are reported as excluded.
+  chunks of trials), so that a whole ``unijax run all`` compiles the fitter once; trials that
+  diverged (NaN records) or have an invalid start (``h0 <= 0``) are never fitted and are
+  reported as excluded.
 * :func:`usable_rates`: mean rates over the fits that pass the quality criterion only
   (``unijax.fit.FitStatus.OK``), with how many were used and, per reason, how many excluded:
   the only way rates fitted here are passed on (E1/E3 to E4-E8, an experiment's own fits).
