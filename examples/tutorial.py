@@ -82,13 +82,13 @@ print(f"rich limit A_low = {a_low:.4f}: small weights end near it, large weights
 # %% [markdown]
 # ## 3. Train networks on two points
 #
-# The paper's default network (Table 1) at a small size: leaky ReLU, 32 units, 4 hidden
+# The paper's default network (Table 1) at a small size: leaky ReLU, 64 units, 4 hidden
 # layers, two Xavier gains, four seeds each. `train.train` runs all eight trials in one
 # compiled call and records `(h, y, w)` at the middle hidden layer *before* every epoch's
 # update (entry 0 is the initialization).
 
 # %%
-cfg = configs.get("default", width=32, depth=4, epochs=600, lr=0.02)
+cfg = configs.get("default", width=64, depth=4, epochs=600, lr=0.02)
 res = train.train(cfg, seeds=4, gains=[0.8, 1.0])
 print(res.summary())
 print("h:", res.h.shape, "(n_gains, n_seeds, n_epochs)")
@@ -117,12 +117,12 @@ plt.show()
 # %% [markdown]
 # ## 5. Predict where the representations end
 #
-# With the rates averaged over the converged fits, section 5 predicts each trial's final
+# With the rates averaged over the usable fits (`status == OK`), section 5 predicts each trial's final
 # squared hidden distance from that trial's own initial `(h0, y0)`. Compare with what the
 # networks reached.
 
 # %%
-mean = rates.mean_over_converged()  # failed fits are left out, and counted
+mean = rates.mean_over_usable()  # fits that are not usable are left out, and counted
 h0, y0 = Z_net[:, 0, 0], Z_net[:, 0, 1]
 predicted = np.asarray(theory.final_distance(h0, y0, eta_h=float(mean.eta_h),
                                              eta_y=float(mean.eta_y), dx2=res.dx2,

@@ -106,3 +106,29 @@ def test_fit_many_in_processes_equals_the_loop(trajectory):
     np.testing.assert_array_equal(eta1[1], [f.eta_h, f.eta_y])
     with pytest.raises(ValueError, match="finite"):
         authors.fit_many([np.full((5, 3), np.nan)], dx2=1.0, dy2=0.5)
+
+
+def test_fit_many_from_an_unguarded_script_fits_in_process(tmp_path, trajectory):
+    # A script without `if __name__ == "__main__":` (as docs/results.md's blocks, or a user's
+    # quick script): spawned workers would re-run it and die, so fit_many fits in-process and
+    # the script finishes; with the guard, the same script spreads the fits over processes.
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "Z.npy", np.stack([trajectory[:200], trajectory[:200] * 1.01]))
+    body = ("import numpy as np\nfrom unijax import authors\n"
+            "Zs = np.load('Z.npy')\n"
+            "eta, r2 = authors.fit_many(list(Zs), dx2=1.0, dy2=0.5, workers=2)\n"
+            "print('safe', authors._spawn_safe(), 'eta', *eta.ravel())\n")
+    out = {}
+    for name, text in (("bare", body), ("guarded", "if __name__ == '__main__':\n" + "".join(
+            "    " + line + "\n" for line in body.splitlines()))):
+        (tmp_path / f"{name}.py").write_text(text)
+        done = subprocess.run([sys.executable, f"{name}.py"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out[name] = done.stdout.split()
+    assert out["bare"][1] == "False" and out["guarded"][1] == "True"
+    assert out["bare"][3:] == out["guarded"][3:]  # the same numbers either way
+    eta, _ = authors.fit_many([trajectory[:200]], dx2=1.0, dy2=0.5)
+    assert float(out["bare"][3]) == eta[0, 0]

@@ -25,6 +25,9 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import os
+import re
+import sys
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -165,13 +168,30 @@ def _fit_and_score(Z, dx2, dy2, epochs):
     return (f.eta_h, f.eta_y), r2_of_rates(Z, f.eta_h, f.eta_y, dx2=dx2, dy2=dy2, epochs=epochs)
 
 
+def _spawn_safe() -> bool:
+    """Whether worker processes can be spawned: the ``__main__`` module is not a script, or a
+    script that guards its top-level code with ``if __name__ == "__main__":`` (a spawned
+    worker re-imports it; unguarded, it would run the whole script again and fail)."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path or not str(path).endswith(".py"):
+        return True  # an interactive session, python -c, or a console-script entry point
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
+    return re.search(r"""^\s*if\s+(__name__\s*==\s*['"]__main__['"]|['"]__main__['"]\s*==\s*"""
+                     r"""__name__)""", text, re.MULTILINE) is not None
+
+
 def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = None,
              progress: Any = None, desc: str = "authors' fits") -> tuple[np.ndarray, np.ndarray]:
     """:func:`fit_one` on many trajectories, each scored by :func:`r2_of_rates`.
 
     SciPy's solver runs on one core, so the trajectories are spread over ``workers`` processes
     (started fresh, ``spawn``: this module imports neither JAX nor anything that holds
-    threads); the numbers are those of a loop over :func:`fit_one`.
+    threads); the numbers are those of a loop over :func:`fit_one`. A fresh process re-imports
+    the main script, so when that script has no ``if __name__ == "__main__":`` guard (it
+    would run again in every worker) the fits run in this process instead, one after another.
 
     Args:
         Zs: ``(n, n_epochs, 3)`` trajectories, every epoch.
@@ -192,7 +212,7 @@ def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = N
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
     wrap = progress if progress is not None else (lambda items, desc="": items)
-    if workers <= 1 or n <= 1:
+    if workers <= 1 or n <= 1 or not _spawn_safe():
         for i in wrap(range(n), desc=desc):
             eta[i], r2[i] = _fit_and_score(Zs[i], dx2, dy2, epochs)
         return eta, r2
