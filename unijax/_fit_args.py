@@ -27,7 +27,7 @@ from unijax._checks import (
 )
 
 __all__ = ["FitOpts", "Grid", "MIN_BUCKET", "SolveOpts", "as_batch", "bucket_size",
-           "check_trajectories", "check_ts_for", "make_grid", "prepare_fit"]
+           "check_trajectories", "check_ts_for", "check_where", "make_grid", "prepare_fit"]
 
 #: Smallest length bucket (epochs). The starting points are ranked on at most 128 epochs
 #: (:data:`N_SCORE`), so shorter buckets would save little.
@@ -154,6 +154,21 @@ def check_ts_for(ts, n_epochs: int, what: str) -> np.ndarray:
     return arr
 
 
+def check_where(where, n_trials: int, single: bool) -> np.ndarray:
+    """``where`` (bool ``(n_trials,)``, or one bool for a single trajectory; None: all) as a
+    ``(n_trials,)`` bool mask; the check of ``fit_rates`` and ``fit_eta_mean`` alike."""
+    if where is None:
+        return np.ones(n_trials, bool)
+    sel = np.asarray(where)
+    if sel.dtype != bool or sel.shape not in ((n_trials,), () if single else (n_trials,)):
+        raise ValueError(
+            f"where must be a bool array of shape (n_trials,) = ({n_trials},)"
+            + (" or a bool" if single else "")
+            + f"; got dtype {sel.dtype}, shape {sel.shape}."
+        )
+    return np.broadcast_to(sel, (n_trials,))
+
+
 def check_trajectories(Z, where) -> tuple[np.ndarray, bool, np.ndarray]:
     """``(Z as (n_trials, n_epochs, 3), single, where as (n_trials,) bool)``; only the trials
     selected by ``where`` (default all) must be finite and start with ``h0 > 0, y0 >= 0``."""
@@ -172,17 +187,7 @@ def check_trajectories(Z, where) -> tuple[np.ndarray, bool, np.ndarray]:
             f"{np.asarray(Z).shape}."
         )
     n = arr.shape[0]
-    if where is None:
-        sel = np.ones(n, bool)
-    else:
-        sel = np.asarray(where)
-        if sel.dtype != bool or sel.shape not in ((n,), () if single else (n,)):
-            raise ValueError(
-                f"where must be a bool array of shape (n_trials,) = ({n},)"
-                + (" or a bool" if single else "")
-                + f"; got dtype {sel.dtype}, shape {sel.shape}."
-            )
-        sel = np.broadcast_to(sel, (n,))
+    sel = check_where(where, n, single)
     bad = ~np.isfinite(arr) & sel[:, None, None]
     if bad.any():
         trial, epoch, var = (int(i) for i in np.argwhere(bad)[0])

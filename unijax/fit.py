@@ -638,7 +638,7 @@ def fit_eta_mean(
     if n_epochs < 3:
         raise ValueError(f"loss needs at least 3 epochs; got {n_epochs}.")
     ts_arr = _fit_args.check_ts_for(ts, n_epochs, "loss")
-    sel = _mean_selection(where, n_trials, single)
+    sel = _fit_args.check_where(where, n_trials, single)
     rows = np.flatnonzero(sel)
     check_finite("loss", loss_arr[rows])
     check_finite("z", z_arr[rows])
@@ -661,15 +661,3 @@ def fit_eta_mean(
     out = _fit_mean.fit_rows(jnp.asarray(ts_arr), {"loss": loss_arr, "z": z_arr, "dy2": dy2_b,
                                                     "m0": m0_b}, rows, opts=opts)
     return MeanFit(**_fit_run.squeeze(out, single))
-
-
-def _mean_selection(where, n_trials: int, single: bool) -> np.ndarray:
-    """``where`` of :func:`fit_eta_mean` as a ``(n_trials,)`` bool mask (default all)."""
-    if where is None:
-        return np.ones(n_trials, bool)
-    sel = np.asarray(where)
-    if sel.dtype != bool or sel.shape not in ((n_trials,), () if single else (n_trials,)):
-        raise ValueError(f"where must be a bool array of shape (n_trials,) = ({n_trials},)"
-                         + (" or a bool" if single else "")
-                         + f"; got dtype {sel.dtype}, shape {sel.shape}.")
-    return np.broadcast_to(sel, (n_trials,))
