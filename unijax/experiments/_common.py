@@ -21,6 +21,7 @@ An experiment module defines
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,8 @@ __all__ = [
     "slope_through_origin",
     "linear_slope",
     "make_agreement",
+    "Verdict",
+    "combine_verdicts",
     "check_int",
     "check_float",
     "check_choice",
@@ -229,32 +232,86 @@ def fmt_spread(s: Mapping[str, Any], digits: int = 3) -> str:
     return f"{fmt(s['mean'], digits)} ± {fmt(s['std'], 2)} (n={s['n']})"
 
 
+class Verdict(str, enum.Enum):
+    """What a row or an experiment showed, in the words a referee would sign.
+
+    * ``REPRODUCED``: the paper's criterion is met.
+    * ``AS_AUTHORS``: the theory misses here, and the authors' own pipeline misses equally
+      (shown as its own verdict and count, never folded into REPRODUCED).
+    * ``NOT_REPRODUCED``: the criterion is not met.
+    * ``NOT_TESTED``: not judged (settings unpublished, data absent, no usable trials); the
+      agreement's text says which.
+    """
+
+    REPRODUCED = "REPRODUCED"
+    AS_AUTHORS = "AS AUTHORS"
+    NOT_REPRODUCED = "NOT REPRODUCED"
+    NOT_TESTED = "NOT TESTED"
+
+    @classmethod
+    def of(cls, passed: bool | None) -> Verdict:
+        """REPRODUCED / NOT_REPRODUCED for a decided check, NOT_TESTED for ``None``."""
+        if passed is None:
+            return cls.NOT_TESTED
+        return cls.REPRODUCED if passed else cls.NOT_REPRODUCED
+
+
+def combine_verdicts(rows: Iterable[Verdict]) -> Verdict:
+    """The experiment's verdict from its rows' (NOT_TESTED rows are left out).
+
+    NOT_REPRODUCED if any judged row is; else AS_AUTHORS if any is; else REPRODUCED; NOT_TESTED
+    when no row was judged.
+    """
+    judged = [Verdict(v) for v in rows if Verdict(v) is not Verdict.NOT_TESTED]
+    if not judged:
+        return Verdict.NOT_TESTED
+    for v in (Verdict.NOT_REPRODUCED, Verdict.AS_AUTHORS):
+        if v in judged:
+            return v
+    return Verdict.REPRODUCED
+
+
 def make_agreement(
     *,
     headline: str,
     measured: str,
     criterion: str,
-    passed: bool | None,
     figures: Mapping[str, Any],
     counts: Mapping[str, Any],
     notes: Sequence[str] = (),
+    passed: bool | None = None,
+    verdict: Verdict | None = None,
+    rows: Mapping[str, Verdict] | None = None,
 ) -> dict[str, Any]:
     """The dict every ``agreement(result)`` returns (stored in ``results.json``).
 
     Args:
         headline: the one number (with its spread) that the report leads with.
         measured: one or two sentences of what was measured, numbers included.
-        criterion: the pass/fail rule, in words, with its threshold.
-        passed: the verdict; None when it could not be decided (e.g. no valid trials).
+        criterion: the rule, in words, with its threshold.
         figures: every agreement figure (numbers, spreads from :func:`spread`, per-item dicts).
         counts: ``{"trials": ..., "diverged": ..., "not_converged": ..., "used": ...}``.
         notes: caveats (quick-preset sizes, rates source, ...).
+        passed: the old two-way verdict; used only when ``verdict`` is not given
+            (``Verdict.of(passed)``).
+        verdict: the experiment's :class:`Verdict`; defaults to :func:`combine_verdicts` of
+            ``rows`` when those are given, else ``Verdict.of(passed)``.
+        rows: per-row verdicts (row name -> :class:`Verdict`), shown and counted in the report.
+
+    The stored dict keeps ``passed`` (True only for REPRODUCED, False for NOT_REPRODUCED and
+    AS_AUTHORS, None for NOT_TESTED) for callers that want a boolean.
     """
+    rows = {str(k): Verdict(v) for k, v in (rows or {}).items()}
+    if verdict is None:
+        verdict = combine_verdicts(rows.values()) if rows else Verdict.of(passed)
+    verdict = Verdict(verdict)
     return {
         "headline": headline,
         "measured": measured,
         "criterion": criterion,
-        "passed": passed,
+        "verdict": verdict.value,
+        "rows": {k: v.value for k, v in rows.items()},
+        "passed": None if verdict is Verdict.NOT_TESTED else verdict is Verdict.REPRODUCED,
         "figures": dict(figures),
         "counts": dict(counts),
         "notes": list(notes),
