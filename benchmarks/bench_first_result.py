@@ -18,7 +18,7 @@ Cases, each repeated ``--reps`` times (medians printed, all runs in the JSON):
 * ``fit warm``: the same, with the cache directory that a previous process filled;
 * ``fit new len``: with that cache, a trajectory of another length in the same length bucket
   (``--n-epochs`` minus a sixth: 2500 epochs at the default 3000, bucket 4096; see
-  ``unijax._fit_args``), which must not compile anything new;
+  ``unijax.fit._args``), which must not compile anything new;
 * ``scipy``: the paper's method on the same trajectory (Radau + 200-point grid + BFGS with
   finite differences, as in ``bench_fit.py``), imports included;
 * ``train cold`` / ``train warm``: ``train.train`` of the default two-point network (width

@@ -54,7 +54,9 @@ import scipy  # noqa: E402
 from _compiles import count_traces  # noqa: E402
 from _machine import cpu_model  # noqa: E402
 
-from unijax import _fit_args, _fit_model, authors, fit, theory  # noqa: E402
+from unijax import authors, fit, theory  # noqa: E402
+from unijax.fit import _args as _fit_args  # noqa: E402
+from unijax.fit import _model as _fit_model  # noqa: E402
 
 DX2, DY2 = 1.0, 0.5  # the paper's two-point data (docs/experiments.md E1)
 

@@ -41,9 +41,9 @@ def main(argv=None) -> int:
     import optimistix as optx
 
     from unijax import theory
-    from unijax._fit_args import SolveOpts
-    from unijax._fit_lm import levenberg_marquardt
-    from unijax._fit_model import Trial, evaluate, model
+    from unijax.fit._args import SolveOpts
+    from unijax.fit._lm import levenberg_marquardt
+    from unijax.fit._model import Trial, evaluate, model
 
     print(_machine.header(jax, f"optimistix {optx.__version__}", "float64"))
 

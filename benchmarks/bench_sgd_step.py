@@ -7,7 +7,7 @@ The paper's default network (``configs.get("default")``: an MLP, leaky ReLU, flo
 "highest"; ``--width`` x ``--depth``, default 500 x 20 as in the paper) on its two-point data
 set, ``--trials`` trials ``vmap``-ed, ``--epochs`` epochs in one ``lax.scan``, two ways:
 
-* fused: ``unijax._train_step.dense_sgd_step`` (every weight matrix read twice and written once
+* fused: ``unijax.train._step.dense_sgd_step`` (every weight matrix read twice and written once
   per step; what ``train`` runs for full-batch SGD on the built-in dense networks);
 * autodiff: ``jax.value_and_grad`` of the same half-MSE loss through ``nets.MLP.apply``, then
   ``optax.sgd`` (what ``train`` runs for every other network and optimizer).
@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     import numpy as np
     import optax
 
-    from unijax import _train_step, configs, nets, train
+    from unijax import configs, nets, train
+    from unijax.train import _step as _train_step
 
     print(header(jax))
     cfg = configs.get("default", width=args.width, depth=args.depth)

@@ -431,7 +431,7 @@ def _die_at_write(monkeypatch, k: int, before: bool):
     renamed into place (a torn temporary file stays behind, as after kill -9), or just after.
 
     The store writes every file to a temporary ``.tmp-*`` file and renames it into place with
-    ``os.replace`` (unijax/_store.py): those renames are the write points counted here."""
+    ``os.replace`` (unijax/results/_store.py): those renames are the write points counted here."""
     real, count = os.replace, [0]
 
     def replace(src, dst, **kw):

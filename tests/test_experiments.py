@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from unijax import experiments
-from unijax._store import to_jsonable
 from unijax.cli import apply_sets, parse_sets
 from unijax.experiments import BadInput
 from unijax.experiments._common import result_from_arrays, result_to_arrays
+from unijax.results._store import to_jsonable
 
 KEY = jax.random.key(0)
 

@@ -309,9 +309,9 @@ def test_short_trajectories_and_batched_equals_looped():
 def test_jacobian_through_the_solver_matches_finite_differences(planted):
     Z, eta_h, eta_y, dx2, dy2 = planted
     # The unit here is the fit's model (residuals and Jacobian of one trial), a private helper.
-    from unijax._fit_args import SolveOpts
-    from unijax._fit_model import Trial
-    from unijax._fit_model import evaluate as evaluate_model
+    from unijax.fit._args import SolveOpts
+    from unijax.fit._model import Trial
+    from unijax.fit._model import evaluate as evaluate_model
 
     opts = SolveOpts(rtol=1e-10, atol=1e-12, max_steps=4096)
     i = NAMES.index("plateau")

@@ -1,9 +1,9 @@
 """One compiled rate fit for every trajectory length of a bucket, and for later processes.
 
 ``fit_rates`` pads the epochs to a power-of-two bucket with weights 0 on the padding
-(``unijax._fit_args``): the padded fit must be the unpadded one to round-off, every length of a
+(``unijax.fit._args``): the padded fit must be the unpadded one to round-off, every length of a
 bucket must run one program, and a later process must load the stored program instead of
-tracing it again (``unijax._fit_run``).
+tracing it again (``unijax.fit._run``).
 """
 
 import json
@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from _compiles import count_traces
 
-from unijax import _fit_args, fit, theory
+from unijax import fit, theory
+from unijax.fit import _args as _fit_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +46,7 @@ def test_bucket_rule():
 def test_padded_fit_equals_unpadded(n, fit_initial):
     # The program run on the epochs as they are (grid of exactly n) against the same program
     # padded to the bucket, as fit_rates runs it: the same fit to round-off.
-    from unijax._fit_program import fit_batch
+    from unijax.fit._program import fit_batch
 
     ts, Z = _trajectories(n)
     opts = _fit_args.prepare_fit(

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from unijax import configs, fit, observe, results, train
-from unijax._store import ResultStore
+from unijax.results._store import ResultStore
 
 
 @pytest.fixture(scope="module")

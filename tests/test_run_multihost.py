@@ -76,7 +76,7 @@ def test_two_processes_refuse_a_resume_against_another_config(tmp_path):
     import dataclasses
 
     from unijax import experiments
-    from unijax._store import ResultStore
+    from unijax.results._store import ResultStore
 
     out = tmp_path / "run"
     tiny = experiments.get("E2").presets["tiny"]

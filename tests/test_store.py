@@ -1,4 +1,4 @@
-"""Atomic, resumable result storage (unijax._store).
+"""Atomic, resumable result storage (unijax.results._store).
 
 The store is the unit here: a private module, tested through its own public names (what
 `unijax run`, `unijax.sweep` and `unijax.results` build on) and the file layout its docstring
@@ -12,8 +12,8 @@ import os
 import numpy as np
 import pytest
 
-from unijax import _store
-from unijax._store import ConfigMismatchError, ResultStore
+from unijax.results import _store
+from unijax.results._store import ConfigMismatchError, ResultStore
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The version of the code that computed a result: package version, git commit, source hash.
 
-Every stored chunk and result records :func:`code_version` (see :mod:`unijax._store`), and a
+Every stored chunk and result records :func:`code_version` (see :mod:`unijax.results._store`), and a
 report can stamp itself with :meth:`CodeVersion.label`. The source hash is what identifies the
 code: the git commit is only present when unijax runs from a git checkout, and says nothing
 about uncommitted edits (``git_dirty`` does).

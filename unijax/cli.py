@@ -23,7 +23,7 @@ Your files are safe: unijax writes only into directories it created (each carrie
 ``.unijax.json`` marker) and there overwrites or deletes only its own files; ``--fresh``
 discards only those. A directory it did not write is refused (exit 2), naming the path. A
 damaged stored file is reported on stderr and its piece of work recomputed (see
-:mod:`unijax._store`).
+:mod:`unijax.results._store`).
 
 ``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment or the report
 failed (the others still ran and were stored); 2 bad input or a refusal to touch a file unijax
@@ -47,14 +47,14 @@ from pathlib import Path
 from typing import Any
 
 from unijax import experiments
-from unijax._store import (
+from unijax.experiments._common import BadInput, result_to_arrays
+from unijax.results._store import (
     ConfigMismatchError,
     ForeignDataError,
     ResultStore,
     claim_dir,
     config_to_dict,
 )
-from unijax.experiments._common import BadInput, result_to_arrays
 
 __all__ = ["main", "build_parser", "run_configs", "config_keys", "parse_sets", "apply_sets"]
 

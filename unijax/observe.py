@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from unijax._keep import Keepable
+from unijax.results._keep import Keepable
 
 __all__ = [
     "pair_observables",

@@ -25,7 +25,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 
-from unijax._store import atomic_savefig
+from unijax.results._store import atomic_savefig
 
 __all__ = [
     "THEORY_STYLE",

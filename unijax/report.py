@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unijax import experiments
-from unijax._store import (
+from unijax.results._store import (
     REPORT_HEADING,
     REPORT_NAME,
     DamagedStoreError,
@@ -175,7 +175,7 @@ def write_report(outdir: str | os.PathLike, *,
                  log: Callable[[str], None] | None = None) -> Path:
     """Write ``outdir/report.md`` atomically; returns its path.
 
-    ``outdir`` is claimed as a run directory first (:func:`unijax._store.claim_dir`), and an
+    ``outdir`` is claimed as a run directory first (:func:`unijax.results._store.claim_dir`), and an
     existing ``report.md`` is overwritten only if unijax wrote it. ``log``: see
     :func:`build_report`.
 

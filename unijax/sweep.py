@@ -8,7 +8,7 @@ The grid is cut into chunks: one chunk is one :func:`unijax.train.train` call fo
 architecture over a block of ``gains_per_chunk`` gains x ``seeds_per_chunk`` seeds (all
 layers), then one :func:`unijax.fit.fit_rates` call over its trajectories (on the same devices).
 Each finished chunk is written atomically (temporary file, ``fsync``, ``os.replace``) with the
-sweep's config hash, by :class:`unijax._store.ResultStore`. A run killed at any moment
+sweep's config hash, by :class:`unijax.results._store.ResultStore`. A run killed at any moment
 (SIGKILL included) and started again with the same config loads the finished chunks and
 recomputes only the ones that were in flight; the merged result is the same as that of an
 uninterrupted run, because every trial depends only on its own seed (key
@@ -19,7 +19,7 @@ stderr and recomputed; the others are kept.
 
 ``outdir`` must be new, empty, or a sweep directory unijax wrote (it carries the marker
 ``.unijax.json``); any other directory is refused with
-:class:`unijax._store.ForeignDataError`. unijax writes and deletes there only its own files
+:class:`unijax.results._store.ForeignDataError`. unijax writes and deletes there only its own files
 (``fresh=True`` included): files you put in it stay.
 
 Layout of ``outdir``::
@@ -58,12 +58,8 @@ from typing import Any
 import numpy as np
 
 from . import nets
-from ._store import (
-    ResultStore,
-    claim_dir,
-    config_hash,
-)
 from .configs import TrainConfig
+from .results._store import ResultStore, claim_dir, config_hash
 
 __all__ = [
     "SweepConfig",
@@ -187,7 +183,7 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> SweepConfig:
-        """Inverse of :func:`unijax._store.config_to_dict` (what ``config.json`` holds)."""
+        """Inverse of :func:`unijax.results._store.config_to_dict` (what ``config.json`` holds)."""
         d = dict(d)
         d["train"] = TrainConfig(**d["train"])
         for k in ("archs", "gains", "seeds", "layers"):
@@ -438,8 +434,8 @@ def _check_resume(store: ResultStore, name: str, cfg: SweepConfig) -> str:
 
 def check_sweep_dir(cfg: SweepConfig, outdir: str | Path, *, fresh: bool = False) -> None:
     """Refuse, before any work and writing nothing, an ``outdir`` that :func:`run_sweep` would
-    refuse: one unijax did not write (:class:`~unijax._store.ForeignDataError`) or, unless
-    ``fresh``, one holding a sweep of another config (:class:`~unijax._store.ConfigMismatchError`,
+    refuse: one unijax did not write (:class:`~unijax.results._store.ForeignDataError`) or, unless
+    ``fresh``, one holding a sweep of another config (:class:`~unijax.results._store.ConfigMismatchError`,
     naming the dotted keys)."""
     outdir = Path(outdir).expanduser().resolve()
     claim_dir(outdir, "sweep", dry_run=True)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from unijax._store import memory_cache
+from unijax.results._store import memory_cache
 
 __all__ = [
     "BadInput",

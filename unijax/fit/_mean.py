@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unijax import _batch, theory
-from unijax._fit_lm import inv_psd, levenberg_marquardt
+from unijax.fit._lm import inv_psd, levenberg_marquardt
 
 __all__ = ["MeanOpts", "fit_mean_batch", "fit_mean_one", "fit_rows"]
 

@@ -30,10 +30,10 @@ How (and why it is fast):
   as chunks of 8, the last padded, from two threads per core: one program for any batch size,
   both cores busy).
 * **One program for every length, compiled once per machine.** The epochs are padded to a
-  power-of-two bucket with per-epoch weights 0 on the padding (:mod:`unijax._fit_args`), so
+  power-of-two bucket with per-epoch weights 0 on the padding (:mod:`unijax.fit._args`), so
   lengths 2049 to 4096 run one compiled program, and the fit equals the unpadded one to
   round-off. The compiled program is stored beside JAX's persistent compilation cache
-  (:mod:`unijax._fit_run`): a later process loads it without tracing the fit again.
+  (:mod:`unijax.fit._run`): a later process loads it without tracing the fit again.
 * **Cheap sampling of the solution.** The solve saves its accepted steps only; the solution is
   evaluated at the measured epochs by quintic Hermite interpolation (value, first and second
   derivative from the vector field at both ends of each step): ~6x cheaper than Diffrax's
@@ -59,10 +59,10 @@ ODE solve ran out of steps (a stiff trajectory) is fitted again with larger step
 Everything computes in float64: switch JAX's 64-bit mode on first.
 
 The implementation lives in private modules of one idea each: the arguments, options and
-length buckets (``_fit_args``), the ODE model and its Jacobian (``_fit_model``), the starting
-estimates (``_fit_start``), the Levenberg-Marquardt loop (``_fit_lm``), standard errors, R^2
-and status (``_fit_stats``), the compiled per-trial fit (``_fit_program``), running it (program
-cache, chunks, devices, retries: ``_fit_run``) and the loss-curve fit (``_fit_mean``). This
+length buckets (``_args``), the ODE model and its Jacobian (``_model``), the starting
+estimates (``_start``), the Levenberg-Marquardt loop (``_lm``), standard errors, R^2
+and status (``_stats``), the compiled per-trial fit (``_program``), running it (program
+cache, chunks, devices, retries: ``_run``) and the loss-curve fit (``_mean``). This
 module is the public surface. They are imported on the first fit, not with this module: a fit
 whose compiled program is stored needs neither them nor Diffrax.
 
@@ -94,7 +94,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from unijax import _batch, _cache, _fit_args
+from unijax import _batch, _cache
 from unijax._checks import (
     check_bool,
     check_finite,
@@ -103,7 +103,8 @@ from unijax._checks import (
     check_x64,
     is_concrete,
 )
-from unijax._keep import Keepable
+from unijax.fit import _args as _fit_args
+from unijax.results._keep import Keepable
 
 __all__ = [
     "FitStatus",
@@ -518,7 +519,7 @@ def fit_rates(
         >>> res.eta_h.shape, int(res.n_failed)
         ((2,), 0)
     """
-    from unijax import _fit_run
+    from unijax.fit import _run as _fit_run
 
     _cache.enable_compilation_cache()  # later processes skip compiling
     ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single, retries, where_b = _fit_args.prepare_fit(
@@ -615,7 +616,8 @@ def fit_eta_mean(
         >>> round(float(res.eta_mean), 6), round(float(res.m0), 6)
         (0.003, 0.4)
     """
-    from unijax import _fit_mean, _fit_run
+    from unijax.fit import _mean as _fit_mean
+    from unijax.fit import _run as _fit_run
 
     check_x64("unijax.fit.fit_eta_mean")
     if not is_concrete((ts, loss, z, dy2, m0)):

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _batch, nets, observe
-from . import data as data_lib
-from ._checks import check_bool, check_finite, check_memory, check_seeds, memory_bytes
-from ._train_epoch import Spec
-from ._train_nets import Net, builtin_factory, custom_factory, custom_net, net_key
-from .configs import TrainConfig
+from unijax import _batch, nets, observe
+from unijax import data as data_lib
+from unijax._checks import check_bool, check_finite, check_memory, check_seeds, memory_bytes
+from unijax.configs import TrainConfig
+from unijax.train._epoch import Spec
+from unijax.train._nets import Net, builtin_factory, custom_factory, custom_net, net_key
 
 
 class Options(NamedTuple):

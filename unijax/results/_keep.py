@@ -11,12 +11,12 @@ class Keepable:
 
     def summary_dict(self) -> dict:
         """The numbers of :meth:`summary` as a JSON-ready dict."""
-        from unijax import results
+        from unijax.results import _files as results
 
         return results.summary_dict(self)
 
     def save(self, path) -> Any:
         """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
-        from unijax import results
+        from unijax.results import _files as results
 
         return results.save(path, self)

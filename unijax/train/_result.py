@@ -1,7 +1,7 @@
 """Host-side assembly of a training run's records into the fields of ``TrainResult``.
 
 The run's outputs arrive as flat trial batches (``B = n_gains * n_seeds`` trials, gains-major,
-padding already dropped, see ``unijax._train_program.Raw``). Here they are joined over chunks,
+padding already dropped, see ``unijax.train._program.Raw``). Here they are joined over chunks,
 cut to ``n_epochs``, checked for divergence (a record that is NaN/inf or above the threshold;
 every record *after* the first bad one becomes NaN, the bad one is kept) and reshaped to
 ``(n_gains, n_seeds, ...)``.
@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._train_program import Raw
-from ._train_request import Request
+from unijax.train._program import Raw
+from unijax.train._request import Request
 
 
 class _Divergence(NamedTuple):

@@ -1,11 +1,11 @@
 """The compiled rate fit: one trial's fit, ``vmap``-ed over a batch inside one ``jit``
-(private; the program that :mod:`unijax._fit_run` compiles, caches and runs).
+(private; the program that :mod:`unijax.fit._run` compiles, caches and runs).
 
-Per trial: starting rates from the data (:mod:`unijax._fit_start`), a few scales of each
+Per trial: starting rates from the data (:mod:`unijax.fit._start`), a few scales of each
 ranked by a cheap fixed-step solve on at most 128 epochs, Levenberg-Marquardt from the best
-(:mod:`unijax._fit_lm`) on the residuals of the adaptive solve (:mod:`unijax._fit_model`), then
-standard errors, flags and status (:mod:`unijax._fit_stats`). Its epochs come padded to a
-length bucket with weights (:class:`unijax._fit_args.Grid`), so one program serves every length
+(:mod:`unijax.fit._lm`) on the residuals of the adaptive solve (:mod:`unijax.fit._model`), then
+standard errors, flags and status (:mod:`unijax.fit._stats`). Its epochs come padded to a
+length bucket with weights (:class:`unijax.fit._args.Grid`), so one program serves every length
 in the bucket.
 """
 
@@ -16,11 +16,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from unijax._fit_args import FitOpts, Grid
-from unijax._fit_lm import levenberg_marquardt
-from unijax._fit_model import Trial, evaluate, score, start_params, subsample
-from unijax._fit_start import initial_estimates
-from unijax._fit_stats import assess, covariance
+from unijax.fit._args import FitOpts, Grid
+from unijax.fit._lm import levenberg_marquardt
+from unijax.fit._model import Trial, evaluate, score, start_params, subsample
+from unijax.fit._start import initial_estimates
+from unijax.fit._stats import assess, covariance
 
 __all__ = ["fit_batch", "fit_one"]
 

@@ -3,7 +3,7 @@
 A built-in network (``nets.make``) or a user's Flax module becomes a :class:`Net`: ``init``
 and ``apply`` of one trial, plus the fused SGD step where one exists. The factories are cached
 so that equal descriptions give the same factory object, which keys the compiled programs
-(``unijax._train_program.cached_programs``).
+(``unijax.train._program.cached_programs``).
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 import flax.linen as nn
 
-from . import nets, observe
-from ._train_step import dense_sgd_step
-from .configs import TrainConfig
+from unijax import nets, observe
+from unijax.configs import TrainConfig
+from unijax.train._step import dense_sgd_step
 
 
 class Net(NamedTuple):

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unijax._fit_lm import solve_spd
-from unijax._fit_model import Trial
+from unijax.fit._lm import solve_spd
+from unijax.fit._model import Trial
 
 __all__ = ["cumtrapz", "initial_estimates", "lstsq_moments"]
 

@@ -1,6 +1,6 @@
 """One trial: its observables, one epoch, and a chunk of epochs as one ``lax.scan`` that records.
 
-Everything here is written for a single trial (one seed, one gain); ``unijax._train_program``
+Everything here is written for a single trial (one seed, one gain); ``unijax.train._program``
 adds the trial axis and the devices. Time is in epochs and records are taken *before* the
 update of their epoch (entry ``t`` describes the network after ``t`` updates).
 """
@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from . import observe
-from ._train_nets import Net
-from ._train_step import loss as named_loss
+from unijax import observe
+from unijax.train._nets import Net
+from unijax.train._step import loss as named_loss
 
 
 class Spec(NamedTuple):

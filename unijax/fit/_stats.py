@@ -6,7 +6,7 @@ Standard errors come from the Gauss-Newton approximation of the Hessian at the o
 propagated noise of the measured first point, which the ODE starts from and which dominates the
 error of noisy fits (with ``fit_initial=True`` the initial state is fitted instead and its
 uncertainty is part of ``J^T J``). Sums over epochs skip padded ones (weight 0, see
-:mod:`unijax._fit_args`).
+:mod:`unijax.fit._args`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from unijax._fit_args import FitOpts, SolveOpts
-from unijax._fit_lm import LMState, inv_psd
-from unijax._fit_model import Trial, model, start_scale, subsample, unpack
-from unijax.fit import FitStatus
+from unijax.fit._args import FitOpts, SolveOpts
+from unijax.fit._fit import FitStatus
+from unijax.fit._lm import LMState, inv_psd
+from unijax.fit._model import Trial, model, start_scale, subsample, unpack
 
 __all__ = ["assess", "covariance", "r2"]
 
@@ -58,7 +58,7 @@ def _covariance_fitted_start(hess, sse, n_epochs):
 def start_sensitivity(p, trial: Trial, opts: SolveOpts, ys, jac, sub_idx, sub_w,
                       step: float = 1e-4):
     """``J_r^T J_q`` ``(2, 3)``: how the residuals' rate directions couple to a shift of the
-    (measured, not fitted) initial state, ``q`` as in :func:`unijax._fit_model.unpack`.
+    (measured, not fitted) initial state, ``q`` as in :func:`unijax.fit._model.unpack`.
 
     Only the standard errors use it, so it is cheap rather than exact: ``J_q`` by forward
     differences of three plain solves (a step of ``1e-4`` in ``q``; the adaptive mesh's

@@ -4,7 +4,7 @@ Two programs per run, both over the whole padded trial batch laid along the mesh
 ``unijax._batch.BATCH_AXIS`` (``shard_map``, no collectives: every trial is independent):
 
 * ``start``: draw (or take) each trial's parameters and measure them (entry 0 of the records);
-* ``chunk``: one chunk of epochs (``unijax._train_epoch.chunk_fn``), the carry's buffers
+* ``chunk``: one chunk of epochs (``unijax.train._epoch.chunk_fn``), the carry's buffers
   donated from one chunk to the next, so memory holds the parameters once.
 
 The trial batch is padded to its bucket (``unijax._batch.trial_bucket``: a multiple of 8
@@ -28,10 +28,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import _batch, _progress, distributed
-from ._train_epoch import Obs, Spec, chunk_fn, start_fn
-from ._train_nets import Net
-from ._train_request import Request
+from unijax import _batch, _progress, distributed
+from unijax.train._epoch import Obs, Spec, chunk_fn, start_fn
+from unijax.train._nets import Net
+from unijax.train._request import Request
 
 
 class Programs(NamedTuple):
@@ -153,7 +153,7 @@ def schedule(n_epochs: int, chunk_epochs: int, record_epochs: np.ndarray) -> Sch
 class Raw(NamedTuple):
     """What a run fetched to the host, padding trials dropped (``B`` real trials, gains-major).
 
-    ``obs0``, ``final_obs``: :class:`~unijax._train_epoch.Obs` with leading ``(B,)``;
+    ``obs0``, ``final_obs``: :class:`~unijax.train._epoch.Obs` with leading ``(B,)``;
     ``losses``, ``hyws``: per chunk ``(B, length)`` and ``(B, length, L, 3)`` (or
     ``(B, length, 0)``); ``reps``: per chunk a tuple over layers of ``(B, K_c, P, F_l)``;
     params: ``(B, ...)`` leaves or None; ``n_padded``: padding trials the run carried (see

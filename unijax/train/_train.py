@@ -20,7 +20,7 @@ run one after another inside the same compiled loop, updated in place, because X
 batched small matrix products are slower per trial than unbatched ones: the work per trial is
 memory bound, so the per-trial cost stays flat in the number of trials. Full-batch gradient
 descent on the dense networks (``mlp``, ``skip``) uses a hand-fused step that reads every
-weight twice and writes it once per epoch (``unijax._train_step``); everything else (Adam,
+weight twice and writes it once per epoch (``unijax.train._step``); everything else (Adam,
 mini-batches, dropout, convolutions, your own network) uses ``jax.grad`` and Optax.
 
 Time is measured in epochs. **Records are taken before the update of their epoch**: entry
@@ -44,11 +44,11 @@ and :func:`train_model`: a checkpoint, or a PyTorch network's weights through
 trajectories match PyTorch's to float32 rounding (``tests/test_parity.py``).
 
 This module is the public surface; the engine lives in private modules of one idea each:
-``_train_request`` (checking the arguments into one frozen request; :func:`train` and
-:func:`train_model` differ only there), ``_train_nets`` (networks as pure functions of one
-trial), ``_train_step`` (losses, the fused SGD step), ``_train_epoch`` (one trial's epoch and
-its recording ``lax.scan``), ``_train_program`` (the batched, sharded, compiled programs and
-their chunk loop) and ``_train_result`` (divergence and the ``(n_gains, n_seeds, ...)`` arrays).
+``_request`` (checking the arguments into one frozen request; :func:`train` and
+:func:`train_model` differ only there), ``_nets`` (networks as pure functions of one
+trial), ``_step`` (losses, the fused SGD step), ``_epoch`` (one trial's epoch and
+its recording ``lax.scan``), ``_program`` (the batched, sharded, compiled programs and
+their chunk loop) and ``_result`` (divergence and the ``(n_gains, n_seeds, ...)`` arrays).
 
 Example:
     >>> from unijax import configs, train
@@ -71,12 +71,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from . import _cache, _train_program, _train_request, _train_result, nets, observe
-from . import data as data_lib
-from ._checks import check_int, check_seeds
-from ._keep import Keepable
-from ._train_request import Options
-from .configs import TrainConfig
+from unijax import _cache, nets, observe
+from unijax import data as data_lib
+from unijax._checks import check_int, check_seeds
+from unijax.configs import TrainConfig
+from unijax.results._keep import Keepable
+from unijax.train import (
+    _program as _train_program,
+)
+from unijax.train import (
+    _request as _train_request,
+)
+from unijax.train import (
+    _result as _train_result,
+)
+from unijax.train._request import Options
 
 __all__ = [
     "TrainResult",

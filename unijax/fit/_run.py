@@ -2,7 +2,7 @@
 (private; imports no Diffrax until a program must be built).
 
 **Programs are compiled once per machine.** One compiled fit serves every trajectory length of
-a bucket (:mod:`unijax._fit_args`) and every batch of a chunk size. :func:`program` keeps it
+a bucket (:mod:`unijax.fit._args`) and every batch of a chunk size. :func:`program` keeps it
 for the process, and also stores the compiled executable next to JAX's persistent compilation
 cache (in ``unijax_programs/`` under the directory :func:`unijax._cache.enable_compilation_cache`
 returns; off with ``UNIJAX_NO_COMPILATION_CACHE=1``), keyed by the code (the package's source
@@ -28,8 +28,8 @@ import jaxlib
 import numpy as np
 
 from unijax import _batch, _cache
-from unijax._fit_args import FitOpts, Grid
-from unijax.fit import FitStatus
+from unijax.fit._args import FitOpts, Grid
+from unijax.fit._fit import FitStatus
 
 __all__ = ["fit_rows", "not_fitted", "program", "squeeze", "with_retries"]
 
@@ -39,7 +39,7 @@ _LOCK = threading.Lock()  # chunks run from threads: build each program once
 
 def _fit_batch():
     # Imported on first use: it imports Diffrax, which a program loaded from disk never needs.
-    from unijax._fit_program import fit_batch
+    from unijax.fit._program import fit_batch
 
     return fit_batch
 
@@ -83,7 +83,7 @@ def _init_kernels():
     # Kernels that XLA calls out to on CPU (LAPACK's, through jaxlib) get their entry points
     # when a program using them is lowered, which a loaded program never is; without them it
     # crashes. Lowering a tiny one resolves them (as jax.export does before calling a
-    # deserialized module). The fit itself calls none (see _fit_lm._cholesky); this is for a
+    # deserialized module). The fit itself calls none (see _lm._cholesky); this is for a
     # program that does.
     jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((2, 2), jnp.float64))
 

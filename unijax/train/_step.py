@@ -3,7 +3,7 @@
 The fused step (:func:`dense_sgd_step`) is the dense networks' (``nets.MLP``: ``mlp``,
 ``skip``) full-batch gradient descent written by hand so that every weight matrix is read
 twice and written once per step; every other case goes through ``jax.grad`` and Optax
-(``unijax._train_epoch``). ``benchmarks/bench_sgd_step.py`` measures the two against each
+(``unijax.train._epoch``). ``benchmarks/bench_sgd_step.py`` measures the two against each
 other; tests check they agree.
 """
 

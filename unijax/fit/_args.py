@@ -37,7 +37,7 @@ MIN_BUCKET = 128
 N_SCORE = 128
 
 #: Epochs (at most, evenly spread) of the sum in the initial-state sensitivity of the
-#: standard errors (``_fit_stats.start_sensitivity``).
+#: standard errors (``_stats.start_sensitivity``).
 N_SENSITIVITY = 256
 
 

@@ -3,7 +3,7 @@
 Parameters are ``(log eta_h, log eta_y)``, or those and three initial-state parameters ``q``
 (``fit_initial=True``); the ODE of docs/theory.md section 2 is solved by
 :func:`unijax.theory.integrate` with forward-mode derivatives. A :class:`Trial` may be padded
-to its length bucket (see :mod:`unijax._fit_args`): padded epochs repeat the last measured one
+to its length bucket (see :mod:`unijax.fit._args`): padded epochs repeat the last measured one
 and carry weight 0, so they change neither the solve nor any sum over epochs.
 """
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from unijax import theory
-from unijax._fit_args import SolveOpts
+from unijax.fit._args import SolveOpts
 
 __all__ = ["Trial", "evaluate", "model", "score", "start_params", "start_scale", "subsample",
            "unpack"]
@@ -171,7 +171,7 @@ def score(p, trial: Trial, substeps: int = 3):
 
 def subsample(trial: Trial, idx, weight) -> Trial:
     """The trial on the epochs ``idx`` (with their ``weight``, see
-    :func:`unijax._fit_args.make_grid`): enough to rank starting points, or for a sum over
+    :func:`unijax.fit._args.make_grid`): enough to rank starting points, or for a sum over
     epochs of smooth terms, at a fraction of the cost of all epochs."""
     return trial._replace(ts=trial.ts[idx], Z=trial.Z[idx], start_scale=start_scale(trial),
                           weight=weight)

@@ -49,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unijax._store import (
+from unijax.results._store import (
     ConfigMismatchError,
     DamagedStoreError,
     ForeignDataError,

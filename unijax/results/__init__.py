@@ -1,0 +1,36 @@
+"""Keep results: save and load them exactly, label them (xarray, pandas), summarize them.
+
+The face of the storage package: it only re-exports. :mod:`unijax.results._files` holds the
+file format of one result and an experiment's stored output, :mod:`unijax.results._store` the
+atomic, resumable store of ``unijax run`` and sweeps.
+"""
+
+from unijax.results._files import (
+    FORMAT,
+    FORMAT_VERSION,
+    ConfigMismatchError,
+    DamagedStoreError,
+    ExperimentResult,
+    ForeignDataError,
+    load,
+    load_experiment,
+    save,
+    summary_dict,
+    to_dataframe,
+    to_xarray,
+)
+
+__all__ = [
+    "save",
+    "load",
+    "to_xarray",
+    "to_dataframe",
+    "summary_dict",
+    "load_experiment",
+    "ExperimentResult",
+    "ConfigMismatchError",
+    "ForeignDataError",
+    "DamagedStoreError",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
