@@ -86,7 +86,15 @@ _HEADER = "__unijax__"
 
 
 def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    # A type is stored under its public path (unijax.fit.RateFit, not the private module that
+    # defines it), so that a file stays readable when a package's insides move.
+    parts = cls.__module__.split(".")
+    while len(parts) > 2 and parts[-1].startswith("_"):
+        parent = importlib.import_module(".".join(parts[:-1]))
+        if getattr(parent, cls.__qualname__, None) is not cls:
+            break
+        parts.pop()
+    return f"{'.'.join(parts)}.{cls.__qualname__}"
 
 
 class _Encoder:
