@@ -38,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from unijax.results._keep import Keepable
+from unijax.results import _files as results
+from unijax.results._keep import Keepable, json_number
 
 __all__ = [
     "pair_observables",
@@ -133,15 +134,28 @@ class Trajectory(Keepable, eqx.Module):
 
     def to_xarray(self):
         """``xarray.Dataset``: ``hyw ([trial,] epoch, variable)``."""
-        from unijax import results
-
         return results.to_xarray(self)
 
     def to_dataframe(self):
         """Tidy ``pandas.DataFrame``: a row per ``([trial,] epoch)``, columns ``h, y, w``."""
-        from unijax import results
-
         return results.to_dataframe(self)
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict (NaN written as ``None``)."""
+        return {"type": "Trajectory", "batch_shape": list(self.hyw.shape[:-2]),
+                "n_epochs": int(self.ts.shape[0]), "dx2": json_number(self.dx2),
+                "dy2": json_number(self.dy2)}
+
+    def labelled_arrays(self, *, grid=None, ts=None) -> tuple[dict, dict, dict]:
+        """``({name: (dims, values)}, coords, attrs)``, NumPy only: what
+        :func:`unijax.results.to_xarray` labels (``grid`` and ``ts`` are a fit's and unused
+        here)."""
+        batch = [f"batch_{k}" for k in range(self.hyw.ndim - 2)]
+        if len(batch) == 1:
+            batch = ["trial"]
+        coords = {"epoch": np.asarray(self.ts), "variable": ["h", "y", "w"]}
+        return ({"hyw": (batch + ["epoch", "variable"], np.asarray(self.hyw))}, coords,
+                {"dx2": float(self.dx2), "dy2": float(self.dy2), "time_unit": "epoch"})
 
 
 def _to_numpy(name: str, value: Any) -> np.ndarray:

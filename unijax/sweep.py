@@ -434,8 +434,8 @@ def _check_resume(store: ResultStore, name: str, cfg: SweepConfig) -> str:
 
 def check_sweep_dir(cfg: SweepConfig, outdir: str | Path, *, fresh: bool = False) -> None:
     """Refuse, before any work and writing nothing, an ``outdir`` that :func:`run_sweep` would
-    refuse: one unijax did not write (:class:`~unijax.results._store.ForeignDataError`) or, unless
-    ``fresh``, one holding a sweep of another config (:class:`~unijax.results._store.ConfigMismatchError`,
+    refuse: one unijax did not write (:class:`~unijax.results.ForeignDataError`) or, unless
+    ``fresh``, one holding a sweep of another config (:class:`~unijax.results.ConfigMismatchError`,
     naming the dotted keys)."""
     outdir = Path(outdir).expanduser().resolve()
     claim_dir(outdir, "sweep", dry_run=True)

@@ -84,7 +84,6 @@ References:
 
 from __future__ import annotations
 
-import enum
 import warnings
 from typing import NamedTuple
 
@@ -104,7 +103,9 @@ from unijax._checks import (
     is_concrete,
 )
 from unijax.fit import _args as _fit_args
-from unijax.results._keep import Keepable
+from unijax.fit._status import FitStatus, status_counts
+from unijax.results import _files as results
+from unijax.results._keep import Keepable, json_number
 
 __all__ = [
     "FitStatus",
@@ -138,41 +139,6 @@ MAX_REL_STDERR = 0.1
 #: steps is fitted again with each of these ``max_steps`` in turn (``fit_rates(retry_max_steps=
 #: ...)``): stiff trajectories (very large initial weights) need thousands of explicit steps.
 RETRY_MAX_STEPS = (4096, 32768)
-
-
-class FitStatus(enum.IntEnum):
-    """Outcome of one trial's rate fit (``RateFit.status``), like Diffrax's ``Solution.result``.
-
-    The first that applies, in this order:
-
-    * ``STEP_BUDGET`` (4): the optimizer did not finish, limited by the ODE step budget
-      (``step_budget_hit``), even at the largest of ``retry_max_steps`` (rates NaN; R^2 and
-      the curve are those of the best point reached, NaN if no solve succeeded).
-    * ``ODE_FAILED`` (5): no ODE solve succeeded at any start (``h`` reached 0 or the numbers
-      overflowed): nothing was fitted (rates, R^2, curve all NaN).
-    * ``OPTIMIZER_FAILED`` (3): Levenberg-Marquardt ran out of iterations (rates NaN; R^2 and
-      the curve of the best point reached). A stall (SciPy's ftol stop) counts as finished.
-    * ``NOT_IDENTIFIED`` (2): the optimizer finished, but the data do not determine both rates
-      (``J^T J`` singular, or a relative standard error ``>= max_rel_stderr``).
-    * ``POOR_FIT`` (1): finished and identified, but R^2 of h, y or w is below ``min_r2``.
-    * ``OK`` (0): all three hold: the rates may be used.
-    * ``NOT_FITTED`` (-1): the trial was left out by ``fit_rates(where=...)`` (all fields
-      NaN, False or 0).
-    """
-
-    NOT_FITTED = -1
-    OK = 0
-    POOR_FIT = 1
-    NOT_IDENTIFIED = 2
-    OPTIMIZER_FAILED = 3
-    STEP_BUDGET = 4
-    ODE_FAILED = 5
-
-
-def status_counts(status: ArrayLike) -> dict[str, int]:
-    """``{FitStatus name: number of trials}`` for the statuses that occur, in code order."""
-    codes = np.asarray(status).ravel()
-    return {s.name: int(np.sum(codes == s)) for s in FitStatus if np.any(codes == s)}
 
 
 class RateMean(NamedTuple):
@@ -345,15 +311,67 @@ class RateFit(Keepable, eqx.Module):
         """``xarray.Dataset`` with dims ``trial`` (or ``gain, seed[, layer]`` given the
         ``grid`` TrainResult that was fitted), ``epoch``, ``variable`` (see
         :func:`unijax.results.to_xarray`; needs ``unijax[labels]``)."""
-        from unijax import results
-
         return results.to_xarray(self, grid=grid, ts=ts)
 
     def to_dataframe(self, *, grid=None):
         """Tidy ``pandas.DataFrame``, a row per trial (see :func:`unijax.results.to_dataframe`)."""
-        from unijax import results
-
         return results.to_dataframe(self, grid=grid)
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict (NaN written as ``None``)."""
+        use = np.atleast_1d(np.asarray(self.usable))
+        m = self.mean_over_usable()
+        r2 = np.atleast_2d(np.asarray(self.r2))[use]
+        count = lambda x: int(np.sum(np.asarray(x)))  # noqa: E731
+        return {
+            "type": "RateFit", "n_trials": int(use.size), "n_usable": int(use.sum()),
+            "n_converged": count(self.converged), "n_identified": count(self.identified),
+            "n_good_fit": count(self.good_fit), "status_counts": self.status_counts(),
+            "eta_h_mean": json_number(m.eta_h), "eta_y_mean": json_number(m.eta_y),
+            "eta_h_std": json_number(m.std_eta_h), "eta_y_std": json_number(m.std_eta_y),
+            "median_r2": dict(zip("hyw", (json_number(v) for v in np.nanmedian(r2, axis=0)),
+                                  strict=True)) if use.any() else None,
+        }
+
+    def labelled_arrays(self, *, grid=None, ts=None) -> tuple[dict, dict, dict]:
+        """``({name: (dims, values)}, coords, attrs)``, NumPy only: what
+        :func:`unijax.results.to_xarray` labels. Dims ``trial`` (or ``gain, seed[, layer]``
+        given the ``grid`` TrainResult that was fitted), ``epoch`` (``ts``, default
+        ``0 .. n - 1``), ``variable``."""
+        single = np.ndim(self.eta_h) == 0
+        dims, coords = ([], {}) if single else _grid_dims(grid)
+        shape = tuple(len(coords[d]) for d in dims) if grid is not None else None
+
+        def lead(a):
+            a = np.asarray(a)
+            return a if shape is None or single else a.reshape(shape + a.shape[1:])
+
+        if grid is not None and not single and int(np.prod(shape)) != self.n_trials:
+            raise ValueError(f"grid has {int(np.prod(shape))} trials ({dims}), the fit "
+                             f"{self.n_trials}")
+        out = {k: (dims, lead(getattr(self, k))) for k in (
+            "eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "sse", "status", "converged",
+            "identified", "good_fit", "ode_ok", "step_budget_hit", "max_steps", "n_iters",
+            "n_ode_steps")}
+        out["r2"] = (dims + ["variable"], lead(self.r2))
+        out["z0_fit"] = (dims + ["variable"], lead(self.z0_fit))
+        coords["variable"] = ["h", "y", "w"]
+        if self.z_fit is not None:
+            out["z_fit"] = (dims + ["epoch", "variable"], lead(self.z_fit))
+            n_ep = np.shape(self.z_fit)[-2]
+            coords["epoch"] = np.arange(n_ep) if ts is None else np.asarray(ts)
+        return out, coords, {"rate_unit": "1/epoch", "time_unit": "epoch"}
+
+
+def _grid_dims(grid) -> tuple[list[str], dict]:
+    """Leading dims of a per-trial array: ``trial``, or the grid's ``gain, seed[, layer]``."""
+    if grid is None:
+        return ["trial"], {}
+    dims = ["gain", "seed"] + (["layer"] if grid.layer_axis else [])
+    coords = {"gain": np.asarray(grid.gains), "seed": np.asarray(grid.seeds)}
+    if grid.layer_axis:
+        coords["layer"] = list(grid.layers)
+    return dims, coords
 
 
 class MeanFit(Keepable, eqx.Module):
@@ -396,6 +414,17 @@ class MeanFit(Keepable, eqx.Module):
         return (f"MeanFit: {d['n_converged']}/{d['n_trials']} converged; eta_mean = "
                 f"{d['eta_mean_mean']} (sd {d['eta_mean_std']}) 1/epoch, median R^2 (loss) = "
                 f"{d['median_r2']}")
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict (NaN written as ``None``)."""
+        conv = np.atleast_1d(np.asarray(self.converged))
+        mean, sd, n = self.mean_over_converged()
+        return {
+            "type": "MeanFit", "n_trials": int(conv.size), "n_converged": int(n),
+            "eta_mean_mean": json_number(mean), "eta_mean_std": json_number(sd),
+            "median_r2": json_number(np.nanmedian(np.atleast_1d(np.asarray(self.r2))[conv]))
+            if conv.any() else None,
+        }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import numpy as np
 
 from unijax import _batch, _cache
 from unijax.fit._args import FitOpts, Grid
-from unijax.fit._fit import FitStatus
+from unijax.fit._status import FitStatus
 
 __all__ = ["fit_rows", "not_fitted", "program", "squeeze", "with_retries"]
 

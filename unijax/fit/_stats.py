@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from unijax.fit._args import FitOpts, SolveOpts
-from unijax.fit._fit import FitStatus
 from unijax.fit._lm import LMState, inv_psd
 from unijax.fit._model import Trial, model, start_scale, subsample, unpack
+from unijax.fit._status import FitStatus
 
 __all__ = ["assess", "covariance", "r2"]
 

@@ -225,65 +225,12 @@ def load(path: str | os.PathLike) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _num(x) -> float | None:
-    x = float(x)
-    return x if np.isfinite(x) else None
-
-
 def summary_dict(result: Any) -> dict[str, Any]:
-    """The numbers of ``result.summary()`` as a JSON-ready dict (NaN written as ``None``)."""
-    from unijax import fit, observe, train
-
-    if isinstance(result, train.TrainResult):
-        div = np.asarray(result.diverged)
-        ok = ~div
-        fl = np.asarray(result.final_loss)[ok]
-        return {
-            "type": "TrainResult", "name": result.name, "n_gains": int(div.shape[0]),
-            "n_seeds": int(div.shape[1]), "n_epochs": result.n_epochs,
-            "gains": [float(g) for g in np.asarray(result.gains)],
-            "seeds": [int(s) for s in np.asarray(result.seeds)],
-            "optimizer": result.optimizer, "lr": _num(result.lr),
-            "batch_size": result.batch_size, "layers": list(result.layers),
-            "data": result.data_name, "n_diverged": int(div.sum()),
-            "n_diverged_per_gain": [int(v) for v in div.sum(axis=1)],
-            "final_loss_median": _num(np.median(fl)) if fl.size else None,
-            "final_loss_min": _num(fl.min()) if fl.size else None,
-            "final_loss_max": _num(fl.max()) if fl.size else None,
-            "compile_s": result.compile_s, "init_s": result.init_s, "run_s": result.run_s,
-        }
-    if isinstance(result, fit.RateFit):
-        use = np.atleast_1d(np.asarray(result.usable))
-        m = result.mean_over_usable()
-        r2 = np.atleast_2d(np.asarray(result.r2))[use]
-        count = lambda x: int(np.sum(np.asarray(x)))  # noqa: E731
-        return {
-            "type": "RateFit", "n_trials": int(use.size), "n_usable": int(use.sum()),
-            "n_converged": count(result.converged), "n_identified": count(result.identified),
-            "n_good_fit": count(result.good_fit), "status_counts": result.status_counts(),
-            "eta_h_mean": _num(m.eta_h), "eta_y_mean": _num(m.eta_y),
-            "eta_h_std": _num(m.std_eta_h), "eta_y_std": _num(m.std_eta_y),
-            "median_r2": dict(zip("hyw", (_num(v) for v in np.nanmedian(r2, axis=0)),
-                                  strict=True)) if use.any() else None,
-        }
-    if isinstance(result, fit.MeanFit):
-        conv = np.atleast_1d(np.asarray(result.converged))
-        mean, sd, n = result.mean_over_converged()
-        return {
-            "type": "MeanFit", "n_trials": int(conv.size), "n_converged": int(n),
-            "eta_mean_mean": _num(mean), "eta_mean_std": _num(sd),
-            "median_r2": _num(np.nanmedian(np.atleast_1d(np.asarray(result.r2))[conv]))
-            if conv.any() else None,
-        }
-    if isinstance(result, observe.Trajectory):
-        return {"type": "Trajectory", "batch_shape": list(result.hyw.shape[:-2]),
-                "n_epochs": int(result.ts.shape[0]), "dx2": _num(result.dx2),
-                "dy2": _num(result.dy2)}
-    if isinstance(result, ExperimentResult):
-        return dict(result.info)
-    if hasattr(result, "summary_dict"):
-        return result.summary_dict()
-    raise TypeError(f"no summary for {type(result).__name__}")
+    """The numbers of ``result.summary()`` as a JSON-ready dict (NaN written as ``None``): the
+    result's own ``summary_dict()``."""
+    if not callable(getattr(result, "summary_dict", None)):
+        raise TypeError(f"no summary for {type(result).__name__}")
+    return result.summary_dict()
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,77 +248,13 @@ def _require(name: str):
         ) from None
 
 
-def _grid_dims(result: Any, grid: Any) -> tuple[list[str], dict[str, Any]]:
-    """Leading dims of a per-trial array: ``trial``, or the grid's ``gain, seed[, layer]``."""
-    if grid is None:
-        return ["trial"], {}
-    dims = ["gain", "seed"] + (["layer"] if grid.layer_axis else [])
-    coords = {"gain": np.asarray(grid.gains), "seed": np.asarray(grid.seeds)}
-    if grid.layer_axis:
-        coords["layer"] = list(grid.layers)
-    return dims, coords
-
-
 def _arrays(result: Any, *, grid: Any = None, ts: Any = None) -> tuple[dict, dict, dict]:
-    """``(variables {name: (dims, values)}, coords, attrs)`` of a result, NumPy only."""
-    from unijax import fit, observe, train
-
-    var = ["h", "y", "w"]
-    if isinstance(result, train.TrainResult):
-        dims = ["gain", "seed"]
-        coords = {"gain": np.asarray(result.gains), "seed": np.asarray(result.seeds),
-                  "epoch": np.asarray(result.ts), "variable": var}
-        lay = ["layer"] if result.layer_axis else []
-        if result.layer_axis:
-            coords["layer"] = list(result.layers)
-        out = {
-            "loss": (dims + ["epoch"], np.asarray(result.loss)),
-            "final_loss": (dims, np.asarray(result.final_loss)),
-            "diverged": (dims, np.asarray(result.diverged)),
-            "diverged_epoch": (dims, np.asarray(result.diverged_epoch)),
-        }
-        if result.h is not None:
-            out["hyw"] = (dims + lay + ["epoch", "variable"], np.asarray(result.hyw()))
-            out["final_hyw"] = (dims + lay + ["variable"], np.stack(
-                [np.asarray(result.final_h), np.asarray(result.final_y),
-                 np.asarray(result.final_w)], axis=-1))
-        attrs = {"name": result.name, "optimizer": result.optimizer, "lr": result.lr,
-                 "dx2": result.dx2, "dy2": result.dy2, "data": result.data_name,
-                 "time_unit": "epoch"}
-        return out, coords, attrs
-    if isinstance(result, fit.RateFit):
-        single = np.ndim(result.eta_h) == 0
-        dims, coords = ([], {}) if single else _grid_dims(result, grid)
-        shape = tuple(len(coords[d]) for d in dims) if grid is not None else None
-
-        def lead(a):
-            a = np.asarray(a)
-            return a if shape is None or single else a.reshape(shape + a.shape[1:])
-
-        if grid is not None and not single and int(np.prod(shape)) != result.n_trials:
-            raise ValueError(f"grid has {int(np.prod(shape))} trials ({dims}), the fit "
-                             f"{result.n_trials}")
-        out = {k: (dims, lead(getattr(result, k))) for k in (
-            "eta_h", "eta_y", "stderr_eta_h", "stderr_eta_y", "sse", "status", "converged",
-            "identified", "good_fit", "ode_ok", "step_budget_hit", "max_steps", "n_iters",
-            "n_ode_steps")}
-        out["r2"] = (dims + ["variable"], lead(result.r2))
-        out["z0_fit"] = (dims + ["variable"], lead(result.z0_fit))
-        coords["variable"] = var
-        if result.z_fit is not None:
-            out["z_fit"] = (dims + ["epoch", "variable"], lead(result.z_fit))
-            n_ep = np.shape(result.z_fit)[-2]
-            coords["epoch"] = np.arange(n_ep) if ts is None else np.asarray(ts)
-        return out, coords, {"rate_unit": "1/epoch", "time_unit": "epoch"}
-    if isinstance(result, observe.Trajectory):
-        batch = [f"batch_{k}" for k in range(result.hyw.ndim - 2)]
-        if len(batch) == 1:
-            batch = ["trial"]
-        coords = {"epoch": np.asarray(result.ts), "variable": var}
-        return ({"hyw": (batch + ["epoch", "variable"], np.asarray(result.hyw))}, coords,
-                {"dx2": float(result.dx2), "dy2": float(result.dy2), "time_unit": "epoch"})
-    raise TypeError(f"to_xarray/to_dataframe take a TrainResult, RateFit or Trajectory, got "
-                    f"{type(result).__name__}")
+    """``(variables {name: (dims, values)}, coords, attrs)`` of a result, NumPy only: the
+    result's own ``labelled_arrays``."""
+    if not callable(getattr(result, "labelled_arrays", None)):
+        raise TypeError(f"to_xarray/to_dataframe take a TrainResult, RateFit or Trajectory, got "
+                        f"{type(result).__name__}")
+    return result.labelled_arrays(grid=grid, ts=ts)
 
 
 def to_xarray(result: Any, *, grid: Any = None, ts: Any = None):
@@ -412,27 +295,22 @@ def to_dataframe(result: Any, *, grid: Any = None, ts: Any = None):
     """
     pd = _require("pandas")
     out, coords, _ = _arrays(result, grid=grid, ts=ts)
-    from unijax import fit, train
-
-    if isinstance(result, fit.RateFit):
+    if "hyw" in out:  # trajectories: a row per epoch, columns h, y, w (and the loss)
+        dims = out["hyw"][0][:-1]
+        hyw = out["hyw"][1]
+        cols = {name: hyw[..., i] for i, name in enumerate("hyw")}
+        if "loss" in out:  # the loss has no layer axis: repeated over layers
+            loss_dims, loss = out["loss"]
+            loss = np.expand_dims(loss, [a for a, d in enumerate(dims) if d not in loss_dims])
+            cols = {"loss": np.broadcast_to(loss, hyw.shape[:-1]), **cols}
+    elif "loss" in out:
+        dims, loss = out["loss"]
+        cols = {"loss": loss}
+    else:  # a fit: a row per trial, its per-trial quantities and R^2 by variable
         cols = {k: v for k, (d, v) in out.items() if "variable" not in d}
         for i, name in enumerate("hyw"):
             cols[f"r2_{name}"] = out["r2"][1][..., i]
         dims = out["eta_h"][0]
-    else:
-        key = "hyw"
-        if isinstance(result, train.TrainResult) and "hyw" not in out:
-            dims = out["loss"][0]
-            cols = {"loss": out["loss"][1]}
-        else:
-            dims = out[key][0][:-1]
-            hyw = out[key][1]
-            cols = {name: hyw[..., i] for i, name in enumerate("hyw")}
-            if isinstance(result, train.TrainResult):
-                loss = out["loss"][1]
-                if result.layer_axis:
-                    loss = np.broadcast_to(loss[:, :, None, :], hyw.shape[:-1])
-                cols = {"loss": loss, **cols}
     shape = np.shape(next(iter(cols.values())))
     index = {}
     for axis, d in enumerate(dims):

@@ -1,22 +1,30 @@
-"""What every result type can do with itself, in one place (the work is in unijax.results)."""
+"""What every result type can do with itself, in one place (the file format is
+:mod:`unijax.results._files`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from unijax.results import _files
+
+
+def json_number(x: Any) -> float | None:
+    """A scalar as a JSON-ready float, ``None`` for NaN or infinity (for ``summary_dict``)."""
+    x = float(x)
+    return x if np.isfinite(x) else None
+
 
 class Keepable:
-    """Mixin of the result types (``RateFit``, ``MeanFit``, ``TrainResult``, ``Trajectory``):
-    ``summary()`` (text, each type's own) has a JSON-ready twin and a file format."""
+    """Mixin of the result types (``RateFit``, ``MeanFit``, ``TrainResult``, ``Trajectory``).
 
-    def summary_dict(self) -> dict:
-        """The numbers of :meth:`summary` as a JSON-ready dict."""
-        from unijax.results import _files as results
-
-        return results.summary_dict(self)
+    Each type says what it is in its own words: ``summary()`` (text), ``summary_dict()`` (the
+    same numbers, JSON-ready) and, where it has labelled dimensions, ``labelled_arrays(grid=,
+    ts=)`` (``{name: (dims, values)}, coords, attrs``, what ``to_xarray`` and ``to_dataframe``
+    label). The file format is shared: :meth:`save`.
+    """
 
     def save(self, path) -> Any:
         """Save to ``path`` (``.npz``); ``unijax.results.load(path)`` gives it back exactly."""
-        from unijax.results import _files as results
-
-        return results.save(path, self)
+        return _files.save(path, self)

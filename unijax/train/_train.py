@@ -75,7 +75,8 @@ from unijax import _cache, nets, observe
 from unijax import data as data_lib
 from unijax._checks import check_int, check_seeds
 from unijax.configs import TrainConfig
-from unijax.results._keep import Keepable
+from unijax.results import _files as results
+from unijax.results._keep import Keepable, json_number
 from unijax.train import (
     _program as _train_program,
 )
@@ -239,16 +240,58 @@ class TrainResult(Keepable, eqx.Module):
     def to_xarray(self):
         """``xarray.Dataset`` with dims ``gain, seed, [layer,] epoch, variable`` (see
         :func:`unijax.results.to_xarray`; needs ``unijax[labels]``)."""
-        from unijax import results
-
         return results.to_xarray(self)
 
     def to_dataframe(self):
         """Tidy ``pandas.DataFrame``: a row per ``(gain, seed, [layer,] epoch)``, columns
         ``loss, h, y, w`` (see :func:`unijax.results.to_dataframe`)."""
-        from unijax import results
-
         return results.to_dataframe(self)
+
+    def summary_dict(self) -> dict:
+        """The numbers of :meth:`summary` as a JSON-ready dict (NaN written as ``None``)."""
+        div = np.asarray(self.diverged)
+        ok = ~div
+        fl = np.asarray(self.final_loss)[ok]
+        return {
+            "type": "TrainResult", "name": self.name, "n_gains": int(div.shape[0]),
+            "n_seeds": int(div.shape[1]), "n_epochs": self.n_epochs,
+            "gains": [float(g) for g in np.asarray(self.gains)],
+            "seeds": [int(s) for s in np.asarray(self.seeds)],
+            "optimizer": self.optimizer, "lr": json_number(self.lr),
+            "batch_size": self.batch_size, "layers": list(self.layers),
+            "data": self.data_name, "n_diverged": int(div.sum()),
+            "n_diverged_per_gain": [int(v) for v in div.sum(axis=1)],
+            "final_loss_median": json_number(np.median(fl)) if fl.size else None,
+            "final_loss_min": json_number(fl.min()) if fl.size else None,
+            "final_loss_max": json_number(fl.max()) if fl.size else None,
+            "compile_s": self.compile_s, "init_s": self.init_s, "run_s": self.run_s,
+        }
+
+    def labelled_arrays(self, *, grid=None, ts=None) -> tuple[dict, dict, dict]:
+        """``({name: (dims, values)}, coords, attrs)``, NumPy only: what
+        :func:`unijax.results.to_xarray` labels (``grid`` and ``ts`` are a fit's and unused
+        here: the grid is this result's own)."""
+        dims = ["gain", "seed"]
+        coords = {"gain": np.asarray(self.gains), "seed": np.asarray(self.seeds),
+                  "epoch": np.asarray(self.ts), "variable": ["h", "y", "w"]}
+        lay = ["layer"] if self.layer_axis else []
+        if self.layer_axis:
+            coords["layer"] = list(self.layers)
+        out = {
+            "loss": (dims + ["epoch"], np.asarray(self.loss)),
+            "final_loss": (dims, np.asarray(self.final_loss)),
+            "diverged": (dims, np.asarray(self.diverged)),
+            "diverged_epoch": (dims, np.asarray(self.diverged_epoch)),
+        }
+        if self.h is not None:
+            out["hyw"] = (dims + lay + ["epoch", "variable"], np.asarray(self.hyw()))
+            out["final_hyw"] = (dims + lay + ["variable"], np.stack(
+                [np.asarray(self.final_h), np.asarray(self.final_y),
+                 np.asarray(self.final_w)], axis=-1))
+        attrs = {"name": self.name, "optimizer": self.optimizer, "lr": self.lr,
+                 "dx2": self.dx2, "dy2": self.dy2, "data": self.data_name,
+                 "time_unit": "epoch"}
+        return out, coords, attrs
 
 
 # --------------------------------------------------------------------------------------------
