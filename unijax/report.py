@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unijax import experiments
+from unijax._version import CodeVersion
 from unijax.results._store import (
     REPORT_HEADING,
     REPORT_NAME,
@@ -90,8 +91,6 @@ def _paragraph(name: str, summary: dict) -> str:
 
 def _code_label(cv: Any) -> str:
     """``CodeVersion.label()`` of a stored ``code_version`` dict ('' if absent or odd)."""
-    from unijax._version import CodeVersion
-
     try:
         return CodeVersion(**cv).label()
     except (TypeError, AttributeError, ValueError):

@@ -55,9 +55,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
-from . import nets
+from . import _batch, distributed, fit, nets, train
+from ._checks import check_seeds  # the same seed rules as train (range, no repeats)
 from .configs import TrainConfig
 from .results._store import ResultStore, claim_dir, config_hash
 
@@ -146,8 +148,6 @@ class SweepConfig:
             if not (math.isfinite(g) and g > 0):
                 raise ValueError(f"gains must be finite and > 0, got gain {g!r} in {gains}.")
         object.__setattr__(self, "gains", gains)
-        from ._checks import check_seeds  # the same seed rules as train (range, no repeats)
-
         seeds = check_seeds(_tuple("seeds", self.seeds, int))
         object.__setattr__(self, "seeds", tuple(int(s) for s in seeds))
         layers = (self.train.layer,) if self.layers is None else self.layers
@@ -359,10 +359,6 @@ def _fit_chunk(ts, h, y, w, diverged, dx2, dy2, mesh) -> dict[str, np.ndarray]:
     ``h, y, w``: ``(G, S, L, E)``. One :func:`unijax.fit.fit_rates` call over all ``G * S * L``
     trials, unfittable ones masked out (``where``), so the fit compiles once per sweep.
     """
-    import jax
-
-    from . import fit
-
     G, S, L, E = h.shape
     Z = np.stack([h, y, w], axis=-1).astype(np.float64).reshape(G * S * L, E, 3)
     ok = np.isfinite(Z).all(axis=(1, 2)) & (Z[:, 0, 0] > 0) & (Z[:, 0, 1] >= 0)
@@ -377,10 +373,6 @@ def _fit_chunk(ts, h, y, w, diverged, dx2, dy2, mesh) -> dict[str, np.ndarray]:
 
 def _compute_chunk(cfg: SweepConfig, chunk: _Chunk) -> dict[str, np.ndarray]:
     """Train one chunk on this process's devices (and fit it); arrays with (G, S, ...) axes."""
-    import jax
-
-    from . import _batch, train
-
     devices = jax.local_devices()
     seeds = [cfg.seeds[i] for i in chunk.seeds[: chunk.n_seeds]]
     # train refuses repeated seeds: pad the last block with unused seeds (computed, then
@@ -447,8 +439,6 @@ _BARRIERS = itertools.count()
 
 
 def _barrier(stage: str, h: str) -> None:
-    from . import distributed
-
     distributed.barrier(f"unijax-sweep-{h[:12]}-{stage}-{next(_BARRIERS)}")
 
 
@@ -519,10 +509,6 @@ def run_sweep(
         FileNotFoundError: after all processes finished, a chunk file is missing (``outdir``
             not on a shared file system).
     """
-    import jax
-
-    from . import distributed
-
     if not isinstance(cfg, SweepConfig):
         raise ValueError(f"cfg must be a SweepConfig, got {type(cfg).__name__}.")
     outdir = Path(outdir).expanduser().resolve()

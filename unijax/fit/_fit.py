@@ -103,6 +103,7 @@ from unijax._checks import (
     is_concrete,
 )
 from unijax.fit import _args as _fit_args
+from unijax.fit import _run as _fit_run
 from unijax.fit._status import FitStatus, status_counts
 from unijax.results import _files as results
 from unijax.results._keep import Keepable, json_number
@@ -548,8 +549,6 @@ def fit_rates(
         >>> res.eta_h.shape, int(res.n_failed)
         ((2,), 0)
     """
-    from unijax.fit import _run as _fit_run
-
     _cache.enable_compilation_cache()  # later processes skip compiling
     ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single, retries, where_b = _fit_args.prepare_fit(
         ts, Z, dx2, dy2, init, where=where, caller="unijax.fit.fit_rates", rtol=rtol,
@@ -645,8 +644,9 @@ def fit_eta_mean(
         >>> round(float(res.eta_mean), 6), round(float(res.m0), 6)
         (0.003, 0.4)
     """
+    # Imported on first use: it imports the theory and Diffrax, which a rate fit loaded from
+    # disk never needs (import unijax.fit stays light).
     from unijax.fit import _mean as _fit_mean
-    from unijax.fit import _run as _fit_run
 
     check_x64("unijax.fit.fit_eta_mean")
     if not is_concrete((ts, loss, z, dy2, m0)):

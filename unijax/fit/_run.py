@@ -20,6 +20,7 @@ import os
 import pickle
 import tempfile
 import threading
+from importlib import metadata
 from pathlib import Path
 
 import jax
@@ -28,6 +29,7 @@ import jaxlib
 import numpy as np
 
 from unijax import _batch, _cache
+from unijax._version import code_version
 from unijax.fit._args import FitOpts, Grid
 from unijax.fit._status import FitStatus
 
@@ -48,10 +50,6 @@ def _fit_batch():
 def _software() -> tuple[str, ...]:
     """What the compiled program depends on besides its arguments: unijax's source and the
     versions of the libraries traced into it (read without importing them)."""
-    from importlib import metadata
-
-    from unijax._version import code_version
-
     versions = []
     for dist in ("diffrax", "equinox", "lineax", "optimistix"):
         try:

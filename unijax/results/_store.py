@@ -62,6 +62,8 @@ from typing import Any
 
 import numpy as np
 
+from unijax._version import code_version
+
 __all__ = [
     "HASH_KEY",
     "MARKER",
@@ -311,8 +313,6 @@ def atomic_save_npz(
             raise TypeError(f"array {k!r} has dtype object; store numbers or strings only")
         out[k] = arr
     if config_hash is not None:
-        from unijax._version import code_version
-
         out[HASH_KEY] = np.asarray(config_hash)
         out[MEMBERS_KEY] = np.asarray(sorted(arrays), dtype=str)
         out[CODE_KEY] = np.asarray(canonical_json(code_version().as_dict()))
@@ -470,8 +470,6 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
 
 def _write_marker(directory: Path, kind: str, *, name: str | None, files=(),
                   adopted: bool = False, created: str | None = None) -> None:
-    from unijax._version import code_version
-
     atomic_save_json(directory / MARKER, {
         "written_by": "unijax",
         "kind": kind,
@@ -747,8 +745,6 @@ class ResultStore:
             self.log(f"{name}: its upstream inputs changed since it was stored (rates from "
                      f"{was}, now {source(upstream)}): recomputing it")
         if old is None or old.get("run_hash", old["config_hash"]) != rh:
-            from unijax._version import code_version
-
             atomic_save_json(d / "config.json", {
                 "experiment": name, "config": config_to_dict(config), "config_hash": h,
                 "upstream": upstream, "run_hash": rh, "code_version": code_version().as_dict(),
@@ -889,8 +885,6 @@ class ResultStore:
     ) -> Path:
         """Write ``result.npz`` then ``results.json`` (the completion marker), atomically; the
         summary gains ``code_version`` and ``config_hash``."""
-        from unijax._version import code_version
-
         d = self._require_own(name)
         atomic_save_npz(d / "result.npz", arrays, config_hash=config_hash)
         return atomic_save_json(d / "results.json", {

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from unijax import observe
+from unijax import _record
 from unijax.train._nets import Net
 from unijax.train._step import loss as named_loss
 
@@ -81,7 +81,7 @@ def observe_pass(spec: Spec, out, reps, y) -> Obs:
     """Observables of one deterministic forward pass over the whole data set."""
     loss = _mean_loss(spec, out, y)
     if spec.pair is not None:
-        hyw = jnp.stack([observe.pair_observables(r, out, y, pair=spec.pair) for r in reps])
+        hyw = jnp.stack([_record.pair_observables(r, out, y, pair=spec.pair) for r in reps])
     else:
         hyw = jnp.zeros((0,), out.dtype)
     idx = jnp.asarray(spec.record_points, jnp.int32)

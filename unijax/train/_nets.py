@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 
-from unijax import nets, observe
+from unijax import _record, nets
 from unijax.configs import TrainConfig
 from unijax.train._step import dense_sgd_step
 
@@ -59,9 +59,9 @@ def builtin_net(module: nn.Module, layers: tuple[int, ...]) -> Net:
 
 
 def custom_net(model: nn.Module, layers: tuple) -> Net:
-    """A user's Flax module whose recorded layers are read by :class:`unijax.observe.Recorder`
+    """A user's Flax module whose recorded layers are read by :class:`unijax._record.Recorder`
     (dict keys, sown values, submodule outputs, or ``(out, hiddens)`` indices)."""
-    recorder = observe.Recorder(model, layers)
+    recorder = _record.Recorder(model, layers)
 
     def init(key, gain, x):
         params = model.init(key, x)["params"]

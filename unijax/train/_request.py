@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unijax import _batch, nets, observe
+from unijax import _batch, _record, nets
 from unijax import data as data_lib
 from unijax._checks import check_bool, check_finite, check_memory, check_seeds, memory_bytes
 from unijax.configs import TrainConfig
@@ -148,7 +148,7 @@ def from_model(model: nn.Module, dataset, *, layers, lr, epochs, optimizer, batc
         if not layer_tuple:
             raise ValueError("layers must not be empty")
     x_check = jax.ShapeDtypeStruct(np.shape(dataset.x), jnp.dtype(check.dtype))
-    observe.Recorder(model, layer_tuple).check(x_check)  # lists the valid names if one is wrong
+    _record.Recorder(model, layer_tuple).check(x_check)  # lists the valid names if one is wrong
     if loss_fn is not None:
         check_loss(loss_fn, dataset.out_dim, check.dtype)
     try:

@@ -71,7 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unijax import _cache, nets, observe
+from unijax import _cache, _record, nets
 from unijax import data as data_lib
 from unijax._checks import check_int, check_seeds
 from unijax.configs import TrainConfig
@@ -432,7 +432,7 @@ def train_model(
             ``y: (n, out_dim)``.
         layers: a name/int or a sequence of them (the latter adds a layer axis). A wrong
             name raises an error listing the valid ones; naming an ``nn.Dense`` records its
-            output, the *pre*-activation (see :class:`unijax.observe.Recorder`).
+            output, the *pre*-activation (see :class:`unijax._record.Recorder`).
         lr: the learning rate of ``optimizer="sgd"``/``"adam"``; must be ``None`` when
             ``optimizer`` is an Optax transformation (its rate is built in).
         optimizer: ``"sgd"``, ``"adam"`` or any ``optax.GradientTransformation`` (e.g.
@@ -546,7 +546,7 @@ def hidden_observables(
     _train_request.check_pair(pair, x.shape[0])
     out, hiddens = model.apply({"params": params}, x, train=False)
     check_int("layer", layer, lo=0, hi=len(hiddens) - 1)
-    return observe.pair_observables(hiddens[layer], out, y, pair=pair)
+    return _record.pair_observables(hiddens[layer], out, y, pair=pair)
 
 
 def make_network(config: TrainConfig, out_dim: int = 1) -> nn.Module:
