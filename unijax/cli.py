@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from unijax import experiments
+from unijax._dotted import dotted_keys
 from unijax.experiments._common import BadInput, result_to_arrays
 from unijax.results._store import (
     ConfigMismatchError,
@@ -78,15 +79,7 @@ def config_keys(config_cls: type) -> dict[str, Any]:
     >>> config_keys(e4_xor.Config)["rates.epochs"]
     <class 'int'>
     """
-    hints = typing.get_type_hints(config_cls)
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config_cls):
-        tp = hints[f.name]
-        if dataclasses.is_dataclass(tp):
-            out.update({f"{f.name}.{k}": v for k, v in config_keys(tp).items()})
-        else:
-            out[f.name] = tp
-    return out
+    return dotted_keys(config_cls)
 
 
 def _type_name(tp: Any) -> str:
@@ -134,18 +127,6 @@ def _parse_value(tp: Any, text: str) -> Any:
             return None
         return _parse_value([a for a in args if a is not type(None)][0], text)
     return _parse_scalar(tp, text)
-
-
-def _flat_config(config: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted key -> value of every leaf field of a config instance."""
-    out: dict[str, Any] = {}
-    for f in dataclasses.fields(config):
-        v = getattr(config, f.name)
-        if dataclasses.is_dataclass(v):
-            out.update(_flat_config(v, f"{prefix}{f.name}."))
-        else:
-            out[f"{prefix}{f.name}"] = v
-    return out
 
 
 def _split_pair(pair: str) -> tuple[str, str]:
@@ -423,7 +404,7 @@ def run_configs(args: argparse.Namespace) -> dict[str, Any]:
         if args.mnist is not None and mnist_key is not None:
             overrides[mnist_key] = str(Path(args.mnist).expanduser().resolve())
         cfg = apply_sets(mod.presets[args.preset], overrides, where=where)
-        mnist = _flat_config(cfg).get(mnist_key) if mnist_key else None
+        mnist = dotted_keys(cfg).get(mnist_key) if mnist_key else None
         if mnist and not Path(mnist).expanduser().exists():
             raise BadInput(
                 f"MNIST path {mnist!r}{where} does not exist; give a directory of IDX files or "
@@ -595,7 +576,7 @@ def cmd_list(args) -> int:
         mod = experiments.get(name)
         print(f"{name}  {mod.TITLE}")
         if args.keys:
-            flat = _flat_config(mod.presets["quick"])
+            flat = dotted_keys(mod.presets["quick"])
             for key in config_keys(mod.Config):
                 print(f"      {key} = {flat[key]!r}")
     print(f"presets: {', '.join(experiments.PRESETS)}  (run: unijax run E3 --preset quick)")

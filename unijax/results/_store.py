@@ -62,6 +62,7 @@ from typing import Any
 
 import numpy as np
 
+from unijax._dotted import dotted_keys
 from unijax._version import code_version
 
 __all__ = [
@@ -169,21 +170,10 @@ def run_hash(config_hash: str, upstream: Any = None) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def flat_config(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A config dict with its nested blocks flattened to dotted keys (``rates.epochs``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(flat_config(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two config dicts (incl. keys in only one),
-    sorted; nested blocks are compared leaf by leaf (:func:`flat_config`)."""
-    old, new = flat_config(old), flat_config(new)
+    sorted; nested blocks are compared leaf by leaf (:func:`unijax._dotted.dotted_keys`)."""
+    old, new = dotted_keys(old), dotted_keys(new)
     keys = set(old) | set(new)
     return sorted(k for k in keys if canonical_json(old.get(k)) != canonical_json(new.get(k)))
 
@@ -195,7 +185,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[
     the other (a config stored by a version with other keys, e.g. ``width`` before the
     ``size`` block: ``width (stored 16, now absent), size.width (stored absent, now 16)``)."""
     keys = diff_configs(old, new)
-    flat_old, flat_new = flat_config(old), flat_config(new)
+    flat_old, flat_new = dotted_keys(old), dotted_keys(new)
 
     def shown(flat: Mapping[str, Any], k: str) -> str:
         return canonical_json(flat[k]) if k in flat else "absent"
