@@ -70,20 +70,20 @@ def test_console_entry_point_list_and_bad_name(tmp_path):
         (["run", "E3", "--set", "bogus=1"], ["bogus", "valid keys", "seeds"]),
         (["run", "E3", "--set", "seeds=two"], ["seeds", "int"]),
         (["run", "E3", "--set", "seeds=0"], ["seeds=0", ">= 1"]),
-        (["run", "E3", "--set", "rows=nonsense"], ["nonsense", "valid choices", "default"]),
+        (["run", "E3", "--set", "rows=nonsense"], ["nonsense", "choices among", "default"]),
         (["run", "E3", "--set", "novalue"], ["novalue", "key=value"]),
         # Nested blocks are set by dotted keys; an old or flat spelling is refused, naming it.
         (["run", "E4", "--set", "rates_epochs=400"], ["'rates_epochs'", "did you mean "
                                                       "rates.epochs?"]),
         (["run", "E4", "--set", "rates_from=fit"], ["did you mean rates.source?"]),
         (["run", "E4", "--set", "epochs=400"], ["'epochs'", "did you mean rates.epochs?"]),
-        (["run", "E4", "--set", "rates.epochs=0"], ["rates.epochs=0 is invalid", ">= 300",
+        (["run", "E4", "--set", "rates.epochs=0"], ["rates.epochs=0 is out of range", ">= 300",
                                                     "experiment E4"]),
         (["run", "E4", "--set", "rates.source=both"], ["rates.source='both'", "auto, fit"]),
         (["run", "E4", "--set", "rates.seeds=two"], ["rates.seeds", "not a valid int"]),
         # The two-point experiments' sizes are the `size` block; E7 refuses what it does not use.
         (["run", "E1", "--set", "width=64"], ["'width'", "did you mean size.width?"]),
-        (["run", "E2", "--set", "size.epochs=10"], ["size.epochs=10 is invalid", ">= 300",
+        (["run", "E2", "--set", "size.epochs=10"], ["size.epochs=10 is out of range", ">= 300",
                                                     "experiment E2"]),
         (["run", "E7", "--set", "size.max_depth=4"], ["size.max_depth=4 is invalid for E7",
                                                       "set depth instead", "experiment E7"]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -102,23 +103,70 @@ def check_ndim(name: str, x, ndim: int | Sequence[int], what: str = "") -> None:
         raise ValueError(f"{name} must be {desc}{what}; got shape {np.shape(x)}.")
 
 
+def out_of_range(name: str, value, must: str) -> ValueError:
+    """The one message of a refused value: ``NAME=VALUE is out of range: must be MUST.``"""
+    return ValueError(f"{name}={value!r} is out of range: must be {must}.")
+
+
 def check_int(name: str, value, lo: int | None = None, hi: int | None = None) -> int:
     """``value`` as a Python int; raise unless it is an integer (not a bool) in ``[lo, hi]``."""
     if hi is None:
         rng = "" if lo is None else f" >= {lo}"
     else:
         rng = f" in [{lo if lo is not None else '-inf'}, {hi}]"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name}={value!r} is not an integer: must be an integer{rng}.")
-    if (lo is not None and value < lo) or (hi is not None and value > hi):
-        raise ValueError(f"{name}={value!r} is out of range: must be an integer{rng}.")
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or (lo is not None and value < lo) or (hi is not None and value > hi)):
+        raise out_of_range(name, value, f"an integer{rng}")
     return int(value)
+
+
+def check_float(name: str, value, lo: float = 0.0, hi: float | None = None, *,
+                lo_open: bool = True) -> float:
+    """``value`` as a Python float; raise unless it is a finite real number (not a bool) in
+    ``(lo, hi]`` (``[lo, hi]`` with ``lo_open=False``; no upper bound for ``hi=None``)."""
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(
+        value, (bool, np.bool_))
+    ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo)
+    ok = ok and (hi is None or value <= hi)
+    if not ok:
+        left = "(" if lo_open else "["
+        rng = f"{left}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
+        raise out_of_range(name, value, f"a finite number in {rng}")
+    return float(value)
+
+
+def check_floats(name: str, values: Sequence, lo: float = 0.0, **kw) -> None:
+    """Raise unless ``values`` is non-empty and each passes :func:`check_float` (``name[i]``)."""
+    if len(values) == 0:
+        raise out_of_range(name, values, "at least one value")
+    for i, v in enumerate(values):
+        check_float(f"{name}[{i}]", v, lo, **kw)
+
+
+def check_choice(name: str, value, choices: Sequence[str]) -> None:
+    """Raise unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise out_of_range(name, value, f"one of {', '.join(map(str, choices))}")
+
+
+def check_choices(name: str, values: Sequence[str], choices: Sequence[str]) -> None:
+    """Raise unless ``values`` is non-empty, each one of ``choices``, none repeated."""
+    among = f"among {', '.join(map(str, choices))}"
+    if len(values) == 0:
+        raise out_of_range(name, values, f"a non-empty list of choices {among}")
+    for v in values:
+        if v not in choices:
+            raise out_of_range(name, values, f"a list of choices {among} ({v!r} is none)")
+    repeated = sorted({v for v in values if list(values).count(v) > 1})
+    if repeated:
+        raise out_of_range(name, values, f"distinct choices: it repeats "
+                           f"{', '.join(map(repr, repeated))}")
 
 
 def check_bool(name: str, value) -> bool:
     """``value`` as a bool; raise unless it is ``True`` or ``False`` (``'no'`` is not False)."""
     if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{name}={value!r} is invalid: must be True or False.")
+        raise out_of_range(name, value, "True or False")
     return bool(value)
 
 

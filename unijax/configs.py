@@ -17,13 +17,13 @@ E6: ``MNIST``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any
 
 import numpy as np
 
 from . import nets
+from ._checks import check_choice, check_float, check_int, out_of_range
 from .data import DATASETS
 
 __all__ = ["TrainConfig", "get", "names", "OPTIMIZERS", "DTYPES", "LOSSES"]
@@ -102,58 +102,27 @@ class TrainConfig:
     conv_layout: str = "unijax"
 
     def __post_init__(self):
-        def positive_int(field: str):
-            v = getattr(self, field)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"{field} must be an integer > 0, got {field}={v!r}")
-            object.__setattr__(self, field, int(v))
-
-        def positive_float(field: str):
-            v = getattr(self, field)
-            try:
-                fv = float(v)
-            except (TypeError, ValueError):
-                msg = f"{field} must be a finite number > 0, got {field}={v!r}"
-                raise ValueError(msg) from None
-            if not (math.isfinite(fv) and fv > 0):
-                raise ValueError(f"{field} must be a finite number > 0, got {field}={v!r}")
-            object.__setattr__(self, field, fv)
-
+        # The one boundary where a training config enters: every field is checked here, in
+        # unijax's one message format (unijax._checks), and nowhere downstream of it again.
         for f in ("width", "depth", "epochs"):
-            positive_int(f)
+            object.__setattr__(self, f, check_int(f, getattr(self, f), 1))
         for f in ("gain", "lr", "dx2", "divergence_threshold"):
-            positive_float(f)
-        if not (isinstance(self.dy2, (int, float)) and math.isfinite(self.dy2) and self.dy2 >= 0):
-            raise ValueError(f"dy2 must be a finite number >= 0, got dy2={self.dy2!r}")
-        object.__setattr__(self, "dy2", float(self.dy2))
-        if self.arch not in nets.ARCHITECTURES:
-            raise ValueError(f"unknown arch={self.arch!r}; valid: {list(nets.ARCHITECTURES)}")
-        if self.nonlinearity not in nets.NONLINEARITIES:
-            raise ValueError(
-                f"unknown nonlinearity={self.nonlinearity!r}; valid: {list(nets.NONLINEARITIES)}"
-            )
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer={self.optimizer!r}; valid: {list(OPTIMIZERS)}")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown dataset={self.dataset!r}; valid: {list(DATASETS)}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype={self.dtype!r}; valid: {list(DTYPES)}")
-        if self.precision not in ("default", "high", "highest"):
-            raise ValueError(
-                f"unknown precision={self.precision!r}; valid: ['default', 'high', 'highest']"
-            )
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss={self.loss!r}; valid: {list(LOSSES)}")
-        if self.conv_layout not in nets.CONV_LAYOUTS:
-            raise ValueError(
-                f"unknown conv_layout={self.conv_layout!r}; valid: {list(nets.CONV_LAYOUTS)}"
-            )
+            object.__setattr__(self, f, check_float(f, getattr(self, f)))
+        object.__setattr__(self, "dy2", check_float("dy2", self.dy2, lo_open=False))
+        check_choice("arch", self.arch, list(nets.ARCHITECTURES))
+        check_choice("nonlinearity", self.nonlinearity, list(nets.NONLINEARITIES))
+        check_choice("optimizer", self.optimizer, list(OPTIMIZERS))
+        check_choice("dataset", self.dataset, list(DATASETS))
+        check_choice("dtype", self.dtype, list(DTYPES))
+        check_choice("precision", self.precision, ["default", "high", "highest"])
+        check_choice("loss", self.loss, list(LOSSES))
+        check_choice("conv_layout", self.conv_layout, list(nets.CONV_LAYOUTS))
         if self.batch_size is not None:
-            positive_int("batch_size")
+            object.__setattr__(self, "batch_size", check_int("batch_size", self.batch_size, 1))
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got dropout={self.dropout!r}")
+            raise out_of_range("dropout", self.dropout, "a number in [0, 1)")
         if self.arch == "dropout" and self.dropout == 0:
-            raise ValueError("arch='dropout' needs dropout in (0, 1), got dropout=0")
+            raise out_of_range("dropout", self.dropout, "in (0, 1) for arch='dropout'")
         if self.arch == "conv":
             # Raises on a network too narrow or shallow for its convolutions.
             nets.hidden_sizes("conv", self.width, self.depth, self.conv_layout)
@@ -165,10 +134,8 @@ class TrainConfig:
             or not isinstance(self.layer, (int, np.integer))
             or not 0 <= self.layer < n_hidden
         ):
-            raise ValueError(
-                f"layer must be an integer in [0, {n_hidden - 1}] ({n_hidden} hidden "
-                f"layers at depth={self.depth}), got layer={self.layer!r}"
-            )
+            raise out_of_range("layer", self.layer, f"an integer in [0, {n_hidden - 1}] "
+                               f"({n_hidden} hidden layers at depth={self.depth})")
         object.__setattr__(self, "layer", int(self.layer))
 
     def replace(self, **overrides: Any) -> TrainConfig:

@@ -62,6 +62,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unijax._checks import check_choice, check_int, out_of_range
+
 __all__ = [
     "ARCHITECTURES",
     "NONLINEARITIES",
@@ -137,20 +139,14 @@ def xavier_normal(gain: float = 1.0) -> Callable:
 
 
 def _check_common(width: int, depth: int, out_dim: int, nonlinearity: str, dropout: float):
-    if not isinstance(width, int) or width <= 0:
-        raise ValueError(f"width must be a positive integer, got {width=}")
-    if not isinstance(depth, int) or depth <= 0:
-        raise ValueError(
-            f"depth (number of hidden layers) must be a positive integer, got {depth=}"
-        )
-    if not isinstance(out_dim, int) or out_dim <= 0:
-        raise ValueError(f"out_dim must be a positive integer, got {out_dim=}")
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(
-            f"unknown nonlinearity={nonlinearity!r}; valid names: {sorted(NONLINEARITIES)}"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout=}")
+    # The networks are an entry of their own (nets.make, nets.MLP): the same checks and
+    # wording as a training config's (unijax._checks).
+    check_int("width", width, 1)
+    check_int("depth", depth, 1)
+    check_int("out_dim", out_dim, 1)
+    check_choice("nonlinearity", nonlinearity, sorted(NONLINEARITIES))
+    if not (isinstance(dropout, (int, float)) and 0.0 <= dropout < 1.0):
+        raise out_of_range("dropout", dropout, "a number in [0, 1)")
 
 
 class MLP(nn.Module):
@@ -277,25 +273,20 @@ def _n_conv(depth: int, layout: str) -> int:
 
 
 def _check_layout(conv_layout: str) -> None:
-    if conv_layout not in CONV_LAYOUTS:
-        raise ValueError(f"unknown conv_layout={conv_layout!r}; valid: {list(CONV_LAYOUTS)}")
+    check_choice("conv_layout", conv_layout, list(CONV_LAYOUTS))
 
 
 def _check_conv(width: int, depth: int, kernel: int = CONV_KERNEL, layout: str = "unijax"):
     _check_layout(layout)
     min_depth = 1 if layout == "authors" else 3
     if depth < min_depth:
-        raise ValueError(
-            f"the conv architecture (conv_layout={layout!r}) needs depth >= {min_depth} hidden "
-            f"layers, got {depth=}"
-        )
+        raise out_of_range("depth", depth, f"an integer >= {min_depth} for the conv "
+                           f"architecture (conv_layout={layout!r})")
     n_conv = _n_conv(depth, layout)
     if width <= (kernel - 1) * n_conv:
-        raise ValueError(
-            f"the conv architecture (conv_layout={layout!r}) needs width > "
-            f"{(kernel - 1) * n_conv} for depth={depth} (each of the {n_conv} valid "
-            f"convolutions shortens the signal by {kernel - 1}), got {width=}"
-        )
+        raise out_of_range("width", width, f"an integer > {(kernel - 1) * n_conv} for the conv "
+                           f"architecture (conv_layout={layout!r}) at depth={depth}: each of "
+                           f"its {n_conv} valid convolutions shortens the signal by {kernel - 1}")
 
 
 def hidden_sizes(

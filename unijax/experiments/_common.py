@@ -28,6 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from unijax._checks import (  # noqa: F401 (the experiments' Config checks, one module)
+    check_choice,
+    check_choices,
+    check_float,
+    check_floats,
+    check_int,
+)
 from unijax.results._store import memory_cache
 
 __all__ = [
@@ -64,56 +71,6 @@ def no_progress(iterable: Iterable, **_: Any) -> Iterable:
 
 class BadInput(ValueError):
     """Invalid user input (experiment name, ``--set`` key or value, paths): exit status 2."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Validation helpers used by Config.__post_init__
-# ---------------------------------------------------------------------------------------------
-
-
-def check_int(name: str, value: Any, lo: int = 1, hi: int | None = None) -> None:
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    ok = ok and value >= lo and (hi is None or value <= hi)
-    if not ok:
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{name}={value!r} is invalid: must be an integer {rng}")
-
-
-def check_float(
-    name: str, value: Any, lo: float = 0.0, hi: float | None = None, *, lo_open: bool = True
-) -> None:
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value) and (value > lo if lo_open else value >= lo)
-    ok = ok and (hi is None or value <= hi)
-    if not ok:
-        left = "(" if lo_open else "["
-        rng = f"{left}{lo}, {hi if hi is not None else 'inf'}{']' if hi is not None else ')'}"
-        raise ValueError(f"{name}={value!r} is invalid: must be a finite number in {rng}")
-
-
-def check_floats(name: str, values: Sequence[Any], lo: float = 0.0, **kw: Any) -> None:
-    if len(values) == 0:
-        raise ValueError(f"{name} is empty: give at least one value")
-    for i, v in enumerate(values):
-        check_float(f"{name}[{i}]", v, lo, **kw)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is invalid; valid choices: {', '.join(choices)}")
-
-
-def check_choices(name: str, values: Sequence[str], choices: Sequence[str]) -> None:
-    if len(values) == 0:
-        raise ValueError(f"{name} is empty; valid choices: {', '.join(choices)}")
-    for v in values:
-        if v not in choices:
-            raise ValueError(
-                f"{name} contains {v!r}, which is invalid; valid choices: {', '.join(choices)}"
-            )
-    repeated = sorted({v for v in values if list(values).count(v) > 1})
-    if repeated:
-        raise ValueError(f"{name} repeats {', '.join(map(repr, repeated))}: each may appear once")
 
 
 # ---------------------------------------------------------------------------------------------
