@@ -46,14 +46,19 @@ def test_fit_vs_data_draws_h_y_w_and_the_loss():
     ts, Z, rf = _fake_fit()
     fig = plots.fit_vs_data(rf, ts, Z)
     assert isinstance(fig, Figure) and len(fig.axes) == 3
-    # Data and fit per trial per panel: 2 trials x 2 lines.
-    assert len(fig.axes[0].lines) == 4 and "1/2 fits converged" in fig.axes[0].get_title()
+    # Only the usable fit is drawn (data and fit: 2 lines a panel); the title counts the
+    # excluded one by its reason.
+    assert len(fig.axes[0].lines) == 2
+    assert fig.axes[0].get_title() == "1/2 fits usable (excluded: 1 optimizer_failed)"
     loss = np.exp(-np.arange(50.0) / 10)[None].repeat(2, 0)
     mf = fit.MeanFit(*(jnp.ones(2) for _ in range(6)), converged=jnp.ones(2, bool),
                      n_iters=jnp.ones(2, int), loss_fit=jnp.asarray(loss * 1.01))
-    fig = plots.fit_vs_data(rf, ts, Z, loss=loss, mean_fit=mf, trials=[1])
+    fig = plots.fit_vs_data(rf, ts, Z, loss=loss, mean_fit=mf, trials=[0])
     assert len(fig.axes) == 4 and fig.axes[3].get_yscale() == "log"
-    assert "NOT converged" in fig.axes[0].get_title()
+    assert fig.axes[0].get_title().endswith("1/epoch (fit usable)")
+    fig = plots.fit_vs_data(rf, ts, Z, trials=[1])
+    assert fig.axes[0].get_title() == "0/1 fits usable (excluded: 1 optimizer_failed); none drawn"
+    assert not fig.axes[0].lines
     # Drawing on the caller's axes.
     f2, axes = plt.subplots(1, 3)
     assert plots.fit_vs_data(rf, ts, Z, ax=axes) is f2

@@ -190,7 +190,10 @@ def fit_vs_data(
     """A rate fit against its data: ``h``, ``y``, ``w`` (and the loss) over epochs.
 
     The data are drawn in colour (one colour per trial), the fitted ODE solution as black
-    dashed lines on top; failed fits (``converged=False``) are titled as such.
+    dashed lines on top. Only usable fits (``rates.usable``: ``status == FitStatus.OK``) are
+    drawn; the title says how many of the selected trials are drawn, how many were excluded
+    and why (their :class:`unijax.fit.FitStatus`), e.g. ``"2/3 fits usable (excluded: 1
+    poor_fit)"``.
 
     Args:
         rates: a :class:`unijax.fit.RateFit` fitted with ``return_trajectory=True``.
@@ -198,7 +201,8 @@ def fit_vs_data(
         Z: the fitted data ``(n_epochs, 3)`` or ``(n_trials, n_epochs, 3)``.
         loss: optional measured loss ``([n_trials,] n_epochs)``: adds a fourth panel.
         mean_fit: optional :class:`unijax.fit.MeanFit` of that loss (its ``loss_fit`` is drawn).
-        trials: which trials to draw (default all, at most 8).
+        trials: which trials to consider (default all, at most 8); the unusable among them
+            are counted in the title, not drawn.
         ax: optional 3 (or 4 with ``loss``) Axes to draw on.
 
     Returns:
@@ -210,11 +214,13 @@ def fit_vs_data(
     t = np.asarray(ts, dtype=float)
     data = np.asarray(Z, dtype=float).reshape((-1,) + np.shape(Z)[-2:])
     model = np.asarray(z_fit, dtype=float).reshape(data.shape)
-    conv = np.atleast_1d(np.asarray(rates.converged))
+    status = np.broadcast_to(np.atleast_1d(np.asarray(rates.status)), data.shape[:1])
     n = data.shape[0]
-    sel = list(range(min(n, 8))) if trials is None else [int(i) for i in trials]
-    if any(not 0 <= i < n for i in sel):
+    asked = list(range(min(n, 8))) if trials is None else [int(i) for i in trials]
+    if any(not 0 <= i < n for i in asked):
         raise ValueError(f"trials must be indices in [0, {n - 1}], got {trials!r}")
+    # Only fits unijax trusts are drawn; the others are counted, by reason, in the title.
+    sel = [i for i in asked if status[i] == 0]
     panels = 3 + (loss is not None)
     fig, axes = _figure(ax, panels)
     for k, var in enumerate("hyw"):
@@ -233,17 +239,29 @@ def fit_vs_data(
         label(axes[3], "epoch", HWY_LABELS["loss"])
     eta_h = np.atleast_1d(np.asarray(rates.eta_h))
     eta_y = np.atleast_1d(np.asarray(rates.eta_y))
-    if len(sel) == 1:
-        i = sel[0]
-        axes[0].set_title(
-            f"eta_h = {eta_h[i]:.3g}, eta_y = {eta_y[i]:.3g} 1/epoch"
-            + ("" if conv[i] else " (NOT converged)"), fontsize=9)
-    else:
-        axes[0].set_title(f"{int(conv[sel].sum())}/{len(sel)} fits converged", fontsize=9)
-    axes[0].legend(fontsize=7)
+    axes[0].set_title(_usable_title(status[asked], eta_h[sel], eta_y[sel]), fontsize=9)
+    if sel:
+        axes[0].legend(fontsize=7)
     if ax is None:
         fig.tight_layout()
     return fig
+
+
+def _usable_title(status: np.ndarray, eta_h: np.ndarray, eta_y: np.ndarray) -> str:
+    """``"k/n fits usable (excluded: 2 poor_fit, 1 not_identified)"``; for one usable trial of
+    one, its rates."""
+    from unijax.fit import FitStatus
+
+    n, k = int(status.size), int(np.sum(status == 0))
+    if n == 1 and k == 1:
+        return f"eta_h = {eta_h[0]:.3g}, eta_y = {eta_y[0]:.3g} 1/epoch (fit usable)"
+    reasons = {}
+    for s in status[status != 0]:
+        name = FitStatus(int(s)).name.lower()
+        reasons[name] = reasons.get(name, 0) + 1
+    why = ", ".join(f"{c} {r}" for r, c in reasons.items())
+    return f"{k}/{n} fits usable" + (f" (excluded: {why})" if why else "") + (
+        "; none drawn" if k == 0 else "")
 
 
 def sweep(
