@@ -11,6 +11,11 @@
     blocks up to its first heavy one and checks that every block compiles as Python.
   - ``SIZE_OVERRIDES`` shrinks paper-sized examples (textual replacements, each asserted to
     match, so an edited block cannot silently escape its override).
+* Every example that fits rates states its outcome in a comment on the line that prints it,
+  ``# RateFit: 4/4 usable; eta_h ≈ 0.016, eta_y ≈ 0.038``; running the example checks the
+  printed summary against that comment (the usable count exactly, each rate within 10%), so
+  the text and the result cannot drift apart (:func:`check_stated_outcomes`). The README's
+  training example, the first one a user runs, is checked in the default suite.
 * Nothing points outside the repository, the cited sections of the theory and experiments
   pages exist, and importing ``unijax.plots`` leaves matplotlib's backend alone.
 """
@@ -85,7 +90,59 @@ for i, src in enumerate(blocks):
 """
 
 
-def _run_blocks(rel: str, blocks: list[str], tmp_path: Path, timeout: float) -> None:
+#: A stated outcome: the comment after ``print(rates.summary())``.
+_STATED = re.compile(r"#\s*RateFit: (\d+)/(\d+) usable(?:; ([^\n]*))?")
+#: What ``RateFit.summary()`` prints: its first line and the mean rates over usable fits.
+_PRINTED = re.compile(r"^RateFit: (\d+)/(\d+) usable", re.MULTILINE)
+_PRINTED_RATE = re.compile(r"^\s*(eta_h|eta_y) = ([0-9.eE+-]+)", re.MULTILINE)
+#: Rates are stated to two significant figures; a platform's float rounding moves them less.
+RATE_RTOL = 0.1
+
+
+def stated_outcomes(block: str) -> list[tuple[int, int, dict[str, float]]]:
+    """``(usable, trials, {"eta_h": value, ...})`` of each ``# RateFit: ...`` comment."""
+    out = []
+    for m in _STATED.finditer(block):
+        rates = {k: float(v) for k, v in re.findall(r"(eta_h|eta_y) ≈ ([0-9.eE+-]+)",
+                                                    m.group(3) or "")}
+        out.append((int(m.group(1)), int(m.group(2)), rates))
+    return out
+
+
+def check_stated_outcomes(rel: str, blocks: list[str], stdout: str) -> int:
+    """Assert that each block printed what its comments state; returns how many were checked.
+
+    The i-th stated outcome of a block is compared with the i-th ``RateFit`` summary that
+    block printed.
+    """
+    parts = re.split(r"^--- .* block (\d+)$", stdout, flags=re.MULTILINE)
+    printed = {int(parts[i]): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
+    n = 0
+    for i, block in enumerate(blocks):
+        stated = stated_outcomes(block)
+        if not stated:
+            continue
+        text = printed.get(i, "")
+        starts = [m.start() for m in _PRINTED.finditer(text)] + [len(text)]
+        assert len(starts) - 1 >= len(stated), (
+            f"{rel} block {i} states {len(stated)} RateFit outcome(s) but printed "
+            f"{len(starts) - 1}:\n{text[-2000:]}")
+        for k, (usable, trials, rates) in enumerate(stated):
+            summary = text[starts[k]:starts[k + 1]]
+            got = tuple(int(x) for x in _PRINTED.match(summary).groups())
+            assert got == (usable, trials), (
+                f"{rel} block {i} states 'RateFit: {usable}/{trials} usable' but printed "
+                f"'RateFit: {got[0]}/{got[1]} usable':\n{summary[:600]}")
+            values = dict(_PRINTED_RATE.findall(summary))
+            for name, value in rates.items():
+                assert name in values, f"{rel} block {i}: {name} not printed:\n{summary[:600]}"
+                assert abs(float(values[name]) / value - 1) <= RATE_RTOL, (
+                    f"{rel} block {i} states {name} ≈ {value} but printed {values[name]}")
+            n += 1
+    return n
+
+
+def _run_blocks(rel: str, blocks: list[str], tmp_path: Path, timeout: float) -> str:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["MPLBACKEND"] = "Agg"  # plt.show() must not block or need a display
@@ -95,6 +152,8 @@ def _run_blocks(rel: str, blocks: list[str], tmp_path: Path, timeout: float) -> 
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{rel}:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    check_stated_outcomes(rel, blocks, proc.stdout)
+    return proc.stdout
 
 
 @pytest.mark.parametrize("rel", CODE_FILES)
@@ -130,6 +189,50 @@ def test_light_code_blocks_run(rel, tmp_path):
 @pytest.mark.parametrize("rel", [f for f in CODE_FILES if code_blocks(f)])
 def test_all_code_blocks_run(rel, tmp_path):
     _run_blocks(rel, _apply_overrides(rel, code_blocks(rel)), tmp_path, timeout=1800)
+
+
+def _readme_training_block() -> str:
+    blocks = [b for b in code_blocks("README.md") if "train.train(" in b]
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+def test_readme_training_example_prints_what_it_states(tmp_path):
+    # The first example a user runs trains and fits; what its comment states (the usable
+    # count, the rates) is what it prints. getting-started repeats it word for word.
+    block = _readme_training_block()
+    assert block in code_blocks("docs/getting-started.md")
+    (usable, trials, rates), = stated_outcomes(block)
+    assert usable >= 0.75 * trials and set(rates) == {"eta_h", "eta_y"}
+    out = _run_blocks("README.md", [block], tmp_path, timeout=600)
+    assert f"{usable} usable fits: eta_h = " in out
+
+
+def test_every_example_that_fits_states_its_outcome():
+    # An example that prints a rate fit's summary says, in a comment, what it prints (checked
+    # when it runs), and it leaves at least 75% of its fits usable.
+    for rel in CODE_FILES:
+        for i, block in enumerate(code_blocks(rel)):
+            for line in block.splitlines():
+                if re.search(r"print\(rates\.summary\(\)\)", line):
+                    stated = stated_outcomes(line)
+                    assert stated, f"{rel} block {i}: {line.strip()!r} states no outcome"
+                    usable, trials, _ = stated[0]
+                    assert usable >= 0.75 * trials, f"{rel} block {i}: {line.strip()!r}"
+
+
+def test_stated_outcomes_are_checked():
+    block = "print(rates.summary())   # RateFit: 4/4 usable; eta_h ≈ 0.016, eta_y ≈ 0.038\n"
+    assert stated_outcomes(block) == [(4, 4, {"eta_h": 0.016, "eta_y": 0.038})]
+    good = ("--- x block 0\nRateFit: 4/4 usable; 4 converged\n  eta_h = 0.0159 (sd 1) 1/epoch\n"
+            "  eta_y = 0.0397 (sd 1) 1/epoch\n")
+    assert check_stated_outcomes("x", [block], good) == 1
+    with pytest.raises(AssertionError, match="printed 'RateFit: 0/4 usable'"):
+        check_stated_outcomes("x", [block], good.replace("4/4", "0/4"))
+    with pytest.raises(AssertionError, match="states eta_h ≈ 0.016 but printed 0.03"):
+        check_stated_outcomes("x", [block], good.replace("0.0159", "0.03"))
+    with pytest.raises(AssertionError, match="printed 0"):
+        check_stated_outcomes("x", [block], "--- x block 0\nnothing\n")
 
 
 def test_site_builds_strict(tmp_path):
