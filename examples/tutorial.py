@@ -117,9 +117,9 @@ plt.show()
 # %% [markdown]
 # ## 5. Predict where the representations end
 #
-# With the rates averaged over the usable fits (`status == OK`), section 5 predicts each trial's final
-# squared hidden distance from that trial's own initial `(h0, y0)`. Compare with what the
-# networks reached.
+# With the rates averaged over the usable fits (`status == OK`), section 5 predicts each
+# trial's final squared hidden distance from that trial's own initial `(h0, y0)`. Compare with
+# what the networks reached.
 
 # %%
 mean = rates.mean_over_usable()  # fits that are not usable are left out, and counted
