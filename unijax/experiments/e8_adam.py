@@ -586,6 +586,14 @@ def plot(result, outdir) -> list[Path]:
     return paths
 
 
+def _row_means(a: np.ndarray) -> np.ndarray:
+    """Mean of the finite values of each row (NaN for a row without any: a rate at which
+    no seed converged)."""
+    ok = np.isfinite(a)
+    n = ok.sum(axis=1)
+    return np.where(n > 0, np.where(ok, a, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
+
+
 def plot_sweep(sw: dict, outdir, stem: str = "adam_blobs_lr_sweep") -> list[Path]:
     """Collapse index against Adam's learning rate, per row: at convergence (solid) and at
     the end of the budget (dotted); one dot per converged seed."""
@@ -600,11 +608,10 @@ def plot_sweep(sw: dict, outdir, stem: str = "adam_blobs_lr_sweep") -> list[Path
             end = np.asarray(sw["index_end"][:, r], float)
             for li in range(lrs.size):
                 ax.scatter(np.full(idx.shape[1], lrs[li]), idx[li], s=10, color=color, alpha=0.6)
-            ax.plot(lrs, np.nanmean(idx, axis=1) if np.isfinite(idx).any() else lrs * np.nan,
-                    color=color, label=f"gain {float(sw['gain'][r]):g}, at convergence")
-            ax.plot(lrs, np.nanmean(end, axis=1) if np.isfinite(end).any() else lrs * np.nan,
-                    color=color, ls=":", label=f"gain {float(sw['gain'][r]):g}, at epoch "
-                    f"{int(sw['epochs'])}")
+            ax.plot(lrs, _row_means(idx), color=color,
+                    label=f"gain {float(sw['gain'][r]):g}, at convergence")
+            ax.plot(lrs, _row_means(end), color=color, ls=":",
+                    label=f"gain {float(sw['gain'][r]):g}, at epoch {int(sw['epochs'])}")
         ax.axhline(e5.COLLAPSED, color="0.5", lw=0.8)
         ax.set_xscale("log")
         plots.label(ax, "Adam learning rate (unijax's choice)",
