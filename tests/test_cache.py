@@ -1,10 +1,15 @@
 """The persistent compilation cache: on at the first entry-point call, off when opted out,
 never over a directory the user chose; and a second process reuses what the first compiled."""
 
+import os
+import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 from _procs import env as proc_env
+
+from unijax import _cache
 
 _TRAIN = (
     "import os, jax; from unijax import configs, train; "
@@ -44,3 +49,98 @@ def test_a_directory_the_user_chose_is_kept(tmp_path):
     mine = tmp_path / "mine"
     assert _run(tmp_path, JAX_COMPILATION_CACHE_DIR=str(mine)) == str(mine)
     assert any(mine.iterdir()) and not (tmp_path / "xdg").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust: nothing read from the cache directory runs as Python; only a private directory is used
+# ---------------------------------------------------------------------------------------------
+
+_FIT = (
+    "import jax, numpy as np; jax.config.update('jax_enable_x64', True); "
+    "from unijax import fit; ts = np.arange(200.0); "
+    "Z = np.stack([0.05 * np.exp(-ts / 400), 1e-3 + ts * 1e-5, -1e-3 - ts * 1e-5], 1); "
+    "r = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False); "
+    "r = fit.fit_rates(ts[:150], Z[:150], dx2=1.0, dy2=0.5, return_trajectory=False); "
+    "print('STATUS', int(r.status), 'DIR', jax.config.jax_compilation_cache_dir)"
+)
+
+
+def _fit_child(env_extra, tmp_path):
+    e = proc_env()
+    for k in ("JAX_COMPILATION_CACHE_DIR", "UNIJAX_NO_COMPILATION_CACHE", "UNIJAX_CACHE_DIR",
+              "XDG_CACHE_HOME"):
+        e.pop(k, None)
+    e.update({"XDG_CACHE_HOME": str(tmp_path / "xdg"), **env_extra})
+    p = subprocess.run([sys.executable, "-c", _FIT], env=e, capture_output=True, text=True,
+                       timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p
+
+
+class _Payload:
+    """Unpickling this runs ``code``: what an attacker would leave in a shared cache."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return (exec, (self.code,))
+
+
+def test_a_crafted_file_in_the_cache_never_runs(tmp_path):
+    cache = tmp_path / "cache"
+    marker = tmp_path / "ran"
+    blob = pickle.dumps(_Payload(f"open({str(marker)!r}, 'w').write('pwned')"))
+    # Where earlier versions loaded pickled programs from, and JAX's own directory.
+    for d in (cache / "unijax_programs", cache):
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name in ("fit-" + "0" * 32 + ".pkl", "fit-evil.pkl", "jit__fit_batch-evil"):
+            (d / name).write_bytes(blob)
+    p = _fit_child({"UNIJAX_CACHE_DIR": str(cache)}, tmp_path)
+    assert not marker.exists()
+    assert "DIR " + str(cache) in p.stdout  # the cache was used, and the payload never ran
+
+
+def test_a_group_writable_cache_is_refused_with_one_message(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o775)
+    p = _fit_child({"UNIJAX_CACHE_DIR": str(shared)}, tmp_path)
+    assert "DIR None" in p.stdout  # JAX's cache left off too
+    lines = [ln for ln in p.stderr.splitlines() if "compilation cache off" in ln]
+    assert len(lines) == 1, p.stderr  # two fits, one message
+    assert str(shared) in lines[0] and "writable by group" in lines[0]
+    assert not any(shared.iterdir())
+
+
+def test_unsafe_reason_checks_the_directory_and_its_parents(tmp_path):
+    private = tmp_path / "a" / "b"
+    private.mkdir(parents=True)
+    for d in (tmp_path / "a", private):
+        d.chmod(0o700)
+    tmp_path.chmod(0o700)
+    assert _cache.unsafe_reason(private) is None  # /tmp above: root's, sticky
+    (tmp_path / "a").chmod(0o707)
+    assert "writable by others" in _cache.unsafe_reason(private)
+    (tmp_path / "a").chmod(0o700)
+    private.chmod(0o720)
+    assert "writable by group" in _cache.unsafe_reason(private)
+    private.chmod(0o700)
+    if os.geteuid() == 0:  # only root can hand a directory to another user
+        os.chown(private, 12345, -1)
+        assert "owned by uid 12345" in _cache.unsafe_reason(private)
+    f = tmp_path / "file"
+    f.write_text("")
+    assert "not a directory" in _cache.unsafe_reason(f)
+
+
+def test_cache_variables_follow_their_specs(monkeypatch, tmp_path):
+    monkeypatch.delenv("UNIJAX_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", "rel/cache")  # relative: ignored (XDG spec)
+    assert _cache.cache_dir() == Path.home() / ".cache" / "unijax" / "jax"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _cache.cache_dir() == tmp_path / "unijax" / "jax"
+    monkeypatch.setenv("UNIJAX_CACHE_DIR", "gs://bucket/cache")  # a URL stays a URL
+    assert _cache.cache_dir() == "gs://bucket/cache"
+    monkeypatch.setenv("UNIJAX_CACHE_DIR", "rel/dir")
+    assert _cache.cache_dir() == Path.cwd() / "rel" / "dir"

@@ -23,10 +23,9 @@ def _cholesky(a):
     """Lower Cholesky factor of a small symmetric matrix, as rows of scalars, unrolled.
 
     Written out rather than ``jnp.linalg.cholesky`` so that the compiled fit calls no LAPACK
-    kernel: a stored program (see :mod:`unijax.fit._run`) then loads without initializing
-    LAPACK, which costs a SciPy import (~0.3 s) in a fresh process; for ``k <= 5`` it is also
-    cheaper under ``vmap``. A matrix that is not positive definite gives NaN (the square root
-    of a negative pivot), as LAPACK's does.
+    kernel (whose start-up costs a SciPy import, ~0.3 s, in a fresh process); for ``k <= 5``
+    it is also cheaper under ``vmap``. A matrix that is not positive definite gives NaN (the
+    square root of a negative pivot), as LAPACK's does.
     """
     k = a.shape[0]
     low = [[None] * k for _ in range(k)]

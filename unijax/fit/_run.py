@@ -1,181 +1,62 @@
 """Running the compiled rate fit: the program cache, chunks and devices, retries, padding
 (private; imports no Diffrax until a program must be built).
 
-**Programs are compiled once per machine.** One compiled fit serves every trajectory length of
-a bucket (:mod:`unijax.fit._args`) and every batch of a chunk size. :func:`program` keeps it
-for the process, and also stores the compiled executable next to JAX's persistent compilation
-cache (in ``unijax_programs/`` under the directory :func:`unijax._cache.enable_compilation_cache`
-returns; off with ``UNIJAX_NO_COMPILATION_CACHE=1``), keyed by the code (the package's source
-hash), the JAX version, the device, the options and the argument shapes. A later process
-loads it in a fraction of a second instead of tracing the fit again (about 2 s: JAX's own
-persistent cache only skips the compilation that follows the tracing). A stored program that
-cannot be loaded is compiled again and replaced.
+**Programs are compiled once per process, and their compilation once per machine.** One
+compiled fit serves every trajectory length of a bucket (:mod:`unijax.fit._args`) and every
+batch of a chunk size; :func:`program` keeps it for the process. Nothing is read back from
+disk here: a later process traces the fit again, and JAX's persistent compilation cache
+(:mod:`unijax._cache`, over a private directory only) answers its compilation, keyed by a hash
+of the traced program's own text, the JAX version, the device and the compile options. A
+program of other code (a patched fit) or of another bucket therefore has another key and is
+never run in its place. (Earlier versions also stored pickled executables under
+``unijax_programs/``; unpickling a file that someone else could write runs their code, and a
+key of the source alone trusted a program of patched code. Those files are ignored now.)
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import os
-import pickle
-import tempfile
 import threading
-from importlib import metadata
-from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import jaxlib
 import numpy as np
 
-from unijax import _batch, _cache
-from unijax._version import code_version
+from unijax import _batch
 from unijax.fit._args import FitOpts, Grid
 from unijax.fit._status import FitStatus
 
 __all__ = ["fit_rows", "not_fitted", "program", "squeeze", "with_retries"]
 
-_PROGRAMS: dict[str, object] = {}  # this process's compiled programs, by key
+_PROGRAMS: dict[tuple, object] = {}  # this process's compiled programs, by signature
 _LOCK = threading.Lock()  # chunks run from threads: build each program once
 
 
 def _fit_batch():
-    # Imported on first use: it imports Diffrax, which a program loaded from disk never needs.
+    # Imported on first use: it imports Diffrax.
     from unijax.fit._program import fit_batch
 
     return fit_batch
 
 
-@functools.cache
-def _software() -> tuple[str, ...]:
-    """What the compiled program depends on besides its arguments: unijax's source and the
-    versions of the libraries traced into it (read without importing them)."""
-    versions = []
-    for dist in ("diffrax", "equinox", "lineax", "optimistix"):
-        try:
-            versions.append(metadata.version(dist))
-        except metadata.PackageNotFoundError:
-            versions.append("")
-    return (code_version().source_sha256, jax.__version__, jaxlib.__version__, *versions)
-
-
-def _key(args, opts: FitOpts, return_trajectory: bool, device) -> str:
+def _signature(args, opts: FitOpts, return_trajectory: bool, device) -> tuple:
     leaves = jax.tree_util.tree_leaves(args)
-    spec = (
-        _software(), device.platform, device.device_kind, jax.config.jax_enable_x64,
-        repr(opts), return_trajectory, [(a.shape, str(a.dtype)) for a in leaves],
-        os.environ.get("XLA_FLAGS", ""),
-    )
-    return hashlib.sha256(repr(spec).encode()).hexdigest()[:32]
-
-
-def _programs_dir() -> Path | None:
-    d = _cache.enable_compilation_cache()
-    if d is None or "://" in d:  # off, or a remote cache (gs://...) that JAX writes itself
-        return None
-    return Path(d) / "unijax_programs"
-
-
-@functools.cache
-def _init_kernels():
-    # Kernels that XLA calls out to on CPU (LAPACK's, through jaxlib) get their entry points
-    # when a program using them is lowered, which a loaded program never is; without them it
-    # crashes. Lowering a tiny one resolves them (as jax.export does before calling a
-    # deserialized module). The fit itself calls none (see _lm._cholesky); this is for a
-    # program that does.
-    jax.jit(jnp.linalg.cholesky).lower(jax.ShapeDtypeStruct((2, 2), jnp.float64))
-
-
-def _load(path: Path, device):
-    from jax.experimental import serialize_executable
-
-    payload, in_tree, out_tree, calls_out = pickle.loads(path.read_bytes())
-    if calls_out:
-        _init_kernels()
-    return serialize_executable.deserialize_and_load(
-        payload, in_tree, out_tree, backend=device.client, execution_devices=[device])
-
-
-def _store(path: Path, compiled) -> None:
-    from jax.experimental import serialize_executable
-
-    # Whether the program calls a kernel outside XLA (a custom call), recorded for _load.
-    calls_out = "custom_call_target" in compiled.as_text()
-    _store_bytes(path, pickle.dumps((*serialize_executable.serialize(compiled), calls_out)))
-
-
-def _store_bytes(path: Path, blob: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)  # atomic: a concurrent reader sees the old file or the new one
+    return (device, jax.config.jax_enable_x64, opts, return_trajectory,
+            tuple((a.shape, str(a.dtype)) for a in leaves))
 
 
 def program(args, *, opts: FitOpts, return_trajectory: bool, device):
     """The compiled fit for ``args = (grid, Z, dx2, dy2, init)`` (their shapes and dtypes),
     ``opts`` and ``device``: a callable on such arguments returning the output dict.
 
-    From this process's programs, else loaded from the stored executables, else traced,
-    compiled (JAX's persistent cache may still save the compilation) and stored.
+    From this process's programs, else traced and compiled (JAX's persistent cache may answer
+    the compilation).
     """
-    key = _key(args, opts, return_trajectory, device)
+    key = _signature(args, opts, return_trajectory, device)
     with _LOCK:
-        if key in _PROGRAMS:
-            return _PROGRAMS[key]
-        root = _programs_dir()
-        path = None if root is None else root / f"fit-{key}.pkl"
-        compiled = None
-
-        def build():
+        if key not in _PROGRAMS:
             with jax.default_device(device):
-                return _fit_batch().lower(
+                _PROGRAMS[key] = _fit_batch().lower(
                     *args, opts=opts, return_trajectory=return_trajectory).compile()
-
-        # An empty file marks a program that failed after loading (see _Checked): built in
-        # every process, never stored again.
-        tomb = path is not None and path.exists() and path.stat().st_size == 0
-        if path is not None and path.exists() and not tomb:
-            try:
-                compiled = _Checked(_load(path, device), path, build)
-            except Exception:  # noqa: BLE001 - a stale or foreign file: build it again
-                compiled = None
-        if compiled is None:
-            compiled = build()
-            if path is not None and not tomb:
-                try:
-                    _store(path, compiled)
-                except Exception:  # noqa: BLE001 - not storable here (read-only, unsupported)
-                    pass  # the fit runs all the same, compiled again by the next process
-        _PROGRAMS[key] = compiled
-        return compiled
-
-
-class _Checked:
-    """A loaded program whose first run is checked: if it fails, the stored file is emptied
-    (a mark that this program is not to be stored again) and the program built again, and
-    the call repeated.
-
-    Seen on CPU (jaxlib 0.10.2): an executable stored by a process whose compilation JAX had
-    answered from its own persistent cache loads, then fails when run ("Function
-    ..._fusion not found"). Failures surface when the results are awaited, so the first call
-    waits for its results here (later calls are asynchronous as usual).
-    """
-
-    def __init__(self, compiled, path: Path, build):
-        self._compiled, self._path, self._build, self._checked = compiled, path, build, False
-
-    def __call__(self, *args):
-        if self._checked:
-            return self._compiled(*args)
-        try:
-            out = jax.block_until_ready(self._compiled(*args))
-        except jax.errors.JaxRuntimeError:
-            _store_bytes(self._path, b"")
-            self._compiled = self._build()
-            out = self._compiled(*args)
-        self._checked = True
-        return out
+        return _PROGRAMS[key]
 
 
 def fit_rows(grid: Grid, batch: dict, rows, *, opts: FitOpts, return_trajectory: bool, mesh,
