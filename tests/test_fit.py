@@ -183,6 +183,24 @@ def test_unsquared_y_is_reported_as_a_poor_fit(planted):
     assert "poor_fit" in res.summary() and "usable" in res.summary()
 
 
+def test_a_constant_trajectory_has_no_r2_and_is_not_a_good_fit():
+    # Nothing varies: there is no variance to explain. Rounding in the mean used to leave a
+    # tiny total sum of squares and R^2 0.93, 0.99, 0.97 with good_fit=True.
+    values = [(0.1, 0.7, 0.3), (3.3, 0.11, -0.07), (1e-3, 1e-5, 1e-4), (123.4, 56.7, 8.9)]
+    Z = np.stack([np.broadcast_to(np.array(v) * k, (N_EPOCHS, 3)) for v in values
+                  for k in (1.0, 1.0 / 3.0)])
+    res = fit.fit_rates(TS, Z, dx2=1.0, dy2=0.5)
+    assert np.isnan(np.asarray(res.r2)[np.asarray(res.ode_ok)]).all(), res.r2
+    assert not np.asarray(res.good_fit).any() and not res.usable.any()
+    # A variable that varies by one part in 1e9 of its size is not constant.
+    from unijax._fit_stats import r2
+
+    ramp = np.stack([0.7 + 1e-9 * TS, np.full(N_EPOCHS, 0.1), 0.3 * np.ones(N_EPOCHS)], 1)
+    got, varies = r2(jnp.asarray(ramp), jnp.asarray(ramp), jnp.ones(N_EPOCHS))
+    np.testing.assert_array_equal(np.asarray(varies), [True, False, False])
+    assert float(got[0]) == 1.0 and np.isnan(np.asarray(got[1:])).all()
+
+
 def test_step_function_is_not_a_successful_fit(planted):
     # A jump from one constant state to another: no trajectory of the ODE looks like it. The
     # old flag said converged=True for the first (R^2 0.59, 0.57, -0.53).
@@ -406,6 +424,13 @@ _GOOD_Z = np.tile(np.array([0.1, 0.02, -0.01]), (3, 1))
         (dict(init=np.ones((3, 2))), r"init must have shape \(2,\) or \(n_trials, 2\)"),
         (dict(rtol=0.0), r"rtol=0\.0 is out of range"),
         (dict(max_iters=0), r"max_iters=0 is out of range: must be an integer >= 1"),
+        (dict(scales=()), r"scales=\(\) is out of range: need one or more factors > 0"),
+        (dict(scales=(1.0, -2.0)), r"scales .* must lie in \(0, inf\)"),
+        (dict(Z=np.array([[["a", 1, 1]] * 3] * 2, dtype=object)), r"^Z must hold real numbers"),
+        (dict(Z=np.stack([_GOOD_Z, _GOOD_Z]) + 1e-3j), r"(?s)^Z=.* is complex"),
+        (dict(ts=np.arange(3.0) + 0j), r"^ts=.* is complex"),
+        (dict(dx2=1.0 + 1j), r"^dx2=.* is complex"),
+        (dict(init=np.array(["1", "2"], dtype=object)), r"^init .*must hold real numbers"),
     ],
 )
 def test_bad_input_raises(kwargs, match):
@@ -440,6 +465,8 @@ def test_bad_trajectory_raises(edit, match):
         (dict(z=np.ones((4, 3))), r"z must have shape \(3, 3\)"),
         (dict(ts=np.array([0.0, 1.0, 1.0])), r"strictly increasing"),
         (dict(loss=np.ones((3, 1, 1))), r"loss must have shape"),
+        (dict(loss=np.array([1.0, 0.8, 0.7]) + 0j), r"^loss=.* is complex"),
+        (dict(z=np.array([["a", 1, 1]] * 3, dtype=object)), r"^z must hold real numbers"),
     ],
 )
 def test_eta_mean_bad_input_raises(kwargs, match):

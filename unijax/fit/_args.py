@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from unijax._checks import (
+    as_real_array,
     check_bool,
     check_finite,
     check_int,
@@ -123,7 +124,7 @@ def pad_epochs(Z: np.ndarray, m: int) -> np.ndarray:
 
 
 def as_batch(name: str, value, n_trials: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=float)
+    arr = as_real_array(name, value).astype(float)
     if arr.ndim == 0:
         return np.full((n_trials,), float(arr))
     if arr.shape != (n_trials,):
@@ -135,7 +136,7 @@ def as_batch(name: str, value, n_trials: int) -> np.ndarray:
 
 
 def check_ts_for(ts, n_epochs: int, what: str) -> np.ndarray:
-    arr = np.asarray(ts, dtype=float)
+    arr = as_real_array("ts", ts).astype(float)
     if arr.ndim != 1:
         raise ValueError(f"ts must be a 1-D array of epochs, shape (n_epochs,); got {arr.shape}.")
     if arr.shape[0] != n_epochs:
@@ -172,7 +173,7 @@ def check_where(where, n_trials: int, single: bool) -> np.ndarray:
 def check_trajectories(Z, where) -> tuple[np.ndarray, bool, np.ndarray]:
     """``(Z as (n_trials, n_epochs, 3), single, where as (n_trials,) bool)``; only the trials
     selected by ``where`` (default all) must be finite and start with ``h0 > 0, y0 >= 0``."""
-    arr = np.asarray(Z, dtype=float)
+    arr = as_real_array("Z", Z).astype(float)
     single = arr.ndim == 2
     if arr.ndim not in (2, 3) or arr.shape[-1] != 3:
         raise ValueError(
@@ -226,7 +227,7 @@ def check_batch(ts, Z_arr, dx2, dy2, init):
         init_b = np.ones((n_trials, 2))
     else:
         check_positive("init (eta_h, eta_y)", init)
-        init_b = np.asarray(init, dtype=float)
+        init_b = as_real_array("init", init).astype(float)
         if init_b.shape == (2,):
             init_b = np.broadcast_to(init_b, (n_trials, 2))
         if init_b.shape != (n_trials, 2):
@@ -276,8 +277,14 @@ def prepare_fit(
             "integers >= 1."
         )
     retries = tuple(b for b in retries if b > int(max_steps))  # smaller ones add nothing
-    scales = tuple(float(s) for s in np.atleast_1d(scales))
-    check_positive("scales", np.asarray(scales))
+    scales_arr = as_real_array("scales", scales).astype(float)
+    if scales_arr.ndim > 1 or scales_arr.size == 0:
+        raise ValueError(
+            f"scales={scales!r} is out of range: need one or more factors > 0 (a scalar or a "
+            "1-D sequence) applied to each data-based starting estimate."
+        )
+    check_positive("scales", scales_arr)
+    scales = tuple(float(s) for s in np.atleast_1d(scales_arr))
     opts = FitOpts(
         solve=SolveOpts(float(rtol), float(atol), int(max_steps)),
         max_iters=int(max_iters),

@@ -32,8 +32,9 @@ How (and why it is fast):
 * **One program for every length, compiled once per machine.** The epochs are padded to a
   power-of-two bucket with per-epoch weights 0 on the padding (:mod:`unijax.fit._args`), so
   lengths 2049 to 4096 run one compiled program, and the fit equals the unpadded one to
-  round-off. The compiled program is stored beside JAX's persistent compilation cache
-  (:mod:`unijax.fit._run`): a later process loads it without tracing the fit again.
+  round-off. JAX's persistent compilation cache (over a private directory only,
+  :mod:`unijax._cache`) spares a later process the compilation; nothing traced is read back
+  from disk.
 * **Cheap sampling of the solution.** The solve saves its accepted steps only; the solution is
   evaluated at the measured epochs by quintic Hermite interpolation (value, first and second
   derivative from the vector field at both ends of each step): ~6x cheaper than Diffrax's
@@ -63,8 +64,7 @@ length buckets (``_args``), the ODE model and its Jacobian (``_model``), the sta
 estimates (``_start``), the Levenberg-Marquardt loop (``_lm``), standard errors, R^2
 and status (``_stats``), the compiled per-trial fit (``_program``), running it (program
 cache, chunks, devices, retries: ``_run``) and the loss-curve fit (``_mean``). This
-module is the public surface. They are imported on the first fit, not with this module: a fit
-whose compiled program is stored needs neither them nor Diffrax.
+module is the public surface. They are imported on the first fit, not with this module.
 
 Example:
     >>> import jax; jax.config.update("jax_enable_x64", True)
@@ -95,6 +95,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from unijax import _batch, _cache
 from unijax._checks import (
+    as_real_array,
     check_bool,
     check_finite,
     check_int,
@@ -206,8 +207,8 @@ class RateFit(Keepable, eqx.Module):
         identified: converged, and the data determine both rates: ``J^T J`` is positive
             definite and both relative standard errors are finite and below
             ``max_rel_stderr`` (default :data:`MAX_REL_STDERR`).
-        good_fit: the R^2 of each of h, y, w (those that vary in the data) is at least
-            ``min_r2`` (default :data:`MIN_R2`).
+        good_fit: the R^2 of each of h, y, w (those that vary in the data; at least one
+            must, else nothing was fitted) is at least ``min_r2`` (default :data:`MIN_R2`).
         ode_ok: some ODE solve succeeded (there is a best point, hence ``r2`` and ``z_fit``).
         step_budget_hit: the (last) fit of this trial was limited by the ODE step budget:
             some solve ran out of steps and the best point reached needed at least half of
@@ -463,8 +464,8 @@ def fit_rates(
     forward-mode differentiation through the Diffrax solve. All trials are fitted in one
     compiled call (``vmap`` inside ``jit``); the program is compiled once per shape and option
     set and reused; trajectory lengths share a program by buckets (powers of two, at least 128
-    epochs), and a compiled program is stored for later processes. On CPU, every batch of two
-    trials or more runs as chunks of 8 trials, the last padded with copies (one compiled
+    epochs), and JAX's cache keeps the compilation for later processes. On CPU, every batch of
+    two trials or more runs as chunks of 8 trials, the last padded with copies (one compiled
     program for any batch size), from two threads per core; a single trial runs alone.
 
     The trials are laid over the devices of ``mesh`` (default: every device of every process,
@@ -651,8 +652,8 @@ def fit_eta_mean(
     check_x64("unijax.fit.fit_eta_mean")
     if not is_concrete((ts, loss, z, dy2, m0)):
         raise ValueError("fit_eta_mean is a jitted entry point; call it with concrete arrays.")
-    loss_arr = np.asarray(loss, dtype=float)
-    z_arr = np.asarray(z, dtype=float)
+    loss_arr = as_real_array("loss", loss).astype(float)
+    z_arr = as_real_array("z", z).astype(float)
     single = loss_arr.ndim == 1
     if loss_arr.ndim not in (1, 2):
         raise ValueError(

@@ -23,13 +23,23 @@ __all__ = ["assess", "covariance", "r2"]
 
 
 def r2(Z, ys, weight):
-    """R^2 of h, y, w ``(3,)`` over the epochs of ``weight`` 1 (NaN for a variable constant
-    in the data) and which vary."""
+    """R^2 of h, y, w ``(3,)`` over the epochs of ``weight`` 1, and whether each varies
+    ``(3,)``: R^2 is NaN for a variable that is constant in the data.
+
+    Constant means a total sum of squares within what rounding can leave of a constant: the
+    data are shifted by their first epoch (a constant then sums to exactly 0), and a sum
+    ``<= n (eps n max|z|)^2`` (the bound of the error of the mean of ``n`` terms, squared,
+    times ``n``) counts as 0.
+    """
     w = weight[:, None]
-    mean = jnp.sum(w * Z, axis=0) / jnp.sum(weight)
+    n = jnp.sum(weight)
+    shifted = Z - Z[:1]
+    mean = jnp.sum(w * shifted, axis=0) / n
     ss_res = jnp.sum(w * (Z - ys) ** 2, axis=0)
-    ss_tot = jnp.sum(w * (Z - mean) ** 2, axis=0)
-    varies = ss_tot > 0
+    ss_tot = jnp.sum(w * (shifted - mean) ** 2, axis=0)
+    scale = jnp.max(w * jnp.abs(Z), axis=0)
+    tol = n * (jnp.finfo(Z.dtype).eps * n * scale) ** 2
+    varies = ss_tot > tol
     return jnp.where(varies, 1.0 - ss_res / jnp.where(varies, ss_tot, 1.0), jnp.nan), varies
 
 
@@ -137,8 +147,9 @@ def assess(lm: LMState, trial: Trial, opts: FitOpts, cov, pos_def) -> dict:
     )
     r2_, varies = r2(trial.Z, ys, trial.w())
     r2_ = jnp.where(ode_ok, r2_, jnp.nan)
-    # A variable that is constant in the data has no variance to explain: it does not count.
-    good_fit = ode_ok & jnp.all(jnp.where(varies, r2_ >= opts.min_r2, True))
+    # A variable that is constant in the data has no variance to explain: it does not count;
+    # a trajectory in which nothing varies has nothing fitted, so it is not a good fit.
+    good_fit = ode_ok & jnp.any(varies) & jnp.all(jnp.where(varies, r2_ >= opts.min_r2, True))
     status = jnp.select(
         [~converged & budget_bound, ~ode_ok, ~converged, ~identified, ~good_fit],
         [int(s) for s in (FitStatus.STEP_BUDGET, FitStatus.ODE_FAILED,
