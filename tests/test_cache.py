@@ -144,3 +144,20 @@ def test_cache_variables_follow_their_specs(monkeypatch, tmp_path):
     assert _cache.cache_dir() == "gs://bucket/cache"
     monkeypatch.setenv("UNIJAX_CACHE_DIR", "rel/dir")
     assert _cache.cache_dir() == Path.cwd() / "rel" / "dir"
+
+
+def test_no_home_directory_leaves_the_cache_off_with_a_message(tmp_path):
+    code = ("import pathlib\n"
+            "def nohome(): raise RuntimeError('Could not determine home directory.')\n"
+            "pathlib.Path.home = staticmethod(nohome)\n"
+            "from unijax import _cache\n"
+            "print('DIR', _cache.enable_compilation_cache())\n")
+    e = proc_env()
+    for k in ("JAX_COMPILATION_CACHE_DIR", "UNIJAX_NO_COMPILATION_CACHE", "UNIJAX_CACHE_DIR",
+              "XDG_CACHE_HOME"):
+        e.pop(k, None)
+    p = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "DIR None" in p.stdout
+    assert "home directory cannot be determined" in p.stderr

@@ -127,7 +127,11 @@ def enable_compilation_cache() -> str | None:
     current = jax.config.jax_compilation_cache_dir
     if current:
         return str(current)
-    d = cache_dir()
+    try:
+        d = cache_dir()
+    except (RuntimeError, KeyError):  # no HOME and no passwd entry: nowhere to put it
+        _refuse("~", "the home directory cannot be determined")
+        return None
     if isinstance(d, str):  # a remote URL: JAX writes it itself; its permissions are the user's
         jax.config.update("jax_compilation_cache_dir", d)
         return d
