@@ -319,7 +319,11 @@ def _hermite5(ts, tk, yk, fk, gk):
     Error O(dt^6) per step: well below the step's own error at the tolerances used here.
     """
     n_knots = jnp.sum(jnp.isfinite(tk))
-    i = jnp.clip(jnp.searchsorted(tk, ts, side="right") - 1, 0, n_knots - 2)
+    # The same index as the default method; unrolled, the binary search over the knots runs
+    # as straight-line code for every epoch at once: the rate fit (8 trials, 6912 epochs)
+    # took 0.65x the time (the "scan" default: a loop per step, "sort": 0.80x).
+    i = jnp.clip(jnp.searchsorted(tk, ts, side="right", method="scan_unrolled") - 1, 0,
+                 n_knots - 2)
     t0, t1 = tk[i], tk[i + 1]
     d = (t1 - t0)[:, None]
     s = ((ts - t0) / (t1 - t0))[:, None]

@@ -30,11 +30,11 @@ How (and why it is fast):
   as chunks of 8, the last padded, from two threads per core: one program for any batch size,
   both cores busy).
 * **One program for every length, compiled once per machine.** The epochs are padded to a
-  power-of-two bucket with per-epoch weights 0 on the padding (:mod:`unijax.fit._args`), so
-  lengths 2049 to 4096 run one compiled program, and the fit equals the unpadded one to
-  round-off. JAX's persistent compilation cache (over a private directory only,
-  :mod:`unijax._cache`) spares a later process the compilation; nothing traced is read back
-  from disk.
+  length bucket with per-epoch weights 0 on the padding (:mod:`unijax.fit._args`), so
+  lengths 2945 to 3456 run one compiled program (four buckets per doubling), and the fit
+  equals the unpadded one to round-off. JAX's persistent compilation cache (over a private
+  directory only, :mod:`unijax._cache`) spares a later process the compilation; nothing
+  traced is read back from disk.
 * **Cheap sampling of the solution.** The solve saves its accepted steps only; the solution is
   evaluated at the measured epochs by quintic Hermite interpolation (value, first and second
   derivative from the vector field at both ends of each step): ~6x cheaper than Diffrax's
@@ -463,8 +463,8 @@ def fit_rates(
     point, by Levenberg-Marquardt in ``(log eta_h, log eta_y)`` with the Jacobian from
     forward-mode differentiation through the Diffrax solve. All trials are fitted in one
     compiled call (``vmap`` inside ``jit``); the program is compiled once per shape and option
-    set and reused; trajectory lengths share a program by buckets (powers of two, at least 128
-    epochs), and JAX's cache keeps the compilation for later processes. On CPU, every batch of
+    set and reused; trajectory lengths share a program by buckets (four per doubling, at least
+    128 epochs), and JAX's cache keeps the compilation for later processes. On CPU, every batch of
     two trials or more runs as chunks of 8 trials, the last padded with copies (one compiled
     program for any batch size), from two threads per core; a single trial runs alone.
 
