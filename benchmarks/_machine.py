@@ -24,6 +24,30 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def git_commit() -> str:
+    """The short hash of the checked-out commit of this repository (``+`` when the work tree
+    differs from it), or ``"unknown"``."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "unijax", "benchmarks"], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
+def utc_now() -> str:
+    """The date and time in UTC, to the minute, e.g. ``"2026-12-06 08:30 UTC"``."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def load_average() -> list[str] | None:
     """The 1, 5 and 15 minute load averages as printed by the kernel, or None."""
     try:

@@ -17,8 +17,8 @@ Cases, each repeated ``--reps`` times (medians printed, all runs in the JSON):
   cache directory (the first time ever on this machine);
 * ``fit warm``: the same, with the cache directory that a previous process filled;
 * ``fit new len``: with that cache, a trajectory of another length in the same length bucket
-  (``--n-epochs`` minus a sixth: 2500 epochs at the default 3000, bucket 4096; see
-  ``unijax.fit._args``), which must not compile anything new;
+  (halfway between the bucket's first length and ``--n-epochs``: 2972 epochs at the default
+  3000, bucket 3456; see ``unijax.fit._args``), which must not compile anything new;
 * ``scipy``: the paper's method on the same trajectory (Radau + 200-point grid + BFGS with
   finite differences, as in ``bench_fit.py``), imports included;
 * ``train cold`` / ``train warm``: ``train.train`` of the default two-point network (width
@@ -47,9 +47,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # unijax.fit._args (the length buckets) from this checkout
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _machine import cpu_model, load_average  # noqa: E402
+from _machine import cpu_model, git_commit, load_average, utc_now  # noqa: E402
 
 # Each child prints one JSON line: {"call": seconds of the first entry-point call}.
 _FIT = """
@@ -124,6 +125,17 @@ np.savez(sys.argv[1], ts=ts, Z=Z)
 """
 
 
+def _same_bucket(n: int) -> int:
+    """A length below ``n`` in ``n``'s length bucket (halfway to the bucket's first length),
+    or ``n`` when it is the first."""
+    from unijax.fit._args import bucket_size  # NumPy only: nothing traced here
+
+    first = n
+    while first > 1 and bucket_size(first - 1) == bucket_size(n):
+        first -= 1
+    return first + (n - first) // 2
+
+
 def child(code: str, args: list[str], cache_dir: str | None) -> dict:
     """Run ``code`` in a fresh interpreter; its JSON line plus the process wall time."""
     env = dict(os.environ)
@@ -157,19 +169,24 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=1000, help="training epochs (1000)")
     ap.add_argument("--seeds", type=int, default=4)
     ap.add_argument("--json", type=Path, default=None, help="write all runs here")
+    ap.add_argument("--md", type=Path, default=None,
+                    help="write the medians as a markdown fragment here (the docs include "
+                         "docs/benchmarks/first_result.md)")
+    ap.add_argument("--no-train", action="store_true", help="skip the training cases")
     args = ap.parse_args(argv)
 
     import jax  # only for its version
     import numpy as np
 
-    runs: dict[str, list[dict]] = {k: [] for k in ("fit cold", "fit warm", "fit new len",
-                                                   "scipy", "train cold", "train warm")}
+    cases = ("fit cold", "fit warm", "fit new len", "scipy") + (
+        () if args.no_train else ("train cold", "train warm"))
+    runs: dict[str, list[dict]] = {k: [] for k in cases}
     load0 = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         traj = str(Path(tmp) / "traj.npz")
         child(_MAKE, [traj, str(args.n_epochs)], None)
         other = str(Path(tmp) / "traj_other.npz")
-        n_other = args.n_epochs - args.n_epochs // 6
+        n_other = _same_bucket(args.n_epochs)
         with np.load(traj) as d:
             np.savez(other, ts=d["ts"][:n_other], Z=d["Z"][:n_other])
         train_args = [str(args.width), str(args.epochs), str(args.seeds)]
@@ -179,9 +196,10 @@ def main(argv=None) -> int:
             runs["fit warm"].append(child(_FIT, [traj], fit_cache))
             runs["fit new len"].append(child(_FIT, [other], fit_cache))
             runs["scipy"].append(child(_SCIPY, [traj, str(REPO)], None))
-            train_cache = tempfile.mkdtemp(dir=tmp, prefix=f"train{r}-")
-            runs["train cold"].append(child(_TRAIN, train_args, train_cache))
-            runs["train warm"].append(child(_TRAIN, train_args, train_cache))
+            if not args.no_train:
+                train_cache = tempfile.mkdtemp(dir=tmp, prefix=f"train{r}-")
+                runs["train cold"].append(child(_TRAIN, train_args, train_cache))
+                runs["train warm"].append(child(_TRAIN, train_args, train_cache))
             print(f"rep {r + 1}/{args.reps} done", file=sys.stderr, flush=True)
 
     machine = dict(cpu=cpu_model(), cores=os.cpu_count(), jax=jax.__version__,
@@ -199,9 +217,45 @@ def main(argv=None) -> int:
     for name in ("fit cold", "fit warm", "fit new len"):
         print(f"{name} / scipy (process): {med[name]['process'] / sp:.2f}x")
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine, "args": vars(args) | {"json": None},
-                                         "runs": runs, "medians": med}, indent=2))
+        args.json.write_text(json.dumps(
+            {"machine": machine, "args": vars(args) | {"json": None, "md": None},
+             "runs": runs, "medians": med}, indent=2, default=str))
+    if args.md:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(markdown(machine, args, n_other, med, argv))
     return 0
+
+
+def markdown(machine: dict, args, n_other: int, med: dict, argv) -> str:
+    """The medians as a markdown fragment (no title: the docs include it under theirs)."""
+    cmd = "python benchmarks/bench_first_result.py " + " ".join(
+        sys.argv[1:] if argv is None else argv)
+    load = lambda v: "?" if v is None else v[0]  # noqa: E731
+    sp = med["scipy"]["process"]
+    what = {
+        "fit cold": f"`fit.fit_rates`, one {args.n_epochs}-epoch trajectory, empty cache",
+        "fit warm": "the same, the cache filled by the process before",
+        "fit new len": f"a {n_other}-epoch trajectory (same length bucket), that cache",
+        "scipy": "the paper's SciPy method on the same trajectory",
+        "train cold": f"`train.train`, default net width {args.width}, {args.epochs} epochs, "
+                      f"{args.seeds} seeds, empty cache",
+        "train warm": "the same, the cache filled",
+    }
+    lines = [
+        f"Generated by `{cmd.strip()}` on {utc_now()} at code {git_commit()}: "
+        f"{machine['cpu']}, {machine['cores']} cores, load average {load(machine['load_start'])}"
+        f" at the start and {load(machine['load_end'])} at the end (1 min), JAX "
+        f"{machine['jax']}, Python {machine['python']}. Medians of {args.reps} fresh processes "
+        "per case, run interleaved.",
+        "",
+        "| case | what | whole process | first call | process vs SciPy |",
+        "|---|---|---|---|---|",
+    ]
+    for name, m in med.items():
+        ratio = f"{m['process'] / sp:.2f}×" if name != "scipy" else "1×"
+        lines.append(f"| {name} | {what[name]} | {m['process']:.2f} s | {m['call']:.2f} s | "
+                     f"{ratio} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
