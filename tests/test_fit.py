@@ -193,7 +193,7 @@ def test_a_constant_trajectory_has_no_r2_and_is_not_a_good_fit():
     assert np.isnan(np.asarray(res.r2)[np.asarray(res.ode_ok)]).all(), res.r2
     assert not np.asarray(res.good_fit).any() and not res.usable.any()
     # A variable that varies by one part in 1e9 of its size is not constant.
-    from unijax._fit_stats import r2
+    from unijax.fit._stats import r2
 
     ramp = np.stack([0.7 + 1e-9 * TS, np.full(N_EPOCHS, 0.1), 0.3 * np.ones(N_EPOCHS)], 1)
     got, varies = r2(jnp.asarray(ramp), jnp.asarray(ramp), jnp.ones(N_EPOCHS))
