@@ -10,8 +10,10 @@ from unijax.fit._fit import (
     RETRY_MAX_STEPS,
     FitStatus,
     MeanFit,
+    OptimizerOptions,
     RateFit,
     RateMean,
+    SolverOptions,
     fit_eta_mean,
     fit_rates,
     status_counts,
@@ -28,4 +30,6 @@ __all__ = [
     "RateMean",
     "fit_rates",
     "fit_eta_mean",
+    "SolverOptions",
+    "OptimizerOptions",
 ]
