@@ -35,7 +35,6 @@ References:
 
 from __future__ import annotations
 
-import enum
 import functools
 from typing import NamedTuple
 
@@ -60,6 +59,7 @@ from unijax._checks import (
     checked,
     is_concrete,
 )
+from unijax._codes import Coded
 from unijax.distributed import put
 
 __all__ = [
@@ -219,17 +219,9 @@ def vector_field(
     return jnp.stack([dh, dy, dw])
 
 
-class SolveResult(enum.IntEnum):
+class SolveResult(Coded):
     """How a solve of the ODE ended (``ODESolution.result``), like Diffrax's ``RESULTS``: an
     integer code in the arrays, and a message for each (``SolveResult.MAX_STEPS.message``)."""
-
-    message: str
-
-    def __new__(cls, code: int, message: str) -> SolveResult:
-        member = int.__new__(cls, code)
-        member._value_ = code
-        member.message = message
-        return member
 
     SUCCESSFUL = (0, "reached ts[-1] with h > 0 and finite values")
     MAX_STEPS = (1, "ran out of its step budget max_steps before ts[-1]")

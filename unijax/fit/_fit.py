@@ -117,22 +117,6 @@ from unijax.fit._status import FitStatus, status_counts
 from unijax.results import _files as results
 from unijax.results._keep import Keepable, json_number
 
-__all__ = [
-    "FitStatus",
-    "MAX_REL_STDERR",
-    "MIN_R2",
-    "RETRY_MAX_STEPS",
-    "status_counts",
-    "RateFit",
-    "MeanFit",
-    "RateMean",
-    "fit_rates",
-    "fit_eta_mean",
-    "SolverOptions",
-    "OptimizerOptions",
-]
-
-
 # ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
