@@ -21,8 +21,8 @@ PACKAGE = ROOT / "unijax"
 #: module may import from its own layer and those below; an import of a higher layer is an
 #: arrow that runs back up.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("ground", ("_checks.py", "_dotted.py", "_progress.py", "_cache.py", "_version.py",
-                "_record.py", "distributed.py", "nets.py", "authors.py")),
+    ("ground", ("_checks.py", "_codes.py", "_dotted.py", "_progress.py", "_cache.py",
+                "_version.py", "_record.py", "distributed.py", "nets.py", "authors.py")),
     ("foundations", ("_batch.py", "data.py", "configs.py", "theory.py", "results/")),
     ("engines", ("fit/", "train/")),
     ("uses", ("observe.py", "sweep.py", "plots.py")),

@@ -297,8 +297,7 @@ def hidden_sizes(
     Length ``depth``, except ``depth + 2`` for ``arch="conv"`` with ``conv_layout="authors"``
     (see :func:`n_hidden`).
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch={arch!r}; valid names: {list(ARCHITECTURES)}")
+    check_choice("arch", arch, list(ARCHITECTURES))
     _check_layout(conv_layout)
     if arch != "conv":
         return (width,) * depth
@@ -317,8 +316,7 @@ def n_hidden(arch: str, depth: int, conv_layout: str = "unijax") -> int:
     ``depth`` for every architecture except the authors' conv layout, which has ``depth + 2``
     (the affine input layer and ``depth + 1`` convolutions).
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch={arch!r}; valid names: {list(ARCHITECTURES)}")
+    check_choice("arch", arch, list(ARCHITECTURES))
     _check_layout(conv_layout)
     return depth + 2 if (arch == "conv" and conv_layout == "authors") else depth
 
@@ -353,14 +351,12 @@ def make(
             non-positive sizes,
             ``dropout`` outside ``[0, 1)``, a conv network too narrow or shallow.
     """
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown arch={arch!r}; valid names: {list(ARCHITECTURES)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision={precision!r}; valid: {list(PRECISIONS)}")
+    check_choice("arch", arch, list(ARCHITECTURES))
+    check_choice("precision", precision, list(PRECISIONS))
     if dropout is None:
         dropout = DEFAULT_DROPOUT if arch == "dropout" else 0.0
-    if not gain > 0:
-        raise ValueError(f"gain must be > 0, got {gain=}")
+    if not gain > 0:  # a traced or array gain is welcome here: only its sign is checked
+        raise out_of_range("gain", gain, "a number > 0")
     dtype = jnp.dtype(dtype)
     _check_common(width, depth, out_dim, nonlinearity, dropout)
     kw = dict(

@@ -59,10 +59,12 @@ from unijax._checks import (
     checked,
     is_concrete,
 )
+from unijax._codes import Coded
 from unijax.distributed import put
 
 __all__ = [
     "ODESolution",
+    "SolveResult",
     "FixedPoints",
     "Stability",
     "SaddleDirections",
@@ -217,6 +219,16 @@ def vector_field(
     return jnp.stack([dh, dy, dw])
 
 
+class SolveResult(Coded):
+    """How a solve of the ODE ended (``ODESolution.result``), like Diffrax's ``RESULTS``: an
+    integer code in the arrays, and a message for each (``SolveResult.MAX_STEPS.message``)."""
+
+    SUCCESSFUL = (0, "reached ts[-1] with h > 0 and finite values")
+    MAX_STEPS = (1, "ran out of its step budget max_steps before ts[-1]")
+    SOLVER_FAILED = (2, "the solver stopped before ts[-1] (step size or a non-finite step)")
+    LEFT_DOMAIN = (3, "reached ts[-1], but h fell to 0 or a value is not finite")
+
+
 class ODESolution(NamedTuple):
     """A solution of the (h, y, w) ODE sampled at given times.
 
@@ -226,6 +238,7 @@ class ODESolution(NamedTuple):
         ok: True when the solver reached ``ts[-1]`` with ``h > 0`` and finite values.
         num_steps: accepted + rejected solver steps (cost diagnostics).
         max_steps_reached: the solve ran out of its step budget ``max_steps``.
+        result: a :class:`SolveResult` code (int): why ``ok`` is False, or ``SUCCESSFUL``.
     """
 
     ts: Float[Array, " n"]
@@ -233,6 +246,7 @@ class ODESolution(NamedTuple):
     ok: Bool[Array, ""]
     num_steps: Int[Array, ""]
     max_steps_reached: Bool[Array, ""]
+    result: Int[Array, ""]
 
 
 def _rhs(t, z, args):
@@ -385,8 +399,14 @@ def _integrate(z0, ts, args, rtol, atol, max_steps, solver, adjoint) -> ODESolut
         & jnp.all(yk[:, 0] > 0)
     )
     ys = jnp.where(ok, ys, jnp.nan)
+    max_steps_reached = sol.result == diffrax.RESULTS.max_steps_reached
+    result = jnp.where(
+        ok, int(SolveResult.SUCCESSFUL),
+        jnp.where(max_steps_reached, int(SolveResult.MAX_STEPS),
+                  jnp.where(sol.result == diffrax.RESULTS.successful,
+                            int(SolveResult.LEFT_DOMAIN), int(SolveResult.SOLVER_FAILED))))
     return ODESolution(ts=ts, ys=ys, ok=ok, num_steps=sol.stats["num_steps"],
-                       max_steps_reached=sol.result == diffrax.RESULTS.max_steps_reached)
+                       max_steps_reached=max_steps_reached, result=result.astype(jnp.int32))
 
 
 def solve(

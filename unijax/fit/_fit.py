@@ -84,6 +84,7 @@ References:
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from typing import NamedTuple
 
@@ -105,42 +106,23 @@ from unijax._checks import (
 )
 from unijax.fit import _args as _fit_args
 from unijax.fit import _run as _fit_run
+from unijax.fit._options import (
+    MAX_REL_STDERR,
+    MIN_R2,
+    RETRY_MAX_STEPS,
+    OptimizerOptions,
+    SolverOptions,
+    merge,
+)
 from unijax.fit._status import FitStatus, status_counts
 from unijax.results import _files as results
 from unijax.results._keep import Keepable, json_number
-
-__all__ = [
-    "FitStatus",
-    "MAX_REL_STDERR",
-    "MIN_R2",
-    "RETRY_MAX_STEPS",
-    "status_counts",
-    "RateFit",
-    "MeanFit",
-    "RateMean",
-    "fit_rates",
-    "fit_eta_mean",
-]
-
 
 # ---------------------------------------------------------------------------------------------
 # Results
 # ---------------------------------------------------------------------------------------------
 
 
-#: Default quality criterion of a fit: R^2 of each of h, y, w at or above this
-#: (``fit_rates(min_r2=...)``). The paper's fits reach R^2 > 0.99 on its well-fitted rows; below
-#: 0.9 the ODE misses a visible part of the trajectory and its rates describe something else.
-MIN_R2 = 0.9
-
-#: Default identification criterion: both relative standard errors ``stderr / eta`` below this
-#: (``fit_rates(max_rel_stderr=...)``).
-MAX_REL_STDERR = 0.1
-
-#: Default retry budgets: a trial whose optimizer did not finish after some ODE solve ran out of
-#: steps is fitted again with each of these ``max_steps`` in turn (``fit_rates(retry_max_steps=
-#: ...)``): stiff trajectories (very large initial weights) need thousands of explicit steps.
-RETRY_MAX_STEPS = (4096, 32768)
 
 
 class RateMean(NamedTuple):
@@ -434,6 +416,12 @@ class MeanFit(Keepable, eqx.Module):
 # ---------------------------------------------------------------------------------------------
 
 
+def _defaults(fn) -> dict:
+    """The keyword defaults of ``fn`` (what a flat keyword left alone holds)."""
+    return {k: v.default for k, v in inspect.signature(fn).parameters.items()
+            if v.default is not inspect.Parameter.empty}
+
+
 def fit_rates(
     ts: Float[ArrayLike, " n_epochs"],
     Z: Float[ArrayLike, "*n_trials n_epochs 3"],
@@ -455,6 +443,8 @@ def fit_rates(
     return_trajectory: bool = True,
     where: Bool[ArrayLike, "*n_trials"] | None = None,
     mesh: Mesh | None = None,
+    solver: SolverOptions | None = None,
+    optimizer: OptimizerOptions | None = None,
 ) -> RateFit:
     """Fit the effective rates ``(eta_h, eta_y)`` to measured ``(h, y, w)`` trajectories.
 
@@ -525,6 +515,11 @@ def fit_rates(
             batch's compiled program (padded with copies of a fitted trial).
         mesh: the devices to fit on (a ``jax.sharding.Mesh``; its devices are used as one
             axis). Default: all devices.
+        solver: ``rtol``, ``atol``, ``max_steps``, ``retry_max_steps`` as one
+            :class:`SolverOptions`, in place of those keywords.
+        optimizer: ``max_iters``, ``opt_rtol``, ``opt_atol``, ``max_rel_stderr``, ``min_r2``,
+            ``scales`` as one :class:`OptimizerOptions`, in place of those keywords. A
+            setting given both as a keyword and in an options object is refused.
 
     Returns:
         :class:`RateFit`; per-trial fields have a leading ``(n_trials,)`` axis, absent when
@@ -551,6 +546,18 @@ def fit_rates(
         ((2,), 0)
     """
     _cache.enable_compilation_cache()  # later processes skip compiling
+    # The option objects, where given, in place of the flat keywords (a field given both ways
+    # is refused).
+    defaults = _defaults(fit_rates)
+    sv = merge("solver", solver, SolverOptions, dict(
+        rtol=rtol, atol=atol, max_steps=max_steps, retry_max_steps=retry_max_steps), defaults)
+    rtol, atol, max_steps, retry_max_steps = (sv["rtol"], sv["atol"], sv["max_steps"],
+                                              sv["retry_max_steps"])
+    op = merge("optimizer", optimizer, OptimizerOptions, dict(
+        max_iters=max_iters, opt_rtol=opt_rtol, opt_atol=opt_atol,
+        max_rel_stderr=max_rel_stderr, min_r2=min_r2, scales=scales), defaults)
+    max_iters, opt_rtol, opt_atol = op["max_iters"], op["opt_rtol"], op["opt_atol"]
+    max_rel_stderr, min_r2, scales = op["max_rel_stderr"], op["min_r2"], op["scales"]
     ts_arr, Z_arr, dx2_b, dy2_b, init_b, opts, single, retries, where_b = _fit_args.prepare_fit(
         ts, Z, dx2, dy2, init, where=where, caller="unijax.fit.fit_rates", rtol=rtol,
         atol=atol, max_steps=max_steps, max_iters=max_iters, opt_rtol=opt_rtol,
@@ -598,6 +605,7 @@ def fit_eta_mean(
     opt_atol: float = 1e-8,
     max_rel_stderr: float = 0.1,
     where: Bool[ArrayLike, "*n_trials"] | None = None,
+    optimizer: OptimizerOptions | None = None,
 ) -> MeanFit:
     """Fit the third rate ``eta_mean`` to training-loss curves, docs/theory.md section 3 (Eq. 9).
 
@@ -620,6 +628,9 @@ def fit_eta_mean(
         max_iters, opt_rtol, opt_atol: Levenberg-Marquardt budget and tolerances (as in
             :func:`fit_rates`; ``opt_atol`` bounds the last step in ``log eta_mean``).
         max_rel_stderr: ``converged`` requires ``stderr_eta_mean / eta_mean`` below this.
+        optimizer: the four settings above as one :class:`OptimizerOptions` (its
+            ``max_iters``, ``opt_rtol``, ``opt_atol``, ``max_rel_stderr``; ``min_r2`` and
+            ``scales`` are the rate fit's), in place of the flat keywords.
         where: optional bool ``(n_trials,)``: fit only these curves; the others are neither
             checked nor fitted (they may hold NaN) and come back NaN, ``converged=False``,
             ``n_iters=0``. On CPU every batch of two or more curves runs as chunks of 8 (one
@@ -650,6 +661,11 @@ def fit_eta_mean(
     from unijax.fit import _mean as _fit_mean
 
     check_x64("unijax.fit.fit_eta_mean")
+    op = merge("optimizer", optimizer, OptimizerOptions, dict(
+        max_iters=max_iters, opt_rtol=opt_rtol, opt_atol=opt_atol,
+        max_rel_stderr=max_rel_stderr), _defaults(fit_eta_mean))
+    max_iters, opt_rtol, opt_atol = op["max_iters"], op["opt_rtol"], op["opt_atol"]
+    max_rel_stderr = op["max_rel_stderr"]
     if not is_concrete((ts, loss, z, dy2, m0)):
         raise ValueError("fit_eta_mean is a jitted entry point; call it with concrete arrays.")
     loss_arr = as_real_array("loss", loss).astype(float)

@@ -1,20 +1,20 @@
 """How one trial's rate fit ended: :class:`FitStatus`, each code with its message, and counts.
 
-Below the rest of the fit (it imports nothing of unijax): the fit's statistics assign the codes,
+Below the rest of the fit: the fit's statistics assign the codes,
 its runner marks left-out trials, and the results and experiments read them back.
 """
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 from jaxtyping import ArrayLike
+
+from unijax._codes import Coded
 
 __all__ = ["FitStatus", "status_counts"]
 
 
-class FitStatus(enum.IntEnum):
+class FitStatus(Coded):
     """Outcome of one trial's rate fit (``RateFit.status``), like Diffrax's ``RESULTS``: an
     integer code in the arrays, and a message for each (``FitStatus.POOR_FIT.message``).
 
@@ -34,14 +34,6 @@ class FitStatus(enum.IntEnum):
     * ``NOT_FITTED`` (-1): the trial was left out by ``fit_rates(where=...)`` (all fields
       NaN, False or 0).
     """
-
-    message: str
-
-    def __new__(cls, code: int, message: str) -> FitStatus:
-        member = int.__new__(cls, code)
-        member._value_ = code
-        member.message = message
-        return member
 
     NOT_FITTED = (-1, "left out by fit_rates(where=...): nothing was fitted")
     OK = (0, "converged, identified and a good fit: the rates may be used")

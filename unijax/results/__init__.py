@@ -8,10 +8,7 @@ atomic, resumable store of ``unijax run`` and sweeps.
 from unijax.results._files import (
     FORMAT,
     FORMAT_VERSION,
-    ConfigMismatchError,
-    DamagedStoreError,
     ExperimentResult,
-    ForeignDataError,
     load,
     load_experiment,
     save,
@@ -19,6 +16,7 @@ from unijax.results._files import (
     to_dataframe,
     to_xarray,
 )
+from unijax.results._store import ConfigMismatchError, DamagedStoreError, ForeignDataError
 
 __all__ = [
     "save",

@@ -49,29 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unijax.results._store import (
-    ConfigMismatchError,
-    DamagedStoreError,
-    ForeignDataError,
-    ResultStore,
-    atomic_save_npz,
-    load_npz,
-)
-
-__all__ = [
-    "save",
-    "load",
-    "to_xarray",
-    "to_dataframe",
-    "summary_dict",
-    "load_experiment",
-    "ExperimentResult",
-    "ConfigMismatchError",
-    "ForeignDataError",
-    "DamagedStoreError",
-    "FORMAT",
-    "FORMAT_VERSION",
-]
+from unijax.results._store import ResultStore, atomic_save_npz, load_npz
 
 #: Name of the format in the header of a saved result.
 FORMAT = "unijax-result"

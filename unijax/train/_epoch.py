@@ -26,7 +26,7 @@ class Spec(NamedTuple):
     compiled programs.
     """
 
-    net_key: Any  # hashable description of the network (or the module itself)
+    net_key: Any  # hashable description of the network: a NetSpec (or the user's module)
     layers: tuple
     optimizer: Any  # "sgd", "adam" or an optax.GradientTransformation (train_model)
     batch_size: int | None

@@ -8,6 +8,7 @@ so that equal descriptions give the same factory object, which keys the compiled
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import NamedTuple
@@ -74,23 +75,47 @@ def custom_net(model: nn.Module, layers: tuple) -> Net:
     return Net(init, apply, False)
 
 
-def net_key(config: TrainConfig, out_dim: int) -> tuple:
-    """What shapes the network's program, hashable: runs that differ in gain, lr, epochs, data
-    values or name share compiled programs."""
-    return (config.arch, config.nonlinearity, config.width, config.depth, config.dropout,
-            config.dtype, config.precision, out_dim, config.conv_layout)
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """What shapes a built-in network's program, hashable (a key of the compiled programs):
+    runs that differ in gain, lr, epochs, data values or name share them.
+
+    Attributes:
+        arch, nonlinearity, dtype, precision, conv_layout: as :class:`unijax.configs.TrainConfig`
+            names them.
+        width, depth: units per hidden layer and hidden layers.
+        dropout: the dropout rate in ``[0, 1)``.
+        out_dim: the network's outputs (the data set's target dimension).
+    """
+
+    arch: str
+    nonlinearity: str
+    width: int
+    depth: int
+    dropout: float
+    dtype: str
+    precision: str
+    out_dim: int
+    conv_layout: str
+
+    @classmethod
+    def of(cls, config: TrainConfig, out_dim: int) -> NetSpec:
+        """The network ``config`` trains, for data with ``out_dim`` targets."""
+        return cls(arch=config.arch, nonlinearity=config.nonlinearity, width=config.width,
+                   depth=config.depth, dropout=config.dropout, dtype=config.dtype,
+                   precision=config.precision, out_dim=out_dim, conv_layout=config.conv_layout)
 
 
 @functools.lru_cache(maxsize=64)
-def builtin_factory(key: tuple, layers: tuple[int, ...]) -> Callable[[], Net]:
-    """``() -> Net`` of the network :func:`net_key` describes (cached: the same object for
-    equal arguments, part of the programs' cache key)."""
-    arch, nonlinearity, width, depth, dropout, dtype, precision, out_dim, conv_layout = key
+def builtin_factory(spec: NetSpec, layers: tuple[int, ...]) -> Callable[[], Net]:
+    """``() -> Net`` of the network ``spec`` describes (cached: the same object for equal
+    arguments, part of the programs' cache key)."""
 
     def factory():
-        module = nets.make(arch, width=width, depth=depth, out_dim=out_dim,
-                           nonlinearity=nonlinearity, dropout=dropout, dtype=dtype,
-                           precision=precision, conv_layout=conv_layout)
+        module = nets.make(spec.arch, width=spec.width, depth=spec.depth, out_dim=spec.out_dim,
+                           nonlinearity=spec.nonlinearity, dropout=spec.dropout,
+                           dtype=spec.dtype, precision=spec.precision,
+                           conv_layout=spec.conv_layout)
         return builtin_net(module, layers)
 
     return factory

@@ -26,7 +26,7 @@ from unijax import data as data_lib
 from unijax._checks import check_bool, check_finite, check_memory, check_seeds, memory_bytes
 from unijax.configs import TrainConfig
 from unijax.train._epoch import Spec
-from unijax.train._nets import Net, builtin_factory, custom_factory, custom_net, net_key
+from unijax.train._nets import Net, NetSpec, builtin_factory, custom_factory, custom_net
 
 
 class Options(NamedTuple):
@@ -116,7 +116,7 @@ def from_config(config: TrainConfig, dataset, layers, options: Options) -> Reque
     seeds, gains = check_seeds(options.seeds), check_gains(options.gains, config.gain)
     n_hidden = nets.n_hidden(config.arch, config.depth, config.conv_layout)
     layer_tuple, layer_axis = check_layers(layers, n_hidden, config.layer)
-    key = net_key(config, dataset.out_dim)
+    key = NetSpec.of(config, dataset.out_dim)
     network = _Network(builtin_factory(key, layer_tuple), key, True, layer_tuple, layer_axis)
     return _build(network, config, dataset, seeds, gains, options, config=config,
                   name=config.name)

@@ -88,16 +88,6 @@ from unijax.train import (
 )
 from unijax.train._request import Options
 
-__all__ = [
-    "TrainResult",
-    "train",
-    "train_model",
-    "init_params",
-    "hidden_observables",
-    "make_network",
-    "load_data",
-]
-
 # --------------------------------------------------------------------------------------------
 # The result
 # --------------------------------------------------------------------------------------------
