@@ -412,8 +412,8 @@ def counts(result) -> dict[str, int]:
         "diverged": int(div.sum()),
         "fit_failed": int((~div & ~ok).sum()),
         "used": int(ok.sum()),
-        "rates_not_identified": int((ok & ~conv).sum()),
-        "rates_usable": int(tp.usable(_status(result)).sum()),
+        "fits_rates_not_identified": int((ok & ~conv).sum()),
+        "fits_rates_used": int(tp.usable(_status(result)).sum()),
     }
 
 
