@@ -547,7 +547,7 @@ def agreement(result) -> dict:
     rows = {r: d["verdict"] for r, d in verdicts.items()}
     verdict = cm.combine_verdicts(rows.values())
     c = counts(result)
-    headline = (f"{verdict.value}: " + cm.verdict_rows_text(rows, "rows")
+    headline = (cm.verdict_rows_text(rows, "rows")
                 + f" (seed-median R^2 of h, y, w >= {R2_PASS})")
     measured = (
         "Seed-median R^2 of the fitted ODE (h, y, w) per Table 1 row, of unijax's fit and of "

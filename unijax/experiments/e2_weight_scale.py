@@ -198,7 +198,7 @@ def judge(per_gain: dict, transition: list[str], breakdown: str | None) -> dict:
         ok = ratio >= PLATEAU_RATIO_PASS and (np.isnan(rho) or rho < 0)
         v = cm.Verdict.of(ok)
         why = (f"plateau index {cm.fmt(p[0])} at gain {transition[0]} vs {cm.fmt(p[-1])} at "
-               f"gain {transition[-1]} (ratio {cm.fmt(ratio)}), Spearman rho {cm.fmt(rho)}")
+               f"{transition[-1]} (ratio {cm.fmt(ratio)}), Spearman rho {cm.fmt(rho)}")
     out["transition"] = {"verdict": v, "why": why, "gains": transition, "ratio": ratio,
                          "spearman": rho}
     if breakdown is None:
@@ -213,8 +213,8 @@ def judge(per_gain: dict, transition: list[str], breakdown: str | None) -> dict:
         lower = all(o is None or worst < o for o in others.values())
         ok = lower and worst < BREAKDOWN_R2
         v = cm.Verdict.of(ok)
-        why = (f"worst-variable R^2 (seed-median) {cm.fmt(worst)} at gain {breakdown} vs "
-               + ", ".join(f"{cm.fmt(o)} at {k}" for k, o in others.items()))
+        why = (f"worst-variable R^2 (seed-median) {cm.fmt(worst)}, vs "
+               + ", ".join(f"{cm.fmt(o)} at gain {k}" for k, o in others.items()))
     out["breakdown"] = {"verdict": v, "why": why, "gains": [breakdown], "r2_min": worst}
     return out
 
@@ -248,9 +248,8 @@ def agreement(result) -> dict:
     both = np.isfinite(result.plateau_net) & np.isfinite(result.plateau_theory)
     r_tn = cm.pearson(np.log(result.plateau_net[both]), np.log(result.plateau_theory[both])) \
         if both.sum() >= 3 else float("nan")
-    headline = f"{verdict.value}: " + "; ".join(
-        f"{name}: {claims[c]['verdict'].value}, {claims[c]['why']}"
-        for name, c in zip(verdicts, ("transition", "breakdown"), strict=True))
+    headline = "; ".join(f"{name} {claims[c]['verdict'].value}: {claims[c]['why']}"
+                         for name, c in zip(verdicts, ("transition", "breakdown"), strict=True))
     cols = ["gain", "row", "plateau index (network)", "plateau index (theory)", "R² h", "R² y",
             "R² w", "claim"]
     lines = []
@@ -269,7 +268,8 @@ def agreement(result) -> dict:
     return cm.make_agreement(
         headline=headline,
         measured=measured,
-        criterion=f"transition, over the gains below {BREAKDOWN_ROW}'s: plateau index at the "
+        criterion=f"transition, over the gains below the breakdown row's ({BREAKDOWN_ROW}): "
+        "plateau index at the "
         f"smallest gain >= {PLATEAU_RATIO_PASS} x that at the largest, decreasing with gain "
         "(Spearman rho < 0), every gain with a usable trial; breakdown, at the largest gain: "
         "the fit degrades, its seed-median worst-variable R^2 (the lowest of h, y, w per trial) "

@@ -446,7 +446,7 @@ def agreement(result) -> dict:
         rows[k] = cm.Verdict.of(bool(np.isfinite(r) and r >= R_PASS))
     verdict = cm.combine_verdicts(rows.values())
     bad = [k for k, v in rows.items() if v is not cm.Verdict.REPRODUCED]
-    headline = (f"{verdict.value}: Pearson r (theory vs network final h) >= {R_PASS} on "
+    headline = (f"Pearson r (theory vs network final h) >= {R_PASS} on "
                 f"{len(rows) - len(bad)} of {len(rows)} architectures"
                 + ("; NOT REPRODUCED: " + ", ".join(
                     f"{k} (r {cm.fmt(table[k]['pearson_r'])})" for k in bad) if bad else ""))

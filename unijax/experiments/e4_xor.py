@@ -421,7 +421,7 @@ def agreement(result, *, name: str = NAME) -> dict:
     notes = [f"Rates (eta_h, eta_y) = ({cm.fmt(result.eta_h)}, {cm.fmt(result.eta_y)}) 1/epoch: "
              f"{result.rates_source}."]
     return cm.make_agreement(
-        headline=f"{verdict.value}: {headline}",
+        headline=headline,
         measured="; ".join(lines) + ".",
         criterion=f"low weights: measured ratio < {MERGED_RATIO} and r >= {R_PASS}; high "
         f"weights: ratio > {KEPT_RATIO}; a judged row without a usable trial is NOT "

@@ -339,7 +339,7 @@ def agreement(result, *, name: str = NAME) -> dict:
     verdicts = {nl: _variant_verdict(table, keys) for nl, keys in variants.items()}
     rows = {nl: v[0] for nl, v in verdicts.items()}
     verdict = cm.combine_verdicts(rows.values())
-    headline = (f"{verdict.value}: " + "; ".join(v[1] for v in verdicts.values())
+    headline = ("; ".join(v[1] for v in verdicts.values())
                 + " (1 = collapsed, ~0.5 = 2-D sheet)")
     order = sorted(table, key=lambda k: (table[k]["nonlinearity"], table[k]["gain"]))
     measured = "; ".join(

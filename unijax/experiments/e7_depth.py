@@ -317,7 +317,7 @@ def agreement(result) -> dict:
     err_min = int(np.nanargmin(t["fit_error"])) if np.isfinite(t["fit_error"]).any() else None
     S = np.asarray(result.fit_ok).shape[0]
     no_good = [int(k) for k in np.flatnonzero(t["good_fits"] == 0)]
-    headline = f"{verdict.value}: " + "; ".join(
+    headline = "; ".join(
         f"{c}: {d['verdict'].value} ({d['why']})" for c, d in claims.items())
     measured = (
         shape_text(t["fit_error"], "The fit error (1 - mean R^2 of h, y, w, mean over trials)")
