@@ -205,7 +205,7 @@ class Result:
 def departures(config: Config, cfgs=None) -> list[str]:
     """Where ``config`` departs from the paper's text (Table 1 and appendix B)."""
     cfgs = row_configs(config) if cfgs is None else cfgs
-    out = []
+    out = size_departures(cfgs)
     for c in cfgs:
         if c.name == "dropout" and c.layer != c.depth // 2:
             out.append(f"dropout row observed at hidden layer {c.layer} of {c.depth} (the "
@@ -215,6 +215,21 @@ def departures(config: Config, cfgs=None) -> list[str]:
                        f"({c.depth + 2} hidden activations, observed at layer {c.layer}; the "
                        f"text: {c.depth + 1} maps in all)")
     return out
+
+
+def size_departures(cfgs) -> list[str]:
+    """The widths and depths of ``cfgs`` that differ from Table 1's, grouped
+    (``"width 64 (Table 1: 500): default, tanh"``); the lr is rescaled with the width."""
+    from unijax import configs
+
+    groups: dict[str, list[str]] = {}
+    for c in cfgs:
+        ref = configs.get(c.name)
+        for what, got, want in (("width", c.width, ref.width), ("depth", c.depth, ref.depth)):
+            if got != want:
+                groups.setdefault(f"{what} {got} (Table 1: {want})", []).append(c.name)
+    return [f"{k}: {', '.join(v)}" + (" (lr rescaled for the width)" if k.startswith("width")
+                                      else "") for k, v in groups.items()]
 
 
 def row_configs(config: Config):
