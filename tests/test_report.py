@@ -208,7 +208,7 @@ def test_report_shows_the_verdict_the_row_counts_and_the_table():
     text = report._paragraph("E1", {"title": "t", "claim": "c", "agreement": agr})
     assert "*Verdict:* **AS AUTHORS**" in text
     assert "| row | h unijax | h authors |" in text and "| tanh | 0.99 | 0.99 |" in text
-    assert "*Departures from the paper and the authors' code:* none." in text
+    assert "*Departures (from the paper's text or the authors' code):* none." in text
     line = report.summary_line("E1", agr)
     assert line.startswith("| E1 | AS AUTHORS | 1 REPRODUCED, 1 AS AUTHORS | rows: 1 REPRODUCED, ")
     md = report.markdown_table({"columns": ["a", "b"], "rows": [["x|y", "1"]]})

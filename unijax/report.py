@@ -110,7 +110,7 @@ def _paragraph(name: str, summary: dict) -> str:
     if counts:
         lines += ["", f"*Counts:* {counts}."]
     deps = agr.get("departures") or []
-    lines += ["", "*Departures from the paper and the authors' code:* "
+    lines += ["", "*Departures (from the paper's text or the authors' code):* "
               + ("; ".join(deps) if deps else "none") + "."]
     for note in agr.get("notes", []):
         lines += ["", f"*Note:* {note}"]
