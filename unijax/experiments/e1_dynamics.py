@@ -630,7 +630,7 @@ def plot_dynamics(result, outdir, stem: str = "dynamics", title: str = "") -> li
         # The statistic of the report's table: the seed-median over the completed fits.
         r2 = [_median(np.where(use, result.r2[i, :, k], np.nan)) for k in range(3)]
         plots.label(ax, "epoch", "h, y, w (a.u.)",
-                    f"{row}: median R² h {cm.fmt(r2[0], 3)}, y {cm.fmt(r2[1], 3)}, "
+                    f"{row}\nmedian R² h {cm.fmt(r2[0], 3)}, y {cm.fmt(r2[1], 3)}, "
                     f"w {cm.fmt(r2[2], 3)}")
         ax.set_xscale("symlog", linthresh=max(1, T // 100))
     for j in range(R, nr * nc):
@@ -660,7 +660,7 @@ def plot_loss(result, outdir, stem: str = "loss_curves") -> list[Path]:
         ax.set_xscale("symlog", linthresh=max(1, T // 100))
         r2 = _median(np.where(use, result.r2_loss[i], np.nan))
         plots.label(ax, "epoch", plots.HWY_LABELS["loss"],
-                    f"{row}: median R² loss {cm.fmt(r2, 3)}")
+                    f"{row}\nmedian R² loss {cm.fmt(r2, 3)}")
     for j in range(R, nr * nc):
         axes.flat[j].axis("off")
     handles = [plots.plt.Line2D([], [], color="C3", label="network"),
