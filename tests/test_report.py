@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from unijax import report
-from unijax.results._store import to_jsonable
 from unijax.experiments import _common as cm
 from unijax.experiments import _twopoint as tp
 from unijax.experiments import e1_dynamics as e1
 from unijax.experiments import e2_weight_scale as e2
 from unijax.experiments import e7_depth as e7
+from unijax.results._store import to_jsonable
 
 V = cm.Verdict
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from unijax import experiments
 from unijax._version import CodeVersion
+from unijax.experiments._common import Verdict, verdict_counts
 from unijax.results._store import (
     REPORT_HEADING,
     REPORT_NAME,
@@ -32,7 +33,6 @@ from unijax.results._store import (
     is_own_report,
     read_marker,
 )
-from unijax.experiments._common import Verdict, verdict_counts
 
 __all__ = ["build_report", "discard_report", "finished", "markdown_table", "row_counts_text",
            "summary_line", "verdict_of", "write_report"]
