@@ -549,19 +549,22 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
 
 
 def _print_summary(rows: list[dict], out: Path, total: float, report_path: Path | None) -> None:
+    from unijax import report
+
     print("", file=sys.stderr)
     print(f"unijax: summary ({total / 60:.1f} min, results in {out})")
     width = max(len(r["name"]) for r in rows)
     for r in rows:
         s = r.get("summary") or {}
         agr = s.get("agreement", {})
-        verdict = {True: "PASS", False: "FAIL", None: "n/a"}.get(agr.get("passed"), "n/a")
+        verdict = report.verdict_of(agr) if agr else "n/a"
         if r["status"] == "failed":
             verdict = "ERROR"
         wall = r.get("wall_s")
         wall_s = f"{wall:7.1f}s" if isinstance(wall, (int, float)) else "       -"
         head = agr.get("headline", r.get("error", ""))
-        print(f"  {r['name']:<{width}}  {verdict:<5} {wall_s}  {r['status']:<22} {head}")
+        rows = f" [rows: {report.row_counts_text(agr)}]" if agr.get("rows") else ""
+        print(f"  {r['name']:<{width}}  {verdict:<14} {wall_s}  {r['status']:<22} {head}{rows}")
     if report_path is not None:
         print(f"report: {report_path}")
 

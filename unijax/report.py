@@ -21,6 +21,7 @@ from typing import Any
 
 from unijax import experiments
 from unijax._version import CodeVersion
+from unijax.experiments._common import Verdict, verdict_counts
 from unijax.results._store import (
     REPORT_HEADING,
     REPORT_NAME,
@@ -33,24 +34,60 @@ from unijax.results._store import (
     read_marker,
 )
 
-__all__ = ["build_report", "discard_report", "finished", "write_report"]
+__all__ = ["build_report", "discard_report", "finished", "markdown_table", "row_counts_text",
+           "summary_line", "verdict_of", "write_report"]
 
 
-def _verdict(passed: Any) -> str:
-    return {True: "**PASS**", False: "**FAIL**"}.get(passed, "**undecided**")
+def verdict_of(agreement: dict) -> str:
+    """The stored verdict of an agreement (``"REPRODUCED"``, ``"AS AUTHORS"``, ...); results
+    stored before verdicts existed give theirs from ``passed``."""
+    v = agreement.get("verdict")
+    if v is None:
+        v = Verdict.of(agreement.get("passed"))
+    return Verdict(v).value
+
+
+def row_counts_text(agreement: dict) -> str:
+    """``"3 REPRODUCED, 11 AS AUTHORS, 1 NOT TESTED"``: the stored rows per verdict ('-' when
+    the agreement has no per-row verdicts)."""
+    counts = verdict_counts(agreement.get("rows") or {})
+    return ", ".join(f"{n} {v}" for v, n in counts.items()) or "-"
+
+
+def summary_line(name: str, agreement: dict) -> str:
+    """One experiment's line of the report's summary table: verdict, rows per verdict,
+    headline."""
+    cells = [name, verdict_of(agreement), row_counts_text(agreement),
+             agreement.get("headline", "n/a")]
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def markdown_table(table: dict) -> str:
+    """A stored ``{"columns", "rows"}`` table as Markdown (``|`` in cells escaped)."""
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    cols = table.get("columns", [])
+    return "\n".join([line(cols), "|" + "---|" * len(cols)]
+                     + [line(r) for r in table.get("rows", [])])
+
+
+#: How the report words a stored count: the trials' counts in one group (unit "trials"),
+#: every other count under its own name, which carries its unit ("layer fits", "rate fits").
+_TRIAL_WORDS = (("trials", "in all"), ("diverged", "diverged"),
+                ("not_converged", "did not converge"), ("fit_failed", "without a completed fit"),
+                ("used", "used"))
 
 
 def _counts_text(counts: dict) -> str:
     if not counts:
         return ""
-    parts = [f"{counts.get('trials', '?')} trials"]
-    for key, word in (("diverged", "diverged"), ("not_converged", "did not converge"),
-                      ("fit_failed", "fit failed")):
-        if counts.get(key):
-            parts.append(f"{counts[key]} {word}")
-    if "used" in counts:
-        parts.append(f"{counts['used']} used")
-    text = ", ".join(parts)
+    trial = [f"{counts[k]} {w}" for k, w in _TRIAL_WORDS if k in counts
+             and (counts[k] or k in ("trials", "used"))]
+    parts = [f"trials: {', '.join(trial)}"] if trial else []
+    known = {k for k, _ in _TRIAL_WORDS}
+    parts += [f"{k.replace('_', ' ')}: {v}" for k, v in counts.items() if k not in known]
+    text = "; ".join(parts)
     excluded = sum(int(counts.get(k) or 0) for k in ("diverged", "not_converged", "fit_failed"))
     if excluded:
         text += " (excluded trials are counted here and never averaged in)"
@@ -63,14 +100,18 @@ def _paragraph(name: str, summary: dict) -> str:
     lines.append(f"*Paper's prediction.* {summary.get('claim', '')}")
     lines.append("")
     lines.append(f"*Measured.* {agr.get('measured', '')}")
+    if agr.get("table"):
+        lines += ["", markdown_table(agr["table"])]
     lines.append("")
-    lines.append(
-        f"*Agreement figure:* {agr.get('headline', 'n/a')}. {_verdict(agr.get('passed'))} "
-        f"(criterion: {agr.get('criterion', 'n/a')})."
-    )
+    lines.append(f"*Verdict:* **{verdict_of(agr)}**. {agr.get('headline', 'n/a')}.")
+    lines.append("")
+    lines.append(f"*Criterion:* {agr.get('criterion', 'n/a')}.")
     counts = _counts_text(agr.get("counts", {}))
     if counts:
-        lines += ["", f"*Trials:* {counts}."]
+        lines += ["", f"*Counts:* {counts}."]
+    deps = agr.get("departures") or []
+    lines += ["", "*Departures (from the paper's text or the authors' code):* "
+              + ("; ".join(deps) if deps else "none") + "."]
     for note in agr.get("notes", []):
         lines += ["", f"*Note:* {note}"]
     cfg_hash = summary.get("config_hash", "")[:12]
@@ -138,22 +179,25 @@ def build_report(outdir: str | os.PathLike, *,
         + (f" on {env.get('machine', '?')} ({env.get('device', '?')}, jax {env.get('jax', '?')},"
            f" unijax {env.get('unijax', '?')})." if env else "."),
         "",
-        "Each paragraph states what the paper predicts, what this run measured, the agreement "
-        "figure with its spread over seeds, and a pass/fail verdict against the paper's "
-        "qualitative claim. Every number below was computed by the run that stored it.",
+        "Each section states what the paper predicts, what this run measured, and a verdict "
+        "against the paper's claim, per row (architecture, gain, claim) and per experiment: "
+        "REPRODUCED (the paper's criterion is met), AS AUTHORS (the theory misses here, and "
+        "the authors' own fitting pipeline, run on the same trajectories, misses equally), "
+        "NOT REPRODUCED, NOT TESTED (not judged; the section says why). An experiment is NOT "
+        "REPRODUCED if any row is, else AS AUTHORS if any row is. Every number below was "
+        "computed by the run that stored it.",
         "",
-        "| experiment | agreement figure | verdict |",
-        "|---|---|---|",
+        "| experiment | verdict | rows per verdict | agreement figure |",
+        "|---|---|---|---|",
     ]
     for name in experiments.names():
         if name in done:
             agr = done[name].get("agreement", {})
-            head.append(f"| {name} | {agr.get('headline', 'n/a')} | "
-                        f"{_verdict(agr.get('passed')).strip('*')} |")
+            head.append(summary_line(name, agr))
         elif name in unreadable:
-            head.append(f"| {name} | stored results could not be read (see below) | - |")
+            head.append(f"| {name} | - | - | stored results could not be read (see below) |")
         else:
-            head.append(f"| {name} | not run in this directory | - |")
+            head.append(f"| {name} | - | - | not run in this directory |")
     body = [_paragraph(name, s) for name, s in done.items()]
     if unreadable:
         body.append(

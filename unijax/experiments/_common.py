@@ -53,6 +53,8 @@ __all__ = [
     "make_agreement",
     "Verdict",
     "combine_verdicts",
+    "verdict_counts",
+    "verdict_rows_text",
     "check_int",
     "check_float",
     "check_choice",
@@ -228,6 +230,24 @@ def combine_verdicts(rows: Iterable[Verdict]) -> Verdict:
     return Verdict.REPRODUCED
 
 
+def verdict_counts(rows: Mapping[str, Any]) -> dict[str, int]:
+    """``{verdict text: number of rows}`` of a stored agreement's ``rows``, in the order of
+    :class:`Verdict` (verdicts that no row has are left out)."""
+    vs = [Verdict(v) for v in rows.values()]
+    return {v.value: vs.count(v) for v in Verdict if v in vs}
+
+
+def verdict_rows_text(rows: Mapping[str, Any], unit: str = "rows") -> str:
+    """``"3 REPRODUCED, 11 AS AUTHORS (convolution, ...), 1 NOT TESTED (...)"``: the count of
+    each verdict, naming the rows of every verdict but REPRODUCED."""
+    parts = []
+    for v, n in verdict_counts(rows).items():
+        names = [k for k, x in rows.items() if Verdict(x).value == v]
+        parts.append(f"{n} {v}" + ("" if v == Verdict.REPRODUCED.value
+                                   else f" ({', '.join(names)})"))
+    return f"{unit}: " + ", ".join(parts) if parts else f"no {unit} judged"
+
+
 def make_agreement(
     *,
     headline: str,
@@ -239,6 +259,8 @@ def make_agreement(
     passed: bool | None = None,
     verdict: Verdict | None = None,
     rows: Mapping[str, Verdict] | None = None,
+    table: Mapping[str, Sequence[Any]] | None = None,
+    departures: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The dict every ``agreement(result)`` returns (stored in ``results.json``).
 
@@ -254,11 +276,23 @@ def make_agreement(
         verdict: the experiment's :class:`Verdict`; defaults to :func:`combine_verdicts` of
             ``rows`` when those are given, else ``Verdict.of(passed)``.
         rows: per-row verdicts (row name -> :class:`Verdict`), shown and counted in the report.
+        table: the measurements as a table, ``{"columns": [...], "rows": [[...], ...]}`` (cells
+            already formatted as text), shown under "Measured" in the report.
+        departures: every setting, filter or epoch cap of this run that the paper's text or
+            the authors' code did not use, one text each (the report lists them under
+            "Departures").
 
     The stored dict keeps ``passed`` (True only for REPRODUCED, False for NOT_REPRODUCED and
     AS_AUTHORS, None for NOT_TESTED) for callers that want a boolean.
     """
     rows = {str(k): Verdict(v) for k, v in (rows or {}).items()}
+    if table is not None:
+        columns = [str(c) for c in table["columns"]]
+        body = [[str(c) for c in r] for r in table["rows"]]
+        bad = [i for i, r in enumerate(body) if len(r) != len(columns)]
+        if bad:
+            raise ValueError(f"table rows {bad} have not {len(columns)} cells (the columns)")
+        table = {"columns": columns, "rows": body}
     if verdict is None:
         verdict = combine_verdicts(rows.values()) if rows else Verdict.of(passed)
     verdict = Verdict(verdict)
@@ -272,4 +306,6 @@ def make_agreement(
         "figures": dict(figures),
         "counts": dict(counts),
         "notes": list(notes),
+        "departures": [str(d) for d in departures],
+        **({"table": table} if table is not None else {}),
     }

@@ -346,27 +346,30 @@ def unusable(entry: dict, threshold: float | None = None) -> str:
     return why
 
 
-def _verdict(table, threshold: float | None = None) -> tuple[bool | None, list[str]]:
-    checks, why = [], []
+def _verdict(table, threshold: float | None = None) -> tuple[dict[str, cm.Verdict], list[str]]:
+    """The verdict of each judged row (low weights: the equal-output pairs merge; high
+    weights: the initial structure is kept) and the reasons, in words."""
+    rows, why = {}, []
     low = table.get("xor_low_weights")
     if low is not None and not low["used"]:
-        checks.append(False)
+        rows["low weights: pairs merge"] = cm.Verdict.NOT_REPRODUCED
         why.append(f"low weights: {unusable(low, threshold)}")
     elif low is not None:
-        checks.append(low["ratio_measured"]["mean"] < MERGED_RATIO)
-        checks.append(low["pearson_r"]["mean"] is not None and
-                      low["pearson_r"]["mean"] >= R_PASS)
+        ok = (low["ratio_measured"]["mean"] < MERGED_RATIO
+              and low["pearson_r"]["mean"] is not None and low["pearson_r"]["mean"] >= R_PASS)
+        rows["low weights: pairs merge"] = cm.Verdict.of(bool(ok))
         why.append(f"low weights: same/different ratio {cm.fmt(low['ratio_measured']['mean'])} "
                    f"(< {MERGED_RATIO}?), r {cm.fmt(low['pearson_r']['mean'])} (>= {R_PASS}?)")
     high = table.get("xor_high_weights")
     if high is not None and not high["used"]:
-        checks.append(False)
+        rows["high weights: structure kept"] = cm.Verdict.NOT_REPRODUCED
         why.append(f"high weights: {unusable(high, threshold)}")
     elif high is not None:
-        checks.append(high["ratio_measured"]["mean"] > KEPT_RATIO)
+        rows["high weights: structure kept"] = cm.Verdict.of(
+            bool(high["ratio_measured"]["mean"] > KEPT_RATIO))
         why.append(f"high weights: ratio {cm.fmt(high['ratio_measured']['mean'])} "
                    f"(> {KEPT_RATIO}?)")
-    return (all(checks) if checks else None), why
+    return rows, why
 
 
 def _threshold(result) -> float | None:
@@ -376,7 +379,8 @@ def _threshold(result) -> float | None:
 
 def agreement(result, *, name: str = NAME) -> dict:
     table = per_row(result)
-    passed, why = _verdict(table, _threshold(result))
+    rows, why = _verdict(table, _threshold(result))
+    verdict = cm.combine_verdicts(rows.values())
     lines = []
     for k, v in table.items():
         if not v["used"]:
@@ -416,15 +420,15 @@ def agreement(result, *, name: str = NAME) -> dict:
     deps = [str(d) for d in np.atleast_1d(result.departures)]
     notes = [f"Rates (eta_h, eta_y) = ({cm.fmt(result.eta_h)}, {cm.fmt(result.eta_y)}) 1/epoch: "
              f"{result.rates_source}."]
-    notes.append("Departures from the paper's Table 2 / text: " + ("; ".join(deps) if deps
-                                                                   else "none") + ".")
     return cm.make_agreement(
         headline=headline,
         measured="; ".join(lines) + ".",
         criterion=f"low weights: measured ratio < {MERGED_RATIO} and r >= {R_PASS}; high "
-        f"weights: ratio > {KEPT_RATIO}; a judged row without a usable trial fails ("
-        + "; ".join(why) + ")",
-        passed=passed,
+        f"weights: ratio > {KEPT_RATIO}; a judged row without a usable trial is NOT "
+        "REPRODUCED (" + "; ".join(why) + ")",
+        verdict=verdict,
+        rows=rows,
+        departures=deps,
         figures={"per_row": table, "two_layer_counterexample_fraction": counter,
                  "rates": {"eta_h": float(result.eta_h), "eta_y": float(result.eta_y),
                            "source": str(result.rates_source)},

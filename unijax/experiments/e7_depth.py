@@ -104,6 +104,8 @@ class Result:
             criterion, ``unijax.fit.FitStatus.OK``: only those rates are averaged).
         h0: ``(S, L)`` initial squared distance per layer; depth_gain: fitted ``a``;
             h0_theory: ``(L,)`` = ``a^(2 maps) dx2``.
+        stderr_eta_h, stderr_eta_y: ``(S, L)`` the fits' standard errors of the rates
+            (1/epoch; NaN where not fitted).
         sse: ``(S, L)`` absolute sum of squared errors of the fitted ODE over every epoch
             (h, y and w together; NaN where not fitted), the authors' measure.
     """
@@ -122,6 +124,9 @@ class Result:
     h0_theory: np.ndarray
     dx2: np.ndarray
     sse: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
+    # Results stored before the standard errors were kept: NaN (the spread over trials only).
+    stderr_eta_h: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    stderr_eta_y: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
 
 
 def sse(hyw: np.ndarray, z_fit: np.ndarray, epochs: np.ndarray) -> np.ndarray:
@@ -180,86 +185,189 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     return Result(
         sse=sse_,
         layers=np.arange(L), maps=maps, hyw=hyw, diverged=div, eta_h=sh(f["eta_h"]),
-        eta_y=sh(f["eta_y"]), r2=sh(f["r2"]), fit_ok=sh(f["fit_ok"]) & ~div[:, None],
+        eta_y=sh(f["eta_y"]), stderr_eta_h=sh(f["stderr_eta_h"]),
+        stderr_eta_y=sh(f["stderr_eta_y"]), r2=sh(f["r2"]),
+        fit_ok=sh(f["fit_ok"]) & ~div[:, None],
         converged=sh(f["usable"]) & ~div[:, None], h0=h0, depth_gain=np.asarray(a),
         h0_theory=h0_th, dx2=np.asarray(config.dx2),
     )
 
 
+def good_fits(result) -> np.ndarray:
+    """``(S, L)`` the layer fits whose rates are reported: the optimizer finished (finite
+    rates) and R^2 of each of h, y, w >= ``unijax.fit.MIN_R2``, identified or not (the authors
+    kept every layer's fit; a rate that is not individually identified is still the best
+    fit, and its standard error says how well the data determine it)."""
+    from unijax.experiments import e1_dynamics as e1
+
+    r2 = np.asarray(result.r2, float)
+    with np.errstate(invalid="ignore"):
+        good = np.all(r2 >= e1.fit_min_r2(), axis=-1)
+    return (np.asarray(result.fit_ok) & good & np.isfinite(result.eta_h)
+            & np.isfinite(result.eta_y))
+
+
+def _mean_and_se(eta: np.ndarray, se: np.ndarray, use: np.ndarray) -> tuple[float, float]:
+    """Mean of ``eta[use]`` and its standard error: the larger of the fits' own standard
+    errors propagated to the mean, ``sqrt(sum se_i^2) / n``, and the spread over trials,
+    ``sd / sqrt(n)`` (n >= 2). NaN, NaN where no fit is used."""
+    e, s = np.asarray(eta, float)[use], np.asarray(se, float)[use]
+    if e.size == 0:
+        return float("nan"), float("nan")
+    prop = float(np.sqrt(np.nansum(s ** 2)) / e.size) if np.isfinite(s).any() else 0.0
+    over = float(np.std(e, ddof=1) / np.sqrt(e.size)) if e.size > 1 else 0.0
+    return float(e.mean()), max(prop, over)
+
+
 def per_layer(result) -> dict[str, np.ndarray]:
+    """Per hidden layer ``(L,)``: fit error (1 - mean R^2 over the completed fits, mean and
+    sd over trials), the rates over the good fits (:func:`good_fits`) with their standard
+    errors (:func:`_mean_and_se`; 1/epoch), the number of good fits, h0 and the SSE."""
     ok = np.asarray(result.fit_ok)
-    use = np.asarray(result.converged)  # rates only from fits that pass the quality criterion
+    good = good_fits(result)
     err = np.where(ok, 1.0 - np.mean(result.r2, axis=-1), np.nan)
+    S, L = ok.shape
+    se_h = np.broadcast_to(np.asarray(result.stderr_eta_h, float), (S, L))
+    se_y = np.broadcast_to(np.asarray(result.stderr_eta_y, float), (S, L))
+    rates = {k: np.full(L, np.nan) for k in ("eta_h", "eta_h_se", "eta_y", "eta_y_se")}
+    for layer in range(L):
+        u = good[:, layer]
+        rates["eta_h"][layer], rates["eta_h_se"][layer] = _mean_and_se(
+            result.eta_h[:, layer], se_h[:, layer], u)
+        rates["eta_y"][layer], rates["eta_y_se"][layer] = _mean_and_se(
+            result.eta_y[:, layer], se_y[:, layer], u)
     with np.errstate(invalid="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN layers give NaN, as intended
         return {
             "fit_error": np.nanmean(err, axis=0),
             "fit_error_std": np.nanstd(err, axis=0),
-            "eta_h": np.nanmean(np.where(use, result.eta_h, np.nan), axis=0),
-            "eta_y": np.nanmean(np.where(use, result.eta_y, np.nan), axis=0),
+            **rates,
+            "good_fits": good.sum(axis=0).astype(float),
             "h0": np.nanmean(result.h0, axis=0),
             "sse": (np.nanmean(np.asarray(result.sse), axis=0) if np.size(result.sse)
                     else np.full(len(result.layers), np.nan)),
         }
 
 
+def shape_text(values: np.ndarray, what: str) -> str:
+    """Where a per-layer curve is lowest, and whether it falls to there and rises after
+    (U-shaped), in words."""
+    v = np.asarray(values, float)
+    if not np.isfinite(v).any():
+        return f"{what}: n/a"
+    k = int(np.nanargmin(v))
+    last = len(v) - 1
+    if k == last:
+        return f"{what} is lowest at the last layer ({k}, {cm.fmt(v[k])})"
+    if k == 0:
+        return f"{what} is lowest at layer 0 ({cm.fmt(v[0])}) and higher at every later layer"
+    return (f"{what} is U-shaped: it falls from {cm.fmt(v[0])} at layer 0 to its lowest, "
+            f"{cm.fmt(v[k])} at layer {k}, and rises again to {cm.fmt(v[-1])} at layer {last}")
+
+
+def judge(t: dict, later: np.ndarray) -> dict:
+    """The three claims of Fig. 10, each with its :class:`~unijax.experiments._common.Verdict`
+    (``{claim: {"verdict", "why", "rho"}}``)."""
+    layers = np.arange(len(t["fit_error"]))
+    out = {}
+    unfitted = [int(k) for k in np.flatnonzero(~np.isfinite(t["fit_error"]))]
+    rho = cm.spearman(layers, t["fit_error"])
+    if unfitted:
+        v, why = cm.Verdict.NOT_REPRODUCED, f"no completed fit at layer(s) {unfitted}"
+    elif np.isnan(rho):
+        v, why = cm.Verdict.NOT_TESTED, "fewer than three layers"
+    else:
+        v, why = cm.Verdict.of(bool(rho < 0)), f"Spearman rho(layer, fit error) {cm.fmt(rho)}"
+    out["fit error falls with depth"] = {"verdict": v, "why": why, "rho": rho}
+    lo, hi = int(layers[later][0]), int(layers[later][-1])
+    n_later = int(later.sum())
+    for name, sign in (("eta_h", 1), ("eta_y", -1)):
+        vals = t[name][later]
+        have = np.isfinite(vals)
+        missing = [int(k) for k in layers[later][~have]]
+        rho = cm.spearman(layers[later], vals)
+        gap = f"; no good fit at layer(s) {missing}" if missing else ""
+        if 2 * have.sum() < n_later or have.sum() < 3:
+            # Too few layers for a trend: never a verdict on the few that happened to fit.
+            v, why = cm.Verdict.NOT_REPRODUCED, (
+                f"a good fit at only {int(have.sum())} of the {n_later} later layers{gap}")
+        else:
+            v = cm.Verdict.of(bool(sign * rho > 0))
+            why = (f"Spearman rho(layer, {name}) {cm.fmt(rho)} over the {int(have.sum())} of "
+                   f"layers {lo}-{hi} with a good fit{gap}")
+        word = "rises" if sign > 0 else "falls"
+        out[f"{name} {word} in layers {lo}-{hi}"] = {"verdict": v, "why": why, "rho": rho}
+    return out
+
+
 def agreement(result) -> dict:
     t = per_layer(result)
     L = len(result.layers)
     later = np.arange(L) >= L // 2
-    rho_err = cm.spearman(result.layers, t["fit_error"])
-    rho_h = cm.spearman(result.layers[later], t["eta_h"][later])
-    rho_y = cm.spearman(result.layers[later], t["eta_y"][later])
     ok = np.isfinite(t["h0"]) & (t["h0"] > 0) & np.isfinite(result.h0_theory)
     lg_r2 = float("nan")
     if ok.sum() >= 2:
         lm, lt = np.log(t["h0"][ok]), np.log(result.h0_theory[ok])
         lg_r2 = float(1 - np.sum((lm - lt) ** 2) / np.sum((lm - lm.mean()) ** 2))
-    checks = [rho_err < 0, rho_h > 0, rho_y < 0]
-    passed = None if any(np.isnan(v) for v in (rho_err, rho_h, rho_y)) else bool(all(checks))
-    # Layers without a completed fit leave the correlations on a subset (or undefined): fail.
-    unfitted = [int(k) for k in np.flatnonzero(~np.isfinite(t["fit_error"]))]
-    if unfitted or passed is None:
-        passed = False
-    first, last = t["fit_error"][0], t["fit_error"][-1]
+    claims = judge(t, later)
+    rows = {c: d["verdict"] for c, d in claims.items()}
+    verdict = cm.combine_verdicts(rows.values())
     sse_l = t["sse"]
     sse_min = int(np.nanargmin(sse_l)) if np.isfinite(sse_l).any() else None
-    headline = (f"Spearman rho(layer, fit error) = {cm.fmt(rho_err)}; later layers: rho(eta_h) = "
-                f"{cm.fmt(rho_h)}, rho(eta_y) = {cm.fmt(rho_y)}")
+    err_min = int(np.nanargmin(t["fit_error"])) if np.isfinite(t["fit_error"]).any() else None
+    S = np.asarray(result.fit_ok).shape[0]
+    no_good = [int(k) for k in np.flatnonzero(t["good_fits"] == 0)]
+    headline = "; ".join(
+        f"{c}: {d['verdict'].value} ({d['why']})" for c, d in claims.items())
     measured = (
-        f"Fit error (1 - mean R^2) falls from {cm.fmt(first)} at hidden layer 0 to "
-        f"{cm.fmt(last)} at layer {L - 1} (rho {cm.fmt(rho_err)}). In layers "
-        f"{L // 2}..{L - 1}, eta_h goes "
-        f"{cm.fmt(t['eta_h'][L // 2])} -> {cm.fmt(t['eta_h'][-1])} and eta_y "
-        f"{cm.fmt(t['eta_y'][L // 2])} -> {cm.fmt(t['eta_y'][-1])} 1/epoch. Initial distance: "
-        f"per-layer gain a = {cm.fmt(result.depth_gain)}, R^2 of log h0(l) vs a^(2l) dx2 = "
-        f"{cm.fmt(lg_r2)}. The authors' absolute SSE of the fit (mean over trials) is "
-        + (f"{cm.fmt(sse_l[0])} at layer 0, {cm.fmt(sse_l[-1])} at layer {L - 1}, lowest "
-           f"({cm.fmt(sse_l[sse_min])}) at layer {sse_min}." if sse_min is not None else "n/a.")
+        shape_text(t["fit_error"], "The fit error (1 - mean R^2 of h, y, w, mean over trials)")
+        + "; " + shape_text(sse_l, "the authors' absolute SSE of the fit (mean over trials)")
+        + ". Rates per layer: mean over the good fits (R^2 of each of h, y, w >= "
+        f"{_min_r2()}, identified or not) ± standard error (the larger of the fits' own "
+        "standard errors propagated to the mean and the spread over trials / sqrt(n)); "
+        + (f"no good fit at layer(s) {no_good}. " if no_good else "every layer has one. ")
+        + f"Initial distance: per-layer gain a = {cm.fmt(result.depth_gain)}, R^2 of log "
+        f"h0(l) vs a^(2l) dx2 = {cm.fmt(lg_r2)}."
     )
-    if unfitted:
-        headline += f"; FAIL: no completed fit at hidden layer(s) {unfitted}"
+    cols = ["layer", "fit error", "SSE", "eta_h (1/epoch)", "eta_y (1/epoch)", "good fits"]
+    lines = [[str(k), cm.fmt(t["fit_error"][k]), cm.fmt(sse_l[k]),
+              _pm(t["eta_h"][k], t["eta_h_se"][k]), _pm(t["eta_y"][k], t["eta_y_se"][k]),
+              f"{int(t['good_fits'][k])} of {S}"] for k in range(L)]
     ok_fit = np.asarray(result.fit_ok)
     div = np.asarray(result.diverged)
     return cm.make_agreement(
         headline=headline,
         measured=measured,
         criterion="fit error (unijax's scale-free 1 - mean R^2) decreasing with depth "
-        "(rho < 0), and in the later half eta_h increasing (rho > 0) and eta_y decreasing "
-        "(rho < 0); a layer without a completed fit fails",
-        passed=passed,
+        "(Spearman rho < 0 over every layer; a layer without a completed fit: NOT REPRODUCED); "
+        f"over the later half (layers {L // 2}-{L - 1}) eta_h increasing (rho > 0) and eta_y "
+        "decreasing (rho < 0), over the later layers with a good fit (R^2 of each of h, y, w "
+        f">= {_min_r2()}, identified or not), which must be at least half of them and three",
+        verdict=verdict,
+        rows=rows,
+        table={"columns": cols, "rows": lines},
         figures={"per_layer": {k: v.tolist() for k, v in t.items()},
-                 "spearman_fit_error": rho_err, "spearman_eta_h_later": rho_h,
-                 "spearman_eta_y_later": rho_y, "depth_gain": float(result.depth_gain),
-                 "h0_log_r2": lg_r2, "sse_per_layer": sse_l.tolist(),
-                 "sse_lowest_layer": sse_min,
+                 "claims": {c: {**d, "verdict": d["verdict"].value} for c, d in claims.items()},
+                 "depth_gain": float(result.depth_gain), "h0_log_r2": lg_r2,
+                 "sse_per_layer": sse_l.tolist(), "sse_lowest_layer": sse_min,
+                 "fit_error_lowest_layer": err_min,
                  "fit_error_first_last": [cm.spread(1 - np.mean(result.r2[:, 0], -1)),
                                           cm.spread(1 - np.mean(result.r2[:, -1], -1))]},
         counts={"trials": int(div.size), "diverged": int(div.sum()),
-                "fit_failed": int((~div[:, None] & ~ok_fit).sum()),
-                "used": int(ok_fit.sum()), "layer_fits": int(ok_fit.size),
-                "rate_fits_used": int(np.asarray(result.converged).sum())},
+                "layer_fits": int(ok_fit.size),
+                "layer_fits_failed": int((~div[:, None] & ~ok_fit).sum()),
+                "layer_fits_good": int(good_fits(result).sum())},
     )
+
+
+def _pm(x: float, se: float) -> str:
+    return "n/a" if not np.isfinite(x) else f"{cm.fmt(x)} ± {cm.fmt(se, 2)}"
+
+
+def _min_r2() -> float:
+    from unijax.experiments import e1_dynamics as e1
+
+    return e1.fit_min_r2()
 
 
 def plot(result, outdir) -> list[Path]:
@@ -271,7 +379,7 @@ def plot(result, outdir) -> list[Path]:
                 label="1 − mean R² (unijax)")
     ax.set_yscale("log")
     plots.label(ax, "hidden layer (0 = first)", "fit error 1 − mean R² (dimensionless)",
-                "theory fit vs depth")
+                "fit error per layer: mean ± sd over trials")
     if np.isfinite(t["sse"]).any():
         tw = ax.twinx()
         tw.plot(layers, t["sse"], "s--", color="C4", label="SSE (the authors' measure)")
@@ -280,12 +388,14 @@ def plot(result, outdir) -> list[Path]:
         tw.legend(fontsize=7, loc="upper right")
     ax.legend(fontsize=7, loc="lower left")
     ax = axes[0, 1]
-    ax.plot(layers, t["eta_h"], "o-", color="C0", label="η_h")
-    ax.plot(layers, t["eta_y"], "s-", color="C1", label="η_y")
+    ax.errorbar(layers, t["eta_h"], yerr=np.nan_to_num(t["eta_h_se"]), fmt="o-", color="C0",
+                label="η_h")
+    ax.errorbar(layers, t["eta_y"], yerr=np.nan_to_num(t["eta_y_se"]), fmt="s-", color="C1",
+                label="η_y")
     ax.set_yscale("log")
     ax.axvline(len(layers) // 2 - 0.5, color="gray", ls=":", lw=0.8, label="later half →")
     plots.label(ax, "hidden layer (0 = first)", "effective learning rate (1/epoch)",
-                "fitted rates per layer")
+                "rates per layer: mean of good fits ± SE")
     ax.legend(fontsize=7)
     ax = axes[0, 2]
     for s in range(result.h0.shape[0]):
