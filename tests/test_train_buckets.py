@@ -67,3 +67,28 @@ def test_a_padded_grid_of_gains_equals_the_full_grid():
     assert (full.n_padded, part.n_padded) == (0, 2)
     assert_trials_equal(part, full, [0, 1], [0, 1, 2])
     np.testing.assert_array_equal(part.seeds, [0, 1, 2])
+
+
+@pytest.mark.parametrize("vmap_size", ["auto", 3])
+def test_padding_trials_are_not_initialized_on_cpu(monkeypatch, vmap_size):
+    # One seed runs in the bucket of 8: only the real trial's network is drawn (with
+    # vmap_size=3, blocks of 2: the first block, the real trial and one padding trial); the
+    # padding trials' parameters stay zero, never drawn, never trained. Seen in the whole
+    # (padded) initial parameters, before the padding is cut off.
+    from unijax import _batch, _train_program
+
+    seen, real_gather = [], _batch.gather
+
+    def gather(tree, n_valid):
+        seen.append(jax.tree.map(np.asarray, tree))
+        return real_gather(tree, n_valid)
+
+    monkeypatch.setattr(_train_program._batch, "gather", gather)
+    res = run([6], vmap_size=vmap_size)
+    assert res.n_padded == 7
+    initial = seen[0]  # execute gathers the initial parameters first (return_params=True)
+    kernels = np.stack([np.abs(a).reshape(8, -1).max(axis=1)
+                        for a in jax.tree.leaves(initial) if a.ndim == 3], axis=1)
+    drawn = 1 if vmap_size == "auto" else 2
+    assert (kernels[:drawn] > 0).all()
+    assert (kernels[drawn:] == 0).all(), kernels

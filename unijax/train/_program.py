@@ -11,7 +11,8 @@ The trial batch is padded to its bucket (``unijax._batch.trial_bucket``: a multi
 trials, then of the device count), so one pair of programs serves every seed count of a bucket.
 Within a device the trials run as one ``vmap`` (``vmap_size=None``) or in blocks of
 ``vmap_size`` inside one loop that updates them in place and skips the blocks holding only
-padding (``unijax._batch.map_in_place``).
+padding (``unijax._batch.map_in_place``); the start program skips those blocks too, so training
+``S`` seeds draws ``S`` networks, and the padding trials' parameters stay zero.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from unijax.train._request import Request
 class Programs(NamedTuple):
     """The jitted programs of one run (see the module docstring)."""
 
-    # (seeds (B,), gains (B,), key, x, y[, given params]) -> (carry (B, ...), obs at init)
+    # (n_valid (n_dev,), seeds (B,), gains (B,), key, x, y[, given params])
+    #     -> (carry (B, ...), obs at init)
     start: Callable
     # (carry, n_valid (n_dev,), lr, x, y, ts, slots, active)
     #     -> (carry, ((loss, hyw) per epoch, obs at the end))
@@ -62,12 +64,24 @@ def build_programs(
             f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
         )
 
-    def over_trials(one, xs):
+    def over_trials(one, xs, n_valid):
         if vmap_size is None:
-            return jax.vmap(one)(xs)
-        if vmap_size == 1:
-            return jax.lax.map(one, xs)
-        return jax.lax.map(one, xs, batch_size=vmap_size)
+            return jax.vmap(one)(xs)  # padding trials computed, then dropped
+        # Only the blocks holding a real trial run: S seeds draw S networks, not the bucket's
+        # width (drawing the default network, 4.8 M normal numbers, costs as much as tens of
+        # epochs of training it). The padding trials' outputs stay zero; the chunk loop skips
+        # them as well.
+        n = jax.tree.leaves(xs)[0].shape[0]
+        # The block of _batch.map_in_place: the largest divisor of n not above vmap_size.
+        block = max(d for d in range(1, min(vmap_size, n) + 1) if n % d == 0)
+
+        def run_block(start, _, xb):
+            if block == 1:
+                return None, jax.tree.map(lambda a: a[None], one(jax.tree.map(lambda a: a[0], xb)))
+            return None, jax.vmap(one)(xb)
+
+        count = (n_valid[0] + block - 1) // block
+        return _batch.loop_blocks(run_block, n, block, inputs=xs, count=count)[1]
 
     def v_chunk(carry, n_valid, lr, x, y, ts, slots, active):
         one = functools.partial(chunk_one, lr=lr, x=x, y=y, ts=ts, slots=slots, active=active)
@@ -76,19 +90,20 @@ def build_programs(
         return _batch.map_in_place(one, carry, vmap_size, n_valid=n_valid[0])
 
     if spec.params_mode is None:
-        def v_start(seeds, gains, key, x, y):
-            return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y, None), (seeds, gains))
-        start_specs = (batch, batch, rep, rep, rep)
+        def v_start(n_valid, seeds, gains, key, x, y):
+            return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y, None),
+                               (seeds, gains), n_valid)
+        start_specs = (batch, batch, batch, rep, rep, rep)
     elif spec.params_mode == "shared":
-        def v_start(seeds, gains, key, x, y, given):
+        def v_start(n_valid, seeds, gains, key, x, y, given):
             return over_trials(lambda sg: start_one(sg[0], sg[1], key, x, y, given),
-                               (seeds, gains))
-        start_specs = (batch, batch, rep, rep, rep, rep)
+                               (seeds, gains), n_valid)
+        start_specs = (batch, batch, batch, rep, rep, rep, rep)
     else:
-        def v_start(seeds, gains, key, x, y, given):
+        def v_start(n_valid, seeds, gains, key, x, y, given):
             return over_trials(lambda a: start_one(a[0], a[1], key, x, y, a[2]),
-                               (seeds, gains, given))
-        start_specs = (batch, batch, rep, rep, rep, batch)
+                               (seeds, gains, given), n_valid)
+        start_specs = (batch, batch, batch, rep, rep, rep, batch)
 
     return Programs(
         start=jax.jit(shard(v_start, start_specs, (batch, batch))),
@@ -206,7 +221,9 @@ def execute(req: Request) -> Raw:
     dtype = jnp.dtype(req.spec.dtype)
     x = put(jnp.asarray(np.asarray(req.dataset.x), dtype))
     y = put(jnp.asarray(np.asarray(req.dataset.y), dtype))
-    start_args = [put(np.asarray(np.tile(req.seeds, len(req.gains))[idx], np.uint32), True),
+    n_valid = put(bucket.n_valid, True)
+    start_args = [n_valid,
+                  put(np.asarray(np.tile(req.seeds, len(req.gains))[idx], np.uint32), True),
                   put(np.asarray(np.repeat(req.gains, len(req.seeds))[idx], dtype), True),
                   put(req.key), x, y]
     if req.spec.params_mode == "shared":
@@ -223,7 +240,7 @@ def execute(req: Request) -> Raw:
     init_s = time.perf_counter() - t_start - clock.compile_s
 
     t_run, compile_before = time.perf_counter(), clock.compile_s
-    shared = (put(bucket.n_valid, True), put(np.asarray(req.lr, dtype)), x, y)
+    shared = (n_valid, put(np.asarray(req.lr, dtype)), x, y)
     final_obs, losses, hyws, reps, final_params = _run_chunks(
         req, progs.chunk, carry, shared, sched, put, clock, bucket.n
     )

@@ -5,9 +5,10 @@ over epochs, and the flattened ``gains * seeds`` batch of trials is laid out ove
 with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"batch"`` axis). **One compiled
 program serves every grid size of a bucket**: the trial batch is padded to a multiple of 8
 trials, then of the device count (``unijax._batch.trial_bucket``), so training 3, 5 or 7 seeds
-compiles once; padding trials repeat the last real trial, are skipped by the per-trial loop on
-CPU (computed in the ``vmap`` elsewhere), and are dropped from every result, which holds
-exactly the trials asked for. After
+compiles once; padding trials repeat the last real trial's seed and gain, are neither drawn nor
+trained by the per-trial loop on CPU (so 1 seed draws 1 network, not 8; computed in the
+``vmap`` elsewhere), and are dropped from every result, which holds exactly the trials asked
+for. After
 :func:`unijax.distributed.initialize` the mesh spans the devices of every process, each process
 makes the same call, and every process gets the whole result. Long runs are cut
 into chunks of epochs, one compiled ``scan`` per chunk with the parameters carried (and their
@@ -131,8 +132,8 @@ class TrainResult(Keepable, eqx.Module):
         n_devices: devices the trial batch was sharded over; n_padded: padding trials that
             were added to fill the batch's bucket (a multiple of 8 trials, then of the device
             count, so that one compiled program serves every grid size of the bucket) and
-            dropped again: copies of the last trial, skipped by the per-trial loop on CPU,
-            computed in the ``vmap`` on GPU/TPU.
+            dropped again: copies of the last trial, neither drawn nor trained by the
+            per-trial loop on CPU, computed in the ``vmap`` on GPU/TPU.
         compile_s, init_s, run_s: wall seconds spent compiling, initializing (drawing the
             weights and measuring them) and training (every epoch, the final measurement and
             fetching the records), each without the others.
