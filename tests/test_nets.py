@@ -312,3 +312,32 @@ def test_check_params_names_the_mismatching_leaf():
         nets.check_params(expected, jax.tree.map(lambda a: a.astype(np.int32), good))
     # A {"params": ...} wrapper is accepted.
     nets.check_params(expected, {"params": good})
+
+
+@pytest.mark.parametrize("n_points", [2, 4000])  # windows built (im2col) / lax convolution
+def test_conv1d_equals_flax_conv_values_and_gradients(monkeypatch, n_points):
+    # Conv1D has nn.Conv's parameters (same names, shapes, initializer draws) and computes the
+    # same valid cross-correlation, its gradients included, to float32 rounding.
+    import flax.linen as nn
+
+    if n_points > 2:
+        monkeypatch.setattr(nets, "IM2COL_MAX", 0)  # the lax.conv_general_dilated path
+    x = jax.random.normal(jax.random.key(0), (n_points, 40, 3))
+    ours = nets.Conv1D(5, 11, precision=jax.lax.Precision.HIGHEST)
+    flax = nn.Conv(5, (11,), padding="VALID", precision=jax.lax.Precision.HIGHEST)
+    p = ours.init(jax.random.key(1), x)
+    q = flax.init(jax.random.key(1), x)
+    jax.tree.map(np.testing.assert_array_equal, p, q)
+    p = jax.tree.map(lambda a: a + 0.1, p)  # a nonzero bias
+    f = jax.jit(lambda p, x: ours.apply(p, x))
+    g = jax.jit(lambda p, x: flax.apply(p, x))
+    np.testing.assert_allclose(f(p, x), g(p, x), rtol=1e-5, atol=1e-5)
+    assert f(p, x).shape == (n_points, 30, 5)
+
+    def loss(apply, p, x):
+        return jnp.sum(jnp.tanh(apply(p, x)) ** 2)
+
+    gp, gx = jax.jit(jax.grad(lambda p, x: loss(ours.apply, p, x), argnums=(0, 1)))(p, x)
+    hp, hx = jax.jit(jax.grad(lambda p, x: loss(flax.apply, p, x), argnums=(0, 1)))(p, x)
+    np.testing.assert_allclose(gx, hx, rtol=1e-4, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), gp, hp)
