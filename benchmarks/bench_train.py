@@ -303,6 +303,8 @@ def main(argv=None):
     p.add_argument("--paper-loop", action="store_true",
                    help="also time the authors' sequential loop (tracking pass + DataLoader)")
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--buffer-mib", type=int, default=None,
+                   help="MiB of the copied buffer (default: max(256, 1.25 x last-level cache))")
     p.add_argument("--width", type=int, default=500)
     p.add_argument("--depth", type=int, default=20)
     args = p.parse_args(argv)
@@ -327,7 +329,7 @@ def main(argv=None):
         jax.eval_shape(lambda: nets.init(module, jnp.ones((2, 1)), key=jax.random.key(0)))
     )
     step_bytes = 3 * 4 * n_params
-    buf = floor_buffer_bytes()
+    buf = floor_buffer_bytes() if args.buffer_mib is None else args.buffer_mib << 20
     llc = last_level_cache_bytes()
     bw = {"1 thread": numpy_copy_bandwidth(buf, 1)}
     if cores > 1:

@@ -87,6 +87,17 @@ def test_bench_sgd_step_runs_and_both_steps_agree(capsys):
     assert "autodiff / fused" in out
 
 
+def test_bench_train_runs_at_toy_size(capsys):
+    rc = _bench("bench_train").main(
+        ["--width", "8", "--depth", "3", "--epochs", "3", "--repeats", "1", "--seeds", "1,2",
+         "--no-torch", "--buffer-mib", "8"])
+    out = capsys.readouterr().out
+    assert rc in (0, None)
+    assert "memory floor: 169 parameters" in out  # 1x8 + 8x8 + 8x8 + 8x1 weights, 25 biases
+    rows = [line for line in out.splitlines() if line.startswith("unijax train.train")]
+    assert len(rows) == 2 and all(line.split()[-3].endswith("x") for line in rows)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["bench_lm", "bench_ode_sampling"])
 def test_small_benchmarks_run_at_toy_sizes(name, capsys):
