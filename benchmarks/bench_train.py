@@ -48,9 +48,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import statistics
+import sys
 import threading
 import time
 from pathlib import Path
@@ -60,6 +60,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from unijax import configs, nets, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _machine import cpu_model  # noqa: E402
 
 
 def last_level_cache_bytes() -> int | None:
@@ -316,7 +319,7 @@ def main(argv=None):
 
     dev = jax.devices()[0]
     print("== unijax training benchmark: default network of Table 1 ==")
-    print(f"machine: {platform.processor() or platform.machine()}, {cores} CPU cores; "
+    print(f"machine: {cpu_model()}, {cores} CPU cores; "
           f"JAX {jax.__version__} on {dev.platform} ({dev.device_kind}) x{len(jax.devices())}; "
           f"dtype {cfg.dtype}; load average before {load_before[0]:.2f}")
     print(f"network: width {cfg.width}, {cfg.depth} hidden layers, {cfg.nonlinearity}, two "

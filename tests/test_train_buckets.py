@@ -75,7 +75,8 @@ def test_padding_trials_are_not_initialized_on_cpu(monkeypatch, vmap_size):
     # vmap_size=3, blocks of 2: the first block, the real trial and one padding trial); the
     # padding trials' parameters stay zero, never drawn, never trained. Seen in the whole
     # (padded) initial parameters, before the padding is cut off.
-    from unijax import _batch, _train_program
+    from unijax import _batch
+    from unijax.train import _program
 
     seen, real_gather = [], _batch.gather
 
@@ -83,7 +84,7 @@ def test_padding_trials_are_not_initialized_on_cpu(monkeypatch, vmap_size):
         seen.append(jax.tree.map(np.asarray, tree))
         return real_gather(tree, n_valid)
 
-    monkeypatch.setattr(_train_program._batch, "gather", gather)
+    monkeypatch.setattr(_program._batch, "gather", gather)
     res = run([6], vmap_size=vmap_size)
     assert res.n_padded == 7
     initial = seen[0]  # execute gathers the initial parameters first (return_params=True)
