@@ -461,12 +461,18 @@ def test_e6_real_mnist_structure_with_sgd_and_adam(e6_tiny, tmp_path):
     assert int(r.dyn_steps) == 300 * 4  # 256 points in batches of 64, 300 epochs
 
 
-def _with_pair(r, y_end, status):
-    """``r`` with the pair's final ``y`` at ``y_end`` * dy2 and every fit of ``status``."""
+def _with_pair(r, y_end, status, r2=None, r2_authors=np.nan):
+    """``r`` with the pair's final ``y`` at ``y_end`` * dy2, every fit of ``status`` (shown),
+    every fit's R² ``r2`` (h, y, w) and the authors' method's ``r2_authors`` (NaN: not run)."""
     hyw = np.array(r.hyw, dtype=np.float64)
     hyw[:, -1, 1] = y_end * float(r.dy2)
+    S = np.shape(r.eta_h)[0]
     st = np.full(np.shape(r.eta_h), int(status), np.int32)
-    return dataclasses.replace(r, hyw=hyw, fit_status=st, fit_ok=st == 0)
+    r2 = np.array(r.r2) if r2 is None else np.tile(np.asarray(r2, float), (S, 1))
+    ref = (np.asarray(np.nan) if np.isscalar(r2_authors) and np.isnan(r2_authors)
+           else np.tile(np.asarray(r2_authors, float), (S, 1)))
+    return dataclasses.replace(r, hyw=hyw, fit_status=st, fit_ok=np.ones(S, bool), r2=r2,
+                               r2_authors=ref)
 
 
 def test_e6_dynamics_judged_only_after_the_plateau(e6_tiny):
@@ -479,10 +485,13 @@ def test_e6_dynamics_judged_only_after_the_plateau(e6_tiny):
     assert agr["rows"][name] == "NOT REPRODUCED"
     assert "never left the plateau" in agr["measured"] and "187,600" in agr["measured"]
     assert agr["verdict"] == "NOT REPRODUCED" and name in agr["headline"]
-    # Off the plateau with usable fits: REPRODUCED; with poor fits: NOT REPRODUCED.
-    assert mod.agreement(_with_pair(r, 0.9, fit.FitStatus.OK))["rows"][name] == "REPRODUCED"
-    poor = mod.agreement(_with_pair(r, 0.9, fit.FitStatus.POOR_FIT))
+    # Off the plateau with usable fits: REPRODUCED; with poor fits (no reference): NOT
+    # REPRODUCED.
+    good = _with_pair(r, 0.9, fit.FitStatus.OK, r2=[0.99, 0.97, 0.95])
+    assert mod.agreement(good)["rows"][name] == "REPRODUCED"
+    poor = mod.agreement(_with_pair(r, 0.9, fit.FitStatus.POOR_FIT, r2=[0.98, 0.7, -0.6]))
     assert poor["rows"][name] == "NOT REPRODUCED" and "0 fits usable" in poor["measured"]
+    assert "the authors' method was not run" in poor["measured"]
     # E8 (Adam) does not judge the dynamics: the paper expects a poor fit there.
     assert mod.agreement(r, judge_dynamics=False)["rows"][name] == "NOT TESTED"
     # A structure run without a usable trial is NOT REPRODUCED, by name.
@@ -491,6 +500,42 @@ def test_e6_dynamics_judged_only_after_the_plateau(e6_tiny):
     bad = mod.agreement(dataclasses.replace(r, converged_by_opt=conv))
     assert bad["rows"]["structure (Adam, Fig. 16)"] == "NOT REPRODUCED"
     assert "structure Adam: no usable trial" in bad["headline"]
+
+
+def test_e6_dynamics_verdict_against_the_authors_method(e6_tiny):
+    from unijax import fit
+
+    mod, r = e6_tiny
+    name = "dynamics '0' vs '1' (Fig. 4)"
+    # The authors' method ran on the tiny run's fitted trajectories, scored on the same epochs.
+    fitted = np.asarray(r.fit_status) >= 0
+    assert np.shape(r.r2_authors) == (2, 3) and np.shape(r.eta_authors) == (2, 2)
+    assert np.all(np.isfinite(r.r2_authors[fitted]))
+    # The MNIST miss (quick preset): unijax h 0.98, y 0.70, w -0.61; the authors' BFGS the same.
+    miss = [0.98, 0.70, -0.61]
+    agr = mod.agreement(_with_pair(r, 0.97, fit.FitStatus.POOR_FIT, r2=miss, r2_authors=miss))
+    assert agr["rows"][name] == "AS AUTHORS"
+    assert "2 below the R² criterion but no worse than the authors' method" in agr["measured"]
+    assert "the authors' method (BFGS) on the same trajectories: R² h 0.98" in agr["measured"]
+    assert agr["measured"].count("w -0.61 ± 0 (n=2)") == 2  # both R² shown, negative too
+    assert name in agr["headline"] and "as the authors' pipeline" in agr["headline"]
+    assert agr["counts"]["dynamics_as_authors_fits"] == 2
+    assert agr["figures"]["dynamics_rates"]["n_as_authors"] == 2
+    # Where the authors' method fits clearly better, the miss is the theory's: NOT REPRODUCED.
+    better = mod.agreement(_with_pair(r, 0.97, fit.FitStatus.POOR_FIT, r2=miss,
+                                      r2_authors=[0.99, 0.95, 0.9]))
+    assert better["rows"][name] == "NOT REPRODUCED"
+    # Still on the plateau, an authors'-equal fit does not help: NOT REPRODUCED.
+    flat = mod.agreement(_with_pair(r, 0.1, fit.FitStatus.POOR_FIT, r2=miss, r2_authors=miss))
+    assert flat["rows"][name] == "NOT REPRODUCED"
+    # The verdict on counts alone: a negative R² is never REPRODUCED.
+    V = mod.dynamics_verdict
+    assert V(left=3, ok=3, as_authors=0, r2_stats=[0.99, 0.95, 0.93]) == "REPRODUCED"
+    assert V(left=3, ok=3, as_authors=0, r2_stats=[0.99, 0.95, -0.01]) == "AS AUTHORS"
+    assert V(left=3, ok=0, as_authors=3, r2_stats=[0.98, 0.7, -0.61]) == "AS AUTHORS"
+    assert V(left=3, ok=0, as_authors=1, r2_stats=[0.98, 0.7, -0.61]) == "NOT REPRODUCED"
+    assert V(left=4, ok=1, as_authors=1, r2_stats=[0.98, 0.9, 0.9]) == "AS AUTHORS"
+    assert V(left=0, ok=0, as_authors=0, r2_stats=[None] * 3) == "NOT REPRODUCED"
 
 
 def test_e6_authors_protocol_and_correlation_recipe(upstream, tmp_path):

