@@ -15,7 +15,7 @@ import pytest
 
 from unijax import experiments
 from unijax.cli import apply_sets, parse_sets
-from unijax.experiments import BadInput
+from unijax.experiments import BadInput, _rows
 from unijax.experiments._common import result_from_arrays, result_to_arrays
 from unijax.results._store import to_jsonable
 
@@ -32,8 +32,7 @@ def _check_outputs(mod, result, tmp_path):
     assert any(n.endswith(".png") for n in names) and any(n.endswith(".pdf") for n in names)
     for p in paths:
         assert p.exists() and p.stat().st_size > 0
-    to_arrays = getattr(mod, "result_arrays", result_to_arrays)
-    arrays = to_arrays(result)
+    arrays = mod.result_arrays(result)
     assert all(np.asarray(v).dtype != object for v in arrays.values())
     return agr
 
@@ -209,8 +208,8 @@ def test_e1_fitting_the_start_too_fits_at_least_as_well(e1_run):
     mod, r = e1_run
     with pytest.raises(ValueError, match="fit_initial"):
         mod.Config(fit_initial="yes")
-    f = mod.fit_rows(r.loss, r.hyw, r.diverged, dx2=float(r.dx2), dy2=float(r.dy2),
-                     progress=no_progress, cache=memory_cache(), fit_initial=True)
+    f = _rows.fit_rows(r.loss, r.hyw, r.diverged, dx2=float(r.dx2), dy2=float(r.dy2),
+                       progress=no_progress, cache=memory_cache(), fit_initial=True)
     ok = r.fit_ok & f["fit_ok"]
     assert ok.any()
     assert not np.allclose(f["eta_h"][ok], r.eta_h[ok], rtol=1e-9)  # the option reached the fit
@@ -228,10 +227,8 @@ def test_e2_plateau_shrinks_with_gain(tmp_path):
     # Small initial weights: a longer plateau (relative to the decay time) than large ones.
     assert np.nanmean(r.plateau_net[lo]) > np.nanmean(r.plateau_net[hi])
     # E2's result is E1's plus its own fields, stored flat under the same names.
-    from unijax.experiments import e1_dynamics as e1
-
-    e1_fields = {f.name for f in dataclasses.fields(e1.Result)}
-    assert isinstance(r, e1.Result) and np.asarray(r.layer).shape == (len(r.rows),)
+    e1_fields = {f.name for f in dataclasses.fields(_rows.RowsResult)}
+    assert isinstance(r, _rows.RowsResult) and np.asarray(r.layer).shape == (len(r.rows),)
     arrays = result_to_arrays(r)
     assert set(arrays) == e1_fields | {"gain", "plateau_net", "plateau_theory"}
     # A result stored before it held E1's later fields loads, with the same verdict.
@@ -259,15 +256,15 @@ def test_e1_a_row_without_a_completed_fit_fails_the_verdict(e1_run):
 def test_e1_paper_preset_uses_the_authors_layouts():
     mod = experiments.get("E1")
     paper = mod.presets["paper"]
-    cfgs = {c.name: c for c in mod.row_configs(paper)}
+    cfgs = {c.name: c for c in _rows.row_configs(paper)}
     # The authors observed hidden layer 2 of the 10-layer dropout network, and their conv net
     # has 11 convolutions (L + 2 hidden activations, observed at L // 2).
     assert cfgs["dropout"].layer == 2 and cfgs["dropout"].depth == 10
     assert cfgs["convolution"].conv_layout == "authors" and cfgs["convolution"].layer == 5
-    deps = mod.departures(paper)
+    deps = _rows.departures(paper)
     assert any("layer 2" in d for d in deps) and any("11 convolutions" in d for d in deps)
     # quick and tiny keep the text's layouts, and say so (no departures).
-    assert mod.departures(mod.presets["quick"]) == []
+    assert _rows.departures(mod.presets["quick"]) == []
     with pytest.raises(ValueError, match="conv_layout"):
         mod.Config(conv_layout="resnet")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -149,6 +149,9 @@ class Sizes:
         ValueError: a value out of range, naming the dotted key (``size.width``).
     """
 
+    #: The block's dotted key in a config, named by its validation messages.
+    KEY: ClassVar[str] = "size"
+
     width: int | None = None
     narrow_width: int | None = None
     conv_width: int | None = None
@@ -160,10 +163,14 @@ class Sizes:
     def __post_init__(self):
         for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
             if getattr(self, f) is not None:
-                check_int(f"size.{f}", getattr(self, f), 1)
+                check_int(f"{self.KEY}.{f}", getattr(self, f), 1)
         # Every two-point experiment fits its runs, which needs FIT_POINTS sampled epochs.
-        check_int("size.epochs", self.epochs, FIT_POINTS)
-        check_float("size.time_scale", self.time_scale)
+        check_int(f"{self.KEY}.epochs", self.epochs, FIT_POINTS)
+        check_float(f"{self.KEY}.time_scale", self.time_scale)
+
+    def sizes(self) -> Sizes:
+        """These sizes as a plain :class:`Sizes` block (a subclass's other fields dropped)."""
+        return Sizes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Sizes)})
 
     def depth(self, name: str) -> int:
         """Hidden layers of row ``name`` at these sizes: the paper's, ``conv_depth`` for the

@@ -21,8 +21,8 @@ import numpy as np
 
 from unijax import plots
 from unijax.experiments import _common as cm
+from unijax.experiments import _rows
 from unijax.experiments import _twopoint as tp
-from unijax.experiments import e1_dynamics as e1
 
 NAME = "E2"
 TITLE = "Initial weight scale: plateau vs. exponential decay (Fig. 3)"
@@ -32,6 +32,8 @@ CLAIM = (
     "start far apart and the theory's fit degrades."
 )
 USES_RATES = False
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
 GAIN_ROWS = (
     "low_initial_weights",
@@ -45,7 +47,7 @@ PLATEAU_RATIO_PASS = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """E2 settings (same meaning as :class:`unijax.experiments.e1_dynamics.Config`): ``rows``
+    """E2 settings (same meaning as :class:`unijax.experiments._rows.RowsConfig`): ``rows``
     (any Table 1 rows, at least two), the ``size`` block (:class:`unijax.experiments._twopoint.
     Sizes`, ``size.width`` ...), ``seeds`` trials per row, base ``seed``, data ``dx2, dy2``."""
 
@@ -83,9 +85,9 @@ presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Result(e1.Result):
+class Result(_rows.RowsResult):
     """E2 result (G gain rows, S seeds, T epochs, P fitted epochs): E1's result of the gain
-    rows (:class:`unijax.experiments.e1_dynamics.Result`, its fields under the same names)
+    rows (:class:`unijax.experiments._rows.RowsResult`, its fields under the same names)
     plus the plateau measure.
 
     Attributes:
@@ -99,15 +101,15 @@ class Result(e1.Result):
     plateau_theory: np.ndarray
 
 
-def _e1_config(config: Config) -> e1.Config:
-    return e1.Config(rows=config.rows, size=config.size, seeds=config.seeds, seed=config.seed,
-                     dx2=config.dx2, dy2=config.dy2, reference=False)
+def _rows_config(config: Config) -> _rows.RowsConfig:
+    return _rows.RowsConfig(rows=config.rows, size=config.size, seeds=config.seeds,
+                            seed=config.seed, dx2=config.dx2, dy2=config.dy2, reference=False)
 
 
 def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Train the gain rows, fit the ODE, measure the plateau of network and theory."""
     cache = cache or cm.memory_cache()
-    r = e1.run(_e1_config(config), key=key, progress=progress, cache=cache)
+    r = _rows.run_rows(_rows_config(config), key=key, progress=progress, cache=cache)
     G, S, T = r.loss.shape
     ld_net = tp.distance_loss(r.hyw, np.full((G, S), config.dy2))  # (G, S, T)
     ld_th = tp.distance_loss(r.z_fit, np.full((G, S), config.dy2))  # (G, S, P)
@@ -127,7 +129,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     # Every field of E1's result as E1 computed it (stored results of older versions lack
     # E1's later fields and load with their defaults).
     return Result(
-        **{f.name: getattr(r, f.name) for f in dataclasses.fields(e1.Result)},
+        **{f.name: getattr(r, f.name) for f in dataclasses.fields(_rows.RowsResult)},
         gain=np.asarray([configs.get(n).gain for n in config.rows]), plateau_net=pl_net,
         plateau_theory=pl_th,
     )
@@ -181,7 +183,7 @@ def agreement(result) -> dict:
         + ("is lowest at the largest gain, as the paper says."
            if degrades else "is not lowest at the largest gain here.")
     )
-    counts = e1.counts(result)
+    counts = _rows.counts(result)
     if missing:
         div = np.asarray(result.diverged)
         gains_s = [f"{gains[g]:g}" for g in order]

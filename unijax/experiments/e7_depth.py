@@ -38,6 +38,8 @@ CLAIM = (
     "with depth."
 )
 USES_RATES = False
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
 
 #: Fields of the ``size`` block that E7 does not use (it trains the ``default`` row at its own

@@ -1,0 +1,118 @@
+"""The experiment layer: experiments stand on shared modules, and each is an ``Experiment``.
+
+Read from the source with ``ast`` (imports inside functions included), so a new import of one
+experiment by another fails here before it can couple two verdicts.
+"""
+
+import ast
+import dataclasses
+import types
+from pathlib import Path
+
+import pytest
+
+import unijax.experiments as experiments
+from unijax.experiments import Experiment, _structure
+from unijax.experiments import _twopoint as tp
+
+EXP_DIR = Path(experiments.__file__).parent
+EXPERIMENT_FILES = sorted(p.stem for p in EXP_DIR.glob("e[0-9]*_*.py"))
+SHARED_FILES = sorted(p.stem for p in EXP_DIR.glob("_*.py") if p.stem != "__init__")
+
+#: E8 reruns E1, E4, E5 and E6 with Adam and still takes their runs, verdicts and figures from
+#: those modules. This is the one exception left, and it may only shrink.
+COMPOSITE = {"e8_adam": {"e1_dynamics", "e4_xor", "e5_blobs", "e6_mnist"}}
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every ``unijax.experiments`` submodule that ``path`` imports, anywhere in the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("unijax.experiments."):
+                    out.add(a.name.split(".")[2])
+        elif isinstance(node, ast.ImportFrom):
+            # The package imports absolutely (ruff's isort); a relative import is refused.
+            assert not node.level, f"{path.name}: relative import of {node.module}"
+            mod = node.module or ""
+            if mod == "unijax.experiments":
+                out.update(a.name for a in node.names)
+            elif mod.startswith("unijax.experiments."):
+                out.add(mod.split(".")[2])
+    return out
+
+
+def test_the_files_are_found():
+    assert EXPERIMENT_FILES == [
+        "e1_dynamics", "e2_weight_scale", "e3_final_distance", "e4_xor", "e5_blobs",
+        "e6_mnist", "e7_depth", "e8_adam"]
+    assert {"_common", "_rows", "_structure", "_twopoint"} <= set(SHARED_FILES)
+
+
+def test_the_import_reader_sees_every_form(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from unijax.experiments import e1_dynamics as e1, _rows\n"
+                     "import unijax.experiments.e4_xor\n"
+                     "def f():\n    from unijax.experiments.e5_blobs import run\n"
+                     "import numpy\n")
+    assert _imported_modules(probe) == {"e1_dynamics", "_rows", "e4_xor", "e5_blobs"}
+
+
+@pytest.mark.parametrize("stem", EXPERIMENT_FILES)
+def test_no_experiment_imports_another(stem):
+    imported = _imported_modules(EXP_DIR / f"{stem}.py")
+    others = {m for m in imported if m in EXPERIMENT_FILES and m != stem}
+    assert others == COMPOSITE.get(stem, set()), (
+        f"{stem} imports the experiments {sorted(others)}: take what it needs from a shared "
+        "module (_rows, _twopoint, _structure, _common)")
+
+
+@pytest.mark.parametrize("stem", SHARED_FILES)
+def test_no_shared_module_imports_an_experiment(stem):
+    imported = _imported_modules(EXP_DIR / f"{stem}.py")
+    assert not imported & set(EXPERIMENT_FILES), f"{stem} imports {imported}"
+
+
+@pytest.mark.parametrize("name", experiments.names())
+def test_every_registered_experiment_satisfies_the_protocol(name):
+    mod = experiments.get(name)
+    assert isinstance(mod, Experiment)
+    assert mod.NAME == name and mod.TITLE and mod.CLAIM
+    assert isinstance(mod.USES_RATES, bool)
+    assert set(experiments.PRESETS) <= set(mod.presets)
+    for preset in experiments.PRESETS:
+        assert isinstance(mod.presets[preset], mod.Config)
+    # An experiment that predicts with the rates has the rates block the CLI reads.
+    if mod.USES_RATES:
+        assert isinstance(mod.Config().rates, _structure.RateSettings)
+    else:
+        assert "rates" not in {f.name for f in dataclasses.fields(mod.Config)}
+
+
+def test_a_module_that_is_not_an_experiment_is_refused(monkeypatch):
+    fake = types.ModuleType("unijax.experiments.e9_fake")
+    fake.NAME, fake.TITLE, fake.CLAIM, fake.USES_RATES = "E9", "t", "c", False
+    monkeypatch.setitem(__import__("sys").modules, fake.__name__, fake)
+    monkeypatch.setitem(experiments.REGISTRY, "E9", fake.__name__)
+    assert not isinstance(fake, Experiment)
+    with pytest.raises(TypeError, match="lacks Config, presets, run, agreement, plot, "
+                                        "result_arrays"):
+        experiments.get("E9")
+
+
+def test_one_size_block():
+    # The rates block is a size block (no repeated settings class), with its own dotted names.
+    assert issubclass(_structure.RateSettings, tp.Sizes)
+    size_fields = {f.name for f in dataclasses.fields(tp.Sizes)}
+    rate_fields = {f.name for f in dataclasses.fields(_structure.RateSettings)}
+    assert rate_fields - size_fields == {"source", "seeds"}
+    with pytest.raises(ValueError, match=r"rates\.epochs=10 is invalid"):
+        _structure.RateSettings(epochs=10)
+    with pytest.raises(ValueError, match=r"size\.epochs=10 is invalid"):
+        tp.Sizes(epochs=10)
+    with pytest.raises(ValueError, match=r"rates\.conv_width=8 is invalid"):
+        _structure.RateSettings(conv_width=8)
+    r = _structure.RateSettings(width=16, max_depth=4, epochs=400, seeds=3)
+    assert r.sizes() == tp.Sizes(width=16, max_depth=4, epochs=400)
