@@ -116,3 +116,62 @@ def test_one_size_block():
         _structure.RateSettings(conv_width=8)
     r = _structure.RateSettings(width=16, max_depth=4, epochs=400, seeds=3)
     assert r.sizes() == tp.Sizes(width=16, max_depth=4, epochs=400)
+
+
+# ---------------------------------------------------------------------------------------------
+# What runs: the same numbers from less work
+# ---------------------------------------------------------------------------------------------
+
+
+def test_e3_grid_trials_stop_early_with_the_records_of_one_uninterrupted_run():
+    import jax
+    import numpy as np
+
+    from unijax import data, train
+    from unijax.experiments import e3_final_distance as e3
+
+    # A slow learning rate: the loss reaches 1e-3 after about 1000 and 1700 epochs.
+    cfg = tp.row_config("default", width=16, depth=3, epochs=3500, time_scale=0.02)
+    ds = data.two_points(1.0, 0.25)
+    key = jax.random.key(3)
+    full = train.train(cfg, seeds=2, key=key, data=ds, pair=(0, 1))
+    loss, h = np.asarray(full.loss)[0], np.asarray(full.h)[0]
+    ends = (np.asarray(full.final_loss)[0], np.asarray(full.final_h)[0])
+    # Never below the threshold: every segment runs (1000, 1000, 1500 epochs), bit for bit.
+    seg = e3.train_until(cfg, seeds=2, key=key, data=ds, stop_loss=-1.0)
+    assert seg["loss"].shape == loss.shape
+    assert np.array_equal(seg["loss"], loss) and np.array_equal(seg["h"], h)
+    assert np.array_equal(seg["final_loss"], ends[0]) and np.array_equal(seg["final_h"], ends[1])
+    assert np.array_equal(seg["y0"], np.asarray(full.y)[0, :, 0])
+    # A threshold both seeds reach within two segments: training stops after the second, and
+    # the state taken as final (the first epoch below it) is the same.
+    early = e3.train_until(cfg, seeds=2, key=key, data=ds, stop_loss=1e-3)
+    assert early["loss"].shape[1] == 2 * e3.SEGMENT_EPOCHS
+    got = e3.stop_at(early["loss"], early["h"], early["final_loss"], early["final_h"], 1e-3)
+    want = e3.stop_at(loss, h, *ends, 1e-3)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want, strict=True))
+    assert np.all(got[2] > 0) and np.max(got[2]) > e3.SEGMENT_EPOCHS  # one stop in segment 2
+    # No threshold: one call, the whole run.
+    assert e3.train_until(cfg, seeds=2, key=key, data=ds, stop_loss=None)["loss"].shape[1] == 3500
+
+
+def test_the_reference_runs_only_where_a_verdict_or_status_can_depend_on_it():
+    import numpy as np
+
+    from unijax import fit
+    from unijax.experiments import _rows
+
+    ok, poor = int(fit.FitStatus.OK), int(fit.FitStatus.POOR_FIT)
+    # Row 0 passes the threshold (one poor fit in it); row 1 misses it on w; row 2 is not
+    # fitted at all.
+    r2 = np.array([[[0.99, 0.99, 0.98], [0.99, 0.99, 0.97], [0.5, 0.9, 0.2]],
+                   [[0.99, 0.99, 0.80], [0.99, 0.99, 0.90], [0.99, 0.99, 0.99]],
+                   [[np.nan] * 3] * 3])
+    f = {"status": np.array([[ok, ok, poor], [poor, ok, ok], [-1, -1, -1]]), "r2": r2,
+         "fit_ok": np.array([[True] * 3, [True] * 3, [False] * 3])}
+    fitted = np.array([[True] * 3, [True] * 3, [False] * 3])
+    need = _rows.reference_needed(fitted, f, r2_pass=0.95)
+    assert need.tolist() == [[False, False, True], [True, True, True], [False] * 3]
+    # Without a row verdict (E3), only the poor fits, whose status the reference can change.
+    need = _rows.reference_needed(fitted, f, r2_pass=None)
+    assert need.tolist() == [[False, False, True], [True, False, False], [False] * 3]

@@ -224,6 +224,61 @@ def _rows_config(config: Config) -> _rows.RowsConfig:
                             conv_layout=config.conv_layout)
 
 
+#: Epochs of the first training segment of a grid trial that stops at ``stop_loss``
+#: (:func:`train_until`); each later segment is as long as all before it together.
+SEGMENT_EPOCHS = 1000
+
+
+def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
+                segment: int = SEGMENT_EPOCHS) -> dict[str, np.ndarray]:
+    """Train ``cfg`` on ``data`` until every seed's loss has been below ``stop_loss`` (or for
+    ``cfg.epochs``), in segments (``segment`` epochs, then doubling the epochs run so far),
+    each continuing from the last one's parameters.
+
+    Only the records up to a trial's first epoch below ``stop_loss`` are used
+    (:func:`stop_at`), so stopping after it changes none of them: full-batch gradient descent
+    without dropout keeps no state but the parameters, and every update runs in the same
+    compiled epoch program, so the records are those of one uninterrupted run (bit for bit:
+    ``tests/test_experiment_layer.py``). A network with other state (mini-batches, dropout,
+    Adam), or a run without ``stop_loss``, trains in one call.
+
+    Returns ``loss, h``: ``(S, T')`` records (``T' <= cfg.epochs``: up to the last segment
+    run), ``final_loss, final_h``: ``(S,)`` after the last update run, ``y0, diverged``:
+    ``(S,)``.
+    """
+    from unijax import train
+
+    def arrays(res):
+        return (np.asarray(res.loss)[0], np.asarray(res.h)[0], np.asarray(res.final_loss)[0],
+                np.asarray(res.final_h)[0], np.asarray(res.diverged)[0])
+
+    stateless = (cfg.optimizer == "sgd" and cfg.batch_size is None and cfg.dropout == 0.0)
+    if stop_loss is None or not stateless or cfg.epochs <= segment:
+        res = train.train(cfg, seeds=seeds, key=key, data=data, pair=(0, 1))
+        loss, h, fl, fh, div = arrays(res)
+        return {"loss": loss, "h": h, "final_loss": fl, "final_h": fh,
+                "y0": np.asarray(res.y)[0, :, 0], "diverged": div}
+    losses, hs, params, done, y0 = [], [], None, 0, None
+    div = np.zeros(seeds, bool)
+    while done < cfg.epochs:
+        n = min(max(segment, done), cfg.epochs - done)
+        res = train.train(cfg.replace(epochs=n), seeds=seeds, key=key, data=data, pair=(0, 1),
+                          params=params, return_params=True)
+        loss, h, fl, fh, d = arrays(res)
+        if y0 is None:
+            y0 = np.asarray(res.y)[0, :, 0]
+        losses.append(loss)
+        hs.append(h)
+        div |= d
+        params, done = res.final_params, done + n
+        with np.errstate(invalid="ignore"):
+            reached = np.any(np.concatenate(losses, axis=1) < stop_loss, axis=1)
+        if np.all(reached | div):
+            break
+    return {"loss": np.concatenate(losses, axis=1), "h": np.concatenate(hs, axis=1),
+            "final_loss": fl, "final_h": fh, "y0": y0, "diverged": div}
+
+
 def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     """Train every architecture on the ``||dx|| x ||dy||`` grid (one cached chunk per point).
 
@@ -231,7 +286,7 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     """
     import jax
 
-    from unijax import data, train
+    from unijax import data
 
     R, I, J, S = len(cfgs), len(config.dx_norms), len(config.dy_norms), config.seeds
     shape = (R, I, J, S)
@@ -252,17 +307,16 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
         def compute(gcfg=gcfg, dxn=dxn, dyn=dyn, r=r, i=i, j=j):
             ds = data.two_points(float(dxn) ** 2, float(dyn) ** 2)
             k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(k_grid, r), i), j)
-            res = train.train(gcfg, seeds=S, key=k, data=ds, pair=(0, 1))
-            f_loss, f_h, stop = stop_at(np.asarray(res.loss)[0], np.asarray(res.h)[0],
-                                        np.asarray(res.final_loss)[0],
-                                        np.asarray(res.final_h)[0], config.stop_loss)
+            run_ = train_until(gcfg, seeds=S, key=k, data=ds, stop_loss=config.stop_loss)
+            f_loss, f_h, stop = stop_at(run_["loss"], run_["h"], run_["final_loss"],
+                                        run_["final_h"], config.stop_loss)
             return {
-                "h0": np.asarray(res.h)[0, :, 0],
-                "y0": np.asarray(res.y)[0, :, 0],
+                "h0": run_["h"][:, 0],
+                "y0": run_["y0"],
                 "h_final": f_h,
                 "final_loss": f_loss,
                 "stop_epoch": stop,
-                "diverged": np.asarray(res.diverged)[0],
+                "diverged": run_["diverged"],
             }
 
         stop_tag = "" if config.stop_loss is None else f"-stop{config.stop_loss:g}"
