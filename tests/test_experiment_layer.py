@@ -137,7 +137,8 @@ def test_e3_grid_trials_stop_early_with_the_records_of_one_uninterrupted_run():
     full = train.train(cfg, seeds=2, key=key, data=ds, pair=(0, 1))
     loss, h = np.asarray(full.loss)[0], np.asarray(full.h)[0]
     ends = (np.asarray(full.final_loss)[0], np.asarray(full.final_h)[0])
-    # Never below the threshold: every segment runs (1000, 1000, 1500 epochs), bit for bit.
+    # Never below the threshold: every segment runs (1000, 1000, 1000, 500 epochs), bit for
+    # bit.
     seg = e3.train_until(cfg, seeds=2, key=key, data=ds, stop_loss=-1.0)
     assert seg["loss"].shape == loss.shape
     assert np.array_equal(seg["loss"], loss) and np.array_equal(seg["h"], h)

@@ -224,16 +224,17 @@ def _rows_config(config: Config) -> _rows.RowsConfig:
                             conv_layout=config.conv_layout)
 
 
-#: Epochs of the first training segment of a grid trial that stops at ``stop_loss``
-#: (:func:`train_until`); each later segment is as long as all before it together.
+#: Epochs per training segment of a grid trial that stops at ``stop_loss``
+#: (:func:`train_until`): at most this many epochs run past the stop (one compiled chunk of
+#: ``unijax.train``; each segment is one more call of it, continuing from the parameters).
 SEGMENT_EPOCHS = 1000
 
 
 def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
                 segment: int = SEGMENT_EPOCHS) -> dict[str, np.ndarray]:
     """Train ``cfg`` on ``data`` until every seed's loss has been below ``stop_loss`` (or for
-    ``cfg.epochs``), in segments (``segment`` epochs, then doubling the epochs run so far),
-    each continuing from the last one's parameters.
+    ``cfg.epochs``), in segments of ``segment`` epochs, each continuing from the last one's
+    parameters.
 
     Only the records up to a trial's first epoch below ``stop_loss`` are used
     (:func:`stop_at`), so stopping after it changes none of them: full-batch gradient descent
@@ -261,7 +262,7 @@ def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
     losses, hs, params, done, y0 = [], [], None, 0, None
     div = np.zeros(seeds, bool)
     while done < cfg.epochs:
-        n = min(max(segment, done), cfg.epochs - done)
+        n = min(segment, cfg.epochs - done)
         res = train.train(cfg.replace(epochs=n), seeds=seeds, key=key, data=data, pair=(0, 1),
                           params=params, return_params=True)
         loss, h, fl, fh, d = arrays(res)
