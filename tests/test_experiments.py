@@ -90,7 +90,7 @@ def test_overrides_are_typed_and_validated():
 
 
 def test_rate_settings_are_one_nested_block_in_every_experiment_that_uses_rates():
-    users = [n for n in experiments.names() if getattr(experiments.get(n), "USES_RATES", 0)]
+    users = [n for n in experiments.names() if experiments.get(n).USES_RATES]
     assert users == ["E4", "E5", "E6", "E8"]
     RateSettings = type(experiments.get("E4").Config().rates)  # one class for all four
     for name in users:
