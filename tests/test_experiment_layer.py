@@ -104,18 +104,20 @@ def test_a_module_that_is_not_an_experiment_is_refused(monkeypatch):
 
 def test_one_size_block():
     # The rates block is a size block (no repeated settings class), with its own dotted names.
-    assert issubclass(_structure.RateSettings, tp.Sizes)
-    size_fields = {f.name for f in dataclasses.fields(tp.Sizes)}
+    assert issubclass(_structure.RateSettings, tp.RunSizes) and issubclass(tp.Sizes, tp.RunSizes)
+    run_fields = {f.name for f in dataclasses.fields(tp.RunSizes)}
     rate_fields = {f.name for f in dataclasses.fields(_structure.RateSettings)}
-    assert rate_fields - size_fields == {"source", "seeds"}
+    assert rate_fields - run_fields == {"source", "seeds"}
     with pytest.raises(ValueError, match=r"rates\.epochs=10 is invalid"):
         _structure.RateSettings(epochs=10)
     with pytest.raises(ValueError, match=r"size\.epochs=10 is invalid"):
         tp.Sizes(epochs=10)
-    with pytest.raises(ValueError, match=r"rates\.conv_width=8 is invalid"):
-        _structure.RateSettings(conv_width=8)
+    with pytest.raises(ValueError, match=r"size\.conv_width=0 is invalid"):
+        tp.Sizes(conv_width=0)
     r = _structure.RateSettings(width=16, max_depth=4, epochs=400, seeds=3)
     assert r.sizes() == tp.Sizes(width=16, max_depth=4, epochs=400)
+    assert r.depth("default") == 4 and r.row_config("default") == r.sizes().row_config("default")
+
 
 
 # ---------------------------------------------------------------------------------------------

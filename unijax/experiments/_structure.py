@@ -18,12 +18,12 @@ __all__ = ["RateSettings", "QUICK_RATES", "PAPER_CPU_RATES", "TINY_RATES", "sq_d
 
 
 @dataclasses.dataclass(frozen=True)
-class RateSettings(tp.Sizes):
+class RateSettings(tp.RunSizes):
     """How a structure experiment gets the default architecture's ``(eta_h, eta_y)``: the
-    ``rates`` block of E4, E5, E6 and E8 (``--set rates.epochs=400``), a size block
-    (:class:`unijax.experiments._twopoint.Sizes`: ``rates.width``, ``rates.max_depth``,
-    ``rates.epochs``, ``rates.time_scale``; the ``default`` row uses no other) with where the
-    rates come from and how many trials give them.
+    ``rates`` block of E4, E5, E6 and E8 (``--set rates.epochs=400``): the sizes of the
+    ``default`` row's runs (:class:`unijax.experiments._twopoint.RunSizes`, the size block's
+    base: ``rates.width``, ``rates.max_depth``, ``rates.epochs``, ``rates.time_scale``), where
+    the rates come from and how many trials give them.
 
     Attributes:
         source: ``"auto"`` takes them from a finished E3 or E1 in the same output directory
@@ -44,12 +44,6 @@ class RateSettings(tp.Sizes):
         check_choice("rates.source", self.source, ("auto", "fit"))
         super().__post_init__()
         check_int("rates.seeds", self.seeds, 1)
-        # The rates are the default row's: a size of another row would be silently ignored.
-        for f in ("narrow_width", "conv_width", "conv_depth"):
-            if getattr(self, f) is not None:
-                raise ValueError(f"rates.{f}={getattr(self, f)!r} is invalid: the rates are "
-                                 "fitted on the default row, which has no such size; leave it "
-                                 "unset")
 
 
 #: The ``rates`` block of the ``quick`` presets: width 64, four seeds.
