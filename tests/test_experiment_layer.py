@@ -108,11 +108,11 @@ def test_one_size_block():
     run_fields = {f.name for f in dataclasses.fields(tp.RunSizes)}
     rate_fields = {f.name for f in dataclasses.fields(_structure.RateSettings)}
     assert rate_fields - run_fields == {"source", "seeds"}
-    with pytest.raises(ValueError, match=r"rates\.epochs=10 is invalid"):
+    with pytest.raises(ValueError, match=r"rates\.epochs=10 is out of range"):
         _structure.RateSettings(epochs=10)
-    with pytest.raises(ValueError, match=r"size\.epochs=10 is invalid"):
+    with pytest.raises(ValueError, match=r"size\.epochs=10 is out of range"):
         tp.Sizes(epochs=10)
-    with pytest.raises(ValueError, match=r"size\.conv_width=0 is invalid"):
+    with pytest.raises(ValueError, match=r"size\.conv_width=0 is out of range"):
         tp.Sizes(conv_width=0)
     r = _structure.RateSettings(width=16, max_depth=4, epochs=400, seeds=3)
     assert r.sizes() == tp.Sizes(width=16, max_depth=4, epochs=400)
