@@ -37,6 +37,7 @@ from unijax import nets, plots
 from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
+from unijax.experiments._blobs import BLOB_ROWS, COLLAPSED, MARGIN, indices
 
 NAME = "E5"
 TITLE = "Feature collapse on context-dependent blobs, 3-D MDS (Fig. 7, 8, 12)"
@@ -49,10 +50,6 @@ USES_RATES = True
 #: What result.npz holds: every field of the result.
 result_arrays = cm.result_to_arrays
 
-BLOB_ROWS = ("blobs_very_low_weights", "blobs_low_weights", "blobs_high_weights")
-#: Pass: collapse index of the smallest gain above this, and above the largest gain's by MARGIN.
-COLLAPSED = 0.8
-MARGIN = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,32 +154,6 @@ class Result:
     rates_source: np.ndarray
     nonlinearity: np.ndarray = dataclasses.field(
         default_factory=lambda: np.asarray([], dtype=str))
-
-
-def explained_fraction(D: np.ndarray, groups: np.ndarray, mask: np.ndarray) -> float:
-    """``1 - SS_within / SS_total`` of the points ``mask`` grouped by ``groups`` (see module)."""
-    idx = np.flatnonzero(mask)
-    if idx.size < 2:
-        return float("nan")
-    g = np.asarray(groups)[idx]
-    Dm = D[np.ix_(idx, idx)]
-    total = Dm.sum() / (2 * idx.size)
-    if not np.isfinite(total) or total <= 0:
-        return float("nan")
-    within = 0.0
-    for u in np.unique(g):
-        sel = g == u
-        within += Dm[np.ix_(sel, sel)].sum() / (2 * sel.sum())
-    return float(1.0 - within / total)
-
-
-def indices(D: np.ndarray, factors: np.ndarray, targets: np.ndarray) -> tuple[float, float, float]:
-    """``(index context 0, index context 1, one-line index)`` of a squared-distance matrix."""
-    ctx = factors[:, 0]
-    c0 = explained_fraction(D, factors[:, 1], ctx == 0)
-    c1 = explained_fraction(D, factors[:, 2], ctx == 1)
-    one = explained_fraction(D, np.round(targets, 9), np.ones(ctx.size, bool))
-    return c0, c1, one
 
 
 def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
