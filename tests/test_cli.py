@@ -551,9 +551,10 @@ def _fake_e1_e4(monkeypatch):
 
     def fake(name, run, agreement, **kw):
         real = real_get(name)
+        kw.setdefault("USES_RATES", real.USES_RATES)  # the Experiment protocol: no defaults
         return types.SimpleNamespace(
-            Config=real.Config, presets=real.presets, TITLE=f"stand-in {name}", CLAIM="-",
-            run=run, plot=lambda result, d: [], agreement=agreement,
+            NAME=name, Config=real.Config, presets=real.presets, TITLE=f"stand-in {name}",
+            CLAIM="-", run=run, plot=lambda result, d: [], agreement=agreement,
             result_arrays=lambda result: result, **kw)
 
     fakes = {

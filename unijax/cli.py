@@ -48,7 +48,7 @@ from typing import Any
 
 from unijax import experiments
 from unijax._dotted import dotted_keys
-from unijax.experiments._common import BadInput, result_to_arrays
+from unijax.experiments._common import BadInput
 from unijax.results._store import (
     ConfigMismatchError,
     ForeignDataError,
@@ -492,7 +492,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
     rates = None
     # The rates E4-E8 take from a finished E1/E3 ("auto") are part of the hash their chunks and
     # result are stored under: rerunning E1 makes them recompute instead of reusing stale work.
-    if getattr(mod, "USES_RATES", False) and cfg.rates.source == "auto":
+    if mod.USES_RATES and cfg.rates.source == "auto":
         rates = sync.agree(f"{name}/upstream", lambda: _upstream_rates(store))
         if rates is not None:
             upstream["rates"] = rates
@@ -543,8 +543,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         "environment": _environment(),
         "config": config_to_dict(cfg),
     }
-    to_arrays = getattr(mod, "result_arrays", result_to_arrays)
-    store.save_result(name, to_arrays(result), summary, config_hash=h)
+    store.save_result(name, mod.result_arrays(result), summary, config_hash=h)
     return {"name": name, "status": "ran", "summary": summary, "wall_s": wall}
 
 

@@ -1,7 +1,7 @@
 """Shared machinery of the two-point experiments (E1, E2, E3, E7, E8) and of every ODE fit.
 
 * :class:`Sizes`: the ``size`` block of E1, E2, E3 and E7 (``--set size.width=64``): network
-  and run sizes, validated once.
+  and run sizes, validated once; its base :class:`RunSizes` is also the ``rates`` block's.
 * :func:`row_config`: a Table 1/2 row at reduced sizes, the learning rate rescaled so that the
   continuous-time dynamics stay comparable (see the docstring).
 * :func:`fit_trajectories`: ``unijax.fit.fit_rates`` on many trials, always in the same
@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -32,6 +32,7 @@ from unijax.experiments._common import check_float, check_int
 
 __all__ = [
     "FIT_POINTS",
+    "RunSizes",
     "Sizes",
     "check_sizes",
     "TABLE1",
@@ -128,42 +129,83 @@ def row_config(
 
 
 @dataclasses.dataclass(frozen=True)
-class Sizes:
-    """Network and run sizes of the two-point rows: the ``size`` block of E1, E2, E3 and E7
-    (``--set size.width=64``). None means the paper's value (Table 1) for every field that
-    allows it; the learning rate follows the width (:func:`row_config`).
+class RunSizes:
+    """Network and run sizes of one kind of two-point row: the sizes every size block has
+    (:class:`Sizes`, the ``size`` block; ``_structure.RateSettings``, the ``rates`` block).
+    None means the paper's value (Table 1); the learning rate follows the width
+    (:func:`row_config`).
 
     Attributes:
-        width: units per hidden layer of every row (None: the row's own, 500 but for
-            ``narrow``).
-        narrow_width: units per hidden layer of the ``narrow`` row (None: ``width`` if set,
-            else the paper's 50).
-        conv_width: hidden width of the ``convolution`` row (None: ``width`` if set, else the
-            paper's 500).
-        conv_depth: hidden layers of the ``convolution`` row (None: the paper's 10).
-        max_depth: cap on every row's hidden layers (None: the paper's depths, up to 20).
-        epochs: training epochs of every row (>= :data:`FIT_POINTS`, the epochs a fit samples).
+        width: units per hidden layer (None: the row's own, 500 but for ``narrow``).
+        max_depth: cap on the hidden layers (None: the paper's depths, up to 20).
+        epochs: training epochs (>= :data:`FIT_POINTS`, the epochs a fit samples).
         time_scale: learning-rate multiplier beyond the width rescaling (> 0; 1: the table's).
 
     Raises:
-        ValueError: a value out of range, naming the dotted key (``size.width``).
+        ValueError: a value out of range, naming the dotted key (``size.width``,
+            ``rates.width``: :attr:`KEY`).
     """
 
+    #: The block's dotted key in a config, named by its validation messages.
+    KEY: ClassVar[str] = "size"
+
     width: int | None = None
-    narrow_width: int | None = None
-    conv_width: int | None = None
-    conv_depth: int | None = None
     max_depth: int | None = None
     epochs: int = 6000
     time_scale: float = 1.0
 
     def __post_init__(self):
-        for f in ("width", "narrow_width", "conv_width", "conv_depth", "max_depth"):
+        for f in ("width", "max_depth"):
             if getattr(self, f) is not None:
-                check_int(f"size.{f}", getattr(self, f), 1)
+                check_int(f"{self.KEY}.{f}", getattr(self, f), 1)
         # Every two-point experiment fits its runs, which needs FIT_POINTS sampled epochs.
-        check_int("size.epochs", self.epochs, FIT_POINTS)
-        check_float("size.time_scale", self.time_scale)
+        check_int(f"{self.KEY}.epochs", self.epochs, FIT_POINTS)
+        check_float(f"{self.KEY}.time_scale", self.time_scale)
+
+    def sizes(self) -> Sizes:
+        """These sizes as a :class:`Sizes` block (its other rows' sizes unset)."""
+        return Sizes(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RunSizes)})
+
+    def depth(self, name: str) -> int:
+        """Hidden layers of row ``name`` at these sizes: the paper's, at most ``max_depth``."""
+        depth = configs.get(name).depth
+        return depth if self.max_depth is None else min(depth, self.max_depth)
+
+    def row_config(self, name: str, **overrides: Any) -> TrainConfig:
+        """:func:`row_config` of row ``name`` at these sizes, ``depth`` from :meth:`depth`
+        unless given in ``overrides`` (any other :class:`~unijax.configs.TrainConfig` field)."""
+        overrides.setdefault("depth", self.depth(name))
+        return row_config(name, width=self.width, epochs=self.epochs,
+                          time_scale=self.time_scale, **overrides)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes(RunSizes):
+    """Network and run sizes of the two-point rows: the ``size`` block of E1, E2, E3 and E7
+    (``--set size.width=64``): :class:`RunSizes` (``width``, ``max_depth``, ``epochs``,
+    ``time_scale``, for every row) and the sizes of two rows of their own. None means the
+    paper's value (Table 1).
+
+    Attributes:
+        narrow_width: units per hidden layer of the ``narrow`` row (None: ``width`` if set,
+            else the paper's 50).
+        conv_width: hidden width of the ``convolution`` row (None: ``width`` if set, else the
+            paper's 500).
+        conv_depth: hidden layers of the ``convolution`` row (None: the paper's 10).
+
+    Raises:
+        ValueError: a value out of range, naming the dotted key (``size.width``).
+    """
+
+    narrow_width: int | None = None
+    conv_width: int | None = None
+    conv_depth: int | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        for f in ("narrow_width", "conv_width", "conv_depth"):
+            if getattr(self, f) is not None:
+                check_int(f"{self.KEY}.{f}", getattr(self, f), 1)
 
     def depth(self, name: str) -> int:
         """Hidden layers of row ``name`` at these sizes: the paper's, ``conv_depth`` for the
@@ -176,8 +218,6 @@ class Sizes:
         return depth
 
     def row_config(self, name: str, **overrides: Any) -> TrainConfig:
-        """:func:`row_config` of row ``name`` at these sizes, ``depth`` from :meth:`depth`
-        unless given in ``overrides`` (any other :class:`~unijax.configs.TrainConfig` field)."""
         overrides.setdefault("depth", self.depth(name))
         return row_config(name, width=self.width, narrow_width=self.narrow_width,
                           conv_width=self.conv_width, epochs=self.epochs,

@@ -38,9 +38,23 @@ from pathlib import Path
 
 import numpy as np
 
-from unijax import nets, plots
+from unijax import plots
 from unijax.experiments import _common as cm
+from unijax.experiments import _rows
 from unijax.experiments import _twopoint as tp
+
+# What the verdict reads of the rows, from the shared two-point layer.
+from unijax.experiments._rows import (
+    AUTHORS_DROPOUT_LAYER,
+    HYW,
+    R2_PASS,
+    counts,
+    default_rates,
+    fit_min_r2,
+)
+from unijax.experiments._rows import fit_status as _status
+from unijax.experiments._rows import median as _median
+from unijax.experiments._rows import r2_cell as _r2_cell
 
 NAME = "E1"
 TITLE = "Two-point dynamics across architectures (Fig. 2, 11; Table 1)"
@@ -51,9 +65,9 @@ CLAIM = (
 )
 #: The default row's rates are reported for E4/E6 (``figures.default_rates``).
 USES_RATES = False
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
-#: R^2 threshold of REPRODUCED (per row: median over seeds, each of h, y, w).
-R2_PASS = 0.95
 #: A row below :data:`R2_PASS` is AS AUTHORS where the authors' own pipeline (their fitting
 #: method, :mod:`unijax.authors`, on the same trajectories) does no better: unijax's unexplained
 #: variance summed over h, y, w at most this factor times theirs
@@ -63,70 +77,14 @@ REF_SLACK = tp.REF_SLACK
 #: degrades (representations start far apart, docs/theory.md section 9).
 NOT_JUDGED = ("very_high_initial_weights",)
 VARS = ("h", "y", "w", "loss")
-HYW = ("h", "y", "w")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """E1 settings.
+class Config(_rows.RowsConfig):
+    """E1 settings: the two-point rows of :class:`unijax.experiments._rows.RowsConfig` (every
+    field and its meaning); ``reference`` fits the trials of rows below :data:`R2_PASS` and the
+    poor fits with the authors' method, the verdict's reference on those rows."""
 
-    Attributes:
-        rows: Table 1 rows (``unijax.configs`` names).
-        size: network and run sizes, the ``size`` block (:class:`unijax.experiments.
-            _twopoint.Sizes`: ``size.width``, ``size.epochs``, ...; paper: 6000 epochs).
-        seeds: trials per row; seed: base random seed.
-        dx2, dy2: squared input and target distances of the two points.
-        fit_initial: also fit the ODE's starting state (False: start it at the measured
-            epoch-0 state, the paper's method and docs/theory.md section 11).
-        dropout_layer: observed hidden layer of the ``dropout`` row (None: halfway, the text;
-            2: the layer the authors' code observed).
-        conv_layout: the ``convolution`` row's layout, ``"unijax"`` (the text's L + 1 maps:
-            L - 1 convolutions) or ``"authors"`` (the authors' code: L + 1 convolutions, 11 at
-            the paper's L = 10; observed at hidden layer L // 2 of L + 2), see ``unijax.nets``.
-        optimizer, lr: every row's optimizer (``"sgd"``, the paper's, or ``"adam"``: E8) and
-            learning rate (None: the table's, rescaled for ``size.width`` and
-            ``size.time_scale``).
-        reference: also fit every trajectory with the authors' method (:mod:`unijax.authors`,
-            SciPy; about a second per trial on one core), the verdict's reference on rows
-            where the theory fits less well than :data:`R2_PASS`.
-    """
-
-    rows: tuple[str, ...] = tp.TABLE1
-    size: tp.Sizes = tp.Sizes()
-    seeds: int = 10
-    seed: int = 0
-    dx2: float = 1.0
-    dy2: float = 0.5
-    optimizer: str = "sgd"
-    lr: float | None = None
-    fit_initial: bool = False
-    dropout_layer: int | None = None
-    conv_layout: str = "unijax"
-    reference: bool = True
-
-    def __post_init__(self):
-        if self.conv_layout not in nets.CONV_LAYOUTS:
-            raise ValueError(f"conv_layout={self.conv_layout!r} is invalid; valid choices: "
-                             f"{', '.join(nets.CONV_LAYOUTS)}")
-        cm.check_choices("rows", self.rows, tp.TABLE1)
-        if self.dropout_layer is not None:
-            cm.check_int("dropout_layer", self.dropout_layer, 0)
-        for f in ("fit_initial", "reference"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
-        tp.check_sizes(self.size)
-        cm.check_int("seeds", self.seeds, 1)
-        cm.check_int("seed", self.seed, 0)
-        cm.check_float("dx2", self.dx2)
-        cm.check_float("dy2", self.dy2)
-        if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"optimizer={self.optimizer!r} is invalid; valid choices: sgd, adam")
-        if self.lr is not None:
-            cm.check_float("lr", self.lr)
-
-
-#: The hidden layer of the dropout network that the authors' code observed (of 10).
-AUTHORS_DROPOUT_LAYER = 2
 
 presets = {
     # What the authors' code ran: Table 1, the dropout row observed at hidden layer 2, the
@@ -145,235 +103,15 @@ presets = {
 presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2)
 
 
-@dataclasses.dataclass(frozen=True)
-class Result:
-    """E1 result (R rows, S seeds, T epochs, P fitted epochs); time in epochs.
-
-    Attributes:
-        rows: ``(R,)`` row names; lr, width, depth: ``(R,)``; dx2, dy2: scalars.
-        loss: ``(R, S, T)`` training loss; hyw: ``(R, S, T, 3)`` measured (h, y, w).
-        diverged: ``(R, S)``.
-        epochs_fit: ``(P,)`` epochs used by the fits.
-        eta_h, eta_y: ``(R, S)`` fitted rates (1/epoch, NaN if not fitted).
-        fit_ok: ``(R, S)`` a fitted curve exists (the best point the optimizer reached,
-            finished or not): its curve and R^2 are shown and counted in the R^2
-            statistics, good or poor;
-        converged: ``(R, S)`` fit_ok and both rates individually identified (relative
-            standard error < 0.1); reported as a count.
-        fit_status: ``(R, S)`` ``unijax.fit.FitStatus`` code (-1: not fitted); only
-            ``OK`` fits (finished, identified, R^2 >= ``unijax.fit.MIN_R2``) give rates.
-        r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
-        eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
-        fit_initial: ``()`` bool, whether the ODE's starting state was fitted too.
-        layer: ``(R,)`` the observed hidden layer of each row; departures: ``(k,)`` texts
-            naming where the run departs from the paper's text.
-        eta_authors: ``(R, S, 2)`` the rates the authors' fitting method reaches on the same
-            trajectories (NaN: not run, or the trial not fitted); r2_authors: ``(R, S, 3)``
-            their R^2 of h, y, w, scored on ``epochs_fit`` like ``r2``.
-    """
-
-    rows: np.ndarray
-    lr: np.ndarray
-    width: np.ndarray
-    depth: np.ndarray
-    dx2: np.ndarray
-    dy2: np.ndarray
-    loss: np.ndarray
-    hyw: np.ndarray
-    diverged: np.ndarray
-    epochs_fit: np.ndarray
-    eta_h: np.ndarray
-    eta_y: np.ndarray
-    fit_ok: np.ndarray
-    converged: np.ndarray
-    r2: np.ndarray
-    z_fit: np.ndarray
-    eta_mean: np.ndarray
-    r2_loss: np.ndarray
-    loss_fit: np.ndarray
-    loss_converged: np.ndarray
-    fit_initial: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(False))
-    # Results stored before the status existed: no fit counts as usable.
-    fit_status: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
-    layer: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=int))
-    departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
-    eta_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-
-
-def departures(config: Config, cfgs=None) -> list[str]:
-    """Where ``config`` departs from the paper's text (Table 1 and appendix B)."""
-    cfgs = row_configs(config) if cfgs is None else cfgs
-    out = size_departures(cfgs)
-    for c in cfgs:
-        if c.name == "dropout" and c.layer != c.depth // 2:
-            out.append(f"dropout row observed at hidden layer {c.layer} of {c.depth} (the "
-                       f"authors' code; the text: halfway, layer {c.depth // 2})")
-        if c.arch == "conv" and c.conv_layout == "authors":
-            out.append(f"convolution row with the authors' layout: {c.depth + 1} convolutions "
-                       f"({c.depth + 2} hidden activations, observed at layer {c.layer}; the "
-                       f"text: {c.depth + 1} maps in all)")
-    return out
-
-
-def size_departures(cfgs) -> list[str]:
-    """The widths and depths of ``cfgs`` that differ from Table 1's, grouped
-    (``"width 64 (Table 1: 500): default, tanh"``); the lr is rescaled with the width."""
-    from unijax import configs
-
-    groups: dict[str, list[str]] = {}
-    for c in cfgs:
-        ref = configs.get(c.name)
-        for what, got, want in (("width", c.width, ref.width), ("depth", c.depth, ref.depth)):
-            if got != want:
-                groups.setdefault(f"{what} {got} (Table 1: {want})", []).append(c.name)
-    return [f"{k}: {', '.join(v)}" + (" (lr rescaled for the width)" if k.startswith("width")
-                                      else "") for k, v in groups.items()]
-
-
-def row_configs(config: Config):
-    """The TrainConfig of every row at the config's sizes."""
-    out = []
-    for name in config.rows:
-        extra = {}
-        depth = config.size.depth(name)
-        if name == "dropout" and config.dropout_layer is not None:
-            if config.dropout_layer >= depth:
-                raise ValueError(f"dropout_layer={config.dropout_layer} is invalid: the dropout "
-                                 f"row has {depth} hidden layers (valid: 0..{depth - 1})")
-            extra["layer"] = config.dropout_layer
-        if name == "convolution":
-            extra["conv_layout"] = config.conv_layout
-        out.append(config.size.row_config(name, depth=depth, dx2=config.dx2, dy2=config.dy2,
-                                          optimizer=config.optimizer, **extra))
-    if config.lr is not None:
-        out = [c.replace(lr=config.lr) for c in out]
-    return out
-
-
-def train_rows(cfgs, *, seeds: int, key, progress, cache, prefix: str = "train"):
-    """Train every row (one cached chunk each); returns stacked arrays."""
-    import jax
-
-    from unijax import train
-
-    loss, hyw, div = [], [], []
-    for i, cfg in enumerate(progress(cfgs, desc=f"{prefix}: rows")):
-
-        def compute(cfg=cfg, i=i):
-            r = train.train(cfg, seeds=seeds, key=jax.random.fold_in(key, i))
-            return {
-                "loss": np.asarray(r.loss)[0],
-                "hyw": np.asarray(r.hyw())[0],
-                "diverged": np.asarray(r.diverged)[0],
-            }
-
-        got = cache(f"{prefix}-{cfg.name}", compute)
-        loss.append(got["loss"])
-        hyw.append(got["hyw"])
-        div.append(got["diverged"])
-    return np.stack(loss), np.stack(hyw), np.stack(div)
-
-
-def fit_rows(loss, hyw, diverged, *, dx2, dy2, progress, cache, prefix: str = "fit",
-             fit_initial: bool = False):
-    """Fit rates and eta_mean to every non-diverged trial of ``(R, S, ...)`` arrays
-    (``fit_initial``: fit the ODE's starting state too)."""
-    R, S, T = loss.shape
-
-    def compute():
-        Z = hyw.reshape(R * S, T, 3).astype(np.float64)
-        Z = np.where(diverged.reshape(-1)[:, None, None], np.nan, Z)
-        f = tp.fit_trajectories(Z, dx2=dx2, dy2=dy2, progress=progress, desc=f"{prefix}: ODE",
-                                fit_initial=fit_initial)
-        m0 = tp.mean_output_error0(loss.reshape(R * S, T)[:, 0], Z[:, 0], dy2)
-        lf = tp.fit_loss(loss.reshape(R * S, T), f["z_fit"], epochs=f["epochs"], dy2=dy2,
-                         m0=np.nan_to_num(m0), use=f["fit_ok"])
-        return {**f, **lf}
-
-    out = cache(prefix, compute)
-    if "status" not in out:  # stored by a version without the per-trial status: refit
-        out = cache(f"{prefix}-status", compute)
-    shaped = {}
-    for k, v in out.items():
-        shaped[k] = v if k == "epochs" else v.reshape((R, S) + v.shape[1:])
-    return shaped
-
-
-def reference_fits(hyw, fitted, *, epochs, dx2, dy2, progress, cache,
-                   prefix: str = "reference") -> dict[str, np.ndarray]:
-    """The authors' fitting method on every fitted trial (:mod:`unijax.authors`).
-
-    Args:
-        hyw: measured ``(h, y, w)``, shape ``(R, S, T, 3)``, every epoch.
-        fitted: ``(R, S)`` the trials unijax fitted (the others are left NaN).
-        epochs: ``(P,)`` the epochs E1's R^2 is scored on (the same for both methods).
-
-    Returns:
-        ``{"eta": (R, S, 2), "r2": (R, S, 3)}`` (one cached chunk: resumable).
-    """
-    from unijax import authors
-
-    R, S = fitted.shape
-
-    def compute():
-        eta = np.full((R, S, 2), np.nan)
-        r2 = np.full((R, S, 3), np.nan)
-        # A trial that blew up after the last sampled epoch cannot be fitted over every epoch.
-        todo = [(i, j) for i in range(R) for j in range(S)
-                if fitted[i, j] and np.all(np.isfinite(hyw[i, j]))]
-        if todo:
-            e, r = authors.fit_many([hyw[i, j] for i, j in todo], dx2=dx2, dy2=dy2,
-                                    epochs=epochs, progress=progress,
-                                    desc=f"{prefix}: authors' fits")
-            for k, (i, j) in enumerate(todo):
-                eta[i, j], r2[i, j] = e[k], r[k]
-        return {"eta": eta, "r2": r2}
-
-    return cache(prefix, compute)
+#: E1's result: the two-point rows' (:class:`unijax.experiments._rows.RowsResult`).
+Result = _rows.RowsResult
 
 
 def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
-    """Train every row, fit the ODE and the loss curve (pure in ``config`` and ``key``)."""
-    cache = cache or cm.memory_cache()
-    cfgs = row_configs(config)
-    loss, hyw, div = train_rows(cfgs, seeds=config.seeds, key=key, progress=progress,
-                                cache=cache)
-    f = fit_rows(loss, hyw, div, dx2=config.dx2, dy2=config.dy2, progress=progress,
-                 cache=cache, fit_initial=config.fit_initial)
-    ref = {"eta": np.asarray(np.nan), "r2": np.asarray(np.nan)}
-    if config.reference:
-        ref = reference_fits(hyw, f["fitted"] & ~div, epochs=f["epochs"], dx2=config.dx2,
-                             dy2=config.dy2, progress=progress, cache=cache)
-    return Result(
-        rows=np.asarray(config.rows, dtype=str),
-        lr=np.asarray([c.lr for c in cfgs]),
-        width=np.asarray([c.width for c in cfgs]),
-        depth=np.asarray([c.depth for c in cfgs]),
-        dx2=np.asarray(config.dx2),
-        dy2=np.asarray(config.dy2),
-        loss=loss,
-        hyw=hyw,
-        diverged=div,
-        epochs_fit=f["epochs"],
-        eta_h=f["eta_h"],
-        eta_y=f["eta_y"],
-        fit_ok=f["fit_ok"] & ~div,
-        converged=f["fit_ok"] & f["identified"] & ~div,
-        r2=f["r2"],
-        z_fit=f["z_fit"],
-        eta_mean=f["eta_mean"],
-        r2_loss=f["r2_loss"],
-        loss_fit=f["loss_fit"],
-        loss_converged=f["loss_converged"],
-        fit_initial=np.asarray(config.fit_initial),
-        fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
-        layer=np.asarray([c.layer for c in cfgs]),
-        departures=np.asarray(departures(config, cfgs), dtype=str),
-        eta_authors=ref["eta"],
-        r2_authors=ref["r2"],
-    )
+    """Train every row, fit the ODE and the loss curve, and fit with the authors' method the
+    trials of rows below :data:`R2_PASS` and the poor fits (pure in ``config`` and ``key``;
+    :func:`unijax.experiments._rows.run_rows`)."""
+    return _rows.run_rows(config, key=key, progress=progress, cache=cache, r2_pass=R2_PASS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,50 +144,6 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
 
 def _with_median(values) -> dict:
     return {**cm.spread(values), "median": _median(values)}
-
-
-def _status(result) -> np.ndarray:
-    """``fit_status`` broadcast to ``(R, S)`` (results of other experiments built from E1's
-    without it: not fitted), with the fits that the authors' method does no better on marked
-    usable (:func:`unijax.experiments._twopoint.reference_status`)."""
-    status = getattr(result, "fit_status", tp.NOT_FITTED)
-    status = np.broadcast_to(np.asarray(status), np.asarray(result.diverged).shape)
-    return tp.reference_status(status, result.r2,
-                               getattr(result, "r2_authors", np.asarray(np.nan)))
-
-
-def counts(result) -> dict[str, int]:
-    div = np.asarray(result.diverged)
-    ok = np.asarray(result.fit_ok)
-    conv = np.asarray(result.converged)
-    return {
-        "trials": int(div.size),
-        "diverged": int(div.sum()),
-        "fit_failed": int((~div & ~ok).sum()),
-        "used": int(ok.sum()),
-        "fits_rates_not_identified": int((ok & ~conv).sum()),
-        "fits_rates_used": int(tp.usable(_status(result)).sum()),
-    }
-
-
-def default_rates(result) -> dict | None:
-    """Mean rates of the ``default`` row over the fits that pass the quality criterion (for
-    E4-E6, E8; :func:`unijax.experiments._twopoint.usable_rates`), with how many were used and
-    excluded and why, or None when the row is absent or no fit passes."""
-    rows = list(np.asarray(result.rows))
-    if "default" not in rows:
-        return None
-    i = rows.index("default")
-    rates = tp.usable_rates(result.eta_h[i], result.eta_y[i], _status(result)[i])
-    if rates["n"] == 0:
-        return None
-    return {**rates, "width": int(result.width[i]), "depth": int(result.depth[i])}
-
-
-def _median(values) -> float | None:
-    v = np.asarray(values, dtype=float).ravel()
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if v.size else None
 
 
 def row_verdicts(result) -> dict[str, dict]:
@@ -523,10 +217,6 @@ def _notes(result, table: dict) -> list[str]:
            f"{fit_min_r2()}); R^2 is reported for every finished fit, good or poor. "
            "Rate fits per row: " + "; ".join(
                f"{r}: {tp.exclusion_text(table[r]['rate_fits'])}" for r in table) + "."]
-
-
-def _r2_cell(x) -> str:
-    return "n/a" if x is None else cm.fmt(x, 3)
 
 
 def measurement_table(result, verdicts: dict | None = None) -> dict:
@@ -702,37 +392,3 @@ def plot(result, outdir) -> list[Path]:
         *plot_r2(result, outdir),
     ]
 
-
-def fit_min_r2() -> float:
-    from unijax import fit
-
-    return fit.MIN_R2
-
-
-def own_default_rates(*, width, max_depth, epochs, time_scale, seeds, key, progress, cache,
-                      prefix: str = "rates") -> dict:
-    """Fit the ``default`` row's rates (for E4/E5/E6/E8 when no E1/E3 result is at hand).
-
-    Returns ``{"eta_h", "eta_y", "n", "n_excluded", "width", "depth", "source"}``: means over
-    the fits that pass the quality criterion only (``eta_*`` NaN if none does); ``source``
-    says how many were used and why the others were excluded.
-    """
-    cfg = Config(rows=("default",), seeds=seeds, size=tp.Sizes(
-        width=width, max_depth=max_depth, epochs=epochs, time_scale=time_scale))
-    cfgs = row_configs(cfg)
-    loss, hyw, div = train_rows(cfgs, seeds=seeds, key=key, progress=progress, cache=cache,
-                                prefix=f"{prefix}-train")
-    f = fit_rows(loss, hyw, div, dx2=cfg.dx2, dy2=cfg.dy2, progress=progress, cache=cache,
-                 prefix=f"{prefix}-fit")
-    rates = tp.usable_rates(f["eta_h"][0], f["eta_y"][0],
-                            np.where(div[0], tp.NOT_FITTED, f["status"][0]))
-    return {
-        "eta_h": rates["eta_h"],
-        "eta_y": rates["eta_y"],
-        "n": rates["n"],
-        "n_excluded": rates["n_excluded"],
-        "width": int(cfgs[0].width),
-        "depth": int(cfgs[0].depth),
-        "source": f"fitted here (default row, width {cfgs[0].width}, depth {cfgs[0].depth}, "
-        f"{tp.exclusion_text(rates)})",
-    }

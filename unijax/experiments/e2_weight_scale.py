@@ -28,8 +28,8 @@ import numpy as np
 
 from unijax import plots
 from unijax.experiments import _common as cm
+from unijax.experiments import _rows
 from unijax.experiments import _twopoint as tp
-from unijax.experiments import e1_dynamics as e1
 
 NAME = "E2"
 TITLE = "Initial weight scale: plateau vs. exponential decay (Fig. 3)"
@@ -39,6 +39,8 @@ CLAIM = (
     "start far apart and the theory's fit degrades."
 )
 USES_RATES = False
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
 GAIN_ROWS = (
     "low_initial_weights",
@@ -55,12 +57,12 @@ BREAKDOWN_ROW = "very_high_initial_weights"
 #: The breakdown is REPRODUCED when the fit there is worse than at every transition gain and
 #: its seed-median worst-variable R^2 is below E1's REPRODUCED threshold (the theory no longer
 #: matches the network).
-BREAKDOWN_R2 = e1.R2_PASS
+BREAKDOWN_R2 = _rows.R2_PASS
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """E2 settings (same meaning as :class:`unijax.experiments.e1_dynamics.Config`): ``rows``
+    """E2 settings (same meaning as :class:`unijax.experiments._rows.RowsConfig`): ``rows``
     (any Table 1 rows, at least two), the ``size`` block (:class:`unijax.experiments._twopoint.
     Sizes`, ``size.width`` ...), ``seeds`` trials per row, base ``seed``, data ``dx2, dy2``."""
 
@@ -98,9 +100,9 @@ presets["paper-cpu"] = dataclasses.replace(presets["paper"], seeds=2)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Result(e1.Result):
+class Result(_rows.RowsResult):
     """E2 result (G gain rows, S seeds, T epochs, P fitted epochs): E1's result of the gain
-    rows (:class:`unijax.experiments.e1_dynamics.Result`, its fields under the same names)
+    rows (:class:`unijax.experiments._rows.RowsResult`, its fields under the same names)
     plus the plateau measure.
 
     Attributes:
@@ -114,15 +116,15 @@ class Result(e1.Result):
     plateau_theory: np.ndarray
 
 
-def _e1_config(config: Config) -> e1.Config:
-    return e1.Config(rows=config.rows, size=config.size, seeds=config.seeds, seed=config.seed,
-                     dx2=config.dx2, dy2=config.dy2, reference=False)
+def _rows_config(config: Config) -> _rows.RowsConfig:
+    return _rows.RowsConfig(rows=config.rows, size=config.size, seeds=config.seeds,
+                            seed=config.seed, dx2=config.dx2, dy2=config.dy2, reference=False)
 
 
 def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
     """Train the gain rows, fit the ODE, measure the plateau of network and theory."""
     cache = cache or cm.memory_cache()
-    r = e1.run(_e1_config(config), key=key, progress=progress, cache=cache)
+    r = _rows.run_rows(_rows_config(config), key=key, progress=progress, cache=cache)
     G, S, T = r.loss.shape
     ld_net = tp.distance_loss(r.hyw, np.full((G, S), config.dy2))  # (G, S, T)
     ld_th = tp.distance_loss(r.z_fit, np.full((G, S), config.dy2))  # (G, S, P)
@@ -142,7 +144,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     # Every field of E1's result as E1 computed it (stored results of older versions lack
     # E1's later fields and load with their defaults).
     return Result(
-        **{f.name: getattr(r, f.name) for f in dataclasses.fields(e1.Result)},
+        **{f.name: getattr(r, f.name) for f in dataclasses.fields(_rows.RowsResult)},
         gain=np.asarray([configs.get(n).gain for n in config.rows]), plateau_net=pl_net,
         plateau_theory=pl_th,
     )
@@ -232,9 +234,9 @@ def agreement(result) -> dict:
             "row": rows[g],
             "plateau_network": cm.spread(np.where(ok, result.plateau_net[g], np.nan)),
             "plateau_theory": cm.spread(np.where(use, result.plateau_theory[g], np.nan)),
-            "r2_median": {v: e1._median(r2[:, k]) for k, v in enumerate(e1.HYW)},
+            "r2_median": {v: _rows.median(r2[:, k]) for k, v in enumerate(_rows.HYW)},
             # Per trial the worst of h, y, w (the variable the theory misses), then the median.
-            "r2_min_median": e1._median(np.min(r2, axis=-1)),
+            "r2_min_median": _rows.median(np.min(r2, axis=-1)),
             "trials": int(ok.sum()),
         }
     keys = list(per_gain)
@@ -257,7 +259,7 @@ def agreement(result) -> dict:
         d = per_gain[k]
         lines.append([k, d["row"], cm.fmt_spread(d["plateau_network"]),
                       cm.fmt(d["plateau_theory"]["mean"]),
-                      *(e1._r2_cell(d["r2_median"][v]) for v in e1.HYW),
+                      *(_rows.r2_cell(d["r2_median"][v]) for v in _rows.HYW),
                       "breakdown" if k == breakdown else "transition"])
     measured = (
         "Plateau index of the distance loss from its peak, (t_half - t_peak) / (t_quarter - "
@@ -282,7 +284,7 @@ def agreement(result) -> dict:
                  "plateau_ratio_low_high": claims["transition"]["ratio"],
                  "spearman_gain_plateau": claims["transition"]["spearman"],
                  "network_vs_theory_log_plateau_r": r_tn},
-        counts=e1.counts(result),
+        counts=_rows.counts(result),
         departures=[str(d) for d in np.atleast_1d(result.departures)],
     )
 
@@ -330,7 +332,7 @@ def plot(result, outdir) -> list[Path]:
     ax.legend(fontsize=7)
     ax = axes[0, 1]
     for k, v in enumerate("hyw"):
-        m = [e1._median(np.where(result.fit_ok[g], result.r2[g, :, k], np.nan))
+        m = [_rows.median(np.where(result.fit_ok[g], result.r2[g, :, k], np.nan))
              for g in range(G)]
         m = np.asarray([np.nan if x is None else x for x in m])
         ax.plot(gains[order], m[order], "o-", color=f"C{k}", label=f"R² {v}")

@@ -27,8 +27,8 @@ import numpy as np
 
 from unijax import plots
 from unijax.experiments import _common as cm
+from unijax.experiments import _rows
 from unijax.experiments import _twopoint as tp
-from unijax.experiments import e1_dynamics as e1
 
 NAME = "E3"
 TITLE = "Final representational distance, theory vs. experiment (Fig. 5)"
@@ -39,6 +39,8 @@ CLAIM = (
     "distances follow this prediction (points on the identity line)."
 )
 USES_RATES = False
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 R_PASS = 0.9
 #: The authors' grid: the settings file's lr / 5, i.e. 0.4x the Table 1 lr.
 AUTHORS_GRID_TIME_SCALE = 0.4
@@ -70,7 +72,7 @@ class Config:
         stop_loss: a grid trial's final state is its state at the first epoch whose training
             loss is below this (the authors' early stop; None: the state after the last
             epoch).
-        dropout_layer, conv_layout: as in :class:`unijax.experiments.e1_dynamics.Config`
+        dropout_layer, conv_layout: as in :class:`unijax.experiments._rows.RowsConfig`
             (the paper preset: the authors' layer 2 and 11 convolutions).
         reference: also fit the rate trials with the authors' method (:mod:`unijax.authors`);
             a fit below the R^2 criterion then still gives rates where the authors' method
@@ -118,7 +120,7 @@ presets = {
     # What the authors' code ran: grid lr 0.4x Table 1, up to 40000 epochs, stopped at the
     # first epoch with loss < 1e-4, one trial per grid point.
     "paper": Config(grid_time_scale=AUTHORS_GRID_TIME_SCALE, stop_loss=1e-4, seeds=1,
-                    dropout_layer=e1.AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
+                    dropout_layer=_rows.AUTHORS_DROPOUT_LAYER, conv_layout="authors"),
     # The authors' grid protocol at width 128 and at most 8 hidden layers: at width 64 the
     # 20-layer default network's final distances scatter about the prediction (r 0.78, slope
     # 0.50; at width 128 r 0.83; at 64 x 8 layers r 0.88; at 128 x 8 r 0.93, slope 0.88: the
@@ -203,7 +205,7 @@ class Result:
 
 def departures(config: Config) -> list[str]:
     """Where ``config`` departs from the paper's text (section 4.3: "to convergence")."""
-    out = e1.departures(_e1_config(config))
+    out = _rows.departures(_rows_config(config))
     if config.stop_loss is not None:
         out.append(f"grid trials stopped at the first epoch with loss < {config.stop_loss:g} "
                    "(the authors' code)")
@@ -212,7 +214,7 @@ def departures(config: Config) -> list[str]:
                    + (" (the authors' code)" if config.grid_time_scale ==
                       AUTHORS_GRID_TIME_SCALE else ""))
     caps = {}
-    for c in e1.row_configs(_e1_config(config)):
+    for c in _rows.row_configs(_rows_config(config)):
         e = grid_epochs(config, c)
         if e < AUTHORS_GRID_EPOCHS:
             caps.setdefault(e, []).append(c.name)
@@ -255,10 +257,66 @@ def stop_at(loss: np.ndarray, h: np.ndarray, final_loss: np.ndarray, final_h: np
     return fl, fh, ep
 
 
-def _e1_config(config: Config) -> e1.Config:
-    return e1.Config(rows=config.rows, size=config.size, seeds=config.fit_seeds,
-                     seed=config.seed, dropout_layer=config.dropout_layer,
-                     conv_layout=config.conv_layout)
+def _rows_config(config: Config) -> _rows.RowsConfig:
+    return _rows.RowsConfig(rows=config.rows, size=config.size, seeds=config.fit_seeds,
+                            seed=config.seed, dropout_layer=config.dropout_layer,
+                            conv_layout=config.conv_layout)
+
+
+#: Epochs per training segment of a grid trial that stops at ``stop_loss``
+#: (:func:`train_until`): at most this many epochs run past the stop (one compiled chunk of
+#: ``unijax.train``; each segment is one more call of it, continuing from the parameters).
+SEGMENT_EPOCHS = 1000
+
+
+def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
+                segment: int = SEGMENT_EPOCHS) -> dict[str, np.ndarray]:
+    """Train ``cfg`` on ``data`` until every seed's loss has been below ``stop_loss`` (or for
+    ``cfg.epochs``), in segments of ``segment`` epochs, each continuing from the last one's
+    parameters.
+
+    Only the records up to a trial's first epoch below ``stop_loss`` are used
+    (:func:`stop_at`), so stopping after it changes none of them: full-batch gradient descent
+    without dropout keeps no state but the parameters, and every update runs in the same
+    compiled epoch program, so the records are those of one uninterrupted run (bit for bit:
+    ``tests/test_experiment_layer.py``). A network with other state (mini-batches, dropout,
+    Adam), or a run without ``stop_loss``, trains in one call.
+
+    Returns ``loss, h``: ``(S, T')`` records (``T' <= cfg.epochs``: up to the last segment
+    run), ``final_loss, final_h``: ``(S,)`` after the last update run, ``y0, diverged``:
+    ``(S,)``.
+    """
+    from unijax import train
+
+    def arrays(res):
+        return (np.asarray(res.loss)[0], np.asarray(res.h)[0], np.asarray(res.final_loss)[0],
+                np.asarray(res.final_h)[0], np.asarray(res.diverged)[0])
+
+    stateless = (cfg.optimizer == "sgd" and cfg.batch_size is None and cfg.dropout == 0.0)
+    if stop_loss is None or not stateless or cfg.epochs <= segment:
+        res = train.train(cfg, seeds=seeds, key=key, data=data, pair=(0, 1))
+        loss, h, fl, fh, div = arrays(res)
+        return {"loss": loss, "h": h, "final_loss": fl, "final_h": fh,
+                "y0": np.asarray(res.y)[0, :, 0], "diverged": div}
+    losses, hs, params, done, y0 = [], [], None, 0, None
+    div = np.zeros(seeds, bool)
+    while done < cfg.epochs:
+        n = min(segment, cfg.epochs - done)
+        res = train.train(cfg.replace(epochs=n), seeds=seeds, key=key, data=data, pair=(0, 1),
+                          params=params, return_params=True)
+        loss, h, fl, fh, d = arrays(res)
+        if y0 is None:
+            y0 = np.asarray(res.y)[0, :, 0]
+        losses.append(loss)
+        hs.append(h)
+        div |= d
+        params, done = res.final_params, done + n
+        with np.errstate(invalid="ignore"):
+            reached = np.any(np.concatenate(losses, axis=1) < stop_loss, axis=1)
+        if np.all(reached | div):
+            break
+    return {"loss": np.concatenate(losses, axis=1), "h": np.concatenate(hs, axis=1),
+            "final_loss": fl, "final_h": fh, "y0": y0, "diverged": div}
 
 
 def grid_epochs(config: Config, base) -> int:
@@ -275,7 +333,7 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     """
     import jax
 
-    from unijax import data, train
+    from unijax import data
 
     R, I, J, S = len(cfgs), len(config.dx_norms), len(config.dy_norms), config.seeds
     shape = (R, I, J, S)
@@ -296,17 +354,16 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
         def compute(gcfg=gcfg, dxn=dxn, dyn=dyn, r=r, i=i, j=j):
             ds = data.two_points(float(dxn) ** 2, float(dyn) ** 2)
             k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(k_grid, r), i), j)
-            res = train.train(gcfg, seeds=S, key=k, data=ds, pair=(0, 1))
-            f_loss, f_h, stop = stop_at(np.asarray(res.loss)[0], np.asarray(res.h)[0],
-                                        np.asarray(res.final_loss)[0],
-                                        np.asarray(res.final_h)[0], config.stop_loss)
+            run_ = train_until(gcfg, seeds=S, key=k, data=ds, stop_loss=config.stop_loss)
+            f_loss, f_h, stop = stop_at(run_["loss"], run_["h"], run_["final_loss"],
+                                        run_["final_h"], config.stop_loss)
             return {
-                "h0": np.asarray(res.h)[0, :, 0],
-                "y0": np.asarray(res.y)[0, :, 0],
+                "h0": run_["h"][:, 0],
+                "y0": run_["y0"],
                 "h_final": f_h,
                 "final_loss": f_loss,
                 "stop_epoch": stop,
-                "diverged": np.asarray(res.diverged)[0],
+                "diverged": run_["diverged"],
             }
 
         stop_tag = "" if config.stop_loss is None else f"-stop{config.stop_loss:g}"
@@ -325,19 +382,20 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     from unijax import theory
 
     cache = cache or cm.memory_cache()
-    e1cfg = _e1_config(config)
-    cfgs = e1.row_configs(e1cfg)
+    cfgs = _rows.row_configs(_rows_config(config))
     k_fit, k_grid = jax.random.split(key)
-    loss, hyw, div = e1.train_rows(cfgs, seeds=config.fit_seeds, key=k_fit, progress=progress,
-                                   cache=cache, prefix="fit-train")
-    f = e1.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
-                    prefix="fit-rates")
+    loss, hyw, div = _rows.train_rows(cfgs, seeds=config.fit_seeds, key=k_fit,
+                                      progress=progress, cache=cache, prefix="fit-train")
+    f = _rows.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
+                       prefix="fit-rates")
     fit_status = np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32)
     r2_ref = np.asarray(np.nan)
     if config.reference:
-        r2_ref = e1.reference_fits(hyw, f["fitted"] & ~div, epochs=f["epochs"], dx2=1.0,
-                                   dy2=0.5, progress=progress, cache=cache,
-                                   prefix="fit-reference")["r2"]
+        # Only a poor fit's status can change (no row verdict rests on the authors' R^2 here).
+        todo = _rows.reference_needed(f["fitted"] & ~div, f, r2_pass=None)
+        r2_ref = _rows.reference_fits(hyw, todo, epochs=f["epochs"], dx2=1.0, dy2=0.5,
+                                      progress=progress, cache=cache,
+                                      prefix="fit-reference-needed")["r2"]
         fit_status = tp.reference_status(fit_status, f["r2"], r2_ref)
     # Only fits that pass the quality criterion (or do as well as the authors') give rates.
     conv_fit = tp.usable(fit_status)
@@ -512,7 +570,7 @@ def agreement(result) -> dict:
         counts=counts,
         notes=["Rates per architecture: mean over the fits at dx2 = 1, dy2 = 0.5 that pass the "
                "quality criterion (optimizer finished, rates identified, R^2 of each of h, y, w "
-               f">= {e1.fit_min_r2()}, or no worse than the authors' fitting method on the same "
+               f">= {_rows.fit_min_r2()}, or no worse than the authors' fitting method on the same "
                f"trajectory: sum over h, y, w of 1 - R^2 at most {tp.REF_SLACK}x theirs): "
                + "; ".join(
                    f"{k}: {tp.exclusion_text(v['rate_fits'])}" for k, v in table.items())

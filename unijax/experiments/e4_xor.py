@@ -43,6 +43,8 @@ CLAIM = (
     "network is a counter-example: only one of the two equal-output pairs merges."
 )
 USES_RATES = True
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
 XOR_ROWS = ("xor_low_weights", "xor_intermediate_weights", "xor_high_weights", "xor_2_layers")
 SAME = ((0, 3), (1, 2))
@@ -209,48 +211,6 @@ def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = No
     return out
 
 
-def train_structure(cfgs, dataset, *, seeds, key, progress, cache, prefix="train"):
-    """Train each config on ``dataset`` recording all points' initial/final representations."""
-    import jax
-
-    from unijax import train
-
-    out = []
-    for i, cfg in enumerate(progress(cfgs, desc=f"{prefix}: rows")):
-
-        def compute(cfg=cfg, i=i):
-            r = train.train(cfg, seeds=seeds, key=jax.random.fold_in(key, i), data=dataset,
-                            record_points=dataset.n_points, pair=False)
-            return {
-                "H0": np.asarray(r.initial_reps)[0],
-                "H": np.asarray(r.final_reps)[0],
-                "F0": np.asarray(r.initial_outputs)[0],
-                "F": np.asarray(r.final_outputs)[0],
-                "final_loss": np.asarray(r.final_loss)[0],
-                "diverged": np.asarray(r.diverged)[0],
-            }
-
-        out.append(cache(f"{prefix}-{cfg.name}", compute))
-    return out
-
-
-def predict(dataset, H0, F0, rates) -> np.ndarray:
-    """Predicted final squared distances per seed: ``(S, n, n)``."""
-    from unijax import theory
-
-    X = np.asarray(dataset.x, np.float64)
-    Y = np.asarray(dataset.y, np.float64)
-    out = []
-    for s in range(H0.shape[0]):
-        if not (np.all(np.isfinite(H0[s])) and np.isfinite(rates["eta_h"])):
-            out.append(np.full((X.shape[0],) * 2, np.nan))
-            continue
-        out.append(np.asarray(theory.pairwise_final_distance(
-            X, Y, np.asarray(H0[s], np.float64), np.asarray(F0[s], np.float64),
-            eta_h=rates["eta_h"], eta_y=rates["eta_y"])))
-    return np.stack(out)
-
-
 def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None,
         optimizer: str = "sgd", lr: float | None = None) -> Result:
     """Train the XOR rows, predict the distance matrices, compare.
@@ -267,11 +227,11 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
                          progress=progress, cache=cache)
     ds = data.xor()
     cfgs = row_configs(config, optimizer=optimizer, lr=lr)
-    runs = train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
+    runs = st.train_structure(cfgs, ds, seeds=config.seeds, key=k_train, progress=progress,
                            cache=cache)
     D0 = np.stack([st.sq_dists(r["H0"]) for r in runs])
     Df = np.stack([st.sq_dists(r["H"]) for r in runs])
-    Dp = np.stack([predict(ds, r["H0"], r["F0"], rates) for r in runs])
+    Dp = np.stack([st.predict(ds, r["H0"], r["F0"], rates) for r in runs])
     fl = np.stack([r["final_loss"] for r in runs])
     dv = np.stack([r["diverged"] for r in runs])
     conv = ~dv & np.isfinite(fl) & (fl <= config.loss_threshold)

@@ -37,6 +37,7 @@ from unijax import nets, plots
 from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
+from unijax.experiments._blobs import BLOB_ROWS, COLLAPSED, MARGIN, indices
 
 NAME = "E5"
 TITLE = "Feature collapse on context-dependent blobs, 3-D MDS (Fig. 7, 8, 12)"
@@ -46,11 +47,9 @@ CLAIM = (
     "large initial weights the input structure is kept (two 2-D sheets)."
 )
 USES_RATES = True
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
-BLOB_ROWS = ("blobs_very_low_weights", "blobs_low_weights", "blobs_high_weights")
-#: Pass: collapse index of the smallest gain above this, and above the largest gain's by MARGIN.
-COLLAPSED = 0.8
-MARGIN = 0.15
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +67,7 @@ class Config:
         mds_points: points shown in the 3-D MDS views (evenly subsampled).
         mds: ``"classical"`` (Torgerson MDS, exact and fast) or ``"smacof"`` (scikit-learn's
             metric MDS, what the authors' notebook ran, on all 1800 points in ``paper``).
-        rates: see :class:`unijax.experiments.e4_xor.Config`.
+        rates: see :class:`unijax.experiments._structure.RateSettings`.
         nonlinearities: every row is trained with each of these (the text: ``"tanh"``; the
             authors' notebook: ``"leaky_relu"``).
     """
@@ -160,32 +159,6 @@ class Result:
         default_factory=lambda: np.asarray([], dtype=str))
 
 
-def explained_fraction(D: np.ndarray, groups: np.ndarray, mask: np.ndarray) -> float:
-    """``1 - SS_within / SS_total`` of the points ``mask`` grouped by ``groups`` (see module)."""
-    idx = np.flatnonzero(mask)
-    if idx.size < 2:
-        return float("nan")
-    g = np.asarray(groups)[idx]
-    Dm = D[np.ix_(idx, idx)]
-    total = Dm.sum() / (2 * idx.size)
-    if not np.isfinite(total) or total <= 0:
-        return float("nan")
-    within = 0.0
-    for u in np.unique(g):
-        sel = g == u
-        within += Dm[np.ix_(sel, sel)].sum() / (2 * sel.sum())
-    return float(1.0 - within / total)
-
-
-def indices(D: np.ndarray, factors: np.ndarray, targets: np.ndarray) -> tuple[float, float, float]:
-    """``(index context 0, index context 1, one-line index)`` of a squared-distance matrix."""
-    ctx = factors[:, 0]
-    c0 = explained_fraction(D, factors[:, 1], ctx == 0)
-    c1 = explained_fraction(D, factors[:, 2], ctx == 1)
-    one = explained_fraction(D, np.round(targets, 9), np.ones(ctx.size, bool))
-    return c0, c1, one
-
-
 def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
     """Each (nonlinearity, row)'s TrainConfig, nonlinearity-major; ``lr`` (e.g. for Adam)
     replaces every row's learning rate."""
@@ -201,9 +174,8 @@ def _label(row: str, nonlinearity: str, several: bool) -> str:
 
 def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points,
             mds_method: str = "classical"):
-    """Indices, predictions, r and MDS for trained ``runs`` (from ``e4_xor.train_structure``)."""
-    from unijax.experiments import e4_xor
-
+    """Indices, predictions, r and MDS for trained ``runs`` (from
+    :func:`unijax.experiments._structure.train_structure`)."""
     factors = np.asarray(ds.factors, np.float64)
     targets = np.asarray(ds.y[:, 0], np.float64)
     R, S = len(runs), runs[0]["H"].shape[0]
@@ -222,7 +194,7 @@ def analyse(ds, runs, rates, cfgs, *, loss_threshold, mds_points,
             D = st.sq_dists(run_["H"][s])
             c0, c1, one = indices(D, factors, targets)
             ic[r, s], io[r, s] = (c0, c1), one
-            Dp = e4_xor.predict(ds, run_["H0"][s:s + 1], run_["F0"][s:s + 1], rates)[0]
+            Dp = st.predict(ds, run_["H0"][s:s + 1], run_["F0"][s:s + 1], rates)[0]
             if np.all(np.isfinite(Dp)):
                 p0, p1, pone = indices(Dp, factors, targets)
                 icp[r, s], iop[r, s] = (p0, p1), pone
@@ -241,7 +213,6 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     import jax
 
     from unijax import data
-    from unijax.experiments import e4_xor
 
     cache = cache or cm.memory_cache()
     k_rates, k_train = jax.random.split(key)
@@ -254,7 +225,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
         # The table's own nonlinearity keeps the cache names of earlier runs.
         sub = [c for c in cfgs if c.nonlinearity == nl]
         prefix = "train" if nl == "tanh" else f"train-{nl}"
-        runs += e4_xor.train_structure(sub, ds, seeds=config.seeds, key=k_train,
+        runs += st.train_structure(sub, ds, seeds=config.seeds, key=k_train,
                                        progress=progress, cache=cache, prefix=prefix)
     a = analyse(ds, runs, rates, cfgs, loss_threshold=config.loss_threshold,
                 mds_points=config.mds_points, mds_method=config.mds)

@@ -61,6 +61,8 @@ CLAIM = (
     "of one '0' and one '1' tracked through training on the whole data set."
 )
 USES_RATES = True
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 R_PASS = 0.5
 #: The pair has left the plateau once its output distance ``y`` reaches this fraction of
 #: ``dy2`` (2 for a "0" and a "1" with one-hot targets) by the last epoch; on the plateau the

@@ -28,6 +28,7 @@ import numpy as np
 
 from unijax import plots
 from unijax.experiments import _common as cm
+from unijax.experiments import _rows
 from unijax.experiments import _twopoint as tp
 
 NAME = "E7"
@@ -38,6 +39,8 @@ CLAIM = (
     "with depth."
 )
 USES_RATES = False
+#: What result.npz holds: every field of the result.
+result_arrays = cm.result_to_arrays
 
 
 #: Fields of the ``size`` block that E7 does not use (it trains the ``default`` row at its own
@@ -198,11 +201,9 @@ def good_fits(result) -> np.ndarray:
     rates) and R^2 of each of h, y, w >= ``unijax.fit.MIN_R2``, identified or not (the authors
     kept every layer's fit; a rate that is not individually identified is still the best
     fit, and its standard error says how well the data determine it)."""
-    from unijax.experiments import e1_dynamics as e1
-
     r2 = np.asarray(result.r2, float)
     with np.errstate(invalid="ignore"):
-        good = np.all(r2 >= e1.fit_min_r2(), axis=-1)
+        good = np.all(r2 >= _rows.fit_min_r2(), axis=-1)
     return (np.asarray(result.fit_ok) & good & np.isfinite(result.eta_h)
             & np.isfinite(result.eta_y))
 
@@ -365,9 +366,7 @@ def _pm(x: float, se: float) -> str:
 
 
 def _min_r2() -> float:
-    from unijax.experiments import e1_dynamics as e1
-
-    return e1.fit_min_r2()
+    return _rows.fit_min_r2()
 
 
 def plot(result, outdir) -> list[Path]:

@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from unijax import nets, plots
+from unijax.experiments import _blobs as e5  # the blob measures E5 and E8 share
 from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
 from unijax.experiments import e1_dynamics as e1
 from unijax.experiments import e4_xor as e4
-from unijax.experiments import e5_blobs as e5
 from unijax.experiments import e6_mnist as e6
 
 NAME = "E8"
