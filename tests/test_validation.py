@@ -236,6 +236,29 @@ def test_final_distance_is_finite_float64_and_solves_its_quadratic(h0, y0, eh, e
     assert abs(hf * (hf - ah) - al2) <= 1e-12 * scale
 
 
+@pytest.mark.parametrize("ratio", [1e10, 1e100, 1e160, 1e300])
+def test_final_distance_at_extreme_rate_ratios_is_its_limit_not_zero(ratio):
+    """eta_h/eta_y = 1e160 overflowed A_high^2 and returned 0.0; the limit is dy2 h0/y0
+    (here 25), and A_low = sqrt(ratio dx2 dy2) when y0 = 0."""
+    h = theory.final_distance(1.0, 0.04, eta_h=ratio, eta_y=1.0, dx2=1.0, dy2=1.0)
+    np.testing.assert_allclose(h, 25.0, rtol=1e-6)
+    h = theory.final_distance(np.asarray([1.0, 2.0]), np.asarray([0.04, 0.5]), eta_h=1.0,
+                              eta_y=1.0 / ratio, dx2=1.0, dy2=1.0)
+    np.testing.assert_allclose(h, [25.0, 4.0], rtol=1e-6)
+    if ratio <= 1e300:
+        h0 = theory.final_distance(1.0, 0.0, eta_h=ratio, eta_y=1.0, dx2=1.0, dy2=1.0)
+        np.testing.assert_allclose(h0, np.sqrt(ratio), rtol=1e-4)  # + A_high/2 = 0.5
+    # The other way round (eta_y >> eta_h): the lazy limit, A_high = h0.
+    np.testing.assert_allclose(theory.final_distance(3.0, 0.04, eta_h=1.0, eta_y=ratio,
+                                                     dx2=1.0, dy2=1.0), 3.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", [None, 3, b"xor", ["xor"]])
+def test_data_load_refuses_a_name_that_is_not_a_string(name):
+    with pytest.raises(ValueError, match=r"name=.* must be a data set name.*two_points"):
+        data.load(name)
+
+
 _T = np.linspace(0.0, 100.0, 4)
 _ARGS = dict(**RATES, dx2=1.0)
 

@@ -323,10 +323,16 @@ def memory_bytes(device) -> tuple[int | None, str]:
         return None, "host memory"
 
 
+class SizeError(ValueError):
+    """A run refused up front because it would need more memory than there is (the message
+    says how much); the ``unijax`` command shows it as one line, before anything is stored."""
+
+
 def check_memory(need: int, available: int | None, where: str, what: str, advice: str) -> None:
-    """Refuse up front a run that would need more than the ``available`` bytes."""
+    """Refuse up front (:class:`SizeError`) a run that would need more than ``available``
+    bytes."""
     if available is not None and need > available:
-        raise ValueError(
+        raise SizeError(
             f"{what} would need at least {need / 2**30:.3g} GiB of {where}, more than the "
             f"{available / 2**30:.3g} GiB there is; {advice}."
         )
