@@ -253,6 +253,38 @@ def test_final_distance_at_extreme_rate_ratios_is_its_limit_not_zero(ratio):
                                                      dx2=1.0, dy2=1.0), 3.0, rtol=1e-6)
 
 
+_TSC = np.arange(12.0)
+_ZC = np.stack([np.linspace(1.0, 2.0, 12), np.linspace(0.5, 0.1, 12), np.zeros(12)], -1)
+
+# Every public entry point that takes arrays, given a complex one: refused naming it (before,
+# fit_rates and observe.trajectory cut complex values to their real part silently).
+_COMPLEX = {
+    "fit_rates Z": (lambda: fit.fit_rates(_TSC, _ZC + 1j, **DATA), "Z"),
+    "fit_rates ts": (lambda: fit.fit_rates(_TSC + 0j, _ZC, **DATA), "ts"),
+    "fit_rates init": (lambda: fit.fit_rates(_TSC, _ZC, **DATA, init=(1.0 + 1j, 1.0)), "init"),
+    "fit_eta_mean loss": (lambda: fit.fit_eta_mean(_TSC, np.ones(12) + 1j, _ZC, dy2=1.0),
+                          "loss"),
+    "fit_eta_mean z": (lambda: fit.fit_eta_mean(_TSC, np.ones(12), _ZC + 1j, dy2=1.0), "z"),
+    "pair_observables": (lambda: __import__("unijax.observe").observe.pair_observables(
+        np.ones((4, 2, 3)) + 1j, np.ones((4, 2, 1)), np.ones((2, 1))), "hidden"),
+    "trajectory": (lambda: __import__("unijax.observe").observe.trajectory(
+        np.ones((4, 2, 3)), np.ones((4, 2, 1)) * 1j, np.ones((2, 1)), dx2=1.0), "outputs"),
+    "final_distance": (lambda: theory.final_distance(1.0 + 1j, 0.1, **RATES, **DATA), "h0"),
+    "solve": (lambda: theory.solve(np.asarray(Z0) + 1j, _TSC, **RATES, **DATA), "z0"),
+    "train gains": (lambda: train.train(configs.get("default", width=4, depth=2, epochs=5),
+                                        seeds=1, gains=[1.0 + 1j]), "gains"),
+}
+
+
+@pytest.mark.parametrize("case", list(_COMPLEX))
+def test_complex_arrays_are_refused_naming_the_argument(case):
+    call, name = _COMPLEX[case]
+    with pytest.raises(ValueError, match=name) as e:
+        call()
+    assert "complex" in str(e.value) or "finite numbers" in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("name", [None, 3, b"xor", ["xor"]])
 def test_data_load_refuses_a_name_that_is_not_a_string(name):
     with pytest.raises(ValueError, match=r"name=.* must be a data set name.*two_points"):
