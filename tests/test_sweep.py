@@ -284,7 +284,6 @@ def test_cli_full_disk_is_one_line_and_the_resume_is_identical(tmp_path, capsys,
     """ENOSPC at the second chunk's write: one line naming the file, exit 1, the first chunk
     kept; after the fix the same command finishes with the uninterrupted sweep's arrays."""
     import errno
-    import os
     import stat
 
     from unijax import _store
@@ -316,6 +315,16 @@ def test_cli_full_disk_is_one_line_and_the_resume_is_identical(tmp_path, capsys,
     assert len(list((out / "chunks").glob("*.npz"))) == 1 and not list(out.rglob(".tmp-*"))
     assert _cli(*common, "--out", out) == 0
     _assert_same(sweep.load_sweep(out), sweep.load_sweep(tmp_path / "clean"))
+    # The same sweep as an older store format wrote it: refused by name, both ways.
+    capsys.readouterr()
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.pop("store_version")
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(_store.OlderStoreError, match="store format 1.*--fresh"):
+        sweep.load_sweep(out)
+    assert _cli(*common, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "older unijax (store format 1; this unijax reads format 2)" in err and "--fresh" in err
 
 
 # ---------------------------------------------------------------------------------------------

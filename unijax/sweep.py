@@ -62,7 +62,16 @@ import numpy as np
 from . import _batch, distributed, fit, nets, train
 from ._checks import check_seeds  # the same seed rules as train (range, no repeats)
 from .configs import TrainConfig
-from .results._store import ResultStore, claim_dir, config_hash, lock_dir
+from .results._store import (
+    STORE_VERSION,
+    DamagedStoreError,
+    OlderStoreError,
+    ResultStore,
+    claim_dir,
+    config_hash,
+    lock_dir,
+    older_text,
+)
 
 __all__ = [
     "SweepConfig",
@@ -603,13 +612,28 @@ def _result(cfg: SweepConfig, arrays: dict, n_chunks: int, n_computed: int) -> S
 
 
 def load_sweep(outdir: str | Path) -> SweepResult:
-    """The finished sweep stored in ``outdir`` (raises FileNotFoundError if unfinished)."""
+    """The finished sweep stored in ``outdir``.
+
+    Raises:
+        FileNotFoundError: not a sweep directory, or the sweep is unfinished or damaged.
+        OlderStoreError: stored by an older unijax (another store format): recompute it.
+        DamagedStoreError: its ``config.json`` does not hold a valid sweep config.
+    """
     outdir = Path(outdir).expanduser().resolve()
     store = ResultStore(outdir.parent)
     stored = store.stored_config(outdir.name)
     if stored is None:
         raise FileNotFoundError(f"{outdir / 'config.json'} does not exist: not a sweep directory.")
-    cfg = SweepConfig.from_dict(stored["config"])
+    if stored.get("store_version") != STORE_VERSION:
+        raise OlderStoreError(
+            f"{older_text(str(outdir), stored.get('store_version'))} and does not read it: "
+            "run the sweep again with --fresh (fresh=True) to recompute it", outdir)
+    try:
+        cfg = SweepConfig.from_dict(stored["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise DamagedStoreError(f"{outdir / 'config.json'} does not hold a valid sweep config "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                                outdir / "config.json") from None
     got = store.finished_result(outdir.name, config_hash(cfg), require=_fields(cfg))
     if got is None:
         raise FileNotFoundError(
