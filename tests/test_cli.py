@@ -785,7 +785,7 @@ def test_permission_denied_on_fresh_and_on_chunks_is_one_line(tmp_path, capsys, 
         m.setattr(Path, "unlink", lambda self, missing_ok=False: denied(self))
         line = one_line(main(capsys, *E4_FAKE, "--fresh", "--out", str(out)), 1)
     assert "Permission denied (EACCES)" in line and str(out / "E4") in line, line
-    assert "chmod u+w" in line
+    assert "chmod u+w" in line and "use another --out" in line
     real_mkstemp = tempfile.mkstemp
 
     def mkstemp(*a, dir=None, **kw):

@@ -84,3 +84,26 @@ def test_an_interrupted_report_ends_with_its_count_and_a_bar_stays_a_bar_on_a_te
     assert isinstance(bar, tqdm) and not bar.disable
     monkeypatch.setattr("sys.stderr", io.StringIO())
     assert isinstance(_progress.iter_progress(range(3), desc="x"), _progress.LineProgress)
+
+
+def test_library_bars_under_the_command_report_briefly_in_a_log(monkeypatch, capsys):
+    """Under `unijax` (in_logs) a library call's progress shows in a log as lines, but only
+    when it lasts: a call done within the interval prints nothing."""
+    import io
+
+    monkeypatch.delenv("UNIJAX_PROGRESS", raising=False)
+    assert _progress.bar(5, "x", "chunk").disable  # a library user's log stays quiet
+    with _progress.in_logs():
+        bar = _progress.bar(5, "train x", "chunk")
+        assert isinstance(bar, _progress.LineProgress)
+    assert _progress.bar(5, "x", "chunk").disable  # only within the block
+    for seconds, expect in ((1.0, []), (12.0, ["unijax: train x: 2/2 chunks (100%), 24 s "
+                                                "elapsed, done"])):
+        out, clock = io.StringIO(), _Clock()
+        with _progress.LineProgress(total=2, desc="train x", unit="chunk", file=out,
+                                    clock=clock, brief=True) as p:
+            for _ in range(2):
+                clock.t += seconds
+                p.update()
+        lines = out.getvalue().splitlines()
+        assert lines[-1:] == expect[-1:] and (len(lines) > 0) == bool(expect), lines

@@ -11,13 +11,17 @@ an estimate of the time left, with no escape codes and no blank lines::
 :func:`bar` serves the library's own long calls (training over chunks of epochs, fits over
 chunks of trials): shown only on a terminal and when there is more than one step; the
 environment variable ``UNIJAX_PROGRESS=0`` turns it off everywhere and ``UNIJAX_PROGRESS=1`` on
-(then as lines when stderr is not a terminal, or as tqdm's widget in a notebook).
+(then as lines when stderr is not a terminal, or as tqdm's widget in a notebook). Under the
+``unijax`` command (:func:`in_logs`) it reports as lines in a log too, briefly: nothing for a
+call that ends within :data:`LINE_INTERVAL_S` seconds.
 :func:`iter_progress` is the ``progress(iterable, desc=...)`` wrapper the ``unijax`` command
 hands to the experiments: always shown, as bars or lines.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import sys
 import time
@@ -27,6 +31,22 @@ from typing import Any, TextIO
 #: Least seconds between two progress lines of one :class:`LineProgress` (first and last
 #: step excepted).
 LINE_INTERVAL_S = 10.0
+
+# Set by the `unijax` command while it runs (see in_logs): the library's own bars then report
+# as lines off a terminal too. A context variable, so nothing changes for library users.
+_IN_LOGS: contextvars.ContextVar[bool] = contextvars.ContextVar("unijax_progress_in_logs",
+                                                                default=False)
+
+
+@contextlib.contextmanager
+def in_logs() -> Iterator[None]:
+    """Within the block, :func:`bar` reports as lines when stderr is not a terminal (what the
+    ``unijax`` command wants in a log) instead of staying hidden."""
+    token = _IN_LOGS.set(True)
+    try:
+        yield
+    finally:
+        _IN_LOGS.reset(token)
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -62,6 +82,8 @@ class LineProgress:
         unit: the step's name in the lines (``"chunk"``).
         file: where the lines go (default ``sys.stderr``).
         interval: least seconds between lines (default :data:`LINE_INTERVAL_S`).
+        brief: a step of a longer report (a library call inside an experiment's row): no
+            line at the start, and none at all when it ends within ``interval`` seconds.
         clock: a ``time.monotonic``-like function (tests pass a fake clock).
     """
 
@@ -69,7 +91,8 @@ class LineProgress:
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None,
                  desc: str = "", unit: str = "step", file: TextIO | None = None,
-                 interval: float = LINE_INTERVAL_S, clock=time.monotonic, **_: Any):
+                 interval: float = LINE_INTERVAL_S, brief: bool = False,
+                 clock=time.monotonic, **_: Any):
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
@@ -77,9 +100,12 @@ class LineProgress:
         self.interval, self.clock = float(interval), clock
         self.n = 0
         self.start = clock()
-        self._last: float | None = None
+        self.brief = brief
+        self._last: float | None = None if not brief else self.start
+        self._printed = False
         self._closed = False
-        self._line(force=True)
+        if not brief:
+            self._line(force=True)
 
     def _text(self) -> str:
         elapsed = self.clock() - self.start
@@ -97,9 +123,12 @@ class LineProgress:
 
     def _line(self, force: bool = False) -> None:
         now = self.clock()
+        if force and self.brief and not self._printed and now - self.start < self.interval:
+            return  # a brief report that ended quickly: nothing to say in a log
         if force or self._last is None or now - self._last >= self.interval:
             print(self._text(), file=self.file, flush=True)
             self._last = now
+            self._printed = True
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more steps done; print a line if the last is old enough (or done)."""
@@ -136,12 +165,12 @@ def bar(total: int, desc: str, unit: str):
 
     env = os.environ.get("UNIJAX_PROGRESS", "").strip()
     on_terminal = _is_terminal(sys.stderr)
-    if env == "0" or total <= 1 or (env != "1" and not on_terminal):
+    if env == "0" or total <= 1 or (env != "1" and not on_terminal and not _IN_LOGS.get()):
         return tqdm(total=total, disable=True)
-    if on_terminal or _in_notebook():
+    if on_terminal or (_in_notebook() and not _IN_LOGS.get()):
         return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
                     dynamic_ncols=True)
-    return LineProgress(total=total, desc=desc, unit=unit)
+    return LineProgress(total=total, desc=desc, unit=unit, brief=_IN_LOGS.get())
 
 
 def iter_progress(iterable: Iterable, **kw: Any) -> Iterable:

@@ -372,10 +372,10 @@ _OS_ADVICE = {
                   "same command again: finished work is kept and checked",
     errno.EDQUOT: "free space within your quota (or use another --out), then run the same "
                   "command again: finished work is kept and checked",
-    errno.EACCES: "give yourself write permission there (chmod u+w) or use another --out, then "
-                  "run the same command again",
-    errno.EPERM: "give yourself write permission there (chmod u+w) or use another --out, then "
-                 "run the same command again",
+    errno.EACCES: "give yourself permission there (e.g. chmod u+w on the directory) or use "
+                  "another --out, then run the same command again",
+    errno.EPERM: "give yourself permission there (e.g. chmod u+w on the directory) or use "
+                 "another --out, then run the same command again",
     errno.EROFS: "the file system is read-only: use another --out",
     errno.ENAMETOOLONG: "choose a shorter --out path (each name at most 255 bytes, the whole "
                         "path at most 4096)",
@@ -383,13 +383,13 @@ _OS_ADVICE = {
 }
 
 
-def _os_fail(e: OSError, doing: str = "writing") -> int:
+def _os_fail(e: OSError) -> int:
     """One line for an OS error (exit 1): the path, the cause, what to do."""
-    where = f" {e.filename}" if e.filename else ""
+    where = f"{e.filename}: " if e.filename else ""
     cause = e.strerror or str(e)
+    code = errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
     advice = _OS_ADVICE.get(e.errno, "fix the cause, then run the same command again")
-    return _fail(f"{doing}{where} failed: {cause} ({errno.errorcode.get(e.errno, 'OSError')}); "
-                 f"{advice}", 1)
+    return _fail(f"{where}{cause} ({code}); {advice}", 1)
 
 
 def _out_path(text: str, flag: str = "--out") -> Path:
@@ -775,10 +775,13 @@ def cmd_run(args) -> int:
 
 def _run_locked(cfgs, store: ResultStore, args, out: Path, sync) -> int:
     """The rest of ``cmd_run``, with the output directory held by this process."""
+    from unijax import _progress
+
     writer = sync.writer
     progress = _progress_factory(not args.no_progress)
     t0 = time.perf_counter()
-    rows, interrupted, refused = _run_each(cfgs, store, args, progress, sync)
+    with contextlib.nullcontext() if args.no_progress else _progress.in_logs():
+        rows, interrupted, refused = _run_each(cfgs, store, args, progress, sync)
     if not writer:
         return 130 if interrupted else 0
     if any(r.get("os_error") for r in rows):  # said above; the report would fail alike
