@@ -300,19 +300,31 @@ def _init_distributed(args: argparse.Namespace) -> None:
                            timeout_s=args.dist_timeout)
 
 
+#: Most seeds one sweep takes from the command line: its grid is a stored list of seeds (a
+#: count of 10**11 would build that list for minutes before any check could refuse it).
+MAX_SWEEP_SEEDS = 2**20
+
+
 def _parse_seeds(text: str) -> tuple[int, ...]:
     """``"16"`` (count: 0..15), ``"4:12"`` (range) or ``"0,3,7"`` (list)."""
     try:
         if ":" in text:
             a, b = text.split(":")
-            return tuple(range(int(a), int(b)))
-        if "," in text:
-            return tuple(int(v) for v in text.split(",") if v)
-        return tuple(range(int(text)))
+            lo, hi = int(a), int(b)
+        elif "," in text:
+            out = tuple(int(v) for v in text.split(",") if v)
+            lo, hi = 0, len(out)
+        else:
+            lo, hi = 0, int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--seeds {text!r}: give a count (16), a range (4:12) or a list (0,3,7)"
         ) from None
+    if hi - lo > MAX_SWEEP_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r} asks for {hi - lo} seeds; one sweep takes at most "
+            f"{MAX_SWEEP_SEEDS}: split it into several sweeps")
+    return out if "," in text else tuple(range(lo, hi))
 
 
 def _csv(conv):
@@ -446,8 +458,8 @@ def run_configs(args: argparse.Namespace) -> dict[str, Any]:
             seeds = int(args.seeds)
         except ValueError:
             raise BadInput(f"--seeds {args.seeds!r} is not an integer; give N >= 1") from None
-        if seeds < 1:
-            raise BadInput(f"--seeds {seeds} is out of range; give N >= 1")
+        if not 1 <= seeds <= 2**31:  # seeds 0 .. N-1 must fit the seed range (MAX_SEED)
+            raise BadInput(f"--seeds {seeds} is out of range; give 1 <= N <= 2**31")
     if args.mnist is not None and not Path(args.mnist).expanduser().exists():
         raise BadInput(
             f"MNIST path {args.mnist!r} does not exist; give a directory of IDX files or an "
