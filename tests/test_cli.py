@@ -946,3 +946,28 @@ def test_progress_in_a_log_is_plain_lines_with_elapsed_time_and_eta(
     rows = [ln for ln in lines if "E4: rows" in ln]
     assert rows[0].startswith("unijax: E4: rows: 0/4") and "elapsed" in rows[0]
     assert rows[-1].startswith("unijax: E4: rows: 4/4") and rows[-1].endswith("done")
+
+
+def test_a_value_refused_while_running_is_one_line_and_the_others_still_run(
+        tmp_path, capsys, monkeypatch):
+    """A ValueError of unijax's own checks met during a run (a data file's content, say):
+    one line naming the experiment and the message, exit 1; a bug keeps its traceback."""
+    import types
+
+    real_get = experiments.get
+
+    def refuse(cfg, *, key, progress, cache, upstream):
+        raise ValueError("mnist file /data/x.idx holds pixels > 255 (max 300)")
+
+    def bug(cfg, *, key, progress, cache, upstream):
+        raise KeyError("oops")
+
+    fakes = {n: types.SimpleNamespace(Config=real_get(n).Config, presets=real_get(n).presets,
+                                      TITLE="-", CLAIM="-", run=f)
+             for n, f in (("E6", refuse), ("E7", bug))}
+    monkeypatch.setattr(experiments, "get", lambda n: fakes.get(n) or real_get(n))
+    proc = main(capsys, "run", "E6", "E7", "--preset", "tiny", "--no-progress", "--out",
+                str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert "unijax: error: E6: mnist file /data/x.idx holds pixels > 255" in proc.stderr
+    assert proc.stderr.count("Traceback") == 1 and "KeyError: 'oops'" in proc.stderr

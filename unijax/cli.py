@@ -732,7 +732,10 @@ def _run_each(cfgs, store, args, progress, sync) -> tuple[list[dict], bool, bool
                     # The processes compute together: one that went on alone would wait for
                     # the others forever. End the run everywhere; finished work is kept.
                     raise
-                traceback.print_exc(file=sys.stderr)  # one process: the others still run
+                if isinstance(e, ValueError):  # a refusal of unijax's checks (a data file, a
+                    _fail(f"{name}: {e}", 1)  # value): its message names it; one line
+                else:  # a bug: the traceback says where
+                    traceback.print_exc(file=sys.stderr)  # one process: the others still run
                 rows.append({"name": name, "status": "failed",
                              "error": f"{type(e).__name__}: {e}".splitlines()[0][:160]})
     except KeyboardInterrupt:
