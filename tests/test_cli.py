@@ -160,7 +160,7 @@ def test_resume_with_other_nested_config_is_refused_naming_dotted_keys(
 
 
 def test_resume_with_other_config_is_refused_naming_keys(tmp_path, capsys):
-    from unijax import _store
+    from unijax.results import _store
 
     out = tmp_path / "out"
     _store.claim_dir(out, "run")
@@ -177,7 +177,7 @@ def test_results_of_an_older_store_format_are_refused_then_fresh_recomputes(
         tmp_path, capsys):
     """A directory written by the store format before versions (E7's sizes as flat keys):
     refused by name, before any work; --fresh recomputes it; `unijax report` says so."""
-    from unijax import _store
+    from unijax.results import _store
 
     out = tmp_path / "out"
     _store.claim_dir(out, "run")
@@ -736,7 +736,7 @@ def test_a_full_disk_is_one_line_and_the_resume_after_it_is_identical(
     import errno
     import stat
 
-    from unijax import _store
+    from unijax.results import _store
 
     _fake_chunked(monkeypatch)
     clean = tmp_path / "clean"
@@ -775,7 +775,7 @@ def test_permission_denied_on_fresh_and_on_chunks_is_one_line(tmp_path, capsys, 
     import errno
     import tempfile
 
-    from unijax import _store
+    from unijax.results import _store
 
     _fake_chunked(monkeypatch)
     out = tmp_path / "out"
@@ -848,7 +848,7 @@ def test_a_run_refused_for_its_size_stores_nothing_that_refuses_the_next_run(
 
 def test_a_second_process_on_the_same_out_is_refused_naming_the_holder(
         tmp_path, capsys, monkeypatch):
-    from unijax import _store
+    from unijax.results import _store
 
     _fake_chunked(monkeypatch)
     out = tmp_path / "out"
@@ -867,7 +867,7 @@ import sys
 
 import numpy as np
 
-from unijax import _store
+from unijax.results import _store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -896,7 +896,7 @@ def test_two_processes_writing_one_directory_many_times_never_collide(tmp_path, 
     refused naming the holder; without it (the store alone), neither removes the other's
     temporary file in flight (before, one try in three died with FileNotFoundError on
     .tmp-config.json.*). Neither process dies; the store is sound, with no temp files."""
-    from unijax import _store
+    from unijax.results import _store
 
     out = tmp_path / "out"
     script = tmp_path / "writer.py"

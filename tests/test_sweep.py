@@ -286,7 +286,7 @@ def test_cli_full_disk_is_one_line_and_the_resume_is_identical(tmp_path, capsys,
     import errno
     import stat
 
-    from unijax import _store
+    from unijax.results import _store
 
     common = ["--set", "width=8", "--set", "depth=2", "--set", "epochs=40", "--gains", "0.5,1",
               "--seeds", "2", "--no-fit", "--quiet"]

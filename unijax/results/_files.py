@@ -61,6 +61,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 
 from unijax.results._store import (
@@ -176,8 +177,6 @@ def _is_array(x: Any) -> bool:
 def _check_type(value: Any, ann: Any, where: str) -> None:
     """Raise :class:`_Bad` unless ``value`` is of the declared type ``ann`` (jaxtyping arrays:
     dtype kind and shape, dims tied within the enclosing :func:`jaxtyping.jaxtyped` call)."""
-    import jaxtyping
-
     if ann is Any:
         return
     origin, args = typing.get_origin(ann), typing.get_args(ann)
@@ -281,8 +280,6 @@ def _decode(node: Any, arrays: Mapping[str, np.ndarray], where: str, used: set) 
 def _build(cls: type, fields: Any, arrays: Mapping[str, np.ndarray], where: str,
            used: set) -> Any:
     """``cls(**fields)`` decoded and checked against ``cls``'s fields and annotations."""
-    import jaxtyping
-
     if not isinstance(fields, dict):
         raise _Bad(f"{where}.fields", f"must be an object, got {type(fields).__name__}")
     declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
