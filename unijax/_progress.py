@@ -6,7 +6,7 @@ as plain lines instead (:class:`LineProgress`): one line per step, at most one e
 :data:`LINE_INTERVAL_S` seconds (and the first and last step), each with the elapsed time and
 an estimate of the time left, with no escape codes and no blank lines::
 
-    unijax: E1: rows 3/12 (25%), 41 s elapsed, ETA 2 min
+    unijax: E1: rows: 3/12 steps (25%), 41 s elapsed, ETA 2.0 min
 
 :func:`bar` serves the library's own long calls (training over chunks of epochs, fits over
 chunks of trials): shown only on a terminal and when there is more than one step; the
