@@ -644,8 +644,7 @@ def _looks_like_old_unijax(d: Path) -> bool:
 
 
 def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = None,
-              dry_run: bool = False, log: Callable[[str], None] | None = None,
-              clean: bool = False) -> Path:
+              dry_run: bool = False, clean: bool = False) -> Path:
     """Make sure unijax may write into ``directory`` as a ``kind`` directory, and mark it.
 
     A missing or empty directory (or one holding only unijax's lock and temporary files) is
@@ -656,7 +655,6 @@ def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = Non
         kind: ``"run"``, ``"experiment"`` or ``"sweep"``.
         name: the experiment's name, recorded in a new marker.
         dry_run: check only; create and write nothing.
-        log: unused (kept for the callers' signature).
         clean: delete the provably stale ``.tmp-*`` files in it (:func:`is_stale_tmp`).
 
     Returns:
@@ -666,7 +664,6 @@ def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = Non
         ForeignDataError: unijax did not write ``directory`` (or wrote a different kind); the
             message names it and what unijax does not recognise.
     """
-    del log
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got kind={kind!r}")
     d = Path(directory)
