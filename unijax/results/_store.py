@@ -336,7 +336,7 @@ def is_stale_tmp(path: str | os.PathLike, *, now: float | None = None) -> bool:
     if m is not None and m.group(2) == _host_hash():
         pid = int(m.group(1))
         if pid == os.getpid():
-            return str(p) not in _IN_FLIGHT
+            return os.path.abspath(p) not in _IN_FLIGHT
         return not _pid_alive(pid)
     try:
         age = (time.time() if now is None else now) - p.lstat().st_mtime
@@ -363,7 +363,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name))
     except OSError as e:
         raise _named(e, path) from e
-    _IN_FLIGHT.add(tmp)
+    _IN_FLIGHT.add(os.path.abspath(tmp))
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -379,7 +379,7 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
             raise _named(e, path) from e
         raise
     finally:
-        _IN_FLIGHT.discard(tmp)
+        _IN_FLIGHT.discard(os.path.abspath(tmp))
     _fsync_dir(path.parent)
     return path
 
@@ -1085,7 +1085,7 @@ class ResultStore:
             tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix("figures"), dir=d))
         except OSError as e:
             raise _named(e, d) from e
-        _IN_FLIGHT.add(str(tmp))
+        _IN_FLIGHT.add(os.path.abspath(tmp))
         try:
             plot(tmp)
             made = sorted(p.name for p in tmp.iterdir() if p.is_file())
@@ -1107,7 +1107,7 @@ class ResultStore:
             return [d / f for f in made]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            _IN_FLIGHT.discard(str(tmp))
+            _IN_FLIGHT.discard(os.path.abspath(tmp))
 
     def load_result(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
         """``(arrays, summary)`` of a finished experiment (arrays without the store's entries).
