@@ -57,7 +57,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unijax import experiments
+from unijax import _progress, experiments
 from unijax._checks import SizeError
 from unijax._dotted import dotted_keys
 from unijax.experiments._common import BadInput, result_to_arrays
@@ -531,10 +531,9 @@ def _upstream_rates(store: ResultStore) -> dict | None:
 def _progress_factory(enabled: bool):
     """The experiments' ``progress(iterable, desc=...)``: bars on a terminal, one line per
     step (at most every few seconds, with an ETA) in a log (:mod:`unijax._progress`)."""
-    from unijax._progress import iter_progress
     from unijax.experiments._common import no_progress
 
-    return iter_progress if enabled else no_progress
+    return _progress.iter_progress if enabled else no_progress
 
 
 def _environment() -> dict[str, Any]:
@@ -790,8 +789,6 @@ def cmd_run(args) -> int:
 
 def _run_locked(cfgs, store: ResultStore, args, out: Path, sync) -> int:
     """The rest of ``cmd_run``, with the output directory held by this process."""
-    from unijax import _progress
-
     writer = sync.writer
     progress = _progress_factory(not args.no_progress)
     t0 = time.perf_counter()
@@ -830,7 +827,7 @@ def cmd_report(args) -> int:
             path, status = _write_report(d)
     except DirectoryInUseError as e:
         return _fail(str(e), 1)
-    older = _older_experiments(d)
+    older = _older_experiments(ResultStore(d, log=_warn))
     for name, version in older:
         _warn(f"{older_text(str(d / name), version)} and does not read it: recompute it with "
               f"`unijax run {name} --fresh --out {args.dir}`")
@@ -845,18 +842,13 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _older_experiments(d: Path) -> list[tuple[str, Any]]:
-    """``(name, stored version)`` of each experiment in ``d`` stored in another format."""
-    from unijax._store import _read_json
-
+def _older_experiments(store: ResultStore) -> list[tuple[str, Any]]:
+    """``(name, stored version)`` of each experiment stored in another format."""
     out = []
     for name in experiments.names():
-        for f in ("results.json", "config.json"):
-            obj = _read_json(d / name / f)
-            if obj is not None:
-                if obj.get("store_version") != STORE_VERSION:
-                    out.append((name, obj.get("store_version")))
-                break
+        stored, version = store.stored_version(name)
+        if stored and version != STORE_VERSION:
+            out.append((name, version))
     return out
 
 

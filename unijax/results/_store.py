@@ -724,6 +724,20 @@ def _clean_tmp(d: Path) -> None:
                 stale.unlink()
 
 
+def _holder(d: Path, wait_s: float = 2.0) -> dict:
+    """The lock holder's description; the holder writes it just after taking the lock, so a
+    missing one (or one left by a dead process of this host) is read again for ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read_json(d / LOCK_INFO) or {}
+        pid, host = info.get("pid"), info.get("host")
+        current = isinstance(pid, int) and not (host == socket.gethostname()
+                                                and not _pid_alive(pid))
+        if current or time.monotonic() > deadline:
+            return info if current else {}
+        time.sleep(0.05)
+
+
 @contextlib.contextmanager
 def lock_dir(directory: str | os.PathLike) -> Iterator[Path]:
     """Hold the exclusive lock of ``directory`` (created if missing) while in the block.
@@ -744,10 +758,10 @@ def lock_dir(directory: str | os.PathLike) -> Iterator[Path]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        info = _read_json(d / LOCK_INFO) or {}
+        info = _holder(d)
         who = (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, running "
                f"{info.get('command', '?')!r} since {info.get('since', '?')}" if info
-               else "a process that has not yet said who it is")
+               else "a process that did not say who it is")
         raise DirectoryInUseError(
             f"{d} is being written by another unijax process ({who}); two processes may not "
             "write one directory at once: wait for it to finish, then run again (finished "
@@ -839,6 +853,16 @@ class ResultStore:
         if obj is not None and problem is None:
             problem = _config_problem(obj)
         return (None, problem) if problem else (obj, None)
+
+    def stored_version(self, name: str) -> tuple[bool, Any]:
+        """``(stored, version)``: whether ``name`` has a readable ``results.json`` or
+        ``config.json``, and the store format version it records (None: it records none, as
+        before versions were recorded). Reads nothing else."""
+        for f in ("results.json", "config.json"):
+            obj = _read_json(self.exp_dir(name) / f)
+            if obj is not None:
+                return True, obj.get("store_version")
+        return False, None
 
     def stored_config(self, name: str) -> dict | None:
         """The ``config.json`` of experiment ``name`` (``{"config": ..., "config_hash": ...}``),
