@@ -480,3 +480,22 @@ def test_chunks_and_results_record_the_code_version(tmp_path):
         cv.as_dict()
     arrays, _ = store.load_result("E4")
     assert set(arrays) == {"d", "e"} and store.finished_result("E4", h) is not None
+
+
+def test_the_config_is_recorded_with_the_first_stored_work_not_at_begin(tmp_path):
+    """A run refused before it stores anything (too large for memory, say) must leave no
+    config behind that would refuse the next, sensible run in the same directory."""
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg(width=10**6))
+    assert not (tmp_path / "E4" / "config.json").exists()
+    assert store.stored_config("E4")["config_hash"] == h  # this store knows what it began
+    assert ResultStore(tmp_path).begin("E4", Cfg()) == _store.config_hash(Cfg())  # no refusal
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg())
+    store.save_chunk("E4", "c0", {"a": np.ones(1)}, h)
+    assert json.loads((tmp_path / "E4" / "config.json").read_text())["config_hash"] == h
+    store = ResultStore(tmp_path)
+    store.begin("E4", Cfg(), upstream={"eta_h": 1.0})
+    store.record_config("E4")  # written on demand, too
+    assert json.loads((tmp_path / "E4" / "config.json").read_text())["upstream"] == {
+        "eta_h": 1.0}

@@ -939,6 +939,11 @@ class ResultStore:
             }
         return rh
 
+    def record_config(self, name: str) -> None:
+        """Write the ``config.json`` :meth:`begin` holds back (until the first chunk or result
+        is stored) now; nothing when it is written already."""
+        self._record_config(name)
+
     def _record_config(self, name: str) -> None:
         pending = self._pending.pop(name, None)
         if pending is not None:
