@@ -32,7 +32,7 @@ types, every field of the type present and no other, each value of its field's d
 annotations tie together, e.g. a Trajectory's ``ts (n_epochs,)`` and ``hyw (..., n_epochs,
 3)``), and every array the header refers to present. A file that fails is refused with
 :class:`DamagedStoreError` naming the file and the bad field; a file of another format
-version (:data:`FORMAT_VERSION`, the store's :data:`unijax._store.STORE_VERSION`) is refused
+version (:data:`FORMAT_VERSION`, the store's :data:`STORE_VERSION`) is refused
 with :class:`OlderStoreError`, saying how to get a current one.
 
 **Errors** of the stored output (``unijax run``, :func:`unijax.sweep.run_sweep`,
