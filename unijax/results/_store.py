@@ -1116,7 +1116,10 @@ class ResultStore:
             raise _named(e, d) from e
         _IN_FLIGHT.add(os.path.abspath(tmp))
         try:
-            plot(tmp)
+            try:
+                plot(tmp)
+            except OSError as e:  # a full disk while the figures are drawn: name the folder
+                raise (e if e.filename else _named(e, d)) from e
             made = sorted(p.name for p in tmp.iterdir() if p.is_file())
             marker = read_marker(d)
             for f in made:
