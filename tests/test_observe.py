@@ -78,6 +78,16 @@ def test_trajectory_takes_tensors_of_other_frameworks():
         (dict(dx2=1.0), "exactly one of inputs"),
         (dict(inputs=[[1.0], [1.0]]), "dx2 must be finite and > 0"),
         (dict(epochs=np.zeros(10)), "epochs must be 10 strictly increasing"),
+        # Issue 21: complex values are refused (not cut to their real part), empty axes named.
+        (dict(hidden=np.ones((10, 2, 4)) * (1 + 1j)), "hidden is complex"),
+        (dict(outputs=np.ones((10, 2, 1)) + 0j), "outputs is complex"),
+        (dict(targets=np.asarray([[0.0], [1.0]]) + 2j), "targets is complex"),
+        (dict(inputs=np.asarray([[0.0], [1.0]]) * 1j), "inputs is complex"),
+        (dict(epochs=np.arange(10) + 0j), "epochs is complex"),
+        (dict(hidden=np.ones((0, 2, 4)), outputs=np.ones((0, 2, 1))), r"n_epochs >= 1"),
+        (dict(hidden=np.ones((3, 0, 10, 2, 4)), outputs=np.ones((3, 0, 10, 2, 1))),
+         "empty axis"),
+        (dict(hidden=np.ones((10, 2, 0))), "no features"),
     ],
 )
 def test_trajectory_rejects_bad_input(kw, match):
@@ -86,6 +96,12 @@ def test_trajectory_rejects_bad_input(kw, match):
     args.update(kw)
     with pytest.raises(ValueError, match=match):
         observe.trajectory(**args)
+
+
+@pytest.mark.parametrize("bad", ["text", None, [["a", "b"]], object()])
+def test_trajectory_refuses_what_is_not_numbers_naming_the_argument(bad):
+    with pytest.raises(TypeError, match="hidden must be an array of numbers"):
+        observe.trajectory(bad, np.ones((10, 2, 1)), [[0.0], [1.0]], dx2=1.0)
 
 
 def test_trajectory_equals_hidden_observables_of_a_trained_unijax_net():

@@ -71,7 +71,8 @@ def test_train_result_round_trips_exactly(grid_result, tmp_path):
     # Readable without unijax: plain NumPy, no pickle, a JSON header naming the type.
     with np.load(path, allow_pickle=False) as z:
         header = json.loads(str(z["__unijax__"]))
-    assert header["type"] == "unijax.train.TrainResult" and header["version"] == 1
+    assert header["type"] == "unijax.train.TrainResult" and header["version"] == 2
+    assert header["store_version"] == results.STORE_VERSION
     assert header["fields"]["config"]["dataclass"] == "unijax.configs.TrainConfig"
 
 
@@ -138,6 +139,101 @@ def test_missing_optional_dependency_says_what_to_install(one_layer_result, monk
         one_layer_result.to_xarray()
 
 
+def _saved_trajectory(tmp_path):
+    traj = observe.trajectory(np.random.default_rng(0).normal(size=(2, 5, 2, 3)),
+                              np.zeros((2, 5, 2, 1)), [[0.0], [1.0]], dx2=0.5)
+    path = traj.save(tmp_path / "t.npz")
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return path, arrays, json.loads(str(arrays.pop("__unijax__")))
+
+
+def _write(path, arrays, header):
+    with open(path, "wb") as f:
+        np.savez(f, **arrays, **({} if header is None else {
+            "__unijax__": np.asarray(header if isinstance(header, str) else json.dumps(header))
+        }))
+
+
+def _field(header, name):
+    return header["fields"][name]
+
+
+# Each crafted file: (how it is made from a saved Trajectory, words the refusal must contain).
+_CRAFTED = {
+    "no fields": (lambda a, h: (a, {k: v for k, v in h.items() if k != "fields"}),
+                  ["header.fields", "must be a dict"]),
+    "header not JSON": (lambda a, h: (a, "{not json"), ["header", "not a JSON text"]),
+    "header not text": (lambda a, h: ({**a, "__unijax__": np.arange(3)}, None),
+                        ["header", "not a JSON text"]),
+    "missing array": (lambda a, h: ({k: v for k, v in a.items() if k != "a1"}, h),
+                      ["Trajectory.hyw", "'a1'", "does not hold"]),
+    "unknown field": (lambda a, h: (a, {**h, "fields": {**h["fields"], "evil": 1}}),
+                      ["'evil' is not a field of Trajectory"]),
+    "missing field": (lambda a, h: (a, {**h, "fields": {k: v for k, v in h["fields"].items()
+                                                        if k != "dx2"}}),
+                      ["dx2", "missing"]),
+    "string for an array": (lambda a, h: (a, {**h, "fields": {**h["fields"], "hyw": "abc"}}),
+                            ["Trajectory.hyw", "must be an array", "abc"]),
+    "mismatched shapes": (lambda a, h: ({**a, "a0": np.arange(7.0)}, h),
+                          ["Trajectory", "shape (2, 5, 3)"]),
+    "integer where float": (lambda a, h: ({**a, "a1": np.ones((2, 5, 3), int)}, h),
+                            ["Trajectory.hyw", "int64", "Float"]),
+    "foreign type": (lambda a, h: (a, {**h, "type": "os.path.join"}),
+                     ["header.type", "not a unijax type"]),
+    "unijax non-result": (lambda a, h: (a, {**h, "type": "unijax.cli.nothing"}),
+                          ["header.type", "not a unijax result type"]),
+    "unknown node": (lambda a, h: (a, {**h, "fields": {**h["fields"], "dx2": {"code": 1}}}),
+                     ["Trajectory.dx2", "unreadable entry"]),
+    "stray array": (lambda a, h: ({**a, "zz": np.ones(2)}, h), ["zz", "not referred to"]),
+    "unknown header key": (lambda a, h: (a, {**h, "run": "me"}), ["header", "'run'"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(_CRAFTED))
+def test_a_crafted_result_file_is_refused_naming_the_file_and_the_field(tmp_path, kind):
+    path, arrays, header = _saved_trajectory(tmp_path)
+    make, words = _CRAFTED[kind]
+    _write(path, *make(arrays, header))
+    with pytest.raises(results.DamagedStoreError) as e:
+        results.load(path)
+    msg = str(e.value)
+    assert str(path) in msg and e.value.path == path, msg
+    for w in words:
+        assert w in msg, (w, msg)
+    assert "allow_pickle" not in msg
+
+
+@pytest.mark.parametrize("content", ["text", "pickle", "npy", "empty"])
+def test_a_file_that_is_not_plain_arrays_is_refused_without_suggesting_pickle(
+        tmp_path, content):
+    import pickle
+
+    path = tmp_path / "r.npz"
+    if content == "text":
+        path.write_text("hello, I am not an archive\n" * 10)
+    elif content == "pickle":
+        path.write_bytes(pickle.dumps({"a": 1}))
+    elif content == "npy":
+        np.save(path.with_suffix(".npy"), np.arange(3))
+        path.with_suffix(".npy").rename(path)
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(results.DamagedStoreError) as e:
+        results.load(path)
+    assert str(path) in str(e.value) and "allow_pickle" not in str(e.value)
+    assert "not a readable .npz" in str(e.value)
+
+
+def test_a_result_file_of_an_older_format_is_refused_saying_what_to_do(tmp_path):
+    path, arrays, header = _saved_trajectory(tmp_path)
+    old = {k: v for k, v in header.items() if k != "store_version"}
+    _write(path, arrays, {**old, "version": 1})
+    with pytest.raises(results.OlderStoreError, match=r"result format 1 .*compute the result "
+                       "again"):
+        results.load(path)
+
+
 def test_load_experiment(tmp_path):
     @dataclasses.dataclass(frozen=True)
     class Cfg:
@@ -155,6 +251,20 @@ def test_load_experiment(tmp_path):
     assert "PASSED: all good" in res.summary() and res.summary_dict()["config_hash"] == h
     with pytest.raises(FileNotFoundError, match=r"finished there: \['E9'\]"):
         results.load_experiment(tmp_path, "E1")
+    # A crafted results.json or result.npz: refused naming the file and the field.
+    for bad in ({"agreement": "yes"}, {"figures": ["../../etc/passwd"]}, {"wall_s": "abc"}):
+        summary = json.loads((tmp_path / "E9" / "results.json").read_text())
+        (tmp_path / "E9" / "results.json").write_text(json.dumps({**summary, **bad}))
+        with pytest.raises(results.DamagedStoreError, match="results.json") as e:
+            results.load_experiment(tmp_path, "E9")
+        assert next(iter(bad)) in str(e.value)
+        (tmp_path / "E9" / "results.json").write_text(json.dumps(summary))
+    (tmp_path / "E9" / "result.npz").write_text("plain text")
+    with pytest.raises(results.DamagedStoreError, match="result.npz is unreadable") as e:
+        results.load_experiment(tmp_path, "E9")
+    assert "allow_pickle" not in str(e.value)
+    with pytest.raises(ValueError, match="name='../E9'"):
+        results.load_experiment(tmp_path, "../E9")
 
 
 def test_every_result_has_the_same_summary_contract(grid_result):

@@ -76,11 +76,14 @@ def test_two_processes_refuse_a_resume_against_another_config(tmp_path):
     import dataclasses
 
     from unijax import experiments
-    from unijax.results._store import ResultStore
+    from unijax.results._store import ResultStore, claim_dir
 
     out = tmp_path / "run"
     tiny = experiments.get("E2").presets["tiny"]
-    ResultStore(out).begin("E2", dataclasses.replace(tiny, seed=tiny.seed + 1))
+    claim_dir(out, "run")  # as `unijax run` does before its experiments
+    store = ResultStore(out)
+    store.begin("E2", dataclasses.replace(tiny, seed=tiny.seed + 1))
+    store.record_config("E2")  # as a run that stored work would have
     res = _run(out, 2, "E2", "--preset", "tiny")
     for rc, _, err in res:  # both processes stop, naming the differing key
         assert rc == 2, err[-2000:]

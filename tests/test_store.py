@@ -55,17 +55,47 @@ def test_crash_between_temp_write_and_rename_keeps_old_file(tmp_path, monkeypatc
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]  # temp removed
 
 
-def test_hard_crash_leftover_temp_is_ignored_and_cleaned(tmp_path):
+def _dead_pid() -> int:
+    """The pid of a process that has ended (and was reaped)."""
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def _tag(pid: int) -> str:
+    import hashlib
+    import socket
+
+    return f"p{pid}h{hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]}"
+
+
+def test_hard_crash_leftover_temp_is_ignored_and_only_provably_stale_ones_cleaned(tmp_path):
     store = ResultStore(tmp_path)
     h = store.begin("E1", Cfg())
-    # A process killed after writing the temp file but before the rename leaves this behind:
+    store.save_chunk("E1", "other", {"a": np.ones(1)}, h)
+    # A process killed after writing the temp file but before the rename leaves this behind
+    # (its name records the pid and the host): a dead process's file is stale.
     chunks = store.exp_dir("E1") / "chunks"
-    chunks.mkdir(parents=True)
-    (chunks / ".tmp-train.npz.xyz").write_bytes(b"half a file")
+    dead = chunks / f".tmp-train.npz.{_tag(_dead_pid())}.xyz"
+    dead.write_bytes(b"half a file")
+    # Another live process of this host is writing this one right now: never touched.
+    live = chunks / f".tmp-c1.npz.{_tag(os.getppid())}.abc"
+    live.write_bytes(b"in flight")
+    # No owner recorded (another host, or an older unijax): stale only once old.
+    fresh_untagged = chunks / ".tmp-c2.npz.qqq"
+    fresh_untagged.write_bytes(b"?")
+    old_untagged = chunks / ".tmp-c3.npz.rrr"
+    old_untagged.write_bytes(b"?")
+    past = os.stat(old_untagged).st_mtime - _store.STALE_TMP_S - 60
+    os.utime(old_untagged, (past, past))
     assert not store.chunk_done("E1", "train", h)
     assert not store.is_finished("E1", h)
-    store.begin("E1", Cfg())  # resume: stray temp files are removed
-    assert not list(chunks.iterdir())
+    store.begin("E1", Cfg())  # resume: provably stale temp files are removed
+    assert sorted(p.name for p in chunks.iterdir()) == sorted(
+        [live.name, fresh_untagged.name, "other.npz"])
 
 
 def test_chunks_resume_and_hash_check(tmp_path):
@@ -94,9 +124,10 @@ def test_result_is_finished_only_with_both_files_and_same_hash(tmp_path):
 
 def test_resume_with_different_config_is_refused_naming_keys(tmp_path):
     store = ResultStore(tmp_path)
-    store.begin("E3", Cfg())
+    h = store.begin("E3", Cfg())
+    store.save_chunk("E3", "c0", {"a": np.ones(1)}, h)
     with pytest.raises(ConfigMismatchError) as err:
-        store.begin("E3", Cfg(width=16, lr=0.02))
+        ResultStore(tmp_path).begin("E3", Cfg(width=16, lr=0.02))
     assert err.value.keys == ["lr", "width"]
     assert "width" in str(err.value) and "lr" in str(err.value)
     # --fresh discards the old results and starts again.
@@ -105,7 +136,7 @@ def test_resume_with_different_config_is_refused_naming_keys(tmp_path):
 
 
 def test_config_differences_name_keys_only_one_side_has_as_absent():
-    # A config stored before a block existed (flat keys) against today's nested one.
+    # A config whose keys moved into a block, against the nested one.
     old = {"width": 16, "max_depth": None, "seeds": 2}
     new = {"size": {"width": 16, "max_depth": None}, "seeds": 2}
     keys, text = _store.config_differences(old, new)
@@ -186,7 +217,7 @@ def test_fresh_removes_only_unijax_files(tmp_path):
     left = _tree(d)
     assert left.pop("notes.txt") == b"mine" and left.pop("chunks/README") == b"mine too"
     assert left.pop("sub/result.npz") == b"not unijax's"
-    assert sorted(left) == [".unijax.json", "config.json"]  # the new start only
+    assert sorted(left) == [".unijax.json"]  # the new start only: config.json comes with work
 
 
 @pytest.mark.parametrize("fresh", [False, True])
@@ -222,7 +253,7 @@ def test_a_marker_of_another_kind_or_not_unijax_is_refused(tmp_path):
         ResultStore(tmp_path).begin("fake", Cfg())
 
 
-def _legacy(tmp_path, name="E4", cfg=Cfg()):
+def _unmarked(tmp_path, name="E4", cfg=Cfg()):
     """A directory as the unijax before markers wrote it: same layout, no marker."""
     store = ResultStore(tmp_path)
     h = _finished(store, name, cfg)
@@ -230,38 +261,70 @@ def _legacy(tmp_path, name="E4", cfg=Cfg()):
     return h
 
 
-def test_a_directory_of_an_older_unijax_is_adopted_and_resumes(tmp_path):
-    h = _legacy(tmp_path)
-    logged = []
-    store = ResultStore(tmp_path, log=logged.append)
-    assert store.begin("E4", Cfg()) == h and store.finished_result("E4", h) is not None
-    assert "older unijax" in logged[0]
-    assert _store.read_marker(tmp_path / "E4")["files"] == ["fig.png"]  # from results.json
-    store.discard("E4")  # its own files, figure included, go; the marker stays
-    assert sorted(_tree(tmp_path / "E4")) == [".unijax.json"]
-
-
-def test_an_older_unijax_directory_with_foreign_files_is_refused(tmp_path):
-    _legacy(tmp_path)
-    (tmp_path / "E4" / "my_analysis.ipynb").write_text("{}")
+def test_a_directory_of_a_unijax_before_markers_is_refused_untouched(tmp_path):
+    _unmarked(tmp_path)
     before = _tree(tmp_path)
-    with pytest.raises(_store.ForeignDataError, match="my_analysis.ipynb"):
-        ResultStore(tmp_path).begin("E4", Cfg(), fresh=True)
+    for fresh in (False, True):
+        with pytest.raises(_store.ForeignDataError, match="older than these markers"):
+            ResultStore(tmp_path).begin("E4", Cfg(), fresh=fresh)
+    with pytest.raises(_store.ForeignDataError, match="older than these markers"):
+        _store.claim_dir(tmp_path, "run")
     assert _tree(tmp_path) == before
 
 
-def test_a_run_directory_is_adopted_only_with_unijax_contents(tmp_path):
+def test_a_run_directory_with_foreign_contents_is_refused(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
     (project / "report.md").write_text("# My report\n")
-    with pytest.raises(_store.ForeignDataError, match="not empty"):
+    with pytest.raises(_store.ForeignDataError, match="not empty") as e:
         _store.claim_dir(project, "run")
-    _legacy(project)  # a unijax experiment directory in it is not enough: report.md is foreign
-    with pytest.raises(_store.ForeignDataError):
-        _store.claim_dir(project, "run")
-    (project / "report.md").write_text("# unijax report: ...\n")
-    _store.claim_dir(project, "run")
-    assert _store.read_marker(project)["adopted_from_older_unijax"] is True
+    assert "older" not in str(e.value)
+
+
+def _downgrade(d):
+    """Rewrite experiment directory ``d`` as store format 1 wrote it (no store_version)."""
+    for f in ("config.json", "results.json"):
+        if (d / f).exists():
+            obj = json.loads((d / f).read_text())
+            obj.pop("store_version")
+            (d / f).write_text(json.dumps(obj))
+    for npz in [d / "result.npz", *(d / "chunks").glob("*.npz")]:
+        arrays = _store.load_npz(npz)
+        arrays.pop(_store.VERSION_KEY)
+        with open(npz, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def test_every_stored_file_records_the_store_version(tmp_path):
+    store = ResultStore(tmp_path)
+    _finished(store)
+    d = tmp_path / "E4"
+    for f in ("config.json", "results.json", ".unijax.json"):
+        assert json.loads((d / f).read_text())["store_version"] == _store.STORE_VERSION
+    for npz in (d / "result.npz", d / "chunks" / "c0.npz"):
+        assert int(_store.load_npz(npz)[_store.VERSION_KEY]) == _store.STORE_VERSION
+
+
+def test_an_older_store_format_is_refused_by_name_and_fresh_recomputes(tmp_path):
+    store = ResultStore(tmp_path)
+    _finished(store)
+    d = tmp_path / "E4"
+    _downgrade(d)
+    with pytest.raises(ConfigMismatchError, match=r"older unijax \(store format 1; this "
+                       r"unijax reads format 2\).*--fresh") as e:
+        ResultStore(tmp_path).begin("E4", Cfg())
+    assert e.value.keys == ["store_version"]
+    with pytest.raises(_store.OlderStoreError, match=r"store format 1.*unijax run E4 --fresh"):
+        ResultStore(tmp_path).load_result("E4")
+    logged = []
+    old_chunk = ResultStore(tmp_path, log=logged.append).load_chunk(
+        "E4", "c0", _store.config_hash(Cfg()))
+    assert old_chunk is None and "older unijax" in logged[0]  # never read: recomputed
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg(), fresh=True)
+    assert not store.is_finished("E4", h) and not (d / "chunks" / "c0.npz").exists()
+    _finished(store)
+    assert store.load_result("E4")[1]["store_version"] == _store.STORE_VERSION
 
 
 def test_figures_never_overwrite_a_foreign_file(tmp_path):
@@ -357,25 +420,35 @@ def test_a_damaged_chunk_is_recomputed_and_the_others_kept(tmp_path, kind):
     assert store.chunk_done("E4", "c0", h)  # stored again, whole
 
 
-def test_an_old_chunk_without_its_member_list_raises_a_named_error(tmp_path):
-    store = ResultStore(tmp_path)
+def test_a_chunk_without_its_member_list_is_damaged_and_recomputed(tmp_path):
+    logged = []
+    store = ResultStore(tmp_path, log=logged.append)
     h = store.begin("E4", Cfg())
     store.save_chunk("E4", "c0", {"a": np.ones(2), "b": np.ones(2)}, h)
     _rewrite_npz(tmp_path / "E4" / "chunks" / "c0.npz", drop=["b"], keep_members=False)
+    assert store.load_chunk("E4", "c0", h) is None
+    assert "does not list its arrays" in logged[0]
+
+
+def test_a_stored_chunk_asked_for_an_array_it_lacks_raises_a_named_error(tmp_path):
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg())
+    store.save_chunk("E4", "c0", {"a": np.ones(2)}, h)
     got = store.chunk_cache("E4", h)("c0", lambda: pytest.fail("must be read"))
     with pytest.raises(_store.DamagedChunkError, match="chunk 'c0' of E4 has no array 'b'") as e:
         got["b"]
     assert (e.value.chunk, e.value.key) == ("c0", "b")
-    store.discard_chunk("E4", "c0")
-    assert not store.chunk_done("E4", "c0", h)
 
 
 def test_a_damaged_config_json_is_rewritten(tmp_path):
     logged = []
-    store = ResultStore(tmp_path, log=logged.append)
+    store = ResultStore(tmp_path)
     h = store.begin("E4", Cfg())
+    store.save_chunk("E4", "c0", {"a": np.ones(1)}, h)
     (tmp_path / "E4" / "config.json").write_bytes(b"\x00\xff")
+    store = ResultStore(tmp_path, log=logged.append)
     assert store.begin("E4", Cfg()) == h
+    store.save_chunk("E4", "c1", {"a": np.ones(1)}, h)
     assert store.stored_config("E4")["config_hash"] == h
     assert "config.json" in logged[0]
 
@@ -390,6 +463,7 @@ def test_upstream_inputs_are_part_of_the_stored_hash(tmp_path):
     assert h1 != plain and store.is_finished("E4", h1)
     h2 = store.begin("E4", Cfg(), upstream={"eta_h": 2.0, "source": "E1 (b)"})
     assert h2 not in (h1, plain) and not store.is_finished("E4", h2)
+    store.save_chunk("E4", "c0", {"a": np.ones(1)}, h2)
     assert "upstream" in logged[-1] and "E1 (b)" in logged[-1]
     assert store.stored_config("E4")["upstream"]["eta_h"] == 2.0
 
@@ -406,3 +480,22 @@ def test_chunks_and_results_record_the_code_version(tmp_path):
         cv.as_dict()
     arrays, _ = store.load_result("E4")
     assert set(arrays) == {"d", "e"} and store.finished_result("E4", h) is not None
+
+
+def test_the_config_is_recorded_with_the_first_stored_work_not_at_begin(tmp_path):
+    """A run refused before it stores anything (too large for memory, say) must leave no
+    config behind that would refuse the next, sensible run in the same directory."""
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg(width=10**6))
+    assert not (tmp_path / "E4" / "config.json").exists()
+    assert store.stored_config("E4")["config_hash"] == h  # this store knows what it began
+    assert ResultStore(tmp_path).begin("E4", Cfg()) == _store.config_hash(Cfg())  # no refusal
+    store = ResultStore(tmp_path)
+    h = store.begin("E4", Cfg())
+    store.save_chunk("E4", "c0", {"a": np.ones(1)}, h)
+    assert json.loads((tmp_path / "E4" / "config.json").read_text())["config_hash"] == h
+    store = ResultStore(tmp_path)
+    store.begin("E4", Cfg(), upstream={"eta_h": 1.0})
+    store.record_config("E4")  # written on demand, too
+    assert json.loads((tmp_path / "E4" / "config.json").read_text())["upstream"] == {
+        "eta_h": 1.0}

@@ -60,7 +60,10 @@ def _assert_same(a: sweep.SweepResult, b: sweep.SweepResult):
         (dict(seeds=(0, 0)), r"seeds must not repeat"),
         (dict(seeds=(-1,)), r"seeds must hold integers >= 0"),
         (dict(layers=(2,)), r"layers must lie in \[0, 1\]"),
-        (dict(seeds_per_chunk=0), r"seeds_per_chunk must be an integer >= 1"),
+        (dict(seeds_per_chunk=0), r"seeds_per_chunk=0 is out of range: must be an integer "
+                                  r">= 1"),
+        (dict(key=10**20), r"key=100000000000000000000 is out of range: must be an integer "
+                           r">= 0 and <= 9223372036854775807"),
         (dict(archs=("conv",)), r"arch 'conv' does not fit the base config"),
     ],
 )
@@ -275,6 +278,53 @@ def test_cli_runs_and_refuses_a_changed_config(tmp_path, capsys):
     assert _cli(*common, "--set", "lr=0.01") == 2
     err = capsys.readouterr().err
     assert "differing keys: train.lr (stored 0.005, now 0.01)" in err
+
+
+def test_cli_full_disk_is_one_line_and_the_resume_is_identical(tmp_path, capsys, monkeypatch):
+    """ENOSPC at the second chunk's write: one line naming the file, exit 1, the first chunk
+    kept; after the fix the same command finishes with the uninterrupted sweep's arrays."""
+    import errno
+    import stat
+
+    from unijax.results import _store
+
+    common = ["--set", "width=8", "--set", "depth=2", "--set", "epochs=40", "--gains", "0.5,1",
+              "--seeds", "2", "--no-fit", "--quiet"]
+    assert _cli(*common, "--out", tmp_path / "clean") == 0
+    real, count = os.fsync, [0]
+
+    def fsync(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode) and "/chunks/" in os.readlink(
+                f"/proc/self/fd/{fd}"):
+            count[0] += 1
+            if count[0] == 2:  # the second chunk's temporary file
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real(fd)
+
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("needs /proc to tell a chunk's write from the others")
+
+    out = tmp_path / "sw"
+    with monkeypatch.context() as m:
+        m.setattr(_store.os, "fsync", fsync)
+        assert _cli(*common, "--out", out) == 1
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "No space left on device (ENOSPC)" in lines[0] and str(out / "chunks") in lines[0]
+    assert len(list((out / "chunks").glob("*.npz"))) == 1 and not list(out.rglob(".tmp-*"))
+    assert _cli(*common, "--out", out) == 0
+    _assert_same(sweep.load_sweep(out), sweep.load_sweep(tmp_path / "clean"))
+    # The same sweep as an older store format wrote it: refused by name, both ways.
+    capsys.readouterr()
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.pop("store_version")
+    (out / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(_store.OlderStoreError, match="store format 1.*--fresh"):
+        sweep.load_sweep(out)
+    assert _cli(*common, "--out", out) == 2
+    err = capsys.readouterr().err
+    assert "older unijax (store format 1; this unijax reads format 2)" in err and "--fresh" in err
 
 
 # ---------------------------------------------------------------------------------------------

@@ -236,6 +236,61 @@ def test_final_distance_is_finite_float64_and_solves_its_quadratic(h0, y0, eh, e
     assert abs(hf * (hf - ah) - al2) <= 1e-12 * scale
 
 
+@pytest.mark.parametrize("ratio", [1e10, 1e100, 1e160, 1e300])
+def test_final_distance_at_extreme_rate_ratios_is_its_limit_not_zero(ratio):
+    """eta_h/eta_y = 1e160 overflowed A_high^2 and returned 0.0; the limit is dy2 h0/y0
+    (here 25), and A_low = sqrt(ratio dx2 dy2) when y0 = 0."""
+    h = theory.final_distance(1.0, 0.04, eta_h=ratio, eta_y=1.0, dx2=1.0, dy2=1.0)
+    np.testing.assert_allclose(h, 25.0, rtol=1e-6)
+    h = theory.final_distance(np.asarray([1.0, 2.0]), np.asarray([0.04, 0.5]), eta_h=1.0,
+                              eta_y=1.0 / ratio, dx2=1.0, dy2=1.0)
+    np.testing.assert_allclose(h, [25.0, 4.0], rtol=1e-6)
+    if ratio <= 1e300:
+        h0 = theory.final_distance(1.0, 0.0, eta_h=ratio, eta_y=1.0, dx2=1.0, dy2=1.0)
+        np.testing.assert_allclose(h0, np.sqrt(ratio), rtol=1e-4)  # + A_high/2 = 0.5
+    # The other way round (eta_y >> eta_h): the lazy limit, A_high = h0.
+    np.testing.assert_allclose(theory.final_distance(3.0, 0.04, eta_h=1.0, eta_y=ratio,
+                                                     dx2=1.0, dy2=1.0), 3.0, rtol=1e-6)
+
+
+_TSC = np.arange(12.0)
+_ZC = np.stack([np.linspace(1.0, 2.0, 12), np.linspace(0.5, 0.1, 12), np.zeros(12)], -1)
+
+# Every public entry point that takes arrays, given a complex one: refused naming it (before,
+# fit_rates and observe.trajectory cut complex values to their real part silently).
+_COMPLEX = {
+    "fit_rates Z": (lambda: fit.fit_rates(_TSC, _ZC + 1j, **DATA), "Z"),
+    "fit_rates ts": (lambda: fit.fit_rates(_TSC + 0j, _ZC, **DATA), "ts"),
+    "fit_rates init": (lambda: fit.fit_rates(_TSC, _ZC, **DATA, init=(1.0 + 1j, 1.0)), "init"),
+    "fit_eta_mean loss": (lambda: fit.fit_eta_mean(_TSC, np.ones(12) + 1j, _ZC, dy2=1.0),
+                          "loss"),
+    "fit_eta_mean z": (lambda: fit.fit_eta_mean(_TSC, np.ones(12), _ZC + 1j, dy2=1.0), "z"),
+    "pair_observables": (lambda: __import__("unijax.observe").observe.pair_observables(
+        np.ones((4, 2, 3)) + 1j, np.ones((4, 2, 1)), np.ones((2, 1))), "hidden"),
+    "trajectory": (lambda: __import__("unijax.observe").observe.trajectory(
+        np.ones((4, 2, 3)), np.ones((4, 2, 1)) * 1j, np.ones((2, 1)), dx2=1.0), "outputs"),
+    "final_distance": (lambda: theory.final_distance(1.0 + 1j, 0.1, **RATES, **DATA), "h0"),
+    "solve": (lambda: theory.solve(np.asarray(Z0) + 1j, _TSC, **RATES, **DATA), "z0"),
+    "train gains": (lambda: train.train(configs.get("default", width=4, depth=2, epochs=5),
+                                        seeds=1, gains=[1.0 + 1j]), "gains"),
+}
+
+
+@pytest.mark.parametrize("case", list(_COMPLEX))
+def test_complex_arrays_are_refused_naming_the_argument(case):
+    call, name = _COMPLEX[case]
+    with pytest.raises(ValueError, match=name) as e:
+        call()
+    assert "complex" in str(e.value) or "finite numbers" in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name", [None, 3, b"xor", ["xor"]])
+def test_data_load_refuses_a_name_that_is_not_a_string(name):
+    with pytest.raises(ValueError, match=r"name=.* must be a data set name.*two_points"):
+        data.load(name)
+
+
 _T = np.linspace(0.0, 100.0, 4)
 _ARGS = dict(**RATES, dx2=1.0)
 

@@ -54,14 +54,16 @@ def as_real_array(name: str, x) -> np.ndarray:
             f"{name}={x!r} is not an array of real numbers (ragged or mixed-type nesting)."
         ) from None
     kind = arr.dtype.kind
+    # A scalar is shown as it is; an array by its dtype and shape (its repr spans lines).
+    shown = f"{name}={x!r}" if arr.ndim == 0 else f"{name} (dtype {arr.dtype}, shape {arr.shape})"
     if kind == "b":
-        raise ValueError(f"{name}={x!r} is boolean; a real number (or array of them) is required.")
+        raise ValueError(f"{shown} is boolean; a real number (or array of them) is required.")
     if kind == "c":
-        raise ValueError(f"{name}={x!r} is complex; a real number (or array of them) is required.")
+        raise ValueError(f"{shown} is complex; a real number (or array of them) is required.")
     if kind not in "iuf" and not jnp.issubdtype(arr.dtype, jnp.floating):
         raise ValueError(
             f"{name} must hold real numbers; got {type(x).__name__} of dtype {arr.dtype} "
-            f"({x!r:.80})."
+            f"({' '.join(repr(x).split())[:80]})."
         )
     # Standard NumPy numbers stay as they are (no copy of a large data set); others
     # (bfloat16) become float64 so that every NumPy function applies.
@@ -323,10 +325,16 @@ def memory_bytes(device) -> tuple[int | None, str]:
         return None, "host memory"
 
 
+class SizeError(ValueError):
+    """A run refused up front because it would need more memory than there is (the message
+    says how much); the ``unijax`` command shows it as one line, before anything is stored."""
+
+
 def check_memory(need: int, available: int | None, where: str, what: str, advice: str) -> None:
-    """Refuse up front a run that would need more than the ``available`` bytes."""
+    """Refuse up front (:class:`SizeError`) a run that would need more than ``available``
+    bytes."""
     if available is not None and need > available:
-        raise ValueError(
+        raise SizeError(
             f"{what} would need at least {need / 2**30:.3g} GiB of {where}, more than the "
             f"{available / 2**30:.3g} GiB there is; {advice}."
         )

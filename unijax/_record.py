@@ -47,9 +47,17 @@ def pair_observables(
     Returns:
         ``(..., 3)``: ``[h, y, w]`` in the inputs' dtype (one state: ``(3,)``; one value per
         epoch for ``(n_epochs, n_points, ...)`` inputs: ``(n_epochs, 3)``).
+
+    Raises:
+        ValueError: an input is complex (its dtype is known when traced, so this holds under
+            ``jit`` too).
     """
     i, j = pair
     hidden, outputs, targets = jnp.asarray(hidden), jnp.asarray(outputs), jnp.asarray(targets)
+    for name, arr in (("hidden", hidden), ("outputs", outputs), ("targets", targets)):
+        if jnp.iscomplexobj(arr):  # |d|^2 as d * d would be complex, not a distance
+            raise ValueError(f"{name} is complex (dtype {arr.dtype}); real numbers are "
+                             "required")
     dh = hidden[..., j, :] - hidden[..., i, :]
     df = outputs[..., j, :] - outputs[..., i, :]
     dy = targets[..., j, :] - targets[..., i, :]

@@ -71,7 +71,10 @@ class AuthorsFit(NamedTuple):
 
 
 def _check(Z, dx2, dy2) -> np.ndarray:
-    Z = np.asarray(Z, dtype=np.float64)
+    Z = np.asarray(Z)
+    if np.iscomplexobj(Z):  # float64 would cut it to its real part silently
+        raise ValueError(f"Z is complex (dtype {Z.dtype}); real numbers are required")
+    Z = Z.astype(np.float64)
     if Z.ndim != 2 or Z.shape[1] != 3 or Z.shape[0] < 3:
         raise ValueError(f"Z must have shape (n_epochs >= 3, 3), got {Z.shape}")
     if not np.all(np.isfinite(Z)):

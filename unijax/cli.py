@@ -25,16 +25,27 @@ discards only those. A directory it did not write is refused (exit 2), naming th
 damaged stored file is reported on stderr and its piece of work recomputed (see
 :mod:`unijax.results._store`).
 
+One process writes an output directory at a time: a second ``unijax run`` (or ``sweep``,
+``report``) on the same ``--out`` is refused, naming the process that holds it (exit 1).
+
+Every failure of the operating system (a full disk, no permission, a name too long) is one
+line naming the path, the cause and what to do; what was stored before it is kept and checked,
+and running the same command again after the fix resumes to the same results.
+
 ``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment or the report
-failed (the others still ran and were stored); 2 bad input or a refusal to touch a file unijax
-did not write (nothing of it written); 130 interrupted (finished work is kept: run the same
-command again to resume).
+failed (the others still ran and were stored), an OS error, or the directory is in use; 2 bad
+input (a run too large for memory included) or a refusal to touch a file unijax did not write
+(nothing of it written); 130 interrupted (finished work is kept: run the same command again
+to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
+import math
 import os
 import platform
 import sys
@@ -46,15 +57,20 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from unijax import experiments
+from unijax import _progress, experiments
+from unijax._checks import SizeError
 from unijax._dotted import dotted_keys
 from unijax.experiments._common import BadInput
 from unijax.results._store import (
+    STORE_VERSION,
     ConfigMismatchError,
+    DirectoryInUseError,
     ForeignDataError,
     ResultStore,
     claim_dir,
     config_to_dict,
+    lock_dir,
+    older_text,
 )
 
 __all__ = ["main", "build_parser", "run_configs", "config_keys", "parse_sets", "apply_sets"]
@@ -105,14 +121,20 @@ def _parse_scalar(tp: Any, text: str) -> Any:
         raise ValueError("expected true or false")
     if tp is int:
         try:
-            return int(t)
+            v = int(t)
         except ValueError:
             f = float(t)  # accept "1e3" for integers when exact
-            if f.is_integer():
-                return int(f)
-            raise ValueError("expected an integer") from None
+            if not f.is_integer():  # inf and nan included
+                raise ValueError("expected an integer") from None
+            v = int(f)
+        if not -(2**63) <= v < 2**63:  # what NumPy, JAX and the stored files hold
+            raise ValueError("too large for an integer field: must lie in [-2**63, 2**63 - 1]")
+        return v
     if tp is float:
-        return float(t)
+        v = float(t)
+        if math.isinf(v) and "inf" not in t.lower():  # "1e999": beyond float64, not "inf"
+            raise ValueError("too large for a float field: must be at most 1.8e308")
+        return v
     if tp is str:
         return t
     raise ValueError(f"unsupported field type {tp}")
@@ -278,19 +300,31 @@ def _init_distributed(args: argparse.Namespace) -> None:
                            timeout_s=args.dist_timeout)
 
 
+#: Most seeds one sweep takes from the command line: its grid is a stored list of seeds (a
+#: count of 10**11 would build that list for minutes before any check could refuse it).
+MAX_SWEEP_SEEDS = 2**20
+
+
 def _parse_seeds(text: str) -> tuple[int, ...]:
     """``"16"`` (count: 0..15), ``"4:12"`` (range) or ``"0,3,7"`` (list)."""
     try:
         if ":" in text:
             a, b = text.split(":")
-            return tuple(range(int(a), int(b)))
-        if "," in text:
-            return tuple(int(v) for v in text.split(",") if v)
-        return tuple(range(int(text)))
+            lo, hi = int(a), int(b)
+        elif "," in text:
+            out = tuple(int(v) for v in text.split(",") if v)
+            lo, hi = 0, len(out)
+        else:
+            lo, hi = 0, int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--seeds {text!r}: give a count (16), a range (4:12) or a list (0,3,7)"
         ) from None
+    if hi - lo > MAX_SWEEP_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r} asks for {hi - lo} seeds; one sweep takes at most "
+            f"{MAX_SWEEP_SEEDS}: split it into several sweeps")
+    return out if "," in text else tuple(range(lo, hi))
 
 
 def _csv(conv):
@@ -338,10 +372,57 @@ def _add_sweep(sub) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _fail(msg: str) -> int:
+def _fail(msg: str, code: int = 2) -> int:
     msg = " ".join(str(msg).split())  # one line
     print(f"unijax: error: {msg}", file=sys.stderr)
-    return 2
+    return code
+
+
+#: What to do about an OS error, by errno.
+_OS_ADVICE = {
+    errno.ENOSPC: "free space there (or use another --out on a disk with room), then run the "
+                  "same command again: finished work is kept and checked",
+    errno.EDQUOT: "free space within your quota (or use another --out), then run the same "
+                  "command again: finished work is kept and checked",
+    errno.EACCES: "give yourself permission there (e.g. chmod u+w on the directory) or use "
+                  "another --out, then run the same command again",
+    errno.EPERM: "give yourself permission there (e.g. chmod u+w on the directory) or use "
+                 "another --out, then run the same command again",
+    errno.EROFS: "the file system is read-only: use another --out",
+    errno.ENAMETOOLONG: "choose a shorter --out path (each name at most 255 bytes, the whole "
+                        "path at most 4096)",
+    errno.EIO: "the disk reported an I/O error: check it, or use another --out",
+}
+
+
+def _os_fail(e: OSError) -> int:
+    """One line for an OS error (exit 1): the path, the cause, what to do."""
+    where = f"{e.filename}: " if e.filename else ""
+    cause = e.strerror or str(e)
+    code = errno.errorcode.get(e.errno, type(e).__name__) if e.errno else type(e).__name__
+    advice = _OS_ADVICE.get(e.errno, "fix the cause, then run the same command again")
+    return _fail(f"{where}{cause} ({code}); {advice}", 1)
+
+
+def _out_path(text: str, flag: str = "--out") -> Path:
+    """The path of an output-directory argument, ``~`` expanded; BadInput for a ``~user`` that
+    does not exist or a path longer than the file system allows (names it and the limit)."""
+    try:
+        out = Path(text).expanduser()
+    except RuntimeError:  # "Could not determine home directory"
+        user = text.split("/", 1)[0]
+        raise BadInput(f"{flag} {text!r}: {user!r} is not a known user, so its home directory "
+                       "is unknown; give an existing user's ~ or a plain path") from None
+    full = os.path.abspath(out)
+    if len(os.fsencode(full)) >= 4096:
+        raise BadInput(f"{flag} {text[:60]!r}...: the path is {len(os.fsencode(full))} bytes "
+                       "long; the file system allows at most 4095: choose a shorter path")
+    for part in Path(full).parts:
+        if len(os.fsencode(part)) > 255:
+            raise BadInput(f"{flag}: the name {part[:40]!r}... is {len(os.fsencode(part))} "
+                           "bytes long; the file system allows at most 255 per name: choose "
+                           "a shorter path")
+    return out
 
 
 def _check_writable(out: Path) -> None:
@@ -377,8 +458,8 @@ def run_configs(args: argparse.Namespace) -> dict[str, Any]:
             seeds = int(args.seeds)
         except ValueError:
             raise BadInput(f"--seeds {args.seeds!r} is not an integer; give N >= 1") from None
-        if seeds < 1:
-            raise BadInput(f"--seeds {seeds} is out of range; give N >= 1")
+        if not 1 <= seeds <= 2**31:  # seeds 0 .. N-1 must fit the seed range (MAX_SEED)
+            raise BadInput(f"--seeds {seeds} is out of range; give 1 <= N <= 2**31")
     if args.mnist is not None and not Path(args.mnist).expanduser().exists():
         raise BadInput(
             f"MNIST path {args.mnist!r} does not exist; give a directory of IDX files or an "
@@ -428,8 +509,7 @@ def _upstream_rates(store: ResultStore) -> dict | None:
         if not summary or not store.is_finished(src, summary.get("config_hash", "")):
             continue
         rates = (summary.get("agreement", {}).get("figures", {}) or {}).get("default_rates")
-        # Stored before the quality accounting (no n_excluded): its mean may include flagged
-        # fits, so it is not used.
+        # Only a mean over quality-checked fits (its accounting, n_excluded, recorded) is used.
         if not rates or "n_excluded" not in rates or int(rates.get("n", 0)) < 1:
             continue
         eta_h, eta_y = float(rates.get("eta_h") or "nan"), float(rates.get("eta_y") or "nan")
@@ -449,14 +529,11 @@ def _upstream_rates(store: ResultStore) -> dict | None:
 
 
 def _progress_factory(enabled: bool):
-    from tqdm.auto import tqdm
+    """The experiments' ``progress(iterable, desc=...)``: bars on a terminal, one line per
+    step (at most every few seconds, with an ETA) in a log (:mod:`unijax._progress`)."""
+    from unijax.experiments._common import no_progress
 
-    def progress(iterable, **kw):
-        kw.setdefault("leave", False)
-        kw.setdefault("dynamic_ncols", True)
-        return tqdm(iterable, disable=None if enabled else True, file=sys.stderr, **kw)
-
-    return progress
+    return _progress.iter_progress if enabled else no_progress
 
 
 def _environment() -> dict[str, Any]:
@@ -503,27 +580,10 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         return {"name": name, "status": "done earlier (skipped)", "summary": summary,
                 "wall_s": summary.get("wall_s")}
     t0 = time.perf_counter()
-    damaged: set[str] = set()
     cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
-    while True:
-        try:
-            result = mod.run(cfg, key=jax.random.key(cfg.seed),
-                             progress=progress if writer else no_progress, cache=cache,
-                             upstream=upstream)
-            break
-        except KeyError as e:
-            # A chunk an older unijax stored (without the list of its arrays) lacks one: delete
-            # and recompute the chunks that may be at fault; the others are read again. Each
-            # is stored anew with its list, so this ends.
-            suspects = [c for c in cache.suspects(e) if c not in damaged]
-            if sync.n > 1 or not suspects:
-                raise
-            damaged.update(suspects)
-            key = getattr(e, "key", e.args[0] if e.args else "?")
-            store.log(f"{name}: stored chunk(s) {', '.join(suspects)} (written by an older "
-                      f"unijax) lack array {key!r}: recomputing them")
-            for c in suspects:
-                store.discard_chunk(name, c)
+    result = mod.run(cfg, key=jax.random.key(cfg.seed),
+                     progress=progress if writer else no_progress, cache=cache,
+                     upstream=upstream)
     if not writer:
         return {"name": name, "status": "ran", "summary": {}, "wall_s": None}
     figures = store.save_figures(name, lambda folder: mod.plot(result, folder))
@@ -550,7 +610,6 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
 def _print_summary(rows: list[dict], out: Path, total: float, report_path: Path | None) -> None:
     from unijax import report
 
-    print("", file=sys.stderr)
     print(f"unijax: summary ({total / 60:.1f} min, results in {out})")
     width = max(len(r["name"]) for r in rows)
     for r in rows:
@@ -618,6 +677,9 @@ def _write_report(out: Path) -> tuple[Path | None, int]:
     except ForeignDataError as e:
         _fail(str(e))
         return None, 2
+    except OSError as e:  # a full disk, no permission: the old report (if any) stays whole
+        _os_fail(e)
+        return None, 1
     except Exception as e:  # a bug or a stored value the report cannot show
         removed = report.discard_report(out)
         _fail(f"the report could not be built ({type(e).__name__}: {e})"
@@ -648,19 +710,30 @@ def _run_each(cfgs, store, args, progress, sync) -> tuple[list[dict], bool, bool
                                      progress=progress, sync=sync))
             except KeyboardInterrupt:
                 raise
-            except ForeignDataError as e:  # one line, no traceback: a refusal, not a bug
+            except (ForeignDataError, SizeError) as e:  # one line: a refusal, not a bug
                 if sync.n > 1:
                     raise
                 _fail(str(e))
                 refused = True
                 rows.append({"name": name, "status": "failed",
-                             "error": f"refused to overwrite {e.path}"})
+                             "error": f"refused to overwrite {e.path}"
+                             if isinstance(e, ForeignDataError) else "too large (see above)"})
+            except OSError as e:  # a full disk, no permission, ...: the next would fail alike
+                if sync.n > 1:
+                    raise
+                _os_fail(e)
+                rows.append({"name": name, "status": "failed", "os_error": True,
+                             "error": f"{e.strerror or e} ({e.filename})"})
+                break
             except Exception as e:
                 if sync.n > 1:
                     # The processes compute together: one that went on alone would wait for
                     # the others forever. End the run everywhere; finished work is kept.
                     raise
-                traceback.print_exc(file=sys.stderr)  # one process: the others still run
+                if isinstance(e, ValueError):  # a refusal of unijax's checks (a data file, a
+                    _fail(f"{name}: {e}", 1)  # value): its message names it; one line
+                else:  # a bug: the traceback says where
+                    traceback.print_exc(file=sys.stderr)  # one process: the others still run
                 rows.append({"name": name, "status": "failed",
                              "error": f"{type(e).__name__}: {e}".splitlines()[0][:160]})
     except KeyboardInterrupt:
@@ -671,8 +744,8 @@ def _run_each(cfgs, store, args, progress, sync) -> tuple[list[dict], bool, bool
 def cmd_run(args) -> int:
     from unijax import distributed
 
-    out = Path(args.out).expanduser()
     try:
+        out = _out_path(args.out)
         distributed.check_process_args(args.coordinator, args.num_processes, args.process_id)
         cfgs = run_configs(args)
         _check_writable(out)
@@ -701,19 +774,30 @@ def cmd_run(args) -> int:
             return _fail(str(e))
         if msg:
             return _fail(msg)
-    if writer:
-        try:
-            claim_dir(out, "run", log=_warn, clean=True)
-        except ForeignDataError as e:
-            return _fail(str(e))
-        except OSError as e:
-            return _fail(f"output directory {str(out)!r} cannot be created ({e.strerror})")
+    with contextlib.ExitStack() as hold:
+        if writer:
+            try:
+                hold.enter_context(lock_dir(out))  # one writer per directory
+                claim_dir(out, "run", clean=True)
+            except ForeignDataError as e:
+                return _fail(str(e))
+            except DirectoryInUseError as e:
+                return _fail(str(e), 1)
+        return _run_locked(cfgs, store, args, out, sync)
 
+
+def _run_locked(cfgs, store: ResultStore, args, out: Path, sync) -> int:
+    """The rest of ``cmd_run``, with the output directory held by this process."""
+    writer = sync.writer
     progress = _progress_factory(not args.no_progress)
     t0 = time.perf_counter()
-    rows, interrupted, refused = _run_each(cfgs, store, args, progress, sync)
+    with contextlib.nullcontext() if args.no_progress else _progress.in_logs():
+        rows, interrupted, refused = _run_each(cfgs, store, args, progress, sync)
     if not writer:
         return 130 if interrupted else 0
+    if any(r.get("os_error") for r in rows):  # said above; the report would fail alike
+        _print_summary(rows, out, time.perf_counter() - t0, None)
+        return 1
     report_path, report_status = _write_report(out)
     if rows:
         _print_summary(rows, out, time.perf_counter() - t0, report_path)
@@ -729,19 +813,42 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from unijax import report
 
-    d = Path(args.dir).expanduser()
+    d = _out_path(args.dir, "report DIR")
     if not d.is_dir():
         return _fail(f"report directory {args.dir!r} does not exist or is not a directory")
     try:
         _check_writable(d)
-    except BadInput as e:
+        claim_dir(d, "run", dry_run=True)  # no lock file in a directory unijax did not write
+    except (BadInput, ForeignDataError) as e:
         return _fail(str(e))
-    path, status = _write_report(d)
+    try:
+        with lock_dir(d):
+            path, status = _write_report(d)
+    except DirectoryInUseError as e:
+        return _fail(str(e), 1)
+    older = _older_experiments(ResultStore(d, log=_warn))
+    for name, version in older:
+        _warn(f"{older_text(str(d / name), version)} and does not read it: recompute it with "
+              f"`unijax run {name} --fresh --out {args.dir}`")
     if path is None:
         return status
     n = len(report.finished(d)[0])
     print(f"report: {path} ({n} experiment(s) with results)")
+    if older:
+        return _fail(f"{args.dir} holds {len(older)} experiment(s) in an older store format "
+                     f"({', '.join(n for n, _ in older)}), left out of the report; recompute "
+                     "them with --fresh (see above)", 1)
     return 0
+
+
+def _older_experiments(store: ResultStore) -> list[tuple[str, Any]]:
+    """``(name, stored version)`` of each experiment stored in another format."""
+    out = []
+    for name in experiments.names():
+        stored, version = store.stored_version(name)
+        if stored and version != STORE_VERSION:
+            out.append((name, version))
+    return out
 
 
 def cmd_sweep(args) -> int:
@@ -763,17 +870,26 @@ def cmd_sweep(args) -> int:
             fit=not args.no_fit,
             key=args.key,
         )
-        out = Path(args.out).expanduser().resolve()
+        out = _out_path(args.out).resolve()
+        _check_writable(out)
         sweep.check_sweep_dir(cfg, out, fresh=args.fresh)  # refused before any work
         _init_distributed(args)
     except (ValueError, ConnectionError) as e:
-        print(f"unijax sweep: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e))
 
     import jax
 
     jax.config.update("jax_enable_x64", True)  # as `unijax run`: the fits are float64
-    res = sweep.run_sweep(cfg, out, progress=not args.quiet, fresh=args.fresh)
+    try:
+        res = sweep.run_sweep(cfg, out, progress=not args.quiet, fresh=args.fresh)
+    except KeyboardInterrupt:
+        print(f"unijax: interrupted; finished chunks are kept in {out}: run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    except DirectoryInUseError as e:
+        return _fail(str(e), 1)
+    except (ForeignDataError, ConfigMismatchError, SizeError) as e:
+        return _fail(str(e))
     if distributed.is_writer():
         s = res.summary_dict()
         print(
@@ -807,9 +923,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_report(args)
     except BadInput as e:
         return _fail(str(e))
-    except BrokenPipeError:  # e.g. `unijax list | head`
-        sys.stderr.close()
-        return 0
+    except DirectoryInUseError as e:
+        return _fail(str(e), 1)
+    except OSError as e:  # a full disk, no permission, ...: one line, what to do
+        if isinstance(e, BrokenPipeError):
+            sys.stderr.close()
+            return 0
+        return _os_fail(e)
 
 
 if __name__ == "__main__":

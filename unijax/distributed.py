@@ -84,15 +84,17 @@ def check_process_args(coordinator: str | None, num_processes: int, process_id: 
     """Validate the three start-up arguments (all processes must pass the same first two).
 
     Raises:
-        ValueError: ``num_processes`` not an integer >= 1; ``process_id`` not an integer in
+        ValueError: ``num_processes`` not an integer in ``[1, 2**31 - 1]``; ``process_id`` not
+            an integer in
             ``[0, num_processes)``; ``coordinator`` missing for ``num_processes > 1`` or not
             of the form HOST:PORT.
     """
     for name, v in (("num_processes", num_processes), ("process_id", process_id)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {name}={v!r}.")
-    if num_processes < 1:
-        raise ValueError(f"num_processes={num_processes} is out of range: must be >= 1.")
+    if not 1 <= num_processes <= 2**31 - 1:  # jax.distributed takes a C int
+        raise ValueError(f"num_processes={num_processes} is out of range: must be an integer "
+                         ">= 1 and <= 2**31 - 1.")
     if not 0 <= process_id < num_processes:
         raise ValueError(
             f"process_id={process_id} is out of range: must lie in [0, {num_processes - 1}] "

@@ -126,11 +126,23 @@ def _to_numpy(name: str, value: Any) -> np.ndarray:
     for method in ("detach", "cpu"):
         if hasattr(value, method) and callable(getattr(value, method)):
             value = getattr(value, method)()
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{name} must be an array of numbers, got {type(value).__name__}")
     try:
-        arr = np.asarray(value, dtype=np.float64)
+        raw = np.asarray(value)
     except (TypeError, ValueError) as e:
         raise TypeError(
             f"{name} must be an array of numbers, got {type(value).__name__}: {e}"
+        ) from e
+    if np.iscomplexobj(raw):  # float64 would silently drop the imaginary part
+        raise ValueError(f"{name} is complex (dtype {raw.dtype}, shape {raw.shape}); real "
+                         "numbers are required (as train requires)")
+    try:
+        arr = raw.astype(np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"{name} must be an array of numbers, got {type(value).__name__} of dtype "
+            f"{raw.dtype}: {' '.join(str(e).split())[:100]}"
         ) from e
     return arr
 
@@ -170,9 +182,9 @@ def trajectory(
         :class:`Trajectory` with ``hyw: (*batch, n_epochs, 3)``; ``traj.fit()`` fits it.
 
     Raises:
-        ValueError: shapes that do not agree (naming the argument and the expected shape), a
-            bad ``pair``, both or neither of ``inputs`` and ``dx2``, ``dx2 <= 0``, epochs not
-            strictly increasing.
+        ValueError: shapes that do not agree (naming the argument and the expected shape), an
+            empty axis (0 epochs, 0 features), complex values, a bad ``pair``, both or neither
+            of ``inputs`` and ``dx2``, ``dx2 <= 0``, epochs not strictly increasing.
         TypeError: an argument that is not an array of numbers.
     """
     H = _to_numpy("hidden", hidden)
@@ -191,11 +203,21 @@ def trajectory(
             f"{Y.shape}, got {F.shape}"
         )
     lead = F.shape[:-2]
+    if 0 in F.shape:
+        axes = ("n_points", "n_out") if F.shape[-3] else ("n_epochs",)
+        raise ValueError(
+            f"outputs has shape {F.shape}, with an empty axis ({', '.join(axes)} or a batch "
+            "axis of length 0): a trajectory needs at least 1 record (n_epochs >= 1) of at "
+            "least 2 points"
+        )
     if H.shape[: len(lead) + 1] != lead + (n_points,) or H.ndim < len(lead) + 2:
         raise ValueError(
             f"hidden must have shape {lead + (n_points,)} + (features...) to match outputs "
             f"{F.shape}, got {H.shape}"
         )
+    if H.size == 0:
+        raise ValueError(f"hidden has shape {H.shape}: no features (a feature axis of length "
+                         "0); the hidden representations need at least 1 feature")
     H = H.reshape(lead + (n_points, -1))
     try:
         i, j = (int(v) for v in pair)

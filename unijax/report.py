@@ -225,7 +225,7 @@ def write_report(outdir: str | os.PathLike, *,
     Raises:
         ForeignDataError: ``outdir`` or its ``report.md`` was not written by unijax.
     """
-    d = claim_dir(outdir, "run", log=log)
+    d = claim_dir(outdir, "run")
     path = d / REPORT_NAME
     if (path.exists() or path.is_symlink()) and not is_own_report(path):
         raise ForeignDataError(

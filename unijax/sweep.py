@@ -47,6 +47,7 @@ writes the merged result after a barrier, and every process returns it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -61,7 +62,16 @@ import numpy as np
 from . import _batch, distributed, fit, nets, train
 from ._checks import check_seeds  # the same seed rules as train (range, no repeats)
 from .configs import TrainConfig
-from .results._store import ResultStore, claim_dir, config_hash
+from .results._store import (
+    STORE_VERSION,
+    DamagedStoreError,
+    OlderStoreError,
+    ResultStore,
+    claim_dir,
+    config_hash,
+    lock_dir,
+    older_text,
+)
 
 __all__ = [
     "SweepConfig",
@@ -117,7 +127,7 @@ class SweepConfig:
             the grid). The last block is padded with repeats of its last seed/gain (computed,
             then dropped) so that every chunk has the same shape and compiles once.
         fit: fit ``(eta_h, eta_y)`` to every recorded layer of every non-diverged trial.
-        key: integer seed of the base ``jax.random.key``.
+        key: integer seed of the base ``jax.random.key``, in ``[0, 2**63 - 1]``.
 
     Raises:
         ValueError: any field out of range, naming it, its value and the valid range.
@@ -162,8 +172,10 @@ class SweepConfig:
         for name in ("seeds_per_chunk", "gains_per_chunk", "key"):
             v = getattr(self, name)
             low = 0 if name == "key" else 1
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {name}={v!r}.")
+            high = 2**63 - 1 if name == "key" else 2**31 - 1  # key: what jax.random.key takes
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not low <= v <= high:
+                raise ValueError(f"{name}={v!r} is out of range: must be an integer >= {low} "
+                                 f"and <= {high}.")
             object.__setattr__(self, name, int(v))
         if not isinstance(self.fit, (bool, np.bool_)):
             raise ValueError(f"fit must be True or False, got fit={self.fit!r}.")
@@ -504,8 +516,11 @@ def run_sweep(
     Raises:
         ForeignDataError (a ValueError): ``outdir`` exists and unijax did not write it (or it
             is not a sweep directory); nothing in it is touched.
-        ConfigMismatchError (a ValueError): ``outdir`` holds a sweep with another config;
-            its message and ``.keys`` name the differing keys (dotted, e.g. ``train.width``).
+        ConfigMismatchError (a ValueError): ``outdir`` holds a sweep with another config (or
+            of an older store format); its message and ``.keys`` name the differing keys
+            (dotted, e.g. ``train.width``).
+        DirectoryInUseError: another process is writing ``outdir`` (named in the message).
+        OSError: a write failed (a full disk, no permission); finished chunks are kept.
         FileNotFoundError: after all processes finished, a chunk file is missing (``outdir``
             not on a shared file system).
     """
@@ -514,15 +529,30 @@ def run_sweep(
     outdir = Path(outdir).expanduser().resolve()
     store = ResultStore(outdir.parent)
     name = outdir.name
-    pid, nproc = jax.process_index(), jax.process_count()
+    pid = jax.process_index()
 
     h = config_hash(cfg)
-    if pid == 0:
-        claim_dir(outdir, "sweep", dry_run=True)  # a foreign directory: refused, untouched
-        if not fresh:
-            _check_resume(store, name, cfg)
-        # Claims and marks the directory, records config.json, cleans stray temp files.
-        store.begin(name, cfg, fresh=fresh, kind="sweep")
+    with contextlib.ExitStack() as hold:
+        if pid == 0:
+            claim_dir(outdir, "sweep", dry_run=True)  # a foreign directory: refused, untouched
+            if not fresh:
+                _check_resume(store, name, cfg)
+            hold.enter_context(lock_dir(outdir))  # one writing run per directory
+            # Claims and marks the directory, cleans stale temp files; config.json is
+            # recorded with the first stored chunk.
+            store.begin(name, cfg, fresh=fresh, kind="sweep")
+        return _run_sweep(cfg, outdir, store, h, progress)
+
+
+def _run_sweep(cfg: SweepConfig, outdir: Path, store: ResultStore, h: str,
+               progress: bool) -> SweepResult:
+    """The rest of :func:`run_sweep`, with ``outdir`` held (process 0)."""
+    import jax
+
+    from . import distributed
+
+    name = outdir.name
+    pid, nproc = jax.process_index(), jax.process_count()
     _barrier("begin", h)
     if pid != 0:
         _check_resume(store, name, cfg)
@@ -582,13 +612,28 @@ def _result(cfg: SweepConfig, arrays: dict, n_chunks: int, n_computed: int) -> S
 
 
 def load_sweep(outdir: str | Path) -> SweepResult:
-    """The finished sweep stored in ``outdir`` (raises FileNotFoundError if unfinished)."""
+    """The finished sweep stored in ``outdir``.
+
+    Raises:
+        FileNotFoundError: not a sweep directory, or the sweep is unfinished or damaged.
+        OlderStoreError: stored by an older unijax (another store format): recompute it.
+        DamagedStoreError: its ``config.json`` does not hold a valid sweep config.
+    """
     outdir = Path(outdir).expanduser().resolve()
     store = ResultStore(outdir.parent)
     stored = store.stored_config(outdir.name)
     if stored is None:
         raise FileNotFoundError(f"{outdir / 'config.json'} does not exist: not a sweep directory.")
-    cfg = SweepConfig.from_dict(stored["config"])
+    if stored.get("store_version") != STORE_VERSION:
+        raise OlderStoreError(
+            f"{older_text(str(outdir), stored.get('store_version'))} and does not read it: "
+            "run the sweep again with --fresh (fresh=True) to recompute it", outdir)
+    try:
+        cfg = SweepConfig.from_dict(stored["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise DamagedStoreError(f"{outdir / 'config.json'} does not hold a valid sweep config "
+                                f"({type(e).__name__}: {' '.join(str(e).split())[:160]})",
+                                outdir / "config.json") from None
     got = store.finished_result(outdir.name, config_hash(cfg), require=_fields(cfg))
     if got is None:
         raise FileNotFoundError(

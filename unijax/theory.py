@@ -742,7 +742,9 @@ def final_distance(
         dx2, dy2: squared input (> 0) and output (>= 0) distances.
 
     Returns:
-        The stable fixed point ``h_+`` (a *squared* distance).
+        The stable fixed point ``h_+`` (a *squared* distance). Finite for any rate ratio
+        whose answer is (e.g. ``eta_h/eta_y = 1e160`` with ``y0 > 0`` tends to
+        ``dy2 h0 / y0``); ``inf`` only where ``h_+`` itself exceeds float64's range.
 
     Raises:
         ValueError: ``h0 <= 0``, ``y0 < 0``, rates or ``dx2`` not > 0, ``dy2 < 0``, or any
@@ -751,11 +753,25 @@ def final_distance(
     """
     ah = a_high(h0, y0, eta_h=eta_h, eta_y=eta_y, dx2=dx2)
     al2 = (eta_h / eta_y) * dx2 * dy2
-    root = jnp.sqrt(ah**2 / 4.0 + al2)
+    q = ah**2 / 4.0 + al2
+    root = jnp.sqrt(q)
     # For A_high < 0 the two terms cancel; the rationalized form A_low^2 / (root - A_high/2)
     # keeps full precision (lazy regime with anti-aligned initial outputs).
     safe = jnp.where(ah < 0, root - ah / 2.0, 1.0)
-    return jnp.where(ah < 0, al2 / safe, ah / 2.0 + root)
+    plain = jnp.where(ah < 0, al2 / safe, ah / 2.0 + root)
+    # A rate ratio far from 1 (eta_h/eta_y = 1e160) overflows A_high^2 or A_low^2, and the
+    # plain form returns 0 (or NaN). The same root written with K = y0/h0 - c h0 and
+    # c = eta_y/(eta_h dx2) (section 5: c h^2 + K h - dy2 = 0) squares nothing large: hypot
+    # for the discriminant, and the rationalized branch 2 dy2/(K + disc) for K >= 0. It is
+    # used only where the plain form overflows, so results elsewhere stay bit for bit.
+    c = eta_y / (eta_h * dx2)
+    k = y0 / h0 - c * h0
+    disc = jnp.hypot(k, 2.0 * jnp.sqrt(c * dy2))
+    den = jnp.where(k + disc > 0, k + disc, 1.0)
+    c_safe = jnp.where(c > 0, c, 1.0)
+    stable = jnp.where(k >= 0, jnp.where(k + disc > 0, 2.0 * dy2 / den, 0.0),
+                       jnp.where(c > 0, (disc - k) / (2.0 * c_safe), jnp.inf))
+    return jnp.where(jnp.isfinite(q), plain, stable)
 
 
 def rich_limit(*, eta_h: Scalar, eta_y: Scalar, dx2, dy2) -> Float[Array, "*b"]:

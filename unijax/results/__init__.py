@@ -16,7 +16,13 @@ from unijax.results._files import (
     to_dataframe,
     to_xarray,
 )
-from unijax.results._store import ConfigMismatchError, DamagedStoreError, ForeignDataError
+from unijax.results._store import (
+    STORE_VERSION,
+    ConfigMismatchError,
+    DamagedStoreError,
+    ForeignDataError,
+    OlderStoreError,
+)
 
 __all__ = [
     "save",
@@ -29,6 +35,8 @@ __all__ = [
     "ConfigMismatchError",
     "ForeignDataError",
     "DamagedStoreError",
+    "OlderStoreError",
     "FORMAT",
     "FORMAT_VERSION",
+    "STORE_VERSION",
 ]

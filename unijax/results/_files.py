@@ -12,7 +12,8 @@ output as an :class:`ExperimentResult`. They share one contract:
 readable without unijax: ``numpy.load(path)``; no pickle) holding every array of the result
 under ``a0, a1, ...`` and a JSON header under ``__unijax__``::
 
-    {"format": "unijax-result", "version": 1, "type": "unijax.train.TrainResult",
+    {"format": "unijax-result", "version": 2, "store_version": 2,
+     "type": "unijax.train.TrainResult",
      "fields": {"gains": {"array": "a0", "jax": true}, "h": {"array": "a2", "jax": true},
                 "final_params": null, "name": "default", "pair": {"tuple": [0, 1]},
                 "config": {"dataclass": "unijax.configs.TrainConfig", "fields": {...}}, ...}}
@@ -23,6 +24,16 @@ common extension), ``{"tuple": [...]}``, ``{"list": [...]}``, ``{"dict": [[key, 
 (order kept; nested parameter trees) and unijax dataclasses by their import path. Loading
 rebuilds the same type with equal arrays of the same dtypes (with JAX's x64 mode as when the
 result was made: JAX keeps 64-bit arrays only in x64 mode).
+
+**A file is data, never code.** :func:`load` reads it with ``allow_pickle=False`` and checks
+the header against the type's schema before building anything: the header's keys and their
+types, every field of the type present and no other, each value of its field's declared type
+(arrays where arrays are declared, with the declared dtype kind and the shapes the type's
+annotations tie together, e.g. a Trajectory's ``ts (n_epochs,)`` and ``hyw (..., n_epochs,
+3)``), and every array the header refers to present. A file that fails is refused with
+:class:`DamagedStoreError` naming the file and the bad field; a file of another format
+version (:data:`FORMAT_VERSION`, the store's :data:`STORE_VERSION`) is refused
+with :class:`OlderStoreError`, saying how to get a current one.
 
 **Errors** of the stored output (``unijax run``, :func:`unijax.sweep.run_sweep`,
 :func:`load_experiment`), all ``ValueError``: :class:`ConfigMismatchError` (a directory holds
@@ -40,6 +51,9 @@ import dataclasses
 import importlib
 import json
 import os
+import re
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,14 +61,24 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 
-from unijax.results._store import ResultStore, atomic_save_npz, load_npz
+from unijax.results._store import (
+    STORE_VERSION,
+    DamagedStoreError,
+    OlderStoreError,
+    ResultStore,
+    atomic_save_npz,
+    load_npz,
+)
 
 #: Name of the format in the header of a saved result.
 FORMAT = "unijax-result"
-#: Version of the format (bumped when a saved file could not be read by an older unijax).
-FORMAT_VERSION = 1
+#: Version of the format (bumped when a saved file would be read differently); files of
+#: another version are refused. Version 2: the header records the store version and is
+#: checked against the type's schema.
+FORMAT_VERSION = 2
 _HEADER = "__unijax__"
 
 
@@ -117,34 +141,170 @@ class _Encoder:
         raise TypeError(f"{where}: cannot save a value of type {type(value).__name__}")
 
 
-def _import_class(path: str) -> type:
+_MODULE = re.compile(r"unijax(\.[a-z_][a-z0-9_]*)+")
+_NODE_KEYS = ({"array", "kind"}, {"tuple"}, {"list"}, {"dict"}, {"dataclass", "fields"})
+_HEADER_KEYS = {"format": str, "version": int, "store_version": int, "type": str,
+                "fields": dict}
+
+
+class _Bad(ValueError):
+    """A header that does not fit the schema; ``where`` names the field."""
+
+    def __init__(self, where: str, problem: str):
+        super().__init__(f"{where}: {problem}")
+
+
+def _import_class(path: Any, where: str) -> type:
+    """The unijax dataclass ``path`` names (only ``unijax.<module>.<Class>``)."""
+    if not isinstance(path, str):
+        raise _Bad(where, f"a type name must be a string, got {type(path).__name__}")
     module, _, name = path.rpartition(".")
-    if not module.startswith("unijax."):
-        raise ValueError(f"refusing to load type {path!r}: not a unijax type")
-    cls = getattr(importlib.import_module(module), name, None)
-    if cls is None or not dataclasses.is_dataclass(cls):
-        raise ValueError(f"unknown result type {path!r} in the file")
+    if not _MODULE.fullmatch(module) or not name.isidentifier():
+        raise _Bad(where, f"{path!r} is not a unijax type")
+    try:
+        cls = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        cls = None
+    if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)):
+        raise _Bad(where, f"{path!r} is not a unijax result type")
     return cls
 
 
-def _decode(node: Any, arrays: Mapping[str, np.ndarray]) -> Any:
+def _is_array(x: Any) -> bool:
+    return isinstance(x, (jax.Array, np.ndarray, np.generic))
+
+
+def _check_type(value: Any, ann: Any, where: str) -> None:
+    """Raise :class:`_Bad` unless ``value`` is of the declared type ``ann`` (jaxtyping arrays:
+    dtype kind and shape, dims tied within the enclosing :func:`jaxtyping.jaxtyped` call)."""
+    if ann is Any:
+        return
+    origin, args = typing.get_origin(ann), typing.get_args(ann)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for a in args:
+            try:
+                _check_type(value, a, where)
+                return
+            except _Bad as e:
+                errors.append(str(e).split(": ", 1)[1])
+        raise _Bad(where, " or ".join(dict.fromkeys(errors)))
+    if ann is type(None):
+        if value is not None:
+            raise _Bad(where, f"must be null, got {type(value).__name__}")
+        return
+    if isinstance(ann, type) and issubclass(ann, jaxtyping.AbstractArray):
+        if not _is_array(value):
+            raise _Bad(where, f"must be an array, got {type(value).__name__} {value!r:.40}")
+        check = ann if isinstance(value, jax.Array) else ann.dtype[np.ndarray, ann.dim_str]
+        arr = value if isinstance(value, jax.Array) else np.asarray(value)
+        if not isinstance(arr, check):
+            raise _Bad(where, f"array of dtype {arr.dtype} and shape {arr.shape} does not fit "
+                       f"{ann.dtype.__name__}[{ann.dim_str!r}] (or the shapes of the other "
+                       "fields)")
+        return
+    if ann is jax.Array:
+        if not _is_array(value):
+            raise _Bad(where, f"must be an array, got {type(value).__name__} {value!r:.40}")
+        return
+    if ann in (int, float, bool, str):
+        boolean = isinstance(value, (bool, np.bool_))
+        ok = (boolean if ann is bool
+              else isinstance(value, str) if ann is str
+              else isinstance(value, (int, np.integer)) and not boolean if ann is int
+              else isinstance(value, (int, float, np.integer, np.floating)) and not boolean)
+        if not ok:
+            raise _Bad(where, f"must be {ann.__name__}, got {type(value).__name__} "
+                       f"{value!r:.40}")
+        return
+    if ann is tuple or origin is tuple:
+        if not isinstance(value, tuple):
+            raise _Bad(where, f"must be a tuple, got {type(value).__name__}")
+        if args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise _Bad(where, f"must have {len(args)} entries, got {len(value)}")
+            for i, (v, a) in enumerate(zip(value, args, strict=True)):
+                _check_type(v, a, f"{where}[{i}]")
+        elif args:
+            for i, v in enumerate(value):
+                _check_type(v, args[0], f"{where}[{i}]")
+        return
+    if isinstance(ann, type) and dataclasses.is_dataclass(ann):
+        if not isinstance(value, ann):
+            raise _Bad(where, f"must be a {ann.__name__}, got {type(value).__name__}")
+        return
+    if isinstance(ann, type) and not isinstance(value, ann):
+        raise _Bad(where, f"must be {ann.__name__}, got {type(value).__name__}")
+
+
+def _decode(node: Any, arrays: Mapping[str, np.ndarray], where: str, used: set) -> Any:
     if node is None or isinstance(node, (bool, int, float, str)):
         return node
+    if not isinstance(node, dict) or set(node) not in _NODE_KEYS:
+        shown = sorted(node) if isinstance(node, dict) else type(node).__name__
+        raise _Bad(where, f"unreadable entry ({shown}); expected a value, an array, a tuple, "
+                   "a list, a dict or a unijax dataclass")
     if "array" in node:
-        arr = arrays[node["array"]]
-        if node["kind"] == "jax":
+        name, kind = node["array"], node["kind"]
+        if not isinstance(name, str) or name not in arrays:
+            raise _Bad(where, f"refers to array {name!r}, which the file does not hold")
+        if kind not in ("jax", "numpy", "scalar"):
+            raise _Bad(where, f"array kind {kind!r} is not jax, numpy or scalar")
+        arr = arrays[name]
+        if arr.dtype.kind not in "biufc" or arr.dtype.kind == "c" and kind == "jax":
+            raise _Bad(where, f"array {name!r} has dtype {arr.dtype}, not a number type")
+        used.add(name)
+        if kind == "jax":
             return jnp.asarray(arr)
-        return arr[()] if node["kind"] == "scalar" else arr
-    if "tuple" in node:
-        return tuple(_decode(v, arrays) for v in node["tuple"])
-    if "list" in node:
-        return [_decode(v, arrays) for v in node["list"]]
+        if kind == "scalar":
+            if arr.ndim != 0:
+                raise _Bad(where, f"scalar array {name!r} has shape {arr.shape}")
+            return arr[()]
+        return arr
+    if "tuple" in node or "list" in node:
+        items = node.get("tuple", node.get("list"))
+        if not isinstance(items, list):
+            raise _Bad(where, "a tuple or list must hold a JSON list")
+        out = [_decode(v, arrays, f"{where}[{i}]", used) for i, v in enumerate(items)]
+        return tuple(out) if "tuple" in node else out
     if "dict" in node:
-        return {k: _decode(v, arrays) for k, v in node["dict"]}
-    if "dataclass" in node:
-        cls = _import_class(node["dataclass"])
-        return cls(**{k: _decode(v, arrays) for k, v in node["fields"].items()})
-    raise ValueError(f"unreadable entry in the file's header: {node!r}")
+        pairs = node["dict"]
+        if not isinstance(pairs, list) or not all(
+                isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) for p in pairs):
+            raise _Bad(where, "a dict must hold a list of [string key, value] pairs")
+        return {k: _decode(v, arrays, f"{where}[{k!r}]", used) for k, v in pairs}
+    cls = _import_class(node["dataclass"], where)
+    return _build(cls, node["fields"], arrays, where, used)
+
+
+def _build(cls: type, fields: Any, arrays: Mapping[str, np.ndarray], where: str,
+           used: set) -> Any:
+    """``cls(**fields)`` decoded and checked against ``cls``'s fields and annotations."""
+    if not isinstance(fields, dict):
+        raise _Bad(f"{where}.fields", f"must be an object, got {type(fields).__name__}")
+    declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(fields) - set(declared))
+    if unknown:
+        raise _Bad(where, f"{', '.join(map(repr, unknown))} is not a field of "
+                   f"{cls.__qualname__} (its fields: {', '.join(declared)})")
+    missing = [k for k, f in declared.items() if k not in fields and f.default is
+               dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise _Bad(where, f"field(s) {', '.join(missing)} of {cls.__qualname__} missing")
+    values = {k: _decode(v, arrays, f"{where}.{k}", used) for k, v in fields.items()}
+    hints = typing.get_type_hints(cls)
+
+    @jaxtyping.jaxtyped(typechecker=None)  # dims named alike must agree across fields
+    def check_all():
+        for k, v in values.items():
+            _check_type(v, hints.get(k, Any), f"{where}.{k}")
+
+    check_all()
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise _Bad(where, f"the fields do not make a {cls.__qualname__}: "
+                   f"{' '.join(str(e).split())[:200]}") from None
 
 
 def save(path: str | os.PathLike, result: eqx.Module) -> Path:
@@ -172,7 +332,8 @@ def save(path: str | os.PathLike, result: eqx.Module) -> Path:
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
     enc = _Encoder()
-    header = {"format": FORMAT, "version": FORMAT_VERSION, "type": _qualname(type(result)),
+    header = {"format": FORMAT, "version": FORMAT_VERSION, "store_version": STORE_VERSION,
+              "type": _qualname(type(result)),
               "fields": enc(result, type(result).__name__)["fields"]}
     arrays = dict(enc.arrays)
     arrays[_HEADER] = np.asarray(json.dumps(header))
@@ -182,20 +343,58 @@ def save(path: str | os.PathLike, result: eqx.Module) -> Path:
 def load(path: str | os.PathLike) -> Any:
     """Load a result written by :func:`save`: the same type, with equal fields.
 
+    The file is never unpickled, and its header is checked against the type's schema before
+    anything is built (see the module docstring).
+
     Raises:
-        ValueError: not a unijax result file, or written by a newer version of the format.
+        FileNotFoundError: ``path`` does not exist.
+        OlderStoreError: written in another format version (says how to get a current file).
+        DamagedStoreError (a ValueError): not a unijax result file, or its header does not fit
+            the schema; the message names the file and the bad field.
     """
+    path = Path(path)
     arrays = load_npz(path)
     if _HEADER not in arrays:
-        raise ValueError(f"{path} is not a saved unijax result (no {_HEADER!r} entry)")
-    header = json.loads(str(arrays.pop(_HEADER)))
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {header.get('format')!r}")
-    if header.get("version", 0) > FORMAT_VERSION:
-        raise ValueError(f"{path}: format version {header['version']} is newer than this "
-                         f"unijax reads ({FORMAT_VERSION}); upgrade unijax")
-    cls = _import_class(header["type"])
-    return cls(**{k: _decode(v, arrays) for k, v in header["fields"].items()})
+        raise DamagedStoreError(f"{path} is not a saved unijax result (no {_HEADER!r} entry)",
+                                path)
+    raw = arrays.pop(_HEADER)
+    try:
+        if raw.ndim != 0 or raw.dtype.kind != "U":
+            raise ValueError(f"an array of dtype {raw.dtype} and shape {raw.shape}")
+        header = json.loads(str(raw))
+    except (ValueError, RecursionError) as e:
+        raise DamagedStoreError(f"{path}: its header {_HEADER!r} is not a JSON text "
+                                f"({' '.join(str(e).split())[:120]})", path) from None
+    try:
+        if not isinstance(header, dict):
+            raise _Bad("header", f"must be a JSON object, got {type(header).__name__}")
+        if header.get("format") != FORMAT:
+            raise _Bad("header.format", f"{header.get('format')!r} is not {FORMAT!r}")
+        if header.get("version") != FORMAT_VERSION or header.get(
+                "store_version") != STORE_VERSION:
+            raise OlderStoreError(
+                f"{path} was written in result format {header.get('version')!r} (store "
+                f"format {header.get('store_version', 1)!r}); this unijax reads format "
+                f"{FORMAT_VERSION} (store format {STORE_VERSION}) only: compute the result "
+                "again with this unijax and save it", path)
+        extra = sorted(set(header) - set(_HEADER_KEYS))
+        if extra:
+            raise _Bad("header", f"unknown key(s) {', '.join(map(repr, extra))}")
+        for k, tp in _HEADER_KEYS.items():
+            if not isinstance(header.get(k), tp):
+                raise _Bad(f"header.{k}", f"must be a {tp.__name__}, got "
+                           f"{type(header.get(k)).__name__}")
+        cls = _import_class(header["type"], "header.type")
+        used: set[str] = set()
+        result = _build(cls, header["fields"], arrays, cls.__name__, used)
+        unused = sorted(set(arrays) - used)
+        if unused:
+            raise _Bad("header", f"array(s) {', '.join(unused)} in the file are not referred "
+                       "to by any field")
+        return result
+    except _Bad as e:
+        raise DamagedStoreError(f"{path} does not hold a valid unijax result: {e}",
+                                path) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,8 +558,15 @@ def load_experiment(outdir: str | os.PathLike, name: str) -> ExperimentResult:
 
     Raises:
         FileNotFoundError: the experiment has not finished there (naming what is there).
-        ValueError: the two files come from different configs.
+        ValueError: ``name`` is not a plain name.
+        OlderStoreError: it was stored in an older store format (says how to recompute it).
+        DamagedStoreError (a ValueError): a stored file is damaged, crafted or inconsistent
+            (the two files from different configs included); the message names the file and
+            the field.
     """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise ValueError(f"name={name!r} is not an experiment's name (e.g. 'E3'): letters, "
+                         "digits, '_', '.', '-'")
     store = ResultStore(outdir)
     d = store.exp_dir(name)
     if not (d / "results.json").exists():

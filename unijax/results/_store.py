@@ -21,17 +21,28 @@ figures listed in the marker, ``chunks/*.npz``, temporary ``.tmp-*`` files, and 
 when it starts with the unijax report heading. Anything else is never touched, ``fresh``
 included. :func:`claim_dir` decides whether a directory may be used: it creates and marks a new
 (or empty) one, accepts one it marked, and refuses any other with :class:`ForeignDataError`
-naming the path. A directory an older unijax wrote (no marker) is adopted, i.e. marked and then
-used, only when everything in it has unijax's layout (an experiment or sweep directory:
-a ``config.json`` with a config hash, and nothing but unijax's own names; a run directory: at
-least one such subdirectory, and no ``report.md`` but unijax's own); otherwise it is refused,
-naming what unijax does not recognise.
+naming the path (an unmarked directory of an unijax older than the markers included).
+
+**One writer per directory.** :func:`lock_dir` holds an exclusive lock (``filelock``) on
+``.unijax.lock`` in the directory while a process writes there (``unijax run``,
+:func:`unijax.sweep.run_sweep`, ``unijax report``); a second process is refused with
+:class:`DirectoryInUseError`, naming the holder (pid, host, command) from
+``.unijax.lock.json``.
+
+**A versioned store.** Every stored file carries the store format version
+:data:`STORE_VERSION` (``config.json``, ``results.json`` and the marker as ``store_version``;
+every chunk and ``result.npz`` as the entry ``__store_version__``). Files of another version
+are not read: :meth:`ResultStore.check` refuses a directory begun by another version (``--fresh``
+recomputes it) and :meth:`ResultStore.load_result` raises :class:`OlderStoreError`.
 
 **Atomic writes.** Every file is written to a temporary file in the same directory (name
 starting with ``.tmp-``), flushed and ``fsync``-ed, then moved over the target with
 ``os.replace`` (atomic on POSIX and Windows), and the directory is ``fsync``-ed. A crash leaves
-either the old file or the new one, never a torn one; stray ``.tmp-*`` files are ignored and
-cleaned up on the next start.
+either the old file or the new one, never a torn one. A temporary file's name records the
+process that made it (pid and a hash of the host name); stray ``.tmp-*`` files are ignored, and
+removed only when provably stale: made by a process of this host that is gone (or by this
+process and no longer being written), or older than :data:`STALE_TMP_S` seconds. Every OS
+error of a write (a full disk, no permission, a name too long) names the file it was writing.
 
 **Never trust a damaged file.** Every chunk and result carries the sha256 hash of its config
 (:func:`config_hash`; for an experiment that used upstream rates, of the config and those
@@ -53,10 +64,11 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +83,10 @@ __all__ = [
     "ConfigMismatchError",
     "DamagedChunkError",
     "DamagedStoreError",
+    "DirectoryInUseError",
     "ForeignDataError",
+    "OlderStoreError",
+    "STORE_VERSION",
     "ResultStore",
     "atomic_save_json",
     "atomic_save_npz",
@@ -84,6 +99,7 @@ __all__ = [
     "diff_configs",
     "is_own_report",
     "load_npz",
+    "lock_dir",
     "read_marker",
     "run_hash",
     "to_jsonable",
@@ -95,10 +111,23 @@ HASH_KEY = "__config_hash__"
 MEMBERS_KEY = "__members__"
 #: Entry holding the JSON of the code version that wrote a stored ``.npz``.
 CODE_KEY = "__code_version__"
-_META_KEYS = (HASH_KEY, MEMBERS_KEY, CODE_KEY)
+#: Entry holding the store format version of a stored ``.npz`` (see :data:`STORE_VERSION`).
+VERSION_KEY = "__store_version__"
+_META_KEYS = (HASH_KEY, MEMBERS_KEY, CODE_KEY, VERSION_KEY)
+#: Version of the store's layout and file contents. Bumped whenever a stored file of the
+#: previous version would be read differently; files of another version are not read.
+#: Version 2: every file records it; chunks list their arrays; config.json has run_hash.
+STORE_VERSION = 2
 _TMP_PREFIX = ".tmp-"
+#: A temporary file of another host (or without the owner's tag) counts as stale after this
+#: many seconds; the longest write unijax makes takes seconds.
+STALE_TMP_S = 6 * 3600.0
 #: The marker file of every directory unijax creates.
 MARKER = ".unijax.json"
+#: The lock file (:func:`lock_dir`) and the holder's description next to it.
+LOCK_NAME = ".unijax.lock"
+LOCK_INFO = ".unijax.lock.json"
+_OWN_HIDDEN = (MARKER, LOCK_NAME, LOCK_INFO)
 #: Kinds of directories: a ``unijax run`` output, one experiment in it, a sweep.
 KINDS = ("run", "experiment", "sweep")
 #: Files unijax owns in an experiment or sweep directory it marked (besides figures, chunks).
@@ -182,8 +211,7 @@ def config_differences(old: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[
     """``(keys, text)``: the differing dotted keys of two config dicts and, for a refusal's
     message, ``"rates.epochs (stored 400, now 600), ..."`` (``"(code version)"`` when the dicts
     agree and only the hash differs). A key that only one side has is shown as ``absent`` on
-    the other (a config stored by a version with other keys, e.g. ``width`` before the
-    ``size`` block: ``width (stored 16, now absent), size.width (stored absent, now 16)``)."""
+    the other."""
     keys = diff_configs(old, new)
     flat_old, flat_new = dotted_keys(old), dotted_keys(new)
 
@@ -219,9 +247,31 @@ class DamagedStoreError(ValueError):
         self.path = Path(path)
 
 
+class OlderStoreError(DamagedStoreError):
+    """A stored file was written in another store format (:data:`STORE_VERSION`); the message
+    names it and says how to recompute it."""
+
+
+class DirectoryInUseError(RuntimeError):
+    """Another process holds the lock of ``path`` (:func:`lock_dir`); the message names it."""
+
+    def __init__(self, message: str, path: str | os.PathLike):
+        super().__init__(message)
+        self.path = Path(path)
+
+
+def older_text(what: str, version: Any) -> str:
+    """``"<what> was written by an older unijax (store format 1; this unijax reads format
+    2)"``: the start of every refusal of a file of another store version."""
+    shown = version if isinstance(version, int) and not isinstance(version, bool) else 1
+    age = "a newer" if isinstance(shown, int) and shown > STORE_VERSION else "an older"
+    return (f"{what} was written by {age} unijax (store format {shown}; this unijax reads "
+            f"format {STORE_VERSION})")
+
+
 class DamagedChunkError(KeyError):
-    """A stored chunk lacks an array its experiment asks for (a chunk written before chunks
-    listed their arrays, then damaged). ``name``, ``chunk``, ``key`` say which."""
+    """A stored chunk lacks an array its experiment asks for. ``name``, ``chunk``, ``key`` say
+    which."""
 
     def __init__(self, name: str, chunk: str, key: str):
         super().__init__(f"chunk {chunk!r} of {name} has no array {key!r}")
@@ -252,11 +302,68 @@ def _umask() -> int:
     return mask
 
 
+#: Temporary paths this process is writing now (a stale-file sweep never removes them).
+_IN_FLIGHT: set[str] = set()
+_TMP_TAG = re.compile(r"\.p(\d+)h([0-9a-f]{8})\.")
+
+
+def _host_hash() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _tmp_prefix(target: str) -> str:
+    """``.tmp-<target>.p<pid>h<host hash>.``: whose temporary file it is. The target's name
+    is shortened so that the temporary name stays within the file system's 255 bytes."""
+    return f"{_TMP_PREFIX}{target[:64]}.p{os.getpid()}h{_host_hash()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # someone else's live process (or a pid we cannot ask about)
+    return True
+
+
+def is_stale_tmp(path: str | os.PathLike, *, now: float | None = None) -> bool:
+    """True when the temporary file ``path`` is provably abandoned: made by a process of this
+    host that no longer runs, or by this process and not being written now, or (made on
+    another host, or without the owner's tag) older than :data:`STALE_TMP_S` seconds."""
+    p = Path(path)
+    m = _TMP_TAG.search(p.name)
+    if m is not None and m.group(2) == _host_hash():
+        pid = int(m.group(1))
+        if pid == os.getpid():
+            return os.path.abspath(p) not in _IN_FLIGHT
+        return not _pid_alive(pid)
+    try:
+        age = (time.time() if now is None else now) - p.lstat().st_mtime
+    except OSError:
+        return False
+    return age > STALE_TMP_S
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path`` (the file the caller asked for), not a temporary name."""
+    return type(e)(e.errno, e.strerror or str(e), str(path)) if e.errno else e
+
+
 def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
-    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then ``os.replace``."""
+    """Call ``write(fileobj)`` on a temp file next to ``path``, fsync, then ``os.replace``.
+
+    Raises:
+        OSError: the write failed (ENOSPC, EACCES, ENAMETOOLONG, ...); ``filename`` is
+            ``path``, and nothing of the new content is left (the old file, if any, stays).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path.name))
+    except OSError as e:
+        raise _named(e, path) from e
+    _IN_FLIGHT.add(os.path.abspath(tmp))
     try:
         # mkstemp makes the file private (0600); give it the permissions open() would.
         os.chmod(tmp, 0o666 & ~_umask())
@@ -265,10 +372,14 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _named(e, path) from e
         raise
+    finally:
+        _IN_FLIGHT.discard(os.path.abspath(tmp))
     _fsync_dir(path.parent)
     return path
 
@@ -292,7 +403,8 @@ def atomic_save_npz(
     With ``config_hash`` (a stored chunk or result) the hash is stored under :data:`HASH_KEY`,
     the sorted array names under :data:`MEMBERS_KEY` and the JSON of
     :func:`unijax._version.code_version` under :data:`CODE_KEY`. Object arrays are refused
-    (they would need pickle to load).
+    (they would need pickle to load). Every stored chunk or result also records
+    :data:`STORE_VERSION` under :data:`VERSION_KEY`.
     """
     out = {}
     for k, v in arrays.items():
@@ -306,13 +418,43 @@ def atomic_save_npz(
         out[HASH_KEY] = np.asarray(config_hash)
         out[MEMBERS_KEY] = np.asarray(sorted(arrays), dtype=str)
         out[CODE_KEY] = np.asarray(canonical_json(code_version().as_dict()))
+        out[VERSION_KEY] = np.asarray(STORE_VERSION)
     return _atomic_write(path, lambda f: np.savez_compressed(f, **out))
 
 
-def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz`` (without pickle), the store's entries included if present."""
-    with np.load(path, allow_pickle=False) as z:
+def _npz_problem(e: BaseException) -> str:
+    """Why an ``.npz`` could not be read, in words that never suggest unpickling it."""
+    if "pickle" in str(e).lower():
+        return "it is not NumPy array data (pickled or other content, which unijax never loads)"
+    return _short(e)
+
+
+def _open_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` at ``path``, each decompressed (CRC-checked); never pickle.
+    Raises whatever NumPy or the OS raise (see :func:`_npz_problem`)."""
+    z = np.load(path, allow_pickle=False)
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError("a single .npy array, not an .npz archive")
+    with z:
         return {k: z[k] for k in z.files}
+
+
+def load_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All arrays of an ``.npz`` (without pickle), the store's entries included if present.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        DamagedStoreError: it is not a readable ``.npz`` of plain arrays (the message names
+            the file and why).
+    """
+    path = Path(path)
+    try:
+        return _open_npz(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zero-byte, truncated, not a zip, bad CRC, pickled data, ...
+        raise DamagedStoreError(f"{path} is not a readable .npz file ({_npz_problem(e)})",
+                                path) from None
 
 
 def atomic_savefig(fig, stem: str | os.PathLike, *, formats=("png", "pdf"), dpi=150) -> list[Path]:
@@ -361,19 +503,33 @@ def _read_npz(path: Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
     if not path.exists() and not path.is_symlink():
         return None, None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+        arrays = _open_npz(path)
     except Exception as e:  # zero-byte, truncated, not a zip, bad CRC, pickled data, ...
-        return None, f"is unreadable ({_short(e)})"
-    if MEMBERS_KEY in arrays:
-        listed = {str(x) for x in np.atleast_1d(arrays[MEMBERS_KEY])}
-        present = set(arrays) - set(_META_KEYS)
-        if listed != present:
-            missing, extra = sorted(listed - present), sorted(present - listed)
-            what = (f"lacks array(s) {', '.join(missing)}" if missing
-                    else f"has unlisted array(s) {', '.join(extra)}")
-            return None, what
+        return None, f"is unreadable ({_npz_problem(e)})"
+    version = _stored_version(arrays)
+    if version != STORE_VERSION:
+        return None, _Older(older_text("it", version).removeprefix("it "))
+    if MEMBERS_KEY not in arrays:
+        return None, "does not list its arrays"
+    listed = {str(x) for x in np.atleast_1d(arrays[MEMBERS_KEY])}
+    present = set(arrays) - set(_META_KEYS)
+    if listed != present:
+        missing, extra = sorted(listed - present), sorted(present - listed)
+        what = (f"lacks array(s) {', '.join(missing)}" if missing
+                else f"has unlisted array(s) {', '.join(extra)}")
+        return None, what
     return arrays, None
+
+
+class _Older(str):
+    """A problem text saying a file is of another store version (not damage)."""
+
+
+def _stored_version(arrays: Mapping[str, np.ndarray]) -> int | None:
+    v = arrays.get(VERSION_KEY)
+    if v is None or np.ndim(v) != 0 or not np.issubdtype(np.asarray(v).dtype, np.integer):
+        return None
+    return int(v)
 
 
 def _strip_meta(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -428,8 +584,10 @@ def _config_problem(c: Any) -> str | None:
         return "has no valid config_hash"
     if not isinstance(c.get("config", {}), dict):
         return "config is not an object"
-    if "run_hash" in c and not (isinstance(c["run_hash"], str) and _HEX64.fullmatch(c["run_hash"])):
-        return "run_hash is not a hash"
+    if c.get("store_version") != STORE_VERSION:
+        return None  # another version's: check() refuses it by name, never reads further
+    if not (isinstance(c.get("run_hash"), str) and _HEX64.fullmatch(c["run_hash"])):
+        return "has no valid run_hash"
     return None
 
 
@@ -459,77 +617,45 @@ def read_marker(directory: str | os.PathLike) -> dict | None:
 
 
 def _write_marker(directory: Path, kind: str, *, name: str | None, files=(),
-                  adopted: bool = False, created: str | None = None) -> None:
+                  created: str | None = None) -> None:
     atomic_save_json(directory / MARKER, {
         "written_by": "unijax",
         "kind": kind,
         "name": name,
         "created": created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "created_by": code_version().as_dict(),
-        "adopted_from_older_unijax": adopted,
+        "store_version": STORE_VERSION,
         "files": sorted(set(files)),
         "about": "unijax wrote this directory. It writes, overwrites and deletes here only its "
                  "own files (config.json, result.npz, results.json, report.md, chunks/*.npz, "
-                 ".tmp-* and the figures listed under 'files'); anything else is never touched.",
+                 ".unijax.lock, .unijax.lock.json, .tmp-* and the figures listed under "
+                 "'files'); anything else is never touched.",
     })
 
 
-def _legacy_store_dir(d: Path) -> tuple[list[str], list[str]]:
-    """``(figures, foreign)`` of an unmarked directory in unijax's experiment/sweep layout: the
-    figures its results.json lists, and the entries that are not unijax's (all of them when
-    ``config.json`` is not a unijax config)."""
-    cfg, problem = _load_json(d / "config.json")
-    if cfg is None or problem or _config_problem(cfg):
-        return [], sorted(p.name for p in d.iterdir())
-    summary = _read_json(d / "results.json") or {}
-    figures = [f for f in summary.get("figures", []) if _plain_name(f)] if isinstance(
-        summary.get("figures"), list) else []
-    foreign = []
-    for p in d.iterdir():
-        if p.is_symlink():
-            foreign.append(p.name)
-        elif p.name in OWN_FILES or p.name.startswith(_TMP_PREFIX):
-            continue
-        elif p.name == CHUNKS_DIR and p.is_dir():
-            if any(c.is_symlink() or not c.is_file()
-                   or not (c.suffix == ".npz" or c.name.startswith(_TMP_PREFIX))
-                   for c in p.iterdir()):
-                foreign.append(p.name)
-        elif p.name in figures and p.is_file():
-            continue
-        else:
-            foreign.append(p.name)
-    return [f for f in figures if (d / f).is_file()], sorted(foreign)
-
-
-def _unijax_subdirs(d: Path) -> list[Path]:
-    out = []
-    for p in d.iterdir():
-        if p.is_dir() and not p.is_symlink():
-            if read_marker(p) is not None and read_marker(p)["kind"] != "run":
-                out.append(p)
-            elif not (p / MARKER).exists() and (p / "config.json").is_file():
-                if not _legacy_store_dir(p)[1]:
-                    out.append(p)
-    return out
+def _looks_like_old_unijax(d: Path) -> bool:
+    """An unmarked directory with unijax's layout (an unijax older than the markers)."""
+    with contextlib.suppress(OSError):
+        if (d / "config.json").is_file():
+            return True
+        return any((p / "config.json").is_file() and not (p / MARKER).exists()
+                   for p in d.iterdir() if p.is_dir() and not p.is_symlink())
+    return False
 
 
 def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = None,
-              dry_run: bool = False, log: Callable[[str], None] | None = None,
-              clean: bool = False) -> Path:
+              dry_run: bool = False, clean: bool = False) -> Path:
     """Make sure unijax may write into ``directory`` as a ``kind`` directory, and mark it.
 
-    A missing or empty directory is created and marked; a directory unijax marked as ``kind``
-    is accepted as it is; an unmarked one an older unijax wrote is adopted (marked) when
-    everything unijax would touch in it has unijax's layout (see the module docstring).
+    A missing or empty directory (or one holding only unijax's lock and temporary files) is
+    created and marked; a directory unijax marked as ``kind`` is accepted as it is; any other
+    is refused.
 
     Args:
         kind: ``"run"``, ``"experiment"`` or ``"sweep"``.
         name: the experiment's name, recorded in a new marker.
         dry_run: check only; create and write nothing.
-        log: called with a line when an older unijax's directory is adopted.
-        clean: delete stray ``.tmp-*`` files in it (left by a crash; only when no other
-            unijax process may be writing there).
+        clean: delete the provably stale ``.tmp-*`` files in it (:func:`is_stale_tmp`).
 
     Returns:
         the directory.
@@ -564,44 +690,93 @@ def claim_dir(directory: str | os.PathLike, kind: str, *, name: str | None = Non
         if clean and not dry_run:
             _clean_tmp(d)
         return d
-    # unijax's own temporary files (a crash before the marker was in place) do not count.
-    entries = sorted(p.name for p in d.iterdir() if not p.name.startswith(_TMP_PREFIX))
-    figures: list[str] = []
+    # unijax's own lock and temporary files (a crash before the marker was in place) do not
+    # count.
+    entries = sorted(p.name for p in d.iterdir()
+                     if not p.name.startswith(_TMP_PREFIX) and p.name not in _OWN_HIDDEN)
     if entries:
-        if kind == "run":
-            report = d / REPORT_NAME
-            ok = bool(_unijax_subdirs(d)) and (not report.exists() or is_own_report(report))
-            if not ok:
-                shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
-                raise ForeignDataError(
-                    f"{d} is not empty and unijax did not write it (no {MARKER}; it holds "
-                    f"{shown}); unijax will not write into it: choose a new or empty output "
-                    "directory", d)
-        else:
-            figures, foreign = _legacy_store_dir(d)
-            if foreign:
-                shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
-                raise ForeignDataError(
-                    f"{d} is not empty and unijax did not write it (no {MARKER}; not "
-                    f"unijax's: {shown}); unijax will not write into or delete from it: choose "
-                    "a new or empty directory, or move those files away", d)
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        old = (" It looks like the output of an unijax older than these markers, whose store "
+               "format this unijax does not read: use a new directory (and delete this one "
+               "yourself if you no longer need it)." if _looks_like_old_unijax(d) else "")
+        raise ForeignDataError(
+            f"{d} is not empty and unijax did not write it (no {MARKER}; it holds {shown}); "
+            f"unijax will not write into or delete from it: choose a new or empty directory."
+            + old, d)
     if not dry_run:
-        _write_marker(d, kind, name=name, files=figures, adopted=bool(entries))
+        _write_marker(d, kind, name=name)
         if clean:
             _clean_tmp(d)
-        if entries and log is not None:
-            log(f"{d}: written by an older unijax (no {MARKER}); adopted and marked")
     return d
 
 
 def _clean_tmp(d: Path) -> None:
-    """Delete the ``.tmp-*`` entries directly in ``d`` (a crash's leftovers)."""
+    """Delete the provably stale ``.tmp-*`` entries directly in ``d`` (:func:`is_stale_tmp`):
+    never a file another live process is writing."""
+    now = time.time()
     for stale in d.glob(_TMP_PREFIX + "*"):
         with contextlib.suppress(OSError):
+            if not is_stale_tmp(stale, now=now):
+                continue
             if stale.is_dir() and not stale.is_symlink():
                 shutil.rmtree(stale)
             else:
                 stale.unlink()
+
+
+def _holder(d: Path, wait_s: float = 2.0) -> dict:
+    """The lock holder's description; the holder writes it just after taking the lock, so a
+    missing one (or one left by a dead process of this host) is read again for ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        info = _read_json(d / LOCK_INFO) or {}
+        pid, host = info.get("pid"), info.get("host")
+        current = isinstance(pid, int) and not (host == socket.gethostname()
+                                                and not _pid_alive(pid))
+        if current or time.monotonic() > deadline:
+            return info if current else {}
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def lock_dir(directory: str | os.PathLike) -> Iterator[Path]:
+    """Hold the exclusive lock of ``directory`` (created if missing) while in the block.
+
+    The lock is ``filelock``'s on ``directory/.unijax.lock`` (an OS lock: it is released
+    when the process ends, however it ends); ``.unijax.lock.json`` names the holder.
+
+    Raises:
+        DirectoryInUseError: another process holds it (the message names the holder: pid,
+            host, command, since when).
+        OSError: the lock file cannot be created (no permission, a full disk, ...).
+    """
+    import filelock  # the one user of filelock; kept out of `import unijax`
+
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(d / LOCK_NAME), timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        info = _holder(d)
+        who = (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, running "
+               f"{info.get('command', '?')!r} since {info.get('since', '?')}" if info
+               else "a process that did not say who it is")
+        raise DirectoryInUseError(
+            f"{d} is being written by another unijax process ({who}); two processes may not "
+            "write one directory at once: wait for it to finish, then run again (finished "
+            "work is kept), or use another output directory", d) from None
+    try:
+        atomic_save_json(d / LOCK_INFO, {
+            "pid": os.getpid(), "host": socket.gethostname(),
+            "command": " ".join(["unijax", *sys.argv[1:]])[:300],
+            "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })
+        yield d
+    finally:
+        with contextlib.suppress(OSError):
+            (d / LOCK_INFO).unlink()
+        lock.release()
 
 
 def _stderr_log(msg: str) -> None:
@@ -609,13 +784,11 @@ def _stderr_log(msg: str) -> None:
 
 
 class _StoredArrays(dict):
-    """Arrays of a stored chunk; asking for an array it lacks raises DamagedChunkError.
-    ``listed``: the file listed its arrays (so none can be missing unnoticed)."""
+    """Arrays of a stored chunk; asking for an array it lacks raises DamagedChunkError."""
 
-    def __init__(self, arrays, *, name: str, chunk: str, listed: bool):
+    def __init__(self, arrays, *, name: str, chunk: str):
         super().__init__(arrays)
         self._where = (name, chunk)
-        self.listed = listed
 
     def __missing__(self, key):
         raise DamagedChunkError(*self._where, key)
@@ -650,6 +823,7 @@ class ResultStore:
     def __init__(self, outdir: str | os.PathLike, *, log: Callable[[str], None] | None = None):
         self.outdir = Path(outdir)
         self.log = log if log is not None else _stderr_log
+        self._pending: dict[str, dict] = {}  # config.json of begun experiments, not yet written
 
     # paths ------------------------------------------------------------------------------------
     def exp_dir(self, name: str) -> Path:
@@ -680,9 +854,22 @@ class ResultStore:
             problem = _config_problem(obj)
         return (None, problem) if problem else (obj, None)
 
+    def stored_version(self, name: str) -> tuple[bool, Any]:
+        """``(stored, version)``: whether ``name`` has a readable ``results.json`` or
+        ``config.json``, and the store format version it records (None: it records none, as
+        before versions were recorded). Reads nothing else."""
+        for f in ("results.json", "config.json"):
+            obj = _read_json(self.exp_dir(name) / f)
+            if obj is not None:
+                return True, obj.get("store_version")
+        return False, None
+
     def stored_config(self, name: str) -> dict | None:
         """The ``config.json`` of experiment ``name`` (``{"config": ..., "config_hash": ...}``),
-        or None when absent or damaged."""
+        or None when absent or damaged; for an experiment this store began and has not yet
+        stored anything of, the config it will record."""
+        if name in self._pending:
+            return self._pending[name]
         return self._config_json(name)[0]
 
     def check(self, name: str, config: Any, *, what: str | None = None,
@@ -690,9 +877,15 @@ class ResultStore:
         """Hash of ``config``; raises :class:`ConfigMismatchError` if ``name`` was started with
         a different config in this directory, naming the differing dotted keys (``what``: what
         the directory holds, default ``"results of a different {name} config"``; ``advice``
-        ends the message). Writes nothing."""
+        ends the message), or by a unijax of another store format (:data:`STORE_VERSION`;
+        ``keys == ["store_version"]``). Writes nothing."""
         h = config_hash(config)
         old = self.stored_config(name)
+        if old is not None and old.get("store_version") != STORE_VERSION:
+            head = older_text(str(self.exp_dir(name)), old.get("store_version"))
+            raise ConfigMismatchError(
+                f"{head} and does not read its results; recompute them: {advice}",
+                ["store_version"])
         if old is not None and old.get("config_hash") != h:
             keys, shown = config_differences(old.get("config", {}), config_to_dict(config))
             what = what or f"results of a different {name} config"
@@ -702,8 +895,9 @@ class ResultStore:
 
     def begin(self, name: str, config: Any, *, fresh: bool = False, upstream: Any = None,
               kind: str = "experiment") -> str:
-        """Start (or resume) experiment ``name``: claim its directory, check the config,
-        record it; returns the hash its chunks and result are stored under.
+        """Start (or resume) experiment ``name``: claim its directory, check the config; returns
+        the hash its chunks and result are stored under. The config is recorded in
+        ``config.json`` just before the first chunk or result is stored.
 
         Args:
             fresh: first delete unijax's own files of ``name`` (see :meth:`discard`); files
@@ -717,29 +911,47 @@ class ResultStore:
             ForeignDataError: the directory exists and unijax did not write it.
             ConfigMismatchError: the directory holds ``name`` run with another config.
         """
-        d = claim_dir(self.exp_dir(name), kind, name=name, log=self.log)
+        d = claim_dir(self.exp_dir(name), kind, name=name)
         if fresh:
             self.discard(name)
         h = self.check(name, config)
         self._clean_tmp(d)
         rh = run_hash(h, upstream)
-        old, problem = self._config_json(name)
+        old, problem = (self._pending[name], None) if name in self._pending else \
+            self._config_json(name)
         if problem:
             self.log(f"{self._rel(d / 'config.json')} {problem}; writing it again")
-        if old is not None and old.get("run_hash", old["config_hash"]) != rh:
+        if old is not None and old["run_hash"] != rh:
 
             def source(up: Any) -> str:
                 return str(up.get("source", "?")) if isinstance(up, dict) else "none"
 
-            was = source(old["upstream"]) if "upstream" in old else "not recorded"
             self.log(f"{name}: its upstream inputs changed since it was stored (rates from "
-                     f"{was}, now {source(upstream)}): recomputing it")
-        if old is None or old.get("run_hash", old["config_hash"]) != rh:
-            atomic_save_json(d / "config.json", {
+                     f"{source(old.get('upstream'))}, now {source(upstream)}): recomputing it")
+        if old is None or old["run_hash"] != rh:
+            # Recorded with the first stored file, not now: a run refused before it stores
+            # anything (e.g. too large for memory) leaves no config behind to refuse the
+            # next, sensible, run in the same directory.
+            self._pending[name] = {
                 "experiment": name, "config": config_to_dict(config), "config_hash": h,
-                "upstream": upstream, "run_hash": rh, "code_version": code_version().as_dict(),
-            })
+                "upstream": upstream, "run_hash": rh, "store_version": STORE_VERSION,
+                "code_version": code_version().as_dict(),
+            }
         return rh
+
+    def record_config(self, name: str) -> None:
+        """Write the ``config.json`` :meth:`begin` holds back (until the first chunk or result
+        is stored) now; nothing when it is written already."""
+        self._record_config(name)
+
+    def _record_config(self, name: str) -> None:
+        pending = self._pending.pop(name, None)
+        if pending is not None:
+            try:
+                atomic_save_json(self.exp_dir(name) / "config.json", pending)
+            except BaseException:
+                self._pending[name] = pending
+                raise
 
     def _clean_tmp(self, d: Path) -> None:
         # Left by a crash between write and rename: only unijax's own folders are looked in.
@@ -755,6 +967,7 @@ class ResultStore:
             ForeignDataError: the directory is not one unijax marked.
         """
         d = self._require_own(name)
+        self._pending.pop(name, None)
         marker = read_marker(d)
         gone = []
         for fname in (*OWN_FILES, *marker["files"]):
@@ -800,12 +1013,12 @@ class ResultStore:
             return None
         if arrays is None:
             return None
-        return _StoredArrays(_strip_meta(arrays), name=name, chunk=chunk,
-                             listed=MEMBERS_KEY in arrays)
+        return _StoredArrays(_strip_meta(arrays), name=name, chunk=chunk)
 
     def save_chunk(self, name: str, chunk: str, arrays: Mapping[str, Any], config_hash: str):
         """Store one finished chunk atomically (in a directory unijax marked)."""
         self._require_own(name)
+        self._record_config(name)
         return atomic_save_npz(self._chunk_path(name, chunk), arrays, config_hash=config_hash)
 
     def discard_chunk(self, name: str, chunk: str) -> None:
@@ -827,6 +1040,9 @@ class ResultStore:
         summary, problem = _load_json(d / "results.json")
         if summary is None and problem is None:
             return None, None
+        if problem is None and isinstance(summary, dict) and summary.get(
+                "store_version") != STORE_VERSION:
+            return None, _Older(older_text(str(d), summary.get("store_version")))
         if problem is None:
             problem = _summary_problem(summary)
         if problem:
@@ -834,6 +1050,8 @@ class ResultStore:
         if config_hash is not None and summary["config_hash"] != config_hash:
             return None, None
         arrays, problem = _read_npz(d / "result.npz")
+        if isinstance(problem, _Older):
+            return None, _Older(f"{d / 'result.npz'} {problem}")
         if problem:
             return None, f"{self._rel(d / 'result.npz')} {problem}"
         if arrays is None:
@@ -874,11 +1092,13 @@ class ResultStore:
         config_hash: str,
     ) -> Path:
         """Write ``result.npz`` then ``results.json`` (the completion marker), atomically; the
-        summary gains ``code_version`` and ``config_hash``."""
+        summary gains ``code_version``, ``config_hash`` and ``store_version``."""
         d = self._require_own(name)
+        self._record_config(name)
         atomic_save_npz(d / "result.npz", arrays, config_hash=config_hash)
         return atomic_save_json(d / "results.json", {
-            **summary, "code_version": code_version().as_dict(), "config_hash": config_hash})
+            **summary, "code_version": code_version().as_dict(), "config_hash": config_hash,
+            "store_version": STORE_VERSION})
 
     def save_figures(self, name: str, plot: Callable[[Path], Any]) -> list[Path]:
         """Call ``plot(folder)`` on an empty temporary folder, then move every file it wrote into
@@ -890,9 +1110,16 @@ class ResultStore:
                 (nothing is moved).
         """
         d = self._require_own(name)
-        tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + "figures-", dir=d))
         try:
-            plot(tmp)
+            tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix("figures"), dir=d))
+        except OSError as e:
+            raise _named(e, d) from e
+        _IN_FLIGHT.add(os.path.abspath(tmp))
+        try:
+            try:
+                plot(tmp)
+            except OSError as e:  # a full disk while the figures are drawn: name the folder
+                raise (e if e.filename else _named(e, d)) from e
             made = sorted(p.name for p in tmp.iterdir() if p.is_file())
             marker = read_marker(d)
             for f in made:
@@ -905,24 +1132,30 @@ class ResultStore:
                         "overwrite it: move it away and run again", target)
             if not set(made) <= set(marker["files"]):
                 _write_marker(d, marker["kind"], name=marker.get("name"),
-                              files=[*marker["files"], *made], created=marker.get("created"),
-                              adopted=bool(marker.get("adopted_from_older_unijax")))
+                              files=[*marker["files"], *made], created=marker.get("created"))
             for f in made:
                 os.replace(tmp / f, d / f)
             _fsync_dir(d)
             return [d / f for f in made]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+            _IN_FLIGHT.discard(os.path.abspath(tmp))
 
     def load_result(self, name: str) -> tuple[dict[str, np.ndarray], dict]:
         """``(arrays, summary)`` of a finished experiment (arrays without the store's entries).
 
         Raises:
             FileNotFoundError: ``name`` has no ``results.json``.
+            OlderStoreError: it was stored in another store format (:data:`STORE_VERSION`);
+                the message says how to recompute it.
             DamagedStoreError: a file of it is damaged (the message names it and how).
         """
         d = self.exp_dir(name)
         got, problem = self._result_state(name, None)
+        if isinstance(problem, _Older):
+            raise OlderStoreError(
+                f"{problem} and does not read it: recompute it with `unijax run {name} --fresh "
+                f"--out {self.outdir}` (for a sweep: the same sweep command with --fresh)", d)
         if problem:
             raise DamagedStoreError(problem, d)
         if got is None:
@@ -948,9 +1181,6 @@ class ChunkCache:
     the same branch (read the chunk, or compute it together), and only ``writer`` stores it.
     The defaults serve one process.
 
-    Chunks an older unijax stored do not list their arrays, so one that lost an array reads
-    as whole; ``unlisted`` maps each such chunk read to its array names, and
-    :meth:`suspects` names those that lack the array a ``KeyError`` asked for.
     """
 
     def __init__(self, store: ResultStore, name: str, config_hash: str, *, agree=None,
@@ -962,16 +1192,6 @@ class ChunkCache:
         self.misses = 0
         self.reused: set[str] = set()  # chunk ids read from the store
         self.computed: set[str] = set()  # chunk ids computed (and stored)
-        self.unlisted: dict[str, set[str]] = {}
-
-    def suspects(self, error: KeyError) -> list[str]:
-        """The chunks read by this cache that may have caused ``error`` (an array missing):
-        the one named by a :class:`DamagedChunkError`, else every chunk without a list of its
-        arrays that lacks the key."""
-        if isinstance(error, DamagedChunkError):
-            return [error.chunk] if error.name == self.name else []
-        key = error.args[0] if error.args else None
-        return sorted(c for c, keys in self.unlisted.items() if key not in keys)
 
     def __call__(
         self, chunk: str, compute: Callable[[], Mapping[str, Any]]
@@ -993,12 +1213,9 @@ class ChunkCache:
                 )
             self.hits += 1
             self.reused.add(chunk)
-            if not getattr(got, "listed", True):
-                self.unlisted[chunk] = set(got)
             return got
         self.misses += 1
         self.computed.add(chunk)
-        self.unlisted.pop(chunk, None)
         arrays = {k: np.asarray(v) for k, v in compute().items()}
         if self.writer:
             self.store.save_chunk(self.name, chunk, arrays, self.config_hash)
