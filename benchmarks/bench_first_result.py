@@ -2,6 +2,7 @@
 
     python benchmarks/bench_first_result.py                 # ~3-5 min on 2 CPU cores
     python benchmarks/bench_first_result.py --reps 5 --json out.json
+    python benchmarks/bench_first_result.py --baseline ../unijax-main   # before/after
 
 What a researcher meets first is not the steady-state speed of a compiled program but the
 seconds from ``python my_script.py`` to a number. Every measurement here runs in a *fresh*
@@ -22,14 +23,17 @@ Cases, each repeated ``--reps`` times (medians printed, all runs in the JSON):
 * ``scipy``: the paper's method on the same trajectory (Radau + 200-point grid + BFGS with
   finite differences, as in ``bench_fit.py``), imports included;
 * ``train cold`` / ``train warm``: ``train.train`` of the default two-point network (width
-  ``--width``, ``--epochs`` epochs, ``--seeds`` seeds), with an empty and a filled cache.
+  ``--width``, ``--epochs`` epochs, ``--seeds`` seeds), with an empty and a filled cache;
+* with ``--baseline DIR`` (another checkout of unijax, say the main branch):
+  ``base fit cold`` / ``base fit warm``, the fit cases run on that code, interleaved with the
+  others in every repetition, so that a change is measured side by side at the same load.
 
 The trajectory is the README's example (``--n-epochs`` epochs, 1% noise), written once to a
 temporary ``.npz`` so that no case pays for making it (the shorter one is its first epochs).
 JAX's persistent cache is pointed at a temporary directory through
 ``JAX_COMPILATION_CACHE_DIR`` (with the minimum compile time and entry size set to 0 so that
-every program is cached; unijax stores its compiled fit programs there too); nothing outside
-the temporary directories is touched.
+every program is cached; unijax keeps its exported fit programs there too, in
+``unijax_exports/``); nothing outside the temporary directories is touched.
 """
 
 from __future__ import annotations
@@ -136,10 +140,11 @@ def _same_bucket(n: int) -> int:
     return first + (n - first) // 2
 
 
-def child(code: str, args: list[str], cache_dir: str | None) -> dict:
-    """Run ``code`` in a fresh interpreter; its JSON line plus the process wall time."""
+def child(code: str, args: list[str], cache_dir: str | None, repo: Path = REPO) -> dict:
+    """Run ``code`` in a fresh interpreter that imports unijax from ``repo``; its JSON line
+    plus the process wall time."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("JAX_PLATFORMS", "cpu")
     for k in ("JAX_COMPILATION_CACHE_DIR", "UNIJAX_NO_COMPILATION_CACHE"):
         env.pop(k, None)
@@ -173,12 +178,17 @@ def main(argv=None) -> int:
                     help="write the medians as a markdown fragment here (the docs include "
                          "docs/benchmarks/first_result.md)")
     ap.add_argument("--no-train", action="store_true", help="skip the training cases")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another unijax checkout: its cold and warm fit, interleaved")
     args = ap.parse_args(argv)
+    if args.baseline is not None and not (args.baseline / "unijax" / "__init__.py").is_file():
+        ap.error(f"--baseline {args.baseline}: not a unijax checkout (no unijax/__init__.py)")
 
     import jax  # only for its version
     import numpy as np
 
-    cases = ("fit cold", "fit warm", "fit new len", "scipy") + (
+    base = () if args.baseline is None else ("base fit cold", "base fit warm")
+    cases = base + ("fit cold", "fit warm", "fit new len", "scipy") + (
         () if args.no_train else ("train cold", "train warm"))
     runs: dict[str, list[dict]] = {k: [] for k in cases}
     load0 = load_average()
@@ -191,6 +201,10 @@ def main(argv=None) -> int:
             np.savez(other, ts=d["ts"][:n_other], Z=d["Z"][:n_other])
         train_args = [str(args.width), str(args.epochs), str(args.seeds)]
         for r in range(args.reps):
+            if args.baseline is not None:
+                base_cache = tempfile.mkdtemp(dir=tmp, prefix=f"base{r}-")
+                runs["base fit cold"].append(child(_FIT, [traj], base_cache, args.baseline))
+                runs["base fit warm"].append(child(_FIT, [traj], base_cache, args.baseline))
             fit_cache = tempfile.mkdtemp(dir=tmp, prefix=f"fit{r}-")
             runs["fit cold"].append(child(_FIT, [traj], fit_cache))
             runs["fit warm"].append(child(_FIT, [traj], fit_cache))
@@ -214,7 +228,7 @@ def main(argv=None) -> int:
         med[name] = {k: statistics.median(r[k] for r in rs) for k in ("process", "call")}
         print(f"{name:<12} {med[name]['process']:>10.2f} {med[name]['call']:>13.2f}")
     sp = med["scipy"]["process"]
-    for name in ("fit cold", "fit warm", "fit new len"):
+    for name in (*base, "fit cold", "fit warm", "fit new len"):
         print(f"{name} / scipy (process): {med[name]['process'] / sp:.2f}x")
     if args.json:
         args.json.write_text(json.dumps(
@@ -233,6 +247,8 @@ def markdown(machine: dict, args, n_other: int, med: dict, argv) -> str:
     load = lambda v: "?" if v is None else v[0]  # noqa: E731
     sp = med["scipy"]["process"]
     what = {
+        "base fit cold": f"`fit.fit_rates` at the baseline code ({args.baseline}), empty cache",
+        "base fit warm": "the same, the cache filled by the process before",
         "fit cold": f"`fit.fit_rates`, one {args.n_epochs}-epoch trajectory, empty cache",
         "fit warm": "the same, the cache filled by the process before",
         "fit new len": f"a {n_other}-epoch trajectory (same length bucket), that cache",

@@ -161,3 +161,35 @@ def test_no_home_directory_leaves_the_cache_off_with_a_message(tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     assert "DIR None" in p.stdout
     assert "home directory cannot be determined" in p.stderr
+
+
+def test_the_exported_programs_directory_is_private_and_follows_the_cache(monkeypatch, tmp_path,
+                                                                          capsys):
+    import jax
+
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.delenv("UNIJAX_NO_COMPILATION_CACHE", raising=False)
+    tmp_path.chmod(0o700)
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert _cache.program_dir() is None  # JAX's cache off: no exports either
+        jax.config.update("jax_compilation_cache_dir", "gs://bucket/cache")
+        assert _cache.program_dir() is None  # never under a URL
+        mine = tmp_path / "mine"
+        jax.config.update("jax_compilation_cache_dir", str(mine))
+        d = _cache.program_dir()
+        assert d == mine / "unijax_exports" and d.stat().st_mode & 0o777 == 0o700
+        monkeypatch.setenv("UNIJAX_NO_COMPILATION_CACHE", "1")
+        assert _cache.program_dir() is None
+        monkeypatch.delenv("UNIJAX_NO_COMPILATION_CACHE")
+        # A directory the user chose for JAX is JAX's business; unijax's exports in it must
+        # pass the ownership check.
+        shared = tmp_path / "shared"
+        shared.mkdir()
+        shared.chmod(0o775)
+        jax.config.update("jax_compilation_cache_dir", str(shared))
+        assert _cache.program_dir() is None and _cache.program_dir() is None
+        err = capsys.readouterr().err
+        assert err.count("stored fit programs off") == 1 and "writable by group" in err
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

@@ -2,12 +2,14 @@
 
 ``fit_rates`` pads the epochs to a length bucket with weights 0 on the padding
 (``unijax.fit._args``): the padded fit must be the unpadded one to round-off, every length of a
-bucket must run one program, and a later process must get the compilation from JAX's cache and
-read nothing else from disk (``unijax.fit._run``).
+bucket must run one program, and a later process must load the exported program instead of
+tracing it, get the compilation from JAX's cache, and never trust a file it cannot check
+(``unijax.fit._run``, ``unijax.fit._export``).
 """
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,7 @@ from _compiles import count_traces
 
 from unijax import fit, theory
 from unijax.fit import _args as _fit_args
+from unijax.fit import _export
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,51 +91,171 @@ def test_lengths_in_one_bucket_compile_the_fit_once(monkeypatch):
     assert traces["_fit_batch"] == 1, traces
 
 
+def _opts(ts, Z, fit_initial=False, max_iters=64):
+    return _fit_args.prepare_fit(
+        ts, Z, 1.0, 0.5, None, where=None, caller="test", rtol=1e-7, atol=1e-9, max_steps=512,
+        max_iters=max_iters, opt_rtol=1e-6, opt_atol=1e-4, max_rel_stderr=fit.MAX_REL_STDERR,
+        min_r2=fit.MIN_R2, retry_max_steps=(), scales=(0.3, 1.0, 3.0), fit_initial=fit_initial,
+    )[5]
+
+
+@pytest.mark.parametrize("return_trajectory", [False, True])
+def test_the_exported_output_table_is_the_traced_programs(return_trajectory):
+    # A loaded program is checked against _export.out_spec; it must describe the real program
+    # (else every load would be refused and every process would trace again).
+    import jax
+
+    from unijax.fit._program import fit_batch
+
+    ts, Z = _trajectories(100)
+    grid = _fit_args.make_grid(ts, 128)
+    Zp = np.concatenate([Z, np.repeat(Z[:, -1:], 28, axis=1)], axis=1)
+    out = jax.eval_shape(lambda *a: fit_batch(*a, opts=_opts(ts, Z),
+                                              return_trajectory=return_trajectory),
+                         grid, Zp, np.ones(2), np.full(2, 0.5), np.ones((2, 2)))
+    got = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in out.items() if v is not None)
+    assert got == _export.out_spec(2, 128, return_trajectory)
+    assert (out["z_fit"] is None) == (not return_trajectory)
+
+
 _CHILD = """
-import json, sys
+import json, os, sys
 import numpy as np
 import jax
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, sys.argv[2])
 from _compiles import count_traces
 from unijax import fit
+from unijax.fit import _export
 d = np.load(sys.argv[1])
 with count_traces() as traces:
     res = fit.fit_rates(d["ts"], d["Z"], dx2=1.0, dy2=0.5, max_iters=62)
-print(json.dumps({"traces": traces["_fit_batch"], "eta_h": res.eta_h.tolist(),
-                  "stderr": res.stderr_eta_y.tolist(), "status": res.status.tolist()}))
+print(json.dumps({"traces": traces["_fit_batch"], "all": dict(traces), "eta_h": res.eta_h.tolist(),
+                  "eta_y": res.eta_y.tolist(), "sse": res.sse.tolist(),
+                  "stderr": res.stderr_eta_y.tolist(), "status": res.status.tolist(),
+                  "distrusted": len(_export._DISTRUSTED)}))
 """
 
 
-def _fit_in_fresh_processes(tmp_path, n: int, before=None) -> list[dict]:
-    """Run the fit of one 200-epoch trajectory in ``n`` fresh processes, one after another,
-    on one cache directory (``before(i)`` runs before process ``i``); their outputs."""
-    ts, Z = _trajectories(200)
-    np.savez(tmp_path / "traj.npz", ts=ts, Z=Z)
+def _child(cache, traj, **extra):
     env = dict(os.environ, PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache"))
-    env.pop("UNIJAX_NO_COMPILATION_CACHE", None)
-    outs = []
-    for i in range(n):
-        if before is not None:
-            before(i)
-        p = subprocess.run([sys.executable, "-c", textwrap.dedent(_CHILD),
-                            str(tmp_path / "traj.npz"), str(Path(__file__).parent)],
-                           env=env, capture_output=True, text=True, timeout=300, check=False)
-        assert p.returncode == 0, (i, p.stderr[-3000:])
-        outs.append(json.loads(p.stdout.strip().splitlines()[-1]))
-    return outs
+               JAX_COMPILATION_CACHE_DIR=str(cache), **extra)
+    if "UNIJAX_NO_COMPILATION_CACHE" not in extra:
+        env.pop("UNIJAX_NO_COMPILATION_CACHE", None)
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(_CHILD), str(traj),
+                        str(Path(__file__).parent)],
+                       env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1]), p.stderr
 
 
-def test_a_later_process_reuses_the_compilation_and_loads_nothing_else(tmp_path):
-    # Two fresh processes on one (empty) cache directory: both trace the fit (nothing traced
-    # is read from disk), the second's compilation is answered by JAX's cache (no new entry),
-    # and both compute the same numbers.
-    entries = []
-    outs = _fit_in_fresh_processes(
-        tmp_path, 2, before=lambda i: entries.append(i and set(os.listdir(tmp_path / "cache"))))
-    assert [o["traces"] for o in outs] == [1, 1], outs
-    assert entries[1] and set(os.listdir(tmp_path / "cache")) == entries[1]
-    assert not (tmp_path / "cache" / "unijax_programs").exists()
-    for k in ("eta_h", "stderr", "status"):
-        assert outs[0][k] == outs[1][k], k  # the same executable: bitwise equal
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    """One cache directory after one process fitted a 200-epoch pair of trajectories (which
+    exported the fit), and that process's output."""
+    tmp = tmp_path_factory.mktemp("exports")
+    tmp.chmod(0o700)
+    ts, Z = _trajectories(200)
+    np.savez(tmp / "traj.npz", ts=ts, Z=Z)
+    out, _ = _child(tmp / "cache", tmp / "traj.npz")
+    return tmp, out
+
+
+def _fields(out):
+    return {k: out[k] for k in ("eta_h", "eta_y", "sse", "stderr", "status")}
+
+
+def test_a_later_process_loads_the_exported_fit_and_computes_the_same(filled, tmp_path):
+    tmp, cold = filled
+    cache = tmp / "cache"  # not a copy: JAX's cache keys its entries by the directory too
+    files = list((cache / "unijax_exports").iterdir())
+    assert [f.suffix for f in files] == [".jaxexport"], files
+    assert files[0].stat().st_mode & 0o777 == 0o600
+    entries = set(os.listdir(cache))
+    warm, _ = _child(cache, tmp / "traj.npz")
+    assert cold["traces"] == 1 and warm["traces"] == 0, (cold, warm)  # loaded, not traced
+    assert set(os.listdir(cache)) == entries  # its compilation came from JAX's cache
+    assert not (cache / "unijax_programs").exists()
+    # The traced program (the opt-out keeps no exports; JAX's own setting is left as it is):
+    # the same numbers, bitwise.
+    traced, _ = _child(tmp_path / "jax", tmp / "traj.npz", UNIJAX_NO_COMPILATION_CACHE="1")
+    assert traced["traces"] == 1 and not (tmp_path / "jax" / "unijax_exports").exists()
+    assert _fields(cold) == _fields(warm) == _fields(traced)
+
+
+class _Payload:
+    """Unpickling this runs ``code``: what an attacker would leave in the cache."""
+
+    def __init__(self, code):
+        self.code = code
+
+    def __reduce__(self):
+        return (exec, (self.code,))
+
+
+def _other_function_export():
+    import jax
+    from jax import export
+
+    spec = jax.ShapeDtypeStruct((4,), np.float64)
+    return export.export(jax.jit(lambda x: (x * 3.0,)), platforms=["cpu"])(spec).serialize()
+
+
+def _wrong_bucket_export():
+    # The real fit, traced for a 128-epoch bucket with the key's chunk of 8 trials.
+    ts, Z = _trajectories(100)
+    grid = _fit_args.make_grid(ts, 128)
+    Zp = np.repeat(np.concatenate([Z[:1], np.repeat(Z[:1, -1:], 28, axis=1)], axis=1), 8, 0)
+    args = (grid, Zp, np.ones(8), np.full(8, 0.5), np.ones((8, 2)))
+    opts = _opts(ts, Z, max_iters=62)
+    return _export._export(args, opts, False, "cpu").serialize()
+
+
+@pytest.mark.parametrize("kind", ["pickle", "garbage", "other function", "wrong bucket"])
+def test_a_crafted_file_under_the_key_is_rebuilt_and_never_runs(filled, tmp_path, kind):
+    # Each case leaves the file rebuilt, as the next case (and the test above) needs it.
+    tmp, cold = filled
+    cache = tmp / "cache"
+    (path,) = (cache / "unijax_exports").iterdir()
+    key = path.name.removeprefix("fit-").removesuffix(".jaxexport")
+    original = _export._read(path, key)
+    marker = tmp_path / "ran"
+    if kind == "pickle":  # no header: refused before anything parses it
+        path.write_bytes(pickle.dumps(_Payload(f"open({str(marker)!r}, 'w').write('x')")))
+    else:  # with the right header, so that the check of the contents is what refuses it
+        payload = {"garbage": os.urandom(4096) + pickle.dumps(_Payload("1")),
+                   "other function": _other_function_export(),
+                   "wrong bucket": _wrong_bucket_export()}[kind]
+        _export._write(path, key, payload)
+    out, err = _child(cache, tmp / "traj.npz")
+    assert not marker.exists()
+    assert out["traces"] == 1 and out["distrusted"] == 1, out  # rebuilt by tracing, marked
+    assert "tracing the fit again" in err
+    if kind in ("other function", "wrong bucket"):  # refused by the check of its types
+        assert "not the expected fit program" in err, err
+    if kind == "pickle":
+        assert "does not start with the header" in err, err
+    assert _fields(out) == _fields(cold)  # and the right answer
+    new = _export._read(path, key)  # the file was replaced by the real program
+    assert new.in_avals == original.in_avals and new.out_avals == original.out_avals
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_loaded_program_that_fails_when_run_is_rebuilt_once():
+    # Any exception from a loaded program, not only JAX's runtime errors.
+    import jax.numpy as jnp
+
+    calls = []
+
+    def bad(*xs):
+        raise TypeError("Argument types differ")
+
+    def rebuild(err):
+        calls.append(type(err).__name__)
+        return lambda *xs: (jnp.sum(xs[0]),)
+
+    prog = _export._Program(bad, ["eta_h"], False, rebuild=rebuild)
+    for _ in range(2):
+        out = prog(np.ones(3))
+        assert float(out["eta_h"]) == 3.0 and out["z_fit"] is None
+    assert calls == ["TypeError"]  # rebuilt once, the rebuilt program kept

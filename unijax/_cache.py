@@ -20,10 +20,15 @@ unijax picks is used only when it, and every directory above it up to the user's
 checks ``~/.ssh`` (a root-owned directory with the sticky bit, such as ``/tmp``, may be
 world-writable: no one else can rename or replace what the user owns in it). Otherwise the
 cache stays off and one line on stderr says why. A directory the user sets for JAX, and a
-remote URL, are the user's choice and are not checked. unijax stores nothing else there:
-every program is traced in the process that runs it, and JAX's cache keys the executable by
-a hash of that program's own text, the compile options, the JAX version and the device, so a
-program stored for other code or other shapes is never found for this one.
+remote URL, are the user's choice and are not checked. JAX's cache keys an executable by a
+hash of the program's own text, the compile options, the JAX version and the device, so an
+executable stored for other code or other shapes is never found for this one.
+
+Beside it, in ``unijax_exports/`` (:func:`program_dir`), unijax keeps the traced rate fit as
+``jax.export`` bytes (StableHLO in a flatbuffer: data, never unpickled, never Python), so that
+a later process skips tracing it (:mod:`unijax.fit._export` says what is checked on load).
+That directory is used only when it passes the same check, even under a cache directory the
+user chose, and never under a URL.
 
 Programs that compile in under JAX's ``jax_persistent_cache_min_compile_time_secs`` (1 s by
 default) are not stored. Delete the directory to clear the cache.
@@ -36,9 +41,10 @@ import stat
 import sys
 from pathlib import Path
 
-__all__ = ["cache_dir", "enable_compilation_cache", "unsafe_reason"]
+__all__ = ["cache_dir", "enable_compilation_cache", "program_dir", "unsafe_reason"]
 
 _OPT_OUT = "UNIJAX_NO_COMPILATION_CACHE"
+_EXPORTS = "unijax_exports"  # unijax's own subdirectory of JAX's cache directory
 _WARNED: set[str] = set()  # the directories refused so far (one line on stderr each)
 
 
@@ -108,10 +114,10 @@ def _make_private(d: Path) -> None:
             pass
 
 
-def _refuse(d, reason: str) -> None:
+def _refuse(d, reason: str, what: str = "compilation cache off") -> None:
     if str(d) not in _WARNED:
         _WARNED.add(str(d))
-        print(f"unijax: compilation cache off: {reason}; unijax loads compiled programs only "
+        print(f"unijax: {what}: {reason}; unijax loads compiled programs only "
               "from a directory that no one else can write (set UNIJAX_CACHE_DIR to a private "
               "directory, or UNIJAX_NO_COMPILATION_CACHE=1 to silence this).", file=sys.stderr)
 
@@ -145,3 +151,28 @@ def enable_compilation_cache() -> str | None:
         return None
     jax.config.update("jax_compilation_cache_dir", str(d))
     return str(d)
+
+
+def program_dir() -> Path | None:
+    """The directory of unijax's exported fit programs, ``<JAX's cache directory>/
+    unijax_exports`` (created ``0o700``), or None when there is none to trust: the user opted
+    out (``UNIJAX_NO_COMPILATION_CACHE``), JAX's persistent cache is off or a URL, or the
+    directory fails :func:`unsafe_reason` (one line on stderr says so, once)."""
+    import jax
+
+    if os.environ.get(_OPT_OUT, "") not in ("", "0"):
+        return None
+    d = jax.config.jax_compilation_cache_dir
+    if not d or _is_url(str(d)):
+        return None
+    p = Path(d).expanduser().absolute() / _EXPORTS
+    what = "stored fit programs off"
+    try:
+        _make_private(p)
+    except OSError as e:
+        _refuse(p, f"{p} cannot be created ({e.strerror})", what)
+        return None
+    if (reason := unsafe_reason(p)) is not None:
+        _refuse(p, reason, what)
+        return None
+    return p

@@ -1,16 +1,16 @@
 """Running the compiled rate fit: the program cache, chunks and devices, retries, padding
 (private; imports no Diffrax until a program must be built).
 
-**Programs are compiled once per process, and their compilation once per machine.** One
-compiled fit serves every trajectory length of a bucket (:mod:`unijax.fit._args`) and every
-batch of a chunk size; :func:`program` keeps it for the process. Nothing is read back from
-disk here: a later process traces the fit again, and JAX's persistent compilation cache
-(:mod:`unijax._cache`, over a private directory only) answers its compilation, keyed by a hash
-of the traced program's own text, the JAX version, the device and the compile options. A
-program of other code (a patched fit) or of another bucket therefore has another key and is
-never run in its place. (Earlier versions also stored pickled executables under
-``unijax_programs/``; unpickling a file that someone else could write runs their code, and a
-key of the source alone trusted a program of patched code. Those files are ignored now.)
+**Programs are compiled once per process, and traced once per machine.** One compiled fit
+serves every trajectory length of a bucket (:mod:`unijax.fit._args`) and every batch of a chunk
+size; :func:`program` keeps it for the process. With a private cache directory
+(:func:`unijax._cache.program_dir`) the traced fit is kept there as ``jax.export`` bytes
+(:mod:`unijax.fit._export`: data, never unpickled, checked on load, rebuilt on any failure), so
+a later process skips tracing and lowering it, and JAX's persistent compilation cache answers
+its compilation. Without one (``UNIJAX_NO_COMPILATION_CACHE=1``, no private directory) every
+process traces the fit itself. (Earlier versions stored pickled executables under
+``unijax_programs/``; unpickling a file that someone else could write runs their code. Those
+files are ignored.)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import threading
 import jax
 import numpy as np
 
-from unijax import _batch
+from unijax import _batch, _cache
 from unijax.fit._args import FitOpts, Grid
 from unijax.fit._status import FitStatus
 
@@ -47,15 +47,23 @@ def program(args, *, opts: FitOpts, return_trajectory: bool, device):
     """The compiled fit for ``args = (grid, Z, dx2, dy2, init)`` (their shapes and dtypes),
     ``opts`` and ``device``: a callable on such arguments returning the output dict.
 
-    From this process's programs, else traced and compiled (JAX's persistent cache may answer
+    From this process's programs, else from the exported program in the private cache directory
+    (:mod:`unijax.fit._export`), else traced and compiled (JAX's persistent cache may answer
     the compilation).
     """
     key = _signature(args, opts, return_trajectory, device)
     with _LOCK:
         if key not in _PROGRAMS:
-            with jax.default_device(device):
-                _PROGRAMS[key] = _fit_batch().lower(
-                    *args, opts=opts, return_trajectory=return_trajectory).compile()
+            if (directory := _cache.program_dir()) is not None:
+                from unijax.fit._export import stored_program
+
+                _PROGRAMS[key] = stored_program(args, opts=opts,
+                                                return_trajectory=return_trajectory,
+                                                device=device, directory=directory)
+            else:
+                with jax.default_device(device):
+                    _PROGRAMS[key] = _fit_batch().lower(
+                        *args, opts=opts, return_trajectory=return_trajectory).compile()
         return _PROGRAMS[key]
 
 
