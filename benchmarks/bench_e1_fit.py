@@ -40,6 +40,7 @@ jax.config.update("jax_enable_x64", True)
 from bench_fit import DX2, DY2, scipy_fit  # noqa: E402
 
 from unijax import authors, fit, train  # noqa: E402
+from unijax.experiments import _rows  # noqa: E402
 from unijax.experiments import _twopoint as tp  # noqa: E402
 from unijax.experiments import e1_dynamics as e1  # noqa: E402
 
@@ -72,7 +73,7 @@ def main(argv=None):
           f"({jax.default_backend()})")
     out = {"args": vars(args), "rows": {}}
     names = ("scipy", "unijax", "unijax_fit_initial")
-    for i, c in enumerate(e1.row_configs(cfg)):
+    for i, c in enumerate(_rows.row_configs(cfg)):
         t = time.perf_counter()
         r = train.train(c, seeds=cfg.seeds, key=jax.random.fold_in(key, i))
         Z = np.asarray(r.hyw())[0].astype(np.float64)

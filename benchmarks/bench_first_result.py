@@ -155,7 +155,9 @@ def child(code: str, args: list[str], cache_dir: str | None, repo: Path = REPO) 
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     t = time.perf_counter()
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env,
+    # In ``repo``: ``python -c`` puts the working directory first on sys.path, and a unijax
+    # there would be imported instead of ``repo``'s.
+    p = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], env=env, cwd=repo,
                        capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if p.returncode != 0:
@@ -247,7 +249,7 @@ def markdown(machine: dict, args, n_other: int, med: dict, argv) -> str:
     load = lambda v: "?" if v is None else v[0]  # noqa: E731
     sp = med["scipy"]["process"]
     what = {
-        "base fit cold": f"`fit.fit_rates` at the baseline code ({args.baseline}), empty cache",
+        "base fit cold": "`fit.fit_rates` at the baseline code (`--baseline`), empty cache",
         "base fit warm": "the same, the cache filled by the process before",
         "fit cold": f"`fit.fit_rates`, one {args.n_epochs}-epoch trajectory, empty cache",
         "fit warm": "the same, the cache filled by the process before",
