@@ -101,7 +101,7 @@ def file_key(leaves, opts: FitOpts, return_trajectory: bool, platform: str) -> s
     from unijax import __version__
 
     what = (
-        tuple((tuple(np.shape(a)), str(np.result_type(a))) for a in leaves),
+        tuple((tuple(a.shape), str(a.dtype)) for a in leaves),
         repr(opts), bool(return_trajectory), platform, bool(jax.config.jax_enable_x64),
         jax.__version__, jaxlib.__version__, __version__, _source_hash(),
     )
@@ -125,7 +125,7 @@ def _export(args, opts: FitOpts, return_trajectory: bool, platform: str):
                         return_trajectory=return_trajectory)
         return tuple(out[k] for k in names)
 
-    specs = [jax.ShapeDtypeStruct(np.shape(a), np.result_type(a)) for a in leaves]
+    specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
     return export.export(jax.jit(_fit_batch), platforms=[platform])(*specs)
 
 
@@ -133,7 +133,7 @@ def _check(exp, leaves, spec, platform: str) -> None:
     """Raise ``ValueError`` unless ``exp`` takes ``leaves`` and returns ``spec`` on one device
     of ``platform``."""
     got_in = tuple((tuple(a.shape), str(a.dtype)) for a in exp.in_avals)
-    want_in = tuple((tuple(np.shape(a)), str(np.result_type(a))) for a in leaves)
+    want_in = tuple((tuple(a.shape), str(a.dtype)) for a in leaves)
     got_out = tuple((tuple(a.shape), str(a.dtype)) for a in exp.out_avals)
     want_out = tuple((shape, dtype) for _, shape, dtype in spec)
     want_in_tree = jax.tree_util.tree_structure((tuple(0 for _ in want_in), {}))

@@ -3,8 +3,8 @@
 
 **Programs are compiled once per process, and traced once per machine.** One compiled fit
 serves every trajectory length of a bucket (:mod:`unijax.fit._args`) and every batch of a chunk
-size; :func:`program` keeps it for the process. With a private cache directory
-(:func:`unijax._cache.program_dir`) the traced fit is kept there as ``jax.export`` bytes
+size; :func:`program` keeps it for the process. On CPU, with a private cache directory
+(:func:`unijax._cache.program_dir`), the traced fit is kept there as ``jax.export`` bytes
 (:mod:`unijax.fit._export`: data, never unpickled, checked on load, rebuilt on any failure), so
 a later process skips tracing and lowering it, and JAX's persistent compilation cache answers
 its compilation. Without one (``UNIJAX_NO_COMPILATION_CACHE=1``, no private directory) every
@@ -54,7 +54,9 @@ def program(args, *, opts: FitOpts, return_trajectory: bool, device):
     key = _signature(args, opts, return_trajectory, device)
     with _LOCK:
         if key not in _PROGRAMS:
-            if (directory := _cache.program_dir()) is not None:
+            # CPU only: that is where tracing is a large part of a first fit, and the only
+            # platform whose exported programs are tested here.
+            if device.platform == "cpu" and (directory := _cache.program_dir()) is not None:
                 from unijax.fit._export import stored_program
 
                 _PROGRAMS[key] = stored_program(args, opts=opts,
