@@ -248,7 +248,18 @@ def test_load_experiment(tmp_path):
     res = results.load_experiment(tmp_path, "E9")
     np.testing.assert_array_equal(res["x"], np.arange(4.0))
     assert res.passed is True and res.figures[0].name == "fig.png"
-    assert "PASSED: all good" in res.summary() and res.summary_dict()["config_hash"] == h
+    assert res.verdict == "REPRODUCED"  # stored before verdicts: given from passed
+    assert "  REPRODUCED: all good" in res.summary() and res.summary_dict()["config_hash"] == h
+    # An agreement with per-row verdicts: the stored verdict and the rows per verdict.
+    rows = {"a": "REPRODUCED", "b": "AS AUTHORS", "c": "AS AUTHORS", "d": "NOT TESTED"}
+    store.save_result("E9", {"x": np.arange(4.0)}, {**info, "agreement": {
+        "headline": "h", "passed": False, "verdict": "AS AUTHORS", "rows": rows}},
+        config_hash=h)
+    res = results.load_experiment(tmp_path, "E9")
+    assert res.verdict == "AS AUTHORS" and res.passed is False
+    assert "  AS AUTHORS: h" in res.summary()
+    assert "  rows: 1 REPRODUCED, 2 AS AUTHORS, 1 NOT TESTED" in res.summary()
+    assert "PASS" not in res.summary()
     with pytest.raises(FileNotFoundError, match=r"finished there: \['E9'\]"):
         results.load_experiment(tmp_path, "E1")
     # A crafted results.json or result.npz: refused naming the file and the field.

@@ -526,16 +526,33 @@ class ExperimentResult(eqx.Module):
 
     @property
     def passed(self) -> bool | None:
-        """The experiment's verdict (``agreement.passed``), ``None`` if it has none."""
+        """``agreement.passed``: True only for REPRODUCED, False for NOT REPRODUCED and AS
+        AUTHORS, ``None`` for NOT TESTED or no verdict (:attr:`verdict` says which)."""
         return self.info.get("agreement", {}).get("passed")
 
-    def summary(self) -> str:
-        """A few lines: the experiment, its preset, the verdict and its headline."""
+    @property
+    def verdict(self) -> str:
+        """The experiment's verdict as stored: ``"REPRODUCED"``, ``"AS AUTHORS"``, ``"NOT
+        REPRODUCED"`` or ``"NOT TESTED"``. An agreement stored before verdicts existed gives
+        its verdict from ``passed`` (None: NOT TESTED)."""
         ag = self.info.get("agreement", {})
-        verdict = {True: "PASSED", False: "NOT PASSED", None: "no verdict"}[ag.get("passed")]
+        if ag.get("verdict") is not None:
+            return str(ag["verdict"])
+        return {True: "REPRODUCED", False: "NOT REPRODUCED", None: "NOT TESTED"}[ag.get("passed")]
+
+    def summary(self) -> str:
+        """A few lines: the experiment, its preset, the verdict and its headline, the rows per
+        verdict (when the agreement has per-row verdicts), the criterion and the arrays."""
+        ag = self.info.get("agreement", {})
         lines = [f"{self.name} ({self.info.get('preset', '?')} preset): "
                  f"{self.info.get('title', '')}",
-                 f"  {verdict}: {ag.get('headline', '')}"]
+                 f"  {self.verdict}: {ag.get('headline', '')}"]
+        rows = ag.get("rows") or {}
+        if isinstance(rows, dict) and rows:
+            # In the order the verdicts are listed, as the report's summary table counts them.
+            order = ("REPRODUCED", "AS AUTHORS", "NOT REPRODUCED", "NOT TESTED")
+            counts = [(v, sum(1 for r in rows.values() if r == v)) for v in order]
+            lines.append("  rows: " + ", ".join(f"{n} {v}" for v, n in counts if n))
         if ag.get("criterion"):
             lines.append(f"  criterion: {ag['criterion']}")
         lines.append(f"  arrays: {', '.join(f'{k} {v.shape}' for k, v in self.arrays.items())}")
