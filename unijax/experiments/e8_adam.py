@@ -28,13 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from unijax import nets, plots
-from unijax.experiments import _blobs as e5  # the blob measures E5 and E8 share
+
+# E8 composes the parts E1, E4, E5 and E6 stand on; it imports no experiment.
+from unijax.experiments import _blobs, _digits, _dynamics, _xor
 from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
-from unijax.experiments import e1_dynamics as e1
-from unijax.experiments import e4_xor as e4
-from unijax.experiments import e6_mnist as e6
 
 NAME = "E8"
 TITLE = "Adam: dynamics (E1) and final structures (E4-E6) (Fig. 13-16)"
@@ -85,14 +84,14 @@ class XorPart:
 
     def __post_init__(self):
         if self.rows:  # an empty tuple skips the part
-            cm.check_choices("xor.rows", self.rows, e4.XOR_ROWS)
+            cm.check_choices("xor.rows", self.rows, _xor.XOR_ROWS)
         cm.check_float("xor.lr", self.lr)
         cm.check_int("xor.epochs", self.epochs, 1)
         if self.low_gain is not None:
             cm.check_float("xor.low_gain", self.low_gain)
         if self.nonlinearity is not None:
             cm.check_choice("xor.nonlinearity", self.nonlinearity, tuple(nets.NONLINEARITIES))
-        cm.check_choice("xor.loss", self.loss, e4.LOSSES)
+        cm.check_choice("xor.loss", self.loss, _xor.LOSSES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +123,7 @@ class BlobsPart:
 
     def __post_init__(self):
         if self.rows:
-            cm.check_choices("blobs.rows", self.rows, e5.BLOB_ROWS)
+            cm.check_choices("blobs.rows", self.rows, _blobs.BLOB_ROWS)
         cm.check_floats("blobs.lrs", self.lrs)
         cm.check_int("blobs.epochs", self.epochs, 2)
         cm.check_int("blobs.records", self.records, 2)
@@ -253,21 +252,21 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     up = {"rates": {**rates, "source": rates.get("source", "")}}
 
     # E1 part: E1's two-point dynamics with Adam at one learning rate.
-    e1cfg = e1.Config(rows=config.dyn.rows, reference=False,
+    e1cfg = _dynamics.Config(rows=config.dyn.rows, reference=False,
                       size=tp.Sizes(width=config.width, max_depth=config.max_depth,
                                     epochs=config.dyn.epochs),
                       seeds=config.seeds, seed=config.seed,
                       optimizer="adam", lr=config.dyn.lr)
-    dyn = e1.run(e1cfg, key=k_dyn, progress=progress, cache=_prefixed(cache, "dyn"))
+    dyn = _dynamics.run(e1cfg, key=k_dyn, progress=progress, cache=_prefixed(cache, "dyn"))
     arrays = _flatten("dyn", dyn)
 
     # E4 part: XOR.
     if config.xor.rows:
-        xcfg = e4.Config(rows=config.xor.rows, width=config.width, max_depth=config.max_depth,
+        xcfg = _xor.Config(rows=config.xor.rows, width=config.width, max_depth=config.max_depth,
                          low_gain=config.xor.low_gain, low_epochs=config.xor.epochs,
                          seeds=config.seeds, loss_threshold=config.loss_threshold,
                          nonlinearity=config.xor.nonlinearity, loss=config.xor.loss)
-        xor = _structure_run(e4, xcfg, config.xor.lr, k_xor, progress, cache, up, "xor")
+        xor = _structure_run(_xor, xcfg, config.xor.lr, k_xor, progress, cache, up, "xor")
         arrays.update(_flatten("xor", xor))
 
     # E5 part: blobs, over a sweep of Adam learning rates, each read at convergence.
@@ -278,14 +277,14 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
 
     # E6 part: digits.
     if config.digits.enabled:
-        dcfg = e6.Config(mnist=config.digits.mnist, n_train=config.digits.n_train,
+        dcfg = _digits.Config(mnist=config.digits.mnist, n_train=config.digits.n_train,
                          width=config.digits.width, epochs=config.digits.epochs,
                          seeds=config.seeds,
-                         structure=e6.StructurePart(optimizers=("adam",),
+                         structure=_digits.StructurePart(optimizers=("adam",),
                                                     adam_lr=config.digits.lr),
                          n_structure=(100 if config.digits.n_train is None
                                       else min(100, config.digits.n_train)))
-        digits = e6.run(dcfg, key=k_dig, progress=progress, cache=_prefixed(cache, "digits"),
+        digits = _digits.run(dcfg, key=k_dig, progress=progress, cache=_prefixed(cache, "digits"),
                         upstream=up, optimizer="adam", lr=config.digits.lr)
         arrays.update(_flatten("digits", digits))
     return Result(arrays=arrays)
@@ -323,7 +322,7 @@ def _read_at_convergence(reps, loss, diverged, rec, threshold, factors, targets)
         k = min(k, rec.size - 1)
         read[s] = int(rec[k])
         for out, j in ((at_stop, k), (at_end, rec.size - 1)):
-            c0, c1, _ = e5.indices(st.sq_dists(reps[s, j]), factors, targets)
+            c0, c1, _ = _blobs.indices(st.sq_dists(reps[s, j]), factors, targets)
             out[s] = 0.5 * (c0 + c1)
     return stop, read, at_stop, at_end
 
@@ -378,7 +377,7 @@ def blob_sweep(config: Config, *, key, progress=cm.no_progress, cache=None) -> d
     return out
 
 
-_PARTS = {"dyn": e1.Result, "xor": e4.Result, "digits": e6.Result}
+_PARTS = {"dyn": _dynamics.Result, "xor": _xor.Result, "digits": _digits.Result}
 
 
 def parts(result) -> tuple:
@@ -416,7 +415,7 @@ def sweep_table(sw: dict) -> dict:
                                                          sw["stop_epoch"][li, hi], np.nan))}
             a, b_ = row["index_low"]["mean"], row["index_high"]["mean"]
             row["holds"] = (None if a is None or b_ is None else
-                            bool(a >= e5.COLLAPSED and a - b_ >= e5.MARGIN))
+                            bool(a >= _blobs.COLLAPSED and a - b_ >= _blobs.MARGIN))
             per_lr[f"{lr:g}"] = row
         out[nl] = per_lr
     return out
@@ -462,9 +461,9 @@ def _unijax_setting(holds: bool | None, what: str) -> tuple[cm.Verdict, str]:
 def agreement(result) -> dict:
     dyn, xor, digits = parts(result)
     sw = sweep(result)
-    a1 = e1.agreement(dyn)
-    a4 = e4.agreement(xor) if xor is not None else None
-    a6 = e6.agreement(digits, judge_dynamics=False) if digits is not None else None
+    a1 = _dynamics.agreement(dyn)
+    a4 = _xor.agreement(xor) if xor is not None else None
+    a6 = _digits.agreement(digits, judge_dynamics=False) if digits is not None else None
     t4 = a4["figures"]["per_row"] if a4 else {}
     rows, why = {}, []
     # The dynamics: reported with the statistic of E1's body (seed-median R^2 per row).
@@ -476,15 +475,15 @@ def agreement(result) -> dict:
     xor_lr = float(np.asarray(xor.lr).ravel()[0]) if xor is not None and np.size(xor.lr) else None
     for key, label, test in (
             ("xor_low_weights", "XOR low weights (E4)",
-             lambda d: d["ratio_measured"]["mean"] < e4.MERGED_RATIO),
+             lambda d: d["ratio_measured"]["mean"] < _xor.MERGED_RATIO),
             ("xor_high_weights", "XOR high weights (E4)",
-             lambda d: d["ratio_measured"]["mean"] > e4.KEPT_RATIO)):
+             lambda d: d["ratio_measured"]["mean"] > _xor.KEPT_RATIO)):
         d = t4.get(key)
         if not d:
             continue
         holds = bool(test(d)) if d["used"] else False
         what = (f"{label}: same/different ratio {cm.fmt(d['ratio_measured']['mean'])}"
-                if d["used"] else f"{label}: {e4.unusable(d)}")
+                if d["used"] else f"{label}: {_xor.unusable(d)}")
         rows[label], text = _unijax_setting(holds, what)
         why.append(text)
     sweep_head = sweep_body = None
@@ -509,7 +508,7 @@ def agreement(result) -> dict:
         srow = next(iter(a6["figures"]["structure"].values()))
         holds = a6["rows"].get("structure (Adam, Fig. 16)") == cm.Verdict.REPRODUCED.value
         rows["digits (E6), Adam structure"], text = _unijax_setting(
-            holds, f"digits: Pearson r {cm.fmt(srow['pearson_r']['mean'])} (>= {e6.R_PASS})")
+            holds, f"digits: Pearson r {cm.fmt(srow['pearson_r']['mean'])} (>= {_digits.R_PASS})")
         why.append(text)
     heads = [f"dynamics (not judged) seed-median R² {r2_text}"]
     if a4:
@@ -544,7 +543,7 @@ def agreement(result) -> dict:
         headline=headline,
         measured=measured,
         criterion="the final structures match as for SGD (E4's and E5's rules, E6's r >= "
-        f"{e6.R_PASS}); a claim that fails only at unijax's own Adam settings is NOT TESTED, "
+        f"{_digits.R_PASS}); a claim that fails only at unijax's own Adam settings is NOT TESTED, "
         "with its numbers: " + "; ".join(why),
         rows=rows,
         figures={"dynamics_seed_median_r2": {r: d["r2"] for r, d in per_row.items()},
@@ -575,14 +574,14 @@ def plot(result, outdir) -> list[Path]:
     dyn, xor, digits = parts(result)
     sw = sweep(result)
     paths = []
-    paths += e1.plot_dynamics(dyn, outdir, stem="adam_dynamics", title="Adam")
-    paths += e1.plot_loss(dyn, outdir, stem="adam_loss_curves")
+    paths += _dynamics.plot_dynamics(dyn, outdir, stem="adam_dynamics", title="Adam")
+    paths += _dynamics.plot_loss(dyn, outdir, stem="adam_loss_curves")
     if xor is not None:
-        paths += e4.plot(xor, outdir, stem="adam_xor_distance_matrices")
+        paths += _xor.plot(xor, outdir, stem="adam_xor_distance_matrices")
     if sw is not None:
         paths += plot_sweep(sw, outdir)
     if digits is not None:
-        paths += e6.plot(digits, outdir, stem="adam_digits")
+        paths += _digits.plot(digits, outdir, stem="adam_digits")
     return paths
 
 
@@ -612,7 +611,7 @@ def plot_sweep(sw: dict, outdir, stem: str = "adam_blobs_lr_sweep") -> list[Path
                     label=f"gain {float(sw['gain'][r]):g}, at convergence")
             ax.plot(lrs, _row_means(end), color=color, ls=":",
                     label=f"gain {float(sw['gain'][r]):g}, at epoch {int(sw['epochs'])}")
-        ax.axhline(e5.COLLAPSED, color="0.5", lw=0.8)
+        ax.axhline(_blobs.COLLAPSED, color="0.5", lw=0.8)
         ax.set_xscale("log")
         plots.label(ax, "Adam learning rate (unijax's choice)",
                     "collapse index (1 = collapsed, ~0.5 = 2-D sheet)",
