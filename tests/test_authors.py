@@ -67,11 +67,13 @@ def test_no_worse_than_authors_rule():
                                   [True, False, False, False, True])
     r2, ref = r2[:4], ref[:4]
     poor, ok = int(fit.FitStatus.POOR_FIT), int(fit.FitStatus.OK)
-    st = tp.reference_status([poor, poor, poor, ok], r2, ref)
-    np.testing.assert_array_equal(st, [tp.AS_AUTHORS, poor, poor, ok])
-    # No reference run: statuses unchanged, and only OK and AS_AUTHORS give rates.
-    np.testing.assert_array_equal(tp.reference_status([poor], r2[:1], np.nan), [poor])
-    rates = tp.usable_rates([1.0, 2.0, 3.0, 4.0], [1.0] * 4, st)
+    st = [poor, poor, poor, ok]
+    marked = tp.as_authors(st, r2, ref)
+    np.testing.assert_array_equal(marked, [True, False, False, False])
+    # No reference run: nothing marked, and only OK fits and marked ones give rates.
+    np.testing.assert_array_equal(tp.as_authors([poor], r2[:1], np.nan), [False])
+    np.testing.assert_array_equal(tp.usable(st, marked), [True, False, False, True])
+    rates = tp.usable_rates([1.0, 2.0, 3.0, 4.0], [1.0] * 4, st, marked)
     assert rates["n"] == 2 and rates["n_as_authors"] == 1 and rates["eta_h"] == 2.5
     assert "no worse than the authors' method" in tp.exclusion_text(rates)
 

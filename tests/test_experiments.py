@@ -351,14 +351,13 @@ def test_e3_final_distance_tracks_theory(tmp_path):
         assert "0 of 2 fits used" in " ".join(agr["notes"])
         return
     from unijax import fit
-    from unijax.experiments import _twopoint as tp
 
     # The authors' method fitted the rate trials whose status it can change (the poor fits,
     # _rows.reference_needed), and only those; a fit it does no better on is usable.
     assert r.fit_r2_authors.shape == (1, 2, 3)
-    poor = np.isin(r.fit_status, (int(fit.FitStatus.POOR_FIT), tp.AS_AUTHORS))
+    poor = np.isin(r.fit_status, (int(fit.FitStatus.POOR_FIT), mod.STORED_AS_AUTHORS))
     assert np.array_equal(np.isfinite(r.fit_r2_authors).all(-1), poor)
-    use = np.isin(r.fit_status[0], (0, tp.AS_AUTHORS))
+    use = np.isin(r.fit_status[0], (0, mod.STORED_AS_AUTHORS))
     np.testing.assert_allclose(r.eta_h[0], np.mean(r.fit_eta_h[0][use]))
     assert row["n_used"] >= 4 and row["pearson_r"] > 0.5
 

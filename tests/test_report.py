@@ -40,7 +40,8 @@ def e1_result(r2: dict[str, tuple], r2_authors: dict[str, tuple | None], seeds: 
         z_fit=np.ones((R, S, P, 3)), eta_mean=np.full(shape, 0.1),
         r2_loss=np.full(shape, 0.99), loss_fit=np.ones((R, S, P)),
         loss_converged=np.ones(shape, bool),
-        fit_status=np.where(ok, 0, 1).astype(np.int32), r2_authors=ref,
+        fit_initial=np.asarray(False), fit_status=np.where(ok, 0, 1).astype(np.int32),
+        layer=np.full(R, 1), departures=np.asarray([], dtype=str), r2_authors=ref,
         eta_authors=np.full((R, S, 2), np.nan),
     )
 

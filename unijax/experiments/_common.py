@@ -86,15 +86,12 @@ def result_to_arrays(result: Any) -> dict[str, np.ndarray]:
 
 
 def result_from_arrays(cls: type, arrays: Mapping[str, np.ndarray]) -> Any:
-    """Rebuild a Result dataclass from :func:`result_to_arrays`' output."""
+    """Rebuild a Result dataclass from :func:`result_to_arrays`' output (every field)."""
     fields = dataclasses.fields(cls)
-    # Fields with a default were added later: results stored before them still load.
-    optional = {f.name for f in fields if f.default is not dataclasses.MISSING
-                or f.default_factory is not dataclasses.MISSING}
-    missing = [f.name for f in fields if f.name not in arrays and f.name not in optional]
+    missing = [f.name for f in fields if f.name not in arrays]
     if missing:
         raise ValueError(f"stored result lacks fields {missing} of {cls.__qualname__}")
-    return cls(**{f.name: np.asarray(arrays[f.name]) for f in fields if f.name in arrays})
+    return cls(**{f.name: np.asarray(arrays[f.name]) for f in fields})
 
 
 # ---------------------------------------------------------------------------------------------

@@ -219,31 +219,28 @@ class Result:
     rates_eta_h: np.ndarray
     rates_eta_y: np.ndarray
     rates_source: np.ndarray
-    # ``(S,)`` unijax.fit.FitStatus per dynamics fit (-1 not fitted); stored results without it:
-    # no fit counted as usable.
-    fit_status: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
-    D_pred_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    r_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
-    structure_optimizers: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray([], dtype=str))
-    D_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    r_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    r_offblock_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    final_loss_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    diverged_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    converged_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    r_authors_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    lr_by_opt: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    dyn_steps: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(-1))
-    dyn_lr: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    dyn_optimizer: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(""))
+    # ``(S,)`` unijax.fit.FitStatus per dynamics fit (-1 not fitted).
+    fit_status: np.ndarray
+    D_pred_authors: np.ndarray
+    r_authors: np.ndarray
+    departures: np.ndarray
+    structure_optimizers: np.ndarray
+    D_by_opt: np.ndarray
+    r_by_opt: np.ndarray
+    r_offblock_by_opt: np.ndarray
+    final_loss_by_opt: np.ndarray
+    diverged_by_opt: np.ndarray
+    converged_by_opt: np.ndarray
+    r_authors_by_opt: np.ndarray
+    lr_by_opt: np.ndarray
+    dyn_steps: np.ndarray
+    dyn_lr: np.ndarray
+    dyn_optimizer: np.ndarray
     # ``(S, 2)`` rates and ``(S, 3)`` R² of h, y, w that the authors' fitting method
     # (:mod:`unijax.authors`, BFGS) reaches on the same trajectories, scored on ``epochs_fit``;
-    # NaN scalars: no reference was run (stored results without it, Adam's unjudged dynamics).
-    eta_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    # NaN scalars: no reference was run (Adam's unjudged dynamics, ``reference`` off).
+    eta_authors: np.ndarray
+    r2_authors: np.ndarray
 
 
 def departures(config: Config, *, optimizers: tuple[str, ...] | None = None,
@@ -467,6 +464,8 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     """
     import jax
 
+    from unijax import fit
+
     cache = cache or cm.memory_cache()
     k_rates, k_train = jax.random.split(key)
     rates = st.get_rates(config.rates, upstream=upstream, key=k_rates,
@@ -513,7 +512,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
         final_loss=fl, diverged=dv, converged=conv,
         rates_eta_h=np.asarray(rates["eta_h"]), rates_eta_y=np.asarray(rates["eta_y"]),
         rates_source=np.asarray(rates.get("source", "")),
-        fit_status=np.where(ddv, tp.NOT_FITTED, f["status"]).astype(np.int32),
+        fit_status=np.where(ddv, fit.FitStatus.NOT_FITTED, f["status"]).astype(np.int32),
         D_pred_authors=pred["Pa"], r_authors=np.asarray(r_auth),
         departures=np.asarray(departures(config, optimizers=optimizers, data_name=ds.name,
                                          n_points=ds.n_points), dtype=str),
@@ -562,18 +561,11 @@ _OPT_NAME = {"sgd": "SGD", "adam": "Adam"}
 
 
 def _structure_rows(result) -> list[dict]:
-    """Per structure run: optimizer, r spreads, counts, verdict, and the reason in words.
-    Results stored before the per-optimizer fields hold one run (``D``, ``r``, ...)."""
+    """Per structure run: optimizer, r spreads, counts, verdict, and the reason in words."""
     opts = [str(o) for o in np.atleast_1d(result.structure_optimizers)]
-    if not opts:  # an older result: one structure run, its optimizer unrecorded
-        opts = ["sgd"]
-        r_by, off_by = [np.asarray(result.r)], [np.asarray(result.r_offblock)]
-        conv_by, div_by = [np.asarray(result.converged)], [np.asarray(result.diverged)]
-        fl_by, auth_by = [np.asarray(result.final_loss)], [float(np.asarray(result.r_authors))]
-    else:
-        r_by, off_by = result.r_by_opt, result.r_offblock_by_opt
-        conv_by, div_by = result.converged_by_opt, result.diverged_by_opt
-        fl_by, auth_by = result.final_loss_by_opt, np.asarray(result.r_authors_by_opt)
+    r_by, off_by = result.r_by_opt, result.r_offblock_by_opt
+    conv_by, div_by = result.converged_by_opt, result.diverged_by_opt
+    fl_by, auth_by = result.final_loss_by_opt, np.asarray(result.r_authors_by_opt)
     rows = []
     for i, opt in enumerate(opts):
         conv, div = np.asarray(conv_by[i], bool), np.asarray(div_by[i], bool)
@@ -608,7 +600,7 @@ def dynamics_verdict(*, left: int, ok: int, as_authors: int, r2_stats) -> cm.Ver
         ok: of those, fits that pass unijax's criterion (``FitStatus.OK``: R² of each of h, y,
             w >= ``unijax.fit.MIN_R2``, both rates identified).
         as_authors: of those, poor fits that the authors' method fits no better
-            (:func:`unijax.experiments._twopoint.reference_status`).
+            (:func:`unijax.experiments._twopoint.as_authors`).
         r2_stats: the R² statistics shown for the row (e.g. the mean and the median over trials
             of each of h, y, w); NaN/None entries are ignored.
 
@@ -628,6 +620,13 @@ def dynamics_verdict(*, left: int, ok: int, as_authors: int, r2_stats) -> cm.Ver
     return cm.Verdict.NOT_REPRODUCED
 
 
+def _fit_marks(result) -> tuple[np.ndarray, np.ndarray]:
+    """``(S,)`` the dynamics fits' ``FitStatus`` codes, and whether each is a ``POOR_FIT`` that
+    the authors' method fits no better (:func:`unijax.experiments._twopoint.as_authors`)."""
+    status = np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h))
+    return status, tp.as_authors(status, result.r2, result.r2_authors)
+
+
 def _dynamics_row(result, *, judge: bool) -> dict:
     """The '0'/'1' dynamics: left the plateau?, fit quality (unijax's and the authors'
     method's), verdict, reason in words."""
@@ -635,14 +634,13 @@ def _dynamics_row(result, *, judge: bool) -> dict:
 
     hyw = np.asarray(result.hyw, float)
     dy2 = float(result.dy2)
-    raw = np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h))
-    r2, r2a = np.asarray(result.r2, float), np.asarray(getattr(result, "r2_authors", np.nan))
-    status = tp.reference_status(raw, r2, r2a)
+    status, marked = _fit_marks(result)
+    r2, r2a = np.asarray(result.r2, float), np.asarray(result.r2_authors, float)
     alive = np.isfinite(hyw[:, -1, 1])
     y_end = np.where(alive, hyw[:, -1, 1], np.nan) / dy2
     left = alive & (y_end >= PLATEAU_EXIT)
     good = left & (status == int(fit.FitStatus.OK))
-    as_auth = left & (status == tp.AS_AUTHORS)
+    as_auth = left & marked
     ok = np.asarray(result.fit_ok, bool)
     shown = left & ok
     r2s = {v: cm.spread(np.where(shown, r2[:, k], np.nan)) for k, v in enumerate("hyw")}
@@ -653,10 +651,9 @@ def _dynamics_row(result, *, judge: bool) -> dict:
     r2a_s = {v: cm.spread(np.where(ref_use, r2a[:, k], np.nan)) if has_ref else cm.spread([])
              for k, v in enumerate("hyw")}
     steps, lr = int(np.asarray(result.dyn_steps)), float(np.asarray(result.dyn_lr))
-    opt = str(np.asarray(result.dyn_optimizer)) or "sgd"
+    opt = str(np.asarray(result.dyn_optimizer))
     budget = (f"{steps:,} {_OPT_NAME.get(opt, opt)} steps at lr {lr:g}; the "
-              f"authors: {AUTHORS_DYN_STEPS:,} SGD steps at lr {AUTHORS_DYN_LR:g}"
-              if steps > 0 else "steps not recorded")
+              f"authors: {AUTHORS_DYN_STEPS:,} SGD steps at lr {AUTHORS_DYN_LR:g}")
     row = {"name": "dynamics '0' vs '1' (Fig. 4)", "trials": int(alive.size),
            "left_plateau": int(left.sum()), "usable_fits": int(good.sum()),
            "as_authors_fits": int(as_auth.sum()),
@@ -747,10 +744,8 @@ def agreement(result, *, judge_dynamics: bool = True) -> dict:
                  "dynamics": {k: v for k, v in drow.items() if k not in ("verdict", "name")},
                  "dynamics_r2": drow["r2_after_plateau"],
                  # Rates only from fits that pass the quality criterion, with the accounting.
-                 "dynamics_rates": tp.usable_rates(
-                     result.eta_h, result.eta_y, tp.reference_status(
-                         np.broadcast_to(np.asarray(result.fit_status), np.shape(result.eta_h)),
-                         result.r2, getattr(result, "r2_authors", np.nan))),
+                 "dynamics_rates": tp.usable_rates(result.eta_h, result.eta_y,
+                                                   *_fit_marks(result)),
                  "data": data_name, "departures": deps},
         counts={"trials": sum(r["trials"] for r in srows),
                 "diverged": sum(r["diverged"] for r in srows),

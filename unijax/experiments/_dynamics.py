@@ -25,6 +25,7 @@ from unijax.experiments._rows import (
     default_rates,
     fit_min_r2,
 )
+from unijax.experiments._rows import as_authors as _as_authors
 from unijax.experiments._rows import fit_status as _status
 from unijax.experiments._rows import median as _median
 from unijax.experiments._rows import r2_cell as _r2_cell
@@ -68,11 +69,11 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
     fits), each with its seed-median (``"median"``, the statistic the verdict and the report
     use), and the rates of the fits that pass the quality criterion."""
     out = {}
-    statuses = _status(result)
+    statuses, marked = _status(result), _as_authors(result)
     for i, row in enumerate(np.asarray(result.rows)):
         use = np.asarray(result.fit_ok[i])
         status = statuses[i]
-        rates = use & tp.usable(status)  # only fits that pass
+        rates = use & tp.usable(status, marked[i])  # only fits that pass
         entry = {v: _with_median(np.where(use, result.r2[i, :, k], np.nan))
                  for k, v in enumerate(("h", "y", "w"))}
         use_l = use & np.asarray(result.loss_converged[i])
@@ -81,7 +82,8 @@ def r2_table(result) -> dict[str, dict[str, dict]]:
         entry["eta_y"] = cm.spread(np.where(rates, result.eta_y[i], np.nan))
         entry["eta_mean"] = cm.spread(np.where(use_l, result.eta_mean[i], np.nan))
         entry["rates_identified"] = int(np.asarray(result.converged[i]).sum())
-        entry["rate_fits"] = tp.usable_rates(result.eta_h[i], result.eta_y[i], status)
+        entry["rate_fits"] = tp.usable_rates(result.eta_h[i], result.eta_y[i], status,
+                                             marked[i])
         out[str(row)] = entry
     return out
 

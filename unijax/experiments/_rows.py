@@ -10,7 +10,8 @@ is at hand); no experiment module imports another.
 * :func:`reference_needed`, :func:`reference_fits`: the authors' fitting method
   (:mod:`unijax.authors`), run only on the trials whose verdict or status can depend on it.
 * :func:`run_rows` -> :class:`RowsResult`: all of the above.
-* :func:`fit_status`, :func:`counts`, :func:`default_rates`: reading a :class:`RowsResult`.
+* :func:`fit_status`, :func:`as_authors`, :func:`counts`, :func:`default_rates`: reading a
+  :class:`RowsResult`.
 * :func:`own_default_rates`: the ``default`` row's usable rates fitted here.
 """
 
@@ -36,6 +37,7 @@ __all__ = [
     "reference_fits",
     "run_rows",
     "fit_status",
+    "as_authors",
     "counts",
     "default_rates",
     "fit_min_r2",
@@ -122,7 +124,8 @@ class RowsResult:
         converged: ``(R, S)`` fit_ok and both rates individually identified (relative
             standard error < 0.1); reported as a count.
         fit_status: ``(R, S)`` ``unijax.fit.FitStatus`` code (-1: not fitted); only
-            ``OK`` fits (finished, identified, R^2 >= ``unijax.fit.MIN_R2``) give rates.
+            ``OK`` fits (finished, identified, R^2 >= ``unijax.fit.MIN_R2``) give rates, and
+            the ``POOR_FIT`` ones the authors' method fits no better (:func:`as_authors`).
         r2: ``(R, S, 3)`` R^2 of h, y, w; z_fit: ``(R, S, P, 3)`` the fitted ODE trajectories.
         eta_mean, r2_loss: ``(R, S)``; loss_fit: ``(R, S, P)``; loss_converged: ``(R, S)``.
         fit_initial: ``()`` bool, whether the ODE's starting state was fitted too.
@@ -153,14 +156,12 @@ class RowsResult:
     r2_loss: np.ndarray
     loss_fit: np.ndarray
     loss_converged: np.ndarray
-    fit_initial: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(False))
-    # Results stored before the status existed: no fit counts as usable.
-    fit_status: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
-    layer: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=int))
-    departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
-    eta_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    fit_initial: np.ndarray
+    fit_status: np.ndarray
+    layer: np.ndarray
+    departures: np.ndarray
+    eta_authors: np.ndarray
+    r2_authors: np.ndarray
 
 
 def departures(config: RowsConfig, cfgs=None) -> list[str]:
@@ -281,7 +282,7 @@ def reference_needed(fitted: np.ndarray, fit: dict, *, r2_pass: float | None) ->
 
     A trial is fitted by the authors' method when it was fitted here (``fitted``) and either
     its own fit is below the R^2 criterion (``POOR_FIT``: :func:`unijax.experiments.
-    _twopoint.reference_status` may then mark it usable) or its row misses the pass threshold
+    _twopoint.as_authors` may then mark it usable) or its row misses the pass threshold
     ``r2_pass`` (seed-median R^2 of h, y or w over the fits with a curve, ``fit_ok``: the
     row's verdict then compares with the authors' R^2 over those trials). A row whose every
     median is at least ``r2_pass`` passes without a reference and is not refitted; with
@@ -349,10 +350,11 @@ def run_rows(config: RowsConfig, *, key, progress=cm.no_progress, cache=None,
                                 cache=cache)
     f = fit_rows(loss, hyw, div, dx2=config.dx2, dy2=config.dy2, progress=progress,
                  cache=cache, fit_initial=config.fit_initial)
+    from unijax import fit  # loaded by fit_rows already
+
     ref = {"eta": np.asarray(np.nan), "r2": np.asarray(np.nan)}
     if config.reference:
-        # The chunk's name says which trials it holds (a store of older versions has a
-        # "reference" chunk of every fitted trial).
+        # The chunk's name says which trials it holds.
         ref = reference_fits(hyw, reference_needed(f["fitted"] & ~div, f, r2_pass=r2_pass),
                              epochs=f["epochs"], dx2=config.dx2, dy2=config.dy2,
                              progress=progress, cache=cache, prefix="reference-needed")
@@ -378,7 +380,7 @@ def run_rows(config: RowsConfig, *, key, progress=cm.no_progress, cache=None,
         loss_fit=f["loss_fit"],
         loss_converged=f["loss_converged"],
         fit_initial=np.asarray(config.fit_initial),
-        fit_status=np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32),
+        fit_status=np.where(div, fit.FitStatus.NOT_FITTED, f["status"]).astype(np.int32),
         layer=np.asarray([c.layer for c in cfgs]),
         departures=np.asarray(departures(config, cfgs), dtype=str),
         eta_authors=ref["eta"],
@@ -387,13 +389,15 @@ def run_rows(config: RowsConfig, *, key, progress=cm.no_progress, cache=None,
 
 
 def fit_status(result) -> np.ndarray:
-    """``fit_status`` broadcast to ``(R, S)`` (results built without it: not fitted), with the
-    fits that the authors' method does no better on marked usable
-    (:func:`unijax.experiments._twopoint.reference_status`)."""
-    status = getattr(result, "fit_status", tp.NOT_FITTED)
-    status = np.broadcast_to(np.asarray(status), np.asarray(result.diverged).shape)
-    return tp.reference_status(status, result.r2,
-                               getattr(result, "r2_authors", np.asarray(np.nan)))
+    """``fit_status`` broadcast to ``(R, S)`` (``unijax.fit.FitStatus`` codes)."""
+    return np.broadcast_to(np.asarray(result.fit_status), np.asarray(result.diverged).shape)
+
+
+def as_authors(result) -> np.ndarray:
+    """``(R, S)`` bool: the ``POOR_FIT`` trials that the authors' method fits no better, whose
+    rates are used (:func:`unijax.experiments._twopoint.as_authors`; none without a
+    reference)."""
+    return tp.as_authors(fit_status(result), result.r2, result.r2_authors)
 
 
 def counts(result) -> dict[str, int]:
@@ -407,7 +411,7 @@ def counts(result) -> dict[str, int]:
         "fit_failed": int((~div & ~ok).sum()),
         "used": int(ok.sum()),
         "fits_rates_not_identified": int((ok & ~conv).sum()),
-        "fits_rates_used": int(tp.usable(fit_status(result)).sum()),
+        "fits_rates_used": int(tp.usable(fit_status(result), as_authors(result)).sum()),
     }
 
 
@@ -419,7 +423,8 @@ def default_rates(result) -> dict | None:
     if "default" not in rows:
         return None
     i = rows.index("default")
-    rates = tp.usable_rates(result.eta_h[i], result.eta_y[i], fit_status(result)[i])
+    rates = tp.usable_rates(result.eta_h[i], result.eta_y[i], fit_status(result)[i],
+                            as_authors(result)[i])
     if rates["n"] == 0:
         return None
     return {**rates, "width": int(result.width[i]), "depth": int(result.depth[i])}
@@ -464,8 +469,10 @@ def own_default_rates(size: tp.Sizes, *, seeds: int, key, progress, cache,
                                 prefix=f"{prefix}-train")
     f = fit_rows(loss, hyw, div, dx2=cfg.dx2, dy2=cfg.dy2, progress=progress, cache=cache,
                  prefix=f"{prefix}-fit")
+    from unijax import fit  # loaded by fit_rows already
+
     rates = tp.usable_rates(f["eta_h"][0], f["eta_y"][0],
-                            np.where(div[0], tp.NOT_FITTED, f["status"][0]))
+                            np.where(div[0], fit.FitStatus.NOT_FITTED, f["status"][0]))
     return {
         "eta_h": rates["eta_h"],
         "eta_y": rates["eta_y"],

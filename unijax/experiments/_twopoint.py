@@ -39,12 +39,10 @@ __all__ = [
     "row_config",
     "sample_epochs",
     "fit_trajectories",
-    "NOT_FITTED",
     "usable_rates",
-    "AS_AUTHORS",
     "REF_SLACK",
     "no_worse_than_authors",
-    "reference_status",
+    "as_authors",
     "usable",
     "exclusion_text",
     "fit_loss",
@@ -56,13 +54,6 @@ __all__ = [
 #: Epochs sampled per fitted trajectory (one compiled fitter for every fit of a run).
 FIT_POINTS = 300
 
-#: ``status`` of a trial that was never fitted (diverged, or an invalid start):
-#: ``unijax.fit.FitStatus.NOT_FITTED`` (spelled out: judging stored results needs no fitter).
-NOT_FITTED = -1
-#: Pseudo-status of a ``POOR_FIT`` trial on which every variable below ``unijax.fit.MIN_R2``
-#: is fitted no worse than the authors' own method fits it (:func:`reference_status`): the
-#: theory fits that trajectory as well as the paper's pipeline could, so its rates are used.
-AS_AUTHORS = 10
 #: "No worse than the authors' method": the unexplained variance summed over h, y, w,
 #: ``sum (1 - R^2)``, at most this factor times that of the authors' fit (the two optimizers
 #: weight the epochs differently, which moves it by a few per cent either way on the same
@@ -281,7 +272,7 @@ def fit_trajectories(
     Returns:
         ``eta_h, eta_y, stderr_eta_h, stderr_eta_y: (n,)`` (1/epoch, NaN where not fitted or
         the optimizer did not finish), ``r2: (n, 3)`` for h, y, w (reported for poor fits
-        too), ``status: (n,)`` (``unijax.fit.FitStatus`` code, :data:`NOT_FITTED` for trials
+        too), ``status: (n,)`` (``unijax.fit.FitStatus`` code, ``NOT_FITTED`` for trials
         not fitted), ``usable: (n,)`` (``status == OK``: the only rates to pass on),
         ``converged: (n,)`` (``RateFit.converged``: the optimizer finished),
         ``identified: (n,)``, ``good_fit: (n,)`` (R^2 >= ``unijax.fit.MIN_R2``),
@@ -292,6 +283,8 @@ def fit_trajectories(
         ``fitted: (n,)`` (the trial was valid and went to the fitter),
         ``z_fit: (n, FIT_POINTS, 3)`` the fitted trajectories, ``epochs: (FIT_POINTS,)``.
     """
+    from unijax import fit
+
     Z = np.asarray(Z, dtype=np.float64)
     n, T = Z.shape[:2]
     dx2 = np.broadcast_to(np.asarray(dx2, np.float64), (n,)).copy()
@@ -306,7 +299,7 @@ def fit_trajectories(
         "stderr_eta_h": np.full(n, np.nan),
         "stderr_eta_y": np.full(n, np.nan),
         "r2": np.full((n, 3), np.nan),
-        "status": np.full(n, NOT_FITTED, np.int32),
+        "status": np.full(n, fit.FitStatus.NOT_FITTED, np.int32),
         "usable": np.zeros(n, bool),
         "converged": np.zeros(n, bool),
         "fit_ok": np.zeros(n, bool),
@@ -318,8 +311,6 @@ def fit_trajectories(
     }
     if not valid.any():
         return out
-    from unijax import fit
-
     # One call over all trials, invalid ones masked out (fit_rates runs every batch in the
     # same compiled chunks, so a whole run compiles the fitter once).
     for _ in [None] if progress is None else progress([None], desc=desc):
@@ -337,7 +328,7 @@ def fit_trajectories(
 def _reason(code: int) -> str:
     from unijax import fit
 
-    return "not_fitted" if code == NOT_FITTED else fit.FitStatus(code).name.lower()
+    return fit.FitStatus(code).name.lower()
 
 
 def no_worse_than_authors(r2: Any, r2_authors: Any, min_r2: float) -> np.ndarray:
@@ -366,45 +357,50 @@ def no_worse_than_authors(r2: Any, r2_authors: Any, min_r2: float) -> np.ndarray
     return finite & (above | as_good)
 
 
-def reference_status(status: Any, r2: Any, r2_authors: Any) -> np.ndarray:
-    """``status`` with each ``POOR_FIT`` trial that the authors' method fits no better marked
-    :data:`AS_AUTHORS` (usable); unchanged where there is no reference.
+def as_authors(status: Any, r2: Any, r2_authors: Any) -> np.ndarray:
+    """Whether each trial is a ``POOR_FIT`` that the authors' own method fits no better
+    (:func:`no_worse_than_authors`): the theory fits that trajectory as well as the paper's
+    pipeline could, so its rates are used (:func:`usable`).
 
     Args:
-        status: ``(...)`` codes from :func:`fit_trajectories`.
+        status: ``(...)`` ``unijax.fit.FitStatus`` codes from :func:`fit_trajectories`.
         r2, r2_authors: ``(..., 3)``, as :func:`no_worse_than_authors` (``r2_authors`` may be
-            a NaN scalar: no reference was run).
+            a NaN scalar: no reference was run, and no trial is marked).
+
+    Returns:
+        ``(...)`` bool, the shape of ``status``.
     """
-    st = np.array(status, dtype=np.int32, copy=True)
+    status = np.asarray(status)
     ref = np.asarray(r2_authors, float)
     if ref.ndim == 0:
-        return st
+        return np.zeros(status.shape, bool)
     from unijax import fit
 
-    poor = st == int(fit.FitStatus.POOR_FIT)
-    st[poor & no_worse_than_authors(r2, ref, fit.MIN_R2)] = AS_AUTHORS
-    return st
+    poor = status == int(fit.FitStatus.POOR_FIT)
+    return poor & no_worse_than_authors(r2, ref, fit.MIN_R2)
 
 
-def usable(status: Any) -> np.ndarray:
-    """Whether each fit's rates may be used: ``status`` ``OK`` (0) or :data:`AS_AUTHORS`."""
+def usable(status: Any, as_authors: Any = False) -> np.ndarray:
+    """Whether each fit's rates may be used: ``status`` ``OK`` (0), or the fit is no worse
+    than the authors' method (``as_authors``, :func:`as_authors`, broadcast to ``status``)."""
     # 0: unijax.fit.FitStatus.OK (unijax.fit, hence Diffrax, loaded only when fitting).
-    return np.isin(np.asarray(status), (0, AS_AUTHORS))
+    return (np.asarray(status) == 0) | np.asarray(as_authors, bool)
 
 
-def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
+def usable_rates(eta_h: Any, eta_y: Any, status: Any, as_authors: Any = False
+                 ) -> dict[str, Any]:
     """Mean rates over the fits that pass the quality criterion, with the accounting.
 
     Only trials with ``status == unijax.fit.FitStatus.OK`` (the optimizer finished, both
-    rates identified, R^2 of each of h, y, w >= ``unijax.fit.MIN_R2``) or :data:`AS_AUTHORS`
+    rates identified, R^2 of each of h, y, w >= ``unijax.fit.MIN_R2``) or ``as_authors``
     (finished and identified, and no worse than the authors' method on that trajectory,
-    :func:`reference_status`) are averaged; every other trial is counted under its reason and
+    :func:`as_authors`) are averaged; every other trial is counted under its reason and
     never averaged in.
 
     Args:
-        eta_h, eta_y: fitted rates (1/epoch), any shape; status: the same shape, codes from
-            :func:`fit_trajectories` (``FitStatus`` or :data:`NOT_FITTED`), or from
-            :func:`reference_status`.
+        eta_h, eta_y: fitted rates (1/epoch), any shape; status: the same shape,
+            ``unijax.fit.FitStatus`` codes from :func:`fit_trajectories`.
+        as_authors: bool, broadcast to ``status`` (:func:`as_authors`; False: no reference).
 
     Returns:
         ``{"eta_h", "eta_y"}`` (means, NaN when no fit is usable), ``"n"`` (fits used),
@@ -414,7 +410,8 @@ def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
         ``ode_failed``, ``not_fitted``).
     """
     st = np.asarray(status).ravel()
-    use = usable(st)
+    marked = np.broadcast_to(np.asarray(as_authors, bool), np.shape(status)).ravel()
+    use = usable(st, marked)
     h, y = np.asarray(eta_h, float).ravel(), np.asarray(eta_y, float).ravel()
     excluded: dict[str, int] = {}
     for code in sorted(set(st[~use].tolist())):
@@ -423,7 +420,7 @@ def usable_rates(eta_h: Any, eta_y: Any, status: Any) -> dict[str, Any]:
         "eta_h": float(np.mean(h[use])) if use.any() else float("nan"),
         "eta_y": float(np.mean(y[use])) if use.any() else float("nan"),
         "n": int(use.sum()),
-        "n_as_authors": int(np.sum(st == AS_AUTHORS)),
+        "n_as_authors": int(np.sum(marked & (st != 0))),
         "n_excluded": int((~use).sum()),
         "excluded": excluded,
     }

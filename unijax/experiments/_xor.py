@@ -113,11 +113,10 @@ class Result:
     eta_h: np.ndarray
     eta_y: np.ndarray
     rates_source: np.ndarray
-    nonlinearity: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray([], dtype=str))
-    loss: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray("half_mse"))
-    departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
-    loss_threshold: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
+    nonlinearity: np.ndarray
+    loss: np.ndarray
+    departures: np.ndarray
+    loss_threshold: np.ndarray
 
 
 def departures(config: Config) -> list[str]:
@@ -287,9 +286,8 @@ def _verdict(table, threshold: float | None = None) -> tuple[dict[str, cm.Verdic
     return rows, why
 
 
-def _threshold(result) -> float | None:
-    t = getattr(result, "loss_threshold", None)
-    return None if t is None or np.size(t) == 0 else float(t)
+def _threshold(result) -> float:
+    return float(result.loss_threshold)
 
 
 def agreement(result) -> dict:

@@ -141,8 +141,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
                 pl_th[g, s] = plateau_from_peak(np.interp(np.arange(T), ep, ld_th[g, s]))
     from unijax import configs
 
-    # Every field of E1's result as E1 computed it (stored results of older versions lack
-    # E1's later fields and load with their defaults).
+    # Every field of the rows' result as run_rows computed it.
     return Result(
         **{f.name: getattr(r, f.name) for f in dataclasses.fields(_rows.RowsResult)},
         gain=np.asarray([configs.get(n).gain for n in config.rows]), plateau_net=pl_net,

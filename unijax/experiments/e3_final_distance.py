@@ -42,6 +42,11 @@ USES_RATES = False
 #: What result.npz holds: every field of the result.
 result_arrays = cm.result_to_arrays
 R_PASS = 0.9
+#: The stored ``fit_status`` of a ``POOR_FIT`` rate fit that the authors' method fits no better
+#: (:func:`unijax.experiments._twopoint.as_authors`), so its rates are used: result format 2
+#: stores E3's mark in the status array (E1 and E6 store the R² it is derived from). Decoded at
+#: once on reading (:func:`_fit_marks`); no other code reads it.
+STORED_AS_AUTHORS = 10
 #: The authors' grid: the settings file's lr / 5, i.e. 0.4x the Table 1 lr.
 AUTHORS_GRID_TIME_SCALE = 0.4
 #: The authors' grid ran up to this many epochs (a ceiling: they stopped at loss < 1e-4).
@@ -155,11 +160,12 @@ class Result:
         rows ``(R,)``; dx_norms ``(I,)``, dy_norms ``(J,)``.
         eta_h, eta_y: ``(R,)`` rates averaged over the fits that pass the quality criterion
             (``unijax.fit.FitStatus.OK``, or no worse than the authors' method:
-            ``_twopoint.AS_AUTHORS``; 1/epoch; NaN if none);
+            ``_twopoint.as_authors``; 1/epoch; NaN if none);
             fit_eta_h, fit_eta_y, fit_converged (used for the rates), fit_diverged,
-            fit_status (``FitStatus`` code, -1 not fitted, ``AS_AUTHORS``): ``(R, F)`` per
-            fit trial; fit_r2, fit_r2_authors: ``(R, F, 3)`` R^2 of h, y, w of unijax's and
-            the authors' fit (NaN: not run).
+            fit_status (``FitStatus`` code, -1 not fitted, :data:`STORED_AS_AUTHORS` where
+            the authors' method does no better): ``(R, F)`` per fit trial;
+            fit_r2, fit_r2_authors: ``(R, F, 3)`` R^2 of h, y, w of unijax's and the
+            authors' fit (NaN: not run).
         h0, y0: ``(R, I, J, S)`` initial squared hidden / output distances.
         h_final: ``(R, I, J, S)`` measured final squared hidden distance.
         h_theory: ``(R, I, J, S)`` ``theory.final_distance(h0, y0)`` with the row's rates.
@@ -189,18 +195,15 @@ class Result:
     final_loss: np.ndarray
     diverged: np.ndarray
     converged: np.ndarray
-    # Results stored before the status existed: no rate fit counts as usable.
-    fit_status: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray(tp.NOT_FITTED, np.int32))
-    stop_epoch: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], int))
-    departures: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], dtype=str))
-    fit_r2: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    fit_r2_authors: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    # The grid's protocol, for the report (results stored before: empty, "not stored").
-    grid_epochs: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([], int))
-    grid_time_scale: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    stop_loss: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    loss_threshold: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
+    fit_status: np.ndarray
+    stop_epoch: np.ndarray
+    departures: np.ndarray
+    fit_r2: np.ndarray
+    fit_r2_authors: np.ndarray
+    grid_epochs: np.ndarray
+    grid_time_scale: np.ndarray
+    stop_loss: np.ndarray
+    loss_threshold: np.ndarray
 
 
 def departures(config: Config) -> list[str]:
@@ -388,7 +391,9 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
                                       progress=progress, cache=cache, prefix="fit-train")
     f = _rows.fit_rows(loss, hyw, div, dx2=1.0, dy2=0.5, progress=progress, cache=cache,
                        prefix="fit-rates")
-    fit_status = np.where(div, tp.NOT_FITTED, f["status"]).astype(np.int32)
+    from unijax import fit  # loaded by fit_rows already
+
+    fit_status = np.where(div, fit.FitStatus.NOT_FITTED, f["status"]).astype(np.int32)
     r2_ref = np.asarray(np.nan)
     if config.reference:
         # Only a poor fit's status can change (no row verdict rests on the authors' R^2 here).
@@ -396,9 +401,9 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
         r2_ref = _rows.reference_fits(hyw, todo, epochs=f["epochs"], dx2=1.0, dy2=0.5,
                                       progress=progress, cache=cache,
                                       prefix="fit-reference-needed")["r2"]
-        fit_status = tp.reference_status(fit_status, f["r2"], r2_ref)
+    marked = tp.as_authors(fit_status, f["r2"], r2_ref)
     # Only fits that pass the quality criterion (or do as well as the authors') give rates.
-    conv_fit = tp.usable(fit_status)
+    conv_fit = tp.usable(fit_status, marked)
     with np.errstate(invalid="ignore"):
         eta_h = np.array([np.mean(f["eta_h"][r][conv_fit[r]]) if conv_fit[r].any() else np.nan
                           for r in range(len(cfgs))])
@@ -427,7 +432,8 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
         dy_norms=np.asarray(config.dy_norms, float),
         eta_h=eta_h, eta_y=eta_y,
         fit_eta_h=f["eta_h"], fit_eta_y=f["eta_y"], fit_converged=conv_fit, fit_diverged=div,
-        fit_status=fit_status, fit_r2=f["r2"], fit_r2_authors=r2_ref,
+        fit_status=np.where(marked, STORED_AS_AUTHORS, fit_status).astype(np.int32),
+        fit_r2=f["r2"], fit_r2_authors=r2_ref,
         h0=h0, y0=y0, h_final=hf, h_theory=ht, final_loss=fl, diverged=dv, converged=conv,
         stop_epoch=se, departures=np.asarray(departures(config), dtype=str),
         grid_epochs=np.asarray([grid_epochs(config, c) for c in cfgs], int),
@@ -456,27 +462,29 @@ def per_row(result) -> dict[str, dict]:
             "eta_h": float(result.eta_h[r]), "eta_y": float(result.eta_y[r]),
             "n_rate_fits": int(result.fit_converged[r].sum()),
             "rate_fits": tp.usable_rates(result.fit_eta_h[r], result.fit_eta_y[r],
-                                         _fit_status(result)[r]),
+                                         *_fit_marks(result, r)),
         }
     return out
 
 
-def _fit_status(result) -> np.ndarray:
-    return np.broadcast_to(np.asarray(result.fit_status), np.asarray(result.fit_diverged).shape)
+def _fit_marks(result, r: int) -> tuple[np.ndarray, np.ndarray]:
+    """Row ``r``'s rate fits, decoded from the stored ``fit_status``: ``(F,)`` the
+    ``FitStatus`` codes, and whether the authors' method fits each no better."""
+    from unijax import fit
+
+    stored = np.broadcast_to(np.asarray(result.fit_status),
+                             np.asarray(result.fit_diverged).shape)[r]
+    marked = stored == STORED_AS_AUTHORS
+    return np.where(marked, int(fit.FitStatus.POOR_FIT), stored), marked
 
 
 def _grid_budget(result) -> dict:
-    """The grid's epoch budget and lr as stored (``{}`` for results stored without them)."""
-    ep = np.asarray(getattr(result, "grid_epochs", np.asarray([])))
-    ts = np.asarray(getattr(result, "grid_time_scale", np.asarray([])))
-    sl = np.asarray(getattr(result, "stop_loss", np.asarray([])))
-    out = {}
-    if ep.size:
-        out["epochs"] = [int(e) for e in np.atleast_1d(ep)]
-    if ts.size:
-        out["time_scale"] = float(ts)
-    if sl.size and np.isfinite(sl):
-        out["stop_loss"] = float(sl)
+    """The grid's epoch budget per row, its lr multiplier and its stop loss (when set)."""
+    out = {"epochs": [int(e) for e in np.atleast_1d(result.grid_epochs)],
+           "time_scale": float(result.grid_time_scale)}
+    sl = float(result.stop_loss)
+    if np.isfinite(sl):
+        out["stop_loss"] = sl
     return out
 
 
@@ -516,15 +524,13 @@ def agreement(result) -> dict:
     cells = not_converged_cells(result)
     stop = np.asarray(result.stop_epoch)
     conv = np.asarray(result.converged)
-    grid_text = ("Grid: " + (f"up to {', '.join(map(str, sorted(set(budget['epochs']))))} "
-                             "epochs" if "epochs" in budget else "epoch budget not stored")
-                 + (f" at {budget['time_scale']:g}x the Table 1 lr" if "time_scale" in budget
-                    else "")
+    grid_text = (f"Grid: up to {', '.join(map(str, sorted(set(budget['epochs']))))} epochs "
+                 f"at {budget['time_scale']:g}x the Table 1 lr"
                  + (f", each trial's final state taken at the first epoch with loss < "
                     f"{budget['stop_loss']:g}" if "stop_loss" in budget else "")
-                 + f"; a trial whose final loss is above {_threshold_text(result)} is "
+                 + f"; a trial whose final loss is above {float(result.loss_threshold):g} is "
                  "discarded.")
-    if stop.size == conv.size and (conv & (stop >= 0)).any():
+    if (conv & (stop >= 0)).any():
         early = conv & (stop >= 0)
         grid_text += (f" {int(early.sum())} of {int(conv.sum())} used trials reached the stop "
                       f"loss (median epoch {int(np.median(stop[early]))}, latest "
@@ -577,11 +583,6 @@ def agreement(result) -> dict:
                + "."],
         departures=deps,
     )
-
-
-def _threshold_text(result) -> str:
-    t = np.asarray(getattr(result, "loss_threshold", np.asarray([])))
-    return f"{float(t):g}" if t.size else "the loss threshold"
 
 
 def plot(result, outdir) -> list[Path]:

@@ -153,10 +153,9 @@ class Result:
     eta_h: np.ndarray
     eta_y: np.ndarray
     rates_source: np.ndarray
-    # The final-loss threshold of a usable trial (results stored before it: empty).
-    loss_threshold: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    nonlinearity: np.ndarray = dataclasses.field(
-        default_factory=lambda: np.asarray([], dtype=str))
+    # The final-loss threshold of a usable trial.
+    loss_threshold: np.ndarray
+    nonlinearity: np.ndarray
 
 
 def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
@@ -241,10 +240,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
 
 
 def _nonlinearities(result) -> list[str]:
-    nl = np.atleast_1d(np.asarray(result.nonlinearity))
-    if nl.size != len(result.rows):  # a result stored before the field: the table's tanh
-        return ["tanh"] * len(result.rows)
-    return [str(x) for x in nl]
+    return [str(x) for x in np.atleast_1d(np.asarray(result.nonlinearity))]
 
 
 def per_row(result) -> dict[str, dict]:
@@ -294,11 +290,8 @@ def _variant_verdict(table: dict, keys: list[str]) -> tuple[cm.Verdict, str, str
 
 def _departures(result) -> list[str]:
     """The filters of this run that the authors' notebook did not apply."""
-    t = np.asarray(getattr(result, "loss_threshold", np.asarray([])), float)
-    if not t.size:
-        return ["trials above a final-loss threshold excluded (threshold not stored with this "
-                "result; the authors apply no loss filter)"]
-    return [f"trials with a final loss above {float(t):g} excluded and counted (the authors "
+    t = float(result.loss_threshold)
+    return [f"trials with a final loss above {t:g} excluded and counted (the authors "
             "apply no loss filter)"]
 
 

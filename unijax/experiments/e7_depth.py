@@ -126,10 +126,9 @@ class Result:
     depth_gain: np.ndarray
     h0_theory: np.ndarray
     dx2: np.ndarray
-    sse: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray([]))
-    # Results stored before the standard errors were kept: NaN (the spread over trials only).
-    stderr_eta_h: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
-    stderr_eta_y: np.ndarray = dataclasses.field(default_factory=lambda: np.asarray(np.nan))
+    sse: np.ndarray
+    stderr_eta_h: np.ndarray
+    stderr_eta_y: np.ndarray
 
 
 def sse(hyw: np.ndarray, z_fit: np.ndarray, epochs: np.ndarray) -> np.ndarray:
@@ -245,8 +244,7 @@ def per_layer(result) -> dict[str, np.ndarray]:
             **rates,
             "good_fits": good.sum(axis=0).astype(float),
             "h0": np.nanmean(result.h0, axis=0),
-            "sse": (np.nanmean(np.asarray(result.sse), axis=0) if np.size(result.sse)
-                    else np.full(len(result.layers), np.nan)),
+            "sse": np.nanmean(np.asarray(result.sse), axis=0),
         }
 
 

@@ -230,10 +230,8 @@ class Result:
     arrays: dict
 
     def part(self, prefix: str, cls):
-        # Fields with defaults may be absent from results stored before they existed.
-        fields = [f.name for f in dataclasses.fields(cls)]
-        return cls(**{f: self.arrays[f"{prefix}_{f}"] for f in fields
-                      if f"{prefix}_{f}" in self.arrays})
+        """The part stored under ``prefix`` as a ``cls`` result."""
+        return cls(**{f.name: self.arrays[f"{prefix}_{f.name}"] for f in dataclasses.fields(cls)})
 
 
 def _flatten(prefix: str, res) -> dict:
