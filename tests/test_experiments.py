@@ -204,9 +204,11 @@ def test_e1_dynamics_fit_every_architecture(e1_run, tmp_path):
     verdicts = agr["figures"]["verdict_per_row"]
     assert set(verdicts) == set(mod.presets["tiny"].rows) == set(agr["rows"])
     assert [line[-1] for line in agr["table"]["rows"]] == list(agr["rows"].values())
-    # A result stored before the fit_initial field existed still loads (as the paper's method).
+    # Every field is required (the store refuses older formats before anything reads them):
+    # arrays lacking one are refused, naming it.
     old = {k: v for k, v in result_to_arrays(r).items() if k != "fit_initial"}
-    assert not result_from_arrays(mod.Result, old).fit_initial
+    with pytest.raises(ValueError, match=r"lacks fields \['fit_initial'\] of RowsResult"):
+        result_from_arrays(mod.Result, old)
 
 
 def test_e1_fitting_the_start_too_fits_at_least_as_well(e1_run):
@@ -245,14 +247,12 @@ def test_e2_plateau_from_the_peak_and_two_claims(tmp_path):
     assert isinstance(r, _rows.RowsResult) and np.asarray(r.layer).shape == (len(r.rows),)
     arrays = result_to_arrays(r)
     assert set(arrays) == e1_fields | {"gain", "plateau_net", "plateau_theory"}
-    # A result stored before it held E1's later fields loads, with the same verdict.
-    old = {k: v for k, v in arrays.items() if k not in
-           ("fit_initial", "layer", "departures", "eta_authors", "r2_authors")}
-    back = result_from_arrays(mod.Result, old)
-    # (Only the departures differ: an old result did not store them.)
-    same = {k: v for k, v in mod.agreement(back).items() if k != "departures"}
-    assert json.dumps(to_jsonable(same)) == json.dumps(
-        to_jsonable({k: v for k, v in agr.items() if k != "departures"}))
+    # Read back, the same verdict; arrays lacking a field are refused, naming them.
+    back = result_from_arrays(mod.Result, arrays)
+    assert json.dumps(to_jsonable(mod.agreement(back))) == json.dumps(to_jsonable(agr))
+    old = {k: v for k, v in arrays.items() if k not in ("layer", "r2_authors")}
+    with pytest.raises(ValueError, match=r"lacks fields \['layer', 'r2_authors'\]"):
+        result_from_arrays(mod.Result, old)
 
 
 def _unusable(result, **fields):
@@ -690,7 +690,7 @@ def test_usable_rates_average_only_good_fits_and_count_the_rest():
     from unijax.experiments import _twopoint as tp
 
     S = fit.FitStatus
-    status = np.array([S.OK, S.POOR_FIT, S.OK, S.NOT_IDENTIFIED, tp.NOT_FITTED, S.POOR_FIT])
+    status = np.array([S.OK, S.POOR_FIT, S.OK, S.NOT_IDENTIFIED, S.NOT_FITTED, S.POOR_FIT])
     eta_h = np.array([1.0, 100.0, 3.0, 50.0, np.nan, 7.0])
     eta_y = 2.0 * eta_h
     got = tp.usable_rates(eta_h, eta_y, status)
@@ -701,6 +701,11 @@ def test_usable_rates_average_only_good_fits_and_count_the_rest():
         "2 of 6 fits used (excluded: 1 not_fitted, 2 poor_fit, 1 not_identified)"
     none = tp.usable_rates(eta_h, eta_y, np.full(6, S.POOR_FIT))
     assert np.isnan(none["eta_h"]) and none["n"] == 0 and none["excluded"] == {"poor_fit": 6}
+    # A poor fit that the authors' method does no better on (the mask) is used and counted.
+    marked = np.array([False, False, False, False, False, True])
+    ref = tp.usable_rates(eta_h, eta_y, status, marked)
+    assert ref["n"] == 3 and ref["n_as_authors"] == 1 and ref["eta_h"] == pytest.approx(11 / 3)
+    assert ref["excluded"] == {"not_fitted": 1, "poor_fit": 1, "not_identified": 1}
 
 
 def test_e1_default_rates_leave_flagged_fits_out(e1_run):
@@ -731,9 +736,6 @@ def test_e1_default_rates_leave_flagged_fits_out(e1_run):
     # No usable fit in the row: no rates at all (not a mean of flagged ones).
     status[i] = fit.FitStatus.NOT_IDENTIFIED
     assert mod.default_rates(dataclasses.replace(r, fit_status=status)) is None
-    # A result stored before the status existed: its fits are not vouched for.
-    old = {k: v for k, v in result_to_arrays(r).items() if k != "fit_status"}
-    assert mod.default_rates(result_from_arrays(mod.Result, old)) is None
 
 
 def test_smacof_mds_is_the_authors_embedding():

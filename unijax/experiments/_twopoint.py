@@ -415,7 +415,7 @@ def usable_rates(eta_h: Any, eta_y: Any, status: Any, as_authors: Any = False
     h, y = np.asarray(eta_h, float).ravel(), np.asarray(eta_y, float).ravel()
     excluded: dict[str, int] = {}
     for code in sorted(set(st[~use].tolist())):
-        excluded[_reason(int(code))] = int(np.sum(st == code))
+        excluded[_reason(int(code))] = int(np.sum((st == code) & ~use))
     return {
         "eta_h": float(np.mean(h[use])) if use.any() else float("nan"),
         "eta_y": float(np.mean(y[use])) if use.any() else float("nan"),
