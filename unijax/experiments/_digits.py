@@ -82,8 +82,9 @@ class DynamicsPart:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """E6 settings.
+class DigitsConfig:
+    """Digits settings: E6's (:class:`unijax.experiments.e6_mnist.Config`) and E8's digits
+    part.
 
     Attributes:
         mnist: path of local MNIST files (IDX directory or .npz); empty/None: ``data``.
@@ -243,7 +244,7 @@ class Result:
     r2_authors: np.ndarray
 
 
-def departures(config: Config, *, optimizers: tuple[str, ...] | None = None,
+def departures(config: DigitsConfig, *, optimizers: tuple[str, ...] | None = None,
                data_name: str | None = None, n_points: int | None = None) -> list[str]:
     """Where ``config`` departs from the paper's text (section 4.6, appendix B.4) and from
     the authors' code, the filters they did not apply included."""
@@ -285,7 +286,7 @@ def departures(config: Config, *, optimizers: tuple[str, ...] | None = None,
 RAW_SCALE = {"mnist": 255.0, "mnist5k": 255.0, "digits8x8": 16.0}
 
 
-def load(config: Config, *, normalize: bool | None = None):
+def load(config: DigitsConfig, *, normalize: bool | None = None):
     """The training set of the config (MNIST from ``config.mnist``, else ``config.data``),
     standardized when ``normalize`` (default ``config.normalize``)."""
     from unijax import data
@@ -318,7 +319,7 @@ def authors_prediction(raw_x, Y, order, n_points: int) -> np.ndarray:
         cols=order))
 
 
-def train_config(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
+def train_config(config: DigitsConfig, *, optimizer: str = "sgd", lr: float | None = None):
     """The TrainConfig of a structure run; ``lr`` (e.g. E8's Adam rate) replaces the rate,
     else SGD takes ``structure.lr`` (or the row's) and Adam ``structure.adam_lr``."""
     cfg = tp.row_config("mnist", width=config.width, time_scale=config.time_scale,
@@ -333,7 +334,7 @@ def steps_per_epoch(n_points: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else -(-int(n_points) // min(int(batch_size), int(n_points)))
 
 
-def dynamics_epochs(config: Config, n_points: int) -> int:
+def dynamics_epochs(config: DigitsConfig, n_points: int) -> int:
     """Epochs of the separate dynamics run: ``dynamics.steps`` SGD steps, at least the fit's
     300 epochs."""
     batch = configs_batch_size()
@@ -382,7 +383,7 @@ def _correlations(D, pred, labels, conv):
     return r, r_off, r_s, r_auth
 
 
-def _train_runs(config: Config, ds, order, pair, key, *, optimizers, lr, progress, cache):
+def _train_runs(config: DigitsConfig, ds, order, pair, key, *, optimizers, lr, progress, cache):
     """One structure run per optimizer (final representations of the ``order`` points,
     ``"H": (S, K, F)``, with its ``"lr"``) and the 0/1 trajectories (``"loss": (S, T)``,
     ``"hyw": (S, T, 3)``, ``"steps"``, ``"lr"``, ``"optimizer"``): from the first structure
@@ -437,7 +438,7 @@ def _train_runs(config: Config, ds, order, pair, key, *, optimizers, lr, progres
     return runs, dyn
 
 
-def _predictions(config: Config, ds, order, rates) -> dict:
+def _predictions(config: DigitsConfig, ds, order, rates) -> dict:
     """The theory's squared-distance predictions at the ``order`` points, each ``(K, K)``:
     ``"P"`` (exponential weighting), ``"Ps"`` (inputs scaled by ``sqrt(eta_h / eta_y)``, NaN
     without rates) and ``"Pa"`` (the authors' recipe on raw pixels)."""
@@ -454,7 +455,7 @@ def _predictions(config: Config, ds, order, rates) -> dict:
             "Pa": authors_prediction(raw, Y, order, config.authors_points)}
 
 
-def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None,
+def run(config: DigitsConfig, *, key, progress=cm.no_progress, cache=None, upstream=None,
         optimizer: str | None = None, lr: float | None = None) -> Result:
     """Train on the digits (one structure run per optimizer), compare the structure with the
     theory, fit the 0/1 dynamics.

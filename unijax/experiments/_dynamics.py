@@ -7,7 +7,6 @@ rows themselves (configs, training, fits) are :mod:`unijax.experiments._rows`'.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -41,18 +40,12 @@ NOT_JUDGED = ("very_high_initial_weights",)
 VARS = ("h", "y", "w", "loss")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config(_rows.RowsConfig):
-    """E1 settings: the two-point rows of :class:`unijax.experiments._rows.RowsConfig` (every
-    field and its meaning); ``reference`` fits the trials of rows below :data:`R2_PASS` and the
-    poor fits with the authors' method, the verdict's reference on those rows."""
-
-
 #: E1's result: the two-point rows' (:class:`unijax.experiments._rows.RowsResult`).
 Result = _rows.RowsResult
 
 
-def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None) -> Result:
+def run(config: _rows.RowsConfig, *, key, progress=cm.no_progress, cache=None,
+        upstream=None) -> Result:
     """Train every row, fit the ODE and the loss curve, and fit with the authors' method the
     trials of rows below :data:`R2_PASS` and the poor fits (pure in ``config`` and ``key``;
     :func:`unijax.experiments._rows.run_rows`)."""

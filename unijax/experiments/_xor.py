@@ -32,8 +32,8 @@ MERGE_FRACTION = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """E4 settings.
+class XorConfig:
+    """XOR settings: E4's (:class:`unijax.experiments.e4_xor.Config`) and E8's XOR part.
 
     Attributes:
         rows: Table 2 XOR rows.
@@ -119,7 +119,7 @@ class Result:
     loss_threshold: np.ndarray
 
 
-def departures(config: Config) -> list[str]:
+def departures(config: XorConfig) -> list[str]:
     """Where ``config`` departs from the paper's Table 2 and text (empty: none)."""
     out = []
     if config.nonlinearity is not None and config.nonlinearity != "leaky_relu":
@@ -142,7 +142,7 @@ def departures(config: Config) -> list[str]:
     return out
 
 
-def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = None):
+def row_configs(config: XorConfig, *, optimizer: str = "sgd", lr: float | None = None):
     """Each row's TrainConfig; ``lr`` (e.g. for Adam) replaces every row's learning rate."""
     out = []
     for name in config.rows:
@@ -165,7 +165,7 @@ def row_configs(config: Config, *, optimizer: str = "sgd", lr: float | None = No
     return out
 
 
-def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=None,
+def run(config: XorConfig, *, key, progress=cm.no_progress, cache=None, upstream=None,
         optimizer: str = "sgd", lr: float | None = None) -> Result:
     """Train the XOR rows, predict the distance matrices, compare.
 

@@ -36,14 +36,14 @@ from __future__ import annotations
 import dataclasses
 
 from unijax.experiments import _common as cm
+from unijax.experiments import _rows
 from unijax.experiments import _twopoint as tp
 
-# All but the name and the presets is shared with E8's Adam part.
+# All but the config class, the name and the presets is shared with E8's Adam part.
 from unijax.experiments._dynamics import (
     NOT_JUDGED,
     REF_SLACK,
     VARS,
-    Config,
     Result,
     agreement,
     measurement_table,
@@ -63,6 +63,17 @@ from unijax.experiments._rows import (
     default_rates,
     fit_min_r2,
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(_rows.RowsConfig):
+    """E1 settings: the two-point rows of :class:`unijax.experiments._rows.RowsConfig` (every
+    field and its meaning); ``reference`` fits the trials of rows below :data:`R2_PASS` and the
+    poor fits with the authors' method, the verdict's reference on those rows."""
+
+    # Defined here, not in a shared module: a stored config's hash names the class's module,
+    # so results stored under E1's config keep their hash.
+
 
 NAME = "E1"
 

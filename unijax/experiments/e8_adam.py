@@ -30,7 +30,7 @@ import numpy as np
 from unijax import nets, plots
 
 # E8 composes the parts E1, E4, E5 and E6 stand on; it imports no experiment.
-from unijax.experiments import _blobs, _digits, _dynamics, _xor
+from unijax.experiments import _blobs, _digits, _dynamics, _rows, _xor
 from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
@@ -250,7 +250,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
     up = {"rates": {**rates, "source": rates.get("source", "")}}
 
     # E1 part: E1's two-point dynamics with Adam at one learning rate.
-    e1cfg = _dynamics.Config(rows=config.dyn.rows, reference=False,
+    e1cfg = _rows.RowsConfig(rows=config.dyn.rows, reference=False,
                       size=tp.Sizes(width=config.width, max_depth=config.max_depth,
                                     epochs=config.dyn.epochs),
                       seeds=config.seeds, seed=config.seed,
@@ -260,7 +260,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
 
     # E4 part: XOR.
     if config.xor.rows:
-        xcfg = _xor.Config(rows=config.xor.rows, width=config.width, max_depth=config.max_depth,
+        xcfg = _xor.XorConfig(rows=config.xor.rows, width=config.width, max_depth=config.max_depth,
                          low_gain=config.xor.low_gain, low_epochs=config.xor.epochs,
                          seeds=config.seeds, loss_threshold=config.loss_threshold,
                          nonlinearity=config.xor.nonlinearity, loss=config.xor.loss)
@@ -275,7 +275,7 @@ def run(config: Config, *, key, progress=cm.no_progress, cache=None, upstream=No
 
     # E6 part: digits.
     if config.digits.enabled:
-        dcfg = _digits.Config(mnist=config.digits.mnist, n_train=config.digits.n_train,
+        dcfg = _digits.DigitsConfig(mnist=config.digits.mnist, n_train=config.digits.n_train,
                          width=config.digits.width, epochs=config.digits.epochs,
                          seeds=config.seeds,
                          structure=_digits.StructurePart(optimizers=("adam",),
