@@ -681,6 +681,7 @@ def _fake_chunked(monkeypatch, n_chunks=4):
     fake = types.SimpleNamespace(
         Config=real_get("E4").Config, presets=real_get("E4").presets, TITLE="stand-in E4",
         CLAIM="-", run=run, plot=plot, result_arrays=lambda r: r,
+        USES_RATES=real_get("E4").USES_RATES,  # the Experiment protocol: no defaults
         agreement=lambda r: {"passed": True, "headline": "-"})
     monkeypatch.setattr(experiments, "get", lambda name: fake if name == "E4" else real_get(name))
 
@@ -836,7 +837,8 @@ def test_a_run_refused_for_its_size_stores_nothing_that_refuses_the_next_run(
     import types
 
     fake = types.SimpleNamespace(Config=real_get("E4").Config, presets=real_get("E4").presets,
-                                 TITLE="-", CLAIM="-", run=run)
+                                 TITLE="-", CLAIM="-", run=run,
+                                 USES_RATES=real_get("E4").USES_RATES)
     out = tmp_path / "out"
     with monkeypatch.context() as m:
         m.setattr(experiments, "get", lambda name: fake if name == "E4" else real_get(name))
@@ -964,7 +966,8 @@ def test_a_value_refused_while_running_is_one_line_and_the_others_still_run(
         raise KeyError("oops")
 
     fakes = {n: types.SimpleNamespace(Config=real_get(n).Config, presets=real_get(n).presets,
-                                      TITLE="-", CLAIM="-", run=f)
+                                      TITLE="-", CLAIM="-", run=f,
+                                      USES_RATES=real_get(n).USES_RATES)
              for n, f in (("E6", refuse), ("E7", bug))}
     monkeypatch.setattr(experiments, "get", lambda n: fakes.get(n) or real_get(n))
     proc = main(capsys, "run", "E6", "E7", "--preset", "tiny", "--no-progress", "--out",

@@ -759,6 +759,12 @@ def lock_dir(directory: str | os.PathLike) -> Iterator[Path]:
         lock.acquire()
     except filelock.Timeout:
         info = _holder(d)
+        if not info:
+            # The holder removes its description just before it lets go of the lock: one that
+            # said nothing for _holder's wait has most likely finished, so try once more.
+            with contextlib.suppress(filelock.Timeout):
+                lock.acquire()
+    if not lock.is_locked:
         who = (f"pid {info.get('pid', '?')} on host {info.get('host', '?')}, running "
                f"{info.get('command', '?')!r} since {info.get('since', '?')}" if info
                else "a process that did not say who it is")
