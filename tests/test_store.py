@@ -370,6 +370,10 @@ _RESULT_DAMAGE = {
     "results.json not an object": ("results.json", lambda p: p.write_text("[1, 2]")),
     "results.json bad field": ("results.json", lambda p: p.write_text(json.dumps(
         {**json.loads(p.read_text()), "agreement": {"passed": [1]}}))),
+    "results.json unknown verdict": ("results.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "agreement": {"verdict": "PASS"}}))),
+    "results.json bad row verdict": ("results.json", lambda p: p.write_text(json.dumps(
+        {**json.loads(p.read_text()), "agreement": {"rows": {"default": "maybe"}}}))),
     "result.npz zero bytes": ("result.npz", lambda p: p.write_bytes(b"")),
     "result.npz truncated": ("result.npz", lambda p: p.write_bytes(p.read_bytes()[:200])),
     "result.npz corrupt member": ("result.npz", _corrupt_member),
@@ -499,3 +503,11 @@ def test_the_config_is_recorded_with_the_first_stored_work_not_at_begin(tmp_path
     store.record_config("E4")  # written on demand, too
     assert json.loads((tmp_path / "E4" / "config.json").read_text())["upstream"] == {
         "eta_h": 1.0}
+
+
+def test_the_store_checks_the_verdict_words_of_the_experiments():
+    """The store sits below the experiments, so it checks stored verdicts against its own list
+    of words; it must be the Verdict enum's."""
+    from unijax.experiments._common import Verdict
+
+    assert _store.VERDICT_WORDS == tuple(v.value for v in Verdict)

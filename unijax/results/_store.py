@@ -541,6 +541,11 @@ def _plain_name(name: Any) -> bool:
             and "\\" not in name and not name.startswith("."))
 
 
+#: The words of ``unijax.experiments._common.Verdict`` (the store sits below the experiments,
+#: so it checks the stored words, not the enum; a test keeps the two equal).
+VERDICT_WORDS = ("REPRODUCED", "AS AUTHORS", "NOT REPRODUCED", "NOT TESTED")
+
+
 def _summary_problem(s: Any) -> str | None:
     """Why ``results.json`` content ``s`` cannot be used, or None (the fields the report and
     the CLI read have the types they expect)."""
@@ -553,6 +558,12 @@ def _summary_problem(s: Any) -> str | None:
         return "agreement is not an object"
     if agr.get("passed", None) not in (True, False, None):
         return "agreement.passed is not true, false or null"
+    if agr.get("verdict", None) not in (*VERDICT_WORDS, None):
+        return f"agreement.verdict is not one of {', '.join(VERDICT_WORDS)}"
+    rows = agr.get("rows", {})
+    if not isinstance(rows, dict) or not all(
+            isinstance(k, str) and v in VERDICT_WORDS for k, v in rows.items()):
+        return "agreement.rows is not an object of row names to verdicts"
     counts = agr.get("counts", {})
     if not isinstance(counts, dict) or not all(
         v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
