@@ -97,11 +97,7 @@ class RowsConfig:
         for f in ("fit_initial", "reference"):
             if not isinstance(getattr(self, f), bool):
                 raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
-        tp.check_sizes(self.size)
-        cm.check_int("seeds", self.seeds, 1)
-        cm.check_int("seed", self.seed, 0)
-        cm.check_float("dx2", self.dx2)
-        cm.check_float("dy2", self.dy2)
+        tp.check_run(self)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r} is invalid; valid choices: sgd, adam")
         if self.lr is not None:

@@ -223,6 +223,16 @@ def check_sizes(value: Any) -> None:
                          "Sizes block, e.g. Sizes(width=64)")
 
 
+def check_run(config: Any) -> None:
+    """The checks of the fields every two-point config has (``size``, ``seeds``, ``seed``,
+    ``dx2``, ``dy2``), in one place for E1's rows (and E3, E7, E8 through them) and E2."""
+    check_sizes(config.size)
+    check_int("seeds", config.seeds, 1)
+    check_int("seed", config.seed, 0)
+    check_float("dx2", config.dx2)
+    check_float("dy2", config.dy2)
+
+
 def sample_epochs(n_epochs: int, n_points: int = FIT_POINTS) -> np.ndarray:
     """``n_points`` distinct integer epochs from ``0`` to ``n_epochs - 1``, denser early.
 

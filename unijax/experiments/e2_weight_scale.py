@@ -77,11 +77,7 @@ class Config:
         cm.check_choices("rows", self.rows, tp.TABLE1)
         if len(self.rows) < 2:
             raise ValueError(f"rows={self.rows!r} is invalid: give at least two gains")
-        tp.check_sizes(self.size)
-        cm.check_int("seeds", self.seeds, 1)
-        cm.check_int("seed", self.seed, 0)
-        cm.check_float("dx2", self.dx2)
-        cm.check_float("dy2", self.dy2)
+        tp.check_run(self)
 
 
 presets = {
