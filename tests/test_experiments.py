@@ -460,8 +460,10 @@ def test_e6_real_mnist_structure_with_sgd_and_adam(e6_tiny, tmp_path):
                                 "dynamics '0' vs '1' (Fig. 4)"}
     assert np.nanmean(r.r_by_opt[1]) > 0.0
     assert r.loss.shape[1] >= 300
-    # The loss filter is not the authors': it is named under Departures.
-    assert any("a filter the authors did not apply" in d for d in agr["figures"]["departures"])
+    # The loss filter is not the authors': it is named under Departures (the report's field).
+    assert any("a filter the authors did not apply" in d for d in agr["departures"])
+    assert agr["departures"] == agr["figures"]["departures"]
+    assert not any(n.startswith("Departures") for n in agr["notes"])
     assert int(r.dyn_steps) == 300 * 4  # 256 points in batches of 64, 300 epochs
 
 
@@ -674,7 +676,11 @@ def test_e8_fails_only_on_published_settings(e8_tiny):
         assert agr["rows"][label] == verdict
         assert "NOT REPRODUCED" not in agr["rows"].values()
         assert agr["rows"]["dynamics (E1)"] == "NOT TESTED"
-    assert "holds at lr 0.0001 of 0.0001, 0.001" in agr["criterion"]
+    assert "holds at lr 0.0001 of lr 0.0001, 0.001" in agr["criterion"]
+    # The report lists unijax's own Adam settings under Departures, not only in a note.
+    deps = " ".join(agr["departures"])
+    assert "Adam learning rate of the" in deps and "blobs" in deps and "unijax's own" in deps
+    assert "blob lr sweep: 500 epochs" in deps
     assert "unijax's own" in agr["criterion"] and "0.95 vs 0.93" in agr["headline"]
     # One number per thing: the headline's dynamics R² is the body's (seed-median per row).
     med = agr["figures"]["dynamics_seed_median_r2"]["default"]

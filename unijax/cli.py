@@ -243,8 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("experiments", nargs="*", default=["all"], metavar="EXPERIMENT",
                    help=f"one or more of {', '.join(experiments.names())}, or all (default)")
     r.add_argument("--preset", default="quick", choices=experiments.PRESETS,
-                   help="sizes: quick (2-core CPU, ~15 min for all), paper (Tables 1-2, GPU), "
-                   "tiny (smoke test, seconds)")
+                   help="sizes: quick (made for a 2-core CPU), paper-cpu (the paper's sizes "
+                   "and protocols on a CPU), paper (Tables 1-2, for a GPU), tiny (smoke "
+                   "test); measured times: docs/benchmarks.md")
     r.add_argument("--seeds", type=str, default=None, metavar="N",
                    help="number of random seeds (trials) per setting")
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",

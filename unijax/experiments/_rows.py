@@ -406,8 +406,8 @@ def counts(result) -> dict[str, int]:
         "diverged": int(div.sum()),
         "fit_failed": int((~div & ~ok).sum()),
         "used": int(ok.sum()),
-        "fits_rates_not_identified": int((ok & ~conv).sum()),
-        "fits_rates_used": int(tp.usable(fit_status(result), as_authors(result)).sum()),
+        "rate_fits_not_identified": int((ok & ~conv).sum()),
+        "rate_fits_used": int(tp.usable(fit_status(result), as_authors(result)).sum()),
     }
 
 

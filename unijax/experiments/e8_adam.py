@@ -443,7 +443,7 @@ def _sweep_text(table: dict, budget: int) -> tuple[str, str]:
                             + ("holds" if row["holds"] else "does not hold")
                             if row["holds"] is not None else
                             f"a row did not converge within {budget} epochs")
-            for lr, row in per_lr.items()))
+            for lr, row in per_lr.items()) + ".")
     return "; ".join(heads), " ".join(body)
 
 
@@ -498,8 +498,9 @@ def agreement(result) -> dict:
             else:
                 rows[label] = cm.Verdict.NOT_TESTED
                 held = [lr for lr, h in judged.items() if h]
-                why.append(f"{label}: holds at lr {', '.join(held) or 'none'} of "
-                           f"{', '.join(per_lr)}; the blobs' Adam settings are unijax's own "
+                why.append(f"{label}: holds at " + (f"lr {', '.join(held)}" if held else "none")
+                           + f" of lr {', '.join(per_lr)}; the blobs' Adam settings are "
+                           "unijax's own "
                            "(the authors' blob notebooks use SGD only): a sensitivity, not "
                            "tested")
     if a6:
@@ -537,6 +538,20 @@ def agreement(result) -> dict:
         counts["blob_sweep_runs"] = int(np.size(sw["stop_epoch"]))
         counts["blob_sweep_not_converged"] = int(np.sum(np.asarray(sw["stop_epoch"]) < 0))
     dyn_lr = float(dyn.lr[0])
+    departures = [f"{part}: {d}" for part, a in (("dynamics (E1)", a1), ("XOR (E4)", a4),
+                                                 ("digits (E6)", a6)) if a is not None
+                  for d in a["departures"]]
+    # The digits part names its own Adam rate among a6's departures.
+    own = [p for p, on in (("XOR", lrs["XOR"]), ("blobs", sw is not None)) if on]
+    if dyn_lr != AUTHORS_DYN_LR:
+        own.insert(0, "two-point")
+    if own:
+        departures.append(f"Adam learning rate of the {', '.join(own)} part(s): unijax's own "
+                          "(none published)")
+    if sw is not None:
+        departures.append(f"blob lr sweep: {int(sw['epochs'])} epochs, the collapse index read "
+                          f"once the loss is below {float(sw['threshold']):g} (unijax's "
+                          "protocol; the authors ran no Adam blobs)")
     return cm.make_agreement(
         headline=headline,
         measured=measured,
@@ -552,6 +567,7 @@ def agreement(result) -> dict:
                             if a6 else None),
                  "dynamics_per_row": a1["figures"]["per_architecture"]},
         counts=counts,
+        departures=departures,
         notes=[f"Adam learning rates: two-point part {dyn_lr:g}"
                + (" (the authors' settings 1e-6, halved by their notebook)"
                   if dyn_lr == AUTHORS_DYN_LR else " (unijax's choice)")
