@@ -492,3 +492,16 @@ def test_training_and_fit_flags_must_be_bools(flag):
         train.train(TINY, seeds=1, return_params=flag)
     with pytest.raises(ValueError, match="return_trajectory"):
         fit.fit_rates(np.arange(5.0), np.tile(Z0, (5, 1)), **DATA, return_trajectory=flag)
+
+
+@pytest.mark.parametrize("name, field", [("E1", "reference"), ("E1", "fit_initial"),
+                                         ("E3", "reference"), ("E6", "normalize"),
+                                         ("E6", "reference")])
+@pytest.mark.parametrize("flag", ["no", 1, None])
+def test_experiment_flags_must_be_bools_in_the_one_message(name, field, flag):
+    # Every experiment's switch is refused with the shared wording of unijax._checks.
+    mod = experiments.get(name)
+    with pytest.raises(ValueError, match=rf"^{field}=.* is out of range: must be True or False"):
+        dataclasses.replace(mod.presets["tiny"], **{field: flag})
+    with pytest.raises(ValueError, match=r"^digits\.enabled=.* must be True or False"):
+        experiments.get("E8").DigitsPart(enabled=flag)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from unijax._checks import (  # noqa: F401 (the experiments' Config checks, one module)
+    check_bool,
     check_choice,
     check_choices,
     check_float,
@@ -56,6 +57,7 @@ __all__ = [
     "verdict_counts",
     "verdict_rows_text",
     "check_int",
+    "check_bool",
     "check_float",
     "check_choice",
     "check_choices",

@@ -136,8 +136,7 @@ class DigitsConfig:
 
     def __post_init__(self):
         for f in ("normalize", "reference"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
+            cm.check_bool(f, getattr(self, f))
         cm.check_int("authors_points", self.authors_points, 2)
         for f in ("n_train", "width", "epochs"):
             if getattr(self, f) is not None:

@@ -95,8 +95,7 @@ class RowsConfig:
         if self.dropout_layer is not None:
             cm.check_int("dropout_layer", self.dropout_layer, 0)
         for f in ("fit_initial", "reference"):
-            if not isinstance(getattr(self, f), bool):
-                raise ValueError(f"{f}={getattr(self, f)!r} is invalid: must be true or false")
+            cm.check_bool(f, getattr(self, f))
         tp.check_run(self)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer={self.optimizer!r} is invalid; valid choices: sgd, adam")

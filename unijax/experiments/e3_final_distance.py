@@ -102,8 +102,7 @@ class Config:
 
     def __post_init__(self):
         cm.check_choices("rows", self.rows, tp.TABLE1)
-        if not isinstance(self.reference, bool):
-            raise ValueError(f"reference={self.reference!r} is invalid: must be true or false")
+        cm.check_bool("reference", self.reference)
         if self.stop_loss is not None:
             cm.check_float("stop_loss", self.stop_loss)
         tp.check_sizes(self.size)

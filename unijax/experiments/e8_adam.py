@@ -152,8 +152,7 @@ class DigitsPart:
     width: int | None = None
 
     def __post_init__(self):
-        if not isinstance(self.enabled, bool):
-            raise ValueError(f"digits.enabled={self.enabled!r} is invalid: must be true or false")
+        cm.check_bool("digits.enabled", self.enabled)
         cm.check_float("digits.lr", self.lr)
         cm.check_int("digits.epochs", self.epochs, tp.FIT_POINTS)
         for f in ("n_train", "width"):
