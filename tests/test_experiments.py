@@ -600,6 +600,13 @@ def test_e6_structure_runs_keep_the_authors_step_count_on_fewer_images():
         assert _digits.train_config(cfg, n_points=5000).epochs == cfg.epochs
     with pytest.raises(ValueError, match="n_points"):
         _digits.train_config(mod.presets["paper"])
+    # The departures name the optimizers and rates actually run: E6's two, E8's Adam alone.
+    deps = " ".join(mod.departures(mod.presets["paper-cpu"], n_points=5000, data_name="mnist5k"))
+    assert "2375 epochs x 79 mini-batches = 187,625 steps (SGD lr 0.005, Adam lr 0.001;" in deps
+    deps = " ".join(mod.departures(mod.presets["quick"], optimizers=("adam",), lr=3e-4,
+                                   n_points=5000, data_name="mnist5k"))
+    assert "Adam's learning rate 0.0003 is unijax's choice" in deps
+    assert "(Adam lr 0.0003;" in deps and "SGD" not in deps
     with pytest.raises(ValueError, match=r"structure\.steps=0 is out of range"):
         mod.StructurePart(steps=0)
 

