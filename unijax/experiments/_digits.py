@@ -341,7 +341,7 @@ def train_config(config: DigitsConfig, *, optimizer: str = "sgd", lr: float | No
     if config.structure.steps is not None:
         if n_points is None:
             raise ValueError("structure.steps needs the data set's size: pass n_points")
-        epochs = -(-config.structure.steps // steps_per_epoch(n_points, configs_batch_size()))
+        epochs = epochs_for_steps(config.structure.steps, n_points)
         if config.dynamics.source == "same":
             epochs = max(epochs, tp.FIT_POINTS)
     cfg = tp.row_config("mnist", width=config.width, time_scale=config.time_scale,
@@ -356,11 +356,16 @@ def steps_per_epoch(n_points: int, batch_size: int | None) -> int:
     return 1 if batch_size is None else -(-int(n_points) // min(int(batch_size), int(n_points)))
 
 
+def epochs_for_steps(steps: int, n_points: int) -> int:
+    """Epochs of mini-batches of the MNIST row (64) that cover ``steps`` optimizer steps over
+    ``n_points`` points (the last epoch may run past them)."""
+    return -(-int(steps) // steps_per_epoch(n_points, configs_batch_size()))
+
+
 def dynamics_epochs(config: DigitsConfig, n_points: int) -> int:
     """Epochs of the separate dynamics run: ``dynamics.steps`` SGD steps, at least the fit's
     300 epochs."""
-    batch = configs_batch_size()
-    return max(tp.FIT_POINTS, -(-config.dynamics.steps // steps_per_epoch(n_points, batch)))
+    return max(tp.FIT_POINTS, epochs_for_steps(config.dynamics.steps, n_points))
 
 
 def configs_batch_size() -> int | None:
