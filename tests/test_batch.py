@@ -98,10 +98,24 @@ def test_trial_bucket_pads_to_a_multiple_of_8_then_of_the_devices():
             assert b.total == -(-(-(-n // 8) * 8) // n_devices) * n_devices
             assert b.total % n_devices == 0 and b.per_device * n_devices == b.total
             assert b.n_padded == b.total - n and b.n_padded < 8 + n_devices
-            # real trials first: full devices, then at most one partial, then empty ones
-            assert b.n_valid.sum() == n and np.all(np.diff(b.n_valid) <= 0)
-            assert np.all(b.n_valid[:-1][b.n_valid[1:] > 0] == b.per_device)
-            np.testing.assert_array_equal(b.index, _batch.pad_index(np.arange(n), b.total))
+            # the real trials shared evenly (the first devices take the remainder), in order,
+            # each device's first; every other position a copy of the last real trial
+            assert b.n_valid.sum() == n and b.n_valid.max() - b.n_valid.min() <= 1
+            assert np.all(np.diff(b.n_valid) <= 0) and b.n_valid.max() <= b.per_device
+            slices = b.index.reshape(n_devices, b.per_device)
+            expect = np.full_like(slices, n - 1)
+            first = 0
+            for d, k in enumerate(b.n_valid):
+                expect[d, :k] = np.arange(first, first + k)
+                first += k
+            np.testing.assert_array_equal(slices, expect)
+            np.testing.assert_array_equal(b.index[b.rows], np.arange(n))
+    # two trials on two devices run side by side, one each (not both on the first)
+    two = _batch.trial_bucket(2, 2)
+    np.testing.assert_array_equal(two.n_valid, [1, 1])
+    np.testing.assert_array_equal(two.rows, [0, 4])
+    np.testing.assert_array_equal(_batch.trial_bucket(9, 2).n_valid, [5, 4])
+    np.testing.assert_array_equal(_batch.trial_bucket(3, 1).rows, [0, 1, 2])
     # every size of a bucket gives the same padded size (one compiled program)
     assert {_batch.trial_bucket(n, 1).total for n in range(1, 9)} == {8}
     assert {_batch.trial_bucket(n, 2).total for n in range(9, 17)} == {16}

@@ -254,7 +254,7 @@ def test_sharded_over_two_host_devices_equals_unsharded():
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 2 and out["n_devices"] == 2
     # 9 trials: bucket of 16 (a multiple of 8 and of 2 devices), 7 padding trials, stripped;
-    # the second device holds one real trial and 7 padding ones.
+    # the devices hold 5 and 4 real trials, each followed by its padding.
     assert out["n_padded"] == 7
     for field, d in out["diff"].items():
         # Same per-trial program; only the per-device batch differs (a few ulps at most).

@@ -117,8 +117,10 @@ class TrialBucket(NamedTuple):
         total: trials in the padded batch, a multiple of :data:`BUCKET` rounded up to a
             multiple of the device count.
         per_device: ``total / n_devices``, each device's consecutive slice.
-        n_valid: ``(n_devices,)`` int32, the real trials in each device's slice (they come
-            first in it; the padding is at the end of the batch, on the last devices).
+        n_valid: ``(n_devices,)`` int32, the real trials in each device's slice: ``n`` shared
+            as evenly as the devices allow (they differ by at most one), so a few trials run
+            side by side rather than all on the first device. They come first in the slice,
+            in order (device 0 the first ones), the padding after them.
     """
 
     n: int
@@ -132,9 +134,18 @@ class TrialBucket(NamedTuple):
         return self.total - self.n
 
     @property
+    def rows(self) -> np.ndarray:
+        """``(n,)`` position of each real trial in the padded batch (for :func:`gather`)."""
+        starts = self.per_device * np.arange(self.n_valid.size)
+        return np.concatenate([s + np.arange(k) for s, k in zip(starts, self.n_valid)])
+
+    @property
     def index(self) -> np.ndarray:
-        """``(total,)`` row of each trial of the padded batch (:func:`pad_index`)."""
-        return pad_index(np.arange(self.n), self.total)
+        """``(total,)`` trial held by each position of the padded batch: the real trials at
+        :attr:`rows`, copies of the last real trial everywhere else."""
+        index = np.full(self.total, self.n - 1)
+        index[self.rows] = np.arange(self.n)
+        return index
 
 
 def trial_bucket(n: int, n_devices: int) -> TrialBucket:
@@ -143,8 +154,9 @@ def trial_bucket(n: int, n_devices: int) -> TrialBucket:
     **The bucket rule**: ``total = ceil(ceil(n / BUCKET) * BUCKET / n_devices) * n_devices``,
     i.e. ``n`` rounded up to a multiple of :data:`BUCKET` (8), then to a multiple of the
     device count. A compiled program depends on ``total`` only, so every ``n`` of a bucket
-    (1-8, 9-16, ...) reuses it. Padding repeats the last real trial (:func:`pad_index`); its
-    results are dropped (:func:`gather`).
+    (1-8, 9-16, ...) reuses it. The real trials are shared evenly over the devices (2 trials
+    on 2 devices: one each); padding repeats the last real trial (:attr:`TrialBucket.index`)
+    and its results are dropped (``gather(..., bucket.rows)``).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n={n!r} is out of range: need at least one trial.")
@@ -153,7 +165,7 @@ def trial_bucket(n: int, n_devices: int) -> TrialBucket:
     ):
         raise ValueError(f"n_devices={n_devices!r} is out of range: must be an integer >= 1.")
     per = -(-(-(-int(n) // BUCKET) * BUCKET) // int(n_devices))
-    n_valid = np.clip(int(n) - per * np.arange(n_devices), 0, per).astype(np.int32)
+    n_valid = (int(n) // n_devices + (np.arange(n_devices) < int(n) % n_devices)).astype(np.int32)
     return TrialBucket(int(n), per * int(n_devices), per, n_valid)
 
 
@@ -184,10 +196,12 @@ def shard(tree: Any, mesh: Mesh) -> ShardedBatch:
     return ShardedBatch(arrays, n, batch_size(padded) - n)
 
 
-def gather(tree: Any, n_valid: int) -> Any:
-    """A batch-sharded pytree as NumPy leaves ``(n_valid, ...)`` on every process (the padding
-    dropped)."""
-    return jax.tree_util.tree_map(lambda x: to_host(x)[:n_valid], tree)
+def gather(tree: Any, keep: int | np.ndarray) -> Any:
+    """A batch-sharded pytree as NumPy leaves on every process, the padding dropped: the first
+    ``keep`` elements (an int), or those at the positions ``keep`` (an int array, in its
+    order)."""
+    take = slice(None, keep) if isinstance(keep, (int, np.integer)) else np.asarray(keep)
+    return jax.tree_util.tree_map(lambda x: to_host(x)[take], tree)
 
 
 def map_batch(fn: Callable[[Any], Any], tree: Any, *, mesh: Mesh | None = None) -> Any:

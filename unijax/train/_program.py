@@ -235,14 +235,14 @@ def execute(req: Request) -> Raw:
     clock = _Clock()
     t_start = time.perf_counter()
     carry, obs0 = clock.compile(progs.start, *start_args)(*start_args)
-    initial_params = _batch.gather(carry.params, bucket.n) if req.return_params else None
-    obs0 = _batch.gather(obs0, bucket.n)
+    initial_params = _batch.gather(carry.params, bucket.rows) if req.return_params else None
+    obs0 = _batch.gather(obs0, bucket.rows)
     init_s = time.perf_counter() - t_start - clock.compile_s
 
     t_run, compile_before = time.perf_counter(), clock.compile_s
     shared = (n_valid, put(np.asarray(req.lr, dtype)), x, y)
     final_obs, losses, hyws, reps, final_params = _run_chunks(
-        req, progs.chunk, carry, shared, sched, put, clock, bucket.n
+        req, progs.chunk, carry, shared, sched, put, clock, bucket.rows
     )
     run_s = time.perf_counter() - t_run - (clock.compile_s - compile_before)
     return Raw(obs0, final_obs, losses, hyws, reps, initial_params, final_params,
@@ -257,10 +257,10 @@ def _placer(mesh: Mesh) -> Callable:
 
 
 def _run_chunks(req: Request, chunk, carry, shared, sched: Schedule, put, clock: _Clock,
-                n: int):
+                rows: np.ndarray):
     """Every chunk of epochs in turn, the carry donated from one to the next. Outputs stay on
-    the devices until the last chunk is queued, then come to the host cut to the ``n`` real
-    trials: ``(final_obs, losses, hyws, reps, final_params)`` (see :class:`Raw`)."""
+    the devices until the last chunk is queued, then come to the host cut to the real trials
+    (at ``rows``): ``(final_obs, losses, hyws, reps, final_params)`` (see :class:`Raw`)."""
     losses, hyws, reps = [], [], []
     compiled = None
     with _progress.bar(sched.n_chunks, f"train {req.name}", "chunk") as pbar:
@@ -278,6 +278,6 @@ def _run_chunks(req: Request, chunk, carry, shared, sched: Schedule, put, clock:
             if not pbar.disable:
                 jax.block_until_ready(loss_c)  # a bar that moves when the work is done
             pbar.update()
-    final_obs, losses, hyws, reps = _batch.gather((final_obs, losses, hyws, reps), n)
-    final_params = _batch.gather(carry.params, n) if req.return_params else None
+    final_obs, losses, hyws, reps = _batch.gather((final_obs, losses, hyws, reps), rows)
+    final_params = _batch.gather(carry.params, rows) if req.return_params else None
     return final_obs, losses, hyws, reps, final_params
