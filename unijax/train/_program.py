@@ -42,7 +42,7 @@ class Programs(NamedTuple):
     #     -> (carry (B, ...), obs at init)
     start: Callable
     # (carry, n_valid (n_dev,), lr, x, y, ts, slots, active)
-    #     -> (carry, ((loss, hyw) per epoch, obs at the end))
+    #     -> (carry, (((loss, hyw) per epoch, obs at the end), copy of the record buffers))
     chunk: Callable
 
 
@@ -86,8 +86,13 @@ def build_programs(
     def v_chunk(carry, n_valid, lr, x, y, ts, slots, active):
         one = functools.partial(chunk_one, lr=lr, x=x, y=y, ts=ts, slots=slots, active=active)
         if vmap_size is None:
-            return jax.vmap(one)(carry)  # padding trials computed, then dropped
-        return _batch.map_in_place(one, carry, vmap_size, n_valid=n_valid[0])
+            carry, out = jax.vmap(one)(carry)  # padding trials computed, then dropped
+        else:
+            carry, out = _batch.map_in_place(one, carry, vmap_size, n_valid=n_valid[0])
+        # The chunk's representation records, copied out before the carry is donated to the
+        # next chunk. Copied here, whole: slicing them outside compiled a small program for
+        # every records-per-chunk count (about 50 ms each; 12 s of E8 at the quick preset).
+        return carry, (out, carry.buf)
 
     if spec.params_mode is None:
         def v_start(n_valid, seeds, gains, key, x, y):
@@ -261,7 +266,7 @@ def _run_chunks(req: Request, chunk, carry, shared, sched: Schedule, put, clock:
     """Every chunk of epochs in turn, the carry donated from one to the next. Outputs stay on
     the devices until the last chunk is queued, then come to the host cut to the real trials
     (at ``rows``): ``(final_obs, losses, hyws, reps, final_params)`` (see :class:`Raw`)."""
-    losses, hyws, reps = [], [], []
+    losses, hyws, reps, n_kept = [], [], [], []
     compiled = None
     with _progress.bar(sched.n_chunks, f"train {req.name}", "chunk") as pbar:
         for c in range(sched.n_chunks):
@@ -269,15 +274,16 @@ def _run_chunks(req: Request, chunk, carry, shared, sched: Schedule, put, clock:
             args = (carry, *shared, put(ts), put(slots), put(active))
             if compiled is None:
                 compiled = clock.compile(chunk, *args)
-            carry, ((loss_c, hyw_c), final_obs) = compiled(*args)
+            carry, (((loss_c, hyw_c), final_obs), bufs) = compiled(*args)
             losses.append(loss_c)
             hyws.append(hyw_c)
             if req.spec.record_points:
-                # Sliced out (a new buffer) before the carry is donated to the next chunk.
-                reps.append(tuple(b[:, :n_records] for b in carry.buf))
+                reps.append(bufs)
+                n_kept.append(n_records)
             if not pbar.disable:
                 jax.block_until_ready(loss_c)  # a bar that moves when the work is done
             pbar.update()
     final_obs, losses, hyws, reps = _batch.gather((final_obs, losses, hyws, reps), rows)
+    reps = [tuple(b[:, :k] for b in bufs) for bufs, k in zip(reps, n_kept)]
     final_params = _batch.gather(carry.params, rows) if req.return_params else None
     return final_obs, losses, hyws, reps, final_params
