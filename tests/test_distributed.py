@@ -118,6 +118,12 @@ _SHARDED_SCRIPT = """
                                                  block_size=4,
                                                  mesh=Mesh(np.array(jax.devices()), ("d",)))
     np.testing.assert_allclose(got, ref, rtol=1e-12)  # summation order differs
+    # each device runs its slice in chunks (19 trials: 2 chunks of 8 on the first device,
+    # one on the second); the loop's order must not mix trials up
+    z = rng.normal(size=(19, 3))
+    mapped = _batch.map_over_devices(lambda k, b: jnp.sin(b["z"]) * k, 2.0, {"z": z},
+                                     _batch.batch_mesh())
+    np.testing.assert_array_equal(mapped, np.asarray(jnp.sin(z) * 2.0))
     print("OK")
 """
 
@@ -137,7 +143,7 @@ _CHUNKED_FIT_SCRIPT = """
     from jax.sharding import Mesh
     from unijax import fit, theory
     assert len(jax.devices()) == 2, jax.devices()
-    n = 19  # slices of 16 per device, chunks of 8: 2 chunks + 1 chunk (3 real trials)
+    n = 19  # 3 chunks of 8 from threads, the last padded
     ts = np.arange(40.0)
     rng = np.random.default_rng(2)
     z0 = np.stack([rng.uniform(0.05, 0.5, n), rng.uniform(0.0, 0.05, n),
@@ -152,7 +158,8 @@ _CHUNKED_FIT_SCRIPT = """
     res = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=True, where=where)
     ref = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=True, where=where,
                         mesh=Mesh(np.array(jax.devices()[:1]), ("d",)))
-    out = {}
+    from unijax.fit import _run
+    out = {"programs": len(_run._PROGRAMS)}
     for k in ("eta_h", "eta_y", "stderr_eta_h", "sse", "status", "converged", "identified",
               "good_fit", "step_budget_hit", "max_steps", "n_iters", "n_ode_steps", "z_fit"):
         out["got." + k] = np.asarray(getattr(res, k))
@@ -162,26 +169,19 @@ _CHUNKED_FIT_SCRIPT = """
 """
 
 
-def test_fit_on_two_devices_equals_fit_on_one(tmp_path):
-    # ~30 s on 2 cores: two compilations (the chunk program on one device, the mesh one).
+def test_fit_on_two_host_devices_runs_as_on_one(tmp_path):
+    # The CPU devices of one process share its cores: the fit runs the one-device chunks on
+    # the first device (one compiled program, reused), so the numbers are the same bits.
     r = _run(_CHUNKED_FIT_SCRIPT, tmp_path / "c.npz", "17", n_devices=2, timeout=600)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr[-3000:]
     a = dict(np.load(tmp_path / "c.npz"))
+    assert int(a["programs"]) == 1
     got, ref = _mode(a, "got"), _mode(a, "ref")
     assert got["eta_h"].shape == (19,) and got["z_fit"].shape == (19, 40, 3)
     assert got["status"][17] == ref["status"][17] == -1  # NOT_FITTED, not fitted anywhere
-    fitted = np.arange(19) != 17
-    assert ref["converged"][fitted].all()
-    # both run chunks of 8 trials (one device: from threads; two: in a loop per device)
-    for k in ("status", "converged", "identified", "good_fit", "step_budget_hit", "max_steps",
-              "n_iters", "n_ode_steps"):
+    assert ref["converged"][np.arange(19) != 17].all()
+    for k in got:
         np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
-    for k in ("eta_h", "eta_y", "z_fit"):
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-12, err_msg=k)
-    # sse cancels residuals ~1e-6 left by rates that agree to ~1e-16: its relative error is
-    # amplified by that cancellation (seen: 1.4e-12), and stderr ~ sqrt(sse)
-    for k in ("sse", "stderr_eta_h"):
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-9, err_msg=k)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -459,8 +459,9 @@ def fit_rates(
     program for any batch size), from two threads per core; a single trial runs alone.
 
     The trials are laid over the devices of ``mesh`` (default: every device of every process,
-    after :func:`unijax.distributed.initialize`; on one device, as above). With several
-    devices each fits its slice (on CPU as chunks of 8 trials one after another, elsewhere one
+    after :func:`unijax.distributed.initialize`; on one device, as above). CPU devices of one
+    process share its cores: their trials run as on one device, the first. Otherwise each
+    device fits its slice (on CPU as chunks of 8 trials one after another, elsewhere one
     ``vmap``) in one program compiled once for the mesh, without communication; every process
     passes the same host arrays and receives the whole result. Numbers equal the one-device
     ones up to how XLA vectorizes another program (seen on CPU: equal iteration counts and
