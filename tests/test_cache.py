@@ -193,3 +193,20 @@ def test_the_exported_programs_directory_is_private_and_follows_the_cache(monkey
         assert err.count("stored fit programs off") == 1 and "writable by group" in err
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_the_command_stores_every_program_unless_the_user_chose(monkeypatch):
+    import jax
+
+    before = jax.config.jax_persistent_cache_min_compile_time_secs
+    try:
+        monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+        _cache.store_every_program()
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 0.0
+        monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
+        _cache.store_every_program()
+        assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0
+    finally:
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before)
