@@ -909,9 +909,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
-    from unijax import _cache
+    from unijax import _cache, _host
 
     _cache.enable_compilation_cache()  # a rerun or a resumed run skips compiling
+    _cache.store_every_program()
+    # Before JAX starts: the trials of a batch then run side by side, one per core.
+    _host.use_one_device_per_core()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

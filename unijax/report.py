@@ -138,6 +138,12 @@ def _code_label(cv: Any) -> str:
         return ""
 
 
+def _devices(env: dict) -> str:
+    """``cpu:cpu``, or ``cpu:cpu x 2`` for a run laid over two devices."""
+    n = env.get("devices", 1)
+    return env.get("device", "?") + (f" x {n}" if isinstance(n, int) and n > 1 else "")
+
+
 def finished(outdir: str | os.PathLike) -> tuple[dict[str, dict], list[str], dict[str, str]]:
     """``(done, missing, unreadable)`` of ``outdir``: the summaries of the experiments whose
     stored result validates, the names without results, and for each experiment whose stored
@@ -176,7 +182,7 @@ def build_report(outdir: str | os.PathLike, *,
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{Path(outdir)}`. "
         f"Preset(s): {', '.join(presets) or 'none'}. "
         f"Compute time of the stored experiments: {total / 60:.1f} min"
-        + (f" on {env.get('machine', '?')} ({env.get('device', '?')}, jax {env.get('jax', '?')},"
+        + (f" on {env.get('machine', '?')} ({_devices(env)}, jax {env.get('jax', '?')},"
            f" unijax {env.get('unijax', '?')})." if env else "."),
         "",
         "Each section states what the paper predicts, what this run measured, and a verdict "
