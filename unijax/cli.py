@@ -32,6 +32,10 @@ Every failure of the operating system (a full disk, no permission, a name too lo
 line naming the path, the cause and what to do; what was stored before it is kept and checked,
 and running the same command again after the fix resumes to the same results.
 
+On CPU the command gives JAX one device per core (at most 8) so that the trials of a batch
+train side by side; ``JAX_NUM_CPU_DEVICES=1`` keeps the single device (see
+:mod:`unijax._host`).
+
 ``python -m unijax ...`` is the same. Exit status: 0 success; 1 an experiment or the report
 failed (the others still ran and were stored), an OS error, or the directory is in use; 2 bad
 input (a run too large for memory included) or a refusal to touch a file unijax did not write
