@@ -28,6 +28,7 @@ import numpy as np
 from unijax import plots
 from unijax.experiments import _common as cm
 from unijax.experiments import _rows
+from unijax.experiments._parallel import each_on_a_device
 from unijax.experiments import _twopoint as tp
 
 NAME = "E3"
@@ -272,7 +273,7 @@ SEGMENT_EPOCHS = 1000
 
 
 def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
-                segment: int = SEGMENT_EPOCHS) -> dict[str, np.ndarray]:
+                segment: int = SEGMENT_EPOCHS, devices=None) -> dict[str, np.ndarray]:
     """Train ``cfg`` on ``data`` until every seed's loss has been below ``stop_loss`` (or for
     ``cfg.epochs``), in segments of ``segment`` epochs, each continuing from the last one's
     parameters.
@@ -282,7 +283,8 @@ def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
     without dropout keeps no state but the parameters, and every update runs in the same
     compiled epoch program, so the records are those of one uninterrupted run (bit for bit:
     ``tests/test_experiment_layer.py``). A network with other state (mini-batches, dropout,
-    Adam), or a run without ``stop_loss``, trains in one call.
+    Adam), or a run without ``stop_loss``, trains in one call. ``devices``: as
+    ``unijax.train.train``'s.
 
     Returns ``loss, h``: ``(S, T')`` records (``T' <= cfg.epochs``: up to the last segment
     run), ``final_loss, final_h``: ``(S,)`` after the last update run, ``y0, diverged``:
@@ -296,7 +298,7 @@ def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
 
     stateless = (cfg.optimizer == "sgd" and cfg.batch_size is None and cfg.dropout == 0.0)
     if stop_loss is None or not stateless or cfg.epochs <= segment:
-        res = train.train(cfg, seeds=seeds, key=key, data=data, pair=(0, 1))
+        res = train.train(cfg, seeds=seeds, key=key, data=data, pair=(0, 1), devices=devices)
         loss, h, fl, fh, div = arrays(res)
         return {"loss": loss, "h": h, "final_loss": fl, "final_h": fh,
                 "y0": np.asarray(res.y)[0, :, 0], "diverged": div}
@@ -305,7 +307,7 @@ def train_until(cfg, *, seeds: int, key, data, stop_loss: float | None,
     while done < cfg.epochs:
         n = min(segment, cfg.epochs - done)
         res = train.train(cfg.replace(epochs=n), seeds=seeds, key=key, data=data, pair=(0, 1),
-                          params=params, return_params=True)
+                          params=params, return_params=True, devices=devices)
         loss, h, fl, fh, d = arrays(res)
         if y0 is None:
             y0 = np.asarray(res.y)[0, :, 0]
@@ -343,7 +345,9 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     dv = np.zeros(shape, bool)
     se = np.zeros(shape, np.int64)
     grid = [(r, i, j) for r in range(R) for i in range(I) for j in range(J)]
-    for r, i, j in progress(grid, desc="E3: grid"):
+
+    def cell(rij, devices):
+        r, i, j = rij
         base = cfgs[r]
         epochs = grid_epochs(config, base)
         ts = config.grid_time_scale or config.size.time_scale
@@ -353,10 +357,11 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
         ) if (epochs != base.epochs or config.grid_time_scale) else base
         dxn, dyn = config.dx_norms[i], config.dy_norms[j]
 
-        def compute(gcfg=gcfg, dxn=dxn, dyn=dyn, r=r, i=i, j=j):
+        def compute():
             ds = data.two_points(float(dxn) ** 2, float(dyn) ** 2)
             k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(k_grid, r), i), j)
-            run_ = train_until(gcfg, seeds=S, key=k, data=ds, stop_loss=config.stop_loss)
+            run_ = train_until(gcfg, seeds=S, key=k, data=ds, stop_loss=config.stop_loss,
+                               devices=devices)
             f_loss, f_h, stop = stop_at(run_["loss"], run_["h"], run_["final_loss"],
                                         run_["final_h"], config.stop_loss)
             return {
@@ -369,7 +374,12 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
             }
 
         stop_tag = "" if config.stop_loss is None else f"-stop{config.stop_loss:g}"
-        got = cache(f"grid-{base.name}-{i}-{j}{stop_tag}", compute)
+        return cache(f"grid-{base.name}-{i}-{j}{stop_tag}", compute)
+
+    # A grid point is a batch of S trials on its own two points: the points run side by
+    # side, one per device.
+    cells = each_on_a_device(grid, cell, progress=progress, desc="E3: grid")
+    for (r, i, j), got in zip(grid, cells):
         h0[r, i, j], y0[r, i, j] = got["h0"], got["y0"]
         hf[r, i, j], fl[r, i, j] = got["h_final"], got["final_loss"]
         se[r, i, j] = got["stop_epoch"]

@@ -67,6 +67,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -1209,6 +1210,9 @@ class ChunkCache:
         self.misses = 0
         self.reused: set[str] = set()  # chunk ids read from the store
         self.computed: set[str] = set()  # chunk ids computed (and stored)
+        # Chunks may be computed from several threads (one per device): their bookkeeping
+        # and writes take turns, so the experiment's config.json still precedes every chunk.
+        self._lock = threading.Lock()
 
     def __call__(
         self, chunk: str, compute: Callable[[], Mapping[str, Any]]
@@ -1228,14 +1232,16 @@ class ChunkCache:
                     "writing process sees it but cannot be read by this one: the output "
                     "directory must be shared by all processes (NFS, Lustre, ...)"
                 )
-            self.hits += 1
-            self.reused.add(chunk)
+            with self._lock:
+                self.hits += 1
+                self.reused.add(chunk)
             return got
-        self.misses += 1
-        self.computed.add(chunk)
         arrays = {k: np.asarray(v) for k, v in compute().items()}
-        if self.writer:
-            self.store.save_chunk(self.name, chunk, arrays, self.config_hash)
+        with self._lock:
+            self.misses += 1
+            self.computed.add(chunk)
+            if self.writer:
+                self.store.save_chunk(self.name, chunk, arrays, self.config_hash)
         return arrays
 
 
