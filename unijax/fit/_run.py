@@ -81,9 +81,10 @@ def fit_rows(grid: Grid, batch: dict, rows, *, opts: FitOpts, return_trajectory:
     process. The CPU devices of one process share its cores, which those threads already keep
     busy, and one device's program is the one stored for later processes: 64 trials of 6000
     epochs on two host devices of a 2-core Xeon, 0.16 s per call this way, 0.78 s with each
-    device fitting its slice in a mesh program that every call compiled again. A mesh over several processes shares the chunks out
-    between them, whole, and gathers the results, so every trial is fitted in the same chunk,
-    by the same program, as in one process: the same numbers, bit for bit.
+    device fitting its slice in a mesh program that every call compiled again. A mesh over
+    several processes shares the chunks out between them, whole, and gathers the results, so
+    every trial is fitted in the same chunk, by the same program, as in one process: the same
+    numbers, bit for bit.
     Other platforms: each device fits its slice (one ``vmap``), in one program for the mesh.
     """
     part = {k: v[rows] for k, v in batch.items()}
