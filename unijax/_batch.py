@@ -23,7 +23,6 @@ module, with one convention each:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import _progress
+from ._host import usable_cores
 from .distributed import put, to_host
 
 #: Name of the single axis of :func:`batch_mesh`.
@@ -137,7 +137,7 @@ class TrialBucket(NamedTuple):
     def rows(self) -> np.ndarray:
         """``(n,)`` position of each real trial in the padded batch (for :func:`gather`)."""
         starts = self.per_device * np.arange(self.n_valid.size)
-        return np.concatenate([s + np.arange(k) for s, k in zip(starts, self.n_valid)])
+        return np.concatenate([s + np.arange(k) for s, k in zip(starts, self.n_valid, strict=True)])
 
     @property
     def index(self) -> np.ndarray:
@@ -228,11 +228,7 @@ def cpu_chunking(n: int, platform: str) -> tuple[int, int]:
         return n, 1
     if n <= CPU_CHUNK:
         return CPU_CHUNK, 1
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return CPU_CHUNK, 2 * cores
+    return CPU_CHUNK, 2 * usable_cores()
 
 
 def map_chunks(

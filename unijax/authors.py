@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import os
 import re
 import sys
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy.integrate import solve_ivp
 from scipy.optimize import minimize
+
+from unijax._host import usable_cores
 
 __all__ = ["AuthorsFit", "fit_one", "fit_many", "r2_of_rates", "rhs", "GRID"]
 
@@ -212,8 +213,7 @@ def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = N
     n = len(Zs)
     eta, r2 = np.full((n, 2), np.nan), np.full((n, 3), np.nan)
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
+        workers = usable_cores()
     wrap = progress if progress is not None else (lambda items, desc="": items)
     if workers <= 1 or n <= 1 or not _spawn_safe():
         for i in wrap(range(n), desc=desc):
