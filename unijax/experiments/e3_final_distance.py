@@ -28,8 +28,8 @@ import numpy as np
 from unijax import plots
 from unijax.experiments import _common as cm
 from unijax.experiments import _rows
-from unijax.experiments._parallel import each_on_a_device
 from unijax.experiments import _twopoint as tp
+from unijax.experiments._parallel import each_on_a_device
 
 NAME = "E3"
 TITLE = "Final representational distance, theory vs. experiment (Fig. 5)"
@@ -379,7 +379,7 @@ def _train_grid(config: Config, cfgs, k_grid, *, progress, cache):
     # A grid point is a batch of S trials on its own two points: the points run side by
     # side, one per device.
     cells = each_on_a_device(grid, cell, progress=progress, desc="E3: grid")
-    for (r, i, j), got in zip(grid, cells):
+    for (r, i, j), got in zip(grid, cells, strict=True):
         h0[r, i, j], y0[r, i, j] = got["h0"], got["y0"]
         hf[r, i, j], fl[r, i, j] = got["h_final"], got["final_loss"]
         se[r, i, j] = got["stop_epoch"]

@@ -139,7 +139,7 @@ def _gather_shares(out: dict, counts: list[int], procs: list[int]) -> dict:
     local = {k: None if v is None else padded(v) for k, v in out.items()}
     every = multihost_utils.process_allgather(local, tiled=False)  # (processes, most, ...)
     return {k: None if v is None else np.concatenate(
-                [np.asarray(v)[p, :c] for p, c in zip(procs, counts)])
+                [np.asarray(v)[p, :c] for p, c in zip(procs, counts, strict=True)])
             for k, v in every.items()}
 
 

@@ -284,6 +284,6 @@ def _run_chunks(req: Request, chunk, carry, shared, sched: Schedule, put, clock:
                 jax.block_until_ready(loss_c)  # a bar that moves when the work is done
             pbar.update()
     final_obs, losses, hyws, reps = _batch.gather((final_obs, losses, hyws, reps), rows)
-    reps = [tuple(b[:, :k] for b in bufs) for bufs, k in zip(reps, n_kept)]
+    reps = [tuple(b[:, :k] for b in bufs) for bufs, k in zip(reps, n_kept, strict=True)]
     final_params = _batch.gather(carry.params, rows) if req.return_params else None
     return final_obs, losses, hyws, reps, final_params
