@@ -28,3 +28,12 @@ def count_traces():
         yield counts
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def fit_programs(counts) -> int:
+    """How many rate-fit programs were traced, from a :func:`count_traces` counter: the fit is
+    two programs traced together (``_fit_optimize``, ``_fit_assess``; unijax.fit._program), so
+    each must count the same."""
+    optimize, assess = counts["_fit_optimize"], counts["_fit_assess"]
+    assert optimize == assess, dict(counts)
+    return optimize

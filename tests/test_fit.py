@@ -102,7 +102,7 @@ def test_data_based_start_is_already_close(planted, clean_fit):
 @pytest.mark.parametrize("additive", [False, True], ids=["multiplicative", "additive"])
 def test_planted_rates_recovered_with_1pct_noise(planted, clean_fit, additive):
     Z, eta_h, eta_y, dx2, dy2 = planted
-    from _compiles import count_traces
+    from _compiles import count_traces, fit_programs
 
     with count_traces() as traces:
         res = fit.fit_rates(TS, _noisy(Z, 0.01, seed=1, additive=additive), dx2=dx2, dy2=dy2)
@@ -110,7 +110,7 @@ def test_planted_rates_recovered_with_1pct_noise(planted, clean_fit, additive):
     # trial was limited by the first (seen: the buried plateau with additive noise); none at
     # all when that one was stored by an earlier process.
     retried = np.asarray(res.max_steps) > 512
-    assert traces["_fit_batch"] <= int(retried.any()), traces
+    assert fit_programs(traces) <= int(retried.any()), traces
     assert np.all(np.asarray(res.max_steps)[retried] == fit.RETRY_MAX_STEPS[0])
     err = _rel_err(res, eta_h, eta_y)
     conv = res.usable
@@ -508,7 +508,7 @@ def test_a_stall_at_a_poor_minimum_is_a_finished_fit():
 def test_where_leaves_trials_out_compiling_the_batch_once():
     # 17 trials: on CPU, three chunks of 8 from threads; the program is traced once, and a
     # masked batch (one trial NaN, left out) runs the same program with the same numbers.
-    from _compiles import count_traces
+    from _compiles import count_traces, fit_programs
 
     ts = np.arange(30.0)
     rng = np.random.default_rng(0)
@@ -523,7 +523,7 @@ def test_where_leaves_trials_out_compiling_the_batch_once():
         where[[3, 16]] = False
         Z[3] = np.nan  # not checked: left out
         part = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False, where=where)
-    assert traces["_fit_batch"] <= 1, traces
+    assert fit_programs(traces) <= 1, traces
     assert full.usable.all()
     assert part.status_counts() == {"NOT_FITTED": 2, "OK": 15}
     np.testing.assert_array_equal(part.status[~where], fit.FitStatus.NOT_FITTED)
@@ -544,7 +544,7 @@ def test_small_batches_share_one_program_and_equal_the_fit_alone():
     # On CPU every batch of two or more runs as chunks of 8: 3 and 6 trials (and the
     # experiments' 2 seeds) run one compiled program, and a trial's numbers do not depend on
     # which batch it came in; one trial alone is fitted one trial wide.
-    from _compiles import count_traces
+    from _compiles import count_traces, fit_programs
 
     ts = np.arange(40.0)
     rng = np.random.default_rng(3)
@@ -556,7 +556,7 @@ def test_small_batches_share_one_program_and_equal_the_fit_alone():
     with count_traces() as traces:
         three = fit.fit_rates(ts, Z[:3], dx2=1.0, dy2=0.5, return_trajectory=False)
         six = fit.fit_rates(ts, Z, dx2=1.0, dy2=0.5, return_trajectory=False)
-    assert traces["_fit_batch"] == 0, traces
+    assert fit_programs(traces) == 0, traces
     for k in ("eta_h", "eta_y", "sse", "n_iters"):
         np.testing.assert_array_equal(getattr(three, k), getattr(six, k)[:3], k)
     one = fit.fit_rates(ts, Z[0], dx2=1.0, dy2=0.5, return_trajectory=False)

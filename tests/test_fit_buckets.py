@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _compiles import count_traces
+from _compiles import count_traces, fit_programs
 
 from unijax import fit, theory
 from unijax.fit import _args as _fit_args
@@ -84,11 +84,11 @@ def test_lengths_in_one_bucket_compile_the_fit_once(monkeypatch):
         for n in (300, 301, 320):  # bucket 320
             res = fit.fit_rates(*_trajectories(n), **kw)
             assert res.usable.all()
-    assert traces["_fit_batch"] == 1, traces
+    assert fit_programs(traces) == 1, traces
     with count_traces() as traces:
         fit.fit_rates(*_trajectories(3000), **kw)  # bucket 3456: one more program
         fit.fit_rates(*_trajectories(2950), **kw)
-    assert traces["_fit_batch"] == 1, traces
+    assert fit_programs(traces) == 1, traces
 
 
 def _opts(ts, Z, fit_initial=False, max_iters=64):
@@ -99,22 +99,28 @@ def _opts(ts, Z, fit_initial=False, max_iters=64):
     )[5]
 
 
+@pytest.mark.parametrize("fit_initial", [False, True])
 @pytest.mark.parametrize("return_trajectory", [False, True])
-def test_the_exported_output_table_is_the_traced_programs(return_trajectory):
-    # A loaded program is checked against _export.out_spec; it must describe the real program
-    # (else every load would be refused and every process would trace again).
+def test_the_exported_output_tables_are_the_traced_programs(return_trajectory, fit_initial):
+    # A loaded program is checked against _export.stage_spec; it must describe the real
+    # programs (else every load would be refused and every process would trace again).
     import jax
 
-    from unijax.fit._program import fit_batch
+    from unijax.fit._program import fit_assess, fit_optimize
 
     ts, Z = _trajectories(100)
     grid = _fit_args.make_grid(ts, 128)
     Zp = np.concatenate([Z, np.repeat(Z[:, -1:], 28, axis=1)], axis=1)
-    out = jax.eval_shape(lambda *a: fit_batch(*a, opts=_opts(ts, Z),
-                                              return_trajectory=return_trajectory),
-                         grid, Zp, np.ones(2), np.full(2, 0.5), np.ones((2, 2)))
+    opts = _opts(ts, Z, fit_initial=fit_initial)
+    data = (grid, Zp, np.ones(2), np.full(2, 0.5))
+    lm = jax.eval_shape(lambda *a: fit_optimize(*a, opts=opts), *data, np.ones((2, 2)))
+    got = tuple((tuple(v.shape), str(v.dtype)) for v in lm)
+    assert got == tuple((shape, dtype) for _, shape, dtype in
+                        _export.stage_spec("optimize", 2, 128, opts, return_trajectory))
+    out = jax.eval_shape(lambda *a: fit_assess(*a, opts=opts,
+                                               return_trajectory=return_trajectory), lm, *data)
     got = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in out.items() if v is not None)
-    assert got == _export.out_spec(2, 128, return_trajectory)
+    assert got == _export.stage_spec("assess", 2, 128, opts, return_trajectory)
     assert (out["z_fit"] is None) == (not return_trajectory)
 
 
@@ -130,7 +136,8 @@ from unijax.fit import _export
 d = np.load(sys.argv[1])
 with count_traces() as traces:
     res = fit.fit_rates(d["ts"], d["Z"], dx2=1.0, dy2=0.5, max_iters=62)
-print(json.dumps({"traces": traces["_fit_batch"], "all": dict(traces), "eta_h": res.eta_h.tolist(),
+print(json.dumps({"traces": traces["_fit_optimize"], "assess": traces["_fit_assess"],
+                  "all": dict(traces), "eta_h": res.eta_h.tolist(),
                   "eta_y": res.eta_y.tolist(), "sse": res.sse.tolist(),
                   "stderr": res.stderr_eta_y.tolist(), "status": res.status.tolist(),
                   "distrusted": len(_export._DISTRUSTED)}))
@@ -168,18 +175,22 @@ def _fields(out):
 def test_a_later_process_loads_the_exported_fit_and_computes_the_same(filled, tmp_path):
     tmp, cold = filled
     cache = tmp / "cache"  # not a copy: JAX's cache keys its entries by the directory too
-    files = list((cache / "unijax_exports").iterdir())
-    assert [f.suffix for f in files] == [".jaxexport"], files
-    assert files[0].stat().st_mode & 0o777 == 0o600
+    files = sorted((cache / "unijax_exports").iterdir())
+    assert sum(f.name.startswith("fit-assess-") for f in files) == 1, files
+    assert [f.suffix for f in files] == [".jaxexport"] * 2, files  # one file per stage
+    assert all(f.stat().st_mode & 0o777 == 0o600 for f in files)
     entries = set(os.listdir(cache))
     warm, _ = _child(cache, tmp / "traj.npz")
-    assert cold["traces"] == 1 and warm["traces"] == 0, (cold, warm)  # loaded, not traced
+    # Both stages loaded, not traced:
+    assert (cold["traces"], cold["assess"], warm["traces"], warm["assess"]) == (1, 1, 0, 0), (
+        cold, warm)
     assert set(os.listdir(cache)) == entries  # its compilation came from JAX's cache
     assert not (cache / "unijax_programs").exists()
     # The traced program (the opt-out keeps no exports; JAX's own setting is left as it is):
     # the same numbers, bitwise.
     traced, _ = _child(tmp_path / "jax", tmp / "traj.npz", UNIJAX_NO_COMPILATION_CACHE="1")
-    assert traced["traces"] == 1 and not (tmp_path / "jax" / "unijax_exports").exists()
+    assert traced["traces"] == traced["assess"] == 1
+    assert not (tmp_path / "jax" / "unijax_exports").exists()
     assert _fields(cold) == _fields(warm) == _fields(traced)
 
 
@@ -208,7 +219,7 @@ def _wrong_bucket_export():
     Zp = np.repeat(np.concatenate([Z[:1], np.repeat(Z[:1, -1:], 28, axis=1)], axis=1), 8, 0)
     args = (grid, Zp, np.ones(8), np.full(8, 0.5), np.ones((8, 2)))
     opts = _opts(ts, Z, max_iters=62)
-    return _export._export(args, opts, False, "cpu").serialize()
+    return _export._export("optimize", args, opts, False, "cpu").serialize()
 
 
 @pytest.mark.parametrize("kind", ["pickle", "garbage", "other function", "wrong bucket"])
@@ -216,7 +227,9 @@ def test_a_crafted_file_under_the_key_is_rebuilt_and_never_runs(filled, tmp_path
     # Each case leaves the file rebuilt, as the next case (and the test above) needs it.
     tmp, cold = filled
     cache = tmp / "cache"
-    (path,) = (cache / "unijax_exports").iterdir()
+    # The first stage's file (the second stage's is fit-assess-<key>.jaxexport).
+    (path,) = [p for p in (cache / "unijax_exports").iterdir()
+               if not p.name.startswith("fit-assess-")]
     key = path.name.removeprefix("fit-").removesuffix(".jaxexport")
     original = _export._read(path, key)
     marker = tmp_path / "ran"
@@ -229,7 +242,8 @@ def test_a_crafted_file_under_the_key_is_rebuilt_and_never_runs(filled, tmp_path
         _export._write(path, key, payload)
     out, err = _child(cache, tmp / "traj.npz")
     assert not marker.exists()
-    assert out["traces"] == 1 and out["distrusted"] == 1, out  # rebuilt by tracing, marked
+    # The crafted stage rebuilt by tracing and marked; the other stage's file still loads.
+    assert (out["traces"], out["assess"], out["distrusted"]) == (1, 0, 1), out
     assert "tracing the fit again" in err
     if kind in ("other function", "wrong bucket"):  # refused by the check of its types
         assert "not the expected fit program" in err, err

@@ -29,7 +29,8 @@ from unijax._checks import (
 )
 
 __all__ = ["FitOpts", "Grid", "MIN_BUCKET", "SolveOpts", "as_batch", "bucket_size",
-           "check_trajectories", "check_ts_for", "check_where", "make_grid", "prepare_fit"]
+           "check_trajectories", "check_ts_for", "check_where", "compiler_options", "make_grid",
+           "prepare_fit"]
 
 #: Smallest length bucket (epochs). The starting points are ranked on at most 128 epochs
 #: (:data:`N_SCORE`), so shorter buckets would save little.
@@ -44,6 +45,26 @@ N_SCORE = 128
 #: Epochs (at most, evenly spread) of the sum in the initial-state sensitivity of the
 #: standard errors (``_stats.start_sensitivity``).
 N_SENSITIVITY = 256
+
+
+def compiler_options(platform: str, batch: int) -> dict[str, object] | None:
+    """XLA's options for compiling the fit of ``batch`` trials on ``platform`` (None: XLA's
+    defaults).
+
+    On CPU the fit is compile-bound for a first result, so: XLA's older loop emitters for the
+    elementwise fusions (``xla_cpu_use_fusion_emitters=False``), which compile the fit in about
+    60% of the time and run it as fast, with the same results; and, for a single trajectory,
+    LLVM without optimisation (``xla_backend_optimization_level=0``): its compilation takes
+    another third off, its run (milliseconds) takes about 1.7x as long. Batches keep LLVM's
+    optimisation, where the run is what counts. Measured on the 2-core Xeon in
+    docs/benchmarks.md ("Where the time goes").
+    """
+    if platform != "cpu":
+        return None
+    options: dict[str, object] = {"xla_cpu_use_fusion_emitters": False}
+    if batch == 1:
+        options["xla_backend_optimization_level"] = 0
+    return options
 
 
 class SolveOpts(NamedTuple):

@@ -1,6 +1,7 @@
 """The traced rate fit kept on disk as ``jax.export`` bytes, so that a later process skips
 tracing it (private; used by :mod:`unijax.fit._run` when :func:`unijax._cache.program_dir`
-gives a private directory).
+gives a private directory). Each of the fit's two stages (:mod:`unijax.fit._program`:
+``optimize``, then ``assess``) is a program of its own, with its own file.
 
 Tracing and lowering the fit costs seconds in every process (about 4 s of a warm first fit on a
 loaded 2-core CPU); its compilation is answered by JAX's persistent cache. The first process
@@ -14,12 +15,13 @@ StableHLO that XLA compiles; nothing is unpickled and no Python is run. What the
 is trusted as the user's own work, so:
 
 * it is read only from a directory that no one else can write (:func:`unijax._cache.program_dir`);
-* its name is a hash of everything that determines the program (:func:`file_key`): the bucket's
-  shapes and dtypes, the fit options, the platform, the x64 flag, the JAX and jaxlib versions,
-  unijax's version and a hash of the source of ``unijax.fit`` and ``unijax.theory`` (so edited
-  code never finds an old program), and the file starts with that key again;
+* its name is a hash of everything that determines the program (:func:`file_key`): the stage,
+  the bucket's shapes and dtypes, the fit options, the platform, the x64 flag, the JAX and
+  jaxlib versions, unijax's version and a hash of the source of ``unijax.fit`` and
+  ``unijax.theory`` (so edited code never finds an old program), and the file starts with that
+  key again;
 * on load the exported input and output types and tree structures must be the expected ones
-  (:func:`out_spec`), for one device of this platform;
+  (:func:`out_spec`, :func:`lm_spec`), for one device of this platform;
 * any exception while reading, checking, compiling or running a loaded program leads to a
   rebuild by tracing, which replaces the file; the key is then not read again in this process.
 
@@ -39,9 +41,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from unijax.fit._args import FitOpts
+from unijax.fit._args import FitOpts, compiler_options
 
-__all__ = ["OUT_FIELDS", "file_key", "out_spec", "stored_program"]
+__all__ = ["LM_FIELDS", "OUT_FIELDS", "STAGES", "file_key", "lm_spec", "out_spec", "prepare",
+           "stage_spec", "stored_program"]
+
+#: The fit's stages, in order: the optimizer, then the assessment of its optimum.
+STAGES = ("optimize", "assess")
 
 _MAGIC = b"unijax fit export 1\n"
 _DISTRUSTED: set[str] = set()  # keys whose file failed in this process: rebuilt, not read again
@@ -74,6 +80,50 @@ OUT_FIELDS: dict[str, tuple[tuple, str]] = {
 }
 
 
+#: The first stage's outputs (the leaves of the optimizer's final state,
+#: ``unijax.fit._lm.LMState``, in the order it flattens): name -> (shape after the batch axis,
+#: dtype), ``"k"`` the parameters (2, or 5 with ``fit_initial``), ``"m"`` the bucket's epochs.
+#: Checked against the traced program by tests/test_fit_buckets.py.
+LM_FIELDS: dict[str, tuple[tuple, str]] = {
+    "p": (("k",), "float64"),
+    "p_start": (("k",), "float64"),
+    "sse": ((), "float64"),
+    "hess": (("k", "k"), "float64"),
+    "grad": (("k",), "float64"),
+    "ys": (("m", 3), "float64"),
+    "steps": ((), "int64"),
+    "jac": (("3m", "k"), "float64"),
+    "hit": ((), "bool"),
+    "p_eval": (("k",), "float64"),
+    "pred": ((), "float64"),
+    "lam": ((), "float64"),
+    "nu": ((), "float64"),
+    "n_iter": ((), "int64"),
+    "n_stuck": ((), "int64"),
+    "flagged": ((), "bool"),
+    "converged": ((), "bool"),
+    "done": ((), "bool"),
+}
+
+
+def _shape(template: tuple, b: int, m: int, k: int) -> tuple[int, ...]:
+    sizes = {"m": m, "3m": 3 * m, "k": k}
+    return (b, *(sizes.get(d, d) for d in template))
+
+
+def lm_spec(b: int, m: int, k: int) -> tuple[tuple[str, tuple, str], ...]:
+    """The first stage's outputs for ``b`` trials, ``m`` epochs, ``k`` parameters:
+    ``(name, shape, dtype)`` in :data:`LM_FIELDS` order."""
+    return tuple((name, _shape(t, b, m, k), dtype) for name, (t, dtype) in LM_FIELDS.items())
+
+
+def stage_spec(stage: str, b: int, m: int, opts: FitOpts, return_trajectory: bool):
+    """The outputs of ``stage`` (:data:`STAGES`) for ``b`` trials on ``m`` epochs."""
+    if stage == "optimize":
+        return lm_spec(b, m, 5 if opts.fit_initial else 2)
+    return out_spec(b, m, return_trajectory)
+
+
 def out_spec(b: int, m: int, return_trajectory: bool) -> tuple[tuple[str, tuple, str], ...]:
     """The outputs of the fit of ``b`` trials on ``m`` (padded) epochs: ``(name, shape,
     dtype)`` in :data:`OUT_FIELDS` order (``z_fit`` only when ``return_trajectory``)."""
@@ -94,13 +144,15 @@ def _source_hash() -> str:
     return h.hexdigest()
 
 
-def file_key(leaves, opts: FitOpts, return_trajectory: bool, platform: str) -> str:
-    """The hex key of the fit program for the argument ``leaves`` (their shapes and dtypes)."""
+def file_key(stage: str, leaves, opts: FitOpts, return_trajectory: bool, platform: str) -> str:
+    """The hex key of the program of ``stage`` for the argument ``leaves`` (their shapes and
+    dtypes)."""
     import jaxlib
 
     from unijax import __version__
 
     what = (
+        stage,
         tuple((tuple(a.shape), str(a.dtype)) for a in leaves),
         repr(opts), bool(return_trajectory), platform, bool(jax.config.jax_enable_x64),
         jax.__version__, jaxlib.__version__, __version__, _source_hash(),
@@ -108,25 +160,32 @@ def file_key(leaves, opts: FitOpts, return_trajectory: bool, platform: str) -> s
     return hashlib.sha256(repr(what).encode()).hexdigest()[:40]
 
 
-def _export(args, opts: FitOpts, return_trajectory: bool, platform: str):
-    """Trace and export the fit on ``args = (grid, Z, dx2, dy2, init)``: a ``jax.export``
-    ``Exported`` over the flat argument leaves, returning the outputs as :func:`out_spec`."""
+def _export(stage: str, args, opts: FitOpts, return_trajectory: bool, platform: str):
+    """Trace and export ``stage`` on ``args``: ``(grid, Z, dx2, dy2, init)`` for
+    ``"optimize"``, ``(lm, grid, Z, dx2, dy2)`` for ``"assess"`` (``lm``: the first stage's
+    output tuple). A ``jax.export`` ``Exported`` over the flat argument leaves, returning the
+    outputs as :func:`stage_spec`."""
     from jax import export
 
-    from unijax.fit._program import fit_batch
+    from unijax.fit._program import fit_assess, fit_optimize
 
     leaves, treedef = jax.tree_util.tree_flatten(args)
+
+    # Named as the programs they wrap: the tests' trace counters (tests/_compiles.py) know the
+    # stages by these names, whichever path traced them.
+    def _fit_optimize(*xs):
+        return fit_optimize(*jax.tree_util.tree_unflatten(treedef, xs), opts=opts)
+
     names = [k for k in OUT_FIELDS if k != "z_fit" or return_trajectory]
 
-    # Named as the program it wraps: the tests' trace counters (tests/_compiles.py) know the
-    # fit by this name, whichever path traced it.
-    def _fit_batch(*xs):
-        out = fit_batch(*jax.tree_util.tree_unflatten(treedef, xs), opts=opts,
-                        return_trajectory=return_trajectory)
+    def _fit_assess(*xs):
+        out = fit_assess(*jax.tree_util.tree_unflatten(treedef, xs), opts=opts,
+                         return_trajectory=return_trajectory)
         return tuple(out[k] for k in names)
 
+    fn = _fit_optimize if stage == "optimize" else _fit_assess
     specs = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
-    return export.export(jax.jit(_fit_batch), platforms=[platform])(*specs)
+    return export.export(jax.jit(fn), platforms=[platform])(*specs)
 
 
 def _check(exp, leaves, spec, platform: str) -> None:
@@ -184,23 +243,33 @@ def _write(path: Path, key: str, payload: bytes) -> None:
             pass
 
 
-def _compile(exp, leaves, device):
+def _lower(exp, leaves, device, batch: int):
+    """``exp`` lowered for ``leaves`` on ``device``, and a function that compiles it (XLA's
+    compilation releases the GIL: it can run in a thread while the next stage is traced)."""
+    options = compiler_options(device.platform, batch)
     with jax.default_device(device):
-        return jax.jit(exp.call).lower(*leaves).compile()
+        lowered = jax.jit(exp.call).lower(*leaves)
+    return lambda: lowered.compile(compiler_options=options)
 
 
 class _Program:
-    """A compiled fit on the argument tree ``args -> dict`` (as :func:`unijax.fit._run.program`
-    returns), from an exported program; one loaded from disk that raises when called is
-    rebuilt (``rebuild() -> compiled``) and the call repeated."""
+    """A compiled stage on its argument tree, from an exported program: returns the output
+    dict (``"assess"``, ``z_fit`` None unless ``return_trajectory``) or tuple (``"optimize"``)
+    as the traced stage does; one loaded from disk that raises when called is rebuilt
+    (``rebuild(error) -> compiled``) and the call repeated."""
 
-    def __init__(self, compiled, names, return_trajectory: bool, rebuild=None):
+    def __init__(self, compiled, names, return_trajectory: bool, rebuild=None,
+                 as_tuple: bool = False):
         self._compiled, self._names, self._rt = compiled, names, return_trajectory
         self._rebuild = rebuild  # None once the program is this process's own trace
+        self._as_tuple = as_tuple
         self._lock = threading.Lock()
 
-    def _run(self, compiled, leaves) -> dict:
-        out = dict(zip(self._names, compiled(*leaves), strict=True))
+    def _run(self, compiled, leaves):
+        outs = compiled(*leaves)
+        if self._as_tuple:
+            return tuple(outs)
+        out = dict(zip(self._names, outs, strict=True))
         if not self._rt:
             out["z_fit"] = None
         return out
@@ -219,42 +288,69 @@ class _Program:
             return self._run(self._compiled, leaves)
 
 
-def stored_program(args, *, opts: FitOpts, return_trajectory: bool, device, directory: Path):
-    """The compiled fit for ``args = (grid, Z, dx2, dy2, init)`` through the exported program
-    in ``directory``: loaded and checked when there is one to trust, else traced, exported and
-    written there. A callable on such arguments returning the output dict."""
+def prepare(stage: str, args, *, opts: FitOpts, return_trajectory: bool, device,
+            directory: Path):
+    """The program of ``stage`` for ``args`` (see :func:`_export`) through the exported program
+    in ``directory``, up to its compilation: loaded and checked when there is one to trust,
+    else traced, exported and written there; then lowered. Returns ``finish() -> callable``
+    (the compiled stage, as :class:`_Program`), which may run in another thread."""
     leaves = jax.tree_util.tree_leaves(args)
     platform = device.platform
-    key = file_key(leaves, opts, return_trajectory, platform)
-    path = directory / f"fit-{key}.jaxexport"
-    b, m = np.shape(args[1])[:2]
-    spec = out_spec(b, m, return_trajectory)
+    key = file_key(stage, leaves, opts, return_trajectory, platform)
+    path = directory / (f"fit-{key}.jaxexport" if stage == "optimize"
+                        else f"fit-{stage}-{key}.jaxexport")
+    z = args[1] if stage == "optimize" else args[2]
+    b, m = (int(n) for n in np.shape(z)[:2])
+    spec = stage_spec(stage, b, m, opts, return_trajectory)
     names = [k for k, _, _ in spec]
+    as_tuple = stage == "optimize"
 
     def build(reason=None):
+        """Trace and export; returns ``finish``."""
         if reason is not None:
             _DISTRUSTED.add(key)
             print(f"unijax: {path.name}: {type(reason).__name__}: {str(reason)[:300]}; "
                   "tracing the fit again and replacing the file", file=sys.stderr)
         from jax import export
 
-        exp = _export(args, opts, return_trajectory, platform)
+        exp = _export(stage, args, opts, return_trajectory, platform)
         try:
             payload = exp.serialize()
         except ImportError:  # no flatbuffers (a dependency, but): run it, keep nothing
-            return _compile(exp, leaves, device)
+            return _lower(exp, leaves, device, b)
         _write(path, key, payload)
         # Compiled as a later process will compile it, from the deserialised program: the
         # exported object as traced lowers to other text, which JAX's cache would key apart.
-        return _compile(export.deserialize(payload), leaves, device)
+        return _lower(export.deserialize(payload), leaves, device, b)
+
+    def rebuild(reason):
+        return build(reason)()
 
     if key not in _DISTRUSTED:
         try:
             exp = _read(path, key)
             if exp is not None:
                 _check(exp, leaves, spec, platform)
-                compiled = _compile(exp, leaves, device)
-                return _Program(compiled, names, return_trajectory, rebuild=build)
+                finish = _lower(exp, leaves, device, b)
+
+                def loaded():
+                    try:
+                        compiled = finish()
+                    except Exception as e:  # noqa: BLE001 - a loaded file that fails: rebuild
+                        return _Program(rebuild(e), names, return_trajectory, as_tuple=as_tuple)
+                    return _Program(compiled, names, return_trajectory, rebuild=rebuild,
+                                    as_tuple=as_tuple)
+
+                return loaded
         except Exception as e:  # noqa: BLE001 - whatever a loaded file raises: rebuild it
-            return _Program(build(e), names, return_trajectory)
-    return _Program(build(), names, return_trajectory)
+            finish = build(e)
+            return lambda: _Program(finish(), names, return_trajectory, as_tuple=as_tuple)
+    finish = build()
+    return lambda: _Program(finish(), names, return_trajectory, as_tuple=as_tuple)
+
+
+def stored_program(stage: str, args, *, opts: FitOpts, return_trajectory: bool, device,
+                   directory: Path):
+    """The compiled program of ``stage`` (:func:`prepare`, then its compilation)."""
+    return prepare(stage, args, opts=opts, return_trajectory=return_trajectory, device=device,
+                   directory=directory)()

@@ -28,7 +28,10 @@ How (and why it is fast):
 * **One compiled call for all trials**: the per-trial fit is written for one trajectory and
   ``vmap``-ed over trials inside one ``jit`` (on CPU, every batch of two or more trials runs
   as chunks of 8, the last padded, from two threads per core: one program for any batch size,
-  both cores busy).
+  both cores busy). It is two programs, the optimizer and the assessment of its optimum,
+  which a first fit compiles side by side; on CPU with XLA's older loop emitters, and for a
+  single trajectory without the ``vmap`` and without LLVM's optimisation, which compile in a
+  third of the time (docs/benchmarks.md, "What cut the cold first fit").
 * **One program for every length, compiled once per machine.** The epochs are padded to a
   length bucket with per-epoch weights 0 on the padding (:mod:`unijax.fit._args`), so
   lengths 2945 to 3456 run one compiled program (four buckets per doubling), and the fit
