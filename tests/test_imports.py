@@ -22,8 +22,8 @@ PACKAGE = ROOT / "unijax"
 #: arrow that runs back up.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("ground", ("_checks.py", "_codes.py", "_dotted.py", "_progress.py", "_cache.py",
-                "_host.py", "_version.py", "_record.py", "distributed.py", "nets.py",
-                "authors.py")),
+                "_host.py", "_normal.py", "_version.py", "_record.py", "distributed.py",
+                "nets.py", "authors.py")),
     ("foundations", ("_batch.py", "data.py", "configs.py", "theory.py", "results/")),
     ("engines", ("fit/", "train/")),
     ("uses", ("observe.py", "sweep.py", "plots.py")),

@@ -341,3 +341,85 @@ def test_conv1d_equals_flax_conv_values_and_gradients(monkeypatch, n_points):
     hp, hx = jax.jit(jax.grad(lambda p, x: loss(flax.apply, p, x), argnums=(0, 1)))(p, x)
     np.testing.assert_allclose(gx, hx, rtol=1e-4, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), gp, hp)
+
+
+# The weights' normal vector computed piece by piece (unijax._normal) must be
+# jax.random.normal's, bit for bit: else every seed would draw other weights than before.
+def _bits(a):
+    a = np.asarray(a)
+    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+@pytest.mark.parametrize("sizes", [[300_000], [5, 262_144, 1], [250_000] * 3 + [501, 10]])
+def test_normal_pieces_are_jax_random_normal_bit_for_bit(sizes):
+    from unijax import _normal
+
+    for seed in (0, 11):
+        key = jax.random.key(seed)
+        want = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
+        assert _normal._splittable(key, sum(sizes), jnp.float32)  # the path under test
+        for fn in (lambda k: _normal.normal_pieces(k, sizes),
+                   jax.jit(lambda k: _normal.normal_pieces(k, sizes))):
+            got = np.concatenate([np.asarray(p) for p in fn(key)])
+            np.testing.assert_array_equal(_bits(got), _bits(want))
+    # under vmap (a batch of seeds), as the training programs draw them
+    keys = jax.vmap(jax.random.key)(jnp.arange(3))
+    got = jax.jit(jax.vmap(lambda k: jnp.concatenate(_normal.normal_pieces(k, sizes))))(keys)
+    want = jax.vmap(lambda k: jax.random.normal(k, (sum(sizes),), jnp.float32))(keys)
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_normal_pieces_float64_and_the_fallbacks():
+    from unijax import _normal
+
+    with jax.enable_x64(True):
+        key = jax.random.key(3)
+        got = np.concatenate(jax.jit(lambda k: _normal.normal_pieces(
+            k, [200_000, 100_001], jnp.float64))(key))
+        want = jax.random.normal(key, (300_001,), jnp.float64)
+        np.testing.assert_array_equal(_bits(got), _bits(want))
+    # Short vectors, old-style uint32 keys and another generator: one draw, cut.
+    for key, n in ((jax.random.key(1), 1000), (jax.random.PRNGKey(1), 300_000),
+                   (jax.random.key(1, impl="rbg"), 300_000)):
+        assert not _normal._splittable(key, n, jnp.float32)
+        got = np.concatenate(_normal.normal_pieces(key, [n // 2, n - n // 2]))
+        np.testing.assert_array_equal(_bits(got),
+                                      _bits(jax.random.normal(key, (n,), jnp.float32)))
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_init_draws_the_kernels_from_one_normal_vector_bit_for_bit(x64):
+    # nets.init's contract: kernel k is gain * std_k * z[offset_k : offset_k + size_k] of one
+    # jax.random.normal vector z, as float32 products (not re-associated by XLA), also with a
+    # traced gain under vmap, with and without JAX's 64-bit mode (which changes what XLA fuses).
+    with jax.enable_x64(x64):
+        _check_init_bits()
+
+
+def _check_init_bits():
+    net = nets.make("mlp", width=400, depth=3, out_dim=1)
+    x = jnp.ones((2, 1), jnp.float32)
+    key = jax.random.key(7)
+    gains = jnp.array([0.5, 1.3], jnp.float32)
+    # One gain fixed at trace time, one traced, two under vmap: XLA fuses each differently.
+    runs = {
+        (1.3,): jax.tree.map(lambda a: a[None],
+                             jax.jit(lambda: nets.init(net, x, key=key, gain=1.3))()),
+        (0.5,): jax.tree.map(lambda a: a[None], jax.jit(
+            lambda g: nets.init(net, x, key=key, gain=g))(gains[0])),
+        (0.5, 1.3): jax.jit(jax.vmap(lambda g: nets.init(net, x, key=key, gain=g)))(gains),
+    }
+    for gs, grid in runs.items():
+        kernels = [grid[f"dense_{i}"]["kernel"] for i in range(4)]
+        sizes = [int(np.prod(k.shape[1:])) for k in kernels]
+        assert sum(sizes) >= (1 << 18)  # long enough to be drawn in pieces
+        z = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
+        offset = 0
+        for k, size in zip(kernels, sizes, strict=True):
+            fan_in, fan_out = k.shape[1:]
+            std = np.float32(np.sqrt(2.0 / (fan_in + fan_out)))
+            for i, g in enumerate(gs):
+                want = z[offset:offset + size].reshape(fan_in, fan_out) * (np.float32(g) * std)
+                np.testing.assert_array_equal(_bits(k[i]), _bits(want.astype(np.float32)),
+                                              err_msg=f"gains {gs}")
+            offset += size

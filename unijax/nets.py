@@ -63,6 +63,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unijax._checks import check_choice, check_int, out_of_range
+from unijax._normal import normal_pieces
 
 __all__ = [
     "ARCHITECTURES",
@@ -452,18 +453,16 @@ def init(
     leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
     kernels = [(i, leaf) for i, (path, leaf) in enumerate(leaves) if _leaf_name(path) == "kernel"]
     dtype = kernels[0][1].dtype if kernels else jnp.float32
-    total = sum(int(np.prod(leaf.shape)) for _, leaf in kernels)
-    z = jax.random.normal(key, (total,), dtype)
+    # One normal vector for the whole network, cut into the kernels; each kernel's piece is
+    # computed as a loop of its own, which XLA's CPU runtime runs side by side (_normal).
+    pieces = normal_pieces(key, [int(np.prod(leaf.shape)) for _, leaf in kernels], dtype)
     out = [jnp.zeros(leaf.shape, leaf.dtype) for _, leaf in leaves]
-    offset = 0
-    for i, leaf in kernels:
-        size = int(np.prod(leaf.shape))
+    for (i, leaf), z in zip(kernels, pieces, strict=True):
         *field, fan_in, fan_out = leaf.shape
         receptive = int(np.prod(field)) if field else 1
         std = np.sqrt(2.0 / (receptive * (fan_in + fan_out)))
         scale = jnp.asarray(gain, leaf.dtype) * jnp.asarray(std, leaf.dtype)
-        out[i] = (z[offset : offset + size].reshape(leaf.shape) * scale).astype(leaf.dtype)
-        offset += size
+        out[i] = (z.reshape(leaf.shape) * scale).astype(leaf.dtype)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
