@@ -48,15 +48,20 @@ def test_three_five_and_seven_seeds_compile_the_training_program_once():
 
 @pytest.mark.parametrize("vmap_size", ["auto", "all", 3])
 def test_padding_trials_do_not_change_the_real_ones(vmap_size):
-    # 8 seeds fill the bucket (no padding); 5 seeds are padded with 3 copies of seed 4; one
-    # seed alone with 7 copies of itself. On CPU "auto" skips padding trials in its loop,
-    # "all" computes them in one vmap, 3 runs blocks of 2 (the largest divisor of 8 <= 3).
+    # 8 seeds fill the bucket (no padding); 5 seeds are padded with 3 copies of seed 4; two
+    # with 6 copies of the second; one seed alone is a bucket of its own (its own program, the
+    # same numbers). On CPU "auto" skips padding trials in its loop, "all" computes them in
+    # one vmap, 3 runs blocks of 2 (the largest divisor of 8 <= 3).
     full = run(8, vmap_size=vmap_size)
     assert full.n_padded == 0
     five = run(5, vmap_size=vmap_size)
     assert five.n_padded == 3
     assert_trials_equal(five, full, [0], list(range(5)))
+    two = run([6, 2], vmap_size=vmap_size)
+    assert two.n_padded == 6
+    assert_trials_equal(two, full, [0], [6, 2])
     alone = run([6], vmap_size=vmap_size)
+    assert alone.n_padded == 0
     assert_trials_equal(alone, full, [0], [6])
 
 
@@ -71,10 +76,10 @@ def test_a_padded_grid_of_gains_equals_the_full_grid():
 
 @pytest.mark.parametrize("vmap_size", ["auto", 3])
 def test_padding_trials_are_not_initialized_on_cpu(monkeypatch, vmap_size):
-    # One seed runs in the bucket of 8: only the real trial's network is drawn (with
-    # vmap_size=3, blocks of 2: the first block, the real trial and one padding trial); the
-    # padding trials' parameters stay zero, never drawn, never trained. Seen in the whole
-    # (padded) initial parameters, before the padding is cut off.
+    # Two seeds run in the bucket of 8: only the real trials' networks are drawn (with
+    # vmap_size=3, blocks of 2: the first block, the two real trials); the padding trials'
+    # parameters stay zero, never drawn, never trained. Seen in the whole (padded) initial
+    # parameters, before the padding is cut off.
     from unijax import _batch
     from unijax.train import _program
 
@@ -85,11 +90,11 @@ def test_padding_trials_are_not_initialized_on_cpu(monkeypatch, vmap_size):
         return real_gather(tree, n_valid)
 
     monkeypatch.setattr(_program._batch, "gather", gather)
-    res = run([6], vmap_size=vmap_size)
-    assert res.n_padded == 7
+    res = run([6, 2], vmap_size=vmap_size)
+    assert res.n_padded == 6
     initial = seen[0]  # execute gathers the initial parameters first (return_params=True)
     kernels = np.stack([np.abs(a).reshape(8, -1).max(axis=1)
                         for a in jax.tree.leaves(initial) if a.ndim == 3], axis=1)
-    drawn = 1 if vmap_size == "auto" else 2
+    drawn = 2
     assert (kernels[:drawn] > 0).all()
     assert (kernels[drawn:] == 0).all(), kernels
