@@ -15,6 +15,7 @@ from unijax import plots
 from unijax.experiments import _common as cm
 from unijax.experiments import _structure as st
 from unijax.experiments import _twopoint as tp
+from unijax.experiments._parallel import each_on_a_device
 
 R_PASS = 0.5
 #: The pair has left the plateau once its output distance ``y`` reaches this fraction of
@@ -420,16 +421,17 @@ def _train_runs(config: DigitsConfig, ds, order, pair, key, *, optimizers, lr, p
     from unijax import train
 
     separate = config.dynamics.source == "separate"
-    runs = []
-    for i, opt in enumerate(optimizers):
-        cfg = train_config(config, optimizer=opt, lr=lr, n_points=ds.n_points)
-        track = not separate and i == 0
+    cfgs = [train_config(config, optimizer=opt, lr=lr, n_points=ds.n_points)
+            for opt in optimizers]
 
-        def structure(cfg=cfg, track=track, i=i):
+    def structure(i, devices):
+        cfg, track = cfgs[i], not separate and i == 0
+
+        def compute():
             r = train.train(cfg, seeds=config.structure.seeds or config.seeds,
                             key=jax.random.fold_in(key, 10 + i) if i else key, data=ds,
                             pair=pair if track else False,
-                            record_points=[int(k) for k in order])
+                            record_points=[int(k) for k in order], devices=devices)
             out = {"H": np.asarray(r.final_reps)[0], "final_loss": np.asarray(r.final_loss)[0],
                    "diverged": np.asarray(r.diverged)[0]}
             if track:
@@ -437,13 +439,18 @@ def _train_runs(config: DigitsConfig, ds, order, pair, key, *, optimizers, lr, p
                 out["hyw"] = np.asarray(r.hyw())[0]
             return out
 
-        for _ in progress([0], desc=f"E6: train ({opt})"):
-            got = dict(cache(f"structure-{opt}", structure))
+        got = dict(cache(f"structure-{optimizers[i]}", compute))
         got["lr"] = float(cfg.lr)
         if track:
             got["steps"] = cfg.epochs * steps_per_epoch(ds.n_points, cfg.batch_size)
-            got["optimizer"] = opt
-        runs.append(got)
+            got["optimizer"] = optimizers[i]
+        return got
+
+    # The runs (SGD, Adam) are independent: side by side, one per device (a run of a few trials
+    # of this small network keeps one core busy). Each run is the program it would be alone on
+    # one device, so its numbers do not depend on the other.
+    runs = each_on_a_device(range(len(optimizers)), structure, progress=progress,
+                            desc="E6: structure runs (" + ", ".join(optimizers) + ")")
     if not separate:
         return runs, runs[0]
 
