@@ -8,7 +8,8 @@ Two programs per run, both over the whole padded trial batch laid along the mesh
   donated from one chunk to the next, so memory holds the parameters once.
 
 The trial batch is padded to its bucket (``unijax._batch.trial_bucket``: a multiple of 8
-trials, then of the device count), so one pair of programs serves every seed count of a bucket.
+trials, a lone trial not padded, then of the device count), so one pair of programs serves
+every seed count of a bucket.
 Within a device the trials run as one ``vmap`` (``vmap_size=None``) or in blocks of
 ``vmap_size`` inside one loop that updates them in place and skips the blocks holding only
 padding (``unijax._batch.map_in_place``); the start program skips those blocks too, so training

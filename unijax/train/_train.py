@@ -4,9 +4,10 @@ Written for one trial (one seed, one gain); ``vmap`` adds the trial axis, ``lax.
 over epochs, and the flattened ``gains * seeds`` batch of trials is laid out over all devices
 with a ``jax.sharding.Mesh`` (``shard_map`` over a 1-D ``"batch"`` axis). **One compiled
 program serves every grid size of a bucket**: the trial batch is padded to a multiple of 8
-trials, then of the device count (``unijax._batch.trial_bucket``), so training 3, 5 or 7 seeds
-compiles once; padding trials repeat the last real trial's seed and gain, are neither drawn nor
-trained by the per-trial loop on CPU (so 1 seed draws 1 network, not 8; computed in the
+trials, then of the device count (``unijax._batch.trial_bucket``; a lone trial is not padded
+to 8), so training 3, 5 or 7 seeds compiles once; padding trials repeat the last real trial's
+seed and gain, are neither drawn nor trained by the per-trial loop on CPU (so 2 seeds draw 2
+networks, not 8; computed in the
 ``vmap`` elsewhere), and are dropped from every result, which holds exactly the trials asked
 for. After
 :func:`unijax.distributed.initialize` the mesh spans the devices of every process, each process
@@ -130,10 +131,10 @@ class TrainResult(Keepable, eqx.Module):
         config: the :class:`~unijax.configs.TrainConfig` (``None`` for :func:`train_model`).
         name, layers, pair, optimizer, lr, batch_size, data_name: what was run.
         n_devices: devices the trial batch was sharded over; n_padded: padding trials that
-            were added to fill the batch's bucket (a multiple of 8 trials, then of the device
-            count, so that one compiled program serves every grid size of the bucket) and
-            dropped again: copies of the last trial, neither drawn nor trained by the
-            per-trial loop on CPU, computed in the ``vmap`` on GPU/TPU.
+            were added to fill the batch's bucket (a multiple of 8 trials, or 1 for a lone
+            trial, then of the device count, so that one compiled program serves every grid
+            size of the bucket) and dropped again: copies of the last trial, neither drawn
+            nor trained by the per-trial loop on CPU, computed in the ``vmap`` on GPU/TPU.
         compile_s, init_s, run_s: wall seconds spent compiling, initializing (drawing the
             weights and measuring them) and training (every epoch, the final measurement and
             fetching the records), each without the others.
@@ -340,8 +341,9 @@ def train(
             ones, or after :func:`unijax.distributed.initialize` those of all processes, which
             must then all make this call with the same arguments and all receive the whole
             result; a count takes the first ``n`` local devices). The ``n_gains * n_seeds``
-            trials are padded to a multiple of 8, then of the device count (one compiled
-            program per bucket), and the padding dropped (``TrainResult.n_padded``).
+            trials are padded to a multiple of 8 (a lone trial: 1), then of the device count
+            (one compiled program per bucket), and the padding dropped
+            (``TrainResult.n_padded``).
         vmap_size: how many of a device's trials run as one vmapped batch; the blocks then
             loop (``lax.map``) inside the same compiled call. ``"all"``: one vmap over all of
             them; an int ``k``: blocks of ``k``; ``"auto"`` (default): ``"all"`` on GPU/TPU,
