@@ -82,7 +82,8 @@ OUT_FIELDS: dict[str, tuple[tuple, str]] = {
 
 #: The first stage's outputs (the leaves of the optimizer's final state,
 #: ``unijax.fit._lm.LMState``, in the order it flattens): name -> (shape after the batch axis,
-#: dtype), ``"k"`` the parameters (2, or 5 with ``fit_initial``), ``"m"`` the bucket's epochs.
+#: dtype), ``"k"`` the parameters (2, or 5 with ``fit_initial``), ``"m"`` the bucket's epochs,
+#: ``"3m"`` the Jacobian's rows (none with ``fit_initial``, whose second stage needs none).
 #: Checked against the traced program by tests/test_fit_buckets.py.
 LM_FIELDS: dict[str, tuple[tuple, str]] = {
     "p": (("k",), "float64"),
@@ -106,21 +107,18 @@ LM_FIELDS: dict[str, tuple[tuple, str]] = {
 }
 
 
-def _shape(template: tuple, b: int, m: int, k: int) -> tuple[int, ...]:
-    sizes = {"m": m, "3m": 3 * m, "k": k}
-    return (b, *(sizes.get(d, d) for d in template))
-
-
-def lm_spec(b: int, m: int, k: int) -> tuple[tuple[str, tuple, str], ...]:
-    """The first stage's outputs for ``b`` trials, ``m`` epochs, ``k`` parameters:
-    ``(name, shape, dtype)`` in :data:`LM_FIELDS` order."""
-    return tuple((name, _shape(t, b, m, k), dtype) for name, (t, dtype) in LM_FIELDS.items())
+def lm_spec(b: int, m: int, fit_initial: bool) -> tuple[tuple[str, tuple, str], ...]:
+    """The first stage's outputs for ``b`` trials on ``m`` epochs: ``(name, shape, dtype)`` in
+    :data:`LM_FIELDS` order."""
+    sizes = {"m": m, "3m": 0 if fit_initial else 3 * m, "k": 5 if fit_initial else 2}
+    return tuple((name, (b, *(sizes.get(d, d) for d in t)), dtype)
+                 for name, (t, dtype) in LM_FIELDS.items())
 
 
 def stage_spec(stage: str, b: int, m: int, opts: FitOpts, return_trajectory: bool):
     """The outputs of ``stage`` (:data:`STAGES`) for ``b`` trials on ``m`` epochs."""
     if stage == "optimize":
-        return lm_spec(b, m, 5 if opts.fit_initial else 2)
+        return lm_spec(b, m, opts.fit_initial)
     return out_spec(b, m, return_trajectory)
 
 

@@ -117,7 +117,14 @@ def _fit_optimize(grid: Grid, Z, dx2, dy2, init, *, opts: FitOpts) -> tuple:
     ``init (b, 2)``; ``grid`` (the padded epochs) is shared."""
 
     def one(Zi, dx2i, dy2i, initi):
-        return optimize_one(_trial(grid, Zi, dx2i, dy2i), initi, opts, grid)
+        lm = optimize_one(_trial(grid, Zi, dx2i, dy2i), initi, opts, grid)
+        if opts.fit_initial:
+            # The second stage needs no Jacobian then (J^T J is kept): none is handed over,
+            # which lets XLA drop it from the loop's carry, as it did in one program (a chunk
+            # of 8 trials at 6000 epochs: 57 ms with it, 35 ms without).
+            ys, steps, jac, hit = lm.aux
+            lm = lm._replace(aux=(ys, steps, jac[:0], hit))
+        return lm
 
     return tuple(jax.tree.leaves(_over_trials(one, Z, dx2, dy2, init)))
 

@@ -90,7 +90,7 @@ def _build(args, opts: FitOpts, return_trajectory: bool, device) -> _Staged:
         prepare = _prepare_traced
     b, m = (int(n) for n in np.shape(args[1])[:2])
     lm = tuple(jax.ShapeDtypeStruct(shape, dtype)
-               for _, shape, dtype in lm_spec(b, m, 5 if opts.fit_initial else 2))
+               for _, shape, dtype in lm_spec(b, m, opts.fit_initial))
     kw = dict(opts=opts, return_trajectory=return_trajectory, device=device)
     with ThreadPoolExecutor(1, thread_name_prefix="unijax-compile") as pool:
         first = pool.submit(prepare("optimize", args, **kw))
