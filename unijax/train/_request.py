@@ -188,6 +188,10 @@ def _build(network: _Network, cfg: TrainConfig, dataset, seeds, gains, options: 
         loss_fn=loss_fn,
     )
     devices = check_devices(options.devices)
+    if len(seeds) * len(gains) == 1 and jax.process_count() == 1:
+        # A lone trial runs on one device: a mesh of several would hold a padding trial on
+        # each of the others (and on GPU train it). Its numbers are the one-device run's.
+        devices = devices[:1]
     record_epochs = check_record_epochs(options.record_every, options.record_epochs, cfg.epochs)
     vmap_size = check_vmap_size(options.vmap_size, devices)
     return_params = check_bool("return_params", options.return_params)

@@ -340,7 +340,8 @@ def train(
         devices: devices to shard the trial batch over (default ``jax.devices()``: the local
             ones, or after :func:`unijax.distributed.initialize` those of all processes, which
             must then all make this call with the same arguments and all receive the whole
-            result; a count takes the first ``n`` local devices). The ``n_gains * n_seeds``
+            result; a count takes the first ``n`` local devices; in one process, a lone trial
+            runs on the first device alone). The ``n_gains * n_seeds``
             trials are padded to a multiple of 8 (a lone trial: 1), then of the device count
             (one compiled program per bucket), and the padding dropped
             (``TrainResult.n_padded``).
