@@ -44,7 +44,7 @@ import numpy as np
 from unijax.fit._args import FitOpts, compiler_options
 
 __all__ = ["LM_FIELDS", "OUT_FIELDS", "STAGES", "file_key", "lm_spec", "out_spec", "prepare",
-           "stage_spec", "stored_program"]
+           "stage_spec"]
 
 #: The fit's stages, in order: the optimizer, then the assessment of its optimum.
 STAGES = ("optimize", "assess")
@@ -346,9 +346,3 @@ def prepare(stage: str, args, *, opts: FitOpts, return_trajectory: bool, device,
     finish = build()
     return lambda: _Program(finish(), names, return_trajectory, as_tuple=as_tuple)
 
-
-def stored_program(stage: str, args, *, opts: FitOpts, return_trajectory: bool, device,
-                   directory: Path):
-    """The compiled program of ``stage`` (:func:`prepare`, then its compilation)."""
-    return prepare(stage, args, opts=opts, return_trajectory=return_trajectory, device=device,
-                   directory=directory)()

@@ -17,6 +17,7 @@ files are ignored.)
 
 from __future__ import annotations
 
+import functools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -61,8 +62,8 @@ def _prepare_traced(stage: str, args, *, opts: FitOpts, return_trajectory: bool,
     """``stage`` traced and lowered in this process; returns ``finish() -> compiled``."""
     from unijax.fit._program import fit_assess, fit_optimize
 
-    options = compiler_options(device.platform, int(np.shape(args[1 if stage == "optimize"
-                                                                 else 2])[0]))
+    z = args[1] if stage == "optimize" else args[2]  # (grid, Z, ...) or (lm, grid, Z, ...)
+    options = compiler_options(device.platform, int(np.shape(z)[0]))
     with jax.default_device(device):
         if stage == "optimize":
             lowered = fit_optimize.trace(*args, opts=opts).lower()
@@ -81,8 +82,6 @@ def _build(args, opts: FitOpts, return_trajectory: bool, device) -> _Staged:
     if device.platform == "cpu" and (directory := _cache.program_dir()) is not None:
         # CPU only: that is where tracing is a large part of a first fit, and the only
         # platform whose exported programs are tested here.
-        import functools
-
         from unijax.fit._export import prepare
 
         prepare = functools.partial(prepare, directory=directory)
