@@ -56,8 +56,8 @@ def compiler_options(platform: str, batch: int) -> dict[str, object] | None:
     60% of the time and run it as fast, with the same results; and, for a single trajectory,
     LLVM without optimisation (``xla_backend_optimization_level=0``): its compilation takes
     another third off, its run (milliseconds) takes about 1.7x as long. Batches keep LLVM's
-    optimisation, where the run is what counts. Measured on the 2-core Xeon in
-    docs/benchmarks.md ("Where the time goes").
+    optimisation, where the run is what counts. Measured on the 2-core Xeon: "What cut the cold
+    first fit" in benchmarks/README.md.
     """
     if platform != "cpu":
         return None

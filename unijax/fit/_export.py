@@ -44,7 +44,7 @@ import numpy as np
 from unijax.fit._args import FitOpts, compiler_options
 
 __all__ = ["LM_FIELDS", "OUT_FIELDS", "STAGES", "file_key", "lm_spec", "out_spec", "prepare",
-           "stage_spec"]
+           "stage_shape", "stage_spec"]
 
 #: The fit's stages, in order: the optimizer, then the assessment of its optimum.
 STAGES = ("optimize", "assess")
@@ -107,12 +107,26 @@ LM_FIELDS: dict[str, tuple[tuple, str]] = {
 }
 
 
+def _expand(table: dict, b: int, sizes: dict, leave_out=()) -> tuple[tuple[str, tuple, str], ...]:
+    """``(name, shape, dtype)`` of every field of ``table`` but ``leave_out``, in its order:
+    the batch axis ``b``, then the field's shape with each named size looked up in ``sizes``."""
+    return tuple((name, (b, *(sizes.get(d, d) for d in shape)), dtype)
+                 for name, (shape, dtype) in table.items() if name not in leave_out)
+
+
 def lm_spec(b: int, m: int, fit_initial: bool) -> tuple[tuple[str, tuple, str], ...]:
     """The first stage's outputs for ``b`` trials on ``m`` epochs: ``(name, shape, dtype)`` in
     :data:`LM_FIELDS` order."""
     sizes = {"m": m, "3m": 0 if fit_initial else 3 * m, "k": 5 if fit_initial else 2}
-    return tuple((name, (b, *(sizes.get(d, d) for d in t)), dtype)
-                 for name, (t, dtype) in LM_FIELDS.items())
+    return _expand(LM_FIELDS, b, sizes)
+
+
+def stage_shape(stage: str, args) -> tuple[int, int]:
+    """``(trials, padded epochs)`` of the arguments of ``stage``: ``(grid, Z, ...)`` for
+    ``"optimize"``, ``(lm, grid, Z, ...)`` for ``"assess"``."""
+    z = args[1] if stage == "optimize" else args[2]
+    b, m = np.shape(z)[:2]
+    return int(b), int(m)
 
 
 def stage_spec(stage: str, b: int, m: int, opts: FitOpts, return_trajectory: bool):
@@ -125,11 +139,7 @@ def stage_spec(stage: str, b: int, m: int, opts: FitOpts, return_trajectory: boo
 def out_spec(b: int, m: int, return_trajectory: bool) -> tuple[tuple[str, tuple, str], ...]:
     """The outputs of the fit of ``b`` trials on ``m`` (padded) epochs: ``(name, shape,
     dtype)`` in :data:`OUT_FIELDS` order (``z_fit`` only when ``return_trajectory``)."""
-    return tuple(
-        (k, (b, *(m if d == "m" else d for d in shape)), dtype)
-        for k, (shape, dtype) in OUT_FIELDS.items()
-        if k != "z_fit" or return_trajectory
-    )
+    return _expand(OUT_FIELDS, b, {"m": m}, leave_out=() if return_trajectory else ("z_fit",))
 
 
 @functools.cache
@@ -174,7 +184,7 @@ def _export(stage: str, args, opts: FitOpts, return_trajectory: bool, platform: 
     def _fit_optimize(*xs):
         return fit_optimize(*jax.tree_util.tree_unflatten(treedef, xs), opts=opts)
 
-    names = [k for k in OUT_FIELDS if k != "z_fit" or return_trajectory]
+    names = [k for k, _, _ in out_spec(0, 0, return_trajectory)]
 
     def _fit_assess(*xs):
         out = fit_assess(*jax.tree_util.tree_unflatten(treedef, xs), opts=opts,
@@ -297,8 +307,7 @@ def prepare(stage: str, args, *, opts: FitOpts, return_trajectory: bool, device,
     key = file_key(stage, leaves, opts, return_trajectory, platform)
     path = directory / (f"fit-{key}.jaxexport" if stage == "optimize"
                         else f"fit-{stage}-{key}.jaxexport")
-    z = args[1] if stage == "optimize" else args[2]
-    b, m = (int(n) for n in np.shape(z)[:2])
+    b, m = stage_shape(stage, args)
     spec = stage_spec(stage, b, m, opts, return_trajectory)
     names = [k for k, _, _ in spec]
     as_tuple = stage == "optimize"

@@ -27,7 +27,7 @@ from unijax.fit._model import Trial, evaluate, score, start_params, subsample
 from unijax.fit._start import initial_estimates
 from unijax.fit._stats import assess, covariance
 
-__all__ = ["LM_TREE", "assess_one", "fit_assess", "fit_batch", "fit_one", "fit_optimize",
+__all__ = ["LM_TREE", "assess_one", "fit_assess", "fit_batch", "fit_optimize",
            "optimize_one"]
 
 
@@ -83,11 +83,6 @@ def assess_one(lm: LMState, trial: Trial, opts: FitOpts, grid: Grid) -> dict:
     stage): a dict of per-trial arrays."""
     cov, pos_def = covariance(lm, trial, opts, grid.sens_idx, grid.sens_w)
     return assess(lm, trial, opts, cov, pos_def)
-
-
-def fit_one(trial: Trial, init, opts: FitOpts, grid: Grid) -> dict:
-    """Fit one trajectory; returns a dict of per-trial arrays (vmapped by the caller)."""
-    return assess_one(optimize_one(trial, init, opts, grid), trial, opts, grid)
 
 
 #: How :class:`LMState` flattens (its ``aux`` is the evaluation's ``(ys, steps, J, hit)``):
