@@ -137,3 +137,36 @@ def test_fit_many_from_an_unguarded_script_fits_in_process(tmp_path, trajectory)
     assert out["bare"][3:] == out["guarded"][3:]  # the same numbers either way
     eta, _ = authors.fit_many([trajectory[:200]], dx2=1.0, dy2=0.5)
     assert float(out["bare"][3]) == eta[0, 0]
+
+
+def test_lean_radau_is_scipys_radau_bit_for_bit(trajectory):
+    # The same solver with LAPACK called directly: every solve, and so the whole fit (grid,
+    # BFGS, what it reaches), equals SciPy's stock Radau exactly.
+    from scipy.integrate import solve_ivp
+
+    ts = np.arange(600.0)
+    for rates, rtol, atol in (((1.2e-3, 2.5e-3), 1e-3, 1e-6), ((0.4, 0.9), 1e-3, 1e-6),
+                              ((1.2e-3, 2.5e-3), 1e-8, 1e-11)):
+        args = (*rates, 1.0, 0.5)
+        stock = solve_ivp(authors.rhs, (0.0, 599.0), Z0, method="Radau", t_eval=ts,
+                          args=args, rtol=rtol, atol=atol)
+        lean = solve_ivp(authors.rhs, (0.0, 599.0), Z0, method=authors.LeanRadau, t_eval=ts,
+                         args=args, rtol=rtol, atol=atol)
+        assert lean.nfev == stock.nfev and lean.nlu == stock.nlu > 0
+        np.testing.assert_array_equal(lean.y, stock.y)
+    noisy = trajectory[:300] * (1 + 0.02 * np.random.default_rng(1).standard_normal((300, 3)))
+    want = _fit_with_stock_radau(noisy)
+    assert authors.fit_one(noisy, dx2=1.0, dy2=0.5) == want
+
+
+def _fit_with_stock_radau(Z):
+    from unittest import mock
+
+    from scipy.integrate import solve_ivp
+
+    def stock(fun, span, y0, method, **kw):
+        assert method is authors.LeanRadau
+        return solve_ivp(fun, span, y0, method="Radau", **kw)
+
+    with mock.patch.object(authors, "solve_ivp", stock):
+        return authors.fit_one(Z, dx2=1.0, dy2=0.5)
