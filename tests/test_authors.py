@@ -170,3 +170,27 @@ def _fit_with_stock_radau(Z):
 
     with mock.patch.object(authors, "solve_ivp", stock):
         return authors.fit_one(Z, dx2=1.0, dy2=0.5)
+
+
+def test_fit_many_keeps_its_workers_and_replaces_dead_ones(trajectory):
+    import os
+    import signal
+
+    Zs = [trajectory[:150], trajectory[:180]]
+    want, _ = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=1)
+    got, _ = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=2)
+    pool = authors._pool(2)
+    pids = {pool.submit(os.getpid).result() for _ in range(4)}
+    again, _ = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=2)
+    assert authors._pool(2) is pool  # the next call ran on the same workers
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(again, want)
+    for pid in pids:  # workers killed between two calls: the next call starts new ones
+        os.kill(pid, signal.SIGKILL)
+    from concurrent.futures.process import BrokenProcessPool
+
+    with pytest.raises(BrokenProcessPool):  # the pool notices on its next use
+        pool.submit(os.getpid).result(timeout=60)
+    after, _ = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=2)
+    assert authors._pool(2) is not pool
+    np.testing.assert_array_equal(after, want)

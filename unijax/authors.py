@@ -27,6 +27,7 @@ import concurrent.futures
 import multiprocessing
 import re
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -243,7 +244,8 @@ def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = N
 
     SciPy's solver runs on one core, so the trajectories are spread over ``workers`` processes
     (started fresh, ``spawn``: this module imports neither JAX nor anything that holds
-    threads); the numbers are those of a loop over :func:`fit_one`. A fresh process re-imports
+    threads; started on the first call and kept for the next, :func:`_pool`); the numbers are
+    those of a loop over :func:`fit_one`. A fresh process re-imports
     the main script, so when that script has no ``if __name__ == "__main__":`` guard (it
     would run again in every worker) the fits run in this process instead, one after another.
 
@@ -269,9 +271,31 @@ def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = N
         for i in wrap(range(n), desc=desc):
             eta[i], r2[i] = _fit_and_score(Zs[i], dx2, dy2, epochs)
         return eta, r2
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(min(workers, n), mp_context=ctx) as pool:
-        futures = [pool.submit(_fit_and_score, Z, dx2, dy2, epochs) for Z in Zs]
-        for i in wrap(range(n), desc=desc):
-            eta[i], r2[i] = futures[i].result()
+    try:
+        futures = [_pool(workers).submit(_fit_and_score, Z, dx2, dy2, epochs) for Z in Zs]
+    except concurrent.futures.process.BrokenProcessPool:  # a worker died in an earlier call
+        futures = [_pool(workers, fresh=True).submit(_fit_and_score, Z, dx2, dy2, epochs)
+                   for Z in Zs]
+    for i in wrap(range(n), desc=desc):
+        eta[i], r2[i] = futures[i].result()
     return eta, r2
+
+
+_POOL: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int, *, fresh: bool = False) -> concurrent.futures.ProcessPoolExecutor:
+    """This process's pool of ``workers`` fitting processes, started on first use and kept for
+    the next call: a spawned worker imports the main module again (the command's imports JAX:
+    about 1.2 s of CPU each), so a run that fits in several experiments starts its workers
+    once. ``fresh``: replace it (its workers died). The pools end with the process."""
+    with _POOL_LOCK:
+        pool = _POOL.get(workers)
+        if pool is None or fresh:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+            pool = concurrent.futures.ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn"))
+            _POOL[workers] = pool
+        return pool
