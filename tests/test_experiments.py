@@ -338,6 +338,10 @@ def test_e3_final_distance_tracks_theory(tmp_path):
     assert "|dx| 0.5, |dy| 0: final loss" in bad["measured"]
     assert f"up to {r.grid_epochs[0]} epochs" in agr["measured"]
     assert r.h_final.shape == (1, 2, 2, 2)
+    # Rows with different budgets (paper-cpu: the default row 40000, the others 8000): each
+    # budget is named with its rows.
+    text = mod._budget_text(["default", "shallow", "tanh"], [40000, 8000, 8000])
+    assert text == "40000 epochs (default), 8000 (shallow, tanh)"
     row = agr["figures"]["per_architecture"]["default"]
     # Rates only from fits that pass the quality criterion, and the report says how many.
     fits = row["rate_fits"]

@@ -497,6 +497,20 @@ def _grid_budget(result) -> dict:
     return out
 
 
+def _budget_text(rows, epochs) -> str:
+    """The grid's epoch budgets in words: ``"3000 epochs"`` when every row has the same, else
+    each budget with its rows, largest first (``"40000 epochs (default), 8000 (shallow,
+    tanh)"``)."""
+    by_budget: dict[int, list[str]] = {}
+    for row, e in zip(np.atleast_1d(rows), np.atleast_1d(epochs), strict=True):
+        by_budget.setdefault(int(e), []).append(str(row))
+    if len(by_budget) == 1:
+        return f"{next(iter(by_budget))} epochs"
+    parts = [f"{e}{' epochs' if k == 0 else ''} ({', '.join(names)})"
+             for k, (e, names) in enumerate(sorted(by_budget.items(), reverse=True))]
+    return ", ".join(parts)
+
+
 def not_converged_cells(result) -> dict[str, list[str]]:
     """Per architecture, the grid cells with a trial that was discarded: ``"|dx| 0.5, |dy|
     0.25: final loss 0.002"`` (or ``diverged``), in grid order."""
@@ -533,7 +547,7 @@ def agreement(result) -> dict:
     cells = not_converged_cells(result)
     stop = np.asarray(result.stop_epoch)
     conv = np.asarray(result.converged)
-    grid_text = (f"Grid: up to {', '.join(map(str, sorted(set(budget['epochs']))))} epochs "
+    grid_text = (f"Grid: up to {_budget_text(result.rows, budget['epochs'])} "
                  f"at {budget['time_scale']:g}x the Table 1 lr"
                  + (f", each trial's final state taken at the first epoch with loss < "
                     f"{budget['stop_loss']:g}" if "stop_loss" in budget else "")
