@@ -155,21 +155,9 @@ def test_lean_radau_is_scipys_radau_bit_for_bit(trajectory):
         assert lean.nfev == stock.nfev and lean.nlu == stock.nlu > 0
         np.testing.assert_array_equal(lean.y, stock.y)
     noisy = trajectory[:300] * (1 + 0.02 * np.random.default_rng(1).standard_normal((300, 3)))
-    want = _fit_with_stock_radau(noisy)
+    want = authors.fit_one(noisy, dx2=1.0, dy2=0.5, stock_radau=True)
     assert authors.fit_one(noisy, dx2=1.0, dy2=0.5) == want
 
-
-def _fit_with_stock_radau(Z):
-    from unittest import mock
-
-    from scipy.integrate import solve_ivp
-
-    def stock(fun, span, y0, method, **kw):
-        assert method is authors.LeanRadau
-        return solve_ivp(fun, span, y0, method="Radau", **kw)
-
-    with mock.patch.object(authors, "solve_ivp", stock):
-        return authors.fit_one(Z, dx2=1.0, dy2=0.5)
 
 
 def test_fit_many_keeps_its_workers_and_replaces_dead_ones(trajectory):

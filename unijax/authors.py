@@ -140,21 +140,25 @@ class LeanRadau(Radau):
         self.solve_lu = solve_lu
 
 
-def _solve(Z0, ts, eta_h, eta_y, dx2, dy2, rtol, atol):
-    sol = solve_ivp(rhs, (ts[0], ts[-1]), Z0, method=LeanRadau, t_eval=ts,
+def _solve(Z0, ts, eta_h, eta_y, dx2, dy2, rtol, atol, method=LeanRadau):
+    sol = solve_ivp(rhs, (ts[0], ts[-1]), Z0, method=method, t_eval=ts,
                     args=(eta_h, eta_y, dx2, dy2), rtol=rtol, atol=atol)
     if not sol.success or sol.y.shape[1] != ts.size:
         return None
     return sol.y.T
 
 
-def fit_one(Z, *, dx2: float, dy2: float, rtol: float = 1e-3, atol: float = 1e-6) -> AuthorsFit:
+def fit_one(Z, *, dx2: float, dy2: float, rtol: float = 1e-3, atol: float = 1e-6,
+            stock_radau: bool = False) -> AuthorsFit:
     """Fit ``(eta_h, eta_y)`` to one trajectory the authors' way (module docstring).
 
     Args:
         Z: measured ``(h, y, w)`` at every epoch ``0 .. n_epochs - 1``, shape ``(n_epochs, 3)``.
         dx2, dy2: squared input (> 0) and output (>= 0) distances of the two points.
         rtol, atol: ``solve_ivp``'s tolerances while fitting (SciPy's defaults, as the authors).
+        stock_radau: solve with SciPy's own ``"Radau"`` (what the paper's code ran) instead
+            of :class:`LeanRadau`: the same numbers, slower (benchmarks/bench_fit.py times
+            both).
 
     Returns:
         :class:`AuthorsFit`.
@@ -173,7 +177,8 @@ def fit_one(Z, *, dx2: float, dy2: float, rtol: float = 1e-3, atol: float = 1e-6
         if not (eta_h > 0 and eta_y > 0):
             return _PENALTY
         n_solves += 1
-        ys = _solve(Z[0], ts, eta_h, eta_y, dx2, dy2, rtol, atol)
+        ys = _solve(Z[0], ts, eta_h, eta_y, dx2, dy2, rtol, atol,
+                    "Radau" if stock_radau else LeanRadau)
         return _PENALTY if ys is None else float(np.sum((ys - Z) ** 2))
 
     ratio = Z[-1, 0] ** 2 / (dx2 * dy2) if dy2 > 0 else Z[-1, 0] ** 2 / dx2
