@@ -511,3 +511,24 @@ def test_paper_sized_default_network_6000_epochs():
     # The default network fits the two points: the loss falls by orders of magnitude.
     assert np.all(np.asarray(res.final_loss) < 1e-3 * np.asarray(res.loss[..., 0]))
     assert np.all(np.asarray(res.h) > 0)
+
+
+@pytest.mark.parametrize("row", ["tanh", "swish"])
+def test_start_program_options_change_no_number(row, monkeypatch):
+    # The start program is compiled with XLA's older loop emitters on CPU (faster to compile);
+    # its weights and measurements must equal XLA's defaults bit for bit (tanh and swish: the
+    # transcendental functions are where two emitters could round differently).
+    from unijax.train import _program
+
+    assert _program.start_compiler_options("cpu") == {"xla_cpu_use_fusion_emitters": False}
+    assert _program.start_compiler_options("gpu") is None
+    cfg = configs.get(row, epochs=3, width=16, depth=4)
+    key = jax.random.key(7)
+    # Real gains besides the row's: the scale enters the fusions too.
+    got = train.train(cfg, seeds=3, gains=[0.5, cfg.gain], key=key, return_params=True)
+    monkeypatch.setattr(_program, "start_compiler_options", lambda platform: None)
+    want = train.train(cfg, seeds=3, gains=[0.5, cfg.gain], key=key, return_params=True)
+    assert got.compile_s > 0 and want.compile_s > 0  # each compiled its own start program
+    for a, b in zip(jax.tree.leaves((got.initial_params, got.h, got.loss)),
+                    jax.tree.leaves((want.initial_params, want.h, want.loss)), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
