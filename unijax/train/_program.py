@@ -200,8 +200,9 @@ def start_compiler_options(platform: str) -> dict[str, object] | None:
     On CPU, XLA's older loop emitters for its elementwise fusions
     (``xla_cpu_use_fusion_emitters=False``): the start program (drawing the weights, one
     measuring pass) runs once per call, so its compilation is most of what it costs, and the
-    older emitters compile it in about 80% of the time (1.05 -> 0.84 s for a 20-layer network
-    on the 2-core Xeon) with the same parameters and measurements bit for bit
+    older emitters compile it faster (on the 2-core Xeon: 1.05 -> 0.84 s at width 64 and 20
+    layers; the paper's default network, width 500, first call's compile 1.87 -> 1.15 s, its
+    draw as fast) with the same parameters and measurements bit for bit
     (``tests/test_train.py``). The chunk programs keep XLA's defaults: with the older emitters
     their epochs ran twice as long.
     """
