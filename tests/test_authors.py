@@ -121,7 +121,7 @@ def test_fit_many_from_an_unguarded_script_fits_in_process(tmp_path, trajectory)
     import sys
 
     np.save(tmp_path / "Z.npy", np.stack([trajectory[:200], trajectory[:200] * 1.01]))
-    body = ("import numpy as np\nfrom unijax import authors\n"
+    body = ("import jax\nimport numpy as np\nfrom unijax import authors\n"
             "Zs = np.load('Z.npy')\n"
             "eta, r2 = authors.fit_many(list(Zs), dx2=1.0, dy2=0.5, workers=2)\n"
             "print('safe', authors._spawn_safe(), 'eta', *eta.ravel())\n")
@@ -132,6 +132,10 @@ def test_fit_many_from_an_unguarded_script_fits_in_process(tmp_path, trajectory)
         done = subprocess.run([sys.executable, f"{name}.py"], cwd=tmp_path, capture_output=True,
                               text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
+        # The kept worker pool is shut down before the interpreter's teardown (atexit), not
+        # collected during it with an "Exception ignored" traceback (seen with JAX imported,
+        # as under the command).
+        assert "Exception ignored" not in done.stderr, done.stderr[-2000:]
         out[name] = done.stdout.split()
     assert out["bare"][1] == "False" and out["guarded"][1] == "True"
     assert out["bare"][3:] == out["guarded"][3:]  # the same numbers either way

@@ -23,6 +23,7 @@ The right-hand side is written out again in NumPy, independently of
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures
 import multiprocessing
 import re
@@ -288,6 +289,17 @@ def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = N
 
 _POOL: dict[int, concurrent.futures.ProcessPoolExecutor] = {}
 _POOL_LOCK = threading.Lock()
+
+
+@atexit.register
+def _close_pools() -> None:
+    # Shut the kept pools down while the interpreter is whole: collected during its teardown,
+    # a pool's weakref callback meets modules already cleared and prints an ignored error.
+    with _POOL_LOCK:
+        pools = list(_POOL.values())
+        _POOL.clear()
+    for pool in pools:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pool(workers: int, *, fresh: bool = False) -> concurrent.futures.ProcessPoolExecutor:
