@@ -175,6 +175,8 @@ def test_fit_many_keeps_its_workers_and_replaces_dead_ones(trajectory):
     pids = {pool.submit(os.getpid).result() for _ in range(4)}
     again, _ = authors.fit_many(Zs, dx2=1.0, dy2=0.5, workers=2)
     assert authors._pool(2) is pool  # the next call ran on the same workers
+    # The workers' CPU is counted (start-up and fits: at least the fits' own time).
+    assert authors.worker_cpu_seconds() > 0
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(again, want)
     for pid in pids:  # workers killed between two calls: the next call starts new ones

@@ -263,6 +263,11 @@ def test_set_and_seeds_reach_the_config(tmp_path, capsys):
     assert cfg["seeds"] == 2 and cfg["depth"] == 6 and cfg["seed"] == 3
     summary = json.loads((out / "E7" / "results.json").read_text())
     assert summary["config"] == cfg and len(summary["config_hash"]) == 64
+    # CPU time is recorded beside the wall time, and the report states both.
+    assert summary["cpu_s"] > 0 and summary["wall_s"] > 0
+    report = (out / "report.md").read_text()
+    assert f"{summary['wall_s']} s ({summary['cpu_s']} s CPU)" in report
+    assert "min wall, " in report and " min CPU" in report
     printed = capsys.readouterr().out
     assert "summary" in printed and "E7" in printed
 

@@ -263,7 +263,8 @@ def test_load_experiment(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"finished there: \['E9'\]"):
         results.load_experiment(tmp_path, "E1")
     # A crafted results.json or result.npz: refused naming the file and the field.
-    for bad in ({"agreement": "yes"}, {"figures": ["../../etc/passwd"]}, {"wall_s": "abc"}):
+    for bad in ({"agreement": "yes"}, {"figures": ["../../etc/passwd"]}, {"wall_s": "abc"},
+                {"cpu_s": [1]}):
         summary = json.loads((tmp_path / "E9" / "results.json").read_text())
         (tmp_path / "E9" / "results.json").write_text(json.dumps({**summary, **bad}))
         with pytest.raises(results.DamagedStoreError, match="results.json") as e:

@@ -26,9 +26,11 @@ from __future__ import annotations
 import atexit
 import concurrent.futures
 import multiprocessing
+import os
 import re
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,7 +43,8 @@ from scipy.sparse import issparse
 
 from unijax._host import usable_cores
 
-__all__ = ["AuthorsFit", "LeanRadau", "fit_one", "fit_many", "r2_of_rates", "rhs", "GRID"]
+__all__ = ["AuthorsFit", "LeanRadau", "fit_one", "fit_many", "r2_of_rates", "rhs", "GRID",
+           "worker_cpu_seconds"]
 
 #: The scales of the authors' starting grid: ``(eta_h, eta_y) = s (ratio, 1)``.
 GRID = np.logspace(-6, 2, 200)
@@ -229,6 +232,25 @@ def _fit_and_score(Z, dx2, dy2, epochs):
     return (f.eta_h, f.eta_y), r2_of_rates(Z, f.eta_h, f.eta_y, dx2=dx2, dy2=dy2, epochs=epochs)
 
 
+def _fit_in_worker(Z, dx2, dy2, epochs):
+    """:func:`_fit_and_score` in a worker process, with the worker's pid and the CPU seconds
+    it has used so far (its start-up included), for :func:`worker_cpu_seconds`."""
+    return _fit_and_score(Z, dx2, dy2, epochs), os.getpid(), time.process_time()
+
+
+#: CPU seconds each worker process had used at its latest finished fit, by pid.
+_WORKER_CPU: dict[int, float] = {}
+
+
+def worker_cpu_seconds() -> float:
+    """CPU seconds used so far by the worker processes :func:`fit_many` started, start-up
+    included, up to each one's latest finished fit (an idle worker uses none). Added to this
+    process's own :func:`time.process_time`, it is the CPU time of a run that fitted in
+    workers (the command reports it per experiment)."""
+    with _POOL_LOCK:
+        return float(sum(_WORKER_CPU.values()))
+
+
 def _spawn_safe() -> bool:
     """Whether worker processes can be spawned: the ``__main__`` module is not a script, or a
     script that guards its top-level code with ``if __name__ == "__main__":`` (a spawned
@@ -278,12 +300,14 @@ def fit_many(Zs, *, dx2: float, dy2: float, epochs=None, workers: int | None = N
             eta[i], r2[i] = _fit_and_score(Zs[i], dx2, dy2, epochs)
         return eta, r2
     try:
-        futures = [_pool(workers).submit(_fit_and_score, Z, dx2, dy2, epochs) for Z in Zs]
+        futures = [_pool(workers).submit(_fit_in_worker, Z, dx2, dy2, epochs) for Z in Zs]
     except concurrent.futures.process.BrokenProcessPool:  # a worker died in an earlier call
-        futures = [_pool(workers, fresh=True).submit(_fit_and_score, Z, dx2, dy2, epochs)
+        futures = [_pool(workers, fresh=True).submit(_fit_in_worker, Z, dx2, dy2, epochs)
                    for Z in Zs]
     for i in wrap(range(n), desc=desc):
-        eta[i], r2[i] = futures[i].result()
+        (eta[i], r2[i]), pid, cpu = futures[i].result()
+        with _POOL_LOCK:
+            _WORKER_CPU[pid] = max(cpu, _WORKER_CPU.get(pid, 0.0))
     return eta, r2
 
 

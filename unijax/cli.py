@@ -558,6 +558,13 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _cpu_seconds() -> float:
+    """CPU seconds used so far by this process (all its threads) and by the authors' fitting
+    workers (``unijax.authors.worker_cpu_seconds``, when that module is loaded)."""
+    authors = sys.modules.get("unijax.authors")
+    return time.process_time() + (authors.worker_cpu_seconds() if authors else 0.0)
+
+
 def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: bool,
              progress, sync: Any) -> dict[str, Any]:
     """Run (or resume) one experiment; returns a status dict for the summary (process 0).
@@ -584,7 +591,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         summary = (store.load_summary(name) or {}) if writer else {}
         return {"name": name, "status": "done earlier (skipped)", "summary": summary,
                 "wall_s": summary.get("wall_s")}
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     cache = store.chunk_cache(name, h, agree=sync.agree, writer=writer)
     result = mod.run(cfg, key=jax.random.key(cfg.seed),
                      progress=progress if writer else no_progress, cache=cache,
@@ -593,7 +600,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         return {"name": name, "status": "ran", "summary": {}, "wall_s": None}
     figures = store.save_figures(name, lambda folder: mod.plot(result, folder))
     agreement = mod.agreement(result)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, _cpu_seconds() - cpu0
     summary = {
         "experiment": name,
         "title": mod.TITLE,
@@ -602,6 +609,7 @@ def _run_one(name: str, cfg: Any, store: ResultStore, *, preset: str, fresh: boo
         "agreement": agreement,
         "figures": sorted({Path(p).name for p in figures}),
         "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
         "chunks_reused": len(cache.reused - cache.computed),
         "chunks_computed": len(cache.computed),
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),

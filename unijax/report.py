@@ -120,7 +120,10 @@ def _paragraph(name: str, summary: dict) -> str:
         "",
         f"<sub>preset `{summary.get('preset', '?')}`, config `{cfg_hash}`, "
         + (f"code {code}, " if code else "")
-        + f"{summary.get('wall_s', '?')} s, finished {summary.get('finished_at', '?')}; raw arrays "
+        + f"{summary.get('wall_s', '?')} s"
+        + (f" ({summary['cpu_s']} s CPU)" if isinstance(summary.get("cpu_s"), (int, float))
+           else "")
+        + f", finished {summary.get('finished_at', '?')}; raw arrays "
         f"`{name}/result.npz`, numbers `{name}/results.json`.</sub>",
     ]
     pngs = [f for f in summary.get("figures", []) if f.endswith(".png")]
@@ -175,6 +178,10 @@ def build_report(outdir: str | os.PathLike, *,
             log(f"report: skipped {name}: {problem}")
     env = next(iter(done.values()), {}).get("environment", {})
     total = sum(float(s.get("wall_s") or 0) for s in done.values())
+    # CPU time, when every stored experiment recorded it (older stores did not).
+    cpu = (sum(float(s["cpu_s"]) for s in done.values())
+           if done and all(isinstance(s.get("cpu_s"), (int, float)) for s in done.values())
+           else None)
     presets = sorted({s.get("preset", "?") for s in done.values()})
     head = [
         "# unijax report: the paper's experiments, network vs. theory",
@@ -182,6 +189,7 @@ def build_report(outdir: str | os.PathLike, *,
         f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from `{Path(outdir)}`. "
         f"Preset(s): {', '.join(presets) or 'none'}. "
         f"Compute time of the stored experiments: {total / 60:.1f} min"
+        + (f" wall, {cpu / 60:.1f} min CPU" if cpu is not None else "")
         + (f" on {env.get('machine', '?')} ({_devices(env)}, jax {env.get('jax', '?')},"
            f" unijax {env.get('unijax', '?')})." if env else "."),
         "",

@@ -580,9 +580,10 @@ def _summary_problem(s: Any) -> str | None:
     figures = s.get("figures", [])
     if not isinstance(figures, list) or not all(_plain_name(f) for f in figures):
         return "figures is not a list of file names"
-    wall = s.get("wall_s")
-    if wall is not None and (isinstance(wall, bool) or not isinstance(wall, (int, float))):
-        return "wall_s is not a number"
+    for k in ("wall_s", "cpu_s"):
+        v = s.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            return f"{k} is not a number"
     for k in ("environment", "config", "code_version"):
         if k in s and s[k] is not None and not isinstance(s[k], dict):
             return f"{k} is not an object"
