@@ -121,8 +121,7 @@ def _paragraph(name: str, summary: dict) -> str:
         f"<sub>preset `{summary.get('preset', '?')}`, config `{cfg_hash}`, "
         + (f"code {code}, " if code else "")
         + f"{summary.get('wall_s', '?')} s"
-        + (f" ({summary['cpu_s']} s CPU)" if isinstance(summary.get("cpu_s"), (int, float))
-           else "")
+        + (f" ({summary['cpu_s']} s CPU)" if summary.get("cpu_s") is not None else "")
         + f", finished {summary.get('finished_at', '?')}; raw arrays "
         f"`{name}/result.npz`, numbers `{name}/results.json`.</sub>",
     ]
@@ -178,10 +177,10 @@ def build_report(outdir: str | os.PathLike, *,
             log(f"report: skipped {name}: {problem}")
     env = next(iter(done.values()), {}).get("environment", {})
     total = sum(float(s.get("wall_s") or 0) for s in done.values())
-    # CPU time, when every stored experiment recorded it (older stores did not).
-    cpu = (sum(float(s["cpu_s"]) for s in done.values())
-           if done and all(isinstance(s.get("cpu_s"), (int, float)) for s in done.values())
-           else None)
+    # CPU time, when every stored experiment recorded it (older stores did not; a stored
+    # cpu_s is a number or absent, results._store checks it on reading).
+    cpu = (sum(s["cpu_s"] for s in done.values())
+           if done and all(s.get("cpu_s") is not None for s in done.values()) else None)
     presets = sorted({s.get("preset", "?") for s in done.values()})
     head = [
         "# unijax report: the paper's experiments, network vs. theory",
